@@ -1,0 +1,1 @@
+"""Implementations behind :func:`anybit.matmul`; chosen by :mod:`anybit.matmul`'s dispatcher."""

@@ -1,0 +1,58 @@
+"""Perplexity of a causal language model on a token sequence."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+
+@torch.inference_mode()
+def perplexity(model: nn.Module, input_ids: Tensor, window: int = 512, stride: int = 512) -> float:
+    """exp(mean negative log-likelihood) of ``input_ids`` under ``model``.
+
+    Args:
+        model: a causal LM whose forward takes ``input_ids`` (1, T) and returns
+            an object with ``.logits`` (1, T, vocab) (transformers models do).
+        input_ids: LongTensor (T,) or (1, T), T >= 2.
+        window: tokens per forward pass.
+        stride: tokens the window advances by.  Each window scores the tokens
+            that no earlier window scored and that have at least one token of
+            context inside it: with ``stride < window`` that is its last
+            ``stride`` tokens (overlapping windows, the usual sliding
+            evaluation); with ``stride == window`` the windows are disjoint and
+            each window's first token serves only as context.
+
+    Returns:
+        the perplexity over all scored tokens.
+    """
+    if input_ids.dim() == 2 and input_ids.shape[0] == 1:
+        input_ids = input_ids[0]
+    if input_ids.dim() != 1 or input_ids.dtype != torch.long:
+        raise ValueError(f"input_ids must be a LongTensor of shape (T,) or (1, T), got {input_ids.dtype} {tuple(input_ids.shape)}")
+    if input_ids.numel() < 2:
+        raise ValueError("input_ids needs at least 2 tokens")
+    if not 1 <= stride <= window:
+        raise ValueError(f"stride={stride} must be in 1..window ({window})")
+    device = next(model.parameters()).device
+    ids = input_ids.to(device)
+    t = ids.numel()
+    total_nll = 0.0
+    scored = 0
+    begin = 0
+    done = 1  # tokens before `done` are scored already (token 0 never is)
+    while True:
+        end = min(begin + window, t)
+        first = max(done, begin + 1)
+        if first < end:
+            logits = model(ids[begin:end].unsqueeze(0)).logits[0].float()
+            preds = logits[first - begin - 1 : end - begin - 1]
+            targets = ids[first:end]
+            total_nll += torch.nn.functional.cross_entropy(preds, targets, reduction="sum").item()
+            scored += targets.numel()
+        done = end
+        if end == t:
+            break
+        begin += stride
+    return math.exp(total_nll / scored)

@@ -1,0 +1,227 @@
+"""``QuantLinear``, a drop-in ``nn.Linear`` on a quantized weight, and ``quantize_``."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from . import packing
+from .formats import WeightFormat, parse_format
+from .matmul import matmul
+from .quantized import Method, QuantizedWeight, quantize
+
+
+class QuantLinear(nn.Module):
+    """``y = x @ W^T + b`` with W stored in a low-bit format.
+
+    The quantized tensors are buffers named ``codes`` plus the format's
+    ``param_names`` (``scales``, ``zeros``, ``table``, ``tensor_scale``), so
+    ``state_dict()``, ``load_state_dict()`` and ``.to()`` behave as for any
+    module.  ``bias``, if any, is a frozen parameter in its original dtype.
+
+    Build one with :meth:`from_linear` or :meth:`from_quantized`; the
+    constructor allocates empty (uninitialised) tensors of the right shapes,
+    to be filled by ``load_state_dict``.
+
+    Forward: x (..., in_features), fp16/bf16/fp32 -> (..., out_features) in x's dtype.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        fmt: str | WeightFormat,
+        *,
+        bias: bool = True,
+        dtype: torch.dtype = torch.float16,
+        bias_dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ):
+        super().__init__()
+        self.in_features = in_features
+        self.out_features = out_features
+        self.format = parse_format(fmt)
+        self.dtype = dtype
+        words = packing.packed_words(self.format.bits, in_features)
+        self.register_buffer("codes", torch.empty(out_features, words, dtype=torch.int32, device=device))
+        for name, spec in self.format.param_specs(out_features, in_features, dtype).items():
+            self.register_buffer(name, torch.empty(spec.shape, dtype=spec.dtype, device=device))
+        if bias:
+            b = torch.empty(out_features, dtype=bias_dtype or dtype, device=device)
+            self.bias = nn.Parameter(b, requires_grad=False)
+        else:
+            self.register_parameter("bias", None)
+
+    @classmethod
+    def from_quantized(cls, qw: QuantizedWeight, bias: Tensor | None = None) -> QuantLinear:
+        """Wrap a quantized weight (tensors are shared, not copied)."""
+        n, k = qw.shape
+        layer = cls(
+            k, n, qw.format, bias=bias is not None, dtype=qw.dtype,
+            bias_dtype=None if bias is None else bias.dtype, device="meta",
+        )
+        layer.codes = qw.codes
+        for name, tensor in qw.params.items():
+            setattr(layer, name, tensor)
+        if bias is not None:
+            if tuple(bias.shape) != (n,):
+                raise ValueError(f"bias must have shape ({n},), got {tuple(bias.shape)}")
+            layer.bias = nn.Parameter(bias.detach(), requires_grad=False)
+        return layer
+
+    @classmethod
+    def from_linear(
+        cls,
+        linear: nn.Linear,
+        fmt: str | WeightFormat,
+        *,
+        method: str | Method = "rtn",
+        scale_dtype: torch.dtype | None = None,
+    ) -> QuantLinear:
+        """Quantize an ``nn.Linear``'s weight; the bias is kept as is."""
+        if not isinstance(linear, nn.Linear):
+            raise ValueError(f"linear must be a torch.nn.Linear, got {type(linear).__name__}")
+        qw = quantize(linear.weight, fmt, method=method, scale_dtype=scale_dtype)
+        bias = None if linear.bias is None else linear.bias.detach().clone()
+        return cls.from_quantized(qw, bias)
+
+    @property
+    def qweight(self) -> QuantizedWeight:
+        """The layer's weight as a :class:`QuantizedWeight` (sharing its buffers)."""
+        params = {name: getattr(self, name) for name in self.format.param_names}
+        return QuantizedWeight(self.format, (self.out_features, self.in_features), self.codes, params, self.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return matmul(x, self.qweight, self.bias)
+
+    def extra_repr(self) -> str:
+        bits = self.qweight.bits_per_weight
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, "
+            f"format={self.format.spec}, bits_per_weight={bits:.3f}, bias={self.bias is not None}"
+        )
+
+
+@dataclass
+class QuantizeSummary:
+    """What :func:`quantize_` did: layers converted and skipped, bytes before and after."""
+
+    format: str
+    converted: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    #: Bytes of the converted layers' weights before and after.
+    layer_bytes_before: int = 0
+    layer_bytes_after: int = 0
+    #: Number of weights in the converted layers.
+    layer_weights: int = 0
+    #: Bytes of all the model's parameters and buffers before and after.
+    model_bytes_before: int = 0
+    model_bytes_after: int = 0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Mean storage bits per weight over the converted layers."""
+        return 8 * self.layer_bytes_after / self.layer_weights if self.layer_weights else float("nan")
+
+    def __str__(self) -> str:
+        mb = 1 / 2**20
+        lines = [
+            f"anybit: {len(self.converted)} linear layers -> {self.format} "
+            f"({self.bits_per_weight:.3f} bits/weight), {len(self.skipped)} skipped",
+            f"  those layers: {self.layer_bytes_before * mb:.2f} MiB -> {self.layer_bytes_after * mb:.2f} MiB",
+            f"  whole model:  {self.model_bytes_before * mb:.2f} MiB -> {self.model_bytes_after * mb:.2f} MiB",
+        ]
+        lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
+        return "\n".join(lines)
+
+
+def model_nbytes(model: nn.Module) -> int:
+    """Bytes of all parameters and buffers, counting shared tensors once."""
+    seen: set[int] = set()
+    total = 0
+    for t in [*model.parameters(), *model.buffers()]:
+        key = t.data_ptr() if t.device.type != "meta" else id(t)
+        if key not in seen:
+            seen.add(key)
+            total += t.nbytes
+    return total
+
+
+def _matches(name: str, patterns: Iterable[str]) -> str | None:
+    leaf = name.rsplit(".", 1)[-1]
+    for pattern in patterns:
+        if name == pattern or leaf == pattern or fnmatch.fnmatchcase(name, pattern):
+            return pattern
+    return None
+
+
+def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
+    """Storage pointer -> names of the parameters that use it."""
+    owners: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owners.setdefault(p.data_ptr(), []).append(name)
+    return owners
+
+
+def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, leaf = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    setattr(parent, leaf, module)
+
+
+def quantize_(
+    model: nn.Module,
+    fmt: str | WeightFormat,
+    *,
+    skip: Iterable[str] = ("lm_head",),
+    method: str | Method = "rtn",
+    scale_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> QuantizeSummary:
+    """Replace every eligible ``nn.Linear`` of ``model`` by a :class:`QuantLinear`, in place.
+
+    A layer is eligible when its type is exactly ``nn.Linear`` (subclasses may
+    be read directly by their owners, as ``nn.MultiheadAttention`` does), its
+    name does not match ``skip`` (a full name, a last name component such as
+    ``"lm_head"``, or an fnmatch pattern such as ``"*.mlp.*"``), and its weight
+    is not shared with another parameter (such as an embedding tied to the
+    output head).  Quantization runs on each weight's own device.
+
+    Returns a :class:`QuantizeSummary`; ``print`` it for a report.
+    """
+    fmt = parse_format(fmt)
+    skip = tuple(skip)
+    summary = QuantizeSummary(format=fmt.spec, model_bytes_before=model_nbytes(model))
+    owners = _shared_weights(model)
+    todo = []
+    for name, module in model.named_modules():
+        if isinstance(module, QuantLinear):
+            summary.skipped[name] = f"already quantized ({module.format.spec})"
+        elif isinstance(module, nn.Linear):
+            pattern = _matches(name, skip)
+            sharing = [o for o in owners.get(module.weight.data_ptr(), []) if o != f"{name}.weight"]
+            if type(module) is not nn.Linear:
+                summary.skipped[name] = f"{type(module).__name__} is a subclass of nn.Linear"
+            elif pattern is not None:
+                summary.skipped[name] = f"matches skip pattern {pattern!r}"
+            elif sharing:
+                summary.skipped[name] = f"weight is shared with {', '.join(sharing)}"
+            else:
+                todo.append((name, module))
+    for name, module in tqdm(todo, desc=f"quantizing to {fmt.spec}", disable=not progress, unit="layer"):
+        try:
+            layer = QuantLinear.from_linear(module, fmt, method=method, scale_dtype=scale_dtype)
+        except ValueError as err:
+            raise ValueError(f"layer {name!r}: {err}") from err
+        _set_submodule(model, name, layer)
+        summary.converted.append(name)
+        summary.layer_bytes_before += module.weight.nbytes
+        summary.layer_weights += module.weight.numel()
+        summary.layer_bytes_after += layer.qweight.nbytes
+    summary.model_bytes_after = model_nbytes(model)
+    return summary
