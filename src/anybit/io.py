@@ -112,17 +112,16 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _is_config(obj: Any) -> bool:
+    return hasattr(obj, "model_type") and hasattr(obj, "to_dict")
+
+
 def _model_from(model_or_config: Any) -> nn.Module:
     if isinstance(model_or_config, nn.Module):
         return model_or_config
-    if hasattr(model_or_config, "model_type") and hasattr(model_or_config, "to_dict"):
-        from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-        return AutoModelForCausalLM.from_config(model_or_config)
-    raise ValueError(
-        "model_or_config must be an nn.Module of the model's architecture or a transformers config, "
-        f"got {type(model_or_config).__name__}"
-    )
+    return AutoModelForCausalLM.from_config(model_or_config)
 
 
 def _install_layer(model: nn.Module, name: str, entry: dict[str, Any]) -> None:
@@ -178,6 +177,11 @@ def load(model_or_config: Any, path: str | Path) -> nn.Module:
         ValueError: naming the layer, when the file's layers do not fit the
             model or a tensor's checksum does not match (a corrupted file).
     """
+    if not (isinstance(model_or_config, nn.Module) or _is_config(model_or_config)):
+        raise ValueError(
+            "model_or_config must be an nn.Module of the model's architecture or a transformers config, "
+            f"got {type(model_or_config).__name__}"
+        )
     path = Path(path)
     manifest = read_manifest(path)
     model = _model_from(model_or_config)

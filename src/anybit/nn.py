@@ -90,6 +90,26 @@ class QuantLinear(nn.Module):
         bias = None if linear.bias is None else linear.bias.detach().clone()
         return cls.from_quantized(qw, bias)
 
+    def _apply(self, fn, recurse=True):
+        """Let ``.to(device)`` move the quantized buffers but never change their dtype.
+
+        ``model.half()`` or ``model.to(torch.bfloat16)`` cast every float
+        tensor; the scales are part of the format and stay as quantized (a
+        fp16 -> bf16 cast would lose bits).  The bias is an ordinary
+        parameter and follows the cast.
+        """
+        buffers = self._buffers
+        self._buffers = {}
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            self._buffers = buffers
+        for name, buf in buffers.items():
+            if buf is not None:
+                moved = fn(buf)
+                buffers[name] = moved if moved.dtype == buf.dtype else buf.to(moved.device)
+        return self
+
     @property
     def qweight(self) -> QuantizedWeight:
         """The layer's weight as a :class:`QuantizedWeight` (sharing its buffers)."""

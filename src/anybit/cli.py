@@ -1,0 +1,205 @@
+"""The ``anybit`` command: ``quantize``, ``info`` and ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+
+from .demo import DEFAULT_FORMATS
+from .formats import parse_format
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def _load_hf(model: str, dtype: torch.dtype):
+    """A transformers causal LM from a model directory or a .gguf file."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(model)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise SystemExit(f"MODEL {model!r}: no such GGUF file")
+        kwargs = {"gguf_file": path.name}
+        folder = str(path.parent)
+    elif path.is_dir():
+        kwargs = {}
+        folder = str(path)
+    else:
+        raise SystemExit(f"MODEL {model!r} must be a transformers model directory or a .gguf file")
+    loaded = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, **kwargs)
+    # A GGUF checkpoint is dequantized on load; its quantization_config would
+    # make the saved config ask for GGUF again.
+    if getattr(loaded.config, "quantization_config", None) is not None:
+        del loaded.config.quantization_config
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+    except (OSError, ValueError):
+        tokenizer = None
+    return loaded, tokenizer
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import anybit
+
+    console = Console(stderr=True)
+    model, tokenizer = _load_hf(args.model, DTYPES[args.dtype])
+    model.to(_device(args.device))
+    summary = anybit.quantize_(model, args.format, method=args.method, skip=args.skip or ("lm_head",))
+    out = anybit.save(model, args.out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(out))
+    else:
+        console.print("no tokenizer found next to the model; saved the weights only")
+    print(summary)
+    print(f"saved to {out}")
+    return 0
+
+
+def _example_spec(specs: list[str]) -> str:
+    """A representative spec of a family: its 4-bit g128 member if it has one."""
+    for wanted in ("4-g128", "-g128"):
+        for spec in specs:
+            if spec.endswith(wanted):
+                return spec
+    return specs[0]
+
+
+def _formats_table() -> Table:
+    import anybit
+
+    shape = (4096, 4096)
+    table = Table(title="anybit weight formats (bits/weight for a 4096 x 4096 layer, all storage included)")
+    for col in ("spec", "example", "bits/weight", "what it is for"):
+        table.add_column(col)
+    for cls in anybit.registered_formats():
+        fmt = anybit.parse_format(_example_spec(cls.all_specs()))
+        bits = fmt.bits + fmt.overhead_bits(*shape)
+        table.add_row(cls.template, fmt.spec, f"{bits:.3f}", cls.summary)
+    return table
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    console = Console()
+    if args.path is None:
+        console.print(_formats_table())
+        return 0
+    from .io import read_manifest
+
+    manifest = read_manifest(args.path)
+    layers = manifest["layers"]
+    counts: dict[str, int] = {}
+    for entry in layers.values():
+        counts[entry["format"]] = counts.get(entry["format"], 0) + 1
+    weights = Path(args.path) / manifest["weights_file"]
+    console.print(f"anybit model at {args.path} (saved by anybit {manifest['anybit_version']})")
+    console.print(f"  file: {weights.name}, {weights.stat().st_size / 2**20:.2f} MiB, {len(manifest['tensors'])} tensors")
+    console.print(f"  quantized layers: {len(layers)}")
+    for spec, count in sorted(counts.items()):
+        console.print(f"    {spec}: {count}")
+    if args.layers:
+        for name, entry in layers.items():
+            console.print(f"    {name}: {entry['format']} ({entry['out_features']}, {entry['in_features']})")
+    return 0
+
+
+def _demo_table(rows, device, source, n_tokens) -> Table:
+    table = Table(title=f"SmolLM2-135M-Instruct on {device}: perplexity on {n_tokens} tokens of {source}")
+    for col, justify in (("format", "left"), ("bits/weight", "right"), ("size MiB", "right"),
+                         ("perplexity", "right"), ("tokens/s", "right"), ("answer", "left")):
+        table.add_column(col, justify=justify)
+    for r in rows:
+        table.add_row(r.format, f"{r.bits_per_weight:.2f}", f"{r.size_mib:.1f}", f"{r.perplexity:.2f}",
+                      f"{r.tokens_per_s:.1f}", r.answer)
+    return table
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import demo
+
+    console = Console()
+    device = _device(args.device)
+    dtype = torch.float16 if device.type == "cuda" else torch.float32
+    formats = tuple(args.formats) if args.formats else demo.DEFAULT_FORMATS
+    for spec in formats:
+        parse_format(spec)  # fail before the slow part
+    text, source = demo.sample_text()
+    with console.status("loading SmolLM2-135M-Instruct (GGUF)..."):
+        if args.tiny:
+            tokenizer = demo.load_tokenizer()
+            model = demo.tiny_model(tokenizer, device, dtype)
+        else:
+            model, tokenizer = demo.load_smollm2(device, dtype)
+    console.print(f"text: {source}; device: {device}; matmul path: reference (dequantize + float32 matmul)")
+    n_tokens = min(args.eval_tokens, len(tokenizer(text)["input_ids"]))
+    rows = demo.run_demo(
+        model, tokenizer, text, formats, eval_tokens=args.eval_tokens, window=args.window,
+        new_tokens=args.new_tokens, method=args.method,
+        progress=lambda row: console.print(f"  {row.format}: perplexity {row.perplexity:.2f}"),
+    )
+    name = "tiny random Llama (smoke test)" if args.tiny else "SmolLM2-135M-Instruct"
+    table = _demo_table(rows, device, source, n_tokens)
+    table.title = table.title.replace("SmolLM2-135M-Instruct", name)
+    console.print(table)
+    console.print(demo.GGUF_NOTE)
+    console.print(
+        "tokens/s: greedy decoding of the answer, prefill included; today every format runs the "
+        "reference matmul (dequantize, then float32 matmul), so it measures correctness, not kernel speed."
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="anybit", description="Low-bit weights for LLM inference.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="quantize a transformers model and save it")
+    q.add_argument("model", help="a transformers model directory or a .gguf file")
+    q.add_argument("--format", "-f", required=True, help="weight format, e.g. int4-g128 (see `anybit info`)")
+    q.add_argument("--out", "-o", required=True, help="output directory")
+    q.add_argument("--method", choices=("rtn", "mse"), default="rtn")
+    q.add_argument("--skip", action="append", help="layer name or pattern to keep unquantized (default lm_head)")
+    q.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype to load the model in")
+    q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    q.set_defaults(func=cmd_quantize)
+
+    i = sub.add_parser("info", help="list the weight formats, or describe a saved model")
+    i.add_argument("path", nargs="?", help="a directory written by `anybit quantize` / anybit.save")
+    i.add_argument("--layers", action="store_true", help="list every quantized layer")
+    i.set_defaults(func=cmd_info)
+
+    d = sub.add_parser("demo", help="quantize SmolLM2-135M to several formats and compare them")
+    d.add_argument("--formats", nargs="+", help=f"formats to compare (default: {' '.join(DEFAULT_FORMATS)})")
+    d.add_argument("--method", choices=("rtn", "mse"), default="rtn")
+    d.add_argument("--eval-tokens", type=int, default=2048, help="tokens of text for perplexity")
+    d.add_argument("--window", type=int, default=512, help="perplexity window (disjoint windows)")
+    d.add_argument("--new-tokens", type=int, default=24, help="tokens generated per answer")
+    d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    d.add_argument("--tiny", action="store_true", help="a tiny random model instead of SmolLM2 (smoke test)")
+    d.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        print(f"anybit: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,74 @@
+"""The anybit command on a tiny random transformers model, and the demo's smoke mode."""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import anybit
+from anybit.cli import main
+
+import transformers  # noqa: E402  (the test extra installs the demo extra)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    config = transformers.LlamaConfig(
+        vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config)
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    model.save_pretrained(folder)
+    return folder, model
+
+
+def test_quantize_info_and_load(tiny_llama, tmp_path, capsys):
+    folder, model = tiny_llama
+    out = tmp_path / "q"
+    assert main(["quantize", str(folder), "--format", "int4-g32", "--out", str(out), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    assert "14 linear layers -> int4-g32" in printed and "skipped lm_head" in printed
+
+    assert main(["info", str(out), "--layers"]) == 0
+    info = capsys.readouterr().out
+    assert "quantized layers: 14" in info and "model.layers.1.mlp.down_proj: int4-g32 (64, 96)" in info
+
+    config = transformers.AutoConfig.from_pretrained(out)
+    loaded = anybit.load(config, out)
+    expected = model
+    anybit.quantize_(expected, "int4-g32", progress=False)
+    ids = torch.randint(0, 64, (1, 9))
+    with torch.no_grad():
+        assert torch.equal(loaded(ids).logits, expected(ids).logits)
+
+
+def test_info_lists_every_format(capsys):
+    assert main(["info"]) == 0
+    table = capsys.readouterr().out
+    for cls in anybit.registered_formats():
+        assert cls.template in table
+
+
+def test_bad_format_is_a_clean_error(tiny_llama, tmp_path, capsys):
+    folder, _ = tiny_llama
+    assert main(["quantize", str(folder), "--format", "int9-g32", "--out", str(tmp_path)]) == 2
+    assert "bit width 9 is not supported" in capsys.readouterr().err
+
+
+def test_entry_point_runs():
+    run = subprocess.run([sys.executable, "-m", "anybit", "info"], capture_output=True, text=True, check=False)
+    assert run.returncode == 0, run.stderr
+    assert "nvfp4" in run.stdout
+
+
+@pytest.mark.slow
+def test_demo_smoke_on_a_tiny_model(capsys):
+    argv = ["demo", "--tiny", "--formats", "int4-g32", "nvfp4", "--eval-tokens", "128", "--window", "64",
+            "--new-tokens", "4", "--device", "cpu"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for label in ("float32", "int4-g32", "nvfp4", "perplexity", "tokens/s", "already 4-bit"):
+        assert label in out
