@@ -142,14 +142,3 @@ def test_quantized_weight_validates_its_tensors(qw):
         anybit.QuantizedWeight(qw.format, (8, 64), qw.codes, {"scales": qw.params["scales"].float()}, qw.dtype)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-@pytest.mark.parametrize("spec", ["int4-g128", "uint3-g64", "nf4-g64", "lut3-g32", "fp8-e4m3", "mxfp4", "nvfp4"])
-def test_cuda_matches_cpu(spec):
-    w = torch.randn(96, 512)
-    qw_cpu = anybit.quantize(w, spec)
-    qw_gpu = anybit.quantize(w.cuda(), spec)
-    assert qw_gpu.device.type == "cuda"
-    assert torch.equal(qw_gpu.dequantize(torch.float64).cpu(), qw_cpu.dequantize(torch.float64))
-    x = torch.randn(5, 512, dtype=torch.float16, device="cuda")
-    y = anybit.matmul(x, qw_gpu)
-    assert_matmul_close(y.cpu(), x.cpu(), qw_cpu)

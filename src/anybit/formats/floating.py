@@ -212,14 +212,18 @@ class NVFP4Format(WeightFormat):
         scale = amax / (E2M1_MAX * E4M3_MAX)
         return {"tensor_scale": torch.where(amax > 0, scale, torch.ones_like(scale)).float()}
 
+    # fit and encode work in float64: the step e4m3 * tensor_scale has up to
+    # 28 significant bits, so float32 would round it and make the nearest-value
+    # choice depend on how a device evaluates the division.
     def fit(self, wg, mask, clip, prepared, dtype):
-        block_scale = clip * wg.abs().amax(-1) / E2M1_MAX / prepared["tensor_scale"]
+        amax = wg.abs().amax(-1).double()
+        block_scale = clip * amax / E2M1_MAX / prepared["tensor_scale"].double()
         return {"scales": e4m3_encode(block_scale)}
 
     def encode(self, wg, params):
-        step = e4m3_decode(params["scales"], torch.float32) * params["tensor_scale"]
+        step = e4m3_decode(params["scales"], torch.float64) * params["tensor_scale"].double()
         step = step.unsqueeze(-1)
-        scaled = torch.where(step > 0, wg / torch.where(step > 0, step, 1.0), 0.0)
+        scaled = torch.where(step > 0, wg.double() / torch.where(step > 0, step, 1.0), 0.0)
         return e2m1_encode(scaled)
 
     def decode(self, codes, params, dtype):

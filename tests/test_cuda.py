@@ -1,0 +1,73 @@
+"""The reference path on a CUDA device: quantization there matches the CPU bit for bit."""
+
+import pytest
+import torch
+from conftest import assert_matmul_close
+
+import anybit
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.parametrize("spec", ["int4-g128", "uint3-g64", "int1-g32", "nf4-g64", "lut3-g32", "fp8-e4m3", "mxfp4", "nvfp4"])
+@pytest.mark.parametrize("method", ["rtn", "mse"])
+def test_quantize_on_cuda_matches_cpu(spec, method):
+    w = torch.randn(96, 576)
+    cpu = anybit.quantize(w, spec, method=method)
+    gpu = anybit.quantize(w.cuda(), spec, method=method)
+    assert gpu.device.type == "cuda" and gpu.codes.is_cuda
+    values_cpu = cpu.dequantize(torch.float64)
+    values_gpu = gpu.dequantize(torch.float64).cpu()
+    if spec.startswith("lut"):
+        # k-means sums in a different order on the GPU: tables may differ in the last bits.
+        assert (values_gpu - values_cpu).norm() <= 1e-2 * values_cpu.norm()
+    else:
+        assert torch.equal(values_gpu, values_cpu)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=str)
+@pytest.mark.parametrize("lead", [(1,), (7,), (2, 33)], ids=str)
+def test_matmul_on_cuda(dtype, lead):
+    qw = anybit.quantize(torch.randn(200, 576, device="cuda", dtype=dtype), "int4-g128")
+    x = torch.randn(*lead, 576, device="cuda", dtype=dtype)
+    bias = torch.randn(200, device="cuda", dtype=dtype)
+    y = anybit.matmul(x, qw, bias)
+    assert y.is_cuda
+    assert_matmul_close(y.cpu(), x.cpu(), qw.to("cpu"), bias.cpu())
+
+
+def test_device_mismatch_is_an_error():
+    qw = anybit.quantize(torch.randn(8, 64), "int4-g32")
+    with pytest.raises(ValueError, match="x is on cuda:0 but the quantized weight is on cpu"):
+        anybit.matmul(torch.randn(2, 64, device="cuda"), qw)
+
+
+def test_quantlinear_moves_and_saves(tmp_path):
+    layer = anybit.QuantLinear.from_linear(torch.nn.Linear(64, 32), "nvfp4").cuda()
+    assert layer.codes.is_cuda and layer.tensor_scale.is_cuda
+    x = torch.randn(3, 64, device="cuda")
+    model = torch.nn.Sequential(layer)
+    anybit.save(model, tmp_path)
+    loaded = anybit.load(torch.nn.Sequential(torch.nn.Linear(64, 32)).cuda(), tmp_path)
+    assert loaded[0].codes.is_cuda
+    assert torch.equal(loaded(x), model(x))
+
+
+def test_transformers_model_on_cuda_generates():
+    transformers = pytest.importorskip("transformers", reason="transformers is the demo extra")
+    config = transformers.LlamaConfig(
+        vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(config).to("cuda", torch.float16).eval()
+    ids = torch.randint(0, 128, (2, 16), device="cuda")
+    with torch.no_grad():
+        before = model(ids).logits.float()
+    summary = anybit.quantize_(model, "int8-g32", progress=False)
+    assert len(summary.converted) == 14
+    with torch.no_grad():
+        after = model(ids).logits.float()
+        out = model.generate(ids, max_new_tokens=5, do_sample=False)
+    assert (after - before).norm() / before.norm() < 0.02
+    assert out.shape == (2, 21)
