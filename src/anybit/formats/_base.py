@@ -83,7 +83,11 @@ def group_specs(prefix: str) -> list[str]:
 
 
 def round_scales(scales: Tensor, dtype: torch.dtype, what: str) -> Tensor:
-    """Round float32 scales to the scale dtype; an all-zero group gets scale 1.
+    """Round float64 scales once to the scale dtype; an all-zero group gets scale 1.
+
+    Formats compute scales in float64 from float64 statistics: float32 would
+    round twice, and on CUDA a division by a Python scalar is a multiply by
+    its reciprocal, so CPU and GPU could store different scales.
 
     Raises ValueError when a scale overflows ``dtype`` (fp16 tops out at 65504).
     """

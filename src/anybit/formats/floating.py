@@ -92,7 +92,7 @@ class FP8Format(WeightFormat):
         return 16 / in_features
 
     def fit(self, wg, mask, clip, prepared, dtype):
-        return {"scales": round_scales(clip * wg.abs().amax(-1) / E4M3_MAX, dtype, "fp8 scales")}
+        return {"scales": round_scales(clip * wg.abs().amax(-1).double() / E4M3_MAX, dtype, "fp8 scales")}
 
     def encode(self, wg, params):
         return e4m3_encode(wg / params["scales"].float().unsqueeze(-1))
@@ -208,8 +208,8 @@ class NVFP4Format(WeightFormat):
         return 8 / self.block + 32 / (out_features * in_features)
 
     def prepare(self, wg, mask, dtype):
-        amax = wg.abs().amax()
-        scale = amax / (E2M1_MAX * E4M3_MAX)
+        amax = wg.abs().amax().double()
+        scale = amax / (E2M1_MAX * E4M3_MAX)  # float64, rounded once to fp32 below
         return {"tensor_scale": torch.where(amax > 0, scale, torch.ones_like(scale)).float()}
 
     # fit and encode work in float64: the step e4m3 * tensor_scale has up to

@@ -60,10 +60,10 @@ class IntFormat(WeightFormat):
 
     def fit(self, wg, mask, clip, prepared, dtype):
         if self.bits == 1:
-            mean_abs = (wg.abs() * mask).sum(-1) / mask.sum(-1)
+            mean_abs = (wg.double().abs() * mask).sum(-1) / mask.sum(-1)
             scales = clip * mean_abs
         else:
-            scales = clip * wg.abs().amax(-1) / (2 ** (self.bits - 1) - 1)
+            scales = clip * wg.abs().amax(-1).double() / (2 ** (self.bits - 1) - 1)
         return {"scales": round_scales(scales, dtype, "int scales")}
 
     def encode(self, wg, params):
@@ -122,10 +122,10 @@ class UIntFormat(WeightFormat):
 
     def fit(self, wg, mask, clip, prepared, dtype):
         levels = 2**self.bits - 1
-        lo = wg.amin(-1).clamp(max=0) * clip
-        hi = wg.amax(-1).clamp(min=0) * clip
+        lo = wg.amin(-1).clamp(max=0).double() * clip
+        hi = wg.amax(-1).clamp(min=0).double() * clip
         scales = round_scales((hi - lo) / levels, dtype, "uint scales")
-        zeros = torch.round(-lo / scales.float()).clamp_(0, levels)
+        zeros = torch.round(-lo / scales.double()).clamp_(0, levels)
         return {"scales": scales, "zeros": zeros.to(torch.uint8)}
 
     def encode(self, wg, params):

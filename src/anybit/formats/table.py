@@ -75,7 +75,7 @@ class NF4Format(WeightFormat):
         return 16 / self.group_len(in_features)
 
     def fit(self, wg, mask, clip, prepared, dtype):
-        return {"scales": round_scales(clip * wg.abs().amax(-1), dtype, "nf4 scales")}
+        return {"scales": round_scales(clip * wg.abs().amax(-1).double(), dtype, "nf4 scales")}
 
     def encode(self, wg, params):
         levels = torch.tensor(NF4_LEVELS, dtype=torch.float32, device=wg.device)
@@ -163,7 +163,7 @@ class LUTFormat(WeightFormat):
         return {"table": table.to(dtype).sort(dim=1).values}
 
     def fit(self, wg, mask, clip, prepared, dtype):
-        return {"scales": round_scales(clip * wg.abs().amax(-1), dtype, "lut scales")}
+        return {"scales": round_scales(clip * wg.abs().amax(-1).double(), dtype, "lut scales")}
 
     def encode(self, wg, params):
         n, ng, g = wg.shape
