@@ -117,12 +117,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def _demo_table(rows, device, source, n_tokens) -> Table:
     table = Table(title=f"SmolLM2-135M-Instruct on {device}: perplexity on {n_tokens} tokens of {source}")
-    for col, justify in (("format", "left"), ("bits/weight", "right"), ("size MiB", "right"),
-                         ("perplexity", "right"), ("tokens/s", "right"), ("answer", "left")):
-        table.add_column(col, justify=justify)
+    for col in ("format", "bits/weight", "size MiB", "perplexity", "tokens/s"):
+        table.add_column(col, justify="left" if col == "format" else "right")
     for r in rows:
         table.add_row(r.format, f"{r.bits_per_weight:.2f}", f"{r.size_mib:.1f}", f"{r.perplexity:.2f}",
-                      f"{r.tokens_per_s:.1f}", r.answer)
+                      f"{r.tokens_per_s:.1f}")
     return table
 
 
@@ -153,7 +152,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     table = _demo_table(rows, device, source, n_tokens)
     table.title = table.title.replace("SmolLM2-135M-Instruct", name)
     console.print(table)
-    console.print(demo.GGUF_NOTE)
+    console.print(f"Answers to {demo.QUESTION!r} (greedy, {args.new_tokens} tokens at most):")
+    for row in rows:
+        console.print(f"  {row.format:>10}: {row.answer}", soft_wrap=True)
+    if not args.tiny:
+        console.print(demo.GGUF_NOTE)
     console.print(
         "tokens/s: greedy decoding of the answer, prefill included; today every format runs the "
         "reference matmul (dequantize, then float32 matmul), so it measures correctness, not kernel speed."

@@ -190,3 +190,48 @@ class WeightFormat(ABC):
     @abstractmethod
     def decode(self, codes: Tensor, params: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
         """Value of each code, (N, ng, G) in ``dtype``."""
+
+
+class BitsGroupFormat(WeightFormat):
+    """A family spelled ``{family}{K}-g{G}``, with K in ``bit_range``."""
+
+    bit_range: ClassVar[range]
+
+    @classmethod
+    def from_match(cls, spec: str, match: re.Match[str]) -> WeightFormat:
+        bits = int(match[1])
+        if bits not in cls.bit_range:
+            lo, hi = cls.bit_range[0], cls.bit_range[-1]
+            raise ValueError(f"fmt={spec!r}: bit width {bits} is not supported; {cls.family} accepts K = {lo}..{hi}")
+        return cls(bits, parse_group(spec, match[2]))
+
+    @classmethod
+    def all_specs(cls) -> list[str]:
+        return [s for k in cls.bit_range for s in group_specs(f"{cls.family}{k}")]
+
+    @property
+    def spec(self) -> str:
+        return f"{self.family}{self.bits}-{group_suffix(self.group_size)}"
+
+
+class FixedFormat(WeightFormat):
+    """A format with a single spec and fixed bits and block size (fp8-e4m3, mxfp4, nvfp4)."""
+
+    fixed_bits: ClassVar[int]
+    #: Weights per scale; None = one scale per row.
+    fixed_block: ClassVar[int | None]
+
+    def __init__(self) -> None:
+        super().__init__(self.fixed_bits, self.fixed_block)
+
+    @classmethod
+    def from_match(cls, spec: str, match: re.Match[str]) -> WeightFormat:
+        return cls()
+
+    @classmethod
+    def all_specs(cls) -> list[str]:
+        return [cls.template]
+
+    @property
+    def spec(self) -> str:
+        return self.template

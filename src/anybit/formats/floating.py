@@ -20,7 +20,7 @@ import re
 import torch
 from torch import Tensor
 
-from ._base import TensorSpec, WeightFormat, round_scales
+from ._base import FixedFormat, TensorSpec, round_scales
 from .registry import register_format
 from .table import nearest_index
 
@@ -56,7 +56,7 @@ def e4m3_decode(bits: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 @register_format
-class FP8Format(WeightFormat):
+class FP8Format(FixedFormat):
     """FP8 E4M3 weights with one scale per output row.
 
     Code ``c`` (an E4M3 bit pattern) stands for ``e4m3(c) * scale[row]`` with
@@ -70,20 +70,8 @@ class FP8Format(WeightFormat):
     template = "fp8-e4m3"
     summary = "FP8 E4M3 values, scale per row; near-lossless at 8 bits"
 
-    def __init__(self):
-        super().__init__(8, None)
-
-    @classmethod
-    def from_match(cls, spec, match):
-        return cls()
-
-    @classmethod
-    def all_specs(cls):
-        return ["fp8-e4m3"]
-
-    @property
-    def spec(self):
-        return "fp8-e4m3"
+    fixed_bits = 8
+    fixed_block = None
 
     def param_specs(self, out_features, in_features, dtype):
         return {"scales": TensorSpec((out_features, 1), dtype)}
@@ -102,7 +90,7 @@ class FP8Format(WeightFormat):
 
 
 @register_format
-class MXFP4Format(WeightFormat):
+class MXFP4Format(FixedFormat):
     """MXFP4 as defined by the OCP Microscaling Formats (MX) Specification v1.0.
 
     Blocks of 32 consecutive weights share one E8M0 scale ``X = 2**(s - 127)``
@@ -121,28 +109,15 @@ class MXFP4Format(WeightFormat):
     template = "mxfp4"
     summary = "OCP MX FP4: E2M1 values, power-of-two E8M0 scale per 32; Blackwell-native"
     clip_candidates = (1.0, 2.0, 0.5)
-    block = 32
 
-    def __init__(self):
-        super().__init__(4, self.block)
-
-    @classmethod
-    def from_match(cls, spec, match):
-        return cls()
-
-    @classmethod
-    def all_specs(cls):
-        return ["mxfp4"]
-
-    @property
-    def spec(self):
-        return "mxfp4"
+    fixed_bits = 4
+    fixed_block = 32
 
     def param_specs(self, out_features, in_features, dtype):
         return {"scales": TensorSpec((out_features, self.num_groups(in_features)), torch.uint8)}
 
     def overhead_bits(self, out_features, in_features):
-        return 8 / self.block
+        return 8 / self.fixed_block
 
     def fit(self, wg, mask, clip, prepared, dtype):
         amax = clip * wg.abs().amax(-1)
@@ -160,7 +135,7 @@ class MXFP4Format(WeightFormat):
 
 
 @register_format
-class NVFP4Format(WeightFormat):
+class NVFP4Format(FixedFormat):
     """NVFP4 as NVIDIA defines it for Blackwell tensor cores.
 
     Blocks of 16 consecutive weights share an FP8 E4M3 scale, and the whole
@@ -181,22 +156,9 @@ class NVFP4Format(WeightFormat):
     template = "nvfp4"
     summary = "NVIDIA FP4: E2M1 values, E4M3 scale per 16 plus an fp32 tensor scale"
     param_names = ("scales", "tensor_scale")
-    block = 16
 
-    def __init__(self):
-        super().__init__(4, self.block)
-
-    @classmethod
-    def from_match(cls, spec, match):
-        return cls()
-
-    @classmethod
-    def all_specs(cls):
-        return ["nvfp4"]
-
-    @property
-    def spec(self):
-        return "nvfp4"
+    fixed_bits = 4
+    fixed_block = 16
 
     def param_specs(self, out_features, in_features, dtype):
         return {
@@ -205,7 +167,7 @@ class NVFP4Format(WeightFormat):
         }
 
     def overhead_bits(self, out_features, in_features):
-        return 8 / self.block + 32 / (out_features * in_features)
+        return 8 / self.fixed_block + 32 / (out_features * in_features)
 
     def prepare(self, wg, mask, dtype):
         amax = wg.abs().amax().double()

@@ -5,21 +5,11 @@ from __future__ import annotations
 import re
 
 import torch
-from ._base import TensorSpec, WeightFormat, group_specs, group_suffix, parse_group, round_scales
+from ._base import BitsGroupFormat, TensorSpec, round_scales
 from .registry import register_format
 
-_BIT_RANGE = range(1, 9)
-
-
-def _parse_bits(spec: str, text: str, family: str) -> int:
-    bits = int(text)
-    if bits not in _BIT_RANGE:
-        raise ValueError(f"fmt={spec!r}: bit width {bits} is not supported; {family} accepts K = 1..8")
-    return bits
-
-
 @register_format
-class IntFormat(WeightFormat):
+class IntFormat(BitsGroupFormat):
     """Signed symmetric K-bit integers with one scale per group.
 
     For K >= 2 a code ``c`` in [0, 2**K) stands for ``(c - 2**(K-1)) * scale``:
@@ -39,18 +29,7 @@ class IntFormat(WeightFormat):
     pattern = re.compile(r"^int(\d+)-g(\w+)$")
     template = "intK-gG"
     summary = "signed symmetric K-bit integers, fp16/bf16 scale per group; the general-purpose choice"
-
-    @classmethod
-    def from_match(cls, spec: str, match: re.Match[str]) -> IntFormat:
-        return cls(_parse_bits(spec, match[1], cls.family), parse_group(spec, match[2]))
-
-    @classmethod
-    def all_specs(cls) -> list[str]:
-        return [s for k in _BIT_RANGE for s in group_specs(f"{cls.family}{k}")]
-
-    @property
-    def spec(self) -> str:
-        return f"{self.family}{self.bits}-{group_suffix(self.group_size)}"
+    bit_range = range(1, 9)
 
     def param_specs(self, out_features, in_features, dtype):
         return {"scales": TensorSpec((out_features, self.num_groups(in_features)), dtype)}
@@ -83,7 +62,7 @@ class IntFormat(WeightFormat):
 
 
 @register_format
-class UIntFormat(WeightFormat):
+class UIntFormat(BitsGroupFormat):
     """Asymmetric K-bit integers with a scale and an integer zero point per group.
 
     A code ``c`` in [0, 2**K) stands for ``(c - zero) * scale``.  The range
@@ -100,18 +79,7 @@ class UIntFormat(WeightFormat):
     template = "uintK-gG"
     summary = "asymmetric K-bit integers, scale + zero point per group; for skewed weight rows"
     param_names = ("scales", "zeros")
-
-    @classmethod
-    def from_match(cls, spec: str, match: re.Match[str]) -> UIntFormat:
-        return cls(_parse_bits(spec, match[1], cls.family), parse_group(spec, match[2]))
-
-    @classmethod
-    def all_specs(cls) -> list[str]:
-        return [s for k in _BIT_RANGE for s in group_specs(f"{cls.family}{k}")]
-
-    @property
-    def spec(self) -> str:
-        return f"{self.family}{self.bits}-{group_suffix(self.group_size)}"
+    bit_range = range(1, 9)
 
     def param_specs(self, out_features, in_features, dtype):
         shape = (out_features, self.num_groups(in_features))

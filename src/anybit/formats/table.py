@@ -7,7 +7,7 @@ import re
 import torch
 from torch import Tensor
 
-from ._base import TensorSpec, WeightFormat, group_specs, group_suffix, parse_group, round_scales
+from ._base import BitsGroupFormat, TensorSpec, WeightFormat, group_specs, group_suffix, parse_group, round_scales
 from .registry import register_format
 
 #: The 16 levels of 4-bit NormalFloat, in code order (Dettmers et al. 2023,
@@ -111,7 +111,7 @@ def lloyd_codebooks(u: Tensor, levels: int, iters: int = 20, chunk_elems: int = 
 
 
 @register_format
-class LUTFormat(WeightFormat):
+class LUTFormat(BitsGroupFormat):
     """Learned K-bit codebooks (K = 2..4): one 2**K-entry table per output row.
 
     Code ``c`` of row ``n`` stands for ``table[n, c] * scale[n, group]``.  The
@@ -128,21 +128,6 @@ class LUTFormat(WeightFormat):
     param_names = ("scales", "table")
     bit_range = range(2, 5)
     kmeans_iters = 20
-
-    @classmethod
-    def from_match(cls, spec, match):
-        bits = int(match[1])
-        if bits not in cls.bit_range:
-            raise ValueError(f"fmt={spec!r}: bit width {bits} is not supported; lut accepts K = 2..4")
-        return cls(bits, parse_group(spec, match[2]))
-
-    @classmethod
-    def all_specs(cls):
-        return [s for k in cls.bit_range for s in group_specs(f"{cls.family}{k}")]
-
-    @property
-    def spec(self):
-        return f"{self.family}{self.bits}-{group_suffix(self.group_size)}"
 
     def param_specs(self, out_features, in_features, dtype):
         return {
