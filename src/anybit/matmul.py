@@ -5,8 +5,13 @@ The dispatcher is the only place that chooses an implementation: callers
 depends on the inputs and on ``ANYBIT_BACKEND``, read at call time:
 
 ``auto`` (default)
-    the fastest implementation available for the inputs.  Today that is the
-    reference path on every device.
+    the Triton decode kernel (:mod:`anybit._matmul.gemv`) for CUDA inputs it
+    supports: fp16/bf16 x with at most 32 rows, integer and lookup-table
+    formats; the reference path for everything else.  Both compute the same
+    function; the kernel rounds differently (see its docstring).
+``triton``
+    the Triton kernel, or a ValueError saying why it cannot take the inputs.
+    With ``TRITON_INTERPRET=1`` it runs on CPU tensors in Triton's interpreter.
 ``reference``
     the pure torch reference (:mod:`anybit._matmul.reference`).
 """
@@ -19,6 +24,7 @@ import os
 import torch
 from torch import Tensor
 
+from ._matmul.gemv import gemv, unsupported_reason
 from ._matmul.reference import matmul_reference
 from .quantized import QuantizedWeight
 
@@ -29,6 +35,7 @@ BACKEND_ENV = "ANYBIT_BACKEND"
 class Backend(str, enum.Enum):
     AUTO = "auto"
     REFERENCE = "reference"
+    TRITON = "triton"
 
 
 def requested_backend() -> Backend:
@@ -44,9 +51,14 @@ def requested_backend() -> Backend:
 def select_backend(x: Tensor, qw: QuantizedWeight) -> Backend:
     """Deterministic choice of implementation for these inputs."""
     requested = requested_backend()
-    if requested is Backend.AUTO:
+    if requested is Backend.REFERENCE:
+        return requested
+    reason = unsupported_reason(x, qw)
+    if requested is Backend.TRITON and reason is not None:
+        raise ValueError(f"{BACKEND_ENV}=triton cannot run these inputs: {reason}")
+    if requested is Backend.AUTO and (reason is not None or x.device.type != "cuda"):
         return Backend.REFERENCE
-    return requested
+    return Backend.TRITON
 
 
 def _check_inputs(x: Tensor, qw: QuantizedWeight, bias: Tensor | None) -> None:
@@ -86,4 +98,6 @@ def matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None = None) -> Tensor
     backend = select_backend(x, qw)
     if backend is Backend.REFERENCE:
         return matmul_reference(x, qw, bias)
+    if backend is Backend.TRITON:
+        return gemv(x, qw, bias)
     raise AssertionError(f"unhandled backend {backend}")

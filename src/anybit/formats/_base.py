@@ -34,6 +34,7 @@ A format implements four steps, all on float32 tensors of shape (N, ng, G):
 
 from __future__ import annotations
 
+import enum
 import math
 import re
 from abc import ABC, abstractmethod
@@ -51,6 +52,33 @@ DEFAULT_CLIPS = tuple(round(1.0 - 0.025 * i, 3) for i in range(21))
 
 #: Scale dtypes a quantized weight may use.
 SCALE_DTYPES = (torch.float16, torch.bfloat16)
+
+
+class Decode(enum.Enum):
+    """How a kernel turns a code into a weight; see :class:`KernelDecode`."""
+
+    #: (code - 2**(bits-1)) * scale
+    SYMMETRIC = "symmetric"
+    #: (2 * code - 1) * scale
+    BINARY = "binary"
+    #: (code - zero[group]) * scale
+    ZERO_POINT = "zero_point"
+    #: levels[code] * scale, one table for the whole format
+    TABLE = "table"
+    #: table[row, code] * scale, one table per output row
+    ROW_TABLE = "row_table"
+
+
+@dataclass(frozen=True)
+class KernelDecode:
+    """What a kernel needs to decode a format: the mode, and the fixed table if any.
+
+    Every mode is ``integer-or-table value * scale[row, group]``, so kernels
+    may apply the scale once per group to a partial dot product.
+    """
+
+    mode: Decode
+    levels: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -190,6 +218,10 @@ class WeightFormat(ABC):
     @abstractmethod
     def decode(self, codes: Tensor, params: dict[str, Tensor], dtype: torch.dtype) -> Tensor:
         """Value of each code, (N, ng, G) in ``dtype``."""
+
+    def kernel_decode(self) -> KernelDecode | None:
+        """How the Triton kernels decode this format; None where no kernel handles it."""
+        return None
 
 
 class BitsGroupFormat(WeightFormat):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import torch
-from ._base import BitsGroupFormat, TensorSpec, round_scales
+from ._base import BitsGroupFormat, Decode, KernelDecode, TensorSpec, round_scales
 from .registry import register_format
 
 @register_format
@@ -60,6 +60,9 @@ class IntFormat(BitsGroupFormat):
             return (2 * c - 1) * scale
         return (c - 2 ** (self.bits - 1)) * scale
 
+    def kernel_decode(self):
+        return KernelDecode(Decode.BINARY if self.bits == 1 else Decode.SYMMETRIC)
+
 
 @register_format
 class UIntFormat(BitsGroupFormat):
@@ -106,3 +109,6 @@ class UIntFormat(BitsGroupFormat):
         scale = params["scales"].to(dtype).unsqueeze(-1)
         zero = params["zeros"].to(dtype).unsqueeze(-1)
         return (codes.to(dtype) - zero) * scale
+
+    def kernel_decode(self):
+        return KernelDecode(Decode.ZERO_POINT)

@@ -7,7 +7,7 @@ import re
 import torch
 from torch import Tensor
 
-from ._base import BitsGroupFormat, TensorSpec, WeightFormat, group_specs, group_suffix, parse_group, round_scales
+from ._base import BitsGroupFormat, Decode, KernelDecode, TensorSpec, WeightFormat, group_specs, group_suffix, parse_group, round_scales
 from .registry import register_format
 
 #: The 16 levels of 4-bit NormalFloat, in code order (Dettmers et al. 2023,
@@ -86,6 +86,9 @@ class NF4Format(WeightFormat):
         levels = torch.tensor(NF4_LEVELS, dtype=dtype, device=codes.device)
         return levels[codes.long()] * params["scales"].to(dtype).unsqueeze(-1)
 
+    def kernel_decode(self):
+        return KernelDecode(Decode.TABLE, NF4_LEVELS)
+
 
 def lloyd_codebooks(u: Tensor, levels: int, iters: int = 20, chunk_elems: int = 1 << 22) -> Tensor:
     """One sorted 1-D k-means codebook per row of ``u`` (n, K) -> (n, levels).
@@ -159,3 +162,6 @@ class LUTFormat(BitsGroupFormat):
         n, ng, g = codes.shape
         values = params["table"].to(dtype).gather(1, codes.reshape(n, ng * g).long())
         return values.reshape(n, ng, g) * params["scales"].to(dtype).unsqueeze(-1)
+
+    def kernel_decode(self):
+        return KernelDecode(Decode.ROW_TABLE)

@@ -1,0 +1,181 @@
+"""Launch settings and the ``anybit::gemv`` operator around the Triton decode kernel.
+
+Triton is imported only when a kernel is first launched, so ``import anybit``
+works (on the reference path) where Triton is not installed.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import packing
+from ..formats._base import Decode
+from ..quantized import QuantizedWeight
+
+#: The decode kernel serves x with at most this many rows.
+MAX_M = 32
+KERNEL_DTYPES = (torch.float16, torch.bfloat16)
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    """Launch settings of the decode kernel (see gemv_triton for what each tile is)."""
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int
+    num_warps: int = 4
+    num_stages: int = 2
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device_index: int) -> int:
+    return torch.cuda.get_device_properties(device_index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of ``device``; 4 for the CPU interpreter."""
+    if device.type != "cuda":
+        return 4
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def gemv_config(m: int, n: int, k: int, group: int, sms: int) -> GemvConfig:
+    """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
+
+    BLOCK_K (a power of two, at least 32) stays inside one group when groups
+    are 32 wide or more, so the scale multiplies a partial dot product once;
+    a per-row group (``group == k``) holds any block.  Split-K raises the
+    number of programs to about two per SM.
+    """
+    block_m = 16 if m <= 16 else 32
+    block_n = 64
+    block_k = min(128, group) if 32 <= group < k else 128
+    n_tiles = -(-n // block_n)
+    k_blocks = -(-k // block_k)
+    split_k = max(1, min(k_blocks, -(-2 * sms // n_tiles)))
+    return GemvConfig(block_m, block_n, block_k, split_k)
+
+
+def kernel_group(group: int, k: int, config: GemvConfig) -> int:
+    """The GROUP the kernel is compiled with: a per-row group becomes one at
+    least BLOCK_K wide, so the kernel applies its scale after the dot."""
+    return max(group, config.block_k) if group == k else group
+
+
+def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
+    """Why the decode kernel cannot run these inputs, or None when it can."""
+    decode = qw.format.kernel_decode()
+    if decode is None:
+        return f"format {qw.format.spec} has no Triton kernel yet"
+    if x.dtype not in KERNEL_DTYPES:
+        return f"x has dtype {x.dtype}; the Triton kernel takes torch.float16 or torch.bfloat16"
+    rows = x.numel() // max(x.shape[-1], 1)
+    if rows > MAX_M:
+        return f"x has {rows} rows; the decode kernel takes at most {MAX_M}"
+    if x.device.type != "cuda" and not interpreting():
+        return f"x is on {x.device}; the Triton kernel needs a CUDA device (or TRITON_INTERPRET=1)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed"
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _levels(levels: tuple[float, ...], device: torch.device) -> Tensor:
+    return torch.tensor(levels, dtype=torch.float32, device=device)
+
+
+def kernel_table(qw: QuantizedWeight) -> Tensor | None:
+    """The table the kernel reads: NF4's levels, a lut format's per-row tables, or None."""
+    decode = qw.format.kernel_decode()
+    if decode.mode is Decode.TABLE:
+        return _levels(decode.levels, qw.device)
+    if decode.mode is Decode.ROW_TABLE:
+        return qw.params["table"]
+    return None
+
+
+def launch_gemv(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
+    bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemvConfig,
+    out: Tensor | None = None,
+) -> Tensor:
+    """Run the kernel: x (M, k) -> y (M, n) in x's dtype.
+
+    ``out``, if given, is where the kernel writes: (M, n) in x's dtype when
+    ``config.split_k == 1``, else the fp32 (split_k, M, n) partial sums (tests
+    pass NaN-filled buffers to catch unwritten elements).
+    """
+    from .gemv_triton import MODE_IDS, gemv_kernel
+
+    m = x.shape[0]
+    x = x.contiguous()
+    split_k = config.split_k
+    if out is None:
+        shape, dtype = ((m, n), x.dtype) if split_k == 1 else ((split_k, m, n), torch.float32)
+        out = torch.empty(shape, dtype=dtype, device=x.device)
+    if m > 0:
+        grid = (-(-n // config.block_n), split_k, -(-m // config.block_m))
+        k_blocks = -(-k // config.block_k)
+        dummy = scales  # stands in for absent optional pointers; never read
+        gemv_kernel[grid](
+            x, codes, scales, dummy if zeros is None else zeros, dummy if table is None else table,
+            dummy if bias is None else bias, out,
+            m, n, k, codes.shape[1], packing.padded_len(k) // 32, scales.shape[1], x.stride(0),
+            BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
+            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
+            BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
+            num_warps=config.num_warps, num_stages=config.num_stages,
+        )
+    if split_k == 1:
+        return out
+    y = out.sum(0)
+    if bias is not None:
+        y += bias.float()
+    return y.to(x.dtype)
+
+
+@torch.library.custom_op("anybit::gemv", mutates_args=())
+def gemv_op(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
+    bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
+    block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int,
+) -> Tensor:
+    """y (M, n) = x (M, k) @ W^T (+ bias) for W in the split-plane layout; see gemv_triton."""
+    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages)
+    return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config)
+
+
+@gemv_op.register_fake
+def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
+      num_warps, num_stages):
+    return x.new_empty(x.shape[0], n)
+
+
+def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig | None = None) -> Tensor:
+    """x (..., K) fp16/bf16 with at most MAX_M rows -> (..., N) in x's dtype, on the Triton kernel."""
+    n, k = qw.shape
+    x2 = x.reshape(-1, k)
+    group = qw.format.group_len(k)
+    if config is None:
+        config = gemv_config(x2.shape[0], n, k, group, sm_count(x.device))
+    group = kernel_group(group, k, config)
+    y = torch.ops.anybit.gemv(
+        x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
+        n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,
+        config.block_m, config.block_n, config.block_k, config.split_k, config.num_warps, config.num_stages,
+    )
+    return y.reshape(*x.shape[:-1], n)

@@ -1,0 +1,156 @@
+"""The Triton decode kernel against float64, in Triton's interpreter on CPU (or on a GPU).
+
+Outputs are poisoned with NaN before each launch, so an element the kernel
+does not write fails the test.
+"""
+
+import itertools
+from dataclasses import dataclass
+
+import pytest
+import torch
+from conftest import assert_matmul_close, unit_roundoff
+
+import anybit
+from anybit._matmul import gemv as g
+from anybit.matmul import Backend, select_backend
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+KERNEL_SPECS = [s for s in anybit.all_specs() if anybit.parse_format(s).kernel_decode() is not None]
+GROUPS = ["g16", "g32", "g64", "g128", "g256", "gc"]
+
+
+@dataclass(frozen=True)
+class Case:
+    spec: str
+    m: int
+    n: int
+    k: int
+    dtype: torch.dtype
+    config: g.GemvConfig | None = None  # None: the heuristic's choice
+
+    def __str__(self):
+        cfg = "auto" if self.config is None else f"bk{self.config.block_k}-s{self.config.split_k}"
+        return f"{self.spec}-M{self.m}-N{self.n}-K{self.k}-{str(self.dtype)[6:]}-{cfg}"
+
+
+def _cases():
+    shapes = itertools.cycle([(70, 300), (1, 96), (130, 576), (33, 160)])
+    ms = itertools.cycle([1, 3, 17, 32])
+    dtypes = itertools.cycle([torch.float16, torch.bfloat16])
+    # Every family and bit width once, the group size rotating through all six.
+    families = {}
+    for spec in KERNEL_SPECS:
+        families.setdefault(spec.rsplit("-", 1)[0], []).append(spec)
+    cases = []
+    for i, (prefix, specs) in enumerate(sorted(families.items())):
+        spec = f"{prefix}-{GROUPS[i % len(GROUPS)]}"
+        n, k = next(shapes)
+        cases.append(Case(spec, next(ms), n, k, next(dtypes)))
+    # Each kernel path forced: scale after the dot (G >= BLOCK_K), scale in the
+    # decode (G < BLOCK_K), split-K or not, both M tiles.
+    forced = [
+        ("int4-g128", g.GemvConfig(16, 64, 128, 1)),
+        ("int4-g128", g.GemvConfig(16, 32, 64, 3)),
+        ("uint4-g64", g.GemvConfig(32, 64, 32, 5)),
+        ("uint4-g64", g.GemvConfig(16, 64, 128, 2)),  # two groups per K-block
+        ("nf4-g32", g.GemvConfig(16, 16, 64, 2)),
+        ("lut3-gc", g.GemvConfig(32, 64, 256, 4)),  # more splits than blocks for some
+        ("int3-g16", g.GemvConfig(16, 64, 32, 1)),
+    ]
+    for (spec, config), m in zip(forced, itertools.cycle([1, 32, 5])):
+        cases.append(Case(spec, m, 70, 300, torch.float16, config))
+    return cases
+
+
+CASES = _cases()
+
+
+def _run(case: Case, bias: bool):
+    torch.manual_seed(hash(str(case)) % 2**31)
+    qw = anybit.quantize(torch.randn(case.n, case.k, device=DEVICE), case.spec)
+    x = torch.randn(case.m, case.k, device=DEVICE).to(case.dtype)
+    b = torch.randn(case.n, device=DEVICE) if bias else None
+    group = qw.format.group_len(case.k)
+    config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(x.device))
+    group = g.kernel_group(group, case.k, config)
+    shape = (case.m, case.n) if config.split_k == 1 else (config.split_k, case.m, case.n)
+    out = torch.full(shape, float("nan"), dtype=case.dtype if config.split_k == 1 else torch.float32, device=DEVICE)
+    y = g.launch_gemv(
+        x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), b,
+        case.n, case.k, qw.format.bits, group, qw.format.kernel_decode().mode, config, out=out,
+    )
+    return y, x, qw, b
+
+
+def _weight_rounding(case: Case, qw) -> float:
+    """Unit roundoff of the weight values the dot product sees.
+
+    Integer values are exact in fp16/bf16; table values, and any weight scaled
+    before the dot (groups narrower than BLOCK_K), are rounded to x's dtype.
+    """
+    group = qw.format.group_len(case.k)
+    config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(torch.device(DEVICE)))
+    group = g.kernel_group(group, case.k, config)
+    table = qw.format.kernel_decode().mode in (g.Decode.TABLE, g.Decode.ROW_TABLE)
+    return unit_roundoff(case.dtype) if table or group < config.block_k else 0.0
+
+
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+@pytest.mark.parametrize("case", CASES, ids=str)
+def test_kernel_matches_float64(case, bias):
+    y, x, qw, b = _run(case, bias)
+    assert not torch.isnan(y).any(), "the kernel left elements unwritten"
+    assert_matmul_close(y.cpu(), x.cpu(), qw.to("cpu"), None if b is None else b.cpu(),
+                        weight_roundoff=_weight_rounding(case, qw))
+
+
+def test_every_kernel_format_is_covered():
+    covered = {c.spec.rsplit("-", 1)[0] for c in CASES}
+    assert covered == {s.rsplit("-", 1)[0] for s in KERNEL_SPECS}
+    assert {c.spec.rsplit("-", 1)[1] for c in CASES} >= set(GROUPS)
+
+
+def test_dispatcher_forced_triton(monkeypatch):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    qw = anybit.quantize(torch.randn(40, 96, device=DEVICE), "int4-g32")
+    x = torch.randn(2, 3, 96, dtype=torch.float16, device=DEVICE)
+    assert select_backend(x, qw) is Backend.TRITON
+    y = anybit.matmul(x, qw)
+    assert y.shape == (2, 3, 40)
+    assert_matmul_close(y.cpu(), x.cpu(), qw.to("cpu"))
+
+
+@pytest.mark.parametrize(
+    "spec, dtype, rows, message",
+    [
+        ("mxfp4", torch.float16, 2, "format mxfp4 has no Triton kernel yet"),
+        ("int4-g32", torch.float32, 2, "x has dtype torch.float32"),
+        ("int4-g32", torch.float16, 33, "x has 33 rows; the decode kernel takes at most 32"),
+    ],
+)
+def test_dispatcher_explains_what_triton_cannot_run(monkeypatch, spec, dtype, rows, message):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    qw = anybit.quantize(torch.randn(40, 96, device=DEVICE), spec)
+    x = torch.randn(rows, 96, device=DEVICE).to(dtype)
+    with pytest.raises(ValueError, match=message):
+        anybit.matmul(x, qw)
+    monkeypatch.setenv("ANYBIT_BACKEND", "auto")
+    assert select_backend(x, qw) is Backend.REFERENCE
+
+
+def test_auto_uses_the_reference_path_on_cpu(monkeypatch):
+    monkeypatch.delenv("ANYBIT_BACKEND", raising=False)
+    qw = anybit.quantize(torch.randn(40, 96), "int4-g32")
+    assert select_backend(torch.randn(2, 96, dtype=torch.float16), qw) is Backend.REFERENCE
+
+
+def test_heuristic_is_deterministic_and_group_aligned():
+    for m, n, k, group in [(1, 4096, 4096, 128), (32, 28672, 4096, 64), (7, 576, 576, 576), (1, 64, 1536, 16)]:
+        first = g.gemv_config(m, n, k, group, 132)
+        assert first == g.gemv_config(m, n, k, group, 132)
+        assert first.block_k % 32 == 0 and first.block_m >= m
+        assert first.block_k & (first.block_k - 1) == 0
+        if 32 <= group < k:
+            assert group % first.block_k == 0
+        assert 1 <= first.split_k <= -(-k // first.block_k)
