@@ -164,6 +164,45 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(text: str) -> tuple[int, int]:
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} must be NxK, e.g. 4096x4096") from None
+    return n, k
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    for spec in args.formats:
+        parse_format(spec)
+    result = bench.run(args.formats, args.shapes or list(bench.STANDARD_SHAPES), args.m or list(bench.STANDARD_M),
+                       replays=args.replays, peers=not args.no_peers)
+    gpu = result.env["gpu"].replace("NVIDIA ", "").replace(" ", "-").lower()
+    out = Path(args.out) if args.out else Path("benchmarks/results") / f"{gpu}-{result.env['date']}-{args.what}.json"
+    bench.write(result, out)
+    table = Table(title=f"anybit vs fp16 cuBLAS on {result.env['gpu']}: geomean over shapes (higher is better)")
+    table.add_column("format")
+    ms = sorted({row["M"] for row in result.rows})
+    for m in ms:
+        table.add_column(f"M={m}", justify="right")
+    means = bench.geomeans(result.rows)
+    for fmt in args.formats:
+        table.add_row(fmt, *(f"{means.get((fmt, m), float('nan')):.2f}x" for m in ms))
+    for peer in bench.PEERS:
+        peer_means = bench.geomeans(result.rows, f"{peer}_us")
+        if peer_means:
+            table.add_row(peer, *(f"{peer_means.get((args.formats[0], m), float('nan')):.2f}x" for m in ms))
+    Console().print(table)
+    for err in result.errors[:20]:
+        print("error:", err)
+    print(f"results: {out}")
+    if args.plot:
+        print(f"plot: {bench.plot(result, out.with_suffix('.png'))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anybit", description="Low-bit weights for LLM inference.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -192,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     d.add_argument("--tiny", action="store_true", help="a tiny random model instead of SmolLM2 (smoke test)")
     d.set_defaults(func=cmd_demo)
+
+    b = sub.add_parser("bench", help="measure speed against fp16 cuBLAS (needs a CUDA GPU)")
+    b.add_argument("--formats", nargs="+", default=["int4-g128"], help="formats to measure")
+    b.add_argument("--m", type=int, nargs="+", help="rows of x (default: the standard list 1..4096)")
+    b.add_argument("--shapes", type=_shape, nargs="+", help="NxK layer shapes (default: the 8 standard ones)")
+    b.add_argument("--replays", type=int, default=20, help="graph replays per point (median taken)")
+    b.add_argument("--no-peers", action="store_true", help="skip the other libraries' kernels")
+    b.add_argument("--what", default="bench", help="label in the results file name")
+    b.add_argument("--out", help="results JSON path (default benchmarks/results/<gpu>-<date>-<what>.json)")
+    b.add_argument("--plot", action="store_true", help="also write a PNG of speedup against M")
+    b.set_defaults(func=cmd_bench)
     return parser
 
 

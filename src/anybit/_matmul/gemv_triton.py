@@ -133,7 +133,7 @@ def gemv_kernel(
         value = _integer_or_table(codes, rows, row_ok, table_ptr, MODE, BITS)
         if GROUP >= BLOCK_K:
             group = k0 // GROUP
-            ok = row_ok & (group < num_groups)
+            ok = row_ok & (rows * 0 + group < num_groups)  # a vector mask, as interpreters require
             scale = tl.load(scales_ptr + rows * num_groups + group, mask=ok, other=0.0).to(tl.float32)
             part = _dot(value.to(dtype), x_t, INTERPRET)
             if MODE == ZERO_POINT:

@@ -1,0 +1,87 @@
+"""The Triton decode kernel on a GPU: all formats, the standard shapes, M = 1..32,
+inside torch.compile and CUDA graphs.  Every call gets fresh random inputs."""
+
+import itertools
+
+import pytest
+import torch
+from conftest import unit_roundoff
+
+import anybit
+from anybit.bench import STANDARD_SHAPES
+from anybit.matmul import Backend, select_backend
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+KERNEL_SPECS = [s for s in anybit.all_specs() if anybit.parse_format(s).kernel_decode() is not None]
+
+
+def _quantized(spec, n, k, gen):
+    return anybit.quantize(torch.randn(n, k, device="cuda", generator=gen) * 0.02, spec)
+
+
+def _check(qw, m, dtype, gen):
+    spec, (n, k) = qw.format.spec, qw.shape
+    x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
+    bias = torch.randn(n, device="cuda", generator=gen) * 0.1
+    assert select_backend(x, qw) is Backend.TRITON
+    y = anybit.matmul(x, qw, bias)
+    wd = qw.dequantize(torch.float64)
+    ref = x.double() @ wd.t() + bias.double()
+    magnitude = x.double().abs() @ wd.abs().t() + bias.double().abs()
+    u = unit_roundoff(dtype)
+    # output rounding + fp32 accumulation + (at most) one rounding of each weight to x's dtype
+    bound = 2 * (u * ref.abs() + ((k + 1) * 2.0**-24 + u) * magnitude)
+    err = (y.double() - ref).abs()
+    assert torch.isfinite(y).all()
+    assert (err <= bound).all(), f"{spec} M={m} N={n} K={k}: max err/bound {(err / bound).max().item():.2f}"
+
+
+@pytest.mark.parametrize("spec", KERNEL_SPECS)
+def test_every_kernel_format(spec):
+    gen = torch.Generator(device="cuda").manual_seed(hash(spec) % 2**31)
+    qw = _quantized(spec, 1000, 1536, gen)
+    for m, dtype in zip((1, 5, 16, 32), itertools.cycle((torch.float16, torch.bfloat16))):
+        _check(qw, m, dtype, gen)
+
+
+@pytest.mark.parametrize("n, k", [*STANDARD_SHAPES, (576, 1536), (1536, 576), (49152, 576)])
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int3-g64", "int8-gc", "nf4-g64", "lut4-g128"])
+def test_standard_shapes(spec, n, k):
+    gen = torch.Generator(device="cuda").manual_seed(n * 7 + k)
+    qw = _quantized(spec, n, k, gen)
+    for m in range(1, 33, 3):
+        _check(qw, m, torch.float16 if m % 2 else torch.bfloat16, gen)
+
+
+def test_torch_compile_fullgraph():
+    layer = anybit.QuantLinear.from_linear(torch.nn.Linear(512, 256).cuda().half(), "int4-g64")
+    x = torch.randn(4, 512, device="cuda", dtype=torch.float16)
+    compiled = torch.compile(layer, fullgraph=True)
+    assert torch.equal(compiled(x), layer(x))
+
+
+def test_cuda_graph_capture_and_replay():
+    qw = anybit.quantize(torch.randn(1024, 2048, device="cuda"), "uint3-g32")
+    x = torch.randn(8, 2048, device="cuda", dtype=torch.float16)
+    expected = anybit.matmul(x, qw)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = anybit.matmul(x, qw)
+    x.copy_(torch.randn_like(x))
+    expected = anybit.matmul(x, qw)
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(y, expected)
+
+
+def test_wgmma_or_mma_in_the_compiled_kernel():
+    """The decode kernel's dot runs on tensor cores (mma or wgmma in the PTX)."""
+    qw = anybit.quantize(torch.randn(4096, 4096, device="cuda"), "int4-g128")
+    x = torch.randn(1, 4096, device="cuda", dtype=torch.float16)
+    anybit.matmul(x, qw)
+    from anybit._matmul.gemv_triton import gemv_kernel
+
+    kernels = [k for cache in gemv_kernel.device_caches.values() for k in cache[0].values()]
+    assert kernels
+    assert any("mma" in k.asm["ptx"] for k in kernels)
