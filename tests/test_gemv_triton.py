@@ -74,12 +74,13 @@ def _run(case: Case, bias: bool):
     group = qw.format.group_len(case.k)
     config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(x.device))
     group = g.kernel_group(group, case.k, config)
-    shape = (case.m, case.n) if config.split_k == 1 else (config.split_k, case.m, case.n)
-    out = torch.full(shape, float("nan"), dtype=case.dtype if config.split_k == 1 else torch.float32, device=DEVICE)
+    out = torch.full((case.m, case.n), float("nan"), dtype=case.dtype, device=DEVICE)
+    ws = torch.full((config.split_k, case.m, case.n), float("nan"), device=DEVICE)
     y = g.launch_gemv(
         x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), b,
-        case.n, case.k, qw.format.bits, group, qw.format.kernel_decode().mode, config, out=out,
+        case.n, case.k, qw.format.bits, group, qw.format.kernel_decode().mode, config, out=out, workspace=ws,
     )
+    assert not g._RINGS[x.device][0].any() if x.device in g._RINGS else True, "split-K counters must end at zero"
     return y, x, qw, b
 
 

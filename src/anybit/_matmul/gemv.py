@@ -108,16 +108,40 @@ def kernel_table(qw: QuantizedWeight) -> Tensor | None:
     return None
 
 
+#: Split-K tile counters: one ring of zeroed int32 per device.  Each launch
+#: takes the next ``count`` entries, so launches in flight at the same time
+#: (other streams, successive nodes of a CUDA graph) use disjoint counters,
+#: and every launch leaves its entries zero again.
+COUNTER_RING = 1 << 16
+_RINGS: dict[torch.device, list] = {}
+
+
+def split_counters(device: torch.device, count: int) -> Tensor:
+    """``count`` zeroed int32 counters for one launch's split-K fix-up."""
+    if count > COUNTER_RING:
+        raise ValueError(f"{count} output tiles exceed the split-K counter ring ({COUNTER_RING})")
+    ring = _RINGS.get(device)
+    if ring is None:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("anybit: call the layer once before capturing a CUDA graph (it allocates counters)")
+        ring = _RINGS[device] = [torch.zeros(COUNTER_RING, dtype=torch.int32, device=device), 0]
+    buf, start = ring
+    if start + count > COUNTER_RING:
+        start = 0
+    ring[1] = start + count
+    return buf[start : start + count]
+
+
 def launch_gemv(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemvConfig,
-    out: Tensor | None = None,
+    out: Tensor | None = None, workspace: Tensor | None = None,
 ) -> Tensor:
     """Run the kernel: x (M, k) -> y (M, n) in x's dtype.
 
-    ``out``, if given, is where the kernel writes: (M, n) in x's dtype when
-    ``config.split_k == 1``, else the fp32 (split_k, M, n) partial sums (tests
-    pass NaN-filled buffers to catch unwritten elements).
+    ``out`` (M, n) and, with ``config.split_k > 1``, ``workspace`` (fp32
+    (split_k, M, n)) may be given; tests pass NaN-filled buffers to catch
+    elements the kernel fails to write.
     """
     from .gemv_triton import MODE_IDS, gemv_kernel
 
@@ -125,27 +149,28 @@ def launch_gemv(
     x = x.contiguous()
     split_k = config.split_k
     if out is None:
-        shape, dtype = ((m, n), x.dtype) if split_k == 1 else ((split_k, m, n), torch.float32)
-        out = torch.empty(shape, dtype=dtype, device=x.device)
-    if m > 0:
-        grid = (-(-n // config.block_n), split_k, -(-m // config.block_m))
-        k_blocks = -(-k // config.block_k)
-        dummy = scales  # stands in for absent optional pointers; never read
-        gemv_kernel[grid](
-            x, codes, scales, dummy if zeros is None else zeros, dummy if table is None else table,
-            dummy if bias is None else bias, out,
-            m, n, k, codes.shape[1], packing.padded_len(k) // 32, scales.shape[1], x.stride(0),
-            BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
-            BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
-            BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
-            num_warps=config.num_warps, num_stages=config.num_stages,
-        )
-    if split_k == 1:
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
         return out
-    y = out.sum(0)
-    if bias is not None:
-        y += bias.float()
-    return y.to(x.dtype)
+    grid = (-(-n // config.block_n), split_k, -(-m // config.block_m))
+    if split_k > 1:
+        if workspace is None:
+            workspace = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
+        counters = split_counters(x.device, grid[0] * grid[2])
+    else:
+        workspace = counters = out  # unused
+    k_blocks = -(-k // config.block_k)
+    dummy = scales  # stands in for absent optional pointers; never read
+    gemv_kernel[grid](
+        x, codes, scales, dummy if zeros is None else zeros, dummy if table is None else table,
+        dummy if bias is None else bias, out, workspace, counters,
+        m, n, k, codes.shape[1], packing.padded_len(k) // 32, scales.shape[1], x.stride(0),
+        BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
+        BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+    )
+    return out
 
 
 @torch.library.custom_op("anybit::gemv", mutates_args=())

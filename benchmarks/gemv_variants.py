@@ -1,0 +1,86 @@
+"""Time forced launch configurations of the decode kernel (the measure-predict loop's tool).
+
+Usage on a CUDA machine::
+
+    PYTHONPATH=src python benchmarks/gemv_variants.py --format int4-g128 --m 1 16 \
+        --variants 16,64,128,1,4,2 16,64,128,1,4,1 ... [--out results.json]
+
+A variant is ``block_m,block_n,block_k,split_k,num_warps,num_stages``; split_k
+0 means "the heuristic's split".  Each variant is first checked against the
+float64 reference on fresh random data, then timed with the BENCH.md protocol
+(graph-launched, cold L2, fp16 cuBLAS in the same run).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+
+import torch
+
+import anybit
+from anybit import bench
+from anybit._matmul import gemv as g
+
+
+def _config(text: str, m: int, n: int, k: int, group: int) -> g.GemvConfig:
+    bm, bn, bk, split, warps, stages = (int(v) for v in text.split(","))
+    if split == 0:
+        split = g.gemv_config(m, n, k, group, g.sm_count(torch.device("cuda"))).split_k
+    return g.GemvConfig(max(bm, 16 if m <= 16 else 32), bn, bk, split, warps, stages)
+
+
+def _call(x, qw, config):
+    n, k = qw.shape
+    group = g.kernel_group(qw.format.group_len(k), k, config)
+    return lambda: g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), None,
+                                 n, k, qw.format.bits, group, qw.format.kernel_decode().mode, config)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--format", default="int4-g128")
+    parser.add_argument("--m", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in bench.STANDARD_SHAPES])
+    parser.add_argument("--variants", nargs="+", required=True)
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    hw = bench.measure_hw(torch.device("cuda"))
+    print(f"copy {hw['copy_TBps']:.2f} TB/s, fp16 {hw['fp16_TFLOPs']:.0f} TFLOP/s")
+    rows = []
+    for shape in args.shapes:
+        n, k = (int(v) for v in shape.split("x"))
+        w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
+        qw = anybit.quantize(w, args.format)
+        copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
+        w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+        for m in args.m:
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), args.replays)
+            floor_us = (qw.nbytes + 2 * m * (n + k)) / (hw["copy_TBps"] * 1e6)
+            for text in args.variants:
+                config = _config(text, m, n, k, qw.format.group_len(k))
+                ref = x.double() @ qw.dequantize(torch.float64).t()
+                y = _call(x, qw, config)().double()
+                rel = ((y - ref).norm() / ref.norm()).item()
+                ok = rel < 3e-3
+                us = bench._time_per_call(lambda i: _call(x, copies[i], config), len(copies), args.replays) if ok else math.nan
+                rows.append({"N": n, "K": k, "M": m, "variant": text, "config": config.__dict__, "rel_err": rel,
+                             "us": us, "fp16_us": fp16_us, "floor_us": floor_us})
+                print(f"{n:6d}x{k:<6d} M={m:3d} {text:>18}: {'ok ' if ok else 'BAD'} err {rel:.1e} "
+                      f"{us:8.2f} us  {fp16_us / us:5.2f}x fp16  {floor_us / us:5.1%} of floor")
+    print("geomean speedup over fp16 per (variant, M):")
+    for text in args.variants:
+        for m in args.m:
+            r = [row["fp16_us"] / row["us"] for row in rows if row["variant"] == text and row["M"] == m]
+            print(f"  {text:>18} M={m:3d}: {math.exp(sum(map(math.log, r)) / len(r)):.2f}x")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"hw": hw, "gpu": torch.cuda.get_device_name(), "format": args.format, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
