@@ -141,7 +141,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             model = demo.tiny_model(tokenizer, device, dtype)
         else:
             model, tokenizer = demo.load_smollm2(device, dtype)
-    console.print(f"text: {source}; device: {device}; matmul path: reference (dequantize + float32 matmul)")
+    path = ("Triton decode kernel for <= 32 rows of int/uint/nf4/lut formats, reference otherwise"
+            if device.type == "cuda" else "reference (dequantize + float32 matmul)")
+    console.print(f"text: {source}; device: {device}; matmul path: {path}")
     n_tokens = min(args.eval_tokens, len(tokenizer(text)["input_ids"]))
     rows = demo.run_demo(
         model, tokenizer, text, formats, eval_tokens=args.eval_tokens, window=args.window,
@@ -157,10 +159,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         console.print(f"  {row.format:>10}: {row.answer}", soft_wrap=True)
     if not args.tiny:
         console.print(demo.GGUF_NOTE)
-    console.print(
-        "tokens/s: greedy decoding of the answer, prefill included; today every format runs the "
-        "reference matmul (dequantize, then float32 matmul), so it measures correctness, not kernel speed."
-    )
+    if device.type == "cuda":
+        note = "the fast kernels are work in progress (see README, Status)"
+    else:
+        note = "on the CPU every format runs the reference matmul (dequantize, then float32 matmul)"
+    console.print(f"tokens/s: greedy decoding of the answer, prefill included; {note}.")
     return 0
 
 

@@ -57,7 +57,9 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int) -> GemvConfig:
     BLOCK_K (a power of two, at least 32) stays inside one group when groups
     are 32 wide or more, so the scale multiplies a partial dot product once;
     a per-row group (``group == k``) holds any block.  Split-K raises the
-    number of programs to about two per SM.
+    number of programs to about two per SM.  Warps and pipeline depth follow
+    the H200 measurements in benchmarks/results/h200-2026-11-21-variants-v3.json:
+    2 warps x 3 stages without split-K, 4 warps x 4 stages with it.
     """
     block_m = 16 if m <= 16 else 32
     block_n = 64
@@ -65,7 +67,9 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int) -> GemvConfig:
     n_tiles = -(-n // block_n)
     k_blocks = -(-k // block_k)
     split_k = max(1, min(k_blocks, -(-2 * sms // n_tiles)))
-    return GemvConfig(block_m, block_n, block_k, split_k)
+    if split_k == 1:
+        return GemvConfig(block_m, block_n, block_k, 1, num_warps=2, num_stages=3)
+    return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4, num_stages=4)
 
 
 def kernel_group(group: int, k: int, config: GemvConfig) -> int:
