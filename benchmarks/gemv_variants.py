@@ -5,10 +5,11 @@ Usage on a CUDA machine::
     PYTHONPATH=src python benchmarks/gemv_variants.py --format int4-g128 --m 1 16 \
         --variants 16,64,128,1,4,2 16,64,128,1,4,1 ... [--out results.json]
 
-A variant is ``block_m,block_n,block_k,split_k,num_warps,num_stages``; split_k
-0 means "the heuristic's split".  Each variant is first checked against the
-float64 reference on fresh random data, then timed with the BENCH.md protocol
-(graph-launched, cold L2, fp16 cuBLAS in the same run).
+A variant is ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
+split_k 0 means about four programs per SM; x_pairs 1 reads x in pairs (default
+0).  Each variant is first checked against the float64 reference on fresh random
+data, then timed with the project's protocol (graph-launched, cold L2, fp16
+cuBLAS in the same run).
 """
 
 from __future__ import annotations
@@ -25,10 +26,10 @@ from anybit._matmul import gemv as g
 
 
 def _config(text: str, m: int, n: int, k: int, group: int) -> g.GemvConfig:
-    bm, bn, bk, split, warps, stages = (int(v) for v in text.split(","))
-    if split == 0:
-        split = g.gemv_config(m, n, k, group, g.sm_count(torch.device("cuda"))).split_k
-    return g.GemvConfig(max(bm, 16 if m <= 16 else 32), bn, bk, split, warps, stages)
+    bm, bn, bk, split, warps, stages, *pairs = (int(v) for v in text.split(","))
+    if split == 0:  # about four programs per SM
+        split = max(1, min(-(-k // bk), -(-4 * g.sm_count(torch.device("cuda")) // -(-n // bn))))
+    return g.GemvConfig(max(bm, 16 if m <= 16 else 32), bn, bk, split, warps, stages, bool(pairs and pairs[0]))
 
 
 def _call(x, qw, config):

@@ -72,7 +72,8 @@ def _run(case: Case, bias: bool):
     x = torch.randn(case.m, case.k, device=DEVICE).to(case.dtype)
     b = torch.randn(case.n, device=DEVICE) if bias else None
     group = qw.format.group_len(case.k)
-    config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(x.device))
+    zero_point = qw.format.kernel_decode().mode is g.Decode.ZERO_POINT
+    config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(x.device), zero_point)
     group = g.kernel_group(group, case.k, config)
     out = torch.full((case.m, case.n), float("nan"), dtype=case.dtype, device=DEVICE)
     ws = torch.full((config.split_k, case.m, case.n), float("nan"), device=DEVICE)
@@ -91,7 +92,8 @@ def _weight_rounding(case: Case, qw) -> float:
     before the dot (groups narrower than BLOCK_K), are rounded to x's dtype.
     """
     group = qw.format.group_len(case.k)
-    config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(torch.device(DEVICE)))
+    zero_point = qw.format.kernel_decode().mode is g.Decode.ZERO_POINT
+    config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(torch.device(DEVICE)), zero_point)
     group = g.kernel_group(group, case.k, config)
     table = qw.format.kernel_decode().mode in (g.Decode.TABLE, g.Decode.ROW_TABLE)
     return unit_roundoff(case.dtype) if table or group < config.block_k else 0.0
@@ -147,9 +149,11 @@ def test_auto_uses_the_reference_path_on_cpu(monkeypatch):
 
 
 def test_heuristic_is_deterministic_and_group_aligned():
-    for m, n, k, group in [(1, 4096, 4096, 128), (32, 28672, 4096, 64), (7, 576, 576, 576), (1, 64, 1536, 16)]:
-        first = g.gemv_config(m, n, k, group, 132)
-        assert first == g.gemv_config(m, n, k, group, 132)
+    for (m, n, k, group), zp in itertools.product(
+        [(1, 4096, 4096, 128), (32, 28672, 4096, 64), (7, 576, 576, 576), (1, 64, 1536, 16)], (False, True)
+    ):
+        first = g.gemv_config(m, n, k, group, 132, zp)
+        assert first == g.gemv_config(m, n, k, group, 132, zp)
         assert first.block_k % 32 == 0 and first.block_m >= m
         assert first.block_k & (first.block_k - 1) == 0
         if 32 <= group < k:

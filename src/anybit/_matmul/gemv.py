@@ -32,6 +32,8 @@ class GemvConfig:
     split_k: int
     num_warps: int = 4
     num_stages: int = 2
+    #: read x two elements per 32-bit load in the 4-bit path (where x allows)
+    x_pairs: bool = False
 
 
 def interpreting() -> bool:
@@ -51,25 +53,32 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def gemv_config(m: int, n: int, k: int, group: int, sms: int) -> GemvConfig:
+def gemv_config(m: int, n: int, k: int, group: int, sms: int, zero_point: bool = False) -> GemvConfig:
     """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
 
     BLOCK_K (a power of two, at least 32) stays inside one group when groups
     are 32 wide or more, so the scale multiplies a partial dot product once;
     a per-row group (``group == k``) holds any block.  Split-K raises the
-    number of programs to about two per SM.  Warps and pipeline depth follow
-    the H200 measurements in benchmarks/results/h200-2026-11-21-variants-v3.json:
-    2 warps x 3 stages without split-K, 4 warps x 4 stages with it.
+    number of programs to about four per SM.  Tile, warps and pipeline depth
+    are the best of the H200 sweep in
+    benchmarks/results/h200-2026-11-21-variants-v5.json (32 rows per program,
+    2 warps, 3 stages, x read in pairs: mma.sync with few layout shuffles).
+    Formats with a zero point ran 3x slower that way (decode-v5.json) and keep
+    the earlier settings (decode-v4.json): 64 rows, 4 warps x 4 stages with
+    split-K, 2 warps x 3 stages without, x read per element.
     """
     block_m = 16 if m <= 16 else 32
-    block_n = 64
     block_k = min(128, group) if 32 <= group < k else 128
-    n_tiles = -(-n // block_n)
     k_blocks = -(-k // block_k)
-    split_k = max(1, min(k_blocks, -(-2 * sms // n_tiles)))
-    if split_k == 1:
-        return GemvConfig(block_m, block_n, block_k, 1, num_warps=2, num_stages=3)
-    return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4, num_stages=4)
+    if zero_point:
+        n_tiles = -(-n // 64)
+        split_k = max(1, min(k_blocks, -(-2 * sms // n_tiles)))
+        warps, stages = (2, 3) if split_k == 1 else (4, 4)
+        return GemvConfig(block_m, 64, block_k, split_k, num_warps=warps, num_stages=stages)
+    block_n = 32
+    n_tiles = -(-n // block_n)
+    split_k = max(1, min(k_blocks, -(-4 * sms // n_tiles)))
+    return GemvConfig(block_m, block_n, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)
 
 
 def kernel_group(group: int, k: int, config: GemvConfig) -> int:
@@ -172,6 +181,7 @@ def launch_gemv(
         BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
         BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
+        X_PAIRS=config.x_pairs and k % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
@@ -181,16 +191,16 @@ def launch_gemv(
 def gemv_op(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
-    block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int,
+    block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
 ) -> Tensor:
     """y (M, n) = x (M, k) @ W^T (+ bias) for W in the split-plane layout; see gemv_triton."""
-    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages)
+    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs)
     return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config)
 
 
 @gemv_op.register_fake
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages):
+      num_warps, num_stages, x_pairs):
     return x.new_empty(x.shape[0], n)
 
 
@@ -200,11 +210,13 @@ def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig
     x2 = x.reshape(-1, k)
     group = qw.format.group_len(k)
     if config is None:
-        config = gemv_config(x2.shape[0], n, k, group, sm_count(x.device))
+        zero_point = qw.format.kernel_decode().mode is Decode.ZERO_POINT
+        config = gemv_config(x2.shape[0], n, k, group, sm_count(x.device), zero_point)
     group = kernel_group(group, k, config)
     y = torch.ops.anybit.gemv(
         x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
         n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,
         config.block_m, config.block_n, config.block_k, config.split_k, config.num_warps, config.num_stages,
+        config.x_pairs,
     )
     return y.reshape(*x.shape[:-1], n)

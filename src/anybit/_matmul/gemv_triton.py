@@ -194,12 +194,14 @@ def gemv_kernel(
     BITS: tl.constexpr, GROUP: tl.constexpr, MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias).
 
     With SPLIT_K > 1, ``ws`` is fp32 (SPLIT_K, M, N) scratch and ``counter``
     int32 (grid_m * grid_n,) all zero at launch (and again after it).
+    X_PAIRS: x's rows start 4-byte aligned and K is even, so the 4-bit path may
+    read x two elements at a time.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -223,9 +225,17 @@ def gemv_kernel(
             # Even and odd k apart: each decoded nibble tile is a dot operand as it comes.
             even, odd = _nibble_values(codes_ptr, rows, row_ok, k0, words_per_row, OFFSET4, BLOCK_N, BLOCK_K, dtype)
             k_even = k0 + 2 * tl.arange(0, BLOCK_K // 2)
-            x_rows = x_ptr + offs_m[None, :] * stride_xm
-            x_even = tl.load(x_rows + k_even[:, None], mask=m_ok[None, :] & (k_even < K)[:, None], other=0.0)
-            x_odd = tl.load(x_rows + k_even[:, None] + 1, mask=m_ok[None, :] & (k_even + 1 < K)[:, None], other=0.0)
+            if X_PAIRS:
+                # (x[k], x[k+1]) as one 32-bit word: half the loads, and contiguous
+                pair_ptr = x_ptr.to(tl.pointer_type(tl.int32)) + offs_m[None, :] * (stride_xm // 2)
+                pairs = tl.load(pair_ptr + (k_even // 2)[:, None], mask=m_ok[None, :] & (k_even < K)[:, None], other=0)
+                x_even = (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
+                x_odd = (pairs >> 16).to(tl.int16).to(dtype, bitcast=True)
+            else:
+                x_rows = x_ptr + offs_m[None, :] * stride_xm
+                x_even = tl.load(x_rows + k_even[:, None], mask=m_ok[None, :] & (k_even < K)[:, None], other=0.0)
+                x_odd = tl.load(x_rows + k_even[:, None] + 1, mask=m_ok[None, :] & (k_even + 1 < K)[:, None],
+                                other=0.0)
             part = tl.dot(even, x_even) + tl.dot(odd, x_odd)
             x_sum = tl.sum(x_even.to(tl.float32), axis=0) + tl.sum(x_odd.to(tl.float32), axis=0)
         else:
