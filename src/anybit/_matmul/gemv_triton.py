@@ -17,12 +17,23 @@ split-plane layout covers whole int32 words)::
         values (words >> w*j) & (2**w - 1),  j < 32/w   -> [BLOCK_N, BLOCK_K]
         codes |= values << o
 
+Compiled kernels decode 4-bit integer codes (int4, uint4) faster: the packed
+bytes go through inline PTX that turns 4 bytes into 8 exact fp16/bf16 values
+with the magic-number trick (see ``_NIBBLES_ASM``), low and high nibbles (even
+and odd k) as two tiles, each multiplied by the matching half of x.  The
+interpreter cannot run PTX and takes the generic path, which computes the
+same values.
+
 Scales: when a K-block lies inside one group (GROUP >= BLOCK_K) the
 integer-or-table values enter the dot product unscaled (integers are exact
 in fp16/bf16) and the group's scale multiplies the partial product once; a
 zero point z enters as ``dot(codes, x) - z * sum(x)``.  With smaller groups
 the weight is scaled element-wise before the dot and so rounded once to x's
 dtype.  Accumulation is fp32.
+
+Split-K: every split writes its fp32 partial to a workspace and counts
+itself in on a per-tile counter; the last split to arrive adds the partials
+in split order (deterministic), adds the bias and writes y, all in one launch.
 """
 
 from __future__ import annotations
@@ -237,7 +248,8 @@ def gemv_kernel(
                 x_odd = tl.load(x_rows + k_even[:, None] + 1, mask=m_ok[None, :] & (k_even + 1 < K)[:, None],
                                 other=0.0)
             part = tl.dot(even, x_even) + tl.dot(odd, x_odd)
-            x_sum = tl.sum(x_even.to(tl.float32), axis=0) + tl.sum(x_odd.to(tl.float32), axis=0)
+            if MODE == ZERO_POINT:
+                x_sum = tl.sum(x_even.to(tl.float32), axis=0) + tl.sum(x_odd.to(tl.float32), axis=0)
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
             x_t = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
@@ -246,7 +258,8 @@ def gemv_kernel(
             value = _integer_or_table(codes, rows, row_ok, table_ptr, MODE, BITS)
             if GROUP >= BLOCK_K:
                 part = _dot(value.to(dtype), x_t, INTERPRET)
-                x_sum = tl.sum(x_t.to(tl.float32), axis=0)
+                if MODE == ZERO_POINT:
+                    x_sum = tl.sum(x_t.to(tl.float32), axis=0)
         if GROUP >= BLOCK_K:
             # One group per K-block: its scale (and zero point) apply to the partial product.
             group = k0 // GROUP
