@@ -34,7 +34,7 @@ def _config(text: str, m: int, n: int, k: int, group: int) -> g.GemvConfig:
 
 def _call(x, qw, config):
     n, k = qw.shape
-    group = g.kernel_group(qw.format.group_len(k), k, config)
+    config, group = g.launch_settings(qw, x.shape[0], x.device, config)
     return lambda: g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), None,
                                  n, k, qw.format.bits, group, qw.format.kernel_decode().mode, config)
 

@@ -71,17 +71,14 @@ def _run(case: Case, bias: bool):
     qw = anybit.quantize(torch.randn(case.n, case.k, device=DEVICE), case.spec)
     x = torch.randn(case.m, case.k, device=DEVICE).to(case.dtype)
     b = torch.randn(case.n, device=DEVICE) if bias else None
-    group = qw.format.group_len(case.k)
-    zero_point = qw.format.kernel_decode().mode is g.Decode.ZERO_POINT
-    config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(x.device), zero_point)
-    group = g.kernel_group(group, case.k, config)
+    config, group = g.launch_settings(qw, case.m, x.device, case.config)
     out = torch.full((case.m, case.n), float("nan"), dtype=case.dtype, device=DEVICE)
     ws = torch.full((config.split_k, case.m, case.n), float("nan"), device=DEVICE)
     y = g.launch_gemv(
         x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), b,
         case.n, case.k, qw.format.bits, group, qw.format.kernel_decode().mode, config, out=out, workspace=ws,
     )
-    assert not g._RINGS[x.device][0].any() if x.device in g._RINGS else True, "split-K counters must end at zero"
+    assert not g._RINGS[x.device].counters.any() if x.device in g._RINGS else True, "split-K counters must end at zero"
     return y, x, qw, b
 
 
@@ -91,10 +88,7 @@ def _weight_rounding(case: Case, qw) -> float:
     Integer values are exact in fp16/bf16; table values, and any weight scaled
     before the dot (groups narrower than BLOCK_K), are rounded to x's dtype.
     """
-    group = qw.format.group_len(case.k)
-    zero_point = qw.format.kernel_decode().mode is g.Decode.ZERO_POINT
-    config = case.config or g.gemv_config(case.m, case.n, case.k, group, g.sm_count(torch.device(DEVICE)), zero_point)
-    group = g.kernel_group(group, case.k, config)
+    config, group = g.launch_settings(qw, case.m, torch.device(DEVICE), case.config)
     table = qw.format.kernel_decode().mode in (g.Decode.TABLE, g.Decode.ROW_TABLE)
     return unit_roundoff(case.dtype) if table or group < config.block_k else 0.0
 

@@ -210,15 +210,13 @@ def load(model_or_config: Any, path: str | Path) -> nn.Module:
                 f"{_owner(key, layers)}: {key!r} is {tensor.dtype} {tuple(tensor.shape)} in the file "
                 f"but the model expects {state[key].dtype} {tuple(state[key].shape)}"
             )
-    missing = [k for k in state if k not in stored and not _is_tied_copy(model, k, stored)]
+    # Tensors tied to one in the file (save_model stores shared tensors once).
+    live = model.state_dict(keep_vars=True)
+    stored_storage = {t.data_ptr() for key, t in live.items() if key in stored}
+    tied = {key for key, t in live.items() if t.data_ptr() in stored_storage}
+    missing = [k for k in state if k not in stored and k not in tied]
     if missing:
         raise ValueError(f"{weights} lacks tensors the model needs: {missing[:5]}")
     model.load_state_dict(stored, strict=False)
     return model
 
-
-def _is_tied_copy(model: nn.Module, key: str, stored: dict[str, Tensor]) -> bool:
-    """Whether ``key`` shares storage with a tensor that is in the file (tied weights)."""
-    state = model.state_dict(keep_vars=True)
-    ptr = state[key].data_ptr()
-    return any(k in stored and t.data_ptr() == ptr for k, t in state.items() if k != key)

@@ -7,6 +7,7 @@ works (on the reference path) where Triton is not installed.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 from dataclasses import dataclass
 
@@ -87,6 +88,17 @@ def kernel_group(group: int, k: int, config: GemvConfig) -> int:
     return max(group, config.block_k) if group == k else group
 
 
+def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
+                    config: GemvConfig | None = None) -> tuple[GemvConfig, int]:
+    """The launch config (the heuristic's unless given) and the kernel GROUP for ``qw`` at ``m`` rows."""
+    k = qw.shape[1]
+    group = qw.format.group_len(k)
+    if config is None:
+        zero_point = qw.format.kernel_decode().mode is Decode.ZERO_POINT
+        config = gemv_config(m, qw.shape[0], k, group, sm_count(device), zero_point)
+    return config, kernel_group(group, k, config)
+
+
 def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
     """Why the decode kernel cannot run these inputs, or None when it can."""
     decode = qw.format.kernel_decode()
@@ -99,11 +111,14 @@ def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
         return f"x has {rows} rows; the decode kernel takes at most {MAX_M}"
     if x.device.type != "cuda" and not interpreting():
         return f"x is on {x.device}; the Triton kernel needs a CUDA device (or TRITON_INTERPRET=1)"
-    try:
-        import triton  # noqa: F401
-    except ImportError:
+    if not _triton_installed():
         return "Triton is not installed"
     return None
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
 
 
 @functools.lru_cache(maxsize=None)
@@ -126,7 +141,15 @@ def kernel_table(qw: QuantizedWeight) -> Tensor | None:
 #: (other streams, successive nodes of a CUDA graph) use disjoint counters,
 #: and every launch leaves its entries zero again.
 COUNTER_RING = 1 << 16
-_RINGS: dict[torch.device, list] = {}
+
+
+@dataclass
+class _CounterRing:
+    counters: Tensor  # int32 (COUNTER_RING,), zero between launches
+    next: int = 0  # first entry the next launch takes
+
+
+_RINGS: dict[torch.device, _CounterRing] = {}
 
 
 def split_counters(device: torch.device, count: int) -> Tensor:
@@ -137,12 +160,10 @@ def split_counters(device: torch.device, count: int) -> Tensor:
     if ring is None:
         if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
             raise RuntimeError("anybit: call the layer once before capturing a CUDA graph (it allocates counters)")
-        ring = _RINGS[device] = [torch.zeros(COUNTER_RING, dtype=torch.int32, device=device), 0]
-    buf, start = ring
-    if start + count > COUNTER_RING:
-        start = 0
-    ring[1] = start + count
-    return buf[start : start + count]
+        ring = _RINGS[device] = _CounterRing(torch.zeros(COUNTER_RING, dtype=torch.int32, device=device))
+    start = ring.next if ring.next + count <= COUNTER_RING else 0
+    ring.next = start + count
+    return ring.counters[start : start + count]
 
 
 def launch_gemv(
@@ -208,11 +229,7 @@ def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig
     """x (..., K) fp16/bf16 with at most MAX_M rows -> (..., N) in x's dtype, on the Triton kernel."""
     n, k = qw.shape
     x2 = x.reshape(-1, k)
-    group = qw.format.group_len(k)
-    if config is None:
-        zero_point = qw.format.kernel_decode().mode is Decode.ZERO_POINT
-        config = gemv_config(x2.shape[0], n, k, group, sm_count(x.device), zero_point)
-    group = kernel_group(group, k, config)
+    config, group = launch_settings(qw, x2.shape[0], x.device, config)
     y = torch.ops.anybit.gemv(
         x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
         n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,

@@ -44,18 +44,12 @@ import triton.language as tl
 from ..formats._base import Decode
 
 #: constexpr ids of the decode modes (Triton constexprs are ints).
-MODE_IDS = {
-    Decode.SYMMETRIC: 0,
-    Decode.BINARY: 1,
-    Decode.ZERO_POINT: 2,
-    Decode.TABLE: 3,
-    Decode.ROW_TABLE: 4,
-}
 SYMMETRIC: tl.constexpr = tl.constexpr(0)
 BINARY: tl.constexpr = tl.constexpr(1)
 ZERO_POINT: tl.constexpr = tl.constexpr(2)
 TABLE: tl.constexpr = tl.constexpr(3)
 ROW_TABLE: tl.constexpr = tl.constexpr(4)
+MODE_IDS = {mode: globals()[mode.name].value for mode in Decode}
 
 
 @triton.jit
