@@ -18,6 +18,9 @@ from .. import packing
 from ..formats._base import Decode
 from ..quantized import QuantizedWeight
 
+#: Whether Triton can be imported (looked up without importing it; a constant
+#: so that torch.compile traces the dispatcher without a graph break).
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 #: The decode kernel serves x with at most this many rows.
 MAX_M = 32
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -111,14 +114,9 @@ def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
         return f"x has {rows} rows; the decode kernel takes at most {MAX_M}"
     if x.device.type != "cuda" and not interpreting():
         return f"x is on {x.device}; the Triton kernel needs a CUDA device (or TRITON_INTERPRET=1)"
-    if not _triton_installed():
+    if not TRITON_INSTALLED:
         return "Triton is not installed"
     return None
-
-
-@functools.lru_cache(maxsize=None)
-def _triton_installed() -> bool:
-    return importlib.util.find_spec("triton") is not None
 
 
 @functools.lru_cache(maxsize=None)
