@@ -6,8 +6,9 @@ Usage on a CUDA machine::
         --variants 16,64,128,1,4,2 16,64,128,1,4,1 ... [--out results.json]
 
 A variant is ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
-split_k 0 means about four programs per SM; x_pairs 1 reads x in pairs (default
-0).  Each variant is first checked against the float64 reference on fresh random
+block_m 0 means the next power of two of M; split_k 0 or -p means about four
+(p) programs per SM, with a split count that divides the K-blocks; x_pairs 1
+reads x in pairs (default 0).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run).
 """
@@ -27,9 +28,11 @@ from anybit._matmul import gemv as g
 
 def _config(text: str, m: int, n: int, k: int, group: int) -> g.GemvConfig:
     bm, bn, bk, split, warps, stages, *pairs = (int(v) for v in text.split(","))
-    if split == 0:  # about four programs per SM
-        split = max(1, min(-(-k // bk), -(-4 * g.sm_count(torch.device("cuda")) // -(-n // bn))))
-    return g.GemvConfig(max(bm, 16 if m <= 16 else 32), bn, bk, split, warps, stages, bool(pairs and pairs[0]))
+    if split <= 0:  # about -split (or four) programs per SM
+        k_blocks = -(-k // bk)
+        want = -(-(-split or 4) * g.sm_count(torch.device("cuda")) // -(-n // bn))
+        split = g.even_split(k_blocks, max(1, min(k_blocks, want)))
+    return g.GemvConfig(bm or g.row_block(m), bn, bk, split, warps, stages, bool(pairs and pairs[0]))
 
 
 def _call(x, qw, config):
@@ -46,6 +49,7 @@ def main() -> None:
     parser.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in bench.STANDARD_SHAPES])
     parser.add_argument("--variants", nargs="+", required=True)
     parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--group-major", action="store_true", help="store scales and zeros group-major")
     parser.add_argument("--out")
     args = parser.parse_args()
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
@@ -56,6 +60,9 @@ def main() -> None:
         n, k = (int(v) for v in shape.split("x"))
         w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
         qw = anybit.quantize(w, args.format)
+        if args.group_major:
+            qw = anybit.QuantizedWeight(qw.format, qw.shape, qw.codes,
+                                        {k: v.t().contiguous().t() for k, v in qw.params.items()}, qw.dtype)
         copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
         w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
         for m in args.m:

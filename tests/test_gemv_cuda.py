@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import unit_roundoff
+from conftest import assert_matmul_close, unit_roundoff
 
 import anybit
 from anybit.bench import STANDARD_SHAPES
@@ -85,3 +85,37 @@ def test_wgmma_or_mma_in_the_compiled_kernel():
     kernels = [k for cache in gemv_kernel.device_caches.values() for k in cache[0].values()]
     assert kernels
     assert any("mma" in k.asm["ptx"] for k in kernels)
+
+
+@pytest.mark.parametrize(
+    "spec, n, k, config",
+    [
+        # several groups per K-block kept apart in the product's columns
+        ("int4-g128", 1000, 1536, (256, 1)),
+        ("int4-g128", 576, 576, (256, 3)),  # K not a multiple of the block: a partial group, a missing one
+        ("int4-g64", 1536, 576, (256, 1)),
+        ("int4-g32", 512, 1024, (256, 2)),
+        ("int4-g128", 4096, 4096, (256, 8)),
+        # one group per block, unmasked and masked K
+        ("uint4-g128", 1000, 1536, (128, 4)),
+        ("uint4-g64", 576, 576, (64, 3)),
+        ("int4-gc", 1000, 1000, (256, 2)),
+        ("uint4-gc", 4096, 4096, (256, 4)),
+    ],
+)
+@pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 16, 32])
+def test_forced_4bit_blocks(spec, n, k, config, m):
+    """Forced K-blocks of the 4-bit path (one or several groups), both dtypes, checked against float64."""
+    from anybit._matmul import gemv as g
+
+    block_k, split_k = config
+    gen = torch.Generator(device="cuda").manual_seed(n + k + m)
+    qw = _quantized(spec, n, k, gen)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
+        forced = g.GemvConfig(g.row_block(m), 32, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)
+        config, group = g.launch_settings(qw, m, x.device, forced)
+        y = g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, None, n, k,
+                          qw.format.bits, group, qw.format.kernel_decode().mode, config,
+                          out=torch.full((m, n), float("nan"), device="cuda", dtype=dtype))
+        assert_matmul_close(y, x, qw)  # integer codes are exact in fp16/bf16: no weight rounding

@@ -143,13 +143,24 @@ def test_auto_uses_the_reference_path_on_cpu(monkeypatch):
 
 
 def test_heuristic_is_deterministic_and_group_aligned():
-    for (m, n, k, group), zp in itertools.product(
-        [(1, 4096, 4096, 128), (32, 28672, 4096, 64), (7, 576, 576, 576), (1, 64, 1536, 16)], (False, True)
+    for (m, n, k, group), per_sm, (fast4, split_groups) in itertools.product(
+        [(1, 4096, 4096, 128), (32, 28672, 4096, 64), (7, 576, 576, 576), (1, 64, 1536, 16), (3, 4096, 14336, 128),
+         (1, 4096, 4096, 4096), (2, 576, 576, 64), (1, 96, 96, 96)],
+        (2, 4, 8),
+        [(False, False), (True, False), (True, True)],
     ):
-        first = g.gemv_config(m, n, k, group, 132, zp)
-        assert first == g.gemv_config(m, n, k, group, 132, zp)
-        assert first.block_k % 32 == 0 and first.block_m >= m
+        first = g.gemv_config(m, n, k, group, 132, per_sm, fast4, split_groups)
+        assert first == g.gemv_config(m, n, k, group, 132, per_sm, fast4, split_groups)
+        assert first.block_k % 32 == 0 and first.block_m >= m > first.block_m // 2
         assert first.block_k & (first.block_k - 1) == 0
         if 32 <= group < k:
-            assert group % first.block_k == 0
+            # one group per K-block, or whole groups kept apart (at most 4 product columns)
+            assert group % first.block_k == 0 or (
+                split_groups and first.block_k % group == 0 and first.block_m * first.block_k // group <= 4)
         assert 1 <= first.split_k <= -(-k // first.block_k)
+        assert -(-k // first.block_k) % first.split_k == 0  # equal whole blocks per split
+
+
+@pytest.mark.parametrize("k_blocks, want, split", [(32, 5, 4), (112, 5, 4), (112, 6, 7), (5, 3, 5), (7, 4, 7), (64, 1, 1)])
+def test_even_split_divides_the_blocks(k_blocks, want, split):
+    assert g.even_split(k_blocks, want) == split

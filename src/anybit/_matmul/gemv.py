@@ -57,31 +57,48 @@ def sm_count(device: torch.device) -> int:
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def gemv_config(m: int, n: int, k: int, group: int, sms: int, zero_point: bool = False) -> GemvConfig:
+def row_block(m: int) -> int:
+    """BLOCK_M for m rows of x: the next power of two (the dot pads it to the MMA's 8)."""
+    return 1 << max(0, m - 1).bit_length()
+
+
+def even_split(k_blocks: int, want: int) -> int:
+    """The divisor of ``k_blocks`` nearest ``want`` (ties go to the larger), so that
+    every split runs the same whole number of K-blocks."""
+    divisors = [d for d in range(1, k_blocks + 1) if k_blocks % d == 0]
+    return min(divisors, key=lambda d: (abs(d - want), -d))
+
+
+def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int = 4,
+                fast4: bool = False, split_groups: bool = False) -> GemvConfig:
     """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
 
-    BLOCK_K (a power of two, at least 32) stays inside one group when groups
-    are 32 wide or more, so the scale multiplies a partial dot product once;
-    a per-row group (``group == k``) holds any block.  Split-K raises the
-    number of programs to about four per SM.  Tile, warps and pipeline depth
-    are the best of the H200 sweep in
-    benchmarks/results/h200-2026-11-21-variants-v5.json (32 rows per program,
-    2 warps, 3 stages, x read in pairs: mma.sync with few layout shuffles).
-    Formats with a zero point ran 3x slower that way (decode-v5.json) and keep
-    the earlier settings (decode-v4.json): 64 rows, 4 warps x 4 stages with
-    split-K, 2 warps x 3 stages without, x read per element.
+    Fitted to H200 sweeps of forced configurations (benchmarks/results/
+    h200-2026-11-21-variants-v7*.json):
+
+    * BLOCK_M is the next power of two of m.
+    * BLOCK_K: a row's bytes per K-block decide how well the weights stream:
+      256 codes (128 bytes of 4-bit codes) ran up to 1.3x faster than 128
+      on the 4-bit PTX path (``fast4``), which takes 256 for per-row groups.
+      Otherwise the K-block holds one group, so the group's scale multiplies
+      a partial product once, except where ``split_groups`` (symmetric 4-bit
+      codes) lets the kernel keep up to 4 column blocks of groups apart in
+      the product (BLOCK_M * groups per block <= 4).
+    * 32 rows per program on 2 warps (mma.sync), 3 pipeline stages, x read in
+      pairs; split-K to about ``programs_per_sm`` programs per SM, with a
+      split count that divides the K-blocks.
     """
-    block_m = 16 if m <= 16 else 32
-    block_k = min(128, group) if 32 <= group < k else 128
-    k_blocks = -(-k // block_k)
-    if zero_point:
-        n_tiles = -(-n // 64)
-        split_k = max(1, min(k_blocks, -(-2 * sms // n_tiles)))
-        warps, stages = (2, 3) if split_k == 1 else (4, 4)
-        return GemvConfig(block_m, 64, block_k, split_k, num_warps=warps, num_stages=stages)
+    block_m = row_block(m)
+    if fast4 and group >= k:
+        block_k = 256
+    elif split_groups and group >= 32 and 256 % group == 0 and block_m * (256 // group) <= 4:
+        block_k = 256
+    else:
+        block_k = min(128, group) if 32 <= group < k else 128
     block_n = 32
+    k_blocks = -(-k // block_k)
     n_tiles = -(-n // block_n)
-    split_k = max(1, min(k_blocks, -(-4 * sms // n_tiles)))
+    split_k = even_split(k_blocks, max(1, min(k_blocks, -(-programs_per_sm * sms // n_tiles))))
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)
 
 
@@ -97,8 +114,10 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
     k = qw.shape[1]
     group = qw.format.group_len(k)
     if config is None:
-        zero_point = qw.format.kernel_decode().mode is Decode.ZERO_POINT
-        config = gemv_config(m, qw.shape[0], k, group, sm_count(device), zero_point)
+        decode = qw.format.kernel_decode()
+        fast4 = qw.format.bits == 4 and decode.mode in (Decode.SYMMETRIC, Decode.ZERO_POINT)
+        config = gemv_config(m, qw.shape[0], k, group, sm_count(device), fast4=fast4,
+                             split_groups=fast4 and decode.mode is Decode.SYMMETRIC)
     return config, kernel_group(group, k, config)
 
 
@@ -197,10 +216,12 @@ def launch_gemv(
         x, codes, scales, dummy if zeros is None else zeros, dummy if table is None else table,
         dummy if bias is None else bias, out, workspace, counters,
         m, n, k, codes.shape[1], packing.padded_len(k) // 32, scales.shape[1], x.stride(0),
+        scales.stride(0), scales.stride(1), *(scales.stride() if zeros is None else zeros.stride()),
         BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
         BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
         X_PAIRS=config.x_pairs and k % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
+        EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

@@ -17,17 +17,18 @@ split-plane layout covers whole int32 words)::
         values (words >> w*j) & (2**w - 1),  j < 32/w   -> [BLOCK_N, BLOCK_K]
         codes |= values << o
 
-Compiled kernels decode 4-bit integer codes (int4, uint4) faster: the packed
-bytes go through inline PTX that turns 4 bytes into 8 exact fp16/bf16 values
-with the magic-number trick (see ``_NIBBLES_ASM``), low and high nibbles (even
-and odd k) as two tiles, each multiplied by the matching half of x.  The
-interpreter cannot run PTX and takes the generic path, which computes the
-same values.
+Compiled kernels decode 4-bit integer codes (int4, uint4) faster: each
+32-bit word of packed bytes goes through inline PTX that ORs nibbles into
+the mantissas of fp16/bf16 magic numbers and removes magic and zero point
+with one packed fma (see ``_NIBBLES_F16_ASM``).  Low and high nibbles make
+two tiles (even and odd k), each multiplied by the matching half of x.
+The interpreter cannot run
+PTX and takes the generic path, which computes the same values.
 
 Scales: when a K-block lies inside one group (GROUP >= BLOCK_K) the
 integer-or-table values enter the dot product unscaled (integers are exact
-in fp16/bf16) and the group's scale multiplies the partial product once; a
-zero point z enters as ``dot(codes, x) - z * sum(x)``.  With smaller groups
+in fp16/bf16, zero point already subtracted) and the group's scale
+multiplies the partial product once.  With smaller groups
 the weight is scaled element-wise before the dot and so rounded once to x's
 dtype.  Accumulation is fp32.
 
@@ -53,117 +54,189 @@ MODE_IDS = {mode: globals()[mode.name].value for mode in Decode}
 
 
 @triton.jit
-def _load_piece(codes_ptr, rows, row_ok, k0, words_per_row, kpad_words, WIDTH: tl.constexpr, LOW: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K: tl.constexpr, WIDTH: tl.constexpr,
+                LOW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One piece's bits, already shifted to code bit LOW: int32 [BLOCK_N, BLOCK_K]."""
     PER_WORD: tl.constexpr = 32 // WIDTH
     word = k0 // PER_WORD + tl.arange(0, BLOCK_K // PER_WORD)
     ptrs = codes_ptr + rows[:, None] * words_per_row + kpad_words * LOW + word[None, :]
-    ok = row_ok[:, None] & (word < kpad_words * WIDTH)[None, :]
-    words = tl.load(ptrs, mask=ok, other=0)
+    if EVEN_K:
+        words = tl.load(ptrs)
+    else:
+        words = tl.load(ptrs, mask=(word < kpad_words * WIDTH)[None, :], other=0)
     shifts = tl.arange(0, PER_WORD) * WIDTH
     values = (words[:, :, None] >> shifts[None, None, :]) & ((1 << WIDTH) - 1)
     return tl.reshape(values, [BLOCK_N, BLOCK_K]) << LOW
 
 
 @triton.jit
-def _load_codes(codes_ptr, rows, row_ok, k0, words_per_row, kpad_words, BITS: tl.constexpr,
+def _load_codes(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K: tl.constexpr, BITS: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Codes [BLOCK_N, BLOCK_K] (int32) of columns k0 .. k0 + BLOCK_K of ``rows``.
+    """Codes [BLOCK_N, BLOCK_K] (int32) of columns k0 .. k0 + BLOCK_K of ``rows``
+    (every row valid: the caller clamps them).
 
     ``kpad_words`` = K_pad / 32: words of one 1-bit piece of a row.  A piece
     of width w starts at word ``kpad_words * LOW`` of the row, LOW being the
-    code bits held by wider pieces.
+    code bits held by wider pieces.  EVEN_K: the block lies inside the row.
     """
     codes = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
     if (BITS & 8) != 0:
-        codes |= _load_piece(codes_ptr, rows, row_ok, k0, words_per_row, kpad_words, 8, 0, BLOCK_N, BLOCK_K)
+        codes |= _load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K, 8, 0, BLOCK_N, BLOCK_K)
     if (BITS & 4) != 0:
-        codes |= _load_piece(codes_ptr, rows, row_ok, k0, words_per_row, kpad_words, 4, BITS - BITS % 8,
+        codes |= _load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K, 4, BITS - BITS % 8,
                              BLOCK_N, BLOCK_K)
     if (BITS & 2) != 0:
-        codes |= _load_piece(codes_ptr, rows, row_ok, k0, words_per_row, kpad_words, 2, BITS - BITS % 4,
+        codes |= _load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K, 2, BITS - BITS % 4,
                              BLOCK_N, BLOCK_K)
     if (BITS & 1) != 0:
-        codes |= _load_piece(codes_ptr, rows, row_ok, k0, words_per_row, kpad_words, 1, BITS - BITS % 2,
+        codes |= _load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K, 1, BITS - BITS % 2,
                              BLOCK_N, BLOCK_K)
     return codes
 
 
-# Two 4-bit codes per byte, low nibble first.  For 4 bytes B0..B3 (codes
-# k0..k7) in one register: prmt reorders them to (B0, B2, B1, B3), then each
-# shift + lop3 puts two nibbles into the mantissas of an f16x2 (bf16x2) whose
-# exponent makes it 1024 + n (128 + n), and one packed subtract removes
-# 1024 + offset (128 + offset): 12 instructions for 8 exact values.
-#   $0 = (k0, k2)  $1 = (k4, k6)  -> first output: the low nibbles
-#   $2 = (k1, k3)  $3 = (k5, k7)  -> second output: the high nibbles
-_NIBBLES_ASM = """
+# Two 4-bit codes per byte, low nibble first.  Four bytes B0..B3 (codes
+# k0..k7) arrive in one register; prmt reorders them to (B0, B2, B1, B3) so
+# each 16-bit half holds one byte of a pair, then masks pick one nibble per
+# half and OR it into the mantissa of an f16x2 (bf16x2) whose exponent makes
+# it 1024 + n (128 + n); one packed fma subtracts 1024 + z (z: 8 for the
+# symmetric formats, the group's zero point otherwise), leaving the exact
+# integer n - z.  fp16 keeps high nibbles in place (1024 + 16 n, scaled by
+# 1/16 in the fma), so 4 bytes cost prmt + 4 lop3 + 1 shift + 4 fma; bf16's
+# 7-bit mantissa has no room for that and shifts each nibble down instead.
+#   $0 = (lo B0, lo B1)  $1 = (lo B2, lo B3)   low nibbles (even k)
+#   $2 = (hi B0, hi B1)  $3 = (hi B2, hi B3)   high nibbles (odd k)
+# Inputs: $4 the bytes; $5, $6 the bias -(1024 + z) (bf16: -(128 + z)) of
+# elements (0, 1) and (2, 3); $7, $8 the bias -(64 + z) of the high nibbles
+# (bf16: -(128 + z) again).  Every output element depends on its own byte and
+# biases only, so the code is right however Triton groups elements.
+_NIBBLES_F16_ASM = """
 {
-.reg .b32 s, t, bias, one;
-mov.b32 bias, BIAS;
-mov.b32 one, ONE;
+.reg .b32 s, t, q, one, sixteenth;
+mov.b32 one, 0x3C003C00;
+mov.b32 sixteenth, 0x2C002C00;
 prmt.b32 s, $4, 0, 0x3120;
-lop3.b32 t, s, 0x000F000F, MAGIC, 0xea;
-fma.rn.TYPE $0, t, one, bias;
-shr.b32 t, s, 8;
-lop3.b32 t, t, 0x000F000F, MAGIC, 0xea;
-fma.rn.TYPE $1, t, one, bias;
-shr.b32 t, s, 4;
-lop3.b32 t, t, 0x000F000F, MAGIC, 0xea;
-fma.rn.TYPE $2, t, one, bias;
-shr.b32 t, s, 12;
-lop3.b32 t, t, 0x000F000F, MAGIC, 0xea;
-fma.rn.TYPE $3, t, one, bias;
+lop3.b32 t, s, 0x000F000F, 0x64006400, 0xea;
+fma.rn.f16x2 $0, t, one, $5;
+lop3.b32 t, s, 0x00F000F0, 0x64006400, 0xea;
+fma.rn.f16x2 $2, t, sixteenth, $7;
+shr.b32 q, s, 8;
+lop3.b32 t, q, 0x000F000F, 0x64006400, 0xea;
+fma.rn.f16x2 $1, t, one, $6;
+lop3.b32 t, q, 0x00F000F0, 0x64006400, 0xea;
+fma.rn.f16x2 $3, t, sixteenth, $8;
 }
 """
-
-
-def nibbles_asm(offset: int, bf16: bool) -> str:
-    """PTX turning 4 packed bytes into 8 values ``nibble - offset`` (f16x2 or bf16x2)."""
-    if bf16:
-        magic, one, minus = 0x4300, 0x3F80, 0xC300 | offset  # 128.0, 1.0, -(128 + offset)
-        kind = "bf16x2"
-    else:
-        magic, one, minus = 0x6400, 0x3C00, 0xE400 | offset  # 1024.0, 1.0, -(1024 + offset)
-        kind = "f16x2"
-    pair = lambda half: f"0x{half:04X}{half:04X}"  # noqa: E731
-    return (_NIBBLES_ASM.replace("MAGIC", pair(magic)).replace("ONE", pair(one))
-            .replace("BIAS", pair(minus)).replace("TYPE", kind))
-
-
-NIBBLES_SYM_F16: tl.constexpr = tl.constexpr(nibbles_asm(8, bf16=False))
-NIBBLES_SYM_BF16: tl.constexpr = tl.constexpr(nibbles_asm(8, bf16=True))
-NIBBLES_CODE_F16: tl.constexpr = tl.constexpr(nibbles_asm(0, bf16=False))
-NIBBLES_CODE_BF16: tl.constexpr = tl.constexpr(nibbles_asm(0, bf16=True))
+_NIBBLES_BF16_ASM = """
+{
+.reg .b32 s, t, q, one;
+mov.b32 one, 0x3F803F80;
+prmt.b32 s, $4, 0, 0x3120;
+lop3.b32 t, s, 0x000F000F, 0x43004300, 0xea;
+fma.rn.bf16x2 $0, t, one, $5;
+shr.b32 q, s, 4;
+lop3.b32 t, q, 0x000F000F, 0x43004300, 0xea;
+fma.rn.bf16x2 $2, t, one, $7;
+shr.b32 q, s, 8;
+lop3.b32 t, q, 0x000F000F, 0x43004300, 0xea;
+fma.rn.bf16x2 $1, t, one, $6;
+shr.b32 q, s, 12;
+lop3.b32 t, q, 0x000F000F, 0x43004300, 0xea;
+fma.rn.bf16x2 $3, t, one, $8;
+}
+"""
+NIBBLES_F16: tl.constexpr = tl.constexpr(_NIBBLES_F16_ASM)
+NIBBLES_BF16: tl.constexpr = tl.constexpr(_NIBBLES_BF16_ASM)
 
 
 @triton.jit
-def _nibble_values(codes_ptr, rows, row_ok, k0, words_per_row, OFFSET: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, dtype: tl.constexpr):
-    """4-bit codes minus OFFSET (8 or 0) as exact fp16/bf16 values, split by parity of k:
-    (even k, odd k), each [BLOCK_N, BLOCK_K // 2].
+def _nibble_values(packed, zero, dtype: tl.constexpr):
+    """Bytes of 4-bit codes (uint8 [R, C]) minus ``zero`` (int32 [R], per row) as exact
+    fp16/bf16 values: (low nibbles, high nibbles), each [R, C].
 
     Compiled kernels only: the interpreter cannot run PTX, and there the
     generic decode computes the same values.
     """
-    byte_ptr = codes_ptr.to(tl.pointer_type(tl.uint8))
-    col = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    ok = row_ok[:, None] & (col < words_per_row * 4)[None, :]
-    packed = tl.load(byte_ptr + rows[:, None] * (words_per_row * 4) + col[None, :], mask=ok, other=0)
+    zero = zero.to(tl.float32)
     if dtype == tl.bfloat16:
-        asm: tl.constexpr = NIBBLES_SYM_BF16 if OFFSET == 8 else NIBBLES_CODE_BF16
-        low, high = tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,r", [packed], dtype=(tl.bfloat16, tl.bfloat16),
-                                              is_pure=True, pack=4)
+        bias = (-128.0 - zero).to(tl.bfloat16)[:, None]
+        low, high = tl.inline_asm_elementwise(NIBBLES_BF16, "=r,=r,=r,=r,r,r,r,r,r", [packed, bias, bias],
+                                              dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
     else:
-        asm: tl.constexpr = NIBBLES_SYM_F16 if OFFSET == 8 else NIBBLES_CODE_F16
-        low, high = tl.inline_asm_elementwise(asm, "=r,=r,=r,=r,r", [packed], dtype=(tl.float16, tl.float16),
-                                              is_pure=True, pack=4)
+        bias_low = (-1024.0 - zero).to(tl.float16)[:, None]
+        bias_high = (-64.0 - zero).to(tl.float16)[:, None]
+        low, high = tl.inline_asm_elementwise(NIBBLES_F16, "=r,=r,=r,=r,r,r,r,r,r", [packed, bias_low, bias_high],
+                                              dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
     return low, high
 
 
 @triton.jit
-def _integer_or_table(codes, rows, row_ok, table_ptr, MODE: tl.constexpr, BITS: tl.constexpr):
-    """The unscaled value of each code, fp32 (exact integers for the affine modes)."""
+def _fast4_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row, num_groups,
+                 stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, MODE: tl.constexpr, GROUP: tl.constexpr,
+                 SUB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
+                 X_PAIRS: tl.constexpr, dtype: tl.constexpr):
+    """The 4-bit PTX path for one K-block of SUB groups: fp32 [BLOCK_N, SUB * BLOCK_M].
+
+    The block's bytes come in one load (each row's BLOCK_K / 2 bytes together)
+    and one decode.  Several groups per block stay apart in the product
+    instead: column g * BLOCK_M + m of the x tile holds row m of x on group
+    g's columns of K and zeros elsewhere, so column block g of the product is
+    group g's partial sum, and gets group g's scale.  With BLOCK_M * SUB <= 8
+    that costs no extra MMA (the MMA is 8 wide anyway).  The caller adds the
+    SUB column blocks after its K loop.
+    """
+    byte_ptr = codes_ptr.to(tl.pointer_type(tl.uint8))
+    col = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    ptrs = byte_ptr + w_rows[:, None] * (words_per_row * 4) + col[None, :]
+    if EVEN_K:
+        packed = tl.load(ptrs)
+    else:
+        packed = tl.load(ptrs, mask=(col < words_per_row * 4)[None, :], other=0)
+    # scales (and zero points) of the block's groups: per row, or per row and product column
+    cols = tl.arange(0, SUB * BLOCK_M)
+    if SUB == 1:
+        g_ok = w_rows * 0 + k0 // GROUP < num_groups  # a vector mask, as interpreters require
+        scale = tl.load(scales_ptr + w_rows * stride_sn + (k0 // GROUP) * stride_sg, mask=g_ok, other=0.0)
+        scale = scale[:, None]
+    else:
+        group = k0 // GROUP + cols // BLOCK_M
+        scale = tl.load(scales_ptr + w_rows[:, None] * stride_sn + group[None, :] * stride_sg,
+                        mask=(group < num_groups)[None, :], other=0.0)
+    if MODE == ZERO_POINT:
+        tl.static_assert(SUB == 1)  # the zero point is folded into the decode, per row
+        zero = tl.load(zeros_ptr + w_rows * stride_zn + (k0 // GROUP) * stride_zg, mask=g_ok, other=0).to(tl.int32)
+    else:
+        zero = w_rows * 0 + 8
+    even, odd = _nibble_values(packed, zero, dtype)
+
+    pair = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    x_m = x_rows if SUB == 1 else tl.reshape(tl.broadcast_to(x_rows[None, :], [SUB, BLOCK_M]), [SUB * BLOCK_M])
+    ok = (pair * 2 < K)[:, None]
+    if SUB > 1:
+        ok = ok & ((tl.arange(0, BLOCK_K // 2) // (GROUP // 2))[:, None] == (cols // BLOCK_M)[None, :])
+    if X_PAIRS:
+        # (x[k], x[k+1]) as one 32-bit word, split by integer ops
+        pair_ptr = x_ptr.to(tl.pointer_type(tl.int32)) + x_m[None, :] * (stride_xm // 2) + pair[:, None]
+        if EVEN_K and SUB == 1:
+            pairs = tl.load(pair_ptr)
+        else:
+            pairs = tl.load(pair_ptr, mask=ok, other=0)
+        x_even = (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
+        x_odd = (pairs >> 16).to(tl.int16).to(dtype, bitcast=True)
+    else:
+        x_ptrs = x_ptr + x_m[None, :] * stride_xm + 2 * pair[:, None]
+        if EVEN_K and SUB == 1:
+            x_even = tl.load(x_ptrs)
+            x_odd = tl.load(x_ptrs + 1)
+        else:
+            x_even = tl.load(x_ptrs, mask=ok, other=0.0)
+            x_odd = tl.load(x_ptrs + 1, mask=ok & (pair * 2 + 1 < K)[:, None], other=0.0)
+    return (tl.dot(even, x_even) + tl.dot(odd, x_odd)) * scale.to(tl.float32)
+
+
+@triton.jit
+def _integer_or_table(codes, rows, table_ptr, MODE: tl.constexpr, BITS: tl.constexpr):
+    """The unscaled value of each code, fp32 (exact integers for the affine modes;
+    the zero point is the caller's)."""
     if MODE == SYMMETRIC:
         value = (codes - (1 << (BITS - 1))).to(tl.float32)
     elif MODE == BINARY:
@@ -175,7 +248,7 @@ def _integer_or_table(codes, rows, row_ok, table_ptr, MODE: tl.constexpr, BITS: 
     else:
         tl.static_assert(MODE == ROW_TABLE)
         where = rows[:, None] * (1 << BITS) + codes
-        value = tl.load(table_ptr + where, mask=row_ok[:, None], other=0.0).to(tl.float32)
+        value = tl.load(table_ptr + where).to(tl.float32)
     return value
 
 
@@ -195,18 +268,22 @@ def _dot(a, b, INTERPRET: tl.constexpr):
 @triton.jit
 def gemv_kernel(
     x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
-    M, N, K, words_per_row, kpad_words, num_groups, stride_xm,
+    M, N, K, words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg,
     BITS: tl.constexpr, GROUP: tl.constexpr, MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False,
+    INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False, EVEN_K: tl.constexpr = False,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias).
 
+    ``scales`` and ``zeros`` are (N, num_groups) with the given strides (group-major
+    storage, stride_sn = 1, reads one contiguous run per K-block).
     With SPLIT_K > 1, ``ws`` is fp32 (SPLIT_K, M, N) scratch and ``counter``
     int32 (grid_m * grid_n,) all zero at launch (and again after it).
     X_PAIRS: x's rows start 4-byte aligned and K is even, so the 4-bit path may
-    read x two elements at a time.
+    read x two elements at a time.  EVEN_K: every K-block of every split lies
+    inside K (K a multiple of BLOCK_K, the blocks a multiple of SPLIT_K), so
+    loads along K need no mask.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -215,64 +292,63 @@ def gemv_kernel(
     row_ok = rows < N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
+    # Loads read clamped rows (the last row of W, of x, again) instead of
+    # masking: the extra rows are never stored, and the loads stay unmasked.
+    w_rows = tl.minimum(rows, N - 1)
+    x_rows = tl.minimum(offs_m, M - 1)
     dtype = x_ptr.dtype.element_ty
 
     # Each split runs BLOCKS_PER_SPLIT K-blocks (a constexpr: fixed per layer
-    # shape); blocks past the end of K load nothing, every load being masked.
-    # 4-bit integer codes decode through PTX (compiled kernels, one group per K-block).
-    FAST4: tl.constexpr = (BITS == 4 and (MODE == SYMMETRIC or MODE == ZERO_POINT) and GROUP >= BLOCK_K
-                           and not INTERPRET)
-    OFFSET4: tl.constexpr = 8 if MODE == SYMMETRIC else 0
-    acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    # shape); without EVEN_K, blocks past the end of K load nothing, the loads
+    # along K being masked.
+    # 4-bit integer codes decode through PTX (compiled kernels; a K-block of
+    # one group, or of exactly two).
+    # At most 32 product columns for groups kept apart (more would not fit
+    # in shared memory with the x tile); other blocks take the generic path.
+    FAST4: tl.constexpr = (BITS == 4 and not INTERPRET and (
+        (MODE == ZERO_POINT and GROUP >= BLOCK_K)
+        or (MODE == SYMMETRIC and (GROUP >= BLOCK_K or (BLOCK_K % GROUP == 0 and BLOCK_K // GROUP * BLOCK_M <= 32)))))
+    # groups per K-block kept apart in the product's columns (see _fast4_block)
+    SUB: tl.constexpr = BLOCK_K // GROUP if FAST4 and GROUP < BLOCK_K else 1
+    acc = tl.zeros([BLOCK_N, SUB * BLOCK_M], dtype=tl.float32)
     for i in range(0, BLOCKS_PER_SPLIT):
         k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
         if FAST4:
-            # Even and odd k apart: each decoded nibble tile is a dot operand as it comes.
-            even, odd = _nibble_values(codes_ptr, rows, row_ok, k0, words_per_row, OFFSET4, BLOCK_N, BLOCK_K, dtype)
-            k_even = k0 + 2 * tl.arange(0, BLOCK_K // 2)
-            if X_PAIRS:
-                # (x[k], x[k+1]) as one 32-bit word: half the loads, and contiguous
-                pair_ptr = x_ptr.to(tl.pointer_type(tl.int32)) + offs_m[None, :] * (stride_xm // 2)
-                pairs = tl.load(pair_ptr + (k_even // 2)[:, None], mask=m_ok[None, :] & (k_even < K)[:, None], other=0)
-                x_even = (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
-                x_odd = (pairs >> 16).to(tl.int16).to(dtype, bitcast=True)
-            else:
-                x_rows = x_ptr + offs_m[None, :] * stride_xm
-                x_even = tl.load(x_rows + k_even[:, None], mask=m_ok[None, :] & (k_even < K)[:, None], other=0.0)
-                x_odd = tl.load(x_rows + k_even[:, None] + 1, mask=m_ok[None, :] & (k_even + 1 < K)[:, None],
-                                other=0.0)
-            part = tl.dot(even, x_even) + tl.dot(odd, x_odd)
-            if MODE == ZERO_POINT:
-                x_sum = tl.sum(x_even.to(tl.float32), axis=0) + tl.sum(x_odd.to(tl.float32), axis=0)
+            acc += _fast4_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row,
+                                num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB,
+                                BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, dtype)
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            x_t = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
-                          mask=m_ok[None, :] & (offs_k < K)[:, None], other=0.0)
-            codes = _load_codes(codes_ptr, rows, row_ok, k0, words_per_row, kpad_words, BITS, BLOCK_N, BLOCK_K)
-            value = _integer_or_table(codes, rows, row_ok, table_ptr, MODE, BITS)
+            x_ptrs = x_ptr + x_rows[None, :] * stride_xm + offs_k[:, None]
+            if EVEN_K:
+                x_t = tl.load(x_ptrs)
+            else:
+                x_t = tl.load(x_ptrs, mask=(offs_k < K)[:, None], other=0.0)
+            codes = _load_codes(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, BITS, BLOCK_N, BLOCK_K)
+            value = _integer_or_table(codes, w_rows, table_ptr, MODE, BITS)
             if GROUP >= BLOCK_K:
-                part = _dot(value.to(dtype), x_t, INTERPRET)
+                # One group per K-block: its scale applies to the partial product.
+                group = k0 // GROUP
+                g_ok = w_rows * 0 + group < num_groups  # a vector mask, as interpreters require
+                scale = tl.load(scales_ptr + w_rows * stride_sn + group * stride_sg, mask=g_ok, other=0.0)
+                scale = scale.to(tl.float32)
                 if MODE == ZERO_POINT:
-                    x_sum = tl.sum(x_t.to(tl.float32), axis=0)
-        if GROUP >= BLOCK_K:
-            # One group per K-block: its scale (and zero point) apply to the partial product.
-            group = k0 // GROUP
-            ok = row_ok & (rows * 0 + group < num_groups)  # a vector mask, as interpreters require
-            scale = tl.load(scales_ptr + rows * num_groups + group, mask=ok, other=0.0).to(tl.float32)
-            if MODE == ZERO_POINT:
-                zero = tl.load(zeros_ptr + rows * num_groups + group, mask=ok, other=0).to(tl.float32)
-                part -= zero[:, None] * x_sum[None, :]
-            acc += part * scale[:, None]
-        else:
-            # Several groups per K-block: scale each weight, rounding it once to x's dtype.
-            group = offs_k // GROUP
-            where = rows[:, None] * num_groups + group[None, :]
-            ok = row_ok[:, None] & (group < num_groups)[None, :]
-            scale = tl.load(scales_ptr + where, mask=ok, other=0.0).to(tl.float32)
-            if MODE == ZERO_POINT:
-                value -= tl.load(zeros_ptr + where, mask=ok, other=0).to(tl.float32)
-            acc += _dot((value * scale).to(dtype), x_t, INTERPRET)
+                    zero = tl.load(zeros_ptr + w_rows * stride_zn + group * stride_zg, mask=g_ok, other=0)
+                    value -= zero.to(tl.float32)[:, None]
+                acc += _dot(value.to(dtype), x_t, INTERPRET) * scale[:, None]
+            else:
+                # Several groups per K-block: scale each weight, rounding it once to x's dtype.
+                group = offs_k // GROUP
+                ok = (group < num_groups)[None, :]
+                where = w_rows[:, None] * stride_sn + group[None, :] * stride_sg
+                scale = tl.load(scales_ptr + where, mask=ok, other=0.0).to(tl.float32)
+                if MODE == ZERO_POINT:
+                    where = w_rows[:, None] * stride_zn + group[None, :] * stride_zg
+                    value -= tl.load(zeros_ptr + where, mask=ok, other=0).to(tl.float32)
+                acc += _dot((value * scale).to(dtype), x_t, INTERPRET)
 
+    if SUB > 1:
+        acc = tl.sum(tl.reshape(acc, [BLOCK_N, SUB, BLOCK_M]), axis=1)
     out_mask = row_ok[:, None] & m_ok[None, :]
     tile_out = offs_m[None, :] * N + rows[:, None]
     if SPLIT_K > 1:
