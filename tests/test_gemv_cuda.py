@@ -121,6 +121,5 @@ def test_forced_4bit_blocks(spec, n, k, config, m):
         # Integer codes are exact in fp16/bf16; the 4-bit path scales partial sums, so
         # no weight is rounded, except where more than 32 product columns would be
         # needed and the block takes the generic path (weights scaled, rounded to x's dtype).
-        group_len = qw.format.group_len(k)
-        generic = block_k > group_len and block_k // group_len * g.row_block(m) > 32
+        generic = g.ptx4_groups(qw.format.bits, qw.format.kernel_decode().mode, group, block_k, config.block_m) == 0
         assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(dtype) if generic else 0.0)

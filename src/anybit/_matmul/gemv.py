@@ -102,6 +102,30 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)
 
 
+#: Decode modes the 4-bit PTX path serves.
+PTX4_MODES = (Decode.SYMMETRIC, Decode.ZERO_POINT)
+#: The PTX path keeps groups apart in at most this many product columns (more
+#: do not fit in shared memory next to the x tile).
+MAX_GROUP_COLUMNS = 32
+
+
+def ptx4_groups(bits: int, mode: Decode, group: int, block_k: int, block_m: int) -> int:
+    """How many groups per K-block the 4-bit PTX path keeps apart in the product
+    (1: the block lies in one group), or 0 where the generic decode runs instead.
+
+    ``group`` is the kernel's GROUP (see ``kernel_group``).  Only symmetric codes
+    can keep several groups apart (a zero point is folded into the decode per row).
+    """
+    if bits != 4 or mode not in PTX4_MODES:
+        return 0
+    if group >= block_k:
+        return 1
+    sub = block_k // group
+    if mode is Decode.SYMMETRIC and block_k % group == 0 and sub * block_m <= MAX_GROUP_COLUMNS:
+        return sub
+    return 0
+
+
 def kernel_group(group: int, k: int, config: GemvConfig) -> int:
     """The GROUP the kernel is compiled with: a per-row group becomes one at
     least BLOCK_K wide, so the kernel applies its scale after the dot."""
@@ -115,7 +139,7 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
     group = qw.format.group_len(k)
     if config is None:
         decode = qw.format.kernel_decode()
-        fast4 = qw.format.bits == 4 and decode.mode in (Decode.SYMMETRIC, Decode.ZERO_POINT)
+        fast4 = qw.format.bits == 4 and decode.mode in PTX4_MODES
         config = gemv_config(m, qw.shape[0], k, group, sm_count(device), fast4=fast4,
                              split_groups=fast4 and decode.mode is Decode.SYMMETRIC)
     return config, kernel_group(group, k, config)
@@ -222,6 +246,7 @@ def launch_gemv(
         BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
         X_PAIRS=config.x_pairs and k % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
+        PTX4_GROUPS=0 if interpreting() else ptx4_groups(bits, mode, group, config.block_k, config.block_m),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

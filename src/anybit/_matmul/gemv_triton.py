@@ -22,8 +22,8 @@ Compiled kernels decode 4-bit integer codes (int4, uint4) faster: each
 the mantissas of fp16/bf16 magic numbers and removes magic and zero point
 with one packed fma (see ``_NIBBLES_F16_ASM``).  Low and high nibbles make
 two tiles (even and odd k), each multiplied by the matching half of x.
-The interpreter cannot run
-PTX and takes the generic path, which computes the same values.
+The interpreter cannot run PTX and takes the generic path, which computes
+the same values.
 
 Scales: when a K-block lies inside one group (GROUP >= BLOCK_K) the
 integer-or-table values enter the dot product unscaled (integers are exact
@@ -170,6 +170,19 @@ def _nibble_values(packed, zero, dtype: tl.constexpr):
 
 
 @triton.jit
+def _group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+                  MODE: tl.constexpr):
+    """Scale (fp32 [R]) and zero point (int32 [R]; zeros unless MODE is ZERO_POINT)
+    of group ``group`` of each row; 0 past the last group."""
+    ok = rows * 0 + group < num_groups  # a vector mask, as interpreters require
+    scale = tl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0.0).to(tl.float32)
+    zero = rows * 0
+    if MODE == ZERO_POINT:
+        zero = tl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(tl.int32)
+    return scale, zero
+
+
+@triton.jit
 def _fast4_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row, num_groups,
                  stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, MODE: tl.constexpr, GROUP: tl.constexpr,
                  SUB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
@@ -194,17 +207,16 @@ def _fast4_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K,
     # scales (and zero points) of the block's groups: per row, or per row and product column
     cols = tl.arange(0, SUB * BLOCK_M)
     if SUB == 1:
-        g_ok = w_rows * 0 + k0 // GROUP < num_groups  # a vector mask, as interpreters require
-        scale = tl.load(scales_ptr + w_rows * stride_sn + (k0 // GROUP) * stride_sg, mask=g_ok, other=0.0)
+        scale, zero = _group_params(scales_ptr, zeros_ptr, w_rows, k0 // GROUP, num_groups, stride_sn, stride_sg,
+                                    stride_zn, stride_zg, MODE)
         scale = scale[:, None]
+        if MODE != ZERO_POINT:
+            zero = w_rows * 0 + 8
     else:
+        tl.static_assert(MODE == SYMMETRIC)  # a zero point is folded into the decode, per row
         group = k0 // GROUP + cols // BLOCK_M
         scale = tl.load(scales_ptr + w_rows[:, None] * stride_sn + group[None, :] * stride_sg,
                         mask=(group < num_groups)[None, :], other=0.0)
-    if MODE == ZERO_POINT:
-        tl.static_assert(SUB == 1)  # the zero point is folded into the decode, per row
-        zero = tl.load(zeros_ptr + w_rows * stride_zn + (k0 // GROUP) * stride_zg, mask=g_ok, other=0).to(tl.int32)
-    else:
         zero = w_rows * 0 + 8
     even, odd = _nibble_values(packed, zero, dtype)
 
@@ -273,17 +285,18 @@ def gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False, EVEN_K: tl.constexpr = False,
+    PTX4_GROUPS: tl.constexpr = 0,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias).
 
-    ``scales`` and ``zeros`` are (N, num_groups) with the given strides (group-major
-    storage, stride_sn = 1, reads one contiguous run per K-block).
+    ``scales`` and ``zeros`` are (N, num_groups), read through the given strides.
     With SPLIT_K > 1, ``ws`` is fp32 (SPLIT_K, M, N) scratch and ``counter``
     int32 (grid_m * grid_n,) all zero at launch (and again after it).
     X_PAIRS: x's rows start 4-byte aligned and K is even, so the 4-bit path may
     read x two elements at a time.  EVEN_K: every K-block of every split lies
     inside K (K a multiple of BLOCK_K, the blocks a multiple of SPLIT_K), so
-    loads along K need no mask.
+    loads along K need no mask.  PTX4_GROUPS: see ``gemv.ptx4_groups`` (0 in
+    the interpreter, which cannot run PTX).
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -301,15 +314,10 @@ def gemv_kernel(
     # Each split runs BLOCKS_PER_SPLIT K-blocks (a constexpr: fixed per layer
     # shape); without EVEN_K, blocks past the end of K load nothing, the loads
     # along K being masked.
-    # 4-bit integer codes decode through PTX (compiled kernels; a K-block of
-    # one group, or of exactly two).
-    # At most 32 product columns for groups kept apart (more would not fit
-    # in shared memory with the x tile); other blocks take the generic path.
-    FAST4: tl.constexpr = (BITS == 4 and not INTERPRET and (
-        (MODE == ZERO_POINT and GROUP >= BLOCK_K)
-        or (MODE == SYMMETRIC and (GROUP >= BLOCK_K or (BLOCK_K % GROUP == 0 and BLOCK_K // GROUP * BLOCK_M <= 32)))))
-    # groups per K-block kept apart in the product's columns (see _fast4_block)
-    SUB: tl.constexpr = BLOCK_K // GROUP if FAST4 and GROUP < BLOCK_K else 1
+    # 4-bit integer codes decode through PTX where the launcher says so
+    # (PTX4_GROUPS > 0: that many groups per K-block, kept apart in the product).
+    FAST4: tl.constexpr = PTX4_GROUPS > 0
+    SUB: tl.constexpr = PTX4_GROUPS if FAST4 else 1
     acc = tl.zeros([BLOCK_N, SUB * BLOCK_M], dtype=tl.float32)
     for i in range(0, BLOCKS_PER_SPLIT):
         k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
@@ -328,12 +336,9 @@ def gemv_kernel(
             value = _integer_or_table(codes, w_rows, table_ptr, MODE, BITS)
             if GROUP >= BLOCK_K:
                 # One group per K-block: its scale applies to the partial product.
-                group = k0 // GROUP
-                g_ok = w_rows * 0 + group < num_groups  # a vector mask, as interpreters require
-                scale = tl.load(scales_ptr + w_rows * stride_sn + group * stride_sg, mask=g_ok, other=0.0)
-                scale = scale.to(tl.float32)
+                scale, zero = _group_params(scales_ptr, zeros_ptr, w_rows, k0 // GROUP, num_groups, stride_sn,
+                                            stride_sg, stride_zn, stride_zg, MODE)
                 if MODE == ZERO_POINT:
-                    zero = tl.load(zeros_ptr + w_rows * stride_zn + group * stride_zg, mask=g_ok, other=0)
                     value -= zero.to(tl.float32)[:, None]
                 acc += _dot(value.to(dtype), x_t, INTERPRET) * scale[:, None]
             else:
