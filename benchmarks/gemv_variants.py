@@ -50,8 +50,12 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", required=True)
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--group-major", action="store_true", help="store scales and zeros group-major")
+    parser.add_argument("--natural", choices=("auto", "0", "1"), default="auto",
+                        help="force the PTX path's interleave into k order (gemv.ptx_natural)")
     parser.add_argument("--out")
     args = parser.parse_args()
+    if args.natural != "auto":
+        g.ptx_natural = lambda bits: args.natural == "1"
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     hw = bench.measure_hw(torch.device("cuda"))
     print(f"copy {hw['copy_TBps']:.2f} TB/s, fp16 {hw['fp16_TFLOPs']:.0f} TFLOP/s")

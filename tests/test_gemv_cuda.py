@@ -101,11 +101,24 @@ def test_wgmma_or_mma_in_the_compiled_kernel():
         ("uint4-g64", 576, 576, (64, 3)),
         ("int4-gc", 1000, 1000, (256, 2)),
         ("uint4-gc", 4096, 4096, (256, 4)),
+        # other widths: one, two or three pieces, 1 to 8 codes per element
+        ("int8-gc", 1000, 1536, (256, 2)),
+        ("uint8-g128", 576, 576, (128, 3)),
+        ("int3-g128", 1000, 1536, (128, 4)),
+        ("int3-g128", 576, 1536, (256, 2)),
+        ("uint3-g128", 1536, 576, (128, 1)),
+        ("int2-g64", 1000, 1536, (256, 2)),
+        ("uint2-gc", 1000, 1000, (128, 2)),
+        ("int1-g128", 1000, 1536, (256, 3)),
+        ("uint5-g128", 1000, 1536, (128, 4)),
+        ("int6-gc", 576, 576, (256, 1)),
+        ("uint7-g128", 1000, 1536, (128, 2)),
+        ("int7-g256", 512, 1024, (256, 4)),
     ],
 )
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 16, 32])
-def test_forced_4bit_blocks(spec, n, k, config, m):
-    """Forced K-blocks of the 4-bit path (one or several groups), both dtypes, checked against float64."""
+def test_forced_ptx_blocks(spec, n, k, config, m):
+    """Forced K-blocks of the PTX decode path (one or several groups), both dtypes, checked against float64."""
     from anybit._matmul import gemv as g
 
     block_k, split_k = config
@@ -118,8 +131,9 @@ def test_forced_4bit_blocks(spec, n, k, config, m):
         y = g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, None, n, k,
                           qw.format.bits, group, qw.format.kernel_decode().mode, config,
                           out=torch.full((m, n), float("nan"), device="cuda", dtype=dtype))
-        # Integer codes are exact in fp16/bf16; the 4-bit path scales partial sums, so
-        # no weight is rounded, except where more than 32 product columns would be
-        # needed and the block takes the generic path (weights scaled, rounded to x's dtype).
-        generic = g.ptx4_groups(qw.format.bits, qw.format.kernel_decode().mode, group, block_k, config.block_m) == 0
+        # Integer codes are exact in fp16/bf16; the PTX path scales partial sums, so
+        # no weight is rounded, except where the block takes the generic path (more
+        # than 32 product columns needed, or a decoded tensor narrower than the MMA's
+        # K): there weights are scaled and rounded to x's dtype.
+        generic = g.ptx_groups(qw.format.bits, qw.format.kernel_decode().mode, group, block_k, config.block_m) == 0
         assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(dtype) if generic else 0.0)

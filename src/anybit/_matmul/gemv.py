@@ -17,6 +17,7 @@ from torch import Tensor
 from .. import packing
 from ..formats._base import Decode
 from ..quantized import QuantizedWeight
+from .decode_ptx import codes_per_element, constraints, decode_asm
 
 #: Whether Triton can be imported (looked up without importing it; a constant
 #: so that torch.compile traces the dispatcher without a graph break).
@@ -70,7 +71,7 @@ def even_split(k_blocks: int, want: int) -> int:
 
 
 def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int = 4,
-                fast4: bool = False, split_groups: bool = False) -> GemvConfig:
+                ptx: bool = False, split_groups: bool = False) -> GemvConfig:
     """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
 
     Fitted to H200 sweeps of forced configurations (benchmarks/results/
@@ -79,17 +80,17 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     * BLOCK_M is the next power of two of m.
     * BLOCK_K: a row's bytes per K-block decide how well the weights stream:
       256 codes (128 bytes of 4-bit codes) ran up to 1.3x faster than 128
-      on the 4-bit PTX path (``fast4``), which takes 256 for per-row groups.
+      on the PTX decode path (``ptx``), which takes 256 for per-row groups.
       Otherwise the K-block holds one group, so the group's scale multiplies
-      a partial product once, except where ``split_groups`` (symmetric 4-bit
-      codes) lets the kernel keep up to 4 column blocks of groups apart in
-      the product (BLOCK_M * groups per block <= 4).
+      a partial product once, except where ``split_groups`` (codes without
+      a zero point on the PTX path) lets the kernel keep up to 4 column
+      blocks of groups apart in the product (BLOCK_M * groups per block <= 4).
     * 32 rows per program on 2 warps (mma.sync), 3 pipeline stages, x read in
       pairs; split-K to about ``programs_per_sm`` programs per SM, with a
       split count that divides the K-blocks.
     """
     block_m = row_block(m)
-    if fast4 and group >= k:
+    if ptx and group >= k:
         block_k = 256
     elif split_groups and group >= 32 and 256 % group == 0 and block_m * (256 // group) <= 4:
         block_k = 256
@@ -102,28 +103,43 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)
 
 
-#: Decode modes the 4-bit PTX path serves.
-PTX4_MODES = (Decode.SYMMETRIC, Decode.ZERO_POINT)
+#: Decode modes the PTX decode path serves (integer codes).
+PTX_MODES = (Decode.SYMMETRIC, Decode.BINARY, Decode.ZERO_POINT)
 #: The PTX path keeps groups apart in at most this many product columns (more
 #: do not fit in shared memory next to the x tile).
 MAX_GROUP_COLUMNS = 32
+#: The MMA's K: every decoded tensor of the PTX path spans at least this many codes.
+MMA_K = 16
 
 
-def ptx4_groups(bits: int, mode: Decode, group: int, block_k: int, block_m: int) -> int:
-    """How many groups per K-block the 4-bit PTX path keeps apart in the product
+def ptx_groups(bits: int, mode: Decode, group: int, block_k: int, block_m: int) -> int:
+    """How many groups per K-block the PTX decode path keeps apart in the product
     (1: the block lies in one group), or 0 where the generic decode runs instead.
 
-    ``group`` is the kernel's GROUP (see ``kernel_group``).  Only symmetric codes
-    can keep several groups apart (a zero point is folded into the decode per row).
+    ``group`` is the kernel's GROUP (see ``kernel_group``).  The decode yields
+    C = 8 / (narrowest piece) tensors of BLOCK_K / C codes, each at least the
+    MMA's K.  Only codes without a zero point can keep several groups apart (a
+    zero point is folded into the decode per row).
     """
-    if bits != 4 or mode not in PTX4_MODES:
+    if mode not in PTX_MODES or block_k // codes_per_element(bits) < MMA_K:
         return 0
     if group >= block_k:
         return 1
     sub = block_k // group
-    if mode is Decode.SYMMETRIC and block_k % group == 0 and sub * block_m <= MAX_GROUP_COLUMNS:
+    if mode is not Decode.ZERO_POINT and block_k % group == 0 and sub * block_m <= MAX_GROUP_COLUMNS:
         return sub
     return 0
+
+
+def ptx_natural(bits: int) -> bool:
+    """Whether the PTX path interleaves its C decoded tensors back into k order (one
+    dot with x's contiguous rows) instead of multiplying each by a strided slice of x.
+
+    Strided slices of x are gathered and stored to shared memory synchronously in
+    every K-block; a contiguous x tile is prefetched with the weights.  Two tensors
+    (4-bit codes) read x in pairs instead; 8-bit codes decode to one tensor.
+    """
+    return codes_per_element(bits) >= 4
 
 
 def kernel_group(group: int, k: int, config: GemvConfig) -> int:
@@ -139,9 +155,9 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
     group = qw.format.group_len(k)
     if config is None:
         decode = qw.format.kernel_decode()
-        fast4 = qw.format.bits == 4 and decode.mode in PTX4_MODES
-        config = gemv_config(m, qw.shape[0], k, group, sm_count(device), fast4=fast4,
-                             split_groups=fast4 and decode.mode is Decode.SYMMETRIC)
+        ptx = decode.mode in PTX_MODES
+        config = gemv_config(m, qw.shape[0], k, group, sm_count(device), ptx=ptx,
+                             split_groups=ptx and decode.mode is not Decode.ZERO_POINT)
     return config, kernel_group(group, k, config)
 
 
@@ -235,6 +251,7 @@ def launch_gemv(
     else:
         workspace = counters = out  # unused
     k_blocks = -(-k // config.block_k)
+    ptx = 0 if interpreting() else ptx_groups(bits, mode, group, config.block_k, config.block_m)
     dummy = scales  # stands in for absent optional pointers; never read
     gemv_kernel[grid](
         x, codes, scales, dummy if zeros is None else zeros, dummy if table is None else table,
@@ -246,7 +263,8 @@ def launch_gemv(
         BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
         X_PAIRS=config.x_pairs and k % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
-        PTX4_GROUPS=0 if interpreting() else ptx4_groups(bits, mode, group, config.block_k, config.block_m),
+        PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
+        PTX_CONSTRAINTS=constraints(bits) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out

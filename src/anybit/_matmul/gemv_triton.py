@@ -17,13 +17,15 @@ split-plane layout covers whole int32 words)::
         values (words >> w*j) & (2**w - 1),  j < 32/w   -> [BLOCK_N, BLOCK_K]
         codes |= values << o
 
-Compiled kernels decode 4-bit integer codes (int4, uint4) faster: each
-32-bit word of packed bytes goes through inline PTX that ORs nibbles into
-the mantissas of fp16/bf16 magic numbers and removes magic and zero point
-with one packed fma (see ``_NIBBLES_F16_ASM``).  Low and high nibbles make
-two tiles (even and odd k), each multiplied by the matching half of x.
-The interpreter cannot run PTX and takes the generic path, which computes
-the same values.
+Compiled kernels decode integer codes (every width, symmetric, binary or
+with a zero point) faster, through inline PTX generated per width (see
+``decode_ptx``): each piece's packed bytes of a K-block come in one load,
+and packed fp16/bf16 magic-number arithmetic turns them into C tensors of
+exact integers (tensor j: codes k0 + C*e + j).  4-bit codes (C = 2)
+multiply the even and odd halves of x, read in pairs; wider element groups
+(C = 4, 8: 1, 2, 3, 5, 6, 7 bits) are interleaved back into k order for
+one dot with x's contiguous rows.  The interpreter cannot run PTX and takes
+the generic path, which computes the same values.
 
 Scales: when a K-block lies inside one group (GROUP >= BLOCK_K) the
 integer-or-table values enter the dot product unscaled (integers are exact
@@ -42,7 +44,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .. import packing
 from ..formats._base import Decode
+from . import decode_ptx
 
 #: constexpr ids of the decode modes (Triton constexprs are ints).
 SYMMETRIC: tl.constexpr = tl.constexpr(0)
@@ -94,79 +98,76 @@ def _load_codes(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K: tl.const
     return codes
 
 
-# Two 4-bit codes per byte, low nibble first.  Four bytes B0..B3 (codes
-# k0..k7) arrive in one register; prmt reorders them to (B0, B2, B1, B3) so
-# each 16-bit half holds one byte of a pair, then masks pick one nibble per
-# half and OR it into the mantissa of an f16x2 (bf16x2) whose exponent makes
-# it 1024 + n (128 + n); one packed fma subtracts 1024 + z (z: 8 for the
-# symmetric formats, the group's zero point otherwise), leaving the exact
-# integer n - z.  fp16 keeps high nibbles in place (1024 + 16 n, scaled by
-# 1/16 in the fma), so 4 bytes cost prmt + 4 lop3 + 1 shift + 4 fma; bf16's
-# 7-bit mantissa has no room for that and shifts each nibble down instead.
-#   $0 = (lo B0, lo B1)  $1 = (lo B2, lo B3)   low nibbles (even k)
-#   $2 = (hi B0, hi B1)  $3 = (hi B2, hi B3)   high nibbles (odd k)
-# Inputs: $4 the bytes; $5, $6 the bias -(1024 + z) (bf16: -(128 + z)) of
-# elements (0, 1) and (2, 3); $7, $8 the bias -(64 + z) of the high nibbles
-# (bf16: -(128 + z) again).  Every output element depends on its own byte and
-# biases only, so the code is right however Triton groups elements.
-_NIBBLES_F16_ASM = """
-{
-.reg .b32 s, t, q, one, sixteenth;
-mov.b32 one, 0x3C003C00;
-mov.b32 sixteenth, 0x2C002C00;
-prmt.b32 s, $4, 0, 0x3120;
-lop3.b32 t, s, 0x000F000F, 0x64006400, 0xea;
-fma.rn.f16x2 $0, t, one, $5;
-lop3.b32 t, s, 0x00F000F0, 0x64006400, 0xea;
-fma.rn.f16x2 $2, t, sixteenth, $7;
-shr.b32 q, s, 8;
-lop3.b32 t, q, 0x000F000F, 0x64006400, 0xea;
-fma.rn.f16x2 $1, t, one, $6;
-lop3.b32 t, q, 0x00F000F0, 0x64006400, 0xea;
-fma.rn.f16x2 $3, t, sixteenth, $8;
-}
-"""
-_NIBBLES_BF16_ASM = """
-{
-.reg .b32 s, t, q, one;
-mov.b32 one, 0x3F803F80;
-prmt.b32 s, $4, 0, 0x3120;
-lop3.b32 t, s, 0x000F000F, 0x43004300, 0xea;
-fma.rn.bf16x2 $0, t, one, $5;
-shr.b32 q, s, 4;
-lop3.b32 t, q, 0x000F000F, 0x43004300, 0xea;
-fma.rn.bf16x2 $2, t, one, $7;
-shr.b32 q, s, 8;
-lop3.b32 t, q, 0x000F000F, 0x43004300, 0xea;
-fma.rn.bf16x2 $1, t, one, $6;
-shr.b32 q, s, 12;
-lop3.b32 t, q, 0x000F000F, 0x43004300, 0xea;
-fma.rn.bf16x2 $3, t, one, $8;
-}
-"""
-NIBBLES_F16: tl.constexpr = tl.constexpr(_NIBBLES_F16_ASM)
-NIBBLES_BF16: tl.constexpr = tl.constexpr(_NIBBLES_BF16_ASM)
+@triton.constexpr_function
+def _piece(bits, i):
+    """(width, low bit) of piece i of ``bits``-wide codes, widest first (as in
+    ``packing.pieces``); (0, 0) past the last."""
+    widths = [w for w in (8, 4, 2, 1) if bits & w]
+    return (widths[i], sum(widths[:i])) if i < len(widths) else (0, 0)
+
+
+@triton.constexpr_function
+def _repeat(dtype, count):
+    return (dtype,) * count
 
 
 @triton.jit
-def _nibble_values(packed, zero, dtype: tl.constexpr):
-    """Bytes of 4-bit codes (uint8 [R, C]) minus ``zero`` (int32 [R], per row) as exact
-    fp16/bf16 values: (low nibbles, high nibbles), each [R, C].
+def _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K: tl.constexpr, WIDTH: tl.constexpr,
+                   LOW: tl.constexpr, C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Elements (C codes each) of one piece for the K-block at k0: u8/u16/u32 [BLOCK_N, BLOCK_K / C]."""
+    EBITS: tl.constexpr = WIDTH * C
+    PER_WORD: tl.constexpr = 32 // EBITS
+    if EBITS == 8:
+        ptr = codes_ptr.to(tl.pointer_type(tl.uint8))
+    elif EBITS == 16:
+        ptr = codes_ptr.to(tl.pointer_type(tl.uint16))
+    else:
+        ptr = codes_ptr
+    e = k0 // C + tl.arange(0, BLOCK_K // C)
+    ptrs = ptr + w_rows[:, None] * (words_per_row * PER_WORD) + kpad_words * LOW * PER_WORD + e[None, :]
+    if EVEN_K:
+        return tl.load(ptrs)
+    return tl.load(ptrs, mask=(e < kpad_words * WIDTH * PER_WORD)[None, :], other=0)
+
+
+@triton.jit
+def _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, EVEN_K: tl.constexpr, BITS: tl.constexpr,
+                BLOCK_K: tl.constexpr, PTX_ASM: tl.constexpr, PTX_CONSTRAINTS: tl.constexpr, dtype: tl.constexpr):
+    """The K-block's weights minus ``zero`` (int32 [BLOCK_N], per row) as exact
+    fp16/bf16 values: a tuple of C tensors [BLOCK_N, BLOCK_K / C], tensor j
+    holding codes k0 + C*e + j (see decode_ptx).
 
     Compiled kernels only: the interpreter cannot run PTX, and there the
     generic decode computes the same values.
     """
+    C: tl.constexpr = 8 // (BITS & -BITS)  # codes per element: 8 / the narrowest piece
+    MAGIC: tl.constexpr = 1024 if dtype == tl.float16 else (0 if BITS == 8 else 128)  # decode_ptx.bias_offset
     zero = zero.to(tl.float32)
+    bias = (-MAGIC - zero).to(dtype)[:, None]
     if dtype == tl.bfloat16:
-        bias = (-128.0 - zero).to(tl.bfloat16)[:, None]
-        low, high = tl.inline_asm_elementwise(NIBBLES_BF16, "=r,=r,=r,=r,r,r,r,r,r", [packed, bias, bias],
-                                              dtype=(tl.bfloat16, tl.bfloat16), is_pure=True, pack=4)
+        bias_high = bias
     else:
-        bias_low = (-1024.0 - zero).to(tl.float16)[:, None]
         bias_high = (-64.0 - zero).to(tl.float16)[:, None]
-        low, high = tl.inline_asm_elementwise(NIBBLES_F16, "=r,=r,=r,=r,r,r,r,r,r", [packed, bias_low, bias_high],
-                                              dtype=(tl.float16, tl.float16), is_pure=True, pack=4)
-    return low, high
+    W0: tl.constexpr = _piece(BITS, 0)[0]
+    W1: tl.constexpr = _piece(BITS, 1)[0]
+    W2: tl.constexpr = _piece(BITS, 2)[0]
+    p0 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W0, _piece(BITS, 0)[1], C,
+                        BLOCK_K)
+    OUT: tl.constexpr = _repeat(dtype, C)
+    if W1 == 0:
+        values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, bias, bias_high], dtype=OUT, is_pure=True, pack=4)
+    else:
+        p1 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W1, _piece(BITS, 1)[1], C,
+                            BLOCK_K)
+        if W2 == 0:
+            values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, p1, bias, bias_high], dtype=OUT,
+                                               is_pure=True, pack=4)
+        else:
+            p2 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W2, _piece(BITS, 2)[1],
+                                C, BLOCK_K)
+            values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, p1, p2, bias, bias_high], dtype=OUT,
+                                               is_pure=True, pack=4)
+    return values
 
 
 @triton.jit
@@ -183,66 +184,101 @@ def _group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, str
 
 
 @triton.jit
-def _fast4_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row, num_groups,
-                 stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, MODE: tl.constexpr, GROUP: tl.constexpr,
-                 SUB: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr,
-                 X_PAIRS: tl.constexpr, dtype: tl.constexpr):
-    """The 4-bit PTX path for one K-block of SUB groups: fp32 [BLOCK_N, SUB * BLOCK_M].
+def _flat(a, b):
+    """[R, L] a and b -> [R, 2L], a's elements at even places."""
+    return tl.reshape(tl.join(a, b), [a.shape[0], 2 * a.shape[1]])
 
-    The block's bytes come in one load (each row's BLOCK_K / 2 bytes together)
-    and one decode.  Several groups per block stay apart in the product
-    instead: column g * BLOCK_M + m of the x tile holds row m of x on group
-    g's columns of K and zeros elsewhere, so column block g of the product is
-    group g's partial sum, and gets group g's scale.  With BLOCK_M * SUB <= 8
-    that costs no extra MMA (the MMA is 8 wide anyway).  The caller adds the
-    SUB column blocks after its K loop.
-    """
-    byte_ptr = codes_ptr.to(tl.pointer_type(tl.uint8))
-    col = k0 // 2 + tl.arange(0, BLOCK_K // 2)
-    ptrs = byte_ptr + w_rows[:, None] * (words_per_row * 4) + col[None, :]
-    if EVEN_K:
-        packed = tl.load(ptrs)
+
+@triton.jit
+def _interleave(values, C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """C tensors [R, BLOCK_K / C] (tensor j: codes C*e + j) -> one [R, BLOCK_K] in k order."""
+    if C == 1:
+        w = values[0]
+    elif C == 2:
+        w = _flat(values[0], values[1])
+    elif C == 4:
+        w = _flat(_flat(values[0], values[2]), _flat(values[1], values[3]))
     else:
-        packed = tl.load(ptrs, mask=(col < words_per_row * 4)[None, :], other=0)
+        w = _flat(_flat(_flat(values[0], values[4]), _flat(values[2], values[6])),
+                  _flat(_flat(values[1], values[5]), _flat(values[3], values[7])))
+    return w
+
+
+@triton.jit
+def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row, kpad_words,
+               num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, BITS: tl.constexpr,
+               MODE: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, X_PAIRS: tl.constexpr, NATURAL: tl.constexpr,
+               PTX_ASM: tl.constexpr, PTX_CONSTRAINTS: tl.constexpr, dtype: tl.constexpr):
+    """The PTX decode path for one K-block of SUB groups: fp32 [BLOCK_N, SUB * BLOCK_M].
+
+    Each piece's codes come in one load (a row's share of the block together)
+    and one inline-asm decode, which yields C tensors; tensor j (codes
+    k0 + C*e + j) is multiplied by the matching rows of x.  Several groups per
+    block stay apart in the product instead of scaling each weight: column
+    g * BLOCK_M + m of the x tile holds row m of x on group g's columns of K
+    and zeros elsewhere, so column block g of the product is group g's
+    partial sum, and gets group g's scale.  With BLOCK_M * SUB <= 8 that costs
+    no extra MMA (the MMA is 8 wide anyway).  The caller adds the SUB column
+    blocks after its K loop.
+    """
+    C: tl.constexpr = 8 // (BITS & -BITS)  # codes per element: 8 / the narrowest piece
     # scales (and zero points) of the block's groups: per row, or per row and product column
     cols = tl.arange(0, SUB * BLOCK_M)
     if SUB == 1:
         scale, zero = _group_params(scales_ptr, zeros_ptr, w_rows, k0 // GROUP, num_groups, stride_sn, stride_sg,
                                     stride_zn, stride_zg, MODE)
         scale = scale[:, None]
-        if MODE != ZERO_POINT:
-            zero = w_rows * 0 + 8
     else:
-        tl.static_assert(MODE == SYMMETRIC)  # a zero point is folded into the decode, per row
+        tl.static_assert(MODE != ZERO_POINT)  # a zero point is folded into the decode, per row
         group = k0 // GROUP + cols // BLOCK_M
         scale = tl.load(scales_ptr + w_rows[:, None] * stride_sn + group[None, :] * stride_sg,
                         mask=(group < num_groups)[None, :], other=0.0)
-        zero = w_rows * 0 + 8
-    even, odd = _nibble_values(packed, zero, dtype)
+        zero = w_rows * 0
+    if MODE == SYMMETRIC:
+        zero = w_rows * 0 + (1 << (BITS - 1))
+    values = _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, EVEN_K, BITS, BLOCK_K, PTX_ASM,
+                         PTX_CONSTRAINTS, dtype)
 
-    pair = k0 // 2 + tl.arange(0, BLOCK_K // 2)
+    e = tl.arange(0, BLOCK_K // C)
     x_m = x_rows if SUB == 1 else tl.reshape(tl.broadcast_to(x_rows[None, :], [SUB, BLOCK_M]), [SUB * BLOCK_M])
-    ok = (pair * 2 < K)[:, None]
-    if SUB > 1:
-        ok = ok & ((tl.arange(0, BLOCK_K // 2) // (GROUP // 2))[:, None] == (cols // BLOCK_M)[None, :])
-    if X_PAIRS:
+    in_group = (e * C // GROUP)[:, None] == (cols // BLOCK_M)[None, :]
+    part = tl.zeros([w_rows.shape[0], SUB * BLOCK_M], dtype=tl.float32)
+    if NATURAL:
+        # the C tensors interleaved back into k order: one dot with x's contiguous rows
+        k = k0 + tl.arange(0, BLOCK_K)
+        x_ptrs = x_ptr + x_m[None, :] * stride_xm + k[:, None]
+        if EVEN_K and SUB == 1:
+            x_t = tl.load(x_ptrs)
+        elif SUB == 1:
+            x_t = tl.load(x_ptrs, mask=(k < K)[:, None], other=0.0)
+        else:
+            ok = ((tl.arange(0, BLOCK_K) // GROUP)[:, None] == (cols // BLOCK_M)[None, :])
+            x_t = tl.load(x_ptrs, mask=(k < K)[:, None] & ok, other=0.0)
+        part = tl.dot(_interleave(values, C, BLOCK_K), x_t)
+    elif X_PAIRS and C == 2:
         # (x[k], x[k+1]) as one 32-bit word, split by integer ops
-        pair_ptr = x_ptr.to(tl.pointer_type(tl.int32)) + x_m[None, :] * (stride_xm // 2) + pair[:, None]
+        pair_ptr = x_ptr.to(tl.pointer_type(tl.int32)) + x_m[None, :] * (stride_xm // 2) + (k0 // 2 + e)[:, None]
         if EVEN_K and SUB == 1:
             pairs = tl.load(pair_ptr)
+        elif SUB == 1:
+            pairs = tl.load(pair_ptr, mask=(k0 + 2 * e < K)[:, None], other=0)
         else:
-            pairs = tl.load(pair_ptr, mask=ok, other=0)
-        x_even = (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
-        x_odd = (pairs >> 16).to(tl.int16).to(dtype, bitcast=True)
+            pairs = tl.load(pair_ptr, mask=(k0 + 2 * e < K)[:, None] & in_group, other=0)
+        part = tl.dot(values[0], (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True), part)
+        part = tl.dot(values[1], (pairs >> 16).to(tl.int16).to(dtype, bitcast=True), part)
     else:
-        x_ptrs = x_ptr + x_m[None, :] * stride_xm + 2 * pair[:, None]
-        if EVEN_K and SUB == 1:
-            x_even = tl.load(x_ptrs)
-            x_odd = tl.load(x_ptrs + 1)
-        else:
-            x_even = tl.load(x_ptrs, mask=ok, other=0.0)
-            x_odd = tl.load(x_ptrs + 1, mask=ok & (pair * 2 + 1 < K)[:, None], other=0.0)
-    return (tl.dot(even, x_even) + tl.dot(odd, x_odd)) * scale.to(tl.float32)
+        for j in tl.static_range(C):
+            k = k0 + C * e + j
+            x_ptrs = x_ptr + x_m[None, :] * stride_xm + k[:, None]
+            if EVEN_K and SUB == 1:
+                x_j = tl.load(x_ptrs)
+            elif SUB == 1:
+                x_j = tl.load(x_ptrs, mask=(k < K)[:, None], other=0.0)
+            else:
+                x_j = tl.load(x_ptrs, mask=(k < K)[:, None] & in_group, other=0.0)
+            part = tl.dot(values[j], x_j, part)
+    return part * scale.to(tl.float32)
 
 
 @triton.jit
@@ -285,7 +321,8 @@ def gemv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False, EVEN_K: tl.constexpr = False,
-    PTX4_GROUPS: tl.constexpr = 0,
+    PTX_GROUPS: tl.constexpr = 0, PTX_ASM: tl.constexpr = "", PTX_CONSTRAINTS: tl.constexpr = "",
+    PTX_NATURAL: tl.constexpr = False,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias).
 
@@ -295,7 +332,7 @@ def gemv_kernel(
     X_PAIRS: x's rows start 4-byte aligned and K is even, so the 4-bit path may
     read x two elements at a time.  EVEN_K: every K-block of every split lies
     inside K (K a multiple of BLOCK_K, the blocks a multiple of SPLIT_K), so
-    loads along K need no mask.  PTX4_GROUPS: see ``gemv.ptx4_groups`` (0 in
+    loads along K need no mask.  PTX_GROUPS: see ``gemv.ptx_groups`` (0 in
     the interpreter, which cannot run PTX).
     """
     pid_n = tl.program_id(0)
@@ -314,17 +351,18 @@ def gemv_kernel(
     # Each split runs BLOCKS_PER_SPLIT K-blocks (a constexpr: fixed per layer
     # shape); without EVEN_K, blocks past the end of K load nothing, the loads
     # along K being masked.
-    # 4-bit integer codes decode through PTX where the launcher says so
-    # (PTX4_GROUPS > 0: that many groups per K-block, kept apart in the product).
-    FAST4: tl.constexpr = PTX4_GROUPS > 0
-    SUB: tl.constexpr = PTX4_GROUPS if FAST4 else 1
+    # Integer codes decode through PTX where the launcher says so
+    # (PTX_GROUPS > 0: that many groups per K-block, kept apart in the product).
+    PTX: tl.constexpr = PTX_GROUPS > 0
+    SUB: tl.constexpr = PTX_GROUPS if PTX else 1
     acc = tl.zeros([BLOCK_N, SUB * BLOCK_M], dtype=tl.float32)
     for i in range(0, BLOCKS_PER_SPLIT):
         k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
-        if FAST4:
-            acc += _fast4_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row,
-                                num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB,
-                                BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, dtype)
+        if PTX:
+            acc += _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row,
+                              kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, BITS,
+                              MODE, GROUP, SUB, BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, PTX_NATURAL, PTX_ASM,
+                              PTX_CONSTRAINTS, dtype)
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
             x_ptrs = x_ptr + x_rows[None, :] * stride_xm + offs_k[:, None]
