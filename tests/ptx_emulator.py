@@ -3,7 +3,7 @@
 It runs one ``tl.inline_asm_elementwise`` call (registers as Python ints) so
 the CPU tests can check the generated decode on the real packed layout;
 the compiled kernel is checked on the GPU by tests/test_gemv_cuda.py.
-Instructions: mov, and, shl, shr (.b32), prmt.b32 (default mode, with
+Instructions: mov, and, or, shl, shr (.b32), prmt.b32 (default mode, with
 sign replication), lop3.b32 and fma.rn.{f16x2, bf16x2}.
 """
 
@@ -90,6 +90,8 @@ def run(asm: str, operands: list[int], outputs: int) -> list[int]:
             store(args[0], vals[0])
         elif op == "and.b32":
             store(args[0], vals[0] & vals[1])
+        elif op == "or.b32":
+            store(args[0], vals[0] | vals[1])
         elif op == "shl.b32":
             store(args[0], vals[0] << vals[1])
         elif op == "shr.b32":

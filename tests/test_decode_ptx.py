@@ -86,6 +86,27 @@ def test_decode_ptx_values(case: Case):
                     assert got[half] == want, (j, e, code, zeros[e], got)
 
 
-def test_decode_ptx_rejects_table_modes():
-    with pytest.raises(ValueError, match="mode=3"):
-        dp.decode_asm(4, 3, False)
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp16", "bf16"])
+def test_decode_ptx_table(bf16):
+    """NF4's levels looked up by prmt: each code gives its level rounded once to x's dtype."""
+    from anybit.formats.table import NF4_LEVELS
+
+    dtype = torch.bfloat16 if bf16 else torch.float16
+    asm = dp.decode_asm(4, dp.TABLE, bf16, NF4_LEVELS)
+    rng = random.Random(4)
+    for _ in range(50):
+        codes = torch.tensor([rng.randrange(16) for _ in range(32)], dtype=torch.uint8)
+        out = emu.run(asm, _elements(codes, 4) + [0, 0, 0, 0], 4)
+        for j in range(2):
+            for q in range(2):
+                got = emu.halves(out[2 * j + q], bf16)
+                for half in range(2):
+                    code = int(codes[2 * (2 * q + half) + j])
+                    assert got[half] == torch.tensor(NF4_LEVELS[code], dtype=torch.float64).to(dtype).item()
+
+
+def test_decode_ptx_rejects_what_it_cannot_decode():
+    with pytest.raises(ValueError, match="mode=4"):
+        dp.decode_asm(4, 4, False)
+    with pytest.raises(ValueError, match="bits=3"):
+        dp.decode_asm(3, dp.TABLE, False, tuple(range(8)))

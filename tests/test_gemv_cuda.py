@@ -9,6 +9,7 @@ from conftest import assert_matmul_close, unit_roundoff
 
 import anybit
 from anybit.bench import STANDARD_SHAPES
+from anybit.formats._base import Decode
 from anybit.matmul import Backend, select_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -114,6 +115,10 @@ def test_wgmma_or_mma_in_the_compiled_kernel():
         ("int6-gc", 576, 576, (256, 1)),
         ("uint7-g128", 1000, 1536, (128, 2)),
         ("int7-g256", 512, 1024, (256, 4)),
+        # NF4's table looked up by prmt (levels rounded once to x's dtype)
+        ("nf4-g128", 1000, 1536, (256, 2)),
+        ("nf4-g64", 576, 576, (128, 3)),
+        ("nf4-gc", 1536, 576, (256, 1)),
     ],
 )
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 16, 32])
@@ -128,12 +133,15 @@ def test_forced_ptx_blocks(spec, n, k, config, m):
         x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
         forced = g.GemvConfig(g.row_block(m), 32, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)
         config, group = g.launch_settings(qw, m, x.device, forced)
-        y = g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, None, n, k,
+        y = g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), None, n, k,
                           qw.format.bits, group, qw.format.kernel_decode().mode, config,
-                          out=torch.full((m, n), float("nan"), device="cuda", dtype=dtype))
+                          out=torch.full((m, n), float("nan"), device="cuda", dtype=dtype),
+                          levels=g.kernel_levels(qw))
         # Integer codes are exact in fp16/bf16; the PTX path scales partial sums, so
         # no weight is rounded, except where the block takes the generic path (more
         # than 32 product columns needed, or a decoded tensor narrower than the MMA's
-        # K): there weights are scaled and rounded to x's dtype.
-        generic = g.ptx_groups(qw.format.bits, qw.format.kernel_decode().mode, group, block_k, config.block_m) == 0
-        assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(dtype) if generic else 0.0)
+        # K): there weights are scaled and rounded to x's dtype.  NF4's levels are
+        # rounded to x's dtype on either path.
+        mode = qw.format.kernel_decode().mode
+        rounded = mode is Decode.TABLE or g.ptx_groups(qw.format.bits, mode, group, block_k, config.block_m) == 0
+        assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(dtype) if rounded else 0.0)

@@ -143,14 +143,15 @@ def test_auto_uses_the_reference_path_on_cpu(monkeypatch):
 
 
 def test_heuristic_is_deterministic_and_group_aligned():
-    for (m, n, k, group), per_sm, (ptx, split_groups) in itertools.product(
+    for (m, n, k, group), per_sm, (ptx, split_groups, interleaved) in itertools.product(
         [(1, 4096, 4096, 128), (32, 28672, 4096, 64), (7, 576, 576, 576), (1, 64, 1536, 16), (3, 4096, 14336, 128),
          (1, 4096, 4096, 4096), (2, 576, 576, 64), (1, 96, 96, 96)],
         (2, 4, 8),
-        [(False, False), (True, False), (True, True)],
+        [(False, False, False), (True, False, False), (True, True, False), (True, True, True)],
     ):
-        first = g.gemv_config(m, n, k, group, 132, per_sm, ptx, split_groups)
-        assert first == g.gemv_config(m, n, k, group, 132, per_sm, ptx, split_groups)
+        first = g.gemv_config(m, n, k, group, 132, per_sm, ptx, split_groups, interleaved)
+        assert first == g.gemv_config(m, n, k, group, 132, per_sm, ptx, split_groups, interleaved)
+        assert (first.block_n, first.num_warps) == ((64, 4) if interleaved and m > 16 else (32, 2))
         assert first.block_k % 32 == 0 and first.block_m >= m > first.block_m // 2
         assert first.block_k & (first.block_k - 1) == 0
         if 32 <= group < k:

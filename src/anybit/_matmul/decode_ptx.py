@@ -41,11 +41,13 @@ run the generated PTX through a small emulator.
 
 from __future__ import annotations
 
+import struct
+
 from ..packing import pieces
 
 #: The decode's mode ids (the kernel's constexprs; see gemv_triton.MODE_IDS).
-SYMMETRIC, BINARY, ZERO_POINT = 0, 1, 2
-MODES = (SYMMETRIC, BINARY, ZERO_POINT)
+SYMMETRIC, BINARY, ZERO_POINT, TABLE = 0, 1, 2, 3
+MODES = (SYMMETRIC, BINARY, ZERO_POINT, TABLE)
 
 
 def codes_per_element(bits: int) -> int:
@@ -115,6 +117,7 @@ fma.rn.bf16x2 $3, t, one, $8;
 # lop3 truth tables (a = 0xF0, b = 0xCC, c = 0xAA)
 _AND_OR = 0xEA  # (a & b) | c
 _AND_XOR = 0x6A  # (a & b) ^ c
+_SELECT = 0xD8  # c ? b : a
 
 
 def _pair_selector(q: int) -> int:
@@ -122,10 +125,66 @@ def _pair_selector(q: int) -> int:
     return 0x4040 | (2 * q + 1) << 8 | 2 * q
 
 
-def decode_asm(bits: int, mode: int, bf16: bool) -> str:
-    """PTX for ``bits``-wide codes in decode ``mode`` (SYMMETRIC, BINARY or ZERO_POINT)."""
+def _half_bits(value: float, bf16: bool) -> int:
+    """The 16 bits of ``value`` rounded to fp16 (bf16), round to nearest even."""
+    f32 = struct.unpack("<I", struct.pack("<f", value))[0]
+    if bf16:
+        return (f32 + 0x7FFF + (f32 >> 16 & 1)) >> 16 & 0xFFFF
+    return struct.unpack("<H", struct.pack("<e", value))[0]
+
+
+def _table4_asm(levels: tuple[float, ...], bf16: bool) -> str:
+    """16-entry table lookups of 4-bit codes, four codes per lookup.
+
+    The table's low and high bytes sit in 4 + 4 registers (entries 0-7 and
+    8-15 of each); prmt looks up four 3-bit indices at once in each half, a
+    byte mask from each code's bit 3 (prmt's sign replication) picks the half,
+    and two prmt interleave low and high bytes into f16x2 (bf16x2) pairs::
+
+        sel   = codes c0..c3 in nibbles 0..3
+        lo    = code & 8 ? prmt(L[8:16], sel & 7) : prmt(L[0:8], sel & 7)
+        out   = (lo.b0, hi.b0, lo.b1, hi.b1), (lo.b2, hi.b2, lo.b3, hi.b3)
+    """
+    if len(levels) != 16:
+        raise ValueError(f"a 4-bit table has 16 levels, got {len(levels)}")
+    half = [_half_bits(v, bf16) for v in levels]
+    words = [sum((half[4 * w + i] >> shift & 0xFF) << 8 * i for i in range(4)) for shift in (0, 8) for w in range(4)]
+    lines = ["{", ".reg .b32 a, sel, m, msk, la, lb, ha, hb, lo, hi, l0, l1, l2, l3, h0, h1, h2, h3;"]
+    lines += [f"mov.b32 {r}, 0x{w:08X};" for r, w in zip(("l0", "l1", "l2", "l3", "h0", "h1", "h2", "h3"), words)]
+    for nibble, (out0, out1) in enumerate((("$0", "$1"), ("$2", "$3"))):
+        if nibble == 0:
+            lines.append("and.b32 a, $4, 0x0F0F0F0F;")
+        else:
+            lines += ["shr.b32 a, $4, 4;", "and.b32 a, a, 0x0F0F0F0F;"]
+        lines += [
+            "shr.b32 sel, a, 4;",
+            "or.b32 a, a, sel;",
+            "prmt.b32 sel, a, 0, 0x4420;",  # nibbles (c0, c1) from byte 0, (c2, c3) from byte 2
+            "and.b32 m, sel, 0x7777;",
+            "prmt.b32 la, l0, l1, m;",
+            "prmt.b32 lb, l2, l3, m;",
+            "prmt.b32 ha, h0, h1, m;",
+            "prmt.b32 hb, h2, h3, m;",
+            "shl.b32 msk, sel, 4;",
+            "prmt.b32 msk, msk, sel, 0xD9C8;",  # 0xFF bytes where the code's bit 3 is set
+            f"lop3.b32 lo, la, lb, msk, 0x{_SELECT:02X};",
+            f"lop3.b32 hi, ha, hb, msk, 0x{_SELECT:02X};",
+            f"prmt.b32 {out0}, lo, hi, 0x5140;",
+            f"prmt.b32 {out1}, lo, hi, 0x7362;",
+        ]
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def decode_asm(bits: int, mode: int, bf16: bool, levels: tuple[float, ...] | None = None) -> str:
+    """PTX for ``bits``-wide codes in decode ``mode``: SYMMETRIC, BINARY, ZERO_POINT,
+    or TABLE (4-bit codes, the format's 16 ``levels``)."""
     if mode not in MODES:
         raise ValueError(f"mode={mode} has no PTX decode; accepted: {MODES}")
+    if mode == TABLE:
+        if bits != 4 or levels is None:
+            raise ValueError(f"the PTX table decode takes 4-bit codes and their levels; got bits={bits}")
+        return _table4_asm(tuple(levels), bf16)
     if bits == 4 and mode != BINARY:
         return _NIBBLES_BF16 if bf16 else _NIBBLES_F16
     c = codes_per_element(bits)

@@ -71,7 +71,7 @@ def even_split(k_blocks: int, want: int) -> int:
 
 
 def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int = 4,
-                ptx: bool = False, split_groups: bool = False) -> GemvConfig:
+                ptx: bool = False, split_groups: bool = False, interleaved: bool = False) -> GemvConfig:
     """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
 
     Fitted to H200 sweeps of forced configurations (benchmarks/results/
@@ -88,6 +88,9 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     * 32 rows per program on 2 warps (mma.sync), 3 pipeline stages, x read in
       pairs; split-K to about ``programs_per_sm`` programs per SM, with a
       split count that divides the K-blocks.
+    * ``interleaved`` (the PTX path's C >= 4 tensors put back in k order, see
+      ``ptx_natural``) at 32 rows of x: 64 rows per program on 4 warps
+      (int3-g128, M=32: 1.13x fp16 against 0.97x; variants-v8e).
     """
     block_m = row_block(m)
     if ptx and group >= k:
@@ -96,15 +99,16 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
         block_k = 256
     else:
         block_k = min(128, group) if 32 <= group < k else 128
-    block_n = 32
+    wide = interleaved and block_m >= 32
+    block_n = 64 if wide else 32
     k_blocks = -(-k // block_k)
     n_tiles = -(-n // block_n)
     split_k = even_split(k_blocks, max(1, min(k_blocks, -(-programs_per_sm * sms // n_tiles))))
-    return GemvConfig(block_m, block_n, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)
+    return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True)
 
 
-#: Decode modes the PTX decode path serves (integer codes).
-PTX_MODES = (Decode.SYMMETRIC, Decode.BINARY, Decode.ZERO_POINT)
+#: Decode modes the PTX decode path serves (integer codes; a fixed table of 4-bit codes).
+PTX_MODES = (Decode.SYMMETRIC, Decode.BINARY, Decode.ZERO_POINT, Decode.TABLE)
 #: The PTX path keeps groups apart in at most this many product columns (more
 #: do not fit in shared memory next to the x tile).
 MAX_GROUP_COLUMNS = 32
@@ -122,6 +126,8 @@ def ptx_groups(bits: int, mode: Decode, group: int, block_k: int, block_m: int) 
     zero point is folded into the decode per row).
     """
     if mode not in PTX_MODES or block_k // codes_per_element(bits) < MMA_K:
+        return 0
+    if mode is Decode.TABLE and bits != 4:
         return 0
     if group >= block_k:
         return 1
@@ -156,8 +162,10 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
     if config is None:
         decode = qw.format.kernel_decode()
         ptx = decode.mode in PTX_MODES
+        ptx = ptx and (decode.mode is not Decode.TABLE or qw.format.bits == 4)
         config = gemv_config(m, qw.shape[0], k, group, sm_count(device), ptx=ptx,
-                             split_groups=ptx and decode.mode is not Decode.ZERO_POINT)
+                             split_groups=ptx and decode.mode is not Decode.ZERO_POINT,
+                             interleaved=ptx and ptx_natural(qw.format.bits))
     return config, kernel_group(group, k, config)
 
 
@@ -181,6 +189,11 @@ def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
 @functools.lru_cache(maxsize=None)
 def _levels(levels: tuple[float, ...], device: torch.device) -> Tensor:
     return torch.tensor(levels, dtype=torch.float32, device=device)
+
+
+def kernel_levels(qw: QuantizedWeight) -> tuple[float, ...] | None:
+    """The fixed table of a TABLE-mode format (NF4's levels), or None."""
+    return qw.format.kernel_decode().levels or None
 
 
 def kernel_table(qw: QuantizedWeight) -> Tensor | None:
@@ -226,9 +239,12 @@ def split_counters(device: torch.device, count: int) -> Tensor:
 def launch_gemv(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemvConfig,
-    out: Tensor | None = None, workspace: Tensor | None = None,
+    out: Tensor | None = None, workspace: Tensor | None = None, levels: tuple[float, ...] | None = None,
 ) -> Tensor:
     """Run the kernel: x (M, k) -> y (M, n) in x's dtype.
+
+    ``levels``: the fixed table of a TABLE-mode format (its PTX decode holds
+    them as constants; ``table`` has the same values for the generic decode).
 
     ``out`` (M, n) and, with ``config.split_k > 1``, ``workspace`` (fp32
     (split_k, M, n)) may be given; tests pass NaN-filled buffers to catch
@@ -252,6 +268,8 @@ def launch_gemv(
         workspace = counters = out  # unused
     k_blocks = -(-k // config.block_k)
     ptx = 0 if interpreting() else ptx_groups(bits, mode, group, config.block_k, config.block_m)
+    if ptx and mode is Decode.TABLE and not levels:
+        raise ValueError("launch_gemv: a TABLE-mode format needs its levels for the PTX decode; got levels=None")
     dummy = scales  # stands in for absent optional pointers; never read
     gemv_kernel[grid](
         x, codes, scales, dummy if zeros is None else zeros, dummy if table is None else table,
@@ -263,7 +281,7 @@ def launch_gemv(
         BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
         X_PAIRS=config.x_pairs and k % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
-        PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
+        PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16, levels) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
@@ -275,15 +293,17 @@ def gemv_op(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
+    levels: list[float] | None = None,
 ) -> Tensor:
     """y (M, n) = x (M, k) @ W^T (+ bias) for W in the split-plane layout; see gemv_triton."""
     config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs)
-    return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config)
+    return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config,
+                       levels=None if levels is None else tuple(levels))
 
 
 @gemv_op.register_fake
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, x_pairs):
+      num_warps, num_stages, x_pairs, levels=None):
     return x.new_empty(x.shape[0], n)
 
 
@@ -296,6 +316,6 @@ def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig
         x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
         n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,
         config.block_m, config.block_n, config.block_k, config.split_k, config.num_warps, config.num_stages,
-        config.x_pairs,
+        config.x_pairs, None if kernel_levels(qw) is None else list(kernel_levels(qw)),
     )
     return y.reshape(*x.shape[:-1], n)
