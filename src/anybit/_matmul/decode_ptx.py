@@ -41,6 +41,7 @@ run the generated PTX through a small emulator.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 from ..packing import pieces
@@ -67,6 +68,7 @@ def bias_offset(bits: int, bf16: bool) -> int:
     return 0 if bits == 8 else 128
 
 
+@functools.lru_cache(maxsize=None)
 def constraints(bits: int) -> str:
     """The inline-asm constraint string for ``bits``-wide codes."""
     c = codes_per_element(bits)
@@ -176,9 +178,11 @@ def _table4_asm(levels: tuple[float, ...], bf16: bool) -> str:
     return "\n".join(lines)
 
 
+@functools.lru_cache(maxsize=None)
 def decode_asm(bits: int, mode: int, bf16: bool, levels: tuple[float, ...] | None = None) -> str:
     """PTX for ``bits``-wide codes in decode ``mode``: SYMMETRIC, BINARY, ZERO_POINT,
-    or TABLE (4-bit codes, the format's 16 ``levels``)."""
+    or TABLE (4-bit codes, the format's 16 ``levels``).  Cached: kernels are
+    launched with it on every call."""
     if mode not in MODES:
         raise ValueError(f"mode={mode} has no PTX decode; accepted: {MODES}")
     if mode == TABLE:

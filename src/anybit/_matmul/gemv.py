@@ -116,6 +116,12 @@ MAX_GROUP_COLUMNS = 32
 MMA_K = 16
 
 
+def has_ptx_decode(bits: int, mode: Decode) -> bool:
+    """Whether ``bits``-wide codes in ``mode`` have a PTX decode (integer codes of any
+    width; a fixed table of 4-bit codes)."""
+    return mode in PTX_MODES and (mode is not Decode.TABLE or bits == 4)
+
+
 def ptx_groups(bits: int, mode: Decode, group: int, block_k: int, block_m: int) -> int:
     """How many groups per K-block the PTX decode path keeps apart in the product
     (1: the block lies in one group), or 0 where the generic decode runs instead.
@@ -125,9 +131,7 @@ def ptx_groups(bits: int, mode: Decode, group: int, block_k: int, block_m: int) 
     MMA's K.  Only codes without a zero point can keep several groups apart (a
     zero point is folded into the decode per row).
     """
-    if mode not in PTX_MODES or block_k // codes_per_element(bits) < MMA_K:
-        return 0
-    if mode is Decode.TABLE and bits != 4:
+    if not has_ptx_decode(bits, mode) or block_k // codes_per_element(bits) < MMA_K:
         return 0
     if group >= block_k:
         return 1
@@ -161,8 +165,7 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
     group = qw.format.group_len(k)
     if config is None:
         decode = qw.format.kernel_decode()
-        ptx = decode.mode in PTX_MODES
-        ptx = ptx and (decode.mode is not Decode.TABLE or qw.format.bits == 4)
+        ptx = has_ptx_decode(qw.format.bits, decode.mode)
         config = gemv_config(m, qw.shape[0], k, group, sm_count(device), ptx=ptx,
                              split_groups=ptx and decode.mode is not Decode.ZERO_POINT,
                              interleaved=ptx and ptx_natural(qw.format.bits))
@@ -312,10 +315,11 @@ def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig
     n, k = qw.shape
     x2 = x.reshape(-1, k)
     config, group = launch_settings(qw, x2.shape[0], x.device, config)
+    levels = kernel_levels(qw)
     y = torch.ops.anybit.gemv(
         x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
         n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,
         config.block_m, config.block_n, config.block_k, config.split_k, config.num_warps, config.num_stages,
-        config.x_pairs, None if kernel_levels(qw) is None else list(kernel_levels(qw)),
+        config.x_pairs, None if levels is None else list(levels),
     )
     return y.reshape(*x.shape[:-1], n)

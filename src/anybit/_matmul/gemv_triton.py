@@ -107,6 +107,12 @@ def _piece(bits, i):
 
 
 @triton.constexpr_function
+def _codes_per_element(bits):
+    """C: 8 / the narrowest piece of ``bits``-wide codes (as decode_ptx.codes_per_element)."""
+    return 8 // (bits & -bits)
+
+
+@triton.constexpr_function
 def _repeat(dtype, count):
     return (dtype,) * count
 
@@ -140,7 +146,7 @@ def _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, EVEN_K: 
     Compiled kernels only: the interpreter cannot run PTX, and there the
     generic decode computes the same values.
     """
-    C: tl.constexpr = 8 // (BITS & -BITS)  # codes per element: 8 / the narrowest piece
+    C: tl.constexpr = _codes_per_element(BITS)
     MAGIC: tl.constexpr = 1024 if dtype == tl.float16 else (0 if BITS == 8 else 128)  # decode_ptx.bias_offset
     zero = zero.to(tl.float32)
     bias = (-MAGIC - zero).to(dtype)[:, None]
@@ -184,13 +190,28 @@ def _group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, str
 
 
 @triton.jit
+def _load_x(ptr, x_m, row_stride, cols, valid, inside, GROUP: tl.constexpr, BLOCK_M: tl.constexpr,
+            EVEN_K: tl.constexpr, SUB: tl.constexpr):
+    """An x tile [len(cols), SUB * BLOCK_M]: element (i, c) is ptr[x_m[c] * row_stride + cols[i]],
+    0 where ``valid[i]`` fails (past K) and, with SUB > 1, where offset ``inside[i]``
+    in the K-block lies outside column block c // BLOCK_M's group."""
+    ptrs = ptr + x_m[None, :] * row_stride + cols[:, None]
+    if EVEN_K and SUB == 1:
+        return tl.load(ptrs)
+    mask = valid[:, None]
+    if SUB > 1:
+        mask = mask & ((inside // GROUP)[:, None] == (tl.arange(0, SUB * BLOCK_M) // BLOCK_M)[None, :])
+    return tl.load(ptrs, mask=mask, other=0)
+
+
+@triton.jit
 def _flat(a, b):
     """[R, L] a and b -> [R, 2L], a's elements at even places."""
     return tl.reshape(tl.join(a, b), [a.shape[0], 2 * a.shape[1]])
 
 
 @triton.jit
-def _interleave(values, C: tl.constexpr, BLOCK_K: tl.constexpr):
+def _interleave(values, C: tl.constexpr):
     """C tensors [R, BLOCK_K / C] (tensor j: codes C*e + j) -> one [R, BLOCK_K] in k order."""
     if C == 1:
         w = values[0]
@@ -222,7 +243,7 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, w
     no extra MMA (the MMA is 8 wide anyway).  The caller adds the SUB column
     blocks after its K loop.
     """
-    C: tl.constexpr = 8 // (BITS & -BITS)  # codes per element: 8 / the narrowest piece
+    C: tl.constexpr = _codes_per_element(BITS)
     # scales (and zero points) of the block's groups: per row, or per row and product column
     cols = tl.arange(0, SUB * BLOCK_M)
     if SUB == 1:
@@ -242,42 +263,23 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, w
 
     e = tl.arange(0, BLOCK_K // C)
     x_m = x_rows if SUB == 1 else tl.reshape(tl.broadcast_to(x_rows[None, :], [SUB, BLOCK_M]), [SUB * BLOCK_M])
-    in_group = (e * C // GROUP)[:, None] == (cols // BLOCK_M)[None, :]
-    part = tl.zeros([w_rows.shape[0], SUB * BLOCK_M], dtype=tl.float32)
     if NATURAL:
         # the C tensors interleaved back into k order: one dot with x's contiguous rows
-        k = k0 + tl.arange(0, BLOCK_K)
-        x_ptrs = x_ptr + x_m[None, :] * stride_xm + k[:, None]
-        if EVEN_K and SUB == 1:
-            x_t = tl.load(x_ptrs)
-        elif SUB == 1:
-            x_t = tl.load(x_ptrs, mask=(k < K)[:, None], other=0.0)
-        else:
-            ok = ((tl.arange(0, BLOCK_K) // GROUP)[:, None] == (cols // BLOCK_M)[None, :])
-            x_t = tl.load(x_ptrs, mask=(k < K)[:, None] & ok, other=0.0)
-        part = tl.dot(_interleave(values, C, BLOCK_K), x_t)
+        inside = tl.arange(0, BLOCK_K)
+        x_t = _load_x(x_ptr, x_m, stride_xm, k0 + inside, k0 + inside < K, inside, GROUP, BLOCK_M, EVEN_K, SUB)
+        part = tl.dot(_interleave(values, C), x_t)
     elif X_PAIRS and C == 2:
         # (x[k], x[k+1]) as one 32-bit word, split by integer ops
-        pair_ptr = x_ptr.to(tl.pointer_type(tl.int32)) + x_m[None, :] * (stride_xm // 2) + (k0 // 2 + e)[:, None]
-        if EVEN_K and SUB == 1:
-            pairs = tl.load(pair_ptr)
-        elif SUB == 1:
-            pairs = tl.load(pair_ptr, mask=(k0 + 2 * e < K)[:, None], other=0)
-        else:
-            pairs = tl.load(pair_ptr, mask=(k0 + 2 * e < K)[:, None] & in_group, other=0)
+        pairs = _load_x(x_ptr.to(tl.pointer_type(tl.int32)), x_m, stride_xm // 2, k0 // 2 + e, k0 + 2 * e < K, 2 * e,
+                        GROUP, BLOCK_M, EVEN_K, SUB)
         # two independent products (chaining them through one accumulator ran ~7% slower at M=1)
         part = (tl.dot(values[0], (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True))
                 + tl.dot(values[1], (pairs >> 16).to(tl.int16).to(dtype, bitcast=True)))
     else:
+        part = tl.zeros([w_rows.shape[0], SUB * BLOCK_M], dtype=tl.float32)
         for j in tl.static_range(C):
             k = k0 + C * e + j
-            x_ptrs = x_ptr + x_m[None, :] * stride_xm + k[:, None]
-            if EVEN_K and SUB == 1:
-                x_j = tl.load(x_ptrs)
-            elif SUB == 1:
-                x_j = tl.load(x_ptrs, mask=(k < K)[:, None], other=0.0)
-            else:
-                x_j = tl.load(x_ptrs, mask=(k < K)[:, None] & in_group, other=0.0)
+            x_j = _load_x(x_ptr, x_m, stride_xm, k, k < K, C * e, GROUP, BLOCK_M, EVEN_K, SUB)
             part = tl.dot(values[j], x_j, part)
     return part * scale.to(tl.float32)
 
@@ -366,11 +368,7 @@ def gemv_kernel(
                               PTX_CONSTRAINTS, dtype)
         else:
             offs_k = k0 + tl.arange(0, BLOCK_K)
-            x_ptrs = x_ptr + x_rows[None, :] * stride_xm + offs_k[:, None]
-            if EVEN_K:
-                x_t = tl.load(x_ptrs)
-            else:
-                x_t = tl.load(x_ptrs, mask=(offs_k < K)[:, None], other=0.0)
+            x_t = _load_x(x_ptr, x_rows, stride_xm, offs_k, offs_k < K, offs_k, GROUP, BLOCK_M, EVEN_K, 1)
             codes = _load_codes(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, BITS, BLOCK_N, BLOCK_K)
             value = _integer_or_table(codes, w_rows, table_ptr, MODE, BITS)
             if GROUP >= BLOCK_K:
