@@ -39,8 +39,7 @@ def _call(x, qw, config):
     n, k = qw.shape
     config, group = g.launch_settings(qw, x.shape[0], x.device, config)
     return lambda: g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), None,
-                                 n, k, qw.format.bits, group, qw.format.kernel_decode().mode, config,
-                                 levels=g.kernel_levels(qw))
+                                 n, k, qw.format.bits, group, qw.format.kernel_decode().mode, config)
 
 
 def main() -> None:

@@ -86,27 +86,40 @@ def test_decode_ptx_values(case: Case):
                     assert got[half] == want, (j, e, code, zeros[e], got)
 
 
+@pytest.mark.parametrize("table", ["nf4", "learned"])
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp16", "bf16"])
-def test_decode_ptx_table(bf16):
-    """NF4's levels looked up by prmt: each code gives its level rounded once to x's dtype."""
+def test_decode_ptx_table(bf16, table):
+    """4-bit codes looked up by prmt in a table passed as eight words: each code gives
+    its level rounded once to x's dtype (NF4's fixed levels; a learned row's levels)."""
     from anybit.formats.table import NF4_LEVELS
 
     dtype = torch.bfloat16 if bf16 else torch.float16
-    asm = dp.decode_asm(4, dp.TABLE, bf16, NF4_LEVELS)
     rng = random.Random(4)
-    for _ in range(50):
-        codes = torch.tensor([rng.randrange(16) for _ in range(32)], dtype=torch.uint8)
-        out = emu.run(asm, _elements(codes, 4) + [0, 0, 0, 0], 4)
-        for j in range(2):
-            for q in range(2):
-                got = emu.halves(out[2 * j + q], bf16)
-                for half in range(2):
-                    code = int(codes[2 * (2 * q + half) + j])
-                    assert got[half] == torch.tensor(NF4_LEVELS[code], dtype=torch.float64).to(dtype).item()
+    if table == "nf4":
+        levels = list(NF4_LEVELS)
+    else:
+        levels = sorted(rng.uniform(-3.0, 3.0) for _ in range(16))
+    words = dp.table_words(levels, bf16)
+    assert len(words) == 8
+    for mode in dp.TABLE_MODES:
+        asm = dp.decode_asm(4, mode, bf16)
+        assert dp.constraints(4, mode).count("r") == 4 + 1 + 8 * dp.TABLE_WORD_REGS
+        for _ in range(50):
+            codes = torch.tensor([rng.randrange(16) for _ in range(32)], dtype=torch.uint8)
+            table_regs = [w for w in words for _ in range(dp.TABLE_WORD_REGS)]
+            out = emu.run(asm, _elements(codes, 4) + table_regs, 4)
+            for j in range(2):
+                for q in range(2):
+                    got = emu.halves(out[2 * j + q], bf16)
+                    for half in range(2):
+                        code = int(codes[2 * (2 * q + half) + j])
+                        assert got[half] == torch.tensor(levels[code], dtype=torch.float64).to(dtype).item()
 
 
 def test_decode_ptx_rejects_what_it_cannot_decode():
-    with pytest.raises(ValueError, match="mode=4"):
-        dp.decode_asm(4, 4, False)
+    with pytest.raises(ValueError, match="mode=5"):
+        dp.decode_asm(4, 5, False)
     with pytest.raises(ValueError, match="bits=3"):
-        dp.decode_asm(3, dp.TABLE, False, tuple(range(8)))
+        dp.decode_asm(3, dp.TABLE, False)
+    with pytest.raises(ValueError, match="16 levels"):
+        dp.table_words([0.0] * 8, False)

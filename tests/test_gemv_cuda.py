@@ -115,10 +115,14 @@ def test_wgmma_or_mma_in_the_compiled_kernel():
         ("int6-gc", 576, 576, (256, 1)),
         ("uint7-g128", 1000, 1536, (128, 2)),
         ("int7-g256", 512, 1024, (256, 4)),
-        # NF4's table looked up by prmt (levels rounded once to x's dtype)
+        # 4-bit tables looked up by prmt (levels rounded once to x's dtype): NF4's
+        # fixed one, a learned one per row
         ("nf4-g128", 1000, 1536, (256, 2)),
         ("nf4-g64", 576, 576, (128, 3)),
         ("nf4-gc", 1536, 576, (256, 1)),
+        ("lut4-g128", 1000, 1536, (256, 2)),
+        ("lut4-g64", 576, 576, (128, 3)),
+        ("lut4-gc", 1536, 576, (256, 1)),
     ],
 )
 @pytest.mark.parametrize("m", [1, 2, 3, 4, 8, 16, 32])
@@ -135,13 +139,13 @@ def test_forced_ptx_blocks(spec, n, k, config, m):
         config, group = g.launch_settings(qw, m, x.device, forced)
         y = g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), None, n, k,
                           qw.format.bits, group, qw.format.kernel_decode().mode, config,
-                          out=torch.full((m, n), float("nan"), device="cuda", dtype=dtype),
-                          levels=g.kernel_levels(qw))
+                          out=torch.full((m, n), float("nan"), device="cuda", dtype=dtype))
         # Integer codes are exact in fp16/bf16; the PTX path scales partial sums, so
         # no weight is rounded, except where the block takes the generic path (more
         # than 32 product columns needed, or a decoded tensor narrower than the MMA's
-        # K): there weights are scaled and rounded to x's dtype.  NF4's levels are
-        # rounded to x's dtype on either path.
+        # K): there weights are scaled and rounded to x's dtype.
+        # Table levels are rounded to x's dtype on either path.
         mode = qw.format.kernel_decode().mode
-        rounded = mode is Decode.TABLE or g.ptx_groups(qw.format.bits, mode, group, block_k, config.block_m) == 0
+        generic = g.ptx_groups(qw.format.bits, mode, group, block_k, config.block_m) == 0
+        rounded = generic or mode in (Decode.TABLE, Decode.ROW_TABLE)
         assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(dtype) if rounded else 0.0)

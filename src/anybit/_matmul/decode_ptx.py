@@ -34,6 +34,9 @@ Operands, in order: outputs (2 registers each), then each piece's four
 elements (E/8 registers: 1 for u8, 2 for u16, 4 for u32), then the bias
 pair (2 registers) and a second bias pair that only the 4-bit fp16 decode
 uses (-(64 + zero), for high nibbles left in place and scaled by 1/16).
+The table modes (4-bit codes looked up in 16 fp16/bf16 levels, one table
+for the format or one per row) take the codes and then the table itself, as
+eight words of bytes (``table_words``), built by the kernel once per program.
 
 This module is plain Python (no Triton import) so that the CPU tests can
 run the generated PTX through a small emulator.
@@ -47,8 +50,15 @@ import struct
 from ..packing import pieces
 
 #: The decode's mode ids (the kernel's constexprs; see gemv_triton.MODE_IDS).
-SYMMETRIC, BINARY, ZERO_POINT, TABLE = 0, 1, 2, 3
-MODES = (SYMMETRIC, BINARY, ZERO_POINT, TABLE)
+SYMMETRIC, BINARY, ZERO_POINT, TABLE, ROW_TABLE = 0, 1, 2, 3, 4
+MODES = (SYMMETRIC, BINARY, ZERO_POINT, TABLE, ROW_TABLE)
+#: Modes whose codes index a 16-entry table (one for the format, or one per row).
+TABLE_MODES = (TABLE, ROW_TABLE)
+#: Registers per table word operand: the kernel passes each word as an int32
+#: tensor of the codes' shape, and inline asm with pack=4 hands over all four
+#: elements' copies; the decode reads element 0's (the four elements of one call
+#: are consecutive codes of one row, so they share the row's table).
+TABLE_WORD_REGS = 4
 
 
 def codes_per_element(bits: int) -> int:
@@ -69,10 +79,13 @@ def bias_offset(bits: int, bf16: bool) -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def constraints(bits: int) -> str:
-    """The inline-asm constraint string for ``bits``-wide codes."""
+def constraints(bits: int, mode: int = SYMMETRIC) -> str:
+    """The inline-asm constraint string for ``bits``-wide codes in ``mode``."""
     c = codes_per_element(bits)
-    inputs = sum(element_bits(w, bits) // 8 for w in pieces(bits)) + 4
+    if mode in TABLE_MODES:
+        inputs = 1 + 8 * TABLE_WORD_REGS
+    else:
+        inputs = sum(element_bits(w, bits) // 8 for w in pieces(bits)) + 4
     return ",".join(["=r"] * (2 * c) + ["r"] * inputs)
 
 
@@ -135,60 +148,78 @@ def _half_bits(value: float, bf16: bool) -> int:
     return struct.unpack("<H", struct.pack("<e", value))[0]
 
 
-def _table4_asm(levels: tuple[float, ...], bf16: bool) -> str:
-    """16-entry table lookups of 4-bit codes, four codes per lookup.
+def table_words(levels: list[float], bf16: bool) -> list[int]:
+    """The eight 32-bit table registers of the 4-bit table decode for 16 ``levels``
+    (rounded once to fp16/bf16): low bytes of entries 0-3, 4-7, 8-11, 12-15, then
+    their high bytes, entry 4w + i in byte i of word w::
 
-    The table's low and high bytes sit in 4 + 4 registers (entries 0-7 and
-    8-15 of each); prmt looks up four 3-bit indices at once in each half, a
-    byte mask from each code's bit 3 (prmt's sign replication) picks the half,
-    and two prmt interleave low and high bytes into f16x2 (bf16x2) pairs::
+        word 0: | lo(3) | lo(2) | lo(1) | lo(0) |     ...   word 4: | hi(3) | hi(2) | hi(1) | hi(0) |
 
-        sel   = codes c0..c3 in nibbles 0..3
-        lo    = code & 8 ? prmt(L[8:16], sel & 7) : prmt(L[0:8], sel & 7)
-        out   = (lo.b0, hi.b0, lo.b1, hi.b1), (lo.b2, hi.b2, lo.b3, hi.b3)
+    The kernel builds the same words from the table in memory once per program.
     """
     if len(levels) != 16:
         raise ValueError(f"a 4-bit table has 16 levels, got {len(levels)}")
     half = [_half_bits(v, bf16) for v in levels]
-    words = [sum((half[4 * w + i] >> shift & 0xFF) << 8 * i for i in range(4)) for shift in (0, 8) for w in range(4)]
-    lines = ["{", ".reg .b32 a, sel, m, msk, la, lb, ha, hb, lo, hi, l0, l1, l2, l3, h0, h1, h2, h3;"]
-    lines += [f"mov.b32 {r}, 0x{w:08X};" for r, w in zip(("l0", "l1", "l2", "l3", "h0", "h1", "h2", "h3"), words)]
-    for nibble, (out0, out1) in enumerate((("$0", "$1"), ("$2", "$3"))):
-        if nibble == 0:
-            lines.append("and.b32 a, $4, 0x0F0F0F0F;")
-        else:
-            lines += ["shr.b32 a, $4, 4;", "and.b32 a, a, 0x0F0F0F0F;"]
+    return [sum((half[4 * w + i] >> shift & 0xFF) << 8 * i for i in range(4)) for shift in (0, 8) for w in range(4)]
+
+
+def _table4_asm() -> str:
+    """16-entry table lookups of 4-bit codes, four codes per lookup.
+
+    Operands: outputs $0..$3, the codes $4 (four u8 elements e0..e3 of two
+    codes each), then the eight table words of ``table_words`` ($5, $9, ..,
+    $33: element 0's copy of each).  The codes of e0, e1 already sit in the
+    low four nibbles of $4 (those of e2, e3 above them), which is where prmt
+    reads its four byte indices; so one prmt looks up four 3-bit indices in
+    the low (high) bytes of entries 0-7, one in those of 8-15, and a byte mask
+    from each code's bit 3 (prmt's sign replication) picks between them.  Two
+    prmt then gather the low and high bytes into f16x2 (bf16x2) pairs of one
+    code index from two elements::
+
+        sel   = $4 & 0x7777.. (e0, e1),  then >> 16 (e2, e3): nibbles e.c0, e.c1, e'.c0, e'.c1
+        lo    = code & 8 ? prmt(L[8:16], sel) : prmt(L[0:8], sel)   (and hi from H)
+        out   = code 0: (lo.b0, hi.b0 | lo.b2, hi.b2),  code 1: (lo.b1, hi.b1 | lo.b3, hi.b3)
+
+    The same code serves fp16 and bf16: the table words carry the dtype.
+    """
+    l0, l1, l2, l3, h0, h1, h2, h3 = (f"${5 + TABLE_WORD_REGS * w}" for w in range(8))
+    lines = [
+        "{",
+        ".reg .b32 m0, m1, t, msk, la, lb, ha, hb, lo, hi;",
+        "and.b32 m0, $4, 0x77777777;",  # 3-bit indices, e0 e1 in the low half
+        "shr.b32 m1, m0, 16;",  # e2 e3
+        "shl.b32 t, $4, 4;",
+    ]
+    for q in range(2):  # elements (0, 1), then (2, 3): register q of each output
+        m = f"m{q}"
         lines += [
-            "shr.b32 sel, a, 4;",
-            "or.b32 a, a, sel;",
-            "prmt.b32 sel, a, 0, 0x4420;",  # nibbles (c0, c1) from byte 0, (c2, c3) from byte 2
-            "and.b32 m, sel, 0x7777;",
-            "prmt.b32 la, l0, l1, m;",
-            "prmt.b32 lb, l2, l3, m;",
-            "prmt.b32 ha, h0, h1, m;",
-            "prmt.b32 hb, h2, h3, m;",
-            "shl.b32 msk, sel, 4;",
-            "prmt.b32 msk, msk, sel, 0xD9C8;",  # 0xFF bytes where the code's bit 3 is set
+            f"prmt.b32 la, {l0}, {l1}, {m};",
+            f"prmt.b32 lb, {l2}, {l3}, {m};",
+            f"prmt.b32 ha, {h0}, {h1}, {m};",
+            f"prmt.b32 hb, {h2}, {h3}, {m};",
+            # 0xFF bytes where the code's bit 3 is set: the sign of each nibble's byte
+            # (even nibbles from $4 << 4, odd ones from $4)
+            f"prmt.b32 msk, t, $4, 0x{0xD9C8 if q == 0 else 0xFBEA:04X};",
             f"lop3.b32 lo, la, lb, msk, 0x{_SELECT:02X};",
             f"lop3.b32 hi, ha, hb, msk, 0x{_SELECT:02X};",
-            f"prmt.b32 {out0}, lo, hi, 0x5140;",
-            f"prmt.b32 {out1}, lo, hi, 0x7362;",
+            f"prmt.b32 ${q}, lo, hi, 0x6240;",  # code 0 of both elements
+            f"prmt.b32 ${2 + q}, lo, hi, 0x7351;",  # code 1
         ]
     lines.append("}")
     return "\n".join(lines)
 
 
 @functools.lru_cache(maxsize=None)
-def decode_asm(bits: int, mode: int, bf16: bool, levels: tuple[float, ...] | None = None) -> str:
+def decode_asm(bits: int, mode: int, bf16: bool) -> str:
     """PTX for ``bits``-wide codes in decode ``mode``: SYMMETRIC, BINARY, ZERO_POINT,
-    or TABLE (4-bit codes, the format's 16 ``levels``).  Cached: kernels are
-    launched with it on every call."""
+    or a table mode (4-bit codes; the table comes in as operands, see
+    ``table_words``).  Cached: kernels are launched with it on every call."""
     if mode not in MODES:
         raise ValueError(f"mode={mode} has no PTX decode; accepted: {MODES}")
-    if mode == TABLE:
-        if bits != 4 or levels is None:
-            raise ValueError(f"the PTX table decode takes 4-bit codes and their levels; got bits={bits}")
-        return _table4_asm(tuple(levels), bf16)
+    if mode in TABLE_MODES:
+        if bits != 4:
+            raise ValueError(f"the PTX table decode takes 4-bit codes; got bits={bits}")
+        return _table4_asm()
     if bits == 4 and mode != BINARY:
         return _NIBBLES_BF16 if bf16 else _NIBBLES_F16
     c = codes_per_element(bits)

@@ -107,8 +107,8 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True)
 
 
-#: Decode modes the PTX decode path serves (integer codes; a fixed table of 4-bit codes).
-PTX_MODES = (Decode.SYMMETRIC, Decode.BINARY, Decode.ZERO_POINT, Decode.TABLE)
+#: Decode modes the PTX decode path serves (integer codes; tables of 4-bit codes).
+PTX_MODES = (Decode.SYMMETRIC, Decode.BINARY, Decode.ZERO_POINT, Decode.TABLE, Decode.ROW_TABLE)
 #: The PTX path keeps groups apart in at most this many product columns (more
 #: do not fit in shared memory next to the x tile).
 MAX_GROUP_COLUMNS = 32
@@ -118,8 +118,8 @@ MMA_K = 16
 
 def has_ptx_decode(bits: int, mode: Decode) -> bool:
     """Whether ``bits``-wide codes in ``mode`` have a PTX decode (integer codes of any
-    width; a fixed table of 4-bit codes)."""
-    return mode in PTX_MODES and (mode is not Decode.TABLE or bits == 4)
+    width; 4-bit codes in a table, fixed or one per row)."""
+    return mode in PTX_MODES and (mode not in (Decode.TABLE, Decode.ROW_TABLE) or bits == 4)
 
 
 def ptx_groups(bits: int, mode: Decode, group: int, block_k: int, block_m: int) -> int:
@@ -194,11 +194,6 @@ def _levels(levels: tuple[float, ...], device: torch.device) -> Tensor:
     return torch.tensor(levels, dtype=torch.float32, device=device)
 
 
-def kernel_levels(qw: QuantizedWeight) -> tuple[float, ...] | None:
-    """The fixed table of a TABLE-mode format (NF4's levels), or None."""
-    return qw.format.kernel_decode().levels or None
-
-
 def kernel_table(qw: QuantizedWeight) -> Tensor | None:
     """The table the kernel reads: NF4's levels, a lut format's per-row tables, or None."""
     decode = qw.format.kernel_decode()
@@ -242,14 +237,13 @@ def split_counters(device: torch.device, count: int) -> Tensor:
 def launch_gemv(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemvConfig,
-    out: Tensor | None = None, workspace: Tensor | None = None, levels: tuple[float, ...] | None = None,
+    out: Tensor | None = None, workspace: Tensor | None = None,
 ) -> Tensor:
     """Run the kernel: x (M, k) -> y (M, n) in x's dtype.
 
-    ``levels``: the fixed table of a TABLE-mode format (its PTX decode holds
-    them as constants; ``table`` has the same values for the generic decode).
-
-    ``out`` (M, n) and, with ``config.split_k > 1``, ``workspace`` (fp32
+    ``table``: for table modes, the levels (TABLE: (2**bits,), ROW_TABLE:
+    (n, 2**bits) contiguous, any float dtype; the kernel rounds them to x's
+    dtype).  ``out`` (M, n) and, with ``config.split_k > 1``, ``workspace`` (fp32
     (split_k, M, n)) may be given; tests pass NaN-filled buffers to catch
     elements the kernel fails to write.
     """
@@ -271,8 +265,6 @@ def launch_gemv(
         workspace = counters = out  # unused
     k_blocks = -(-k // config.block_k)
     ptx = 0 if interpreting() else ptx_groups(bits, mode, group, config.block_k, config.block_m)
-    if ptx and mode is Decode.TABLE and not levels:
-        raise ValueError("launch_gemv: a TABLE-mode format needs its levels for the PTX decode; got levels=None")
     dummy = scales  # stands in for absent optional pointers; never read
     gemv_kernel[grid](
         x, codes, scales, dummy if zeros is None else zeros, dummy if table is None else table,
@@ -284,8 +276,8 @@ def launch_gemv(
         BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
         X_PAIRS=config.x_pairs and k % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
-        PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16, levels) if ptx else "",
-        PTX_CONSTRAINTS=constraints(bits) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
+        PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
+        PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         num_warps=config.num_warps, num_stages=config.num_stages,
     )
     return out
@@ -296,17 +288,15 @@ def gemv_op(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
-    levels: list[float] | None = None,
 ) -> Tensor:
     """y (M, n) = x (M, k) @ W^T (+ bias) for W in the split-plane layout; see gemv_triton."""
     config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs)
-    return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config,
-                       levels=None if levels is None else tuple(levels))
+    return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config)
 
 
 @gemv_op.register_fake
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, x_pairs, levels=None):
+      num_warps, num_stages, x_pairs):
     return x.new_empty(x.shape[0], n)
 
 
@@ -315,11 +305,10 @@ def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig
     n, k = qw.shape
     x2 = x.reshape(-1, k)
     config, group = launch_settings(qw, x2.shape[0], x.device, config)
-    levels = kernel_levels(qw)
     y = torch.ops.anybit.gemv(
         x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
         n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,
         config.block_m, config.block_n, config.block_k, config.split_k, config.num_warps, config.num_stages,
-        config.x_pairs, None if levels is None else list(levels),
+        config.x_pairs,
     )
     return y.reshape(*x.shape[:-1], n)

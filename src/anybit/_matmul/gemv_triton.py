@@ -24,7 +24,9 @@ and packed fp16/bf16 magic-number arithmetic turns them into C tensors of
 exact integers (tensor j: codes k0 + C*e + j).  4-bit codes (C = 2)
 multiply the even and odd halves of x, read in pairs; wider element groups
 (C = 4, 8: 1, 2, 3, 5, 6, 7 bits) are interleaved back into k order for
-one dot with x's contiguous rows.  The interpreter cannot run PTX and takes
+one dot with x's contiguous rows.  4-bit table codes (NF4's fixed table, a
+lut4 table per row) are looked up by prmt in the table's bytes, which each
+program loads into registers once (``_table_words``).  The interpreter cannot run PTX and takes
 the generic path, which computes the same values.
 
 Scales: when a K-block lies inside one group (GROUP >= BLOCK_K) the
@@ -137,11 +139,37 @@ def _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K: tl.
 
 
 @triton.jit
-def _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, EVEN_K: tl.constexpr, BITS: tl.constexpr,
-                BLOCK_K: tl.constexpr, PTX_ASM: tl.constexpr, PTX_CONSTRAINTS: tl.constexpr, dtype: tl.constexpr):
+def _table_words(table_ptr, w_rows, MODE: tl.constexpr, dtype: tl.constexpr):
+    """The 16-entry table of each row rounded to ``dtype``, as the eight int32 [BLOCK_N]
+    words of ``decode_ptx.table_words`` (low bytes of entries 4w..4w+3, then high
+    bytes).  ROW_TABLE reads row r of a contiguous (N, 16) table, TABLE the one (16,)
+    table for every row."""
+    entry = tl.arange(0, 16)
+    if MODE == ROW_TABLE:
+        where = w_rows[:, None] * 16 + entry[None, :]
+    else:
+        where = w_rows[:, None] * 0 + entry[None, :]
+    half = tl.load(table_ptr + where).to(dtype).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+    shift = (tl.arange(0, 4) * 8)[None, None, :]
+    lo = tl.sum(tl.reshape(half & 0xFF, [w_rows.shape[0], 4, 4]) << shift, axis=2)
+    hi = tl.sum(tl.reshape(half >> 8, [w_rows.shape[0], 4, 4]) << shift, axis=2)
+    lo_a, lo_b = tl.split(tl.reshape(lo, [w_rows.shape[0], 2, 2]))  # words (0, 2), (1, 3)
+    hi_a, hi_b = tl.split(tl.reshape(hi, [w_rows.shape[0], 2, 2]))
+    l0, l2 = tl.split(lo_a)
+    l1, l3 = tl.split(lo_b)
+    h0, h2 = tl.split(hi_a)
+    h1, h3 = tl.split(hi_b)
+    return l0, l1, l2, l3, h0, h1, h2, h3
+
+
+@triton.jit
+def _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, EVEN_K: tl.constexpr,
+                BITS: tl.constexpr, MODE: tl.constexpr, BLOCK_K: tl.constexpr, PTX_ASM: tl.constexpr,
+                PTX_CONSTRAINTS: tl.constexpr, dtype: tl.constexpr):
     """The K-block's weights minus ``zero`` (int32 [BLOCK_N], per row) as exact
     fp16/bf16 values: a tuple of C tensors [BLOCK_N, BLOCK_K / C], tensor j
-    holding codes k0 + C*e + j (see decode_ptx).
+    holding codes k0 + C*e + j (see decode_ptx).  Table modes look the codes up
+    in ``table`` (``_table_words``) instead.
 
     Compiled kernels only: the interpreter cannot run PTX, and there the
     generic decode computes the same values.
@@ -160,7 +188,16 @@ def _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, EVEN_K: 
     p0 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W0, _piece(BITS, 0)[1], C,
                         BLOCK_K)
     OUT: tl.constexpr = _repeat(dtype, C)
-    if W1 == 0:
+    if MODE == TABLE or MODE == ROW_TABLE:
+        # each row's table words next to its codes (same values along the row)
+        values = tl.inline_asm_elementwise(
+            PTX_ASM, PTX_CONSTRAINTS,
+            [p0, tl.broadcast_to(table[0][:, None], p0.shape), tl.broadcast_to(table[1][:, None], p0.shape),
+             tl.broadcast_to(table[2][:, None], p0.shape), tl.broadcast_to(table[3][:, None], p0.shape),
+             tl.broadcast_to(table[4][:, None], p0.shape), tl.broadcast_to(table[5][:, None], p0.shape),
+             tl.broadcast_to(table[6][:, None], p0.shape), tl.broadcast_to(table[7][:, None], p0.shape)],
+            dtype=OUT, is_pure=True, pack=4)
+    elif W1 == 0:
         values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, bias, bias_high], dtype=OUT, is_pure=True, pack=4)
     else:
         p1 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W1, _piece(BITS, 1)[1], C,
@@ -226,7 +263,7 @@ def _interleave(values, C: tl.constexpr):
 
 
 @triton.jit
-def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row, kpad_words,
+def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k0, K, words_per_row, kpad_words,
                num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, BITS: tl.constexpr,
                MODE: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, X_PAIRS: tl.constexpr, NATURAL: tl.constexpr,
@@ -258,8 +295,8 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, w
         zero = w_rows * 0
     if MODE == SYMMETRIC:
         zero = w_rows * 0 + (1 << (BITS - 1))
-    values = _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, EVEN_K, BITS, BLOCK_K, PTX_ASM,
-                         PTX_CONSTRAINTS, dtype)
+    values = _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, EVEN_K, BITS, MODE,
+                         BLOCK_K, PTX_ASM, PTX_CONSTRAINTS, dtype)
 
     e = tl.arange(0, BLOCK_K // C)
     x_m = x_rows if SUB == 1 else tl.reshape(tl.broadcast_to(x_rows[None, :], [SUB, BLOCK_M]), [SUB * BLOCK_M])
@@ -359,10 +396,14 @@ def gemv_kernel(
     PTX: tl.constexpr = PTX_GROUPS > 0
     SUB: tl.constexpr = PTX_GROUPS if PTX else 1
     acc = tl.zeros([BLOCK_N, SUB * BLOCK_M], dtype=tl.float32)
+    if PTX and (MODE == TABLE or MODE == ROW_TABLE):
+        table = _table_words(table_ptr, w_rows, MODE, dtype)  # in registers for the whole loop
+    else:
+        table = (w_rows,)  # unused
     for i in range(0, BLOCKS_PER_SPLIT):
         k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
         if PTX:
-            acc += _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row,
+            acc += _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k0, K, words_per_row,
                               kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, BITS,
                               MODE, GROUP, SUB, BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, PTX_NATURAL, PTX_ASM,
                               PTX_CONSTRAINTS, dtype)
