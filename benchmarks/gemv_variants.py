@@ -24,6 +24,7 @@ import torch
 import anybit
 from anybit import bench
 from anybit._matmul import gemv as g
+from anybit._matmul.decode_ptx import codes_per_element
 
 
 def _config(text: str, m: int, n: int, k: int, group: int) -> g.GemvConfig:
@@ -42,6 +43,12 @@ def _call(x, qw, config):
                                  n, k, qw.format.bits, group, qw.format.kernel_decode().mode, config)
 
 
+def _moves_only(bits: int, mode: int, bf16: bool) -> str:
+    """An "asm decode" that copies the first input register into every output."""
+    outputs = 2 * codes_per_element(bits)
+    return "\n".join(f"mov.b32 ${i}, ${outputs};" for i in range(outputs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--format", default="int4-g128")
@@ -52,10 +59,15 @@ def main() -> None:
     parser.add_argument("--group-major", action="store_true", help="store scales and zeros group-major")
     parser.add_argument("--natural", choices=("auto", "0", "1"), default="auto",
                         help="force the PTX path's interleave into k order (gemv.ptx_natural)")
+    parser.add_argument("--no-decode", action="store_true",
+                        help="diagnostic: the PTX decode replaced by register moves (wrong values, not checked): "
+                             "times the kernel's loads, x handling and dots without the decode")
     parser.add_argument("--out")
     args = parser.parse_args()
     if args.natural != "auto":
         g.ptx_natural = lambda bits: args.natural == "1"
+    if args.no_decode:
+        g.decode_asm = _moves_only
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     hw = bench.measure_hw(torch.device("cuda"))
     print(f"copy {hw['copy_TBps']:.2f} TB/s, fp16 {hw['fp16_TFLOPs']:.0f} TFLOP/s")
@@ -78,7 +90,7 @@ def main() -> None:
                 ref = x.double() @ qw.dequantize(torch.float64).t()
                 y = _call(x, qw, config)().double()
                 rel = ((y - ref).norm() / ref.norm()).item()
-                ok = rel < 3e-3
+                ok = rel < 3e-3 or args.no_decode
                 us = bench._time_per_call(lambda i: _call(x, copies[i], config), len(copies), args.replays) if ok else math.nan
                 rows.append({"N": n, "K": k, "M": m, "variant": text, "config": config.__dict__, "rel_err": rel,
                              "us": us, "fp16_us": fp16_us, "floor_us": floor_us})

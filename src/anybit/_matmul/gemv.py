@@ -70,12 +70,12 @@ def even_split(k_blocks: int, want: int) -> int:
     return min(divisors, key=lambda d: (abs(d - want), -d))
 
 
-def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int = 4,
+def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int | None = None,
                 ptx: bool = False, split_groups: bool = False, interleaved: bool = False) -> GemvConfig:
     """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
 
     Fitted to H200 sweeps of forced configurations (benchmarks/results/
-    h200-2026-11-21-variants-v7*.json):
+    h200-2026-11-21-variants-v7*, v8*, v9*.json):
 
     * BLOCK_M is the next power of two of m.
     * BLOCK_K: a row's bytes per K-block decide how well the weights stream:
@@ -86,20 +86,26 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
       a zero point on the PTX path) lets the kernel keep up to 4 column
       blocks of groups apart in the product (BLOCK_M * groups per block <= 4).
     * 32 rows per program on 2 warps (mma.sync), 3 pipeline stages, x read in
-      pairs; split-K to about ``programs_per_sm`` programs per SM, with a
-      split count that divides the K-blocks.
+      pairs; split-K to about ``programs_per_sm`` programs per SM (4 unless
+      given, see below), with a split count that divides the K-blocks.
     * ``interleaved`` (the PTX path's C >= 4 tensors put back in k order, see
       ``ptx_natural``) at 32 rows of x: 64 rows per program on 4 warps
-      (int3-g128, M=32: 1.13x fp16 against 0.97x; variants-v8e).
+      (int3-g128, M=32: 1.13x fp16 against 0.97x; variants-v8e), and about 2
+      programs per SM instead of 4 (int3-g128 on 4096-6144 x 4096: 0.86-0.88x
+      -> 1.05-1.12x; variants-v9b).
+    * Per-row groups at 32 rows take 128-code K-blocks (int8-gc on 6144 x 4096:
+      0.90x -> 1.19x; variants-v9b).
     """
     block_m = row_block(m)
+    wide = interleaved and block_m >= 32
+    if programs_per_sm is None:
+        programs_per_sm = 2 if wide else 4
     if ptx and group >= k:
-        block_k = 256
+        block_k = 128 if block_m >= 32 else 256
     elif split_groups and group >= 32 and 256 % group == 0 and block_m * (256 // group) <= 4:
         block_k = 256
     else:
         block_k = min(128, group) if 32 <= group < k else 128
-    wide = interleaved and block_m >= 32
     block_n = 64 if wide else 32
     k_blocks = -(-k // block_k)
     n_tiles = -(-n // block_n)
