@@ -100,6 +100,12 @@ def test_wgmma_or_mma_in_the_compiled_kernel():
         # one group per block, unmasked and masked K
         ("uint4-g128", 1000, 1536, (128, 4)),
         ("uint4-g64", 576, 576, (64, 3)),
+        # zero points with several groups per block (a correction per column block)
+        ("uint4-g128", 1000, 1536, (256, 2)),
+        ("uint4-g64", 1000, 1536, (256, 3)),
+        ("uint3-g64", 576, 1536, (256, 2)),
+        ("uint2-g32", 1000, 1536, (128, 2)),
+        ("uint8-g64", 576, 576, (128, 1)),
         ("int4-gc", 1000, 1000, (256, 2)),
         ("uint4-gc", 4096, 4096, (256, 4)),
         # other widths: one, two or three pieces, 1 to 8 codes per element

@@ -82,9 +82,12 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
       256 codes (128 bytes of 4-bit codes) ran up to 1.3x faster than 128
       on the PTX decode path (``ptx``), which takes 256 for per-row groups.
       Otherwise the K-block holds one group, so the group's scale multiplies
-      a partial product once, except where ``split_groups`` (codes without
-      a zero point on the PTX path) lets the kernel keep up to 4 column
+      a partial product once, except where ``split_groups`` (the PTX path,
+      for codes without a zero point) lets the kernel keep up to 4 column
       blocks of groups apart in the product (BLOCK_M * groups per block <= 4).
+      The kernel can keep zero-point groups apart too (a correction per column
+      block), but it measured slower for uint4-g128 on most shapes (the x sums
+      cost warp shuffles; decode-v9d-uint4.json), so the heuristic does not.
     * 32 rows per program on 2 warps (mma.sync), 3 pipeline stages, x read in
       pairs; split-K to about ``programs_per_sm`` programs per SM (4 unless
       given, see below), with a split count that divides the K-blocks.
@@ -134,15 +137,14 @@ def ptx_groups(bits: int, mode: Decode, group: int, block_k: int, block_m: int) 
 
     ``group`` is the kernel's GROUP (see ``kernel_group``).  The decode yields
     C = 8 / (narrowest piece) tensors of BLOCK_K / C codes, each at least the
-    MMA's K.  Only codes without a zero point can keep several groups apart (a
-    zero point is folded into the decode per row).
+    MMA's K.
     """
     if not has_ptx_decode(bits, mode) or block_k // codes_per_element(bits) < MMA_K:
         return 0
     if group >= block_k:
         return 1
     sub = block_k // group
-    if mode is not Decode.ZERO_POINT and block_k % group == 0 and sub * block_m <= MAX_GROUP_COLUMNS:
+    if block_k % group == 0 and sub * block_m <= MAX_GROUP_COLUMNS:
         return sub
     return 0
 

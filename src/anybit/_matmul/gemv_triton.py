@@ -278,7 +278,10 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k
     and zeros elsewhere, so column block g of the product is group g's
     partial sum, and gets group g's scale.  With BLOCK_M * SUB <= 8 that costs
     no extra MMA (the MMA is 8 wide anyway).  The caller adds the SUB column
-    blocks after its K loop.
+    blocks after its K loop.  Zero points there stay out of the decode (it
+    takes one per row): column block g subtracts zero[g] * (the sum of x over
+    group g) from its partial sum instead,
+    sum_k (c_k - z) x_k = sum_k c_k x_k - z sum_k x_k.
     """
     C: tl.constexpr = _codes_per_element(BITS)
     # scales (and zero points) of the block's groups: per row, or per row and product column
@@ -288,11 +291,13 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k
                                     stride_zn, stride_zg, MODE)
         scale = scale[:, None]
     else:
-        tl.static_assert(MODE != ZERO_POINT)  # a zero point is folded into the decode, per row
         group = k0 // GROUP + cols // BLOCK_M
         scale = tl.load(scales_ptr + w_rows[:, None] * stride_sn + group[None, :] * stride_sg,
                         mask=(group < num_groups)[None, :], other=0.0)
-        zero = w_rows * 0
+        zero = w_rows * 0  # codes decoded as they are; ZERO_POINT corrects each column block below
+        if MODE == ZERO_POINT:
+            zero_cols = tl.load(zeros_ptr + w_rows[:, None] * stride_zn + group[None, :] * stride_zg,
+                                mask=(group < num_groups)[None, :], other=0).to(tl.float32)
     if MODE == SYMMETRIC:
         zero = w_rows * 0 + (1 << (BITS - 1))
     values = _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, EVEN_K, BITS, MODE,
@@ -305,19 +310,27 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k
         inside = tl.arange(0, BLOCK_K)
         x_t = _load_x(x_ptr, x_m, stride_xm, k0 + inside, k0 + inside < K, inside, GROUP, BLOCK_M, EVEN_K, SUB)
         part = tl.dot(_interleave(values, C), x_t)
+        if SUB > 1 and MODE == ZERO_POINT:
+            part -= zero_cols * tl.sum(x_t.to(tl.float32), axis=0)[None, :]
     elif X_PAIRS and C == 2:
         # (x[k], x[k+1]) as one 32-bit word, split by integer ops
         pairs = _load_x(x_ptr.to(tl.pointer_type(tl.int32)), x_m, stride_xm // 2, k0 // 2 + e, k0 + 2 * e < K, 2 * e,
                         GROUP, BLOCK_M, EVEN_K, SUB)
         # two independent products (chaining them through one accumulator ran ~7% slower at M=1)
-        part = (tl.dot(values[0], (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True))
-                + tl.dot(values[1], (pairs >> 16).to(tl.int16).to(dtype, bitcast=True)))
+        x_even = (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
+        x_odd = (pairs >> 16).to(tl.int16).to(dtype, bitcast=True)
+        part = tl.dot(values[0], x_even) + tl.dot(values[1], x_odd)
+        if SUB > 1 and MODE == ZERO_POINT:
+            x_sum = tl.sum(x_even.to(tl.float32), axis=0) + tl.sum(x_odd.to(tl.float32), axis=0)
+            part -= zero_cols * x_sum[None, :]
     else:
         part = tl.zeros([w_rows.shape[0], SUB * BLOCK_M], dtype=tl.float32)
         for j in tl.static_range(C):
             k = k0 + C * e + j
             x_j = _load_x(x_ptr, x_m, stride_xm, k, k < K, C * e, GROUP, BLOCK_M, EVEN_K, SUB)
             part = tl.dot(values[j], x_j, part)
+            if SUB > 1 and MODE == ZERO_POINT:
+                part -= zero_cols * tl.sum(x_j.to(tl.float32), axis=0)[None, :]
     return part * scale.to(tl.float32)
 
 
