@@ -27,7 +27,7 @@ from anybit._matmul import gemv as g
 from anybit._matmul.decode_ptx import codes_per_element
 
 
-def _config(text: str, m: int, n: int, k: int, group: int) -> g.GemvConfig:
+def _config(text: str, m: int, n: int, k: int) -> g.GemvConfig:
     bm, bn, bk, split, warps, stages, *pairs = (int(v) for v in text.split(","))
     if split <= 0:  # about -split (or four) programs per SM
         k_blocks = -(-k // bk)
@@ -86,7 +86,7 @@ def main() -> None:
             fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), args.replays)
             floor_us = (qw.nbytes + 2 * m * (n + k)) / (hw["copy_TBps"] * 1e6)
             for text in args.variants:
-                config = _config(text, m, n, k, qw.format.group_len(k))
+                config = _config(text, m, n, k)
                 ref = x.double() @ qw.dequantize(torch.float64).t()
                 y = _call(x, qw, config)().double()
                 rel = ((y - ref).norm() / ref.norm()).item()

@@ -50,12 +50,12 @@ from .. import packing
 from ..formats._base import Decode
 from . import decode_ptx
 
-#: constexpr ids of the decode modes (Triton constexprs are ints).
-SYMMETRIC: tl.constexpr = tl.constexpr(0)
-BINARY: tl.constexpr = tl.constexpr(1)
-ZERO_POINT: tl.constexpr = tl.constexpr(2)
-TABLE: tl.constexpr = tl.constexpr(3)
-ROW_TABLE: tl.constexpr = tl.constexpr(4)
+#: constexpr ids of the decode modes (Triton constexprs are ints), the same as decode_ptx's.
+SYMMETRIC: tl.constexpr = tl.constexpr(decode_ptx.SYMMETRIC)
+BINARY: tl.constexpr = tl.constexpr(decode_ptx.BINARY)
+ZERO_POINT: tl.constexpr = tl.constexpr(decode_ptx.ZERO_POINT)
+TABLE: tl.constexpr = tl.constexpr(decode_ptx.TABLE)
+ROW_TABLE: tl.constexpr = tl.constexpr(decode_ptx.ROW_TABLE)
 MODE_IDS = {mode: globals()[mode.name].value for mode in Decode}
 
 
@@ -175,13 +175,6 @@ def _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, E
     generic decode computes the same values.
     """
     C: tl.constexpr = _codes_per_element(BITS)
-    MAGIC: tl.constexpr = 1024 if dtype == tl.float16 else (0 if BITS == 8 else 128)  # decode_ptx.bias_offset
-    zero = zero.to(tl.float32)
-    bias = (-MAGIC - zero).to(dtype)[:, None]
-    if dtype == tl.bfloat16:
-        bias_high = bias
-    else:
-        bias_high = (-64.0 - zero).to(tl.float16)[:, None]
     W0: tl.constexpr = _piece(BITS, 0)[0]
     W1: tl.constexpr = _piece(BITS, 1)[0]
     W2: tl.constexpr = _piece(BITS, 2)[0]
@@ -197,19 +190,28 @@ def _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, E
              tl.broadcast_to(table[4][:, None], p0.shape), tl.broadcast_to(table[5][:, None], p0.shape),
              tl.broadcast_to(table[6][:, None], p0.shape), tl.broadcast_to(table[7][:, None], p0.shape)],
             dtype=OUT, is_pure=True, pack=4)
-    elif W1 == 0:
-        values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, bias, bias_high], dtype=OUT, is_pure=True, pack=4)
     else:
-        p1 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W1, _piece(BITS, 1)[1], C,
-                            BLOCK_K)
-        if W2 == 0:
-            values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, p1, bias, bias_high], dtype=OUT,
+        MAGIC: tl.constexpr = 1024 if dtype == tl.float16 else (0 if BITS == 8 else 128)  # decode_ptx.bias_offset
+        zero = zero.to(tl.float32)
+        bias = (-MAGIC - zero).to(dtype)[:, None]
+        if dtype == tl.bfloat16:
+            bias_high = bias
+        else:
+            bias_high = (-64.0 - zero).to(tl.float16)[:, None]
+        if W1 == 0:
+            values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, bias, bias_high], dtype=OUT,
                                                is_pure=True, pack=4)
         else:
-            p2 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W2, _piece(BITS, 2)[1],
+            p1 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W1, _piece(BITS, 1)[1],
                                 C, BLOCK_K)
-            values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, p1, p2, bias, bias_high], dtype=OUT,
-                                               is_pure=True, pack=4)
+            if W2 == 0:
+                values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, p1, bias, bias_high], dtype=OUT,
+                                                   is_pure=True, pack=4)
+            else:
+                p2 = _load_elements(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, W2,
+                                    _piece(BITS, 2)[1], C, BLOCK_K)
+                values = tl.inline_asm_elementwise(PTX_ASM, PTX_CONSTRAINTS, [p0, p1, p2, bias, bias_high],
+                                                   dtype=OUT, is_pure=True, pack=4)
     return values
 
 
@@ -311,7 +313,7 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k
         x_t = _load_x(x_ptr, x_m, stride_xm, k0 + inside, k0 + inside < K, inside, GROUP, BLOCK_M, EVEN_K, SUB)
         part = tl.dot(_interleave(values, C), x_t)
         if SUB > 1 and MODE == ZERO_POINT:
-            part -= zero_cols * tl.sum(x_t.to(tl.float32), axis=0)[None, :]
+            x_sum = tl.sum(x_t.to(tl.float32), axis=0)
     elif X_PAIRS and C == 2:
         # (x[k], x[k+1]) as one 32-bit word, split by integer ops
         pairs = _load_x(x_ptr.to(tl.pointer_type(tl.int32)), x_m, stride_xm // 2, k0 // 2 + e, k0 + 2 * e < K, 2 * e,
@@ -322,15 +324,17 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k
         part = tl.dot(values[0], x_even) + tl.dot(values[1], x_odd)
         if SUB > 1 and MODE == ZERO_POINT:
             x_sum = tl.sum(x_even.to(tl.float32), axis=0) + tl.sum(x_odd.to(tl.float32), axis=0)
-            part -= zero_cols * x_sum[None, :]
     else:
         part = tl.zeros([w_rows.shape[0], SUB * BLOCK_M], dtype=tl.float32)
+        x_sum = tl.zeros([SUB * BLOCK_M], dtype=tl.float32)
         for j in tl.static_range(C):
             k = k0 + C * e + j
             x_j = _load_x(x_ptr, x_m, stride_xm, k, k < K, C * e, GROUP, BLOCK_M, EVEN_K, SUB)
             part = tl.dot(values[j], x_j, part)
             if SUB > 1 and MODE == ZERO_POINT:
-                part -= zero_cols * tl.sum(x_j.to(tl.float32), axis=0)[None, :]
+                x_sum += tl.sum(x_j.to(tl.float32), axis=0)
+    if SUB > 1 and MODE == ZERO_POINT:
+        part -= zero_cols * x_sum[None, :]  # x_sum: each column's sum of x over its group
     return part * scale.to(tl.float32)
 
 
