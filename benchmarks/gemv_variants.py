@@ -1,4 +1,4 @@
-"""Time forced launch configurations of the decode kernel (the measure-predict loop's tool).
+"""Time forced launch configurations of the decode or GEMM kernel (the measure-predict loop's tool).
 
 Usage on a CUDA machine::
 
@@ -8,7 +8,9 @@ Usage on a CUDA machine::
 A variant is ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
 block_m 0 means the next power of two of M; split_k 0 or -p means about four
 (p) programs per SM, with a split count that divides the K-blocks; x_pairs 1
-reads x in pairs (default 0).  Each variant is first checked against the float64 reference on fresh random
+reads x in pairs (default 0).  With ``--kernel gemm`` a variant is
+``block_m,block_n,block_k,split_k,num_warps,num_stages[,swizzle]`` (split_k as
+above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS.  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run).
 """
@@ -23,21 +25,44 @@ import torch
 
 import anybit
 from anybit import bench
+from anybit._matmul import gemm as gm
 from anybit._matmul import gemv as g
 from anybit._matmul.decode_ptx import codes_per_element
 
 
-def _config(text: str, m: int, n: int, k: int) -> g.GemvConfig:
-    bm, bn, bk, split, warps, stages, *pairs = (int(v) for v in text.split(","))
-    if split <= 0:  # about -split (or four) programs per SM
-        k_blocks = -(-k // bk)
-        want = -(-(-split or 4) * g.sm_count(torch.device("cuda")) // -(-n // bn))
-        split = g.even_split(k_blocks, max(1, min(k_blocks, want)))
-    return g.GemvConfig(bm or g.row_block(m), bn, bk, split, warps, stages, bool(pairs and pairs[0]))
+def _split(split: int, m: int, n: int, k: int, bm: int, bn: int, bk: int) -> int:
+    if split > 0:
+        return split
+    # about -split (or four) programs per SM
+    k_blocks = -(-k // bk)
+    want = -(-(-split or 4) * g.sm_count(torch.device("cuda")) // (-(-n // bn) * -(-m // bm)))
+    return g.even_split(k_blocks, max(1, min(k_blocks, want)))
+
+
+def _config(text: str, m: int, n: int, k: int, kernel: str):
+    if text.startswith("dq"):
+        return text
+    bm, bn, bk, split, warps, stages, *extra = (int(v) for v in text.split(","))
+    bm = bm or g.row_block(m)
+    split = _split(split, m, n, k, bm, bn, bk)
+    if kernel == "gemm":
+        return gm.GemmConfig(bm, bn, bk, split, warps, stages, *extra)
+    return g.GemvConfig(bm, bn, bk, split, warps, stages, bool(extra and extra[0]))
 
 
 def _call(x, qw, config):
     n, k = qw.shape
+    mode = qw.format.kernel_decode().mode
+    if isinstance(config, str):  # dq[,block_n,block_k]: dequantize, then cuBLAS
+        bn, bk = (int(v) for v in config.split(",")[1:]) if "," in config else (64, 128)
+        group = gm.kernel_group(qw.format.group_len(k), k, bk)
+        return lambda: x @ gm.launch_dequant(qw.codes, qw.params["scales"], qw.params.get("zeros"),
+                                             g.kernel_table(qw), n, k, qw.format.bits, group, mode, x.dtype,
+                                             block_n=bn, block_k=bk).t()
+    if isinstance(config, gm.GemmConfig):
+        config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
+        return lambda: gm.launch_gemm(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw),
+                                      None, n, k, qw.format.bits, group, mode, config)
     config, group = g.launch_settings(qw, x.shape[0], x.device, config)
     return lambda: g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), None,
                                  n, k, qw.format.bits, group, qw.format.kernel_decode().mode, config)
@@ -51,6 +76,7 @@ def _moves_only(bits: int, mode: int, bf16: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("--kernel", choices=("gemv", "gemm"), default="gemv")
     parser.add_argument("--format", default="int4-g128")
     parser.add_argument("--m", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in bench.STANDARD_SHAPES])
@@ -84,18 +110,26 @@ def main() -> None:
         for m in args.m:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), args.replays)
-            floor_us = (qw.nbytes + 2 * m * (n + k)) / (hw["copy_TBps"] * 1e6)
+            floor_us = max((qw.nbytes + 2 * m * (n + k)) / (hw["copy_TBps"] * 1e6),
+                           2 * m * n * k / (hw["fp16_TFLOPs"] * 1e6))
             for text in args.variants:
-                config = _config(text, m, n, k)
-                ref = x.double() @ qw.dequantize(torch.float64).t()
-                y = _call(x, qw, config)().double()
-                rel = ((y - ref).norm() / ref.norm()).item()
-                ok = rel < 3e-3 or args.no_decode
-                us = bench._time_per_call(lambda i: _call(x, copies[i], config), len(copies), args.replays) if ok else math.nan
-                rows.append({"N": n, "K": k, "M": m, "variant": text, "config": config.__dict__, "rel_err": rel,
-                             "us": us, "fp16_us": fp16_us, "floor_us": floor_us})
+                config = _config(text, m, n, k, args.kernel)
+                try:
+                    ref = x.double() @ qw.dequantize(torch.float64).t()
+                    y = _call(x, qw, config)().double()
+                    rel = ((y - ref).norm() / ref.norm()).item()
+                    del ref, y
+                    ok = rel < 3e-3 or args.no_decode
+                    us = bench._time_per_call(lambda i: _call(x, copies[i], config), len(copies), args.replays) \
+                        if ok else math.nan
+                except Exception as error:  # a variant that does not compile (resources) is reported, not fatal
+                    print(f"{n:6d}x{k:<6d} M={m:3d} {text:>18}: failed: {str(error).splitlines()[0][:120]}")
+                    rel, ok, us = math.nan, False, math.nan
+                rows.append({"N": n, "K": k, "M": m, "variant": text, "config": getattr(config, "__dict__", config),
+                             "rel_err": rel, "us": us, "fp16_us": fp16_us, "floor_us": floor_us})
                 print(f"{n:6d}x{k:<6d} M={m:3d} {text:>18}: {'ok ' if ok else 'BAD'} err {rel:.1e} "
-                      f"{us:8.2f} us  {fp16_us / us:5.2f}x fp16  {floor_us / us:5.1%} of floor")
+                      f"{us:8.2f} us  {fp16_us / us:5.2f}x fp16  {floor_us / us:5.1%} of floor  "
+                      f"{2 * m * n * k / us / 1e6:4.0f} TFLOP/s (fp16 {2 * m * n * k / fp16_us / 1e6:4.0f})")
     print("geomean speedup over fp16 per (variant, M):")
     for text in args.variants:
         for m in args.m:

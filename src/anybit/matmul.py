@@ -5,12 +5,14 @@ The dispatcher is the only place that chooses an implementation: callers
 depends on the inputs and on ``ANYBIT_BACKEND``, read at call time:
 
 ``auto`` (default)
-    the Triton decode kernel (:mod:`anybit._matmul.gemv`) for CUDA inputs it
-    supports: fp16/bf16 x with at most 32 rows, integer and lookup-table
-    formats; the reference path for everything else.  Both compute the same
-    function; the kernel rounds differently (see its docstring).
+    the Triton kernels for CUDA inputs they support (fp16/bf16 x, integer and
+    lookup-table formats): the decode kernel (:mod:`anybit._matmul.gemv`) for
+    x with at most ``MAX_M`` = 32 rows, the GEMM kernel
+    (:mod:`anybit._matmul.gemm`) above; the reference path for everything
+    else.  All compute the same function; the kernels round differently (see
+    their docstrings).
 ``triton``
-    the Triton kernel, or a ValueError saying why it cannot take the inputs.
+    the Triton kernels, or a ValueError saying why they cannot take the inputs.
     With ``TRITON_INTERPRET=1`` it runs on CPU tensors in Triton's interpreter.
 ``reference``
     the pure torch reference (:mod:`anybit._matmul.reference`).
@@ -24,7 +26,8 @@ import os
 import torch
 from torch import Tensor
 
-from ._matmul.gemv import gemv, unsupported_reason
+from ._matmul.gemm import gemm
+from ._matmul.gemv import MAX_M, gemv, unsupported_reason
 from ._matmul.reference import matmul_reference
 from .quantized import QuantizedWeight
 
@@ -99,5 +102,6 @@ def matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None = None) -> Tensor
     if backend is Backend.REFERENCE:
         return matmul_reference(x, qw, bias)
     if backend is Backend.TRITON:
-        return gemv(x, qw, bias)
+        rows = x.numel() // qw.shape[1]
+        return gemv(x, qw, bias) if rows <= MAX_M else gemm(x, qw, bias)
     raise AssertionError(f"unhandled backend {backend}")

@@ -22,7 +22,7 @@ from .decode_ptx import codes_per_element, constraints, decode_asm
 #: Whether Triton can be imported (looked up without importing it; a constant
 #: so that torch.compile traces the dispatcher without a graph break).
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
-#: The decode kernel serves x with at most this many rows.
+#: The decode kernel serves x with at most this many rows (the GEMM kernel more).
 MAX_M = 32
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
 
@@ -181,15 +181,12 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
 
 
 def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
-    """Why the decode kernel cannot run these inputs, or None when it can."""
+    """Why the Triton kernels (decode and GEMM) cannot run these inputs, or None when they can."""
     decode = qw.format.kernel_decode()
     if decode is None:
         return f"format {qw.format.spec} has no Triton kernel yet"
     if x.dtype not in KERNEL_DTYPES:
         return f"x has dtype {x.dtype}; the Triton kernel takes torch.float16 or torch.bfloat16"
-    rows = x.numel() // max(x.shape[-1], 1)
-    if rows > MAX_M:
-        return f"x has {rows} rows; the decode kernel takes at most {MAX_M}"
     if x.device.type != "cuda" and not interpreting():
         return f"x is on {x.device}; the Triton kernel needs a CUDA device (or TRITON_INTERPRET=1)"
     if not TRITON_INSTALLED:

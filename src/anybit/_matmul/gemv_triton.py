@@ -371,6 +371,32 @@ def _dot(a, b, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N, SPLIT_K: tl.constexpr):
+    """Split-K fix-up in the launch itself: (the output tile's full fp32 sum, whether
+    this program writes it).
+
+    With SPLIT_K > 1 every split stores its partial ``acc`` at ``ws + pid_k*M*N +
+    tile_out`` (fp32 (SPLIT_K, M, N) scratch) and counts itself in on
+    ``counter[tile]``; the last to arrive sums the partials in split order
+    (deterministic, whatever the arrival order), resets the counter to 0 (so the
+    counters are zero between launches) and writes the tile.
+    """
+    last = True
+    if SPLIT_K > 1:
+        tl.store(ws_ptr + pid_k * M * N + tile_out, acc, mask=out_mask)
+        tl.debug_barrier()
+        counter = counter_ptr + tile
+        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        last = arrived == SPLIT_K - 1
+        if last:
+            acc = tl.zeros(acc.shape, dtype=tl.float32)
+            for s in range(0, SPLIT_K):
+                acc += tl.load(ws_ptr + s * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
+            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+    return acc, last
+
+
+@triton.jit
 def gemv_kernel(
     x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
     M, N, K, words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg,
@@ -451,21 +477,9 @@ def gemv_kernel(
         acc = tl.sum(tl.reshape(acc, [BLOCK_N, SUB, BLOCK_M]), axis=1)
     out_mask = row_ok[:, None] & m_ok[None, :]
     tile_out = offs_m[None, :] * N + rows[:, None]
-    if SPLIT_K > 1:
-        # Split-K fix-up in the same launch: every split stores its fp32 partial,
-        # then counts itself in; the last to arrive sums the partials in split
-        # order (deterministic) and writes y.  It resets the counter to 0, so the
-        # counters stay zero between launches.
-        tl.store(ws_ptr + pid_k * M * N + tile_out, acc, mask=out_mask)
-        tl.debug_barrier()
-        counter = counter_ptr + pid_m * tl.num_programs(0) + pid_n
-        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        if arrived == SPLIT_K - 1:
-            acc = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-            for s in range(0, SPLIT_K):
-                acc += tl.load(ws_ptr + s * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-    if SPLIT_K == 1 or arrived == SPLIT_K - 1:
+    acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, tile_out, out_mask,
+                             M, N, SPLIT_K)
+    if last:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
         tl.store(out_ptr + tile_out, acc.to(dtype), mask=out_mask)

@@ -1,0 +1,248 @@
+"""Launch settings and the ``anybit::gemm`` operator around the Triton GEMM kernel
+(x with more than ``gemv.MAX_M`` rows), and the dequantize kernel behind the
+dequantize-then-cuBLAS path.
+
+Triton is imported only when a kernel is first launched.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .. import packing
+from ..formats._base import Decode
+from ..quantized import QuantizedWeight
+from .decode_ptx import codes_per_element, constraints, decode_asm
+from .gemv import MMA_K, even_split, has_ptx_decode, interpreting, kernel_table, sm_count, split_counters
+
+
+#: Rows of x per program: 256 (an m64n256 MMA) gave wrong results for some formats
+#: (int4-gc, uint4-g128; the compiled kernel, not the decode) on the H200.
+MAX_BLOCK_M = 128
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    """Launch settings of the GEMM kernel (see gemm_triton for the tiles).
+
+    block_m: rows of x per program (the MMA's N: 16 .. 256).
+    block_n: rows of W per program (the MMA's M: 64 per warpgroup on Hopper).
+    block_k: codes per K-block; a power of two >= 32.
+    split_k: K ranges summed by the in-launch fix-up (1: none).
+    swizzle: W tiles walked by consecutive programs that share an x tile.
+    """
+
+    block_m: int
+    block_n: int
+    block_k: int
+    split_k: int = 1
+    num_warps: int = 8
+    num_stages: int = 3
+    swizzle: int = 8
+
+    def __post_init__(self):
+        for name in ("block_m", "block_n", "block_k"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"GemmConfig.{name}={value}: accepted: a power of two >= 16")
+        if self.block_m > MAX_BLOCK_M:
+            raise ValueError(f"GemmConfig.block_m={self.block_m}: accepted: at most {MAX_BLOCK_M} (256 rows of x "
+                             "per program compiled to wrong results with Triton 3.6)")
+        if self.split_k < 1 or self.swizzle < 1:
+            raise ValueError(f"GemmConfig split_k={self.split_k}, swizzle={self.swizzle}: accepted: >= 1")
+
+
+#: From this many rows of x on, the dispatcher dequantizes W into a scratch buffer
+#: (x's dtype, N x K) and multiplies with cuBLAS: faster than the GEMM kernel there
+#: on the H200 (int4-g128, uint4-g128, int8-gc over the standard shapes; geomean
+#: vs fp16 at M = 128 / 256 / 1024 / 4096: kernel 0.66 / 0.48 / 0.42 / 0.39x,
+#: dequantize + cuBLAS 0.45 / 0.53 / 0.79 / 0.88x; variants-v10d-*.json).  The
+#: same crossover serves every GPU until a tuned table says otherwise.
+DEQUANT_MIN_M = 256
+
+
+def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> GemmConfig:
+    """Deterministic launch settings for an (m, n, k) product (gemv.MAX_M < m).
+
+    64 x 64 tiles on one warpgroup, 4 pipeline stages, K-blocks of 64 codes
+    (128 where the PTX decode's C tensors need it to span the MMA's K), split-K
+    to about 2 programs per SM.  Measured on the H200 (variants-v10c/d): the
+    best of the configurations that gave the right result in repeated launches
+    for M <= 128; larger tiles ran faster at M >= 1024 (256 x 128 on 8 warps:
+    0.77x fp16 against 0.39x) but some (128 x 128 on 8 warps with 3 stages, 128
+    x 64 on 4 warps with 3 stages, 256 x 128 for zero points) returned wrong
+    results in some launches, a hazard of the compiler's pipelining of the
+    register operand that this kernel avoids rather than works around
+    (docs/NOTES.md, v10).
+    """
+    block_m, block_n = 64, 64
+    block_k = max(64, MMA_K * codes_per_element(bits))  # the PTX decode's tensors span the MMA's K
+    tiles = -(-n // block_n) * -(-m // block_m)
+    k_blocks = -(-k // block_k)
+    split_k = even_split(k_blocks, max(1, min(k_blocks, -(-2 * sms // tiles))))
+    return GemmConfig(block_m, block_n, block_k, split_k, num_warps=4, num_stages=4)
+
+
+def kernel_group(group: int, k: int, block_k: int) -> int:
+    """The GROUP the kernel is compiled with: a per-row group becomes one at least
+    BLOCK_K wide (one scale per row and K-block)."""
+    return max(group, block_k) if group == k else group
+
+
+def ptx_decode(bits: int, mode: Decode, block_k: int) -> bool:
+    """Whether the GEMM kernel takes the PTX decode for these codes and K-blocks.
+
+    Not for a table per row (lut4): the table decode reads the table of the first
+    of the four elements it gets, and in the GEMM's register layout those four can
+    come from two rows of W (measured wrong on the GPU); lut formats take the
+    generic decode there.
+    """
+    return (not interpreting() and mode is not Decode.ROW_TABLE and has_ptx_decode(bits, mode)
+            and block_k // codes_per_element(bits) >= MMA_K)
+
+
+def _kernel_args(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None, k: int,
+                 bits: int, group: int, mode: Decode, block_k: int, dtype: torch.dtype) -> tuple[tuple, tuple, dict]:
+    """The weight operands and constexprs both kernels share."""
+    from .gemv_triton import MODE_IDS
+
+    ptx = ptx_decode(bits, mode, block_k)
+    dummy = scales  # stands in for absent optional pointers; never read
+    pointers = (codes, scales, dummy if zeros is None else zeros, dummy if table is None else table)
+    scalars = (codes.shape[1], packing.padded_len(k) // 32, scales.shape[1], scales.stride(0), scales.stride(1),
+               *(scales.stride() if zeros is None else zeros.stride()))
+    constexprs = dict(
+        BITS=bits, GROUP=group, MODE=MODE_IDS[mode], PTX=ptx,
+        PTX_ASM=decode_asm(bits, MODE_IDS[mode], dtype == torch.bfloat16) if ptx else "",
+        PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "",
+    )
+    return pointers, scalars, constexprs
+
+
+def launch_gemm(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
+    bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemmConfig,
+    out: Tensor | None = None, workspace: Tensor | None = None,
+) -> Tensor:
+    """Run the GEMM kernel: x (M, k) fp16/bf16 -> y (M, n) in x's dtype.
+
+    Operands as ``gemv.launch_gemv``'s; ``group`` is the kernel GROUP (``kernel_group``).
+    """
+    from .gemm_triton import gemm_kernel
+
+    m = x.shape[0]
+    x = x.contiguous()
+    if out is None:
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    tiles = -(-n // config.block_n) * -(-m // config.block_m)
+    split_k = config.split_k
+    if split_k > 1:
+        if workspace is None:
+            workspace = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
+        counters = split_counters(x.device, tiles)
+    else:
+        workspace = counters = out  # unused
+    k_blocks = -(-k // config.block_k)
+    pointers, scalars, constexprs = _kernel_args(codes, scales, zeros, table, k, bits, group, mode, config.block_k,
+                                                 x.dtype)
+    gemm_kernel[(tiles, split_k)](
+        x, *pointers, scales if bias is None else bias, out, workspace, counters,
+        m, n, k, *scalars[:3], x.stride(0), *scalars[3:],
+        BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWIZZLE=config.swizzle,
+        SPLIT_K=split_k, BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None,
+        INTERPRET=interpreting(), EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
+        num_warps=config.num_warps, num_stages=config.num_stages, **constexprs,
+    )
+    return out
+
+
+#: Tiles of the dequantize kernel (the group it takes is ``kernel_group(.., DEQUANT_BLOCK_K)``).
+DEQUANT_BLOCK_N, DEQUANT_BLOCK_K = 64, 128
+
+
+def launch_dequant(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None, n: int, k: int,
+                   bits: int, group: int, mode: Decode, dtype: torch.dtype, block_n: int = DEQUANT_BLOCK_N,
+                   block_k: int = DEQUANT_BLOCK_K, out: Tensor | None = None) -> Tensor:
+    """W (n, k) in ``dtype`` (fp16/bf16), each weight rounded as the GEMM kernel rounds it."""
+    from .gemm_triton import dequant_kernel
+
+    if out is None:
+        out = torch.empty(n, k, dtype=dtype, device=codes.device)
+    pointers, scalars, constexprs = _kernel_args(codes, scales, zeros, table, k, bits, group, mode, block_k, dtype)
+    dequant_kernel[(-(-n // block_n), -(-k // block_k))](
+        *pointers, out, n, k, *scalars, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0, **constexprs,
+    )
+    return out
+
+
+@torch.library.custom_op("anybit::gemm", mutates_args=())
+def gemm_op(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
+    bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
+    block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, swizzle: int,
+) -> Tensor:
+    """y (M, n) = x (M, k) @ W^T (+ bias) for W in the split-plane layout; see gemm_triton."""
+    config = GemmConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, swizzle)
+    return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config)
+
+
+@gemm_op.register_fake
+def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
+      num_warps, num_stages, swizzle):
+    return x.new_empty(x.shape[0], n)
+
+
+def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
+                    config: GemmConfig | None = None) -> tuple[GemmConfig, int]:
+    """The launch config (the heuristic's unless given) and the kernel GROUP for ``qw`` at ``m`` rows."""
+    n, k = qw.shape
+    group = qw.format.group_len(k)
+    if config is None:
+        config = gemm_config(m, n, k, group, qw.format.bits, sm_count(device))
+    return config, kernel_group(group, k, config.block_k)
+
+
+@torch.library.custom_op("anybit::dequant", mutates_args=())
+def dequant_op(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None, n: int, k: int,
+               bits: int, group: int, mode: str, dtype: torch.dtype) -> Tensor:
+    """W (n, k) in ``dtype`` from the split-plane layout; see gemm_triton.dequant_kernel."""
+    return launch_dequant(codes, scales, zeros, table, n, k, bits, group, Decode(mode), dtype)
+
+
+@dequant_op.register_fake
+def _(codes, scales, zeros, table, n, k, bits, group, mode, dtype):
+    return codes.new_empty(n, k, dtype=dtype)
+
+
+def dequantize(qw: QuantizedWeight, dtype: torch.dtype) -> Tensor:
+    """W (N, K) in ``dtype`` (fp16/bf16) on the Triton dequantize kernel, each weight
+    rounded once as the GEMM kernel rounds it."""
+    n, k = qw.shape
+    group = kernel_group(qw.format.group_len(k), k, DEQUANT_BLOCK_K)
+    return torch.ops.anybit.dequant(qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), n, k,
+                                    qw.format.bits, group, qw.format.kernel_decode().mode.value, dtype)
+
+
+def gemm(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig | None = None) -> Tensor:
+    """x (..., K) fp16/bf16 -> (..., N) in x's dtype: the GEMM kernel, or (from
+    DEQUANT_MIN_M rows on, unless ``config`` forces the kernel) W dequantized to x's
+    dtype and multiplied by cuBLAS."""
+    n, k = qw.shape
+    x2 = x.reshape(-1, k)
+    if config is None and x2.shape[0] >= DEQUANT_MIN_M:
+        w = dequantize(qw, x.dtype)
+        y = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x.dtype))
+        return y.reshape(*x.shape[:-1], n)
+    config, group = launch_settings(qw, x2.shape[0], x.device, config)
+    y = torch.ops.anybit.gemm(
+        x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
+        n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,
+        config.block_m, config.block_n, config.block_k, config.split_k, config.num_warps, config.num_stages,
+        config.swizzle,
+    )
+    return y.reshape(*x.shape[:-1], n)
