@@ -44,4 +44,30 @@ def assert_matmul_close(y, x, qw, bias=None, weight_roundoff=0.0):
     assert worst <= 1.0, f"max error/bound = {worst:.3f}"
 
 
+def launch_poisoned(launch, settings, case, bias: bool, device: str):
+    """Run a Triton kernel's launcher on a test case's random inputs, its output and
+    split-K workspace filled with NaN (an element the kernel fails to write stays NaN).
+
+    ``launch``/``settings``: ``launch_gemv``/``launch_gemm`` and the module's
+    ``launch_settings``; ``case`` has spec, m, n, k, dtype and config (None: the
+    heuristic's).  Returns (y, x, qw, bias or None).
+    """
+    from anybit._matmul import gemv
+
+    torch.manual_seed(hash(str(case)) % 2**31)
+    qw = anybit.quantize(torch.randn(case.n, case.k, device=device), case.spec)
+    x = torch.randn(case.m, case.k, device=device).to(case.dtype)
+    b = torch.randn(case.n, device=device) if bias else None
+    config, group = settings(qw, case.m, x.device, case.config)
+    out = torch.full((case.m, case.n), float("nan"), dtype=case.dtype, device=device)
+    ws = torch.full((config.split_k, case.m, case.n), float("nan"), device=device)
+    y = launch(
+        x, qw.codes, qw.params["scales"], qw.params.get("zeros"), gemv.kernel_table(qw), b,
+        case.n, case.k, qw.format.bits, group, qw.format.kernel_decode().mode, config, out=out, workspace=ws,
+    )
+    ring = gemv._RINGS.get(x.device)
+    assert ring is None or not ring.counters.any(), "split-K counters must end at zero"
+    return y, x, qw, b
+
+
 ALL_SPECS = anybit.all_specs()

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import assert_matmul_close, unit_roundoff
+from conftest import assert_matmul_close, launch_poisoned, unit_roundoff
 
 import anybit
 from anybit._matmul import gemm as gm
@@ -81,19 +81,7 @@ def weight_roundoff(dtype: torch.dtype) -> float:
 
 
 def _run(case: Case, bias: bool):
-    torch.manual_seed(hash(str(case)) % 2**31)
-    qw = anybit.quantize(torch.randn(case.n, case.k, device=DEVICE), case.spec)
-    x = torch.randn(case.m, case.k, device=DEVICE).to(case.dtype)
-    b = torch.randn(case.n, device=DEVICE) if bias else None
-    config, group = gm.launch_settings(qw, case.m, x.device, case.config)
-    out = torch.full((case.m, case.n), float("nan"), dtype=case.dtype, device=DEVICE)
-    ws = torch.full((config.split_k, case.m, case.n), float("nan"), device=DEVICE)
-    y = gm.launch_gemm(
-        x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), b,
-        case.n, case.k, qw.format.bits, group, qw.format.kernel_decode().mode, config, out=out, workspace=ws,
-    )
-    assert not g._RINGS[x.device].counters.any() if x.device in g._RINGS else True, "split-K counters must end at zero"
-    return y, x, qw, b
+    return launch_poisoned(gm.launch_gemm, gm.launch_settings, case, bias, DEVICE)
 
 
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
