@@ -41,7 +41,8 @@ def assert_matmul_close(y, x, qw, bias=None, weight_roundoff=0.0):
     err = (y.double() - ref).abs()
     assert torch.isfinite(y).all()
     worst = (err / bound).max().item() if err.numel() else 0.0
-    assert worst <= 1.0, f"max error/bound = {worst:.3f}"
+    rows = x.numel() // max(k, 1)
+    assert worst <= 1.0, f"{qw.format.spec} M={rows} N={qw.shape[0]} K={k}: max error/bound = {worst:.3f}"
 
 
 def launch_poisoned(launch, settings, case, bias: bool, device: str):
@@ -71,3 +72,18 @@ def launch_poisoned(launch, settings, case, bias: bool, device: str):
 
 
 ALL_SPECS = anybit.all_specs()
+#: Formats the Triton kernels decode, and the group sizes they come in.
+KERNEL_SPECS = [s for s in ALL_SPECS if anybit.parse_format(s).kernel_decode() is not None]
+GROUPS = ["g16", "g32", "g64", "g128", "g256", "gc"]
+
+
+def quantized_cuda(spec: str, n: int, k: int, gen: torch.Generator):
+    """A random (n, k) weight (std 0.02, like a trained layer's) quantized to ``spec`` on the GPU."""
+    return anybit.quantize(torch.randn(n, k, device="cuda", generator=gen) * 0.02, spec)
+
+
+def one_spec_per_family(offset: int = 0) -> list[str]:
+    """Every kernel family and bit width once (sorted), the group size rotating
+    through all six (starting ``offset`` places in)."""
+    prefixes = sorted({spec.rsplit("-", 1)[0] for spec in KERNEL_SPECS})
+    return [f"{prefix}-{GROUPS[(i + offset) % len(GROUPS)]}" for i, prefix in enumerate(prefixes)]

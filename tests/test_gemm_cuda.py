@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import unit_roundoff
+from conftest import KERNEL_SPECS, assert_matmul_close, quantized_cuda, unit_roundoff
 
 import anybit
 from anybit._matmul import gemm as gm
@@ -16,35 +16,18 @@ from anybit.matmul import Backend, select_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-KERNEL_SPECS = [s for s in anybit.all_specs() if anybit.parse_format(s).kernel_decode() is not None]
 SWEEP_M = (33, 64, 100, 256, 1024, 4096)
-
-
-def _quantized(spec, n, k, gen):
-    return anybit.quantize(torch.randn(n, k, device="cuda", generator=gen) * 0.02, spec)
 
 
 def _assert_close(y, x, qw, bias=None):
     """Against float64: output rounding + fp32 accumulation + one rounding of each weight."""
-    n, k = qw.shape
-    wd = qw.dequantize(torch.float64)
-    ref = x.double() @ wd.t()
-    magnitude = x.double().abs() @ wd.abs().t()
-    if bias is not None:
-        ref += bias.double()
-        magnitude += bias.double().abs()
-    u = unit_roundoff(x.dtype)
-    bound = 2 * (u * ref.abs() + ((k + 1) * 2.0**-24 + u) * magnitude)
-    assert y.dtype == x.dtype and y.shape == ref.shape
-    assert torch.isfinite(y).all()
-    worst = ((y.double() - ref).abs() / bound).max().item()
-    assert worst <= 1.0, f"{qw.format.spec} M={x.shape[0]} N={n} K={k}: max err/bound {worst:.2f}"
+    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
 
 
 @pytest.mark.parametrize("spec", KERNEL_SPECS)
 def test_every_kernel_format(spec):
     gen = torch.Generator(device="cuda").manual_seed(hash(spec) % 2**31)
-    qw = _quantized(spec, 1000, 1536, gen)
+    qw = quantized_cuda(spec, 1000, 1536, gen)
     for m, dtype in [(33, torch.float16), (64, torch.bfloat16), (100, torch.float16), (256, torch.bfloat16)]:
         x = torch.randn(m, 1536, device="cuda", generator=gen).to(dtype)
         bias = torch.randn(1000, device="cuda", generator=gen) * 0.1
@@ -56,7 +39,7 @@ def test_every_kernel_format(spec):
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc", "nf4-g64", "int3-g64"])
 def test_standard_shapes_sweep(spec, n, k):
     gen = torch.Generator(device="cuda").manual_seed(n * 7 + k)
-    qw = _quantized(spec, n, k, gen)
+    qw = quantized_cuda(spec, n, k, gen)
     for i, m in enumerate(SWEEP_M):
         x = torch.randn(m, k, device="cuda", generator=gen).to(torch.float16 if i % 2 else torch.bfloat16)
         _assert_close(anybit.matmul(x, qw), x, qw)
@@ -98,7 +81,7 @@ FORCED = [
 def test_forced_tiles(spec, n, k, config, m):
     """Forced tiles on the PTX decode path, both dtypes, NaN-poisoned outputs."""
     gen = torch.Generator(device="cuda").manual_seed(n + k + m)
-    qw = _quantized(spec, n, k, gen)
+    qw = quantized_cuda(spec, n, k, gen)
     for dtype in (torch.float16, torch.bfloat16):
         x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
         bias = torch.randn(n, device="cuda", generator=gen)
@@ -137,7 +120,7 @@ def test_repeated_launches_agree(spec, n, k, m):
     order of operations is fixed, so any difference is a race (some tile shapes of the
     register-operand pipeline showed one; see gemm.gemm_config)."""
     gen = torch.Generator(device="cuda").manual_seed(n + m)
-    qw = _quantized(spec, n, k, gen)
+    qw = quantized_cuda(spec, n, k, gen)
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.float16)
     first = anybit.matmul(x, qw)
     _assert_close(first, x, qw)

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import assert_matmul_close, launch_poisoned, unit_roundoff
+from conftest import GROUPS, KERNEL_SPECS, assert_matmul_close, launch_poisoned, one_spec_per_family, unit_roundoff
 
 import anybit
 from anybit._matmul import gemm as gm
@@ -19,8 +19,6 @@ from anybit.formats._base import Decode
 from anybit.matmul import Backend, select_backend
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNEL_SPECS = [s for s in anybit.all_specs() if anybit.parse_format(s).kernel_decode() is not None]
-GROUPS = ["g16", "g32", "g64", "g128", "g256", "gc"]
 
 
 @dataclass(frozen=True)
@@ -42,14 +40,10 @@ def _cases():
     shapes = itertools.cycle([(70, 300), (33, 160), (130, 576), (64, 128)])
     ms = itertools.cycle([33, 40, 64, 100])
     dtypes = itertools.cycle([torch.float16, torch.bfloat16])
-    # Every family and bit width once, the group size rotating through all six.
-    families = {}
-    for spec in KERNEL_SPECS:
-        families.setdefault(spec.rsplit("-", 1)[0], []).append(spec)
     cases = []
-    for i, (prefix, _) in enumerate(sorted(families.items())):
+    for spec in one_spec_per_family(3):
         n, k = next(shapes)
-        cases.append(Case(f"{prefix}-{GROUPS[(i + 3) % len(GROUPS)]}", next(ms), n, k, next(dtypes)))
+        cases.append(Case(spec, next(ms), n, k, next(dtypes)))
     # Each kernel path forced: one group per K-block or several, zero points kept
     # in the decode or subtracted after it, split-K (with more splits than some
     # ranges have blocks), the tile order's last partial group, x and W tiles

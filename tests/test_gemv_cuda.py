@@ -5,7 +5,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import assert_matmul_close, unit_roundoff
+from conftest import KERNEL_SPECS, assert_matmul_close, quantized_cuda, unit_roundoff
 
 import anybit
 from anybit.bench import STANDARD_SHAPES
@@ -14,34 +14,21 @@ from anybit.matmul import Backend, select_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-KERNEL_SPECS = [s for s in anybit.all_specs() if anybit.parse_format(s).kernel_decode() is not None]
-
-
-def _quantized(spec, n, k, gen):
-    return anybit.quantize(torch.randn(n, k, device="cuda", generator=gen) * 0.02, spec)
-
 
 def _check(qw, m, dtype, gen):
-    spec, (n, k) = qw.format.spec, qw.shape
+    n, k = qw.shape
     x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
     bias = torch.randn(n, device="cuda", generator=gen) * 0.1
     assert select_backend(x, qw) is Backend.TRITON
     y = anybit.matmul(x, qw, bias)
-    wd = qw.dequantize(torch.float64)
-    ref = x.double() @ wd.t() + bias.double()
-    magnitude = x.double().abs() @ wd.abs().t() + bias.double().abs()
-    u = unit_roundoff(dtype)
     # output rounding + fp32 accumulation + (at most) one rounding of each weight to x's dtype
-    bound = 2 * (u * ref.abs() + ((k + 1) * 2.0**-24 + u) * magnitude)
-    err = (y.double() - ref).abs()
-    assert torch.isfinite(y).all()
-    assert (err <= bound).all(), f"{spec} M={m} N={n} K={k}: max err/bound {(err / bound).max().item():.2f}"
+    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(dtype))
 
 
 @pytest.mark.parametrize("spec", KERNEL_SPECS)
 def test_every_kernel_format(spec):
     gen = torch.Generator(device="cuda").manual_seed(hash(spec) % 2**31)
-    qw = _quantized(spec, 1000, 1536, gen)
+    qw = quantized_cuda(spec, 1000, 1536, gen)
     for m, dtype in zip((1, 5, 16, 32), itertools.cycle((torch.float16, torch.bfloat16))):
         _check(qw, m, dtype, gen)
 
@@ -50,7 +37,7 @@ def test_every_kernel_format(spec):
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int3-g64", "int8-gc", "nf4-g64", "lut4-g128"])
 def test_standard_shapes(spec, n, k):
     gen = torch.Generator(device="cuda").manual_seed(n * 7 + k)
-    qw = _quantized(spec, n, k, gen)
+    qw = quantized_cuda(spec, n, k, gen)
     for m in range(1, 33, 3):
         _check(qw, m, torch.float16 if m % 2 else torch.bfloat16, gen)
 
@@ -138,7 +125,7 @@ def test_forced_ptx_blocks(spec, n, k, config, m):
 
     block_k, split_k = config
     gen = torch.Generator(device="cuda").manual_seed(n + k + m)
-    qw = _quantized(spec, n, k, gen)
+    qw = quantized_cuda(spec, n, k, gen)
     for dtype in (torch.float16, torch.bfloat16):
         x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
         forced = g.GemvConfig(g.row_block(m), 32, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)

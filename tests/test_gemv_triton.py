@@ -9,15 +9,13 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from conftest import assert_matmul_close, launch_poisoned, unit_roundoff
+from conftest import GROUPS, KERNEL_SPECS, assert_matmul_close, launch_poisoned, one_spec_per_family, unit_roundoff
 
 import anybit
 from anybit._matmul import gemv as g
 from anybit.matmul import Backend, select_backend
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
-KERNEL_SPECS = [s for s in anybit.all_specs() if anybit.parse_format(s).kernel_decode() is not None]
-GROUPS = ["g16", "g32", "g64", "g128", "g256", "gc"]
 
 
 @dataclass(frozen=True)
@@ -38,13 +36,8 @@ def _cases():
     shapes = itertools.cycle([(70, 300), (1, 96), (130, 576), (33, 160)])
     ms = itertools.cycle([1, 3, 17, 32])
     dtypes = itertools.cycle([torch.float16, torch.bfloat16])
-    # Every family and bit width once, the group size rotating through all six.
-    families = {}
-    for spec in KERNEL_SPECS:
-        families.setdefault(spec.rsplit("-", 1)[0], []).append(spec)
     cases = []
-    for i, (prefix, specs) in enumerate(sorted(families.items())):
-        spec = f"{prefix}-{GROUPS[i % len(GROUPS)]}"
+    for spec in one_spec_per_family(0):
         n, k = next(shapes)
         cases.append(Case(spec, next(ms), n, k, next(dtypes)))
     # Each kernel path forced: scale after the dot (G >= BLOCK_K), scale in the

@@ -8,9 +8,11 @@ depends on the inputs and on ``ANYBIT_BACKEND``, read at call time:
     the Triton kernels for CUDA inputs they support (fp16/bf16 x, integer and
     lookup-table formats): the decode kernel (:mod:`anybit._matmul.gemv`) for
     x with at most ``MAX_M`` = 32 rows, the GEMM kernel
-    (:mod:`anybit._matmul.gemm`) above; the reference path for everything
-    else.  All compute the same function; the kernels round differently (see
-    their docstrings).
+    (:mod:`anybit._matmul.gemm`) above, and from ``DEQUANT_MIN_M`` = 256 rows
+    W dequantized by a Triton kernel to x's dtype and multiplied by cuBLAS
+    (measured faster there); the reference path for everything else.  All
+    compute the same function; the kernels round differently (see their
+    docstrings).
 ``triton``
     the Triton kernels, or a ValueError saying why they cannot take the inputs.
     With ``TRITON_INTERPRET=1`` it runs on CPU tensors in Triton's interpreter.
@@ -26,7 +28,7 @@ import os
 import torch
 from torch import Tensor
 
-from ._matmul.gemm import gemm
+from ._matmul.gemm import DEQUANT_MIN_M, dequantize_matmul, gemm
 from ._matmul.gemv import MAX_M, gemv, unsupported_reason
 from ._matmul.reference import matmul_reference
 from .quantized import QuantizedWeight
@@ -103,5 +105,7 @@ def matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None = None) -> Tensor
         return matmul_reference(x, qw, bias)
     if backend is Backend.TRITON:
         rows = x.numel() // qw.shape[1]
-        return gemv(x, qw, bias) if rows <= MAX_M else gemm(x, qw, bias)
+        if rows <= MAX_M:
+            return gemv(x, qw, bias)
+        return gemm(x, qw, bias) if rows < DEQUANT_MIN_M else dequantize_matmul(x, qw, bias)
     raise AssertionError(f"unhandled backend {backend}")

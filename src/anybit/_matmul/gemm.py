@@ -7,6 +7,7 @@ Triton is imported only when a kernel is first launched.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,10 @@ from .. import packing
 from ..formats._base import Decode
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
-from .gemv import MMA_K, even_split, has_ptx_decode, interpreting, kernel_table, sm_count, split_counters
+from .gemv import (
+    MMA_K, even_split, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count, split_k_buffers,
+    weight_operands,
+)
 
 
 #: Rows of x per program: 256 (an m64n256 MMA) gave wrong results for some formats
@@ -55,8 +59,8 @@ class GemmConfig:
             raise ValueError(f"GemmConfig split_k={self.split_k}, swizzle={self.swizzle}: accepted: >= 1")
 
 
-#: From this many rows of x on, the dispatcher dequantizes W into a scratch buffer
-#: (x's dtype, N x K) and multiplies with cuBLAS: faster than the GEMM kernel there
+#: From this many rows of x on, the dispatcher (``anybit.matmul``) dequantizes W into
+#: a scratch buffer (x's dtype, N x K) and multiplies with cuBLAS: faster than the GEMM kernel there
 #: on the H200 (int4-g128, uint4-g128, int8-gc over the standard shapes; geomean
 #: vs fp16 at M = 128 / 256 / 1024 / 4096: kernel 0.66 / 0.48 / 0.42 / 0.39x,
 #: dequantize + cuBLAS 0.45 / 0.53 / 0.79 / 0.88x; variants-v10d-*.json).  The
@@ -64,6 +68,7 @@ class GemmConfig:
 DEQUANT_MIN_M = 256
 
 
+@functools.lru_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
 def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> GemmConfig:
     """Deterministic launch settings for an (m, n, k) product (gemv.MAX_M < m).
 
@@ -86,12 +91,6 @@ def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Gemm
     return GemmConfig(block_m, block_n, block_k, split_k, num_warps=4, num_stages=4)
 
 
-def kernel_group(group: int, k: int, block_k: int) -> int:
-    """The GROUP the kernel is compiled with: a per-row group becomes one at least
-    BLOCK_K wide (one scale per row and K-block)."""
-    return max(group, block_k) if group == k else group
-
-
 def ptx_decode(bits: int, mode: Decode, block_k: int) -> bool:
     """Whether the GEMM kernel takes the PTX decode for these codes and K-blocks.
 
@@ -104,22 +103,16 @@ def ptx_decode(bits: int, mode: Decode, block_k: int) -> bool:
             and block_k // codes_per_element(bits) >= MMA_K)
 
 
-def _kernel_args(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None, k: int,
-                 bits: int, group: int, mode: Decode, block_k: int, dtype: torch.dtype) -> tuple[tuple, tuple, dict]:
-    """The weight operands and constexprs both kernels share."""
+def _decode_constexprs(bits: int, mode: Decode, block_k: int, dtype: torch.dtype) -> dict:
+    """The decode's constexprs, the same for the GEMM and the dequantize kernel."""
     from .gemv_triton import MODE_IDS
 
     ptx = ptx_decode(bits, mode, block_k)
-    dummy = scales  # stands in for absent optional pointers; never read
-    pointers = (codes, scales, dummy if zeros is None else zeros, dummy if table is None else table)
-    scalars = (codes.shape[1], packing.padded_len(k) // 32, scales.shape[1], scales.stride(0), scales.stride(1),
-               *(scales.stride() if zeros is None else zeros.stride()))
-    constexprs = dict(
-        BITS=bits, GROUP=group, MODE=MODE_IDS[mode], PTX=ptx,
+    return dict(
+        BITS=bits, MODE=MODE_IDS[mode], PTX=ptx,
         PTX_ASM=decode_asm(bits, MODE_IDS[mode], dtype == torch.bfloat16) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "",
     )
-    return pointers, scalars, constexprs
 
 
 def launch_gemm(
@@ -141,22 +134,17 @@ def launch_gemm(
         return out
     tiles = -(-n // config.block_n) * -(-m // config.block_m)
     split_k = config.split_k
-    if split_k > 1:
-        if workspace is None:
-            workspace = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
-        counters = split_counters(x.device, tiles)
-    else:
-        workspace = counters = out  # unused
+    workspace, counters = split_k_buffers(out, split_k, tiles, workspace)
     k_blocks = -(-k // config.block_k)
-    pointers, scalars, constexprs = _kernel_args(codes, scales, zeros, table, k, bits, group, mode, config.block_k,
-                                                 x.dtype)
+    pointers, scalars = weight_operands(codes, scales, zeros, table, k)
     gemm_kernel[(tiles, split_k)](
         x, *pointers, scales if bias is None else bias, out, workspace, counters,
-        m, n, k, *scalars[:3], x.stride(0), *scalars[3:],
+        m, n, k, stride_xm=x.stride(0), **scalars, GROUP=group,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWIZZLE=config.swizzle,
         SPLIT_K=split_k, BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None,
         INTERPRET=interpreting(), EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
-        num_warps=config.num_warps, num_stages=config.num_stages, **constexprs,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        **_decode_constexprs(bits, mode, config.block_k, x.dtype),
     )
     return out
 
@@ -173,9 +161,10 @@ def launch_dequant(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: T
 
     if out is None:
         out = torch.empty(n, k, dtype=dtype, device=codes.device)
-    pointers, scalars, constexprs = _kernel_args(codes, scales, zeros, table, k, bits, group, mode, block_k, dtype)
+    pointers, scalars = weight_operands(codes, scales, zeros, table, k)
     dequant_kernel[(-(-n // block_n), -(-k // block_k))](
-        *pointers, out, n, k, *scalars, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0, **constexprs,
+        *pointers, out, n, k, **scalars, GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
+        **_decode_constexprs(bits, mode, block_k, dtype),
     )
     return out
 
@@ -228,16 +217,16 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype) -> Tensor:
                                     qw.format.bits, group, qw.format.kernel_decode().mode.value, dtype)
 
 
+def dequantize_matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None) -> Tensor:
+    """x (..., K) fp16/bf16 -> (..., N) in x's dtype: W dequantized to x's dtype
+    (a scratch N x K buffer), then cuBLAS; the bias is rounded to x's dtype first."""
+    return torch.nn.functional.linear(x, dequantize(qw, x.dtype), None if bias is None else bias.to(x.dtype))
+
+
 def gemm(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig | None = None) -> Tensor:
-    """x (..., K) fp16/bf16 -> (..., N) in x's dtype: the GEMM kernel, or (from
-    DEQUANT_MIN_M rows on, unless ``config`` forces the kernel) W dequantized to x's
-    dtype and multiplied by cuBLAS."""
+    """x (..., K) fp16/bf16 -> (..., N) in x's dtype, on the Triton GEMM kernel."""
     n, k = qw.shape
     x2 = x.reshape(-1, k)
-    if config is None and x2.shape[0] >= DEQUANT_MIN_M:
-        w = dequantize(qw, x.dtype)
-        y = torch.nn.functional.linear(x2, w, None if bias is None else bias.to(x.dtype))
-        return y.reshape(*x.shape[:-1], n)
     config, group = launch_settings(qw, x2.shape[0], x.device, config)
     y = torch.ops.anybit.gemm(
         x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,

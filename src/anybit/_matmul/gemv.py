@@ -70,6 +70,7 @@ def even_split(k_blocks: int, want: int) -> int:
     return min(divisors, key=lambda d: (abs(d - want), -d))
 
 
+@functools.lru_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
 def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int | None = None,
                 ptx: bool = False, split_groups: bool = False, interleaved: bool = False) -> GemvConfig:
     """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
@@ -160,10 +161,10 @@ def ptx_natural(bits: int) -> bool:
     return codes_per_element(bits) >= 4
 
 
-def kernel_group(group: int, k: int, config: GemvConfig) -> int:
-    """The GROUP the kernel is compiled with: a per-row group becomes one at
-    least BLOCK_K wide, so the kernel applies its scale after the dot."""
-    return max(group, config.block_k) if group == k else group
+def kernel_group(group: int, k: int, block_k: int) -> int:
+    """The GROUP a kernel is compiled with: a per-row group becomes one at least
+    BLOCK_K wide, so the kernel takes one scale per row and K-block."""
+    return max(group, block_k) if group == k else group
 
 
 def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
@@ -177,7 +178,7 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
         config = gemv_config(m, qw.shape[0], k, group, sm_count(device), ptx=ptx,
                              split_groups=ptx and decode.mode is not Decode.ZERO_POINT,
                              interleaved=ptx and ptx_natural(qw.format.bits))
-    return config, kernel_group(group, k, config)
+    return config, kernel_group(group, k, config.block_k)
 
 
 def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
@@ -239,6 +240,31 @@ def split_counters(device: torch.device, count: int) -> Tensor:
     return ring.counters[start : start + count]
 
 
+def weight_operands(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
+                    k: int) -> tuple[tuple[Tensor, ...], dict[str, int]]:
+    """The packed weight's pointer operands (codes, scales, zeros, table; ``scales``
+    stands in for an absent one, never read) and its scalar arguments by name, as
+    both Triton kernels take them."""
+    zeros_or_scales = scales if zeros is None else zeros
+    pointers = (codes, scales, zeros_or_scales, scales if table is None else table)
+    scalars = dict(
+        words_per_row=codes.shape[1], kpad_words=packing.padded_len(k) // 32, num_groups=scales.shape[1],
+        stride_sn=scales.stride(0), stride_sg=scales.stride(1),
+        stride_zn=zeros_or_scales.stride(0), stride_zg=zeros_or_scales.stride(1),
+    )
+    return pointers, scalars
+
+
+def split_k_buffers(out: Tensor, split_k: int, tiles: int, workspace: Tensor | None) -> tuple[Tensor, Tensor]:
+    """(fp32 workspace (split_k, M, N), zeroed counters (tiles,)) for a split-K launch
+    writing ``out`` (M, N); ``out`` stands in for both (never read) without a split."""
+    if split_k == 1:
+        return out, out
+    if workspace is None:
+        workspace = torch.empty(split_k, *out.shape, dtype=torch.float32, device=out.device)
+    return workspace, split_counters(out.device, tiles)
+
+
 def launch_gemv(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemvConfig,
@@ -262,20 +288,13 @@ def launch_gemv(
     if m == 0:
         return out
     grid = (-(-n // config.block_n), split_k, -(-m // config.block_m))
-    if split_k > 1:
-        if workspace is None:
-            workspace = torch.empty(split_k, m, n, dtype=torch.float32, device=x.device)
-        counters = split_counters(x.device, grid[0] * grid[2])
-    else:
-        workspace = counters = out  # unused
+    workspace, counters = split_k_buffers(out, split_k, grid[0] * grid[2], workspace)
     k_blocks = -(-k // config.block_k)
     ptx = 0 if interpreting() else ptx_groups(bits, mode, group, config.block_k, config.block_m)
-    dummy = scales  # stands in for absent optional pointers; never read
+    pointers, scalars = weight_operands(codes, scales, zeros, table, k)
     gemv_kernel[grid](
-        x, codes, scales, dummy if zeros is None else zeros, dummy if table is None else table,
-        dummy if bias is None else bias, out, workspace, counters,
-        m, n, k, codes.shape[1], packing.padded_len(k) // 32, scales.shape[1], x.stride(0),
-        scales.stride(0), scales.stride(1), *(scales.stride() if zeros is None else zeros.stride()),
+        x, *pointers, scales if bias is None else bias, out, workspace, counters,
+        m, n, k, stride_xm=x.stride(0), **scalars,
         BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
         BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
