@@ -1,4 +1,4 @@
-"""The ``anybit`` command: ``quantize``, ``info`` and ``demo``."""
+"""The ``anybit`` command: ``quantize``, ``info``, ``demo``, ``bench`` and ``tune``."""
 
 from __future__ import annotations
 
@@ -206,6 +206,51 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    from . import tune
+    from ._matmul import tuning
+
+    for spec in args.formats:
+        parse_format(spec)
+    model = args.model or (None if args.shapes else tune.DEFAULT_MODEL)
+    shapes = list(dict.fromkeys(list(args.shapes or []) + (tune.model_shapes(model) if model else [])))
+    print(f"tuning {len(shapes)} shapes{f' of {model}' if model else ''}: "
+          + ", ".join(f"{n}x{k}" for n, k in shapes))
+    report = tune.tune(shapes, args.formats, args.m or list(tune.DEFAULT_M), top=args.top,
+                       exhaustive=args.exhaustive, replays=args.replays)
+    out = Path(args.out) if args.out else tuning.user_dir() / tuning.table_file_name(report.table.gpu)
+    tuning.write_table(report.table, out)
+    tuning.clear_caches()
+    table = Table(title=f"tuned on {report.table.gpu} in {report.seconds:.0f} s: best plan per point")
+    for col in ("format", "N x K", "M", "plan", "us", "vs fp16", "model's pick"):
+        table.add_column(col, justify="left" if col in ("format", "plan", "model's pick") else "right")
+    for p in report.points:
+        best = p.best()
+        if best is None:
+            table.add_row(p.format, f"{p.n}x{p.k}", str(p.m), "none passed its check", "", "", "")
+            continue
+        pick = p.model_pick()
+        table.add_row(p.format, f"{p.n}x{p.k}", str(p.m), tune._describe(best.plan), f"{best.us:.1f}",
+                      f"{p.fp16_us / best.us:.2f}x", "same" if pick is best else tune._describe(pick.plan))
+    Console().print(table)
+    hits, counted = report.hit_rate()
+    among = "of all candidates" if args.exhaustive else "of the measured candidates"
+    print(f"model's first choice within {tune.HIT_FACTOR - 1:.0%} of the fastest ({among}): {hits}/{counted}")
+    if report.cross_validated is not None:
+        hits, counted = report.cross_validated
+        print(f"fitted on the other layer shapes, the model's first choice is within {tune.HIT_FACTOR - 1:.0%} "
+              f"of the fastest: {hits}/{counted} (its coefficients are stored with the table)")
+    refused = [(p, c) for p in report.points for c in p.candidates if c.error]
+    for p, c in refused[:10]:
+        print(f"refused {tune._describe(c.plan)} at {p.format} {p.n}x{p.k} M={p.m}: {c.error}")
+    if args.report:
+        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.report).write_text(report.to_json() + "\n")
+        print(f"report: {args.report}")
+    print(f"table: {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="anybit", description="Low-bit weights for LLM inference.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -245,6 +290,20 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--out", help="results JSON path (default benchmarks/results/<gpu>-<date>-<what>.json)")
     b.add_argument("--plot", action="store_true", help="also write a PNG of speedup against M")
     b.set_defaults(func=cmd_bench)
+
+    t = sub.add_parser("tune", help="measure launch plans for a model's layer shapes on this GPU (writes the "
+                                    "table the dispatcher reads)")
+    t.add_argument("--model", help="a preset (llama-3.1-8b, smollm2-135m) or a transformers model directory / "
+                                   "config.json (default llama-3.1-8b unless --shapes)")
+    t.add_argument("--shapes", type=_shape, nargs="+", help="NxK layer shapes (added to the model's)")
+    t.add_argument("--formats", nargs="+", default=["int4-g128"], help="formats to tune")
+    t.add_argument("--m", type=int, nargs="+", help="rows of x, each > 32 (default 64 128 256 1024 4096)")
+    t.add_argument("--top", type=int, default=4, help="candidates measured per point, by the model's ranking")
+    t.add_argument("--exhaustive", action="store_true", help="measure every candidate (the model's hit rate)")
+    t.add_argument("--replays", type=int, default=10, help="graph replays per timing (median taken)")
+    t.add_argument("--out", help="table path (default: the user's cache, see anybit._matmul.tuning)")
+    t.add_argument("--report", help="also write every measurement as JSON here")
+    t.set_defaults(func=cmd_tune)
     return parser
 
 

@@ -7,11 +7,13 @@ depends on the inputs and on ``ANYBIT_BACKEND``, read at call time:
 ``auto`` (default)
     the Triton kernels for CUDA inputs they support (fp16/bf16 x, integer and
     lookup-table formats): the decode kernel (:mod:`anybit._matmul.gemv`) for
-    x with at most ``MAX_M`` = 32 rows, the GEMM kernel
-    (:mod:`anybit._matmul.gemm`) above, and from ``DEQUANT_MIN_M`` = 256 rows
-    W dequantized by a Triton kernel to x's dtype and multiplied by cuBLAS
-    (measured faster there); the reference path for everything else.  All
-    compute the same function; the kernels round differently (see their
+    x with at most ``MAX_M`` = 32 rows; above, the plan of
+    :func:`anybit._matmul.tuning.plan` (looked up when the op runs): a per-GPU table measured by
+    ``anybit tune`` where one applies, else the heuristic (the GEMM kernel,
+    :mod:`anybit._matmul.gemm`, below ``DEQUANT_MIN_M`` = 256 rows, and from
+    there W dequantized by a Triton kernel to x's dtype and multiplied by
+    cuBLAS, measured faster there); the reference path for everything else.
+    All compute the same function; the kernels round differently (see their
     docstrings).
 ``triton``
     the Triton kernels, or a ValueError saying why they cannot take the inputs.
@@ -28,7 +30,7 @@ import os
 import torch
 from torch import Tensor
 
-from ._matmul.gemm import DEQUANT_MIN_M, dequantize_matmul, gemm
+from ._matmul.gemm import planned_matmul
 from ._matmul.gemv import MAX_M, gemv, unsupported_reason
 from ._matmul.reference import matmul_reference
 from .quantized import QuantizedWeight
@@ -104,8 +106,7 @@ def matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None = None) -> Tensor
     if backend is Backend.REFERENCE:
         return matmul_reference(x, qw, bias)
     if backend is Backend.TRITON:
-        rows = x.numel() // qw.shape[1]
-        if rows <= MAX_M:
+        if x.numel() // qw.shape[1] <= MAX_M:
             return gemv(x, qw, bias)
-        return gemm(x, qw, bias) if rows < DEQUANT_MIN_M else dequantize_matmul(x, qw, bias)
+        return planned_matmul(x, qw, bias)
     raise AssertionError(f"unhandled backend {backend}")

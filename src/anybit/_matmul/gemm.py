@@ -7,6 +7,7 @@ Triton is imported only when a kernel is first launched.
 
 from __future__ import annotations
 
+import enum
 import functools
 from dataclasses import dataclass
 
@@ -91,6 +92,78 @@ def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Gemm
     return GemmConfig(block_m, block_n, block_k, split_k, num_warps=4, num_stages=4)
 
 
+class Kernel(str, enum.Enum):
+    """How a product with more than ``gemv.MAX_M`` rows of x is computed."""
+
+    GEMM = "gemm"  #: the Triton GEMM kernel (gemm_triton.gemm_kernel) with a GemmConfig
+    DEQUANT = "dequant"  #: the Triton dequantize kernel writes W in x's dtype, then cuBLAS
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A kernel and its launch settings (``config``: GEMM only)."""
+
+    kernel: Kernel
+    config: GemmConfig | None = None
+
+    def __post_init__(self):
+        if (self.kernel is Kernel.GEMM) != (self.config is not None):
+            raise ValueError(f"Plan({self.kernel.value}): a GemmConfig is required for {Kernel.GEMM.value} "
+                             f"and refused for {Kernel.DEQUANT.value}, got config={self.config}")
+
+
+def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Plan:
+    """The plan without a tuned table: dequantize + cuBLAS from ``DEQUANT_MIN_M`` rows,
+    the GEMM kernel with the heuristic's settings below."""
+    if m >= DEQUANT_MIN_M:
+        return Plan(Kernel.DEQUANT)
+    return Plan(Kernel.GEMM, gemm_config(m, n, k, group, bits, sms))
+
+
+#: What ``anybit tune`` tries (``candidate_plans``): tile rows of x and W, warps, stages,
+#: and split-K aiming at this many programs per SM (0: no split).
+CANDIDATE_BLOCK_M = (64, 128)
+CANDIDATE_BLOCK_N = (64, 128)
+CANDIDATE_WARPS = (4, 8)
+CANDIDATE_STAGES = (2, 3, 4)
+CANDIDATE_PROGRAMS_PER_SM = (0, 2, 4)
+
+
+def racy(config: GemmConfig) -> bool:
+    """Settings whose compiled kernel gave different results for one input in repeated
+    launches on the H200 (Triton 3.6): 128 x 128 tiles on 8 warps with 3 or 4 stages
+    (25 of 46 six-launch checks over the Llama-3.1-8B shapes, tune-v11a), 128 x 64 on 4
+    warps with 3 stages (int8-gc, v10c).  In the SASS of the first, the K loop rewrites
+    registers of the weight operand while up to three wgmma of the previous K-block may
+    still read them (docs/NOTES.md v11).  ``anybit tune`` never tries these."""
+    tile = (config.block_m, config.block_n, config.num_warps)
+    return (tile == (128, 128, 8) and config.num_stages >= 3) or (tile == (128, 64, 4) and config.num_stages == 3)
+
+
+def candidate_plans(m: int, n: int, k: int, bits: int, sms: int) -> list[Plan]:
+    """Every plan ``anybit tune`` may measure for an (m, n, k) product, in a fixed
+    order: dequantize + cuBLAS, then the GEMM kernel over the CANDIDATE_* settings
+    (128 rows of x only where m > 64; K-blocks of the heuristic's size; split-K
+    counts that divide the K-blocks, duplicates dropped; never ``racy`` ones)."""
+    block_k = max(64, MMA_K * codes_per_element(bits))
+    k_blocks = -(-k // block_k)
+    plans = [Plan(Kernel.DEQUANT)]
+    for block_m in CANDIDATE_BLOCK_M:
+        if block_m > 64 and m <= 64:
+            continue
+        for block_n in CANDIDATE_BLOCK_N:
+            tiles = -(-n // block_n) * -(-m // block_m)
+            splits = sorted({even_split(k_blocks, max(1, min(k_blocks, -(-per_sm * sms // tiles)))) if per_sm else 1
+                             for per_sm in CANDIDATE_PROGRAMS_PER_SM})
+            for warps in CANDIDATE_WARPS:
+                for stages in CANDIDATE_STAGES:
+                    for split in splits:
+                        config = GemmConfig(block_m, block_n, block_k, split, warps, stages)
+                        if not racy(config):
+                            plans.append(Plan(Kernel.GEMM, config))
+    return plans
+
+
 def ptx_decode(bits: int, mode: Decode, block_k: int) -> bool:
     """Whether the GEMM kernel takes the PTX decode for these codes and K-blocks.
 
@@ -149,13 +222,16 @@ def launch_gemm(
     return out
 
 
-#: Tiles of the dequantize kernel (the group it takes is ``kernel_group(.., DEQUANT_BLOCK_K)``).
-DEQUANT_BLOCK_N, DEQUANT_BLOCK_K = 64, 128
+#: Tiles and warps of the dequantize kernel (the group it takes is ``kernel_group(.., DEQUANT_BLOCK_K)``).
+#: 32 x 512 on 8 warps: 8192 x 8192 int4-g128 in 48 us against 56 us at 64 x 128 on 4 warps
+#: (int8-gc: 56 against 64; 83-84% of the copy rate; H200, docs/NOTES.md v11).
+DEQUANT_BLOCK_N, DEQUANT_BLOCK_K, DEQUANT_WARPS = 32, 512, 8
 
 
 def launch_dequant(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None, n: int, k: int,
                    bits: int, group: int, mode: Decode, dtype: torch.dtype, block_n: int = DEQUANT_BLOCK_N,
-                   block_k: int = DEQUANT_BLOCK_K, out: Tensor | None = None) -> Tensor:
+                   block_k: int = DEQUANT_BLOCK_K, num_warps: int = DEQUANT_WARPS,
+                   out: Tensor | None = None) -> Tensor:
     """W (n, k) in ``dtype`` (fp16/bf16), each weight rounded as the GEMM kernel rounds it."""
     from .gemm_triton import dequant_kernel
 
@@ -164,7 +240,7 @@ def launch_dequant(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: T
     pointers, scalars = weight_operands(codes, scales, zeros, table, k)
     dequant_kernel[(-(-n // block_n), -(-k // block_k))](
         *pointers, out, n, k, **scalars, GROUP=group, BLOCK_N=block_n, BLOCK_K=block_k, EVEN_K=k % block_k == 0,
-        **_decode_constexprs(bits, mode, block_k, dtype),
+        num_warps=num_warps, **_decode_constexprs(bits, mode, block_k, dtype),
     )
     return out
 
@@ -221,6 +297,43 @@ def dequantize_matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None) -> Te
     """x (..., K) fp16/bf16 -> (..., N) in x's dtype: W dequantized to x's dtype
     (a scratch N x K buffer), then cuBLAS; the bias is rounded to x's dtype first."""
     return torch.nn.functional.linear(x, dequantize(qw, x.dtype), None if bias is None else bias.to(x.dtype))
+
+
+@torch.library.custom_op("anybit::planned_matmul", mutates_args=())
+def planned_matmul_op(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
+    bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str, spec: str,
+) -> Tensor:
+    """y (M, n) = x (M, k) @ W^T (+ bias) by the plan ``tuning.plan`` gives for M rows
+    (a tuned table's or the heuristic's).  ``group``: the format's group length.
+
+    The plan is looked up here, at run time, so that torch.compile never traces the
+    table files (the op is opaque to it; the fake below gives the shape)."""
+    from .tuning import plan as find_plan
+
+    chosen = find_plan(spec, n, k, x.shape[0], group, bits, x.device)
+    if chosen.kernel is Kernel.DEQUANT:
+        w = launch_dequant(codes, scales, zeros, table, n, k, bits, kernel_group(group, k, DEQUANT_BLOCK_K),
+                           Decode(mode), x.dtype)
+        return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+    return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, kernel_group(group, k, chosen.config.block_k),
+                       Decode(mode), chosen.config)
+
+
+@planned_matmul_op.register_fake
+def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, spec):
+    return x.new_empty(x.shape[0], n)
+
+
+def planned_matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None) -> Tensor:
+    """x (..., K) fp16/bf16 -> (..., N) in x's dtype, by the plan for its number of rows
+    (``tuning.plan``): the GEMM kernel, or dequantize + cuBLAS (bias rounded to x's dtype first)."""
+    n, k = qw.shape
+    y = torch.ops.anybit.planned_matmul(
+        x.reshape(-1, k), qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias, n, k,
+        qw.format.bits, qw.format.group_len(k), qw.format.kernel_decode().mode.value, qw.format.spec,
+    )
+    return y.reshape(*x.shape[:-1], n)
 
 
 def gemm(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig | None = None) -> Tensor:

@@ -1,0 +1,249 @@
+"""Per-GPU tables of measured plans for x with more than ``gemv.MAX_M`` rows, and
+the lookup the dispatcher uses.
+
+A table is a JSON file written by ``anybit tune`` (schema version
+``SCHEMA_VERSION``)::
+
+    {"schema": 1, "gpu": "NVIDIA H200", "sms": 132, "triton": "3.6.0",
+     "torch": "...", "anybit": "...", "date": "2026-11-21",
+     "hw": {"copy_TBps": 4.23, "fp16_TFLOPs": 766.0},
+     "model": {<perf_model.ModelParams fields>} or null,
+     "entries": [{"format": "int4-g128", "n": 4096, "k": 4096, "m": 64,
+                  "kernel": "gemm",           # or "dequant" (then "config": null)
+                  "config": {"block_m": 64, "block_n": 64, "block_k": 64, "split_k": 4,
+                             "num_warps": 4, "num_stages": 4, "swizzle": 8},
+                  "us": 12.1, "fp16_us": 12.4}, ...]}
+
+Lookup for a product of m rows of x with a weight of format F and shape (n, k):
+the entries of (F, n, k) with the smallest ``m`` >= the product's m, or the
+largest ``m`` when the product is larger than every tuned one.
+
+Where tables come from, first match wins per (format, n, k):
+
+1. ``ANYBIT_TUNED``: a table file or a directory of them (``off``: no tables
+   at all, the fallback below everywhere);
+2. the user's cache, ``$XDG_CACHE_HOME/anybit/tuned`` (default
+   ``~/.cache/anybit/tuned``), where ``anybit tune`` writes;
+3. the tables shipped in ``anybit/_matmul/tuned``.
+
+A table applies to a device when its ``gpu`` name and SM count are the
+device's and its Triton version (major.minor) is the installed one: launch
+settings are measured, and checked for the right result, under one compiler,
+so a table from another Triton is skipped with a warning.
+
+Fallback (an unknown GPU, a shape or format no table has): ``gemm.default_plan``,
+the deterministic heuristic (the GEMM kernel below ``DEQUANT_MIN_M`` rows with
+``gemm_config``'s settings, dequantize + cuBLAS from there on).
+
+Tables are read when the first product needs a plan, never at import;
+``clear_caches`` makes the next product read them again.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .gemm import GemmConfig, Kernel, Plan, default_plan
+from .gemv import sm_count
+from .perf_model import ModelParams
+
+SCHEMA_VERSION = 1
+TABLE_ENV = "ANYBIT_TUNED"
+SHIPPED_DIR = Path(__file__).with_name("tuned")
+
+
+@dataclass(frozen=True)
+class TunedEntry:
+    """The measured best plan for one (format, n, k, m)."""
+
+    format: str
+    n: int
+    k: int
+    m: int
+    plan: Plan
+    us: float
+    fp16_us: float
+
+    def to_dict(self) -> dict:
+        config = None if self.plan.config is None else asdict(self.plan.config)
+        return {"format": self.format, "n": self.n, "k": self.k, "m": self.m, "kernel": self.plan.kernel.value,
+                "config": config, "us": self.us, "fp16_us": self.fp16_us}
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str) -> TunedEntry:
+        try:
+            kernel = Kernel(data["kernel"])
+            config = None if data["config"] is None else GemmConfig(**data["config"])
+            return cls(str(data["format"]), int(data["n"]), int(data["k"]), int(data["m"]), Plan(kernel, config),
+                       float(data["us"]), float(data["fp16_us"]))
+        except (KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{where}: bad entry {data!r}: {err}") from None
+
+
+@dataclass(frozen=True)
+class TunedTable:
+    """One GPU's measured plans (see the module docstring for the file format)."""
+
+    gpu: str
+    sms: int
+    triton: str
+    torch: str
+    anybit: str
+    date: str
+    hw: dict
+    model: ModelParams | None
+    entries: tuple[TunedEntry, ...] = field(default=())
+
+    def to_json(self) -> str:
+        data = {"schema": SCHEMA_VERSION, "gpu": self.gpu, "sms": self.sms, "triton": self.triton,
+                "torch": self.torch, "anybit": self.anybit, "date": self.date, "hw": self.hw,
+                "model": None if self.model is None else self.model.to_dict(),
+                "entries": [e.to_dict() for e in self.entries]}
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str, where: str = "tuned table") -> TunedTable:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where}: not JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA_VERSION:
+            schema = data.get("schema") if isinstance(data, dict) else None
+            raise ValueError(f"{where}: schema {schema!r} is not supported; accepted: {SCHEMA_VERSION}")
+        try:
+            model = None if data["model"] is None else ModelParams.from_dict(data["model"])
+            header = (str(data["gpu"]), int(data["sms"]), str(data["triton"]), str(data["torch"]),
+                      str(data["anybit"]), str(data["date"]), dict(data["hw"]))
+            raw_entries = list(data["entries"])
+        except (KeyError, TypeError, AttributeError, ValueError) as err:
+            raise ValueError(f"{where}: missing or bad field ({err})") from None
+        return cls(*header, model, tuple(TunedEntry.from_dict(e, where) for e in raw_entries))
+
+    def merged(self, newer: TunedTable) -> TunedTable:
+        """This table with ``newer``'s entries added, replacing those of the same
+        (format, n, k, m); ``newer``'s header."""
+        keep = {(e.format, e.n, e.k, e.m): e for e in self.entries}
+        keep.update({(e.format, e.n, e.k, e.m): e for e in newer.entries})
+        entries = tuple(sorted(keep.values(), key=lambda e: (e.format, e.n, e.k, e.m)))
+        return TunedTable(newer.gpu, newer.sms, newer.triton, newer.torch, newer.anybit, newer.date, newer.hw,
+                          newer.model or self.model, entries)
+
+
+def read_table(path: str | Path) -> TunedTable:
+    path = Path(path)
+    return TunedTable.from_json(path.read_text(), str(path))
+
+
+def write_table(table: TunedTable, path: str | Path, merge: bool = True) -> Path:
+    """Write ``table`` to ``path``; with ``merge``, entries already in a table of the
+    same GPU and Triton there are kept unless ``table`` replaces them."""
+    path = Path(path)
+    if merge and path.exists():
+        old = read_table(path)
+        if (old.gpu, old.sms, _minor(old.triton)) == (table.gpu, table.sms, _minor(table.triton)):
+            table = old.merged(table)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(table.to_json() + "\n")
+    return path
+
+
+def user_dir() -> Path:
+    """Where ``anybit tune`` writes tables by default."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "anybit" / "tuned"
+
+
+def table_file_name(gpu: str) -> str:
+    """``NVIDIA H200`` -> ``nvidia-h200.json``."""
+    slug = "".join(c if c.isalnum() else "-" for c in gpu.lower()).strip("-")
+    return f"{'-'.join(filter(None, slug.split('-')))}.json"
+
+
+def _minor(version: str | None) -> str:
+    return ".".join((version or "").split(".")[:2])
+
+
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def _sources() -> list[Path]:
+    """Table files in lookup order (see the module docstring)."""
+    setting = os.environ.get(TABLE_ENV, "").strip()
+    if setting.lower() == "off":
+        return []
+    places = ([Path(setting)] if setting else []) + [user_dir(), SHIPPED_DIR]
+    files = []
+    for place in places:
+        if place.is_file():
+            files.append(place)
+        elif place.is_dir():
+            files.extend(sorted(place.glob("*.json")))
+        elif place == Path(setting):
+            raise ValueError(f"{TABLE_ENV}={setting!r}: no such file or directory (or 'off' for no tables)")
+    return files
+
+
+def device_name(device: torch.device) -> str:
+    """The name tables are keyed by: the CUDA device's name, ``cpu`` for the interpreter."""
+    if device.type != "cuda":
+        return "cpu"
+    return torch.cuda.get_device_name(device)
+
+
+@functools.lru_cache(maxsize=None)
+def tables_for(gpu: str, sms: int) -> tuple[TunedTable, ...]:
+    """The tables that apply to a GPU (name, SM count) under the installed Triton, in
+    lookup order.  Read once per process (``clear_caches`` re-reads)."""
+    installed = _minor(_triton_version())
+    found = []
+    for path in _sources():
+        table = read_table(path)
+        if (table.gpu, table.sms) != (gpu, sms):
+            continue
+        if _minor(table.triton) != installed:
+            warnings.warn(f"tuned table {path} was measured with Triton {table.triton}, the installed Triton is "
+                          f"{installed or 'missing'}: not used (run `anybit tune` to measure again)", stacklevel=2)
+            continue
+        found.append(table)
+    return tuple(found)
+
+
+def lookup(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int) -> Plan | None:
+    """The tuned plan for m rows of x with a (n, k) weight of format ``spec``, or None."""
+    for table in tables:
+        tuned = sorted((e for e in table.entries if (e.format, e.n, e.k) == (spec, n, k)), key=lambda e: e.m)
+        if tuned:
+            return next((e.plan for e in tuned if e.m >= m), tuned[-1].plan)
+    return None
+
+
+@functools.lru_cache(maxsize=4096)  # called on every launch; tables are read once (tables_for)
+def _cached_plan(spec: str, n: int, k: int, m: int, group: int, bits: int, gpu: str, sms: int) -> Plan:
+    found = lookup(tables_for(gpu, sms), spec, n, k, m)
+    return found if found is not None else default_plan(m, n, k, group, bits, sms)
+
+
+def plan(spec: str, n: int, k: int, m: int, group: int, bits: int, device: torch.device) -> Plan:
+    """The plan for m (> gemv.MAX_M) rows of x with a (n, k) weight of format ``spec``
+    (group length ``group``, ``bits``-bit codes) on ``device``: a tuned table's, else
+    ``gemm.default_plan``.  Runs inside the ``anybit::planned_matmul`` op, never
+    under torch.compile's tracing."""
+    return _cached_plan(spec, n, k, m, group, bits, device_name(device), sm_count(device))
+
+
+def clear_caches() -> None:
+    """Forget the tables read and the plans chosen (after writing a table, or changing ANYBIT_TUNED)."""
+    tables_for.cache_clear()
+    _cached_plan.cache_clear()

@@ -1,0 +1,306 @@
+"""``anybit tune``: measure the plans for x with more than 32 rows on this GPU and
+write the table the dispatcher reads (see ``anybit._matmul.tuning``).
+
+For every (format, layer shape, m) point:
+
+1. the candidates (``gemm.candidate_plans``: dequantize + cuBLAS and the GEMM
+   kernel's tile, warp, stage and split-K settings) are ranked by the
+   performance model (``perf_model``);
+2. the model's first ``top`` and the heuristic's plan (``gemm.default_plan``)
+   are measured, or every candidate with ``exhaustive``: each is first run
+   ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
+   the same bits and the result is within ``VERIFY_TOLERANCE`` (relative
+   Frobenius norm) of the float32 product with the dequantized weight; then
+   timed by the project's protocol (CUDA graph, weights cold in L2, median
+   replay; ``anybit.bench``), fp16 cuBLAS in the same run;
+3. the fastest verified plan becomes the point's table entry.
+
+The report says how often the model's first choice was within 10% of the
+fastest measured plan (with ``exhaustive``: of every candidate), and
+``exhaustive`` also refits the model's coefficients on the measurements and
+stores them with the table for the next tuning on this GPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from . import __version__, bench
+from ._matmul import gemm as gm
+from ._matmul import perf_model as pm
+from ._matmul import tuning
+from ._matmul.gemv import MAX_M, sm_count
+from .formats import parse_format
+from .quantized import quantize
+
+#: Rows of x tuned by default: one per range the lookup serves (33-64, .., > 1024).
+DEFAULT_M = (64, 128, 256, 1024, 4096)
+#: Launches per candidate that must agree bit for bit before it is timed.
+VERIFY_LAUNCHES = 6
+VERIFY_TOLERANCE = 3e-3
+#: A model pick within this factor of the fastest measured plan counts as a hit.
+HIT_FACTOR = 1.10
+
+DEFAULT_MODEL = "llama-3.1-8b"
+#: Linear-layer shapes (out_features, in_features) of known models, without lm_head.
+PRESETS: dict[str, tuple[tuple[int, int], ...]] = {
+    # hidden 4096, 32 query / 8 key-value heads of 128, MLP 14336
+    "llama-3.1-8b": ((4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)),
+    # hidden 576, 9 query / 3 key-value heads of 64, MLP 1536
+    "smollm2-135m": ((576, 576), (192, 576), (1536, 576), (576, 1536)),
+}
+
+
+def model_shapes(model: str) -> list[tuple[int, int]]:
+    """The distinct (out_features, in_features) of a model's linear layers, lm_head
+    left out: a ``PRESETS`` name, or a transformers model directory / config.json
+    (the model is built on the meta device, no weights read)."""
+    if model in PRESETS:
+        return list(PRESETS[model])
+    path = Path(model)
+    if not path.exists():
+        raise ValueError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor a path to a "
+                         "transformers model directory or config.json")
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(str(path.parent if path.is_file() else path))
+    with torch.device("meta"):
+        built = AutoModelForCausalLM.from_config(config)
+    shapes = {}
+    for name, module in built.named_modules():
+        if isinstance(module, torch.nn.Linear) and not name.endswith("lm_head"):
+            shapes[(module.out_features, module.in_features)] = None
+    return list(shapes)
+
+
+@dataclass
+class Measured:
+    """One candidate at one point: the model's time, and the measured one (None:
+    not measured; NaN: refused by the check, see ``error``)."""
+
+    plan: gm.Plan
+    model_us: float
+    us: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        config = None if self.plan.config is None else asdict(self.plan.config)
+        return {"kernel": self.plan.kernel.value, "config": config, "model_us": self.model_us, "us": self.us,
+                "error": self.error}
+
+
+@dataclass
+class Point:
+    format: str
+    n: int
+    k: int
+    m: int
+    fp16_us: float
+    candidates: list[Measured] = field(default_factory=list)
+
+    def measured(self) -> list[Measured]:
+        return [c for c in self.candidates if c.us is not None and c.us == c.us]
+
+    def best(self) -> Measured | None:
+        return min(self.measured(), key=lambda c: c.us, default=None)
+
+    def model_pick(self) -> Measured:
+        return min(self.candidates, key=lambda c: c.model_us)
+
+    def hit(self) -> bool | None:
+        """Whether the model's first choice measured within HIT_FACTOR of the best
+        (None when it failed its check or was not measured)."""
+        pick, best = self.model_pick(), self.best()
+        if best is None or pick.us is None or pick.us != pick.us:
+            return None
+        return pick.us <= HIT_FACTOR * best.us
+
+
+@dataclass
+class TuneReport:
+    table: tuning.TunedTable
+    points: list[Point]
+    exhaustive: bool
+    seconds: float
+    fitted: pm.ModelParams | None = None
+    #: exhaustive only: (hits, points) of a model fitted without each point's layer shape
+    cross_validated: tuple[int, int] | None = None
+
+    def hit_rate(self) -> tuple[int, int]:
+        """(hits, points): the ranking model's first choice within HIT_FACTOR of the
+        fastest measured plan, with the coefficients tuning started with."""
+        hits = [p.hit() for p in self.points]
+        return sum(1 for h in hits if h), sum(1 for h in hits if h is not None)
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "env": {"gpu": self.table.gpu, "sms": self.table.sms, "triton": self.table.triton,
+                    "torch": self.table.torch, "anybit": self.table.anybit, "date": self.table.date},
+            "hw": self.table.hw, "exhaustive": self.exhaustive, "seconds": self.seconds,
+            "model": None if self.table.model is None else self.table.model.to_dict(),
+            "fitted": None if self.fitted is None else self.fitted.to_dict(),
+            "hit_rate": list(self.hit_rate()),
+            "cross_validated_hit_rate": None if self.cross_validated is None else list(self.cross_validated),
+            "points": [{"format": p.format, "n": p.n, "k": p.k, "m": p.m, "fp16_us": p.fp16_us,
+                        "candidates": [c.to_dict() for c in p.candidates]} for p in self.points],
+        }, indent=1)
+
+
+def _runner(plan: gm.Plan, x: torch.Tensor, qw) -> Callable[[], torch.Tensor]:
+    if plan.kernel is gm.Kernel.DEQUANT:
+        return lambda: gm.dequantize_matmul(x, qw, None)
+    return lambda: gm.gemm(x, qw, None, plan.config)
+
+
+def _check(plan: gm.Plan, x: torch.Tensor, qw, reference: torch.Tensor) -> str | None:
+    """Why ``plan`` may not be used (launches disagree, or the result is off), or None."""
+    run = _runner(plan, x, qw)
+    outputs = [run() for _ in range(VERIFY_LAUNCHES)]
+    if not all(torch.equal(outputs[0], y) for y in outputs[1:]):
+        return f"launches disagree ({VERIFY_LAUNCHES} launches of one input)"
+    err = ((outputs[0].float() - reference).norm() / reference.norm()).item()
+    if not err <= VERIFY_TOLERANCE:
+        return f"relative error {err:.1e} > {VERIFY_TOLERANCE:.0e}"
+    return None
+
+
+def _model_params(gpu: str, sms: int) -> pm.ModelParams:
+    """The coefficients stored with this GPU's table, if any, else the defaults."""
+    for table in tuning.tables_for(gpu, sms):
+        if table.model is not None:
+            return table.model
+    return pm.ModelParams()
+
+
+def tune(
+    shapes: Sequence[tuple[int, int]],
+    formats: Sequence[str] = ("int4-g128",),
+    ms: Sequence[int] = DEFAULT_M,
+    *,
+    top: int = 4,
+    exhaustive: bool = False,
+    replays: int = 10,
+    log: Callable[[str], None] = print,
+) -> TuneReport:
+    """Measure the candidates for every (format, shape, m) on the current CUDA device.
+
+    Args:
+        shapes: (out_features, in_features) of the layers.
+        formats: format specs with a Triton kernel (e.g. ``int4-g128``).
+        ms: rows of x, each > 32 (the decode kernel serves fewer).
+        top: how many of the model's best candidates to measure (besides the heuristic's).
+        exhaustive: measure every candidate (for the model's hit rate; slow).
+        replays: graph replays per timing (median).
+
+    Returns a ``TuneReport`` whose ``table`` is ready for ``tuning.write_table``.
+    """
+    if not torch.cuda.is_available():
+        raise ValueError("anybit tune needs a CUDA device")
+    for m in ms:
+        if m <= MAX_M:
+            raise ValueError(f"ms contains {m}; accepted: rows > {MAX_M} (the decode kernel's heuristic serves fewer)")
+    if top < 1:
+        raise ValueError(f"top={top}; accepted: >= 1")
+    for spec in formats:
+        if parse_format(spec).kernel_decode() is None:
+            raise ValueError(f"format {spec} has no Triton kernel; accepted: integer and lookup-table formats")
+    start = time.perf_counter()
+    device = torch.device("cuda")
+    props = torch.cuda.get_device_properties(device)
+    gpu, sms, l2 = props.name, sm_count(device), props.L2_cache_size
+    measured_hw = bench.measure_hw(device)
+    hw = pm.Hardware(sms, measured_hw["fp16_TFLOPs"], measured_hw["copy_TBps"])
+    params = _model_params(gpu, sms)
+    log(f"{gpu}: copy {hw.copy_tbps:.2f} TB/s, fp16 {hw.fp16_tflops:.0f} TFLOP/s; "
+        f"{'every candidate' if exhaustive else f'model top {top} + heuristic'} per point")
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator(device=device).manual_seed(0)
+    points: list[Point] = []
+    total = len(formats) * len(shapes) * len(ms)
+    with tqdm(total=total, desc="tuning", unit="point") as progress:
+        for n, k in shapes:
+            w = torch.randn(n, k, dtype=torch.float16, device=device, generator=gen) * 0.02
+            w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+            for spec in formats:
+                qw = quantize(w, spec)
+                copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
+                reference_w = qw.dequantize(torch.float32)
+                for m in ms:
+                    x = torch.randn(m, k, dtype=torch.float16, device=device, generator=gen)
+                    reference = x.float() @ reference_w.t()
+                    fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), replays)
+                    problem = pm.Problem(m, n, k, qw.format.bits, qw.format.group_len(k))
+                    ranked = pm.rank(problem, gm.candidate_plans(m, n, k, qw.format.bits, sms), hw, params)
+                    point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
+                    default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
+                    for i, cand in enumerate(point.candidates):
+                        if not (exhaustive or i < top or cand.plan == default):
+                            continue
+                        cand.error = _check(cand.plan, x, qw, reference)
+                        if cand.error is not None:
+                            cand.us = float("nan")
+                            continue
+                        cand.us = bench._time_per_call(lambda i: _runner(cand.plan, x, copies[i]), len(copies),
+                                                       replays)
+                    points.append(point)
+                    best = point.best()
+                    progress.update()
+                    if best is not None:
+                        log(f"{spec} {n}x{k} M={m}: best {_describe(best.plan)} {best.us:.1f} us "
+                            f"({fp16_us / best.us:.2f}x fp16), model's pick {_describe(point.model_pick().plan)}")
+                del x, reference
+            del w16, copies
+            torch.cuda.empty_cache()
+    entries = tuple(tuning.TunedEntry(p.format, p.n, p.k, p.m, p.best().plan, p.best().us, p.fp16_us)
+                    for p in points if p.best() is not None)
+    fitted = cross_validated = None
+    if exhaustive:
+        fitted = pm.fit(_observations(points), hw, params)
+        cross_validated = cross_validated_hits(points, hw, params)
+    table = tuning.TunedTable(gpu, sms, tuning._triton_version() or "", torch.__version__, __version__,
+                              datetime.date.today().isoformat(), measured_hw, fitted or params, entries)
+    return TuneReport(table, points, exhaustive, time.perf_counter() - start, fitted, cross_validated)
+
+
+def _problem(point: Point) -> pm.Problem:
+    fmt = parse_format(point.format)
+    return pm.Problem(point.m, point.n, point.k, fmt.bits, fmt.group_len(point.k))
+
+
+def _observations(points: Sequence[Point]) -> list[pm.Observation]:
+    return [pm.Observation(_problem(p), c.plan, c.us) for p in points for c in p.measured()]
+
+
+def cross_validated_hits(points: Sequence[Point], hw: pm.Hardware, start: pm.ModelParams) -> tuple[int, int]:
+    """(hits, points) where the model is fitted on the other layer shapes' measurements
+    and then picks among this point's measured candidates: how well a fitted model
+    ranks a shape it has not seen."""
+    hits = counted = 0
+    for shape in dict.fromkeys((p.n, p.k) for p in points):
+        train = [p for p in points if (p.n, p.k) != shape]
+        if not train:
+            continue
+        params = pm.fit(_observations(train), hw, start)
+        for point in (p for p in points if (p.n, p.k) == shape):
+            measured = point.measured()
+            if not measured:
+                continue
+            pick = min(measured, key=lambda c: pm.predict_us(_problem(point), c.plan, hw, params))
+            hits += pick.us <= HIT_FACTOR * min(c.us for c in measured)
+            counted += 1
+    return hits, counted
+
+
+def _describe(plan: gm.Plan) -> str:
+    if plan.config is None:
+        return plan.kernel.value
+    c = plan.config
+    return f"{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s"

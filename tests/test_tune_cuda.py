@@ -1,0 +1,62 @@
+"""``anybit tune`` on a GPU: a real (small) tuning run, its table, and the dispatcher
+following the table; the shipped table's plans on their shapes."""
+
+import json
+
+import pytest
+import torch
+from conftest import assert_matmul_close, unit_roundoff
+
+import anybit
+from anybit import cli, tune
+from anybit._matmul import gemm as gm
+from anybit._matmul import tuning
+from anybit._matmul.gemv import sm_count
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def tables_env(monkeypatch, tmp_path):
+    monkeypatch.setenv(tuning.TABLE_ENV, str(tmp_path / "tables"))
+    (tmp_path / "tables").mkdir()
+    tuning.clear_caches()
+    yield tmp_path / "tables"
+    tuning.clear_caches()
+
+
+def test_tune_writes_a_table_the_dispatcher_follows(tables_env, tmp_path):
+    out, report = tables_env / "tuned.json", tmp_path / "report.json"
+    assert cli.main(["tune", "--shapes", "1024x512", "--formats", "int4-g128", "--m", "64", "300", "--top", "2",
+                     "--replays", "3", "--out", str(out), "--report", str(report)]) == 0
+    table = tuning.read_table(out)
+    device = torch.device("cuda")
+    assert (table.gpu, table.sms) == (tuning.device_name(device), sm_count(device))
+    assert {(e.format, e.n, e.k, e.m) for e in table.entries} == {("int4-g128", 1024, 512, 64),
+                                                                  ("int4-g128", 1024, 512, 300)}
+    points = json.loads(report.read_text())["points"]
+    assert all(any(c["us"] for c in p["candidates"]) for p in points)
+    tuning.clear_caches()
+    qw = anybit.quantize(torch.randn(1024, 512, device="cuda") * 0.02, "int4-g128")
+    for e in table.entries:
+        assert tuning.plan("int4-g128", 1024, 512, e.m, 128, 4, device) == e.plan
+        x = torch.randn(e.m, 512, device="cuda", dtype=torch.float16)
+        assert_matmul_close(anybit.matmul(x, qw), x, qw, weight_roundoff=unit_roundoff(x.dtype))
+
+
+def test_shipped_table_plans_are_right_and_repeatable():
+    """Every GEMM plan of the shipped table for this GPU on 4096 x 4096 (each format):
+    right against float64 and bit-identical over repeated launches."""
+    device = torch.device("cuda")
+    tuning.clear_caches()
+    tables = tuning.tables_for(tuning.device_name(device), sm_count(device))
+    entries = [e for t in tables for e in t.entries if (e.n, e.k) == (4096, 4096) and e.plan.config is not None]
+    if not entries:
+        pytest.skip("no shipped table for this GPU (the heuristic serves it; see tuning's docstring)")
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    for e in entries:
+        qw = anybit.quantize(torch.randn(4096, 4096, device="cuda", generator=gen) * 0.02, e.format)
+        x = torch.randn(e.m, 4096, device="cuda", dtype=torch.float16, generator=gen)
+        ys = [gm.gemm(x, qw, None, e.plan.config) for _ in range(tune.VERIFY_LAUNCHES * 3)]
+        assert all(torch.equal(ys[0], y) for y in ys[1:]), f"{e.format} M={e.m} {e.plan.config}"
+        assert_matmul_close(ys[0], x, qw, weight_roundoff=unit_roundoff(x.dtype))

@@ -1,0 +1,299 @@
+"""The GEMM-path plans: candidates, the performance model, tuned tables and their
+lookup, and the dispatcher following a table (CPU; the interpreter for the kernels)."""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+import anybit
+from anybit import cli, tune
+from anybit._matmul import gemm as gm
+from anybit._matmul import perf_model as pm
+from anybit._matmul import tuning
+from anybit._matmul.gemv import sm_count
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+HW = pm.Hardware(sms=132, fp16_tflops=760.0, copy_tbps=4.2)
+GEMM_64 = gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(64, 64, 64, 2, 4, 4))
+GEMM_128 = gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(128, 64, 64, 1, 4, 4))
+DEQUANT = gm.Plan(gm.Kernel.DEQUANT)
+
+
+@dataclass(frozen=True)
+class Shape:
+    m: int
+    n: int
+    k: int
+    bits: int
+
+
+SHAPES = [Shape(64, 4096, 4096, 4), Shape(33, 1024, 4096, 3), Shape(128, 14336, 4096, 8), Shape(4096, 4096, 14336, 4),
+          Shape(100, 576, 1536, 2)]
+
+
+@pytest.mark.parametrize("s", SHAPES, ids=str)
+def test_candidates_are_valid_unique_and_safe(s):
+    plans = gm.candidate_plans(s.m, s.n, s.k, s.bits, HW.sms)
+    assert plans[0] == DEQUANT
+    assert len(set(plans)) == len(plans)
+    k_blocks = -(-s.k // plans[1].config.block_k)
+    for plan in plans[1:]:
+        c = plan.config
+        assert k_blocks % c.split_k == 0
+        assert not gm.racy(c)
+        assert c.block_m == 64 or s.m > 64
+        assert c.block_k // gm.codes_per_element(s.bits) >= gm.MMA_K
+    assert gm.default_plan(s.m, s.n, s.k, 128, s.bits, HW.sms) in plans or s.m >= gm.DEQUANT_MIN_M
+
+
+def test_racy_settings_are_the_measured_ones():
+    assert gm.racy(gm.GemmConfig(128, 128, 64, 1, 8, 3))
+    assert gm.racy(gm.GemmConfig(128, 128, 64, 4, 8, 4))
+    assert gm.racy(gm.GemmConfig(128, 64, 64, 1, 4, 3))
+    assert not gm.racy(gm.GemmConfig(128, 128, 64, 1, 8, 2))
+    assert not gm.racy(gm.GemmConfig(64, 64, 64, 1, 4, 4))
+
+
+def test_plan_requires_a_config_for_gemm_only():
+    with pytest.raises(ValueError, match="GemmConfig is required"):
+        gm.Plan(gm.Kernel.GEMM)
+    with pytest.raises(ValueError, match="refused for dequant"):
+        gm.Plan(gm.Kernel.DEQUANT, gm.GemmConfig(64, 64, 64))
+
+
+def test_default_plan_follows_the_crossover():
+    assert gm.default_plan(gm.DEQUANT_MIN_M - 1, 4096, 4096, 128, 4, 132).kernel is gm.Kernel.GEMM
+    assert gm.default_plan(gm.DEQUANT_MIN_M, 4096, 4096, 128, 4, 132) == DEQUANT
+
+
+def test_model_terms_move_the_right_way():
+    p = pm.ModelParams()
+    small, large = pm.Problem(64, 4096, 4096, 4, 128), pm.Problem(4096, 4096, 4096, 4, 128)
+    # 128 rows of x per program at M=64 pay twice the MMA for nothing
+    assert pm.predict_us(small, GEMM_128, HW, p) > pm.predict_us(small, GEMM_64, HW, p)
+    # time grows with m and with n; the dequantize path wins at large m
+    assert pm.predict_us(large, GEMM_64, HW, p) > pm.predict_us(small, GEMM_64, HW, p)
+    wide = pm.Problem(64, 8192, 4096, 4, 128)
+    assert pm.predict_us(wide, GEMM_64, HW, p) > pm.predict_us(small, GEMM_64, HW, p)
+    assert pm.predict_us(large, DEQUANT, HW, p) < pm.predict_us(large, GEMM_64, HW, p)
+    # never below the bytes at the copy rate
+    assert pm.predict_us(small, GEMM_64, HW, p) >= small.weight_bytes() / (HW.copy_tbps * 1e6)
+
+
+def test_rank_is_deterministic_and_sorted():
+    problem = pm.Problem(128, 4096, 4096, 4, 128)
+    plans = gm.candidate_plans(128, 4096, 4096, 4, HW.sms)
+    first = pm.rank(problem, plans, HW, pm.ModelParams())
+    assert first == pm.rank(problem, plans, HW, pm.ModelParams())
+    times = [us for us, _ in first]
+    assert times == sorted(times) and len(first) == len(plans)
+
+
+def test_fit_learns_the_measured_times():
+    """Times drawn from other coefficients and a per-class slowdown: the fit gets
+    closer to them than the defaults, and ranks them right."""
+    truth = pm.ModelParams(instr_per_weight=14.0, latency=400.0, launch_us=2.0)
+    observations = []
+    for s in SHAPES[:4]:
+        problem = pm.Problem(s.m, s.n, s.k, s.bits, 128)
+        for plan in gm.candidate_plans(s.m, s.n, s.k, s.bits, HW.sms)[:12]:
+            slow = 1.5 if plan.config is not None and plan.config.num_warps == 8 else 1.0
+            observations.append(pm.Observation(problem, plan, pm.predict_us(problem, plan, HW, truth) * slow))
+    start = pm.ModelParams()
+    fitted = pm.fit(observations, HW, start)
+    assert pm.log_error(observations, HW, fitted) < 0.5 * pm.log_error(observations, HW, start)
+    assert fitted.corrections and all(math.isfinite(v) for _, v in fitted.corrections)
+    assert pm.ModelParams.from_dict(json.loads(json.dumps(fitted.to_dict()))) == fitted
+
+
+def test_model_params_refuse_unknown_coefficients():
+    with pytest.raises(ValueError, match="unknown model coefficients"):
+        pm.ModelParams.from_dict({"speed": 1.0})
+
+
+def _table(gpu="cpu", sms=4, triton=None, entries=()) -> tuning.TunedTable:
+    return tuning.TunedTable(gpu, sms, triton or tuning._triton_version() or "", torch.__version__,
+                             anybit.__version__, "2026-01-01", {"copy_TBps": 1.0}, pm.ModelParams(), tuple(entries))
+
+
+def _entry(m, plan, spec="int4-g128", n=64, k=96):
+    return tuning.TunedEntry(spec, n, k, m, plan, 1.0, 2.0)
+
+
+def test_table_round_trip(tmp_path):
+    table = _table(entries=[_entry(64, GEMM_64), _entry(256, DEQUANT)])
+    path = tuning.write_table(table, tmp_path / "t.json")
+    assert tuning.read_table(path) == table
+
+
+def test_write_merges_entries_of_the_same_gpu(tmp_path):
+    path = tmp_path / "t.json"
+    tuning.write_table(_table(entries=[_entry(64, GEMM_64), _entry(128, GEMM_64)]), path)
+    tuning.write_table(_table(entries=[_entry(128, GEMM_128)]), path)
+    plans = {e.m: e.plan for e in tuning.read_table(path).entries}
+    assert plans == {64: GEMM_64, 128: GEMM_128}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: d.update(schema=99), "schema 99 is not supported"),
+    (lambda d: d.pop("gpu"), "missing or bad field"),
+    (lambda d: d["entries"][0].update(kernel="fast"), "bad entry"),
+    (lambda d: d["entries"][0]["config"].update(block_m=96), "bad entry"),
+    (lambda d: d["entries"][0].update(config=None), "bad entry"),
+])
+def test_bad_tables_are_refused_naming_the_file(tmp_path, change, message):
+    data = json.loads(_table(entries=[_entry(64, GEMM_64)]).to_json())
+    change(data)
+    path = tmp_path / "bad.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=message) as err:
+        tuning.read_table(path)
+    assert str(path) in str(err.value)
+
+
+def test_lookup_takes_the_next_tuned_m():
+    tables = (_table(entries=[_entry(64, GEMM_64), _entry(128, GEMM_128), _entry(1024, DEQUANT)]),)
+    assert tuning.lookup(tables, "int4-g128", 64, 96, 33) == GEMM_64
+    assert tuning.lookup(tables, "int4-g128", 64, 96, 64) == GEMM_64
+    assert tuning.lookup(tables, "int4-g128", 64, 96, 65) == GEMM_128
+    assert tuning.lookup(tables, "int4-g128", 64, 96, 300) == DEQUANT
+    assert tuning.lookup(tables, "int4-g128", 64, 96, 10**6) == DEQUANT
+    assert tuning.lookup(tables, "int4-g128", 64, 128, 64) is None
+    assert tuning.lookup(tables, "uint4-g128", 64, 96, 64) is None
+
+
+@pytest.fixture
+def tables_env(monkeypatch, tmp_path):
+    """ANYBIT_TUNED pointing at a fresh directory; the table cache cleared around the test."""
+    monkeypatch.setenv(tuning.TABLE_ENV, str(tmp_path))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    tuning.clear_caches()
+    yield tmp_path
+    tuning.clear_caches()
+
+
+def test_tables_apply_to_their_gpu_and_triton_only(tables_env):
+    tuning.write_table(_table(entries=[_entry(64, GEMM_64)]), tables_env / "cpu.json")
+    tuning.write_table(_table(gpu="other", entries=[_entry(64, GEMM_128)]), tables_env / "other.json")
+    assert [t.gpu for t in tuning.tables_for("cpu", 4)] == ["cpu"]
+    assert tuning.tables_for("cpu", 8) == ()
+    tuning.write_table(_table(triton="0.1.0", entries=[_entry(64, GEMM_128)]), tables_env / "old.json", merge=False)
+    tuning.clear_caches()
+    with pytest.warns(UserWarning, match="measured with Triton 0.1.0"):
+        assert [t.triton for t in tuning.tables_for("cpu", 4)] == [tuning._triton_version()]
+
+
+def test_tables_off_and_missing_path(monkeypatch, tables_env):
+    tuning.write_table(_table(entries=[_entry(64, GEMM_64)]), tables_env / "cpu.json")
+    monkeypatch.setenv(tuning.TABLE_ENV, "off")
+    tuning.clear_caches()
+    assert tuning.tables_for("cpu", 4) == ()
+    monkeypatch.setenv(tuning.TABLE_ENV, str(tables_env / "nowhere.json"))
+    tuning.clear_caches()
+    with pytest.raises(ValueError, match="no such file or directory"):
+        tuning.tables_for("cpu", 4)
+
+
+def test_plan_falls_back_to_the_heuristic(tables_env):
+    cpu = torch.device("cpu")
+    assert tuning.plan("int4-g128", 64, 96, 40, 32, 4, cpu) == gm.default_plan(40, 64, 96, 32, 4, 4)
+    assert tuning.plan("int4-g128", 64, 96, 300, 32, 4, cpu) == DEQUANT
+
+
+def test_planned_matmul_compiles_without_graph_breaks(tables_env, monkeypatch):
+    """The table lookup runs inside the op, so torch.compile(fullgraph=True) takes
+    the dispatcher with a table present, and follows it."""
+    device = torch.device(DEVICE)
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    qw = anybit.quantize(torch.randn(64, 96, device=device), "int4-g32")
+    entries = [_entry(48, GEMM_128, spec="int4-g32")]
+    tuning.write_table(_table(tuning.device_name(device), sm_count(device), entries=entries), tables_env / "t.json")
+    x = torch.randn(40, 96, device=device).to(torch.float16)
+    compiled = torch.compile(lambda x: anybit.matmul(x, qw), fullgraph=True)
+    assert torch.equal(compiled(x), gm.gemm(x, qw, None, GEMM_128.config))
+
+
+def test_shipped_tables_load():
+    for path in sorted(tuning.SHIPPED_DIR.glob("*.json")):
+        table = tuning.read_table(path)
+        assert path.name == tuning.table_file_name(table.gpu)
+        assert table.entries and table.model is not None
+        assert not any(e.plan.config is not None and gm.racy(e.plan.config) for e in table.entries)
+
+
+def test_table_file_name():
+    assert tuning.table_file_name("NVIDIA H200") == "nvidia-h200.json"
+    assert tuning.table_file_name("NVIDIA H100 80GB HBM3") == "nvidia-h100-80gb-hbm3.json"
+
+
+def test_dispatcher_follows_the_table(tables_env, monkeypatch):
+    """With a table saying dequantize at 40 rows, anybit.matmul takes that path (and
+    the GEMM kernel where the table says so), with the right result either way."""
+    device = torch.device(DEVICE)
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    calls = []
+    real_dq, real_gemm = gm.launch_dequant, gm.launch_gemm
+    monkeypatch.setattr(gm, "launch_dequant", lambda *a: calls.append("dequant") or real_dq(*a))
+    monkeypatch.setattr(gm, "launch_gemm", lambda *a: calls.append(("gemm", a[-1])) or real_gemm(*a))
+    qw = anybit.quantize(torch.randn(64, 96, device=device), "int4-g32")
+    entries = [_entry(40, DEQUANT, spec="int4-g32"), _entry(64, GEMM_128, spec="int4-g32")]
+    tuning.write_table(_table(tuning.device_name(device), sm_count(device), entries=entries), tables_env / "t.json")
+    x = torch.randn(64, 96, device=device).to(torch.float16)
+    reference = x.double() @ qw.dequantize(torch.float64).t()
+    for rows, want in ((40, "dequant"), (48, ("gemm", GEMM_128.config))):
+        y = anybit.matmul(x[:rows], qw)
+        assert calls[-1] == want
+        err = (y.double() - reference[:rows]).abs().max().item()
+        assert err <= 1e-2 * reference.abs().max().item()
+
+
+def test_model_shapes_presets_and_configs(tmp_path):
+    assert tune.model_shapes("llama-3.1-8b") == [(4096, 4096), (1024, 4096), (14336, 4096), (4096, 14336)]
+    transformers = pytest.importorskip("transformers")
+    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=160, num_attention_heads=4,
+                                      num_key_value_heads=2, num_hidden_layers=2, vocab_size=100)
+    config.save_pretrained(tmp_path)
+    assert sorted(tune.model_shapes(str(tmp_path))) == sorted([(64, 64), (32, 64), (160, 64), (64, 160)])
+    with pytest.raises(ValueError, match="neither a preset"):
+        tune.model_shapes("no-such-model")
+
+
+def test_tune_refuses_bad_arguments_before_measuring(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(ValueError, match="rows > 32"):
+        tune.tune([(64, 64)], ms=[16])
+    with pytest.raises(ValueError, match="top=0"):
+        tune.tune([(64, 64)], top=0)
+    with pytest.raises(ValueError, match="no Triton kernel"):
+        tune.tune([(64, 64)], formats=["fp8-e4m3"])
+
+
+def test_tune_without_cuda_is_a_clear_error(capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA; the GPU test tunes for real")
+    assert cli.main(["tune", "--shapes", "64x64"]) == 2
+    assert "needs a CUDA device" in capsys.readouterr().err
+
+
+def test_hits_and_cross_validation_count_right():
+    def point(n, times):
+        p = tune.Point("int4-g128", n, 4096, 64, 10.0)
+        p.candidates = [tune.Measured(plan, model_us=i, us=t) for i, (plan, t) in enumerate(times)]
+        return p
+
+    fast_first = point(4096, [(GEMM_64, 1.0), (GEMM_128, 2.0)])
+    slow_first = point(8192, [(GEMM_128, 2.0), (GEMM_64, 1.0)])
+    assert fast_first.hit() is True and slow_first.hit() is False
+    report = tune.TuneReport(_table(), [fast_first, slow_first], exhaustive=True, seconds=1.0)
+    assert report.hit_rate() == (1, 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        hits, counted = tune.cross_validated_hits([fast_first, slow_first], HW, pm.ModelParams())
+    assert counted == 2 and 0 <= hits <= 2
