@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from conftest import assert_matmul_close
+from conftest import assert_matmul_close, unit_roundoff
 
 import anybit
 
@@ -34,7 +34,10 @@ def test_matmul_on_cuda(dtype, lead):
     bias = torch.randn(200, device="cuda", dtype=dtype)
     y = anybit.matmul(x, qw, bias)
     assert y.is_cuda
-    assert_matmul_close(y.cpu(), x.cpu(), qw.to("cpu"), bias.cpu())
+    # above 32 rows fp16/bf16 x takes the GEMM path, which rounds each weight once to x's dtype
+    rows = x.numel() // 576
+    roundoff = unit_roundoff(dtype) if rows > 32 and dtype != torch.float32 else 0.0
+    assert_matmul_close(y.cpu(), x.cpu(), qw.to("cpu"), bias.cpu(), weight_roundoff=roundoff)
 
 
 def test_device_mismatch_is_an_error():
