@@ -34,9 +34,7 @@ def _split(split: int, m: int, n: int, k: int, bm: int, bn: int, bk: int) -> int
     if split > 0:
         return split
     # about -split (or four) programs per SM
-    k_blocks = -(-k // bk)
-    want = -(-(-split or 4) * g.sm_count(torch.device("cuda")) // (-(-n // bn) * -(-m // bm)))
-    return g.even_split(k_blocks, max(1, min(k_blocks, want)))
+    return g.split_for(-(-k // bk), -(-n // bn) * -(-m // bm), -split or 4, g.sm_count(torch.device("cuda")))
 
 
 def _config(text: str, m: int, n: int, k: int, kernel: str):

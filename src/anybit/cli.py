@@ -230,8 +230,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
             table.add_row(p.format, f"{p.n}x{p.k}", str(p.m), "none passed its check", "", "", "")
             continue
         pick = p.model_pick()
-        table.add_row(p.format, f"{p.n}x{p.k}", str(p.m), tune._describe(best.plan), f"{best.us:.1f}",
-                      f"{p.fp16_us / best.us:.2f}x", "same" if pick is best else tune._describe(pick.plan))
+        table.add_row(p.format, f"{p.n}x{p.k}", str(p.m), best.plan.label(), f"{best.us:.1f}",
+                      f"{p.fp16_us / best.us:.2f}x", "same" if pick is best else pick.plan.label())
     Console().print(table)
     hits, counted = report.hit_rate()
     among = "of all candidates" if args.exhaustive else "of the measured candidates"
@@ -242,7 +242,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"of the fastest: {hits}/{counted} (its coefficients are stored with the table)")
     refused = [(p, c) for p in report.points for c in p.candidates if c.error]
     for p, c in refused[:10]:
-        print(f"refused {tune._describe(c.plan)} at {p.format} {p.n}x{p.k} M={p.m}: {c.error}")
+        print(f"refused {c.plan.label()} at {p.format} {p.n}x{p.k} M={p.m}: {c.error}")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
         Path(args.report).write_text(report.to_json() + "\n")

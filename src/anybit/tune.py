@@ -27,7 +27,7 @@ import datetime
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -91,9 +91,7 @@ class Measured:
     error: str | None = None
 
     def to_dict(self) -> dict:
-        config = None if self.plan.config is None else asdict(self.plan.config)
-        return {"kernel": self.plan.kernel.value, "config": config, "model_us": self.model_us, "us": self.us,
-                "error": self.error}
+        return {**self.plan.to_dict(), "model_us": self.model_us, "us": self.us, "error": self.error}
 
 
 @dataclass
@@ -254,8 +252,8 @@ def tune(
                     best = point.best()
                     progress.update()
                     if best is not None:
-                        log(f"{spec} {n}x{k} M={m}: best {_describe(best.plan)} {best.us:.1f} us "
-                            f"({fp16_us / best.us:.2f}x fp16), model's pick {_describe(point.model_pick().plan)}")
+                        log(f"{spec} {n}x{k} M={m}: best {best.plan.label()} {best.us:.1f} us "
+                            f"({fp16_us / best.us:.2f}x fp16), model's pick {point.model_pick().plan.label()}")
                 del x, reference
             del w16, copies
             torch.cuda.empty_cache()
@@ -298,9 +296,3 @@ def cross_validated_hits(points: Sequence[Point], hw: pm.Hardware, start: pm.Mod
             counted += 1
     return hits, counted
 
-
-def _describe(plan: gm.Plan) -> str:
-    if plan.config is None:
-        return plan.kernel.value
-    c = plan.config
-    return f"{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -19,7 +19,7 @@ from ..formats._base import Decode
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
-    MMA_K, even_split, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count, split_k_buffers,
+    MMA_K, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count, split_for, split_k_buffers,
     weight_operands,
 )
 
@@ -88,7 +88,7 @@ def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Gemm
     block_k = max(64, MMA_K * codes_per_element(bits))  # the PTX decode's tensors span the MMA's K
     tiles = -(-n // block_n) * -(-m // block_m)
     k_blocks = -(-k // block_k)
-    split_k = even_split(k_blocks, max(1, min(k_blocks, -(-2 * sms // tiles))))
+    split_k = split_for(k_blocks, tiles, 2, sms)
     return GemmConfig(block_m, block_n, block_k, split_k, num_warps=4, num_stages=4)
 
 
@@ -110,6 +110,22 @@ class Plan:
         if (self.kernel is Kernel.GEMM) != (self.config is not None):
             raise ValueError(f"Plan({self.kernel.value}): a GemmConfig is required for {Kernel.GEMM.value} "
                              f"and refused for {Kernel.DEQUANT.value}, got config={self.config}")
+
+    def to_dict(self) -> dict:
+        """``{"kernel": ..., "config": {GemmConfig fields} or None}`` (tables, reports)."""
+        return {"kernel": self.kernel.value, "config": None if self.config is None else asdict(self.config)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Plan:
+        config = data["config"]
+        return cls(Kernel(data["kernel"]), None if config is None else GemmConfig(**config))
+
+    def label(self) -> str:
+        """Short text: ``dequant`` or ``64x64x64 split4 4w4s``."""
+        if self.config is None:
+            return self.kernel.value
+        c = self.config
+        return f"{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s"
 
 
 def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Plan:
@@ -153,7 +169,7 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int) -> list[Plan]:
             continue
         for block_n in CANDIDATE_BLOCK_N:
             tiles = -(-n // block_n) * -(-m // block_m)
-            splits = sorted({even_split(k_blocks, max(1, min(k_blocks, -(-per_sm * sms // tiles)))) if per_sm else 1
+            splits = sorted({split_for(k_blocks, tiles, per_sm, sms) if per_sm else 1
                              for per_sm in CANDIDATE_PROGRAMS_PER_SM})
             for warps in CANDIDATE_WARPS:
                 for stages in CANDIDATE_STAGES:
@@ -296,7 +312,12 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype) -> Tensor:
 def dequantize_matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None) -> Tensor:
     """x (..., K) fp16/bf16 -> (..., N) in x's dtype: W dequantized to x's dtype
     (a scratch N x K buffer), then cuBLAS; the bias is rounded to x's dtype first."""
-    return torch.nn.functional.linear(x, dequantize(qw, x.dtype), None if bias is None else bias.to(x.dtype))
+    return _linear(x, dequantize(qw, x.dtype), bias)
+
+
+def _linear(x: Tensor, w: Tensor, bias: Tensor | None) -> Tensor:
+    """cuBLAS on a dequantized W (x's dtype); the bias rounded to x's dtype first."""
+    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
 @torch.library.custom_op("anybit::planned_matmul", mutates_args=())
@@ -315,7 +336,7 @@ def planned_matmul_op(
     if chosen.kernel is Kernel.DEQUANT:
         w = launch_dequant(codes, scales, zeros, table, n, k, bits, kernel_group(group, k, DEQUANT_BLOCK_K),
                            Decode(mode), x.dtype)
-        return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+        return _linear(x, w, bias)
     return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, kernel_group(group, k, chosen.config.block_k),
                        Decode(mode), chosen.config)
 

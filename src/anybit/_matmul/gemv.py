@@ -70,6 +70,12 @@ def even_split(k_blocks: int, want: int) -> int:
     return min(divisors, key=lambda d: (abs(d - want), -d))
 
 
+def split_for(k_blocks: int, tiles: int, programs_per_sm: int, sms: int) -> int:
+    """Split-K count for about ``programs_per_sm`` programs per SM over ``tiles`` output
+    tiles: at least 1, at most one K-block per split, dividing the K-blocks (``even_split``)."""
+    return even_split(k_blocks, max(1, min(k_blocks, -(-programs_per_sm * sms // tiles))))
+
+
 @functools.lru_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
 def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int | None = None,
                 ptx: bool = False, split_groups: bool = False, interleaved: bool = False) -> GemvConfig:
@@ -113,7 +119,7 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     block_n = 64 if wide else 32
     k_blocks = -(-k // block_k)
     n_tiles = -(-n // block_n)
-    split_k = even_split(k_blocks, max(1, min(k_blocks, -(-programs_per_sm * sms // n_tiles))))
+    split_k = split_for(k_blocks, n_tiles, programs_per_sm, sms)
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True)
 
 

@@ -45,12 +45,12 @@ import functools
 import json
 import os
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .gemm import GemmConfig, Kernel, Plan, default_plan
+from .gemm import Plan, default_plan
 from .gemv import sm_count
 from .perf_model import ModelParams
 
@@ -72,16 +72,13 @@ class TunedEntry:
     fp16_us: float
 
     def to_dict(self) -> dict:
-        config = None if self.plan.config is None else asdict(self.plan.config)
-        return {"format": self.format, "n": self.n, "k": self.k, "m": self.m, "kernel": self.plan.kernel.value,
-                "config": config, "us": self.us, "fp16_us": self.fp16_us}
+        return {"format": self.format, "n": self.n, "k": self.k, "m": self.m, **self.plan.to_dict(), "us": self.us,
+                "fp16_us": self.fp16_us}
 
     @classmethod
     def from_dict(cls, data: dict, where: str) -> TunedEntry:
         try:
-            kernel = Kernel(data["kernel"])
-            config = None if data["config"] is None else GemmConfig(**data["config"])
-            return cls(str(data["format"]), int(data["n"]), int(data["k"]), int(data["m"]), Plan(kernel, config),
+            return cls(str(data["format"]), int(data["n"]), int(data["k"]), int(data["m"]), Plan.from_dict(data),
                        float(data["us"]), float(data["fp16_us"]))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: bad entry {data!r}: {err}") from None
@@ -199,7 +196,12 @@ def device_name(device: torch.device) -> str:
     """The name tables are keyed by: the CUDA device's name, ``cpu`` for the interpreter."""
     if device.type != "cuda":
         return "cpu"
-    return torch.cuda.get_device_name(device)
+    return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_name(index: int) -> str:
+    return torch.cuda.get_device_name(index)
 
 
 @functools.lru_cache(maxsize=None)
