@@ -22,6 +22,10 @@ class Method(str, enum.Enum):
     #: Try each of the format's clipping ratios and keep, per group, the one
     #: with the least squared reconstruction error.
     MSE = "mse"
+    #: GPTQ (:mod:`anybit.gptq`): needs calibration data, so only
+    #: :func:`anybit.quantize_` (which runs the model) and
+    #: :func:`anybit.gptq.gptq_quantize` (given a Hessian) accept it.
+    GPTQ = "gptq"
 
 
 def _parse_method(method: str | Method) -> Method:
@@ -190,6 +194,11 @@ def quantize(
     """
     fmt = parse_format(fmt)
     method = _parse_method(method)
+    if method is Method.GPTQ:
+        raise ValueError(
+            "method='gptq' needs calibration data: use anybit.quantize_(model, fmt, method='gptq', "
+            "calibration=...) or anybit.gptq.gptq_quantize(weight, hessian, fmt)"
+        )
     _check_weight(weight)
     dtype = default_scale_dtype(weight.dtype) if scale_dtype is None else scale_dtype
     if dtype not in SCALE_DTYPES:
