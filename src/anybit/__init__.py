@@ -7,19 +7,25 @@ Quick use::
     anybit.save(model, "out/")
     model = anybit.load(config_or_model, "out/")
 
+    anybit.quantize_(model, "int3-g64", method="gptq", tokenizer=tok)  # calibrated
+    anybit.quantize_(model, budget_bits=3.5, tokenizer=tok)            # a format per layer
+
     qw = anybit.quantize(weight, "nf4-g64")          # (N, K) -> QuantizedWeight
     y = anybit.matmul(x, qw, bias)                    # x (..., K) -> y (..., N)
 """
 
 from ._version import __version__
 from .evaluation import perplexity
+from .calibration import calibration_ids
 from .formats import WeightFormat, all_specs, parse_format, registered_formats
+from .gptq import GPTQOptions, gptq_quantize
 from .io import load, save
 from .matmul import matmul
 from .nn import QuantizeSummary, QuantLinear, quantize_
 from .quantized import Method, QuantizedWeight, quantize
 
 __all__ = [
+    "GPTQOptions",
     "Method",
     "QuantLinear",
     "QuantizeSummary",
@@ -27,6 +33,8 @@ __all__ = [
     "WeightFormat",
     "__version__",
     "all_specs",
+    "calibration_ids",
+    "gptq_quantize",
     "load",
     "matmul",
     "parse_format",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -13,7 +13,11 @@ from tqdm.auto import tqdm
 from . import packing
 from .formats import WeightFormat, parse_format
 from .matmul import matmul
-from .quantized import Method, QuantizedWeight, quantize
+from .calibration import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, calibration_ids
+from . import mixed
+from .gptq import GPTQOptions, gptq_quantize, output_error
+from .mixed import DEFAULT_CANDIDATES
+from .quantized import Method, QuantizedWeight, _parse_method, quantize
 
 
 class QuantLinear(nn.Module):
@@ -131,9 +135,19 @@ class QuantLinear(nn.Module):
 class QuantizeSummary:
     """What :func:`quantize_` did: layers converted and skipped, bytes before and after."""
 
+    #: The format spec, or "mixed (...)" when ``budget_bits`` chose one per layer.
     format: str
+    method: str = "rtn"
     converted: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    #: The format spec of each converted layer.
+    formats: dict[str, str] = field(default_factory=dict)
+    #: With ``budget_bits``: each layer's measured cost per candidate format
+    #: (estimated loss increase, see :mod:`anybit.mixed`).
+    sensitivity: dict[str, dict[str, float]] = field(default_factory=dict)
+    #: With ``method="gptq"``: each layer's output error on its calibration
+    #: inputs relative to its output, ``tr(D H D^T) / tr(W H W^T)``.
+    output_errors: dict[str, float] = field(default_factory=dict)
     #: Bytes of the converted layers' weights before and after.
     layer_bytes_before: int = 0
     layer_bytes_after: int = 0
@@ -148,14 +162,24 @@ class QuantizeSummary:
         """Mean storage bits per weight over the converted layers."""
         return 8 * self.layer_bytes_after / self.layer_weights if self.layer_weights else float("nan")
 
+    def format_counts(self) -> dict[str, int]:
+        """Number of converted layers per format spec."""
+        counts: dict[str, int] = {}
+        for spec in self.formats.values():
+            counts[spec] = counts.get(spec, 0) + 1
+        return dict(sorted(counts.items()))
+
     def __str__(self) -> str:
         mb = 1 / 2**20
         lines = [
-            f"anybit: {len(self.converted)} linear layers -> {self.format} "
+            f"anybit: {len(self.converted)} linear layers -> {self.format} by {self.method} "
             f"({self.bits_per_weight:.3f} bits/weight), {len(self.skipped)} skipped",
             f"  those layers: {self.layer_bytes_before * mb:.2f} MiB -> {self.layer_bytes_after * mb:.2f} MiB",
             f"  whole model:  {self.model_bytes_before * mb:.2f} MiB -> {self.model_bytes_after * mb:.2f} MiB",
         ]
+        if self.sensitivity:
+            lines.append("  formats chosen: " + ", ".join(f"{s} x {n}" for s, n in self.format_counts().items()))
+            lines += [f"    {name}: {spec}" for name, spec in self.formats.items()]
         lines += [f"  skipped {name}: {why}" for name, why in self.skipped.items()]
         return "\n".join(lines)
 
@@ -194,31 +218,10 @@ def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, leaf, module)
 
 
-def quantize_(
-    model: nn.Module,
-    fmt: str | WeightFormat,
-    *,
-    skip: Iterable[str] = ("lm_head",),
-    method: str | Method = "rtn",
-    scale_dtype: torch.dtype | None = None,
-    progress: bool = True,
-) -> QuantizeSummary:
-    """Replace every eligible ``nn.Linear`` of ``model`` by a :class:`QuantLinear`, in place.
-
-    A layer is eligible when its type is exactly ``nn.Linear`` (subclasses may
-    be read directly by their owners, as ``nn.MultiheadAttention`` does), its
-    name does not match ``skip`` (a full name, a last name component such as
-    ``"lm_head"``, or an fnmatch pattern such as ``"*.mlp.*"``), and its weight
-    is not shared with another parameter (such as an embedding tied to the
-    output head).  Quantization runs on each weight's own device.
-
-    Returns a :class:`QuantizeSummary`; ``print`` it for a report.
-    """
-    fmt = parse_format(fmt)
-    skip = tuple(skip)
-    summary = QuantizeSummary(format=fmt.spec, model_bytes_before=model_nbytes(model))
+def _eligible(model: nn.Module, skip: tuple[str, ...], summary: QuantizeSummary) -> dict[str, nn.Linear]:
+    """The layers quantize_ converts; the others go to ``summary.skipped`` with the reason."""
     owners = _shared_weights(model)
-    todo = []
+    todo = {}
     for name, module in model.named_modules():
         if isinstance(module, QuantLinear):
             summary.skipped[name] = f"already quantized ({module.format.spec})"
@@ -232,16 +235,111 @@ def quantize_(
             elif sharing:
                 summary.skipped[name] = f"weight is shared with {', '.join(sharing)}"
             else:
-                todo.append((name, module))
-    for name, module in tqdm(todo, desc=f"quantizing to {fmt.spec}", disable=not progress, unit="layer"):
+                todo[name] = module
+    return todo
+
+
+def quantize_(
+    model: nn.Module,
+    fmt: str | WeightFormat | None = None,
+    *,
+    budget_bits: float | None = None,
+    candidates: Sequence[str | WeightFormat] = DEFAULT_CANDIDATES,
+    skip: Iterable[str] = ("lm_head",),
+    method: str | Method = "rtn",
+    calibration: Tensor | Sequence[str] | None = None,
+    tokenizer=None,
+    n_samples: int = DEFAULT_SAMPLES,
+    seq_len: int = DEFAULT_SEQ_LEN,
+    gptq: GPTQOptions = GPTQOptions(),
+    scale_dtype: torch.dtype | None = None,
+    progress: bool = True,
+) -> QuantizeSummary:
+    """Replace every eligible ``nn.Linear`` of ``model`` by a :class:`QuantLinear`, in place.
+
+    A layer is eligible when its type is exactly ``nn.Linear`` (subclasses may
+    be read directly by their owners, as ``nn.MultiheadAttention`` does), its
+    name does not match ``skip`` (a full name, a last name component such as
+    ``"lm_head"``, or an fnmatch pattern such as ``"*.mlp.*"``), and its weight
+    is not shared with another parameter (such as an embedding tied to the
+    output head).  Quantization runs on each weight's own device.
+
+    Args:
+        model: any module; ``method="gptq"`` and ``budget_bits`` need a causal
+            LM that takes ``input_ids`` / ``inputs_embeds`` and returns
+            ``.logits`` (any transformers ``*ForCausalLM``).
+        fmt: one format for every layer, e.g. ``"int4-g128"``.
+        budget_bits: instead of ``fmt``: choose a format per layer among
+            ``candidates`` so that all stored bits of the converted layers
+            average at most this many per weight, least estimated loss
+            increase first (:mod:`anybit.mixed`).  ``summary.formats`` gives the map.
+        candidates: the formats ``budget_bits`` chooses from.
+        method: ``"rtn"``, ``"mse"`` (weights alone) or ``"gptq"`` (calibrated,
+            :mod:`anybit.gptq`, block by block through the model).
+        calibration: for ``gptq`` and ``budget_bits``: a LongTensor
+            (n_samples, seq_len) of token ids, or a list of strings with
+            ``tokenizer``; None uses the text shipped with anybit (needs
+            ``tokenizer``).  See :func:`anybit.calibration.calibration_ids`.
+        tokenizer: the model's tokenizer, for text calibration.
+        n_samples, seq_len: windows cut from calibration text.
+        gptq: GPTQ's settings (:class:`anybit.gptq.GPTQOptions`).
+        scale_dtype: fp16 or bf16 scales; default bf16 for bf16 weights, else fp16.
+        progress: show progress bars.
+
+    Returns a :class:`QuantizeSummary`; ``print`` it for a report.
+
+    Raises:
+        ValueError: both or neither of ``fmt`` and ``budget_bits``; calibration
+            given where nothing uses it, or missing where needed; and the
+            errors of :func:`anybit.quantize`, naming the layer.
+    """
+    from ._calibrate import calibrate_sequentially  # it uses this module's helpers
+
+    method = _parse_method(method)
+    if (fmt is None) == (budget_bits is None):
+        raise ValueError("pass exactly one of fmt (one format for every layer) and budget_bits (a format per layer)")
+    needs_data = method is Method.GPTQ or budget_bits is not None
+    if not needs_data and (calibration is not None or tokenizer is not None):
+        raise ValueError("calibration/tokenizer are used only by method='gptq' and budget_bits; drop them or use one")
+    fmt = None if fmt is None else parse_format(fmt)
+    label = fmt.spec if fmt is not None else f"mixed ({budget_bits} bits/weight budget)"
+    summary = QuantizeSummary(format=label, method=method.value, model_bytes_before=model_nbytes(model))
+    todo = _eligible(model, tuple(skip), summary)
+    ids = calibration_ids(calibration, tokenizer, n_samples=n_samples, seq_len=seq_len) if needs_data else None
+
+    if budget_bits is not None:
+        measure = Method.MSE if method is Method.GPTQ else method
+        choices = mixed.choose_formats(model, todo, ids, budget_bits, candidates, method=measure, progress=progress)
+        formats = {c.name: parse_format(c.chosen) for c in choices}
+        summary.sensitivity = {c.name: c.cost for c in choices}
+    else:
+        formats = dict.fromkeys(todo, fmt)
+
+    def convert(name: str, module: nn.Linear, hessian: Tensor | None = None) -> QuantLinear:
         try:
-            layer = QuantLinear.from_linear(module, fmt, method=method, scale_dtype=scale_dtype)
+            if hessian is None:
+                qw = quantize(module.weight, formats[name], method=method, scale_dtype=scale_dtype)
+            else:
+                qw = gptq_quantize(module.weight, hessian, formats[name], gptq, scale_dtype=scale_dtype)
+                base = output_error(module.weight, torch.zeros_like(module.weight), hessian)
+                err = output_error(module.weight, qw.dequantize(torch.float32), hessian)
+                summary.output_errors[name] = err / base if base > 0 else 0.0
         except ValueError as err:
             raise ValueError(f"layer {name!r}: {err}") from err
-        _set_submodule(model, name, layer)
+        bias = None if module.bias is None else module.bias.detach().clone()
+        layer = QuantLinear.from_quantized(qw, bias)
         summary.converted.append(name)
+        summary.formats[name] = qw.format.spec
         summary.layer_bytes_before += module.weight.nbytes
         summary.layer_weights += module.weight.numel()
-        summary.layer_bytes_after += layer.qweight.nbytes
+        summary.layer_bytes_after += qw.nbytes
+        return layer
+
+    if method is Method.GPTQ:
+        calibrate_sequentially(model, todo, ids, convert, progress=progress)
+    else:
+        desc = f"quantizing to {label}"
+        for name, module in tqdm(todo.items(), desc=desc, disable=not progress, unit="layer"):
+            _set_submodule(model, name, convert(name, module))
     summary.model_bytes_after = model_nbytes(model)
     return summary
