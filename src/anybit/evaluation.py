@@ -1,8 +1,12 @@
-"""Perplexity of a causal language model on a token sequence."""
+"""Perplexity of a causal language model on a token sequence, and of quantized variants of it."""
 
 from __future__ import annotations
 
+import copy
 import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -56,3 +60,78 @@ def perplexity(model: nn.Module, input_ids: Tensor, window: int = 512, stride: i
             break
         begin += stride
     return math.exp(total_nll / scored)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One quantized version of a model to evaluate: a method with a format, or with a size budget."""
+
+    method: str
+    fmt: str | None = None
+    budget_bits: float | None = None
+
+    @property
+    def label(self) -> str:
+        what = self.fmt if self.fmt is not None else f"mixed {self.budget_bits} bits"
+        return f"{self.method} {what}"
+
+
+@dataclass
+class EvalRow:
+    """Perplexity of the unquantized model (``variant`` None) or of one variant."""
+
+    label: str
+    method: str
+    format: str
+    bits_per_weight: float
+    perplexity: float
+    seconds: float
+    formats: dict[str, int] = field(default_factory=dict)
+
+
+def evaluate_variants(
+    model: nn.Module,
+    ids: Tensor,
+    variants: list[Variant],
+    calibration: Tensor,
+    *,
+    window: int = 512,
+    stride: int = 512,
+    progress: Callable[[EvalRow], None] | None = None,
+) -> list[EvalRow]:
+    """Perplexity of ``model`` on ``ids`` as it is, then of each variant (each on a fresh copy).
+
+    Args:
+        model: a causal LM (see :func:`perplexity`); left unchanged.
+        ids: LongTensor (T,) of the evaluation text, the same tokens for every row.
+        variants: what to quantize and how.
+        calibration: LongTensor (n_samples, seq_len) for ``gptq`` and budgets.
+        window, stride: as in :func:`perplexity`.
+        progress: called with each row as it is done.
+
+    Returns one row per variant after the unquantized model's; ``seconds`` is
+    the quantization time.
+    """
+    from .nn import quantize_
+
+    dtype = next(model.parameters()).dtype
+    base = str(dtype).removeprefix("torch.")
+    rows = [EvalRow(base, "none", base, float(torch.finfo(dtype).bits), perplexity(model, ids, window, stride), 0.0)]
+    if progress:
+        progress(rows[-1])
+    for variant in variants:
+        quantized = copy.deepcopy(model)
+        needs_data = variant.method == "gptq" or variant.budget_bits is not None
+        start = time.perf_counter()
+        summary = quantize_(
+            quantized, variant.fmt, budget_bits=variant.budget_bits, method=variant.method,
+            calibration=calibration if needs_data else None, progress=False,
+        )
+        seconds = time.perf_counter() - start
+        ppl = perplexity(quantized, ids, window, stride)
+        rows.append(EvalRow(variant.label, variant.method, summary.format, summary.bits_per_weight, ppl, seconds,
+                            summary.format_counts()))
+        del quantized
+        if progress:
+            progress(rows[-1])
+    return rows

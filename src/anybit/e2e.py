@@ -1,0 +1,213 @@
+"""``anybit bench --e2e``: decoding tokens/s of a Llama-3.1-8B-shaped model, fp16 against quantized.
+
+Speed does not depend on the weights' values, so the model is built from
+Llama-3.1-8B's configuration with random weights (no download).  For each
+format and batch size the same stack runs:
+
+* transformers' ``LlamaForCausalLM`` in fp16 with a static KV cache
+  (``transformers.StaticCache``), prompt of ``prompt_len`` random tokens;
+* every decoder layer compiled by ``torch.compile`` (one compiled region
+  shared by all layers; it fuses the norms, rotary embedding and residual
+  adds); the linear layers are ``nn.Linear`` (cuBLAS) for fp16 and
+  :class:`anybit.QuantLinear` otherwise, every linear layer including
+  ``lm_head``;
+* one greedy decoding step (forward, argmax, position + 1) captured in a CUDA
+  graph and replayed ``steps`` times; tokens/s = batch * steps / time.
+
+Results JSON: ``{"env": {...}, "config": {...}, "rows": [{format, batch,
+ms_per_step, tokens_per_s, speedup, weight_gib}]}`` with ``speedup`` the
+ratio to fp16 at the same batch size.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import __version__
+
+#: Llama-3.1-8B's shapes (its config.json), all that matters for speed.
+LLAMA_31_8B = dict(
+    vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=131072,
+    rope_theta=500000.0, rms_norm_eps=1e-5, tie_word_embeddings=False,
+)
+DEFAULT_FORMATS = ("int4-g128", "int3-g128")
+DEFAULT_BATCHES = (1, 8, 32)
+
+
+@dataclass
+class E2ERow:
+    format: str
+    batch: int
+    ms_per_step: float
+    tokens_per_s: float
+    #: tokens/s over fp16's at the same batch size.
+    speedup: float
+    #: Bytes of all the model's weights (quantized layers, embeddings, norms), GiB.
+    weight_gib: float
+
+
+def random_llama(config: dict, device: torch.device, seed: int = 0) -> nn.Module:
+    """An fp16 ``LlamaForCausalLM`` with the given config and random N(0, 0.02) weights on ``device``."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(LlamaConfig(**config))
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+class Decoder:
+    """One greedy decoding step of ``model`` at batch ``batch``, replayable as a CUDA graph.
+
+    The step reads ``self.token`` (batch, 1) and ``self.position`` (1,),
+    writes the argmax token back to ``self.token`` and adds 1 to ``self.position``.
+    """
+
+    def __init__(self, model: nn.Module, batch: int, prompt_len: int, max_steps: int, seed: int = 0):
+        from transformers import StaticCache
+
+        self.model = model
+        device = next(model.parameters()).device
+        gen = torch.Generator(device=device).manual_seed(seed)
+        prompt = torch.randint(0, model.config.vocab_size, (batch, prompt_len), device=device, generator=gen)
+        self.cache = StaticCache(config=model.config, max_cache_len=prompt_len + max_steps)
+        with torch.inference_mode():
+            logits = model(input_ids=prompt, past_key_values=self.cache, use_cache=True,
+                           cache_position=torch.arange(prompt_len, device=device)).logits
+        self.token = logits[:, -1:].argmax(-1).clone()
+        self.position = torch.tensor([prompt_len], device=device)
+        self.graph: torch.cuda.CUDAGraph | None = None
+
+    def step(self) -> None:
+        with torch.inference_mode():
+            logits = self.model(input_ids=self.token, past_key_values=self.cache, use_cache=True,
+                                cache_position=self.position).logits
+            self.token.copy_(logits[:, -1:].argmax(-1))
+            self.position.add_(1)
+
+    def capture(self, warmup: int = 3) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                self.step()
+        torch.cuda.current_stream().wait_stream(side)
+        torch.cuda.synchronize()
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.step()
+
+    def time_ms(self, steps: int) -> float:
+        """Mean milliseconds per step over ``steps`` graph replays."""
+        assert self.graph is not None, "capture() first"
+        self.graph.replay()
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(steps):
+            self.graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / steps
+
+
+#: Each decoder layer compiles once per shape (transformers layers differ in
+#: their ``layer_idx`` constant; the generated code is cached and shared).
+RECOMPILE_LIMIT = 4096
+
+
+def _compile_layers(model: nn.Module) -> None:
+    import torch._dynamo.config
+
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
+    torch._dynamo.config.accumulated_recompile_limit = max(
+        torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT
+    )
+    for layer in model.model.layers:
+        layer.compile(fullgraph=True, dynamic=False)
+
+
+def measure(
+    model: nn.Module, batches, *, prompt_len: int, steps: int, compile_layers: bool = True
+) -> dict[int, float]:
+    """Milliseconds per decoding step of ``model`` at each batch size."""
+    if compile_layers:
+        _compile_layers(model)
+    out = {}
+    for batch in batches:
+        decoder = Decoder(model, batch, prompt_len, max_steps=steps + 8)
+        decoder.capture()
+        out[batch] = decoder.time_ms(steps)
+        del decoder
+        torch.cuda.empty_cache()
+    return out
+
+
+def run(
+    formats=DEFAULT_FORMATS, batches=DEFAULT_BATCHES, *, config: dict | None = None, prompt_len: int = 128,
+    steps: int = 100, log=print, on_result=None,
+) -> dict:
+    """Measure fp16 and each format (see the module docstring); returns the results dict.
+
+    ``on_result``, if given, is called with the results so far after each measurement
+    (to save partial results of a long run).
+    """
+    from .nn import model_nbytes, quantize_
+
+    if not torch.cuda.is_available():
+        raise ValueError("anybit bench --e2e needs a CUDA GPU")
+    config = dict(config or LLAMA_31_8B)
+    device = torch.device("cuda")
+    base = random_llama(config, device)
+    import transformers
+
+    env = {
+        "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "anybit": __version__, "date": datetime.date.today().isoformat(),
+        "stack": "transformers LlamaForCausalLM, StaticCache, decoder layers torch.compile'd, one CUDA graph "
+                 "per decoding step; all linear layers (lm_head included) quantized",
+        "prompt_len": prompt_len, "steps": steps,
+    }
+    rows: list[E2ERow] = []
+    fp16: dict[int, float] = {}
+    for fmt in ("float16", *formats):
+        if fmt == "float16":
+            model = base
+        else:
+            model = copy.deepcopy(base)
+            quantize_(model, fmt, skip=(), progress=False)
+        gib = model_nbytes(model) / 2**30
+        _compile_layers(model)
+        for batch in batches:
+            ms = measure(model, [batch], prompt_len=prompt_len, steps=steps, compile_layers=False)[batch]
+            if fmt == "float16":
+                fp16[batch] = ms
+            rows.append(E2ERow(fmt, batch, ms, batch * 1000 / ms, fp16[batch] / ms, gib))
+            log(f"{fmt:>10} batch {batch:>3}: {ms:7.3f} ms/step, {batch * 1000 / ms:8.1f} tokens/s, "
+                f"{fp16[batch] / ms:.2f}x fp16 ({gib:.2f} GiB of weights)")
+            if on_result is not None:
+                on_result({"env": env, "config": config, "rows": [asdict(r) for r in rows]})
+        if model is not base:
+            del model
+            torch.cuda.empty_cache()
+    return {"env": env, "config": config, "rows": [asdict(r) for r in rows]}
+
+
+def write(result: dict, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    return path
