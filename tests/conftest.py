@@ -87,3 +87,17 @@ def one_spec_per_family(offset: int = 0) -> list[str]:
     through all six (starting ``offset`` places in)."""
     prefixes = sorted({spec.rsplit("-", 1)[0] for spec in KERNEL_SPECS})
     return [f"{prefix}-{GROUPS[(i + offset) % len(GROUPS)]}" for i, prefix in enumerate(prefixes)]
+
+
+def tiny_llama(seed: int = 0):
+    """A 2-layer random transformers Llama (vocab 97, hidden 64) whose logits are far from uniform, as a trained model's."""
+    import transformers
+
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    model = transformers.LlamaForCausalLM(config).eval()
+    model.lm_head.weight.data *= 20
+    return model

@@ -6,7 +6,7 @@ import random
 
 import pytest
 import torch
-import transformers
+from conftest import tiny_llama
 from torch import nn
 
 import anybit
@@ -18,14 +18,7 @@ from anybit.nn import QuantLinear
 
 @pytest.fixture(scope="module")
 def tiny():
-    config = transformers.LlamaConfig(
-        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
-    )
-    torch.manual_seed(0)
-    model = transformers.LlamaForCausalLM(config).eval()
-    # A trained model's logits are far from uniform; make the random one's so too.
-    model.lm_head.weight.data *= 20
+    model = tiny_llama()
     ids = torch.randint(0, 97, (8, 32), generator=torch.Generator().manual_seed(1))
     return model, ids
 
