@@ -35,10 +35,6 @@ from . import packing
 from .formats import WeightFormat, parse_format
 from .quantized import Method, quantize
 
-#: Calibration samples the sensitivity pass uses (the first ones): its cost grows
-#: with the candidates, and the ranking it feeds is stable with fewer tokens.
-SENSITIVITY_SAMPLES = 16
-
 #: Candidate formats when none are given: signed integers, groups of 64.
 DEFAULT_CANDIDATES = ("int2-g64", "int3-g64", "int4-g64", "int5-g64", "int6-g64", "int8-g64")
 
@@ -203,14 +199,11 @@ def choose_formats(
     method: Method = Method.MSE,
     progress: bool = True,
 ) -> list[LayerChoice]:
-    """Measure every layer's sensitivity and allocate formats under ``budget_bits`` (see the module docstring).
-
-    The sensitivity pass uses the first ``SENSITIVITY_SAMPLES`` rows of ``ids``.
-    """
+    """Measure every layer's sensitivity and allocate formats under ``budget_bits`` (see the module docstring)."""
     formats = [parse_format(c) for c in candidates]
     if not formats:
         raise ValueError("candidates must name at least one format")
-    costs = sensitivity(model, layers, ids[:SENSITIVITY_SAMPLES], formats, method=method, progress=progress)
+    costs = sensitivity(model, layers, ids, formats, method=method, progress=progress)
     choices = []
     for name, layer in layers.items():
         n, k = layer.weight.shape
