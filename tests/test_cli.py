@@ -110,3 +110,22 @@ def test_eval_table_and_json(tmp_path, capsys):
 def test_eval_needs_something_to_do(capsys):
     with pytest.raises(SystemExit, match="nothing to evaluate"):
         main(["eval", "--formats", "--methods"])
+
+
+@pytest.mark.slow
+def test_quantize_gptq_and_budget_from_the_command_line(tmp_path, capsys):
+    from anybit import demo
+
+    tokenizer = demo.load_tokenizer()
+    model = demo.tiny_model(tokenizer, torch.device("cpu"), torch.float32)
+    folder = tmp_path / "tiny"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    small = ["--samples", "4", "--seq-len", "32", "--device", "cpu"]
+    assert main(["quantize", str(folder), "-f", "int3-g32", "--method", "gptq", "-o", str(tmp_path / "g"), *small]) == 0
+    assert "-> int3-g32 by gptq" in capsys.readouterr().out
+    assert main(["quantize", str(folder), "--budget", "4", "-o", str(tmp_path / "b"), *small]) == 0
+    printed = capsys.readouterr().out
+    assert "mixed (4.0 bits/weight budget)" in printed and "formats chosen" in printed
+    with pytest.raises(SystemExit, match="exactly one of --format and --budget"):
+        main(["quantize", str(folder), "-o", str(tmp_path / "x")])

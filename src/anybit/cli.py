@@ -56,9 +56,17 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     import anybit
 
     console = Console(stderr=True)
+    if (args.format is None) == (args.budget is None):
+        raise SystemExit("give exactly one of --format and --budget")
     model, tokenizer = _load_hf(args.model, DTYPES[args.dtype])
     model.to(_device(args.device))
-    summary = anybit.quantize_(model, args.format, method=args.method, skip=args.skip or ("lm_head",))
+    calibrated = args.method == "gptq" or args.budget is not None
+    if calibrated and tokenizer is None:
+        raise SystemExit(f"--method gptq and --budget calibrate on text: no tokenizer found next to {args.model!r}")
+    summary = anybit.quantize_(
+        model, args.format, budget_bits=args.budget, method=args.method, skip=args.skip or ("lm_head",),
+        tokenizer=tokenizer if calibrated else None, n_samples=args.samples, seq_len=args.seq_len,
+    )
     out = anybit.save(model, args.out)
     if tokenizer is not None:
         tokenizer.save_pretrained(str(out))
@@ -372,9 +380,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("quantize", help="quantize a transformers model and save it")
     q.add_argument("model", help="a transformers model directory or a .gguf file")
-    q.add_argument("--format", "-f", required=True, help="weight format, e.g. int4-g128 (see `anybit info`)")
+    q.add_argument("--format", "-f", help="weight format, e.g. int4-g128 (see `anybit info`)")
+    q.add_argument("--budget", type=float, help="instead of --format: a format per layer, all stored bits <= this "
+                                                "many per weight (calibrated)")
     q.add_argument("--out", "-o", required=True, help="output directory")
-    q.add_argument("--method", choices=("rtn", "mse"), default="rtn")
+    q.add_argument("--method", choices=("rtn", "mse", "gptq"), default="rtn",
+                   help="gptq calibrates on anybit's shipped text with the model's tokenizer")
+    q.add_argument("--samples", type=int, default=64, help="calibration windows (gptq, --budget)")
+    q.add_argument("--seq-len", type=int, default=512, help="tokens per calibration window")
     q.add_argument("--skip", action="append", help="layer name or pattern to keep unquantized (default lm_head)")
     q.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype to load the model in")
     q.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
