@@ -55,12 +55,12 @@ def test_gptq_beats_rtn_on_the_calibration_data(tiny, spec):
     assert _logit_error(model, gptq, ids) < _logit_error(model, rtn, ids)
 
 
-def test_gptq_act_order_and_unskipped_head(tiny):
-    """act_order keeps the usual layout (the model runs, save/load round-trips); lm_head outside the blocks is calibrated too."""
+def test_gptq_in_input_order_and_unskipped_head(tiny):
+    """The non-default sweep in input order; lm_head, outside the blocks, is calibrated too."""
     model, ids = tiny
     q = copy.deepcopy(model)
     summary = anybit.quantize_(q, "int4-g32", method="gptq", calibration=ids, skip=(), progress=False,
-                               gptq=anybit.GPTQOptions(act_order=True))
+                               gptq=anybit.GPTQOptions(act_order=False))
     assert "lm_head" in summary.converted and isinstance(q.lm_head, QuantLinear)
     rtn = copy.deepcopy(model)
     anybit.quantize_(rtn, "int4-g32", skip=(), progress=False)

@@ -18,8 +18,8 @@ format's own ``fit`` / ``encode`` / ``decode`` on groups of width 1:
   (with ``fit=Method.MSE`` by the format's clipping search, else its
   round-to-nearest range).  Clip-independent tensors (a learned per-row
   codebook, nvfp4's tensor scale) are fitted once on the original weight.
-* ``act_order=True`` visits columns by decreasing ``H[j, j]`` (inputs with the
-  most energy first).  Groups are then fitted once, before the sweep, on the
+* ``act_order=True`` (the default) visits columns by decreasing ``H[j, j]``
+  (inputs with the most energy first).  Groups are then fitted once, before the sweep, on the
   original weights ("static groups"), so each code still belongs to the group
   of its input feature: the stored weight keeps the usual layout and every
   kernel reads it unchanged.  No permutation is stored.
@@ -48,7 +48,8 @@ class GPTQOptions:
         damp: ``damp * mean(diag(H))`` is added to H's diagonal before it is
             inverted (GPTQ's default 0.01).
         act_order: visit columns by decreasing ``H[j, j]`` with static groups
-            (see the module docstring).
+            (see the module docstring).  The default: on SmolLM2-135M at
+            int3-g64 it gave perplexity 20.3 against 28.2 in input order.
         fit: how each group's scale (and zero point) is chosen: ``Method.MSE``
             searches the format's clipping ratios for the least squared error
             of the group's weights; ``Method.RTN`` uses the full range.
@@ -56,7 +57,7 @@ class GPTQOptions:
 
     block_size: int = 128
     damp: float = 0.01
-    act_order: bool = False
+    act_order: bool = True
     fit: Method = Method.MSE
 
     def __post_init__(self) -> None:
