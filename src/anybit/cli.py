@@ -182,10 +182,19 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+#: GPU memory the demo's decoding benchmark needs: fp16 weights (15 GiB), an int4 copy, caches.
+E2E_MIN_MEMORY = 32 * 2**30
+
+
 def _demo_e2e(console: Console) -> None:
     """The decoding speed that matters: a Llama-3.1-8B-shaped model, fp16 against int4-g128."""
     from . import e2e
 
+    memory = torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
+    if memory < E2E_MIN_MEMORY:
+        console.print(f"Skipping the Llama-3.1-8B-shaped decoding benchmark: it needs {E2E_MIN_MEMORY / 2**30:.0f} GiB "
+                      f"of GPU memory, this GPU has {memory / 2**30:.0f} GiB.")
+        return
     console.print("Decoding speed of a Llama-3.1-8B-shaped model (random weights), fp16 vs int4-g128, "
                   "CUDA graphs (a few minutes: compiling and quantizing 8B weights)...")
     result = e2e.run(("int4-g128",), (1, 8), steps=50, log=lambda line: console.print("  " + line))
