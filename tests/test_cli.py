@@ -25,6 +25,19 @@ def tiny_llama(tmp_path_factory):
     return folder, model
 
 
+@pytest.fixture(scope="module")
+def tiny_with_tokenizer(tmp_path_factory):
+    """A tiny random Llama saved with SmolLM2's tokenizer (the calibrated commands need one)."""
+    from anybit import demo
+
+    tokenizer = demo.load_tokenizer()
+    model = demo.tiny_model(tokenizer, torch.device("cpu"), torch.float32)
+    folder = tmp_path_factory.mktemp("tiny-tokenizer")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
 def test_quantize_info_and_load(tiny_llama, tmp_path, capsys):
     folder, model = tiny_llama
     out = tmp_path / "q"
@@ -77,17 +90,11 @@ def test_demo_smoke_on_a_tiny_model(capsys):
 
 
 @pytest.mark.slow
-def test_eval_table_and_json(tmp_path, capsys):
+def test_eval_table_and_json(tiny_with_tokenizer, tmp_path, capsys):
     """anybit eval on a tiny random Llama saved with SmolLM2's tokenizer: every variant, same tokens, JSON written."""
     import json
 
-    from anybit import demo
-
-    tokenizer = demo.load_tokenizer()
-    model = demo.tiny_model(tokenizer, torch.device("cpu"), torch.float32)
-    folder = tmp_path / "tiny"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+    folder = tiny_with_tokenizer
     text = tmp_path / "text.txt"
     text.write_text("In the beginning was the word, and the word was with the text. " * 40)
     out = tmp_path / "eval.json"
@@ -113,14 +120,8 @@ def test_eval_needs_something_to_do(capsys):
 
 
 @pytest.mark.slow
-def test_quantize_gptq_and_budget_from_the_command_line(tmp_path, capsys):
-    from anybit import demo
-
-    tokenizer = demo.load_tokenizer()
-    model = demo.tiny_model(tokenizer, torch.device("cpu"), torch.float32)
-    folder = tmp_path / "tiny"
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
+def test_quantize_gptq_and_budget_from_the_command_line(tiny_with_tokenizer, tmp_path, capsys):
+    folder = tiny_with_tokenizer
     small = ["--samples", "4", "--seq-len", "32", "--device", "cpu"]
     assert main(["quantize", str(folder), "-f", "int3-g32", "--method", "gptq", "-o", str(tmp_path / "g"), *small]) == 0
     assert "-> int3-g32 by gptq" in capsys.readouterr().out

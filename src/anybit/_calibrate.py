@@ -10,7 +10,7 @@ the model will run), and at most one block's Hessians exist at any time:
    stops the forward pass there;
 2. for each block: hooks sum ``X^T X`` for each of its layers over every
    calibration sample, the layers are quantized with GPTQ and swapped for
-   :class:`QuantLinear`, and the block runs again to give the next block its inputs;
+   quantized ones, and the block runs again to give the next block its inputs;
 3. layers outside the blocks (an unskipped ``lm_head``) are calibrated with one
    more pass of the whole quantized model.
 
@@ -160,19 +160,18 @@ def calibrate_sequentially(
     model: nn.Module,
     layers: dict[str, nn.Linear],
     ids: Tensor,
-    quantize_layer: Callable[[str, nn.Linear, Tensor], nn.Module],
+    quantize_layer: Callable[[str, nn.Linear, Tensor], None],
     *,
     batch_size: int = 8,
     progress: bool = True,
 ) -> None:
-    """Replace each of ``layers`` (name -> module of ``model``) by ``quantize_layer(name, module, hessian)``.
+    """Call ``quantize_layer(name, module, hessian)`` for each of ``layers`` (name -> module of ``model``), in order.
 
-    ``ids``: LongTensor (n_samples, seq_len).  ``hessian`` is the (K, K) float32
-    second moment of the layer's inputs over all calibration tokens, computed with
-    every earlier block already replaced.  The model is changed in place.
+    ``quantize_layer`` replaces the module in ``model``; later blocks are then
+    calibrated on what the replaced ones compute.  ``ids``: LongTensor
+    (n_samples, seq_len).  ``hessian`` is the (K, K) float32 second moment of
+    the layer's inputs over all calibration tokens.
     """
-    from .nn import _set_submodule
-
     device = next(model.parameters()).device
     ids = ids.to(device)
     blocks_name, blocks = decoder_blocks(model)
@@ -195,7 +194,7 @@ def calibrate_sequentially(
                     for inp in inputs:
                         inp.call(block)
                 for name, module in todo.items():
-                    _set_submodule(model, name, quantize_layer(name, module, moments.hessian(name)))
+                    quantize_layer(name, module, moments.hessian(name))
                     bar.update()
                 del moments
             for inp in inputs:
@@ -205,6 +204,6 @@ def calibrate_sequentially(
                 for start in range(0, ids.shape[0], batch_size):
                     model(input_ids=ids[start : start + batch_size], use_cache=False)
             for name, module in outside.items():
-                _set_submodule(model, name, quantize_layer(name, module, moments.hessian(name)))
+                quantize_layer(name, module, moments.hessian(name))
                 bar.update()
         bar.close()

@@ -198,13 +198,25 @@ def _demo_e2e(console: Console) -> None:
     console.print("Decoding speed of a Llama-3.1-8B-shaped model (random weights), fp16 vs int4-g128, "
                   "CUDA graphs (a few minutes: compiling and quantizing 8B weights)...")
     result = e2e.run(("int4-g128",), (1, 8), steps=50, log=lambda line: console.print("  " + line))
-    table = Table(title=f"Llama-3.1-8B shapes on {result['env']['gpu']}: greedy decoding (anybit bench --e2e)")
-    for col in ("format", "batch", "ms/step", "tokens/s", "vs fp16"):
+    console.print(_e2e_table(result))
+
+
+def _e2e_table(result: dict) -> Table:
+    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']} (anybit bench --e2e)")
+    for col in ("format", "batch", "ms/step", "tokens/s", "vs fp16", "weights GiB"):
         table.add_column(col, justify="left" if col == "format" else "right")
     for r in result["rows"]:
-        table.add_row(r["format"], str(r["batch"]), f"{r['ms_per_step']:.2f}", f"{r['tokens_per_s']:.0f}",
-                      f"{r['speedup']:.2f}x")
-    console.print(table)
+        table.add_row(r["format"], str(r["batch"]), f"{r['ms_per_step']:.3f}", f"{r['tokens_per_s']:.1f}",
+                      f"{r['speedup']:.2f}x", f"{r['weight_gib']:.2f}")
+    return table
+
+
+def _results_path(args: argparse.Namespace, gpu: str, date: str) -> Path:
+    """``--out``, else benchmarks/results/<gpu>-<date>-<what>.json (``gpu`` as named by CUDA)."""
+    if args.out:
+        return Path(args.out)
+    slug = gpu.replace("NVIDIA ", "").replace(" ", "-").lower()
+    return Path("benchmarks/results") / f"{slug}-{date}-{args.what}.json"
 
 
 EVAL_PASSAGE = "Genesis 1:1-50:26"
@@ -288,18 +300,11 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
     formats = args.formats or list(e2e.DEFAULT_FORMATS)
     for spec in formats:
         parse_format(spec)
-    gpu = torch.cuda.get_device_name().replace("NVIDIA ", "").replace(" ", "-").lower() if torch.cuda.is_available() \
-        else "cpu"
-    out = Path(args.out) if args.out else Path("benchmarks/results") / f"{gpu}-{datetime.date.today()}-{args.what}.json"
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    out = _results_path(args, gpu, datetime.date.today().isoformat())
     result = e2e.run(formats, args.batches or list(e2e.DEFAULT_BATCHES), steps=args.steps,
                      on_result=lambda partial: e2e.write(partial, out))
-    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']} (tokens/s)")
-    for col in ("format", "batch", "ms/step", "tokens/s", "vs fp16", "weights GiB"):
-        table.add_column(col, justify="left" if col == "format" else "right")
-    for r in result["rows"]:
-        table.add_row(r["format"], str(r["batch"]), f"{r['ms_per_step']:.3f}", f"{r['tokens_per_s']:.1f}",
-                      f"{r['speedup']:.2f}x", f"{r['weight_gib']:.2f}")
-    Console().print(table)
+    Console().print(_e2e_table(result))
     print(f"results: {out}")
     return 0
 
@@ -314,8 +319,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         parse_format(spec)
     result = bench.run(args.formats, args.shapes or list(bench.STANDARD_SHAPES), args.m or list(bench.STANDARD_M),
                        replays=args.replays, peers=not args.no_peers)
-    gpu = result.env["gpu"].replace("NVIDIA ", "").replace(" ", "-").lower()
-    out = Path(args.out) if args.out else Path("benchmarks/results") / f"{gpu}-{result.env['date']}-{args.what}.json"
+    out = _results_path(args, result.env["gpu"], result.env["date"])
     bench.write(result, out)
     table = Table(title=f"anybit vs fp16 cuBLAS on {result.env['gpu']}: geomean over shapes (higher is better)")
     table.add_column("format")

@@ -27,7 +27,7 @@ from torch import nn
 
 from .calibration import calibration_ids
 from .evaluation import Variant, perplexity
-from .nn import model_nbytes, quantize_
+from .nn import model_nbytes
 
 DEFAULT_FORMATS = ("int8-gc", "int4-g64", "uint4-g64", "nf4-g64", "mxfp4", "nvfp4", "int3-g64", "lut3-g64")
 #: Rows quantized with calibration data (anybit's shipped text).
@@ -172,9 +172,7 @@ def run_demo(
         calibration = calibration_ids(None, tokenizer, n_samples=32, seq_len=256)
     for variant in variants:
         quantized = copy.deepcopy(model)
-        needs_data = variant.method == "gptq" or variant.budget_bits is not None
-        summary = quantize_(quantized, variant.fmt, budget_bits=variant.budget_bits, method=variant.method,
-                            calibration=calibration if needs_data else None, progress=False)
+        summary = variant.apply(quantized, calibration)
         label = variant.fmt if variant.method == "rtn" and variant.fmt else variant.label
         rows.append(evaluate(quantized, tokenizer, ids, label, summary.bits_per_weight, window, new_tokens))
         del quantized

@@ -140,20 +140,14 @@ def _compile_layers(model: nn.Module) -> None:
         layer.compile(fullgraph=True, dynamic=False)
 
 
-def measure(
-    model: nn.Module, batches, *, prompt_len: int, steps: int, compile_layers: bool = True
-) -> dict[int, float]:
-    """Milliseconds per decoding step of ``model`` at each batch size."""
-    if compile_layers:
-        _compile_layers(model)
-    out = {}
-    for batch in batches:
-        decoder = Decoder(model, batch, prompt_len, max_steps=steps + 8)
-        decoder.capture()
-        out[batch] = decoder.time_ms(steps)
-        del decoder
-        torch.cuda.empty_cache()
-    return out
+def step_ms(model: nn.Module, batch: int, *, prompt_len: int, steps: int) -> float:
+    """Milliseconds per graph-replayed decoding step of ``model`` at ``batch``."""
+    decoder = Decoder(model, batch, prompt_len, max_steps=steps + 8)
+    decoder.capture()
+    ms = decoder.time_ms(steps)
+    del decoder
+    torch.cuda.empty_cache()
+    return ms
 
 
 def run(
@@ -183,6 +177,10 @@ def run(
     }
     rows: list[E2ERow] = []
     fp16: dict[int, float] = {}
+
+    def result() -> dict:
+        return {"env": env, "config": config, "rows": [asdict(r) for r in rows]}
+
     for fmt in ("float16", *formats):
         if fmt == "float16":
             model = base
@@ -192,18 +190,18 @@ def run(
         gib = model_nbytes(model) / 2**30
         _compile_layers(model)
         for batch in batches:
-            ms = measure(model, [batch], prompt_len=prompt_len, steps=steps, compile_layers=False)[batch]
+            ms = step_ms(model, batch, prompt_len=prompt_len, steps=steps)
             if fmt == "float16":
                 fp16[batch] = ms
             rows.append(E2ERow(fmt, batch, ms, batch * 1000 / ms, fp16[batch] / ms, gib))
             log(f"{fmt:>10} batch {batch:>3}: {ms:7.3f} ms/step, {batch * 1000 / ms:8.1f} tokens/s, "
                 f"{fp16[batch] / ms:.2f}x fp16 ({gib:.2f} GiB of weights)")
             if on_result is not None:
-                on_result({"env": env, "config": config, "rows": [asdict(r) for r in rows]})
+                on_result(result())
         if model is not base:
             del model
             torch.cuda.empty_cache()
-    return {"env": env, "config": config, "rows": [asdict(r) for r in rows]}
+    return result()
 
 
 def write(result: dict, path: str | Path) -> Path:

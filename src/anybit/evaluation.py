@@ -75,10 +75,24 @@ class Variant:
         what = self.fmt if self.fmt is not None else f"mixed {self.budget_bits} bits"
         return f"{self.method} {what}"
 
+    @property
+    def needs_calibration(self) -> bool:
+        return self.method == "gptq" or self.budget_bits is not None
+
+    def apply(self, model: nn.Module, calibration: Tensor | None):
+        """Quantize ``model`` in place; ``calibration`` (LongTensor (n, L)) is used only where needed.
+
+        Returns the :class:`anybit.QuantizeSummary`.
+        """
+        from .nn import quantize_
+
+        return quantize_(model, self.fmt, budget_bits=self.budget_bits, method=self.method,
+                         calibration=calibration if self.needs_calibration else None, progress=False)
+
 
 @dataclass
 class EvalRow:
-    """Perplexity of the unquantized model (``variant`` None) or of one variant."""
+    """Perplexity of the unquantized model (first row, ``method`` "none") or of one variant."""
 
     label: str
     method: str
@@ -112,8 +126,6 @@ def evaluate_variants(
     Returns one row per variant after the unquantized model's; ``seconds`` is
     the quantization time.
     """
-    from .nn import quantize_
-
     dtype = next(model.parameters()).dtype
     base = str(dtype).removeprefix("torch.")
     rows = [EvalRow(base, "none", base, float(torch.finfo(dtype).bits), perplexity(model, ids, window, stride), 0.0)]
@@ -121,12 +133,8 @@ def evaluate_variants(
         progress(rows[-1])
     for variant in variants:
         quantized = copy.deepcopy(model)
-        needs_data = variant.method == "gptq" or variant.budget_bits is not None
         start = time.perf_counter()
-        summary = quantize_(
-            quantized, variant.fmt, budget_bits=variant.budget_bits, method=variant.method,
-            calibration=calibration if needs_data else None, progress=False,
-        )
+        summary = variant.apply(quantized, calibration)
         seconds = time.perf_counter() - start
         ppl = perplexity(quantized, ids, window, stride)
         rows.append(EvalRow(variant.label, variant.method, summary.format, summary.bits_per_weight, ppl, seconds,

@@ -43,8 +43,7 @@ def storage_bits(fmt: WeightFormat, out_features: int, in_features: int) -> int:
     """Stored bits of an (N, K) layer in ``fmt``: packed codes plus every parameter tensor."""
     codes = 32 * out_features * packing.packed_words(fmt.bits, in_features)
     params = fmt.param_specs(out_features, in_features, torch.float16).values()
-    return codes + sum(math.prod(p.shape) * torch.finfo(p.dtype).bits if p.dtype.is_floating_point
-                       else math.prod(p.shape) * torch.iinfo(p.dtype).bits for p in params)
+    return codes + sum(8 * p.dtype.itemsize * math.prod(p.shape) for p in params)
 
 
 @dataclass

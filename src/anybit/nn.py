@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -10,13 +11,12 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import packing
-from .formats import WeightFormat, parse_format
-from .matmul import matmul
+from . import mixed, packing
+from ._calibrate import calibrate_sequentially
 from .calibration import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, calibration_ids
-from . import mixed
+from .formats import WeightFormat, parse_format
 from .gptq import GPTQOptions, gptq_quantize, output_error
-from .mixed import DEFAULT_CANDIDATES
+from .matmul import matmul
 from .quantized import Method, QuantizedWeight, _parse_method, quantize
 
 
@@ -164,10 +164,7 @@ class QuantizeSummary:
 
     def format_counts(self) -> dict[str, int]:
         """Number of converted layers per format spec."""
-        counts: dict[str, int] = {}
-        for spec in self.formats.values():
-            counts[spec] = counts.get(spec, 0) + 1
-        return dict(sorted(counts.items()))
+        return dict(sorted(Counter(self.formats.values()).items()))
 
     def __str__(self) -> str:
         mb = 1 / 2**20
@@ -244,7 +241,7 @@ def quantize_(
     fmt: str | WeightFormat | None = None,
     *,
     budget_bits: float | None = None,
-    candidates: Sequence[str | WeightFormat] = DEFAULT_CANDIDATES,
+    candidates: Sequence[str | WeightFormat] = mixed.DEFAULT_CANDIDATES,
     skip: Iterable[str] = ("lm_head",),
     method: str | Method = "rtn",
     calibration: Tensor | Sequence[str] | None = None,
@@ -293,8 +290,6 @@ def quantize_(
             given where nothing uses it, or missing where needed; and the
             errors of :func:`anybit.quantize`, naming the layer.
     """
-    from ._calibrate import calibrate_sequentially  # it uses this module's helpers
-
     method = _parse_method(method)
     if (fmt is None) == (budget_bits is None):
         raise ValueError("pass exactly one of fmt (one format for every layer) and budget_bits (a format per layer)")
@@ -315,7 +310,8 @@ def quantize_(
     else:
         formats = dict.fromkeys(todo, fmt)
 
-    def convert(name: str, module: nn.Linear, hessian: Tensor | None = None) -> QuantLinear:
+    def convert(name: str, module: nn.Linear, hessian: Tensor | None = None) -> None:
+        """Quantize one layer (by GPTQ when given its inputs' Hessian) and swap it into the model."""
         try:
             if hessian is None:
                 qw = quantize(module.weight, formats[name], method=method, scale_dtype=scale_dtype)
@@ -327,19 +323,18 @@ def quantize_(
         except ValueError as err:
             raise ValueError(f"layer {name!r}: {err}") from err
         bias = None if module.bias is None else module.bias.detach().clone()
-        layer = QuantLinear.from_quantized(qw, bias)
+        _set_submodule(model, name, QuantLinear.from_quantized(qw, bias))
         summary.converted.append(name)
         summary.formats[name] = qw.format.spec
         summary.layer_bytes_before += module.weight.nbytes
         summary.layer_weights += module.weight.numel()
         summary.layer_bytes_after += qw.nbytes
-        return layer
 
     if method is Method.GPTQ:
         calibrate_sequentially(model, todo, ids, convert, progress=progress)
     else:
         desc = f"quantizing to {label}"
         for name, module in tqdm(todo.items(), desc=desc, disable=not progress, unit="layer"):
-            _set_submodule(model, name, convert(name, module))
+            convert(name, module)
     summary.model_bytes_after = model_nbytes(model)
     return summary
