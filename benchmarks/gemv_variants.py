@@ -7,7 +7,8 @@ Usage on a CUDA machine::
 
 A variant is ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
 block_m 0 means the next power of two of M; split_k 0 or -p means about four
-(p) programs per SM, with a split count that divides the K-blocks; x_pairs 1
+(p) programs per SM, with a split count that divides the K-blocks, and b<n> about n
+K-blocks per split; x_pairs 1
 reads x in pairs (default 0).  With ``--kernel gemm`` a variant is
 ``block_m,block_n,block_k,split_k,num_warps,num_stages[,swizzle]`` (split_k as
 above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS.  Each variant is first checked against the float64 reference on fresh random
@@ -40,12 +41,14 @@ def _split(split: int, m: int, n: int, k: int, bm: int, bn: int, bk: int) -> int
 def _config(text: str, m: int, n: int, k: int, kernel: str):
     if text.startswith("dq"):
         return text
-    bm, bn, bk, split, warps, stages, *extra = (int(v) for v in text.split(","))
+    fields = text.split(",")
+    per_split = fields[3].startswith("b")  # b<n>: n K-blocks per split
+    bm, bn, bk, split, warps, stages, *extra = (int(v.lstrip("b")) for v in fields)
     bm = bm or g.row_block(m)
-    split = _split(split, m, n, k, bm, bn, bk)
+    split = g.even_split(-(-k // bk), -(-k // bk) // split) if per_split else _split(split, m, n, k, bm, bn, bk)
     if kernel == "gemm":
         return gm.GemmConfig(bm, bn, bk, split, warps, stages, *extra)
-    return g.GemvConfig(bm, bn, bk, split, warps, stages, bool(extra and extra[0]))
+    return g.GemvConfig(bm, bn, bk, split, warps, stages, *(bool(v) for v in extra))
 
 
 def _call(x, qw, config):
