@@ -270,18 +270,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     console.print(f"model: {name}; device: {device}, {dtype}; text: {source}, {ids.numel()} tokens, "
                   f"window {args.window}, stride {args.stride}; calibration: {tuple(calibration.shape)} "
                   "token windows of the shipped text")
-    rows = evaluate_variants(
-        model, ids, variants, calibration, window=args.window, stride=args.stride,
-        progress=lambda r: console.print(f"  {r.label}: perplexity {r.perplexity:.3f} ({r.seconds:.0f} s)"),
-    )
+    env = {"model": name, "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda"
+           else None, "dtype": str(dtype), "text": source, "tokens": ids.numel(), "window": args.window,
+           "stride": args.stride, "calibration": list(calibration.shape), "anybit": __version__,
+           "torch": torch.__version__, "date": datetime.date.today().isoformat()}
+    done: list = []
+
+    def row_done(row) -> None:
+        console.print(f"  {row.label}: perplexity {row.perplexity:.3f} ({row.seconds:.0f} s)")
+        done.append(row)
+        if args.json:  # rewritten after every row, so an interrupted run keeps what it finished
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps({"env": env, "rows": [asdict(r) for r in done]}, indent=1) + "\n")
+
+    rows = evaluate_variants(model, ids, variants, calibration, window=args.window, stride=args.stride,
+                             progress=row_done)
     console.print(_eval_table(rows, f"{name}: perplexity on {ids.numel()} tokens of {source}"))
     if args.json:
-        env = {"model": name, "device": str(device), "gpu": torch.cuda.get_device_name() if device.type == "cuda"
-               else None, "dtype": str(dtype), "text": source, "tokens": ids.numel(), "window": args.window,
-               "stride": args.stride, "calibration": list(calibration.shape), "anybit": __version__,
-               "torch": torch.__version__, "date": datetime.date.today().isoformat()}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"env": env, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
         console.print(f"results: {args.json}")
     return 0
 
