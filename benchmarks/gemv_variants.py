@@ -45,7 +45,8 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
     per_split = fields[3].startswith("b")  # b<n>: n K-blocks per split
     bm, bn, bk, split, warps, stages, *extra = (int(v.lstrip("b")) for v in fields)
     bm = bm or g.row_block(m)
-    split = g.even_split(-(-k // bk), -(-k // bk) // split) if per_split else _split(split, m, n, k, bm, bn, bk)
+    k_blocks = -(-k // bk)
+    split = g.even_split(k_blocks, k_blocks // split) if per_split else _split(split, m, n, k, bm, bn, bk)
     if kernel == "gemm":
         return gm.GemmConfig(bm, bn, bk, split, warps, stages, *extra)
     return g.GemvConfig(bm, bn, bk, split, warps, stages, *(bool(v) for v in extra))

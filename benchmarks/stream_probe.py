@@ -15,11 +15,13 @@ import triton.language as tl
 import anybit
 from anybit import bench
 
+
 @triton.jit
 def empty_k(out_ptr, N):
     pid = tl.program_id(0)
     if pid > N:
         tl.store(out_ptr, pid)
+
 
 @triton.jit
 def stream_k(codes_ptr, out_ptr, N, WPR: tl.constexpr, BLOCK_N: tl.constexpr, CHUNK: tl.constexpr,
@@ -40,11 +42,12 @@ def stream_k(codes_ptr, out_ptr, N, WPR: tl.constexpr, BLOCK_N: tl.constexpr, CH
             acc += tl.sum(w ^ (w >> 4), axis=1)
     tl.store(out_ptr + pid_k * N + rows, acc)
 
+
 def main() -> None:
     l2 = torch.cuda.get_device_properties(0).L2_cache_size
     hw = bench.measure_hw(torch.device("cuda"))
     print(torch.cuda.get_device_name(), f"copy {hw['copy_TBps']:.2f} TB/s")
-    out = torch.empty(1 << 20, dtype=torch.int32, device="cuda")
+    out = torch.empty(1 << 20, dtype=torch.int32, device="cuda")  # >= N * SPLIT of every probe below
     for grid in (128, 512, 2048):
         us = bench._time_per_call(lambda i: lambda: empty_k[(grid,)](out, 1 << 30), 50, 20)
         print(f"empty kernel grid {grid}: {us:.2f} us")
@@ -63,15 +66,15 @@ def main() -> None:
                 continue
             grid = (n // bn, split)
             def call(i):
-                return lambda: stream_k[grid](codes[i], out if n * split <= out.numel() else
-                                              torch.empty(n * split, dtype=torch.int32, device="cuda"),
-                                              n, wpr, bn, chunk, split, unroll, num_warps=warps, num_stages=stages)
+                return lambda: stream_k[grid](codes[i], out, n, wpr, bn, chunk, split, unroll,
+                                              num_warps=warps, num_stages=stages)
             try:
                 us = bench._time_per_call(call, len(codes), 20)
                 print(f"  stream bn {bn:3d} chunk {chunk:4d} split {split} unroll {unroll} warps {warps} "
                       f"stages {stages}: {us:7.2f} us  {floor / us:5.1%} of floor")
             except Exception as e:
                 print("  failed", bn, chunk, split, str(e).splitlines()[0][:100])
+
 
 if __name__ == "__main__":
     main()

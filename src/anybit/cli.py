@@ -275,12 +275,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
            "stride": args.stride, "calibration": list(calibration.shape), "anybit": __version__,
            "torch": torch.__version__, "date": datetime.date.today().isoformat()}
     done: list = []
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
 
     def row_done(row) -> None:
         console.print(f"  {row.label}: perplexity {row.perplexity:.3f} ({row.seconds:.0f} s)")
         done.append(row)
         if args.json:  # rewritten after every row, so an interrupted run keeps what it finished
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
             Path(args.json).write_text(json.dumps({"env": env, "rows": [asdict(r) for r in done]}, indent=1) + "\n")
 
     rows = evaluate_variants(model, ids, variants, calibration, window=args.window, stride=args.stride,
