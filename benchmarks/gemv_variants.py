@@ -5,7 +5,7 @@ Usage on a CUDA machine::
     PYTHONPATH=src python benchmarks/gemv_variants.py --format int4-g128 --m 1 16 \
         --variants 16,64,128,1,4,2 16,64,128,1,4,1 ... [--out results.json]
 
-A variant is ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
+A variant is ``auto`` (the decode kernel's heuristic) or ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
 block_m 0 means the next power of two of M; split_k 0 or -p means about four
 (p) programs per SM, with a split count that divides the K-blocks, and b<n> about n
 K-blocks per split; x_pairs 1
@@ -41,6 +41,10 @@ def _split(split: int, m: int, n: int, k: int, bm: int, bn: int, bk: int) -> int
 def _config(text: str, m: int, n: int, k: int, kernel: str):
     if text.startswith("dq"):
         return text
+    if text == "auto":  # the heuristic's choice
+        if kernel != "gemv":
+            raise SystemExit("variant auto is for --kernel gemv only")
+        return None
     fields = text.split(",")
     per_split = fields[3].startswith("b")  # b<n>: n K-blocks per split
     bm, bn, bk, split, warps, stages, *extra = (int(v.lstrip("b")) for v in fields)
