@@ -145,3 +145,27 @@ def test_heuristic_is_deterministic_and_group_aligned():
 @pytest.mark.parametrize("k_blocks, want, split", [(32, 5, 4), (112, 5, 4), (112, 6, 7), (5, 3, 5), (7, 4, 7), (64, 1, 1)])
 def test_even_split_divides_the_blocks(k_blocks, want, split):
     assert g.even_split(k_blocks, want) == split
+
+
+def test_dispatcher_caches_are_traced_without_warnings():
+    """torch.compile traces the dispatcher: its caches must neither warn nor break the graph,
+    and eager calls still hit the cache."""
+    import warnings
+
+    calls = []
+
+    @g.traceable_cache(maxsize=None)
+    def doubled(v: int) -> int:
+        calls.append(v)
+        return 2 * v
+
+    @torch.compile(backend="eager", fullgraph=True)
+    def scaled(x):
+        return x * doubled(3) * g.gemv_config(1, 4096, 4096, 128, 132).block_k
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        y = scaled(torch.ones(2))
+    assert y.tolist() == [6.0 * g.gemv_config(1, 4096, 4096, 128, 132).block_k] * 2
+    calls.clear()
+    assert doubled(5) == doubled(5) == 10 and calls == [5]

@@ -41,12 +41,32 @@ class GemvConfig:
     x_pairs: bool = False
 
 
+def traceable_cache(maxsize: int | None):
+    """``functools.lru_cache(maxsize)`` for a pure function of hashable arguments that
+    torch.compile traces (the dispatcher runs under Dynamo): while tracing, the body
+    runs directly, which is what Dynamo does with a cache wrapper anyway (with a
+    warning per function); eager calls take the cache."""
+
+    def wrap(fn):
+        cached = functools.lru_cache(maxsize=maxsize)(fn)
+
+        @functools.wraps(fn)
+        def call(*args, **kwargs):
+            if torch.compiler.is_compiling():
+                return fn(*args, **kwargs)
+            return cached(*args, **kwargs)
+
+        return call
+
+    return wrap
+
+
 def interpreting() -> bool:
     """Whether Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
-@functools.lru_cache(maxsize=None)
+@traceable_cache(maxsize=None)
 def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
@@ -76,7 +96,7 @@ def split_for(k_blocks: int, tiles: int, programs_per_sm: int, sms: int) -> int:
     return even_split(k_blocks, max(1, min(k_blocks, -(-programs_per_sm * sms // tiles))))
 
 
-@functools.lru_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
+@traceable_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
 def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int | None = None,
                 ptx: bool = False, split_groups: bool = False, interleaved: bool = False) -> GemvConfig:
     """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
@@ -201,7 +221,7 @@ def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=None)
+@traceable_cache(maxsize=None)
 def _levels(levels: tuple[float, ...], device: torch.device) -> Tensor:
     return torch.tensor(levels, dtype=torch.float32, device=device)
 
