@@ -173,10 +173,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     if not args.tiny:
         console.print(demo.GGUF_NOTE)
     if device.type == "cuda":
-        note = "the fast kernels are work in progress (see README, Status)"
+        note = ("a 135M-parameter model decodes at the pace of Python and kernel launches, not of its weight "
+                "reads, so these figures do not rank the formats (formats without a Triton kernel dequantize "
+                "on every call); the decoding benchmark below does")
     else:
         note = "on the CPU every format runs the reference matmul (dequantize, then float32 matmul)"
-    console.print(f"tokens/s: greedy decoding of the answer, prefill included; {note}.")
+    console.print(f"tokens/s: greedy decoding of the answer with transformers' generate (eager), prefill "
+                  f"included; {note}.")
     if device.type == "cuda" and not args.no_e2e:
         _demo_e2e(console)
     return 0

