@@ -169,3 +169,45 @@ def test_dispatcher_caches_are_traced_without_warnings():
     assert y.tolist() == [6.0 * g.gemv_config(1, 4096, 4096, 128, 132).block_k] * 2
     calls.clear()
     assert doubled(5) == doubled(5) == 10 and calls == [5]
+
+
+@pytest.mark.parametrize(
+    "spec, ns, m, config",
+    [
+        ("int4-g32", (70, 33, 33), 1, g.GemvConfig(1, 32, 64, 3)),  # split-K, partial last tiles
+        ("uint4-g64", (40, 96), 3, g.GemvConfig(4, 32, 64, 1)),
+        ("nf4-g32", (64, 16, 50), 5, g.GemvConfig(8, 16, 32, 2)),
+        ("int3-gc", (33, 70), 2, None),
+    ],
+    ids=str,
+)
+@pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
+def test_one_launch_serves_several_weights(spec, ns, m, config, bias):
+    """Weights sharing x, K and the format in one launch: each output as its own launch gives it."""
+    torch.manual_seed(len(ns) * 100 + m)
+    k = 96
+    qws = [anybit.quantize(torch.randn(n, k, device=DEVICE), spec) for n in ns]
+    biases = [torch.randn(n, device=DEVICE) if bias else None for n in ns]
+    x = torch.randn(m, k, device=DEVICE).to(torch.float16)
+    config, group = g.launch_settings(qws[0], m, x.device, config)
+    mode = qws[0].format.kernel_decode().mode
+    parts = [(q.codes, q.params["scales"], q.params.get("zeros"), b, n) for q, b, n in zip(qws, biases, ns)]
+    outs = [torch.full((m, n), float("nan"), dtype=x.dtype, device=DEVICE) for n in ns]
+    ys = g.launch_gemv_multi(x, parts, g.kernel_table(qws[0]), k, qws[0].format.bits, group, mode, config, outs)
+    for y, qw, b in zip(ys, qws, biases):
+        assert not torch.isnan(y).any(), "the kernel left elements unwritten"
+        assert_matmul_close(y.cpu(), x.cpu(), qw.to("cpu"), None if b is None else b.cpu(),
+                            weight_roundoff=unit_roundoff(x.dtype) if group < config.block_k or mode.name == "TABLE"
+                            else 0.0)
+
+
+def test_one_launch_rejects_weights_that_differ():
+    qa = anybit.quantize(torch.randn(40, 96), "int4-g32")
+    qb = anybit.quantize(torch.randn(40, 64), "int4-g32")
+    x = torch.randn(1, 96, dtype=torch.float16)
+    config = g.GemvConfig(1, 32, 32, 1)
+    parts = [(q.codes, q.params["scales"], None, None, 40) for q in (qa, qb)]
+    with pytest.raises(ValueError, match="must share K"):
+        g.launch_gemv_multi(x, parts, None, 96, 4, 32, g.Decode.SYMMETRIC, config)
+    with pytest.raises(ValueError, match="1 to 3"):
+        g.launch_gemv_multi(x, [parts[0]] * 4, None, 96, 4, 32, g.Decode.SYMMETRIC, config)

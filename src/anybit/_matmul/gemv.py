@@ -304,33 +304,76 @@ def launch_gemv(
     (split_k, M, n)) may be given; tests pass NaN-filled buffers to catch
     elements the kernel fails to write.
     """
+    return launch_gemv_multi(x, [(codes, scales, zeros, bias, n)], table, k, bits, group, mode, config,
+                             None if out is None else [out], workspace)[0]
+
+
+#: Weights one launch of the decode kernel serves at most (``launch_gemv_multi``).
+MAX_WEIGHTS = 3
+#: One weight of a multi-weight launch: (codes, scales, zeros or None, bias or None, rows N).
+WeightPart = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None", int]
+
+
+def launch_gemv_multi(
+    x: Tensor, parts: list[WeightPart], table: Tensor | None, k: int, bits: int, group: int, mode: Decode,
+    config: GemvConfig, outs: list[Tensor] | None = None, workspace: Tensor | None = None,
+) -> list[Tensor]:
+    """x (M, k) against 1 to ``MAX_WEIGHTS`` weights of one format and K in one launch:
+    [y_w (M, N_w)] in x's dtype, each as ``launch_gemv`` would give it.
+
+    The weights' scales (and zeros) must share strides; ROW_TABLE formats (a table
+    per row) take one weight per launch.  ``workspace``: fp32, at least split_k * M
+    * sum(N_w) elements.
+    """
     from .gemv_triton import MODE_IDS, gemv_kernel
 
+    if not 1 <= len(parts) <= MAX_WEIGHTS:
+        raise ValueError(f"{len(parts)} weights in one launch; accepted: 1 to {MAX_WEIGHTS}")
+    if len(parts) > 1 and mode is Decode.ROW_TABLE:
+        raise ValueError("formats with a table per row (lut) take one weight per launch")
+    shared = {(codes.shape[1], scales.shape[1], scales.stride(), None if zeros is None else zeros.stride(),
+               bias is None) for codes, scales, zeros, bias, _ in parts}
+    if len(shared) > 1 or any(codes.shape[0] != n for codes, *_, n in parts):
+        raise ValueError("the weights of one launch must share K, the format, the strides of their parameters "
+                         "and whether they have a bias")
     m = x.shape[0]
     x = x.contiguous()
     split_k = config.split_k
-    if out is None:
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    ns = [part[4] for part in parts]
+    if outs is None:
+        outs = [torch.empty(m, n, dtype=x.dtype, device=x.device) for n in ns]
     if m == 0:
-        return out
-    grid = (-(-n // config.block_n), split_k, -(-m // config.block_m))
-    workspace, counters = split_k_buffers(out, split_k, grid[0] * grid[2], workspace)
+        return outs
+    tiles = [-(-n // config.block_n) for n in ns]
+    grid = (sum(tiles), split_k, -(-m // config.block_m))
+    if split_k == 1:
+        workspace, counters = outs[0], outs[0]  # never read
+    else:
+        if workspace is None:
+            workspace = torch.empty(split_k * m * sum(ns), dtype=torch.float32, device=x.device)
+        counters = split_counters(x.device, grid[0] * grid[2])
     k_blocks = -(-k // config.block_k)
     ptx = 0 if interpreting() else ptx_groups(bits, mode, group, config.block_k, config.block_m)
-    pointers, scalars = weight_operands(codes, scales, zeros, table, k)
+    pointers, scalars = weight_operands(parts[0][0], parts[0][1], parts[0][2], table, k)
+    extra = []  # weights 1 and 2 (weight 0 stands in for absent ones, never read)
+    for codes, scales, zeros, bias, _ in (parts + [parts[0]] * MAX_WEIGHTS)[1:MAX_WEIGHTS]:
+        extra += [codes, scales, scales if zeros is None else zeros, scales if bias is None else bias]
+    outs_extra = (outs + [outs[0]] * MAX_WEIGHTS)[1:MAX_WEIGHTS]
+    bias0 = parts[0][3]
     gemv_kernel[grid](
-        x, *pointers, scales if bias is None else bias, out, workspace, counters,
-        m, n, k, stride_xm=x.stride(0), **scalars,
+        x, *pointers, parts[0][1] if bias0 is None else bias0, outs[0], workspace, counters,
+        *extra[0:4], outs_extra[0], *extra[4:8], outs_extra[1],
+        m, ns[0], (ns + [0, 0])[1], (ns + [0, 0])[2], k, stride_xm=x.stride(0), **scalars,
         BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
-        BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None, INTERPRET=interpreting(),
+        BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias0 is not None, INTERPRET=interpreting(),
         X_PAIRS=config.x_pairs and k % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
         PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
     )
-    return out
+    return outs
 
 
 @torch.library.custom_op("anybit::gemv", mutates_args=())
@@ -348,6 +391,32 @@ def gemv_op(
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
       num_warps, num_stages, x_pairs):
     return x.new_empty(x.shape[0], n)
+
+
+@torch.library.custom_op("anybit::gemv_multi", mutates_args=())
+def gemv_multi_op(
+    x: Tensor, codes: list[Tensor], scales: list[Tensor], zeros: list[Tensor | None], table: Tensor | None,
+    bias: list[Tensor | None], ns: list[int], k: int, bits: int, group: int, mode: str,
+    block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
+) -> list[Tensor]:
+    """``anybit::gemv`` for 1 to MAX_WEIGHTS weights of one format and K in one launch:
+    [y_w (M, ns[w])]; see ``launch_gemv_multi`` (and ``fusion``, which emits it)."""
+    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs)
+    parts = list(zip(codes, scales, zeros, bias, ns))
+    return launch_gemv_multi(x, parts, table, k, bits, group, Decode(mode), config)
+
+
+@gemv_multi_op.register_fake
+def _(x, codes, scales, zeros, table, bias, ns, k, bits, group, mode, block_m, block_n, block_k, split_k,
+      num_warps, num_stages, x_pairs):
+    return [x.new_empty(x.shape[0], n) for n in ns]
+
+
+def merged_split(config: GemvConfig, n_total: int, k: int, sms: int) -> int:
+    """Split-K for ``config``'s tiles over ``n_total`` rows (several weights in one launch),
+    to the heuristic's programs per SM (``gemv_config``)."""
+    programs_per_sm = 2 if config.block_n == 64 else 4
+    return split_for(-(-k // config.block_k), -(-n_total // config.block_n), programs_per_sm, sms)
 
 
 def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig | None = None) -> Tensor:

@@ -399,19 +399,26 @@ def _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N
 @triton.jit
 def gemv_kernel(
     x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
-    M, N, K, words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg,
+    codes1_ptr, scales1_ptr, zeros1_ptr, bias1_ptr, out1_ptr,
+    codes2_ptr, scales2_ptr, zeros2_ptr, bias2_ptr, out2_ptr,
+    M, N, N1, N2, K, words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg,
     BITS: tl.constexpr, GROUP: tl.constexpr, MODE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False, EVEN_K: tl.constexpr = False,
     PTX_GROUPS: tl.constexpr = 0, PTX_ASM: tl.constexpr = "", PTX_CONSTRAINTS: tl.constexpr = "",
-    PTX_NATURAL: tl.constexpr = False,
+    PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1,
 ):
-    """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias).
+    """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias), for WEIGHTS (1 to 3) weights at once.
 
+    Weight w (0, 1, 2) is (codes, scales, zeros, bias, out) with suffix w (none for 0)
+    and has N, N1, N2 rows: the first ceil(N / BLOCK_N) programs along axis 0 serve
+    weight 0, the next ceil(N1 / BLOCK_N) weight 1, then weight 2.  The weights share
+    K, the format and the table, and their scales and zeros share strides.
     ``scales`` and ``zeros`` are (N, num_groups), read through the given strides.
-    With SPLIT_K > 1, ``ws`` is fp32 (SPLIT_K, M, N) scratch and ``counter``
-    int32 (grid_m * grid_n,) all zero at launch (and again after it).
+    With SPLIT_K > 1, ``ws`` is fp32 scratch of SPLIT_K * M * (N + N1 + N2) elements
+    (weight w's (SPLIT_K, M, N_w) block after those of the weights before it) and
+    ``counter`` int32 (grid_m * grid_n,) all zero at launch (and again after it).
     X_PAIRS: x's rows start 4-byte aligned and K is even, so the 4-bit path may
     read x two elements at a time.  EVEN_K: every K-block of every split lies
     inside K (K a multiple of BLOCK_K, the blocks a multiple of SPLIT_K), so
@@ -421,6 +428,22 @@ def gemv_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
+    tile = pid_m * tl.num_programs(0) + pid_n  # this program's split-K counter
+    if WEIGHTS > 1:
+        # which weight this program serves, and its tile index within that weight
+        tiles0 = tl.cdiv(N, BLOCK_N)
+        if pid_n >= tiles0:
+            pid_n -= tiles0
+            ws_ptr += SPLIT_K * M * N
+            codes_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, N = (
+                codes1_ptr, scales1_ptr, zeros1_ptr, bias1_ptr, out1_ptr, N1)
+            if WEIGHTS > 2:
+                tiles1 = tl.cdiv(N1, BLOCK_N)
+                if pid_n >= tiles1:
+                    pid_n -= tiles1
+                    ws_ptr += SPLIT_K * M * N1
+                    codes_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, N = (
+                        codes2_ptr, scales2_ptr, zeros2_ptr, bias2_ptr, out2_ptr, N2)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -477,7 +500,7 @@ def gemv_kernel(
         acc = tl.sum(tl.reshape(acc, [BLOCK_N, SUB, BLOCK_M]), axis=1)
     out_mask = row_ok[:, None] & m_ok[None, :]
     tile_out = offs_m[None, :] * N + rows[:, None]
-    acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, pid_m * tl.num_programs(0) + pid_n, pid_k, tile_out, out_mask,
+    acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask,
                              M, N, SPLIT_K)
     if last:
         if HAS_BIAS:
