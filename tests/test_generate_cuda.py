@@ -42,15 +42,18 @@ def test_generate_static_cache_compiled_with_cuda_graphs(quantized):
     assert torch.equal(again, eager)
 
 
+@pytest.mark.parametrize("fusion", [False, True], ids=["apart", "fused"])
 @pytest.mark.parametrize("batch", [1, 8, 32])
-def test_e2e_decoder_graph_replays_the_eager_steps(quantized, batch):
-    """The benchmark's captured decoding step produces the tokens that eager steps produce."""
+def test_e2e_decoder_graph_replays_the_eager_steps(quantized, batch, fusion):
+    """The benchmark's captured decoding step produces the tokens that eager steps produce
+    (with anybit.SiblingFusion: q/k/v and gate/up in one launch each)."""
     eager = e2e.Decoder(quantized, batch, prompt_len=16, max_steps=32)
     tokens = []
     for _ in range(6):
         eager.step()
         tokens.append(eager.token.clone())
-    e2e._compile_layers(quantized)
+    torch._dynamo.reset()
+    e2e._compile_layers(quantized, fusion)
     graphed = e2e.Decoder(quantized, batch, prompt_len=16, max_steps=32)
     graphed.capture(warmup=3)  # three eager steps, then one captured
     replayed = []

@@ -12,6 +12,9 @@ Quick use::
 
     qw = anybit.quantize(weight, "nf4-g64")          # (N, K) -> QuantizedWeight
     y = anybit.matmul(x, qw, bias)                    # x (..., K) -> y (..., N)
+
+    # one kernel launch for layers that share their input (q/k/v, gate/up) under torch.compile
+    torch.compile(model, options={"post_grad_custom_post_pass": anybit.SiblingFusion()})
 """
 
 from ._version import __version__
@@ -43,4 +46,14 @@ __all__ = [
     "quantize_",
     "registered_formats",
     "save",
+    "SiblingFusion",
 ]
+
+
+def __getattr__(name: str):
+    # torch.compile's graph pass, imported on first use (it loads torch._inductor)
+    if name == "SiblingFusion":
+        from ._matmul.fusion import SiblingFusion
+
+        return SiblingFusion
+    raise AttributeError(f"module 'anybit' has no attribute {name!r}")

@@ -311,7 +311,7 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
         parse_format(spec)
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     out = _results_path(args, gpu, datetime.date.today().isoformat())
-    result = e2e.run(formats, args.batches or list(e2e.DEFAULT_BATCHES), steps=args.steps,
+    result = e2e.run(formats, args.batches or list(e2e.DEFAULT_BATCHES), steps=args.steps, fusion=not args.no_fusion,
                      on_result=lambda partial: e2e.write(partial, out))
     Console().print(_e2e_table(result))
     print(f"results: {out}")
@@ -462,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--e2e", action="store_true", help="decoding tokens/s of a Llama-3.1-8B-shaped model "
                                                       "(random weights) instead of single layers")
     b.add_argument("--batches", type=int, nargs="+", help="with --e2e: batch sizes (default 1 8 32)")
+    b.add_argument("--no-fusion", action="store_true",
+                   help="with --e2e: one kernel launch per quantized layer (no anybit.SiblingFusion)")
     b.add_argument("--steps", type=int, default=100, help="with --e2e: decoding steps timed")
     b.add_argument("--m", type=int, nargs="+", help="rows of x (default: the standard list 1..4096)")
     b.add_argument("--shapes", type=_shape, nargs="+", help="NxK layer shapes (default: the 8 standard ones)")

@@ -129,15 +129,20 @@ class Decoder:
 RECOMPILE_LIMIT = 4096
 
 
-def _compile_layers(model: nn.Module) -> None:
+def _compile_layers(model: nn.Module, fusion: bool) -> None:
     import torch._dynamo.config
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_recompile_limit = max(
         torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT
     )
+    options = {}
+    if fusion:
+        from ._matmul.fusion import SiblingFusion
+
+        options["post_grad_custom_post_pass"] = SiblingFusion()
     for layer in model.model.layers:
-        layer.compile(fullgraph=True, dynamic=False)
+        layer.compile(fullgraph=True, dynamic=False, options=options)
 
 
 def step_ms(model: nn.Module, batch: int, *, prompt_len: int, steps: int) -> float:
@@ -152,9 +157,12 @@ def step_ms(model: nn.Module, batch: int, *, prompt_len: int, steps: int) -> flo
 
 def run(
     formats=DEFAULT_FORMATS, batches=DEFAULT_BATCHES, *, config: dict | None = None, prompt_len: int = 128,
-    steps: int = 100, log=print, on_result=None,
+    steps: int = 100, fusion: bool = True, log=print, on_result=None,
 ) -> dict:
     """Measure fp16 and each format (see the module docstring); returns the results dict.
+
+    ``fusion``: compile the quantized models' layers with ``anybit.SiblingFusion``
+    (q/k/v and gate/up each in one kernel launch; fp16 runs transformers' layers as they are).
 
     ``on_result``, if given, is called with the results so far after each measurement
     (to save partial results of a long run).
@@ -172,8 +180,9 @@ def run(
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
         "anybit": __version__, "date": datetime.date.today().isoformat(),
         "stack": "transformers LlamaForCausalLM, StaticCache, decoder layers torch.compile'd, one CUDA graph "
-                 "per decoding step; all linear layers (lm_head included) quantized",
-        "prompt_len": prompt_len, "steps": steps,
+                 "per decoding step; all linear layers (lm_head included) quantized"
+                 + ("; quantized layers sharing an input in one launch (anybit.SiblingFusion)" if fusion else ""),
+        "prompt_len": prompt_len, "steps": steps, "sibling_fusion": fusion,
     }
     rows: list[E2ERow] = []
     fp16: dict[int, float] = {}
@@ -188,7 +197,7 @@ def run(
             model = copy.deepcopy(base)
             quantize_(model, fmt, skip=(), progress=False)
         gib = model_nbytes(model) / 2**30
-        _compile_layers(model)
+        _compile_layers(model, fusion and fmt != "float16")
         for batch in batches:
             ms = step_ms(model, batch, prompt_len=prompt_len, steps=steps)
             if fmt == "float16":

@@ -1,0 +1,119 @@
+"""The graph pass that puts decode-kernel calls sharing their input into one launch
+(Triton's interpreter on CPU; the compiled path is in test_gemv_cuda.py)."""
+
+import shutil
+
+import pytest
+import torch
+from conftest import assert_matmul_close
+
+import anybit
+from anybit._matmul import fusion
+from anybit._matmul import gemv as g
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class Siblings(torch.nn.Module):
+    """q/k/v-like and gate/up-like layers on two inputs, plus one on its own."""
+
+    def __init__(self, spec: str, bias: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        sizes = {"q": 64, "k": 32, "v": 32, "gate": 80, "up": 80, "down": 40, "other": 48}
+        ins = {"down": 80, "other": 80}
+        self.layers = torch.nn.ModuleDict({
+            name: torch.nn.Linear(ins.get(name, 96), n, bias=bias) for name, n in sizes.items()})
+        anybit.quantize_(self, spec, skip=())
+
+    def forward(self, x, h):
+        q, k, v = self.layers["q"](x), self.layers["k"](x), self.layers["v"](x)
+        mlp = self.layers["down"](self.layers["gate"](x) * self.layers["up"](x))
+        return q.sum(-1) + k.sum(-1) + v.sum(-1), mlp, self.layers["other"](h)
+
+
+def _graph(module, *inputs):
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    return make_fx(module, tracing_mode="real")(*inputs)
+
+
+def _count(gm, op):
+    return sum(node.target is op for node in gm.graph.nodes)
+
+
+@pytest.mark.parametrize("spec, bias", [("int4-g32", False), ("uint4-g64", True), ("nf4-g32", False)])
+def test_siblings_share_one_launch_and_give_the_same_products(monkeypatch, spec, bias):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Siblings(spec, bias).to(DEVICE)
+    x = torch.randn(2, 96, device=DEVICE, dtype=torch.float16)
+    h = torch.randn(2, 80, device=DEVICE, dtype=torch.float16)
+    gm = _graph(model, x, h)
+    before = model(x, h)
+    assert _count(gm, fusion._GEMV) == 7
+    saved = fusion.fuse_sibling_gemv(gm.graph)
+    gm.recompile()
+    # q, k, v -> one launch; gate, up -> one; down and other stand alone
+    assert saved == 3
+    assert _count(gm, fusion._MULTI) == 2 and _count(gm, fusion._GEMV) == 2
+    after = gm(x, h)
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
+    # and each fused product is still right against float64
+    q = model.layers["q"]
+    y = torch.ops.anybit.gemv_multi(
+        x, [q.qweight.codes], [q.qweight.params["scales"]], [q.qweight.params.get("zeros")],
+        g.kernel_table(q.qweight), [q.bias], [64], 96, q.qweight.format.bits,
+        g.launch_settings(q.qweight, 2, x.device)[1], q.qweight.format.kernel_decode().mode.value,
+        *[getattr(g.launch_settings(q.qweight, 2, x.device)[0], f) for f in
+          ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "x_pairs")])[0]
+    assert_matmul_close(y.cpu(), x.cpu(), q.qweight.to("cpu"), None if q.bias is None else q.bias.cpu(),
+                        weight_roundoff=1e-3 if spec.startswith("nf4") else 0.0)
+
+
+def test_calls_on_different_inputs_stay_apart(monkeypatch):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Siblings("int4-g32", False).to(DEVICE)
+
+    def apart(x, y):
+        return model.layers["q"](x), model.layers["k"](y)
+
+    x = torch.randn(1, 96, device=DEVICE, dtype=torch.float16)
+    gm = _graph(apart, x, x.clone())
+    assert fusion.fuse_sibling_gemv(gm.graph) == 0
+    assert _count(gm, fusion._GEMV) == 2
+
+
+def test_the_pass_is_exported_and_hashable():
+    p = anybit.SiblingFusion()
+    assert isinstance(p.uuid(), bytes) and p.uuid() == anybit.SiblingFusion().uuid()
+
+
+class _Counting(fusion.SiblingFusion):
+    saved = None
+
+    def __call__(self, graph):
+        type(self).saved = fusion.fuse_sibling_gemv(graph)
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="Inductor compiles the graph's CPU code with a C++ compiler, and none is installed")
+def test_inductor_runs_the_pass(monkeypatch):
+    """torch.compile with the pass: one launch per sibling group, the same outputs as eager."""
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    torch._dynamo.reset()
+    model = Siblings("int4-g32", True).to(DEVICE)
+    x = torch.randn(3, 96, device=DEVICE, dtype=torch.float16)
+    h = torch.randn(3, 80, device=DEVICE, dtype=torch.float16)
+    compiled = torch.compile(model, fullgraph=True, options={"post_grad_custom_post_pass": _Counting(),
+                                                              "fx_graph_cache": False})
+    after = compiled(x, h)
+    assert _Counting.saved == 3
+    for a, b in zip(model(x, h), after):
+        torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
