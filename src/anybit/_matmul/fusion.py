@@ -17,6 +17,10 @@ product (accumulated in fp32; a different split of K can change the last bit).
 Use::
 
     torch.compile(model, options={"post_grad_custom_post_pass": anybit.SiblingFusion()})
+
+or, where the ``torch.compile`` call is not yours (transformers' ``generate`` with a
+compile config), set ``torch._inductor.config.post_grad_custom_post_pass`` to one
+before the first compiled call.
 """
 
 from __future__ import annotations
