@@ -130,3 +130,20 @@ def test_quantize_gptq_and_budget_from_the_command_line(tiny_with_tokenizer, tmp
     assert "mixed (4.0 bits/weight budget)" in printed and "formats chosen" in printed
     with pytest.raises(SystemExit, match="exactly one of --format and --budget"):
         main(["quantize", str(folder), "-o", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize("fusion", [False, True])
+def test_e2e_table_says_whether_siblings_were_fused(fusion):
+    from rich.console import Console
+
+    from anybit.cli import _e2e_table
+
+    result = {"env": {"gpu": "GPU X", "sibling_fusion": fusion}, "rows": [
+        {"format": "float16", "batch": 1, "ms_per_step": 5.0, "tokens_per_s": 200.0, "speedup": 1.0, "weight_gib": 15.0},
+        {"format": "int4-g128", "batch": 1, "ms_per_step": 2.5, "tokens_per_s": 400.0, "speedup": 2.0,
+         "weight_gib": 4.6}]}
+    console = Console(width=200, record=True)
+    console.print(_e2e_table(result))
+    text = " ".join(console.export_text().split())  # the title wraps at the table's width
+    assert "GPU X" in text and "2.00x" in text
+    assert ("q/k/v and gate/up in one launch each" in text) == fusion

@@ -205,7 +205,9 @@ def _demo_e2e(console: Console) -> None:
 
 
 def _e2e_table(result: dict) -> Table:
-    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']} (anybit bench --e2e)")
+    fused = ", q/k/v and gate/up in one launch each" if result["env"].get("sibling_fusion") else ""
+    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']}{fused} "
+                        f"(anybit bench --e2e)")
     for col in ("format", "batch", "ms/step", "tokens/s", "vs fp16", "weights GiB"):
         table.add_column(col, justify="left" if col == "format" else "right")
     for r in result["rows"]:
