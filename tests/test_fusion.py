@@ -50,6 +50,8 @@ def test_siblings_share_one_launch_and_give_the_same_products(monkeypatch, spec,
     model = Siblings(spec, bias).to(DEVICE)
     x = torch.randn(2, 96, device=DEVICE, dtype=torch.float16)
     h = torch.randn(2, 80, device=DEVICE, dtype=torch.float16)
+    # a fixed table (NF4's) made before tracing reaches each call as its own constant node
+    g.kernel_table(model.layers["q"].qweight)
     gm = _graph(model, x, h)
     before = model(x, h)
     assert _count(gm, fusion._GEMV) == 7
@@ -102,13 +104,14 @@ class _Counting(fusion.SiblingFusion):
 
 @pytest.mark.skipif(DEVICE == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="Inductor compiles the graph's CPU code with a C++ compiler, and none is installed")
-def test_inductor_runs_the_pass(monkeypatch):
+@pytest.mark.parametrize("spec", ["int4-g32", "nf4-g32"])
+def test_inductor_runs_the_pass(monkeypatch, spec):
     """torch.compile with the pass: one launch per sibling group, the same outputs as eager."""
     monkeypatch.setenv("ANYBIT_BACKEND", "triton")
     if DEVICE == "cpu":
         monkeypatch.setenv("TRITON_INTERPRET", "1")
     torch._dynamo.reset()
-    model = Siblings("int4-g32", True).to(DEVICE)
+    model = Siblings(spec, True).to(DEVICE)
     x = torch.randn(3, 96, device=DEVICE, dtype=torch.float16)
     h = torch.randn(3, 80, device=DEVICE, dtype=torch.float16)
     compiled = torch.compile(model, fullgraph=True, options={"post_grad_custom_post_pass": _Counting(),
@@ -117,3 +120,15 @@ def test_inductor_runs_the_pass(monkeypatch):
     assert _Counting.saved == 3
     for a, b in zip(model(x, h), after):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
+
+
+def test_tables_are_compared_by_value():
+    """Constant tables with the same levels share a key, other levels do not."""
+    holder = torch.nn.Module()
+    holder.a = torch.linspace(-1, 1, 16)
+    holder.b = torch.linspace(-1, 1, 16)
+    holder.c = torch.linspace(-1, 0.9, 16)
+    graph = torch.fx.Graph(owning_module=holder)
+    a, b, c = (graph.get_attr(name) for name in "abc")
+    assert fusion._table_key(a, graph) == fusion._table_key(b, graph) != fusion._table_key(c, graph)
+    assert fusion._table_key(None, graph) is None

@@ -60,22 +60,46 @@ def _same_data(x: torch.fx.Node) -> tuple:
     return base, tuple(x.meta["val"].shape)
 
 
-def _group_key(args: dict) -> tuple:
+#: Ops that copy a tensor unchanged (how a constant made during tracing reaches its use).
+_COPIES = (torch.ops.aten.lift_fresh_copy.default, torch.ops.aten.clone.default)
+
+
+def _table_key(table: torch.fx.Node | None, graph: torch.fx.Graph):
+    """A key equal for tables with the same levels: a fixed table (NF4's) often reaches each
+    call as its own constant node (or a fresh copy of one), so constants are compared by
+    value (16 or so numbers)."""
+    while isinstance(table, torch.fx.Node) and table.target in _COPIES:
+        table = table.args[0]
+    if table is not None and table.op == "get_attr" and graph.owning_module is not None:
+        values = graph.owning_module
+        for name in table.target.split("."):
+            values = getattr(values, name)
+        return str(values.dtype), tuple(values.flatten().tolist())
+    return table
+
+
+def _group_key(args: dict, graph: torch.fx.Graph) -> tuple:
     """What must agree for calls to share a launch (split_k is chosen again)."""
-    shared = tuple(args[name] for name in ("table", "k", "bits", "group", "mode", "block_m", "block_n",
-                                           "block_k", "num_warps", "num_stages", "x_pairs"))
-    return (_same_data(args["x"]),) + shared + (args["zeros"] is None, args["bias"] is None)
+    shared = tuple(args[name] for name in ("k", "bits", "group", "mode", "block_m", "block_n", "block_k",
+                                           "num_warps", "num_stages", "x_pairs"))
+    return ((_same_data(args["x"]), _table_key(args["table"], graph)) + shared
+            + (args["zeros"] is None, args["bias"] is None))
+
+
+def _weight_operands(node: torch.fx.Node) -> list[torch.fx.Node]:
+    """The nodes of a call's own weight (the fused call takes x and the table from the first call)."""
+    args = _arguments(node)
+    return [args[name] for name in ("codes", "scales", "zeros", "bias") if isinstance(args[name], torch.fx.Node)]
 
 
 def _available_at(node: torch.fx.Node, first: torch.fx.Node, order: dict) -> bool:
-    """Whether ``node``'s operands other than x (the fused call takes ``first``'s x) exist
-    before ``first``, or are constants (get_attr, no inputs) that can be moved there."""
-    x = _arguments(node)["x"]
-    return all(order[arg] < order[first] or arg.op == "get_attr" for arg in node.all_input_nodes if arg is not x)
+    """Whether ``node``'s weight operands exist before ``first``, or are constants
+    (get_attr, no inputs) that can be moved there."""
+    return all(order[arg] < order[first] or arg.op == "get_attr" for arg in _weight_operands(node))
 
 
 def _hoist_constants(node: torch.fx.Node, first: torch.fx.Node, order: dict) -> None:
-    for arg in node.all_input_nodes:
+    for arg in _weight_operands(node):
         if arg.op == "get_attr" and order[arg] > order[first]:
             first.prepend(arg)
 
@@ -89,7 +113,7 @@ def fuse_sibling_gemv(graph: torch.fx.Graph) -> int:
             args = _arguments(node)
             static = all(isinstance(d, int) for d in args["x"].meta["val"].shape)  # no symbolic sizes
             if static and g.Decode(args["mode"]) is not g.Decode.ROW_TABLE:
-                groups[_group_key(args)].append(node)
+                groups[_group_key(args, graph)].append(node)
     saved = 0
     for members in groups.values():
         for start in range(0, len(members), g.MAX_WEIGHTS):

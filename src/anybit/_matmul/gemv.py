@@ -318,12 +318,14 @@ def launch_gemv_multi(
     x: Tensor, parts: list[WeightPart], table: Tensor | None, k: int, bits: int, group: int, mode: Decode,
     config: GemvConfig, outs: list[Tensor] | None = None, workspace: Tensor | None = None,
 ) -> list[Tensor]:
-    """x (M, k) against 1 to ``MAX_WEIGHTS`` weights of one format and K in one launch:
-    [y_w (M, N_w)] in x's dtype, each as ``launch_gemv`` would give it.
+    """x (M, k) fp16/bf16 against 1 to ``MAX_WEIGHTS`` weights of one format and K in one
+    launch: [y_w (M, N_w)] in x's dtype, each as ``launch_gemv`` would give it.
 
-    The weights' scales (and zeros) must share strides; ROW_TABLE formats (a table
-    per row) take one weight per launch.  ``workspace``: fp32, at least split_k * M
-    * sum(N_w) elements.
+    ``parts[w]`` = (codes int32 (N_w, words per row), scales (N_w, groups), zeros
+    (N_w, groups) or None, bias (N_w,) or None, N_w).  The weights' scales (and
+    zeros) must share strides and all or none have a bias; ROW_TABLE formats (a
+    table per row) take one weight per launch.  ``outs``: [(M, N_w)] to write, or
+    None; ``workspace``: fp32, at least split_k * M * sum(N_w) elements, or None.
     """
     from .gemv_triton import MODE_IDS, gemv_kernel
 
@@ -355,15 +357,16 @@ def launch_gemv_multi(
     k_blocks = -(-k // config.block_k)
     ptx = 0 if interpreting() else ptx_groups(bits, mode, group, config.block_k, config.block_m)
     pointers, scalars = weight_operands(parts[0][0], parts[0][1], parts[0][2], table, k)
-    extra = []  # weights 1 and 2 (weight 0 stands in for absent ones, never read)
-    for codes, scales, zeros, bias, _ in (parts + [parts[0]] * MAX_WEIGHTS)[1:MAX_WEIGHTS]:
-        extra += [codes, scales, scales if zeros is None else zeros, scales if bias is None else bias]
-    outs_extra = (outs + [outs[0]] * MAX_WEIGHTS)[1:MAX_WEIGHTS]
+    # the operands of weights 1 and 2; weight 0's stand in for absent ones (never read)
+    absent = MAX_WEIGHTS - len(parts)
+    extra = []
+    for (codes, scales, zeros, bias, _), out in zip((parts + [parts[0]] * absent)[1:], (outs + [outs[0]] * absent)[1:]):
+        extra += [codes, scales, scales if zeros is None else zeros, scales if bias is None else bias, out]
+    rows = ns + [0] * absent
     bias0 = parts[0][3]
     gemv_kernel[grid](
-        x, *pointers, parts[0][1] if bias0 is None else bias0, outs[0], workspace, counters,
-        *extra[0:4], outs_extra[0], *extra[4:8], outs_extra[1],
-        m, ns[0], (ns + [0, 0])[1], (ns + [0, 0])[2], k, stride_xm=x.stride(0), **scalars,
+        x, *pointers, parts[0][1] if bias0 is None else bias0, outs[0], workspace, counters, *extra,
+        m, *rows, k, stride_xm=x.stride(0), **scalars,
         BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
         BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias0 is not None, INTERPRET=interpreting(),
