@@ -128,6 +128,21 @@ def test_repeated_launches_agree(spec, n, k, m):
         assert torch.equal(anybit.matmul(x, qw), first)
 
 
+@pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 4096)])
+def test_waiting_for_every_mma_closes_the_register_race(n, k, m):
+    """128x128 tiles on 8 warps with 3 stages gave different results in repeated launches of
+    these shapes (``gemm.racy``); with ``sync_mma`` every launch must give the same, right one."""
+    config = gm.GemmConfig(128, 128, 64, 1, 8, 3, sync_mma=True)
+    assert gm.racy(config)
+    gen = torch.Generator(device="cuda").manual_seed(n + m)
+    qw = quantized_cuda("int4-g128", n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).to(torch.float16)
+    first = gm.gemm(x, qw, None, config)
+    _assert_close(first, x, qw)
+    for _ in range(30):
+        assert torch.equal(gm.gemm(x, qw, None, config), first)
+
+
 @pytest.mark.parametrize("rows", [50, 300], ids=["gemm", "dequantize"])
 def test_torch_compile_fullgraph(rows):
     layer = anybit.QuantLinear.from_linear(torch.nn.Linear(512, 256).cuda().half(), "int4-g64")

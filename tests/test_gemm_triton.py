@@ -57,6 +57,7 @@ def _cases():
         ("nf4-g32", gm.GemmConfig(16, 32, 64, 1, 4, 2, 5)),
         ("lut4-gc", gm.GemmConfig(128, 128, 32, 1, 4, 2)),
         ("int8-gc", gm.GemmConfig(16, 16, 256, 5, 4, 2)),
+        ("int4-g64", gm.GemmConfig(64, 64, 64, 2, 4, 3, sync_mma=True)),  # the wait per K-block (compiled only)
     ]
     for (spec, config), m in zip(forced, itertools.cycle([33, 100, 64])):
         cases.append(Case(spec, m, 70, 300, torch.float16 if m != 100 else torch.bfloat16, config))

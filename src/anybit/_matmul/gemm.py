@@ -38,6 +38,11 @@ class GemmConfig:
     block_k: codes per K-block; a power of two >= 32.
     split_k: K ranges summed by the in-launch fix-up (1: none).
     swizzle: W tiles walked by consecutive programs that share an x tile.
+    sync_mma: wait for all of a K-block's warpgroup MMAs before the next K-block's
+        decode writes their register operand.  Triton's pipelining waits for the first
+        only (triton-lang/triton#9433), which ``racy`` settings showed as wrong results;
+        the wait costs the overlap of the MMA with the next decode.  Not yet measured,
+        so no heuristic or table uses it.
     """
 
     block_m: int
@@ -47,6 +52,7 @@ class GemmConfig:
     num_warps: int = 8
     num_stages: int = 3
     swizzle: int = 8
+    sync_mma: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -232,7 +238,7 @@ def launch_gemm(
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWIZZLE=config.swizzle,
         SPLIT_K=split_k, BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None,
         INTERPRET=interpreting(), EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
-        num_warps=config.num_warps, num_stages=config.num_stages,
+        SYNC_MMA=config.sync_mma, num_warps=config.num_warps, num_stages=config.num_stages,
         **_decode_constexprs(bits, mode, config.block_k, x.dtype),
     )
     return out
@@ -266,15 +272,16 @@ def gemm_op(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, swizzle: int,
+    sync_mma: bool,
 ) -> Tensor:
     """y (M, n) = x (M, k) @ W^T (+ bias) for W in the split-plane layout; see gemm_triton."""
-    config = GemmConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, swizzle)
+    config = GemmConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, swizzle, sync_mma)
     return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config)
 
 
 @gemm_op.register_fake
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, swizzle):
+      num_warps, num_stages, swizzle, sync_mma):
     return x.new_empty(x.shape[0], n)
 
 
@@ -366,6 +373,6 @@ def gemm(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig
         x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
         n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,
         config.block_m, config.block_n, config.block_k, config.split_k, config.num_warps, config.num_stages,
-        config.swizzle,
+        config.swizzle, config.sync_mma,
     )
     return y.reshape(*x.shape[:-1], n)

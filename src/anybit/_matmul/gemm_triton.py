@@ -118,11 +118,12 @@ def gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWIZZLE: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr = False, PTX: tl.constexpr = False, PTX_ASM: tl.constexpr = "",
-    PTX_CONSTRAINTS: tl.constexpr = "",
+    PTX_CONSTRAINTS: tl.constexpr = "", SYNC_MMA: tl.constexpr = False,
 ):
     """out (M, N) in x's dtype = x (M, K) @ W^T (+ bias); arguments as ``gemv_kernel``'s.
 
     Grid: (tiles, SPLIT_K).  PTX: the inline-asm decode (never in the interpreter).
+    SYNC_MMA: see ``GemmConfig.sync_mma`` (compiled kernels only).
     """
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -161,6 +162,11 @@ def gemm_kernel(
             x_t = tl.load(x_ptrs)
         else:
             x_t = tl.load(x_ptrs, mask=(offs_k < K)[:, None], other=0)
+        if SYNC_MMA and not INTERPRET:
+            # An opaque use of the accumulator before the decode writes the next A operand:
+            # the pipeliner then waits for every MMA of the previous K-block here (in the
+            # SASS: one `WARPGROUP.DEPBAR.LE gsb0, 0x0` instead of `0x3` after each).
+            acc = tl.inline_asm_elementwise("mov.b32 $0, $1;", "=r,r", [acc], dtype=tl.float32, is_pure=True, pack=1)
         w = _weights(codes_ptr, table_ptr, table, scale, zero, w_rows, k0, words_per_row, kpad_words, BITS, GROUP,
                      MODE, BLOCK_K, EVEN_K, PTX, PTX_ASM, PTX_CONSTRAINTS, dtype)
         if INTERPRET:
