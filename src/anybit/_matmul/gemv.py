@@ -128,8 +128,6 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     """
     block_m = row_block(m)
     wide = interleaved and block_m >= 32
-    if programs_per_sm is None:
-        programs_per_sm = 2 if wide else 4
     if ptx and group >= k:
         block_k = 128 if block_m >= 32 else 256
     elif split_groups and group >= 32 and 256 % group == 0 and block_m * (256 // group) <= 4:
@@ -139,8 +137,14 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     block_n = 64 if wide else 32
     k_blocks = -(-k // block_k)
     n_tiles = -(-n // block_n)
-    split_k = split_for(k_blocks, n_tiles, programs_per_sm, sms)
+    split_k = split_for(k_blocks, n_tiles, programs_per_sm or heuristic_programs_per_sm(block_n), sms)
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True)
+
+
+def heuristic_programs_per_sm(block_n: int) -> int:
+    """The programs per SM ``gemv_config`` splits K for: 2 with its 64-row tiles (the
+    interleaved widths at 32 rows of x), else 4."""
+    return 2 if block_n == 64 else 4
 
 
 #: Decode modes the PTX decode path serves (integer codes; tables of 4-bit codes).
@@ -281,13 +285,16 @@ def weight_operands(codes: Tensor, scales: Tensor, zeros: Tensor | None, table: 
     return pointers, scalars
 
 
-def split_k_buffers(out: Tensor, split_k: int, tiles: int, workspace: Tensor | None) -> tuple[Tensor, Tensor]:
-    """(fp32 workspace (split_k, M, N), zeroed counters (tiles,)) for a split-K launch
-    writing ``out`` (M, N); ``out`` stands in for both (never read) without a split."""
+def split_k_buffers(out: Tensor, split_k: int, tiles: int, workspace: Tensor | None,
+                    columns: int | None = None) -> tuple[Tensor, Tensor]:
+    """(fp32 workspace (split_k, M, columns), zeroed counters (tiles,)) for a split-K launch
+    writing ``out`` (M, N); ``columns`` defaults to N (more for several outputs in one
+    launch).  ``out`` stands in for both (never read) without a split."""
     if split_k == 1:
         return out, out
     if workspace is None:
-        workspace = torch.empty(split_k, *out.shape, dtype=torch.float32, device=out.device)
+        workspace = torch.empty(split_k, out.shape[0], columns or out.shape[1], dtype=torch.float32,
+                                device=out.device)
     return workspace, split_counters(out.device, tiles)
 
 
@@ -331,13 +338,14 @@ def launch_gemv_multi(
 
     if not 1 <= len(parts) <= MAX_WEIGHTS:
         raise ValueError(f"{len(parts)} weights in one launch; accepted: 1 to {MAX_WEIGHTS}")
-    if len(parts) > 1 and mode is Decode.ROW_TABLE:
-        raise ValueError("formats with a table per row (lut) take one weight per launch")
-    shared = {(codes.shape[1], scales.shape[1], scales.stride(), None if zeros is None else zeros.stride(),
-               bias is None) for codes, scales, zeros, bias, _ in parts}
-    if len(shared) > 1 or any(codes.shape[0] != n for codes, *_, n in parts):
-        raise ValueError("the weights of one launch must share K, the format, the strides of their parameters "
-                         "and whether they have a bias")
+    if len(parts) > 1:  # (not on the single-weight path every decode call takes)
+        if mode is Decode.ROW_TABLE:
+            raise ValueError("formats with a table per row (lut) take one weight per launch")
+        shared = {(codes.shape[1], scales.shape[1], scales.stride(), None if zeros is None else zeros.stride(),
+                   bias is None) for codes, scales, zeros, bias, _ in parts}
+        if len(shared) > 1 or any(codes.shape[0] != n for codes, *_, n in parts):
+            raise ValueError("the weights of one launch must share K, the format, the strides of their parameters "
+                             "and whether they have a bias")
     m = x.shape[0]
     x = x.contiguous()
     split_k = config.split_k
@@ -348,12 +356,7 @@ def launch_gemv_multi(
         return outs
     tiles = [-(-n // config.block_n) for n in ns]
     grid = (sum(tiles), split_k, -(-m // config.block_m))
-    if split_k == 1:
-        workspace, counters = outs[0], outs[0]  # never read
-    else:
-        if workspace is None:
-            workspace = torch.empty(split_k * m * sum(ns), dtype=torch.float32, device=x.device)
-        counters = split_counters(x.device, grid[0] * grid[2])
+    workspace, counters = split_k_buffers(outs[0], split_k, grid[0] * grid[2], workspace, sum(ns))
     k_blocks = -(-k // config.block_k)
     ptx = 0 if interpreting() else ptx_groups(bits, mode, group, config.block_k, config.block_m)
     pointers, scalars = weight_operands(parts[0][0], parts[0][1], parts[0][2], table, k)
@@ -418,8 +421,8 @@ def _(x, codes, scales, zeros, table, bias, ns, k, bits, group, mode, block_m, b
 def merged_split(config: GemvConfig, n_total: int, k: int, sms: int) -> int:
     """Split-K for ``config``'s tiles over ``n_total`` rows (several weights in one launch),
     to the heuristic's programs per SM (``gemv_config``)."""
-    programs_per_sm = 2 if config.block_n == 64 else 4
-    return split_for(-(-k // config.block_k), -(-n_total // config.block_n), programs_per_sm, sms)
+    return split_for(-(-k // config.block_k), -(-n_total // config.block_n), heuristic_programs_per_sm(config.block_n),
+                     sms)
 
 
 def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig | None = None) -> Tensor:

@@ -397,6 +397,19 @@ def _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N
 
 
 @triton.jit
+def _past_weight(pid_n, ws_ptr, ws_per_row, weight, following, BLOCK_N: tl.constexpr):
+    """Tile ``pid_n`` of ``weight`` (codes, scales, zeros, bias, out, N), or, when it lies
+    past that weight's tiles, of the ``following`` one: (its tile index, its workspace,
+    its operands).  The workspace of ``weight`` (ws_per_row * N elements) comes first."""
+    tiles = tl.cdiv(weight[5], BLOCK_N)
+    if pid_n >= tiles:
+        pid_n -= tiles
+        ws_ptr += ws_per_row * weight[5]
+        weight = following
+    return pid_n, ws_ptr, weight
+
+
+@triton.jit
 def gemv_kernel(
     x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
     codes1_ptr, scales1_ptr, zeros1_ptr, bias1_ptr, out1_ptr,
@@ -429,21 +442,15 @@ def gemv_kernel(
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
     tile = pid_m * tl.num_programs(0) + pid_n  # this program's split-K counter
+    # which weight this program serves, and its tile index within that weight
+    weight = (codes_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, N)
     if WEIGHTS > 1:
-        # which weight this program serves, and its tile index within that weight
-        tiles0 = tl.cdiv(N, BLOCK_N)
-        if pid_n >= tiles0:
-            pid_n -= tiles0
-            ws_ptr += SPLIT_K * M * N
-            codes_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, N = (
-                codes1_ptr, scales1_ptr, zeros1_ptr, bias1_ptr, out1_ptr, N1)
-            if WEIGHTS > 2:
-                tiles1 = tl.cdiv(N1, BLOCK_N)
-                if pid_n >= tiles1:
-                    pid_n -= tiles1
-                    ws_ptr += SPLIT_K * M * N1
-                    codes_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, N = (
-                        codes2_ptr, scales2_ptr, zeros2_ptr, bias2_ptr, out2_ptr, N2)
+        pid_n, ws_ptr, weight = _past_weight(pid_n, ws_ptr, SPLIT_K * M, weight,
+                                             (codes1_ptr, scales1_ptr, zeros1_ptr, bias1_ptr, out1_ptr, N1), BLOCK_N)
+    if WEIGHTS > 2:
+        pid_n, ws_ptr, weight = _past_weight(pid_n, ws_ptr, SPLIT_K * M, weight,
+                                             (codes2_ptr, scales2_ptr, zeros2_ptr, bias2_ptr, out2_ptr, N2), BLOCK_N)
+    codes_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, N = weight
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < N
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
