@@ -10,7 +10,8 @@ block_m 0 means the next power of two of M; split_k 0 or -p means about four
 (p) programs per SM, with a split count that divides the K-blocks, and b<n> about n
 K-blocks per split; x_pairs 1
 reads x in pairs (default 0).  With ``--kernel gemm`` a variant is
-``block_m,block_n,block_k,split_k,num_warps,num_stages[,swizzle[,sync_mma]]`` (split_k as
+``block_m,block_n,block_k,split_k,num_warps,num_stages[,swizzle[,sync_mma]]`` (sync_mma 0: without
+the wait per K-block, wrong results possible; split_k as
 above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS.  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run).

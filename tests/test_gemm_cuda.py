@@ -72,6 +72,10 @@ FORCED = [
     ("lut4-gc", 1536, 576, gm.GemmConfig(64, 128, 64, 1, 4, 3)),
     # tables of other widths: the generic decode
     ("lut3-g64", 1000, 1536, gm.GemmConfig(128, 128, 64, 1, 8, 2)),
+    # 256 rows of x (an m64n256 MMA) and 128 x 128 on 8 warps with 3 stages: right only with the wait
+    ("uint4-g128", 1000, 1536, gm.GemmConfig(256, 128, 64, 1, 8, 3)),
+    ("int4-gc", 1000, 1536, gm.GemmConfig(256, 64, 64, 2, 4, 2)),
+    ("int8-gc", 1000, 1536, gm.GemmConfig(128, 128, 64, 1, 8, 3)),
 ]
 
 
@@ -131,9 +135,9 @@ def test_repeated_launches_agree(spec, n, k, m):
 @pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 4096)])
 def test_waiting_for_every_mma_closes_the_register_race(n, k, m):
     """128x128 tiles on 8 warps with 3 stages gave different results in repeated launches of
-    these shapes (``gemm.racy``); with ``sync_mma`` every launch must give the same, right one."""
-    config = gm.GemmConfig(128, 128, 64, 1, 8, 3, sync_mma=True)
-    assert gm.racy(config)
+    these shapes without ``sync_mma``; with it (the default) every launch must give the same, right one."""
+    config = gm.GemmConfig(128, 128, 64, 1, 8, 3)
+    assert config.sync_mma
     gen = torch.Generator(device="cuda").manual_seed(n + m)
     qw = quantized_cuda("int4-g128", n, k, gen)
     x = torch.randn(m, k, device="cuda", generator=gen).to(torch.float16)

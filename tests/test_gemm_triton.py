@@ -57,7 +57,8 @@ def _cases():
         ("nf4-g32", gm.GemmConfig(16, 32, 64, 1, 4, 2, 5)),
         ("lut4-gc", gm.GemmConfig(128, 128, 32, 1, 4, 2)),
         ("int8-gc", gm.GemmConfig(16, 16, 256, 5, 4, 2)),
-        ("int4-g64", gm.GemmConfig(64, 64, 64, 2, 4, 3, sync_mma=True)),  # the wait per K-block (compiled only)
+        ("int4-g64", gm.GemmConfig(256, 64, 64, 2, 4, 3)),  # 256 rows of x: only with the wait (the default)
+        ("uint4-g128", gm.GemmConfig(64, 64, 64, 1, 4, 3, sync_mma=False)),  # no wait (compiled kernels differ)
     ]
     for (spec, config), m in zip(forced, itertools.cycle([33, 100, 64])):
         cases.append(Case(spec, m, 70, 300, torch.float16 if m != 100 else torch.bfloat16, config))
@@ -145,8 +146,8 @@ def test_dispatcher_dequantizes_from_the_crossover_on(monkeypatch, dtype):
 def test_config_rejects_bad_tiles():
     with pytest.raises(ValueError, match="block_k=48"):
         gm.GemmConfig(64, 128, 48)
-    with pytest.raises(ValueError, match="block_m=256"):
-        gm.GemmConfig(256, 128, 64)
+    with pytest.raises(ValueError, match="block_m=512: accepted: at most 256"):
+        gm.GemmConfig(512, 128, 64)
     with pytest.raises(ValueError, match="split_k=0"):
         gm.GemmConfig(64, 128, 64, split_k=0)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -53,12 +53,13 @@ def test_candidates_are_valid_unique_and_safe(s):
     assert gm.default_plan(s.m, s.n, s.k, 128, s.bits, HW.sms) in plans or s.m >= gm.DEQUANT_MIN_M
 
 
-def test_racy_settings_are_the_measured_ones():
-    assert gm.racy(gm.GemmConfig(128, 128, 64, 1, 8, 3))
-    assert gm.racy(gm.GemmConfig(128, 128, 64, 4, 8, 4))
-    assert gm.racy(gm.GemmConfig(128, 64, 64, 1, 4, 3))
-    assert not gm.racy(gm.GemmConfig(128, 128, 64, 1, 8, 2))
-    assert not gm.racy(gm.GemmConfig(64, 64, 64, 1, 4, 4))
+def test_only_settings_without_the_wait_are_racy():
+    for config in [gm.GemmConfig(128, 128, 64, 1, 8, 3), gm.GemmConfig(64, 64, 64, 1, 4, 4)]:
+        assert config.sync_mma and not gm.racy(config)
+        assert gm.racy(replace(config, sync_mma=False))
+    assert not gm.racy(gm.GemmConfig(256, 128, 64, 1, 8, 2))
+    with pytest.raises(ValueError, match="without sync_mma"):
+        gm.GemmConfig(256, 128, 64, sync_mma=False)
 
 
 def test_plan_requires_a_config_for_gemm_only():

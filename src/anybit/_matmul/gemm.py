@@ -24,9 +24,10 @@ from .gemv import (
 )
 
 
-#: Rows of x per program: 256 (an m64n256 MMA) gave wrong results for some formats
-#: (int4-gc, uint4-g128; the compiled kernel, not the decode) on the H200.
-MAX_BLOCK_M = 128
+#: Rows of x per program: at most the MMA's largest N (m64n256), and 128 without
+#: ``sync_mma``: 256 gave wrong results for some formats (int4-gc, uint4-g128) on the
+#: H200 without the wait, right ones with it.
+MAX_BLOCK_M, MAX_BLOCK_M_NO_SYNC = 256, 128
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,11 @@ class GemmConfig:
     split_k: K ranges summed by the in-launch fix-up (1: none).
     swizzle: W tiles walked by consecutive programs that share an x tile.
     sync_mma: wait for all of a K-block's warpgroup MMAs before the next K-block's
-        decode writes their register operand.  Triton's pipelining waits for the first
-        only (triton-lang/triton#9433), which ``racy`` settings showed as wrong results;
-        the wait costs the overlap of the MMA with the next decode.  Not yet measured,
-        so no heuristic or table uses it.
+        decode writes their register operand (default).  Without it, Triton 3.6's
+        pipelining waits for the first only (triton-lang/triton#9433), and repeated
+        launches gave different, wrong results (``racy``); with it, none did in any
+        check on the H200, and the heuristic's 64 x 64 tiles ran as fast
+        (docs/NOTES.md v12).  False is kept for measurements only.
     """
 
     block_m: int
@@ -52,7 +54,7 @@ class GemmConfig:
     num_warps: int = 8
     num_stages: int = 3
     swizzle: int = 8
-    sync_mma: bool = False
+    sync_mma: bool = True
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -60,8 +62,10 @@ class GemmConfig:
             if value < 16 or value & (value - 1):
                 raise ValueError(f"GemmConfig.{name}={value}: accepted: a power of two >= 16")
         if self.block_m > MAX_BLOCK_M:
-            raise ValueError(f"GemmConfig.block_m={self.block_m}: accepted: at most {MAX_BLOCK_M} (256 rows of x "
-                             "per program compiled to wrong results with Triton 3.6)")
+            raise ValueError(f"GemmConfig.block_m={self.block_m}: accepted: at most {MAX_BLOCK_M}")
+        if self.block_m > MAX_BLOCK_M_NO_SYNC and not self.sync_mma:
+            raise ValueError(f"GemmConfig.block_m={self.block_m} without sync_mma: accepted: at most "
+                             f"{MAX_BLOCK_M_NO_SYNC} (256 rows of x per program compiled to wrong results with Triton 3.6)")
         if self.split_k < 1 or self.swizzle < 1:
             raise ValueError(f"GemmConfig split_k={self.split_k}, swizzle={self.swizzle}: accepted: >= 1")
 
@@ -81,14 +85,11 @@ def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Gemm
 
     64 x 64 tiles on one warpgroup, 4 pipeline stages, K-blocks of 64 codes
     (128 where the PTX decode's C tensors need it to span the MMA's K), split-K
-    to about 2 programs per SM.  Measured on the H200 (variants-v10c/d): the
-    best of the configurations that gave the right result in repeated launches
-    for M <= 128; larger tiles ran faster at M >= 1024 (256 x 128 on 8 warps:
-    0.77x fp16 against 0.39x) but some (128 x 128 on 8 warps with 3 stages, 128
-    x 64 on 4 warps with 3 stages, 256 x 128 for zero points) returned wrong
-    results in some launches, a hazard of the compiler's pipelining of the
-    register operand that this kernel avoids rather than works around
-    (docs/NOTES.md, v10).
+    to about 2 programs per SM, with ``sync_mma``.  Measured on the H200: the
+    fastest of the settings tried for M <= 128 (variants-v10c/d); larger tiles
+    ran faster at M >= 1024 only without the wait, which gave wrong results
+    (256 x 128 on 8 warps: 0.77x fp16; with the wait 0.58x, below dequantize +
+    cuBLAS there; docs/NOTES.md v10, v12).
     """
     block_m, block_n = 64, 64
     block_k = max(64, MMA_K * codes_per_element(bits))  # the PTX decode's tensors span the MMA's K
@@ -152,21 +153,22 @@ CANDIDATE_PROGRAMS_PER_SM = (0, 2, 4)
 
 
 def racy(config: GemmConfig) -> bool:
-    """Settings whose compiled kernel gave different results for one input in repeated
-    launches on the H200 (Triton 3.6): 128 x 128 tiles on 8 warps with 3 or 4 stages
-    (25 of 46 six-launch checks over the Llama-3.1-8B shapes, tune-v11a), 128 x 64 on 4
-    warps with 3 stages (int8-gc, v10c).  In the SASS of the first, the K loop rewrites
-    registers of the weight operand while up to three wgmma of the previous K-block may
-    still read them (docs/NOTES.md v11).  ``anybit tune`` never tries these."""
-    tile = (config.block_m, config.block_n, config.num_warps)
-    return (tile == (128, 128, 8) and config.num_stages >= 3) or (tile == (128, 64, 4) and config.num_stages == 3)
+    """Whether the compiled kernel may give wrong results: every setting without
+    ``sync_mma``.  Triton 3.6 lets the next K-block's decode overwrite the register
+    operand of up to three wgmma that may still read it (SASS of 128 x 128 tiles on
+    8 warps, docs/NOTES.md v11); measured as different results for one input in
+    repeated launches of 128 x 128 tiles on 8 warps with 3 or 4 stages, 128 x 64 on 4
+    warps with 3 stages, 256 rows of x, and once 64 x 64 on 4 warps with 3 stages and
+    split-K (H200).  ``anybit tune`` never tries such settings, and tables holding them
+    are refused."""
+    return not config.sync_mma
 
 
 def candidate_plans(m: int, n: int, k: int, bits: int, sms: int) -> list[Plan]:
     """Every plan ``anybit tune`` may measure for an (m, n, k) product, in a fixed
     order: dequantize + cuBLAS, then the GEMM kernel over the CANDIDATE_* settings
     (128 rows of x only where m > 64; K-blocks of the heuristic's size; split-K
-    counts that divide the K-blocks, duplicates dropped; never ``racy`` ones)."""
+    counts that divide the K-blocks, duplicates dropped; all with ``sync_mma``)."""
     block_k = max(64, MMA_K * codes_per_element(bits))
     k_blocks = -(-k // block_k)
     plans = [Plan(Kernel.DEQUANT)]
@@ -180,9 +182,7 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int) -> list[Plan]:
             for warps in CANDIDATE_WARPS:
                 for stages in CANDIDATE_STAGES:
                     for split in splits:
-                        config = GemmConfig(block_m, block_n, block_k, split, warps, stages)
-                        if not racy(config):
-                            plans.append(Plan(Kernel.GEMM, config))
+                        plans.append(Plan(Kernel.GEMM, GemmConfig(block_m, block_n, block_k, split, warps, stages)))
     return plans
 
 
