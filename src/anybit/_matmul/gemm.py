@@ -79,6 +79,12 @@ class GemmConfig:
 DEQUANT_MIN_M = 256
 
 
+def heuristic_block_k(bits: int) -> int:
+    """Codes per K-block of the heuristic and of the tuner's candidates: 64, or more
+    where the PTX decode's tensors of ``bits``-bit codes need it to span the MMA's K."""
+    return max(64, MMA_K * codes_per_element(bits))
+
+
 @functools.lru_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
 def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> GemmConfig:
     """Deterministic launch settings for an (m, n, k) product (gemv.MAX_M < m).
@@ -92,7 +98,7 @@ def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Gemm
     cuBLAS there; docs/NOTES.md v10, v12).
     """
     block_m, block_n = 64, 64
-    block_k = max(64, MMA_K * codes_per_element(bits))  # the PTX decode's tensors span the MMA's K
+    block_k = heuristic_block_k(bits)
     tiles = -(-n // block_n) * -(-m // block_m)
     k_blocks = -(-k // block_k)
     split_k = split_for(k_blocks, tiles, 2, sms)
@@ -159,8 +165,7 @@ def racy(config: GemmConfig) -> bool:
     8 warps, docs/NOTES.md v11); measured as different results for one input in
     repeated launches of 128 x 128 tiles on 8 warps with 3 or 4 stages, 128 x 64 on 4
     warps with 3 stages, 256 rows of x, and once 64 x 64 on 4 warps with 3 stages and
-    split-K (H200).  ``anybit tune`` never tries such settings, and tables holding them
-    are refused."""
+    split-K (H200).  ``anybit tune`` never tries such settings."""
     return not config.sync_mma
 
 
@@ -169,7 +174,7 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int) -> list[Plan]:
     order: dequantize + cuBLAS, then the GEMM kernel over the CANDIDATE_* settings
     (128 rows of x only where m > 64; K-blocks of the heuristic's size; split-K
     counts that divide the K-blocks, duplicates dropped; all with ``sync_mma``)."""
-    block_k = max(64, MMA_K * codes_per_element(bits))
+    block_k = heuristic_block_k(bits)
     k_blocks = -(-k // block_k)
     plans = [Plan(Kernel.DEQUANT)]
     for block_m in CANDIDATE_BLOCK_M:

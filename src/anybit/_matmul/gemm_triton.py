@@ -118,7 +118,7 @@ def gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWIZZLE: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr = False, PTX: tl.constexpr = False, PTX_ASM: tl.constexpr = "",
-    PTX_CONSTRAINTS: tl.constexpr = "", SYNC_MMA: tl.constexpr = False,
+    PTX_CONSTRAINTS: tl.constexpr = "", SYNC_MMA: tl.constexpr = True,
 ):
     """out (M, N) in x's dtype = x (M, K) @ W^T (+ bias); arguments as ``gemv_kernel``'s.
 
