@@ -12,7 +12,9 @@ K-blocks per split; x_pairs 1
 reads x in pairs (default 0).  With ``--kernel gemm`` a variant is
 ``block_m,block_n,block_k,split_k,num_warps,num_stages[,swizzle[,sync_mma]]`` (sync_mma 0: without
 the wait per K-block, wrong results possible; split_k as
-above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS.  Each variant is first checked against the float64 reference on fresh random
+above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
+``gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]``: the Gluon GEMM (gemm_gluon;
+overlap 1: measurement only, unsafe).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run).
 """
@@ -42,6 +44,10 @@ def _split(split: int, m: int, n: int, k: int, bm: int, bn: int, bk: int) -> int
 def _config(text: str, m: int, n: int, k: int, kernel: str):
     if text.startswith("dq"):
         return text
+    if text.startswith("gl,"):  # the Gluon GEMM: gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]
+        bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
+        return ("gluon", gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4 * (bn // 64), stages,
+                                       *extra[:1]), bool(extra[1:2] and extra[1]))
     if text == "auto":  # the heuristic's choice
         if kernel != "gemv":
             raise SystemExit("variant auto is for --kernel gemv only")
@@ -66,6 +72,11 @@ def _call(x, qw, config):
         return lambda: x @ gm.launch_dequant(qw.codes, qw.params["scales"], qw.params.get("zeros"),
                                              g.kernel_table(qw), n, k, qw.format.bits, group, mode, x.dtype,
                                              block_n=bn, block_k=bk).t()
+    if isinstance(config, tuple):  # ("gluon", GemmConfig, overlap)
+        overlap = config[2]
+        config, group = gm.launch_settings(qw, x.shape[0], x.device, config[1])
+        return lambda: gm.launch_gemm_gluon(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, n, k,
+                                            qw.format.bits, group, mode, config, overlap=overlap)
     if isinstance(config, gm.GemmConfig):
         config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
         return lambda: gm.launch_gemm(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw),
@@ -132,7 +143,7 @@ def main() -> None:
                 except Exception as error:  # a variant that does not compile (resources) is reported, not fatal
                     print(f"{n:6d}x{k:<6d} M={m:3d} {text:>18}: failed: {str(error).splitlines()[0][:120]}")
                     rel, ok, us = math.nan, False, math.nan
-                rows.append({"N": n, "K": k, "M": m, "variant": text, "config": getattr(config, "__dict__", config),
+                rows.append({"N": n, "K": k, "M": m, "variant": text, "config": getattr(config[1] if isinstance(config, tuple) else config, "__dict__", config),
                              "rel_err": rel, "us": us, "fp16_us": fp16_us, "floor_us": floor_us})
                 print(f"{n:6d}x{k:<6d} M={m:3d} {text:>18}: {'ok ' if ok else 'BAD'} err {rel:.1e} "
                       f"{us:8.2f} us  {fp16_us / us:5.2f}x fp16  {floor_us / us:5.1%} of floor  "

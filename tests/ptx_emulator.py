@@ -4,7 +4,8 @@ It runs one ``tl.inline_asm_elementwise`` call (registers as Python ints) so
 the CPU tests can check the generated decode on the real packed layout;
 the compiled kernel is checked on the GPU by tests/test_gemv_cuda.py.
 Instructions: mov, and, or, shl, shr (.b32), prmt.b32 (default mode, with
-sign replication), lop3.b32 and fma.rn.{f16x2, bf16x2}.
+sign replication), lop3.b32, fma.rn.{f16x2, bf16x2}, mul.rn.f16x2 and the
+unpacking ``mov.b32 {lo, hi}, r`` (16-bit outputs).
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ def run(asm: str, operands: list[int], outputs: int) -> list[int]:
         line = line.strip().rstrip(";")
         if not line or line in "{}" or line.startswith(".reg"):
             continue
+        unpack = re.fullmatch(r"mov\.b32\s*\{\s*(\S+)\s*,\s*(\S+)\s*\}\s*,\s*(\S+)", line)
+        if unpack:
+            word = value(unpack.group(3))
+            store(unpack.group(1), word & 0xFFFF)
+            store(unpack.group(2), word >> 16)
+            continue
         op, rest = line.split(None, 1)
         args = [t.strip() for t in rest.split(",")]
         vals = [value(t) for t in args[1:]]
@@ -102,6 +109,8 @@ def run(asm: str, operands: list[int], outputs: int) -> list[int]:
             store(args[0], _lop3(*vals))
         elif op in ("fma.rn.f16x2", "fma.rn.bf16x2"):
             store(args[0], _fma2(*vals, bf16=op.endswith("bf16x2")))
+        elif op == "mul.rn.f16x2":
+            store(args[0], _fma2(vals[0], vals[1], 0, bf16=False))
         else:
             raise NotImplementedError(f"PTX instruction {op!r} is not emulated")
     return slots[:outputs]

@@ -3,11 +3,12 @@ write the table the dispatcher reads (see ``anybit._matmul.tuning``).
 
 For every (format, layer shape, m) point:
 
-1. the candidates (``gemm.candidate_plans``: dequantize + cuBLAS and the GEMM
-   kernel's tile, warp, stage and split-K settings) are ranked by the
-   performance model (``perf_model``);
-2. the model's first ``top`` and the heuristic's plan (``gemm.default_plan``)
-   are measured, or every candidate with ``exhaustive``: each is first run
+1. the candidates (``gemm.candidate_plans``: dequantize + cuBLAS, the GEMM
+   kernel's tile, warp, stage and split-K settings, and on Hopper for 4-bit
+   integer formats the Gluon kernel's) are ranked by the performance model
+   (``perf_model``);
+2. the model's first ``top``, its first Gluon plan and the heuristic's plan
+   (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
    the same bits and the result is within ``VERIFY_TOLERANCE`` (relative
    Frobenius norm) of the float32 product with the dequantized weight; then
@@ -154,6 +155,8 @@ class TuneReport:
 def _runner(plan: gm.Plan, x: torch.Tensor, qw) -> Callable[[], torch.Tensor]:
     if plan.kernel is gm.Kernel.DEQUANT:
         return lambda: gm.dequantize_matmul(x, qw, None)
+    if plan.kernel is gm.Kernel.GLUON:
+        return lambda: gm.gemm_gluon(x, qw, None, plan.config)
     return lambda: gm.gemm(x, qw, None, plan.config)
 
 
@@ -236,11 +239,17 @@ def tune(
                     reference = x.float() @ reference_w.t()
                     fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), replays)
                     problem = pm.Problem(m, n, k, qw.format.bits, qw.format.group_len(k))
-                    ranked = pm.rank(problem, gm.candidate_plans(m, n, k, qw.format.bits, sms), hw, params)
+                    gluon = gm.gluon_supported(qw.format.bits, qw.format.kernel_decode().mode,
+                                               gm.kernel_group(problem.group, k, gm.heuristic_block_k(problem.bits)),
+                                               gm.heuristic_block_k(problem.bits), x.dtype, qw.params["scales"].dtype,
+                                               device)
+                    ranked = pm.rank(problem, gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon), hw, params)
                     point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
+                    # the model's first choice of the Gluon kernel too (its corrections start at 1)
+                    first_gluon = next((c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON), None)
                     for i, cand in enumerate(point.candidates):
-                        if not (exhaustive or i < top or cand.plan == default):
+                        if not (exhaustive or i < top or cand.plan == default or cand.plan == first_gluon):
                             continue
                         cand.error = _check(cand.plan, x, qw, reference)
                         if cand.error is not None:

@@ -110,6 +110,10 @@ class Kernel(str, enum.Enum):
 
     GEMM = "gemm"  #: the Triton GEMM kernel (gemm_triton.gemm_kernel) with a GemmConfig
     DEQUANT = "dequant"  #: the Triton dequantize kernel writes W in x's dtype, then cuBLAS
+    #: the Gluon kernel (gemm_gluon; Hopper, 4-bit integer codes, fp16) with a GemmConfig
+    #: (its warps: 4 per 64 rows of W); where it does not apply (``gluon_supported``),
+    #: the same tiles on the Triton GEMM kernel (each weight rounded the same way)
+    GLUON = "gluon"
 
 
 @dataclass(frozen=True)
@@ -120,9 +124,13 @@ class Plan:
     config: GemmConfig | None = None
 
     def __post_init__(self):
-        if (self.kernel is Kernel.GEMM) != (self.config is not None):
-            raise ValueError(f"Plan({self.kernel.value}): a GemmConfig is required for {Kernel.GEMM.value} "
-                             f"and refused for {Kernel.DEQUANT.value}, got config={self.config}")
+        if (self.kernel is not Kernel.DEQUANT) != (self.config is not None):
+            raise ValueError(f"Plan({self.kernel.value}): a GemmConfig is required for {Kernel.GEMM.value} and "
+                             f"{Kernel.GLUON.value} and refused for {Kernel.DEQUANT.value}, got config={self.config}")
+        if self.kernel is Kernel.GLUON and (self.config.block_n % 64 or self.config.num_stages < 2
+                                            or self.config.num_warps != 4 * (self.config.block_n // 64)):
+            raise ValueError(f"Plan({self.kernel.value}): {self.config}: accepted: block_n a multiple of 64, "
+                             f"num_warps = 4 per 64 rows of W, num_stages >= 2")
 
     def to_dict(self) -> dict:
         """``{"kernel": ..., "config": {GemmConfig fields} or None}`` (tables, reports)."""
@@ -134,11 +142,12 @@ class Plan:
         return cls(Kernel(data["kernel"]), None if config is None else GemmConfig(**config))
 
     def label(self) -> str:
-        """Short text: ``dequant`` or ``64x64x64 split4 4w4s``."""
+        """Short text: ``dequant``, ``64x64x64 split4 4w4s`` or ``gluon 64x64x64 split2 4w4s``."""
         if self.config is None:
             return self.kernel.value
         c = self.config
-        return f"{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s"
+        kind = "gluon " if self.kernel is Kernel.GLUON else ""
+        return f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s"
 
 
 def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Plan:
@@ -158,6 +167,11 @@ CANDIDATE_STAGES = (2, 3, 4)
 CANDIDATE_PROGRAMS_PER_SM = (0, 2, 4)
 
 
+#: Stages of the Gluon kernel's x / codes ring that ``anybit tune`` tries (more ran slower:
+#: fewer programs fit on an SM; docs/NOTES.md v13).
+GLUON_STAGES = (3, 4)
+
+
 def racy(config: GemmConfig) -> bool:
     """Whether the compiled kernel may give wrong results: every setting without
     ``sync_mma``.  Triton 3.6 lets the next K-block's decode overwrite the register
@@ -169,11 +183,13 @@ def racy(config: GemmConfig) -> bool:
     return not config.sync_mma
 
 
-def candidate_plans(m: int, n: int, k: int, bits: int, sms: int) -> list[Plan]:
+def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = False) -> list[Plan]:
     """Every plan ``anybit tune`` may measure for an (m, n, k) product, in a fixed
     order: dequantize + cuBLAS, then the GEMM kernel over the CANDIDATE_* settings
     (128 rows of x only where m > 64; K-blocks of the heuristic's size; split-K
-    counts that divide the K-blocks, duplicates dropped; all with ``sync_mma``)."""
+    counts that divide the K-blocks, duplicates dropped; all with ``sync_mma``),
+    then, with ``gluon`` (``gluon_supported``), the Gluon kernel over 64 rows of W
+    on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts."""
     block_k = heuristic_block_k(bits)
     k_blocks = -(-k // block_k)
     plans = [Plan(Kernel.DEQUANT)]
@@ -188,6 +204,16 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int) -> list[Plan]:
                 for stages in CANDIDATE_STAGES:
                     for split in splits:
                         plans.append(Plan(Kernel.GEMM, GemmConfig(block_m, block_n, block_k, split, warps, stages)))
+    if gluon:
+        for block_m in CANDIDATE_BLOCK_M:
+            if block_m > 64 and m <= 64:
+                continue
+            tiles = -(-n // 64) * -(-m // block_m)
+            splits = sorted({split_for(k_blocks, tiles, per_sm, sms) if per_sm else 1
+                             for per_sm in CANDIDATE_PROGRAMS_PER_SM})
+            for stages in GLUON_STAGES:
+                for split in splits:
+                    plans.append(Plan(Kernel.GLUON, GemmConfig(block_m, 64, block_k, split, 4, stages)))
     return plans
 
 
@@ -245,6 +271,59 @@ def launch_gemm(
         INTERPRET=interpreting(), EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
         SYNC_MMA=config.sync_mma, num_warps=config.num_warps, num_stages=config.num_stages,
         **_decode_constexprs(bits, mode, config.block_k, x.dtype),
+    )
+    return out
+
+
+def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: torch.dtype,
+                    scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
+    """Whether the Gluon kernel (``gemm_gluon``) computes this product: 4-bit integer codes
+    (symmetric or with zero points), fp16 x and scales, K-blocks of a multiple of 64
+    codes inside one group, and (where ``device`` is given) a Hopper GPU (sm_90)."""
+    if device is not None and (device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9):
+        return False
+    return bits == 4 and mode in (Decode.SYMMETRIC, Decode.ZERO_POINT) and dtype == torch.float16 \
+        and scale_dtype == torch.float16 and block_k % 64 == 0 and group >= block_k
+
+
+def launch_gemm_gluon(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, bias: Tensor | None, n: int, k: int,
+    bits: int, group: int, mode: Decode, config: GemmConfig, out: Tensor | None = None,
+    workspace: Tensor | None = None, overlap: bool = False,
+) -> Tensor:
+    """Run the Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
+
+    ``config``: tiles, split-K, stages (the x / codes ring) and swizzle; the kernel runs
+    4 warps per 64 rows of W (``block_n``).  Operands as ``launch_gemm``'s.
+    ``overlap``: measurement only, unsafe (see gemm_gluon).
+    """
+    from .gemm_gluon import gemm_gluon_kernel
+    from .gemv_triton import MODE_IDS
+
+    if not gluon_supported(bits, mode, group, config.block_k, x.dtype, scales.dtype):
+        raise ValueError(f"the Gluon GEMM does not compute {bits}-bit {mode.value} codes in groups of {group} with "
+                         f"K-blocks of {config.block_k} for x {x.dtype}, scales {scales.dtype}; accepted: 4 bits, "
+                         f"symmetric or zero-point codes, fp16 x and scales, block_k a multiple of 64 <= group")
+    if config.block_n % 64 or config.num_stages < 2:
+        raise ValueError(f"GemmConfig for the Gluon GEMM: block_n={config.block_n}, num_stages={config.num_stages}; "
+                         f"accepted: block_n a multiple of 64, num_stages >= 2")
+    m = x.shape[0]
+    x = x.contiguous()
+    if out is None:
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    tiles = -(-n // config.block_n) * -(-m // config.block_m)
+    workspace, counters = split_k_buffers(out, config.split_k, tiles, workspace)
+    k_blocks = -(-k // config.block_k)
+    zeros_or_scales = scales if zeros is None else zeros
+    gemm_gluon_kernel[(tiles, config.split_k)](
+        x, codes, scales, zeros_or_scales, scales if bias is None else bias, out, workspace, counters,
+        m, n, k, codes.shape[1], scales.shape[1], x.stride(0), scales.stride(0), scales.stride(1),
+        zeros_or_scales.stride(0), zeros_or_scales.stride(1),
+        GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
+        STAGES=config.num_stages, HAS_BIAS=bias is not None, num_warps=4 * (config.block_n // 64), OVERLAP=overlap,
     )
     return out
 
@@ -349,8 +428,12 @@ def planned_matmul_op(
         w = launch_dequant(codes, scales, zeros, table, n, k, bits, kernel_group(group, k, DEQUANT_BLOCK_K),
                            Decode(mode), x.dtype)
         return _linear(x, w, bias)
-    return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, kernel_group(group, k, chosen.config.block_k),
-                       Decode(mode), chosen.config)
+    config, kgroup = chosen.config, kernel_group(group, k, chosen.config.block_k)
+    if chosen.kernel is Kernel.GLUON:
+        if gluon_supported(bits, Decode(mode), kgroup, config.block_k, x.dtype, scales.dtype, x.device):
+            return launch_gemm_gluon(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config)
+        # elsewhere the same tiles on the Triton kernel (see Kernel.GLUON)
+    return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, kgroup, Decode(mode), config)
 
 
 @planned_matmul_op.register_fake
@@ -366,6 +449,17 @@ def planned_matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None) -> Tenso
         x.reshape(-1, k), qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias, n, k,
         qw.format.bits, qw.format.group_len(k), qw.format.kernel_decode().mode.value, qw.format.spec,
     )
+    return y.reshape(*x.shape[:-1], n)
+
+
+def gemm_gluon(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
+    """x (..., K) fp16 -> (..., N) fp16 on the Gluon kernel (Hopper; ``gluon_supported``
+    formats, else ValueError)."""
+    n, k = qw.shape
+    x2 = x.reshape(-1, k)
+    config, group = launch_settings(qw, x2.shape[0], x.device, config)
+    y = launch_gemm_gluon(x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits,
+                          group, qw.format.kernel_decode().mode, config)
     return y.reshape(*x.shape[:-1], n)
 
 

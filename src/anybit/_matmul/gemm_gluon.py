@@ -1,0 +1,255 @@
+"""Gluon kernel for y = x @ W^T at larger M on Hopper, 4-bit integer codes, fp16:
+the codes decoded straight into the register operand of the warpgroup MMA.
+
+The Triton kernel (``gemm_triton``) decodes W in a layout of its own choosing and
+converts it to the MMA's register layout through shared memory (a store, a
+barrier and ``ldmatrix`` per K-block).  Gluon states layouts explicitly, so here
+each thread reads exactly the codes its register fragment needs:
+
+* In wgmma's A-operand layout (fp16, 2 values per register) thread lane l holds,
+  of each 8 consecutive k of its rows, k = 2c and 2c + 1 with c = l % 4: in the
+  split-plane layout (8 codes per int32 word, code i at bits 4i..4i+3) that is
+  byte c of every word of the row.  The four lanes of a row read the same words
+  (``_byte_layout``), and one short PTX sequence turns byte c into the register
+  (code 2c - zero, code 2c+1 - zero) * scale (``_NIBBLE_PAIR_ASM``)::
+
+      word  = | n7 n6 | n5 n4 | n3 n2 | n1 n0 |     byte c = (n_{2c+1}, n_{2c})
+      prmt  -> | 0 byte_c | 0 byte_c |              byte c in both halves
+      lop3  -> half0 = 1024 + n_{2c}, half1 = 1024 + 16 n_{2c+1}   (fp16, exact)
+      fma   -> (n_{2c} - z, n_{2c+1} - z)           times {1, 1/16} plus
+                                                      {-(1024 + z), -(64 + z)}: exact
+      mul   -> times the group's scale: the one rounding of each weight
+
+  so each weight is rounded once, exactly as the Triton kernels round it.
+* Per K-block: x [BLOCK_M, BLOCK_K] and the code words [BLOCK_N, BLOCK_K / 8]
+  arrive by cp.async in an S-stage ring (rows past M and words past the row
+  read as zeros); the words are read from shared memory, decoded, and the MMA
+  ``W_tile (regs) @ x_tile^T (smem)`` is issued, then waited for before any
+  register is written again: without that wait the next decode could overwrite
+  the operand of an MMA in flight (triton-lang/triton#9433; ``OVERLAP`` keeps
+  it in flight for measurements only).  Then the ring stage of the block just
+  finished is refilled with block i + S - 1.
+* Program ``(t, s)``: output tile t (BLOCK_N rows of W by BLOCK_M rows of x,
+  numbered as in ``gemm_triton``), over the s-th of SPLIT_K ranges of K; the
+  accumulator [BLOCK_N, BLOCK_M] fp32 stays in the MMA's registers and is
+  written transposed into y (M, N), with the deterministic split-K fix-up of
+  the other kernels.
+
+Limits (``gemm.gluon_supported``): sm_90, 4-bit symmetric or zero-point codes,
+fp16 x and scales, K-blocks a multiple of 64 inside one group.  Gluon kernels do
+not run in Triton's interpreter: on the CPU the tests check the launch rules and
+the operand layout; the kernel itself is checked on the GPU against float64
+(tests/test_gemm_gluon_cuda.py).
+"""
+
+from __future__ import annotations
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    async_copy, fence_async_shared, warpgroup_mma, warpgroup_mma_wait,
+)
+
+from . import decode_ptx
+
+#: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
+ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
+
+
+@triton.constexpr_function
+def _rows_cols_layout(rows, cols, vec, num_warps):
+    """A blocked layout for [rows, cols] with ``vec`` consecutive elements per thread along a row."""
+    vec = min(vec, cols)
+    along = min(cols // vec, 32)
+    return gl.BlockedLayout([1, vec], [32 // along, along], [num_warps, 1], [1, 0])
+
+
+@triton.constexpr_function
+def _byte_layout(operand):
+    """The layout of [R, K / 8, 4] (row, 32-bit word of 8 codes, byte) that, after a join
+    of two values per byte and a reshape to [R, K], is the MMA's register operand
+    ``operand`` (a DistributedLinearLayout of [R, K] whose first register basis is k + 1).
+
+    The A operand of wgmma gives each thread the codes 2c, 2c + 1 of every 8 along k
+    (c: lane % 4), i.e. byte c of each word: so the bytes come straight from the
+    words, and the words of a row are read by the 4 lanes that share it."""
+    def byte_basis(b):
+        n, k = b
+        if k % 2:
+            raise ValueError(f"operand layout {operand}: no register basis but the first may cross a code pair")
+        return [n, k // 8, (k // 2) % 4]
+    if operand.reg_bases[0] != [0, 1]:
+        raise ValueError(f"operand layout {operand}: its first register basis must pair codes 2c, 2c + 1")
+    rows, k = operand.shape
+    return gl.DistributedLinearLayout([byte_basis(b) for b in operand.reg_bases[1:]],
+                                      [byte_basis(b) for b in operand.lane_bases],
+                                      [byte_basis(b) for b in operand.warp_bases], [], [rows, k // 8, 4])
+
+
+#: byte (0..3) of a word of 8 4-bit codes -> fp16 pair (low nibble - zero, high nibble - zero) * scale:
+#: the byte into both halves (prmt), each nibble ORed into 1024.0 (the high one times 16),
+#: then one packed fma {1, 1/16} and the bias {-(1024 + zero), -(64 + zero)} (exact), then the scale.
+_NIBBLE_PAIR_ASM = gl.constexpr("""{
+.reg .b32 t, m;
+prmt.b32 t, $2, 0, $3;
+lop3.b32 t, t, 0x00f0000f, 0x64006400, 0xea;
+mov.b32 m, 0x2c003c00;
+fma.rn.f16x2 t, t, m, $4;
+mul.rn.f16x2 t, t, $5;
+mov.b32 {$0, $1}, t;
+}""")
+
+
+@gluon.jit
+def _issue_loads(x_ptr, codes_ptr, x_buf, c_buf, x_rows, x_cols, c_rows, c_cols, k0, K, stride_xm, words_per_row,
+                 x_ok, valid):
+    """cp.async the K-block at k0: x [BLOCK_M, BLOCK_K] and the code words [BLOCK_N, BLOCK_K / 8]."""
+    kx = k0 + x_cols
+    async_copy.async_copy_global_to_shared(
+        x_buf, x_ptr + x_rows[:, None] * stride_xm + kx[None, :], mask=x_ok & (kx < K)[None, :] & valid)
+    word = k0 // 8 + c_cols
+    async_copy.async_copy_global_to_shared(
+        c_buf, codes_ptr + c_rows[:, None] * words_per_row + word[None, :],
+        mask=(c_rows >= 0)[:, None] & (word < words_per_row)[None, :] & valid)
+    async_copy.commit_group()
+
+
+@gluon.jit
+def _pair_words(lo, hi):
+    """Two fp16 [R] -> int32 [R]: lo in the low half, hi in the high half."""
+    lo = lo.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+    hi = hi.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+    return lo | (hi << 16)
+
+
+@gluon.jit
+def _group_words(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+                 MODE: gl.constexpr):
+    """The decode's per-row words for ``group``: (bias pair -(1024 + z), -(64 + z); scale pair), int32 [R]."""
+    ok = (rows >= 0) & (group < num_groups)
+    scale = gl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0).to(gl.float16)
+    if MODE == ZERO_POINT:
+        zero = gl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(gl.float32)
+    else:
+        zero = (rows * 0).to(gl.float32) + 8.0  # symmetric: code - 8
+    bias = _pair_words((-1024.0 - zero).to(gl.float16), (-64.0 - zero).to(gl.float16))
+    return bias, _pair_words(scale, scale)
+
+
+@gluon.jit
+def gemm_gluon_kernel(
+    x_ptr, codes_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    M, N, K, words_per_row, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg,
+    GROUP: gl.constexpr, MODE: gl.constexpr,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
+    SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
+    num_warps: gl.constexpr, OVERLAP: gl.constexpr = False,
+):
+    """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias), W of 4-bit codes (symmetric or with
+    zero points, fp16 scales); operands as ``gemm_triton.gemm_kernel``'s.
+    Grid: (tiles, SPLIT_K); num_warps = 4 * (BLOCK_N // 64)."""
+    W: gl.constexpr = BLOCK_K // 8  # code words of a row per K-block
+
+    pid = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    grid_n = gl.cdiv(N, BLOCK_N)
+    grid_m = gl.cdiv(M, BLOCK_M)
+    width = SWIZZLE * grid_m
+    first_n = (pid // width) * SWIZZLE
+    size = gl.minimum(grid_n - first_n, SWIZZLE)
+    pid_n = first_n + (pid % width) % size
+    pid_m = (pid % width) // size
+
+    # layouts: the MMA's accumulator and register operand; the operand's code bytes and
+    # words (byte_layout); cp.async tiles of x and of the words (16 bytes per thread)
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                         instr_shape=[16, BLOCK_M, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [BLOCK_N, BLOCK_K]))
+    word_layout: gl.constexpr = gl.SliceLayout(2, byte_layout)
+    row_layout: gl.constexpr = gl.SliceLayout(1, word_layout)
+    x_layout: gl.constexpr = _rows_cols_layout(BLOCK_M, BLOCK_K, 8, num_warps)
+    w_copy_layout: gl.constexpr = _rows_cols_layout(BLOCK_N, W, 4, num_warps)
+    x_smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=min(128, 2 * BLOCK_K), element_bitwidth=16,
+                                                rank=2)
+    plain: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+
+    x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_smem)
+    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, W], plain)
+
+    # clamped rows (x's, W's last row again) keep loads in bounds; never stored
+    x_rows = gl.minimum(pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout)), M - 1)
+    x_cols = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, x_layout))
+    x_ok = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout)) < M)[:, None]
+    c_rows = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_copy_layout)), N - 1)
+    c_cols = gl.arange(0, W, layout=gl.SliceLayout(0, w_copy_layout))
+    w_rows = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=row_layout), N - 1)
+    byte = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
+    select = gl.expand_dims(gl.expand_dims(0x4040 | (byte * 0x101), 0), 0)  # prmt: byte b into both halves
+
+    k_first = pid_k * BLOCKS_PER_SPLIT * BLOCK_K
+    for s in gl.static_range(STAGES - 1):
+        _issue_loads(x_ptr, codes_ptr, x_bufs.index(s), c_bufs.index(s), x_rows, x_cols, c_rows, c_cols,
+                     k_first + s * BLOCK_K, K, stride_xm, words_per_row, x_ok, s < BLOCKS_PER_SPLIT)
+    # the decode's words for the group of the first K-block; then always one block ahead
+    bias, scale = _group_words(scales_ptr, zeros_ptr, w_rows, k_first // GROUP, num_groups, stride_sn, stride_sg,
+                               stride_zn, stride_zg, MODE)
+
+    acc = gl.zeros([BLOCK_N, BLOCK_M], dtype=gl.float32, layout=acc_layout)
+    a_prev = gl.zeros([BLOCK_N, BLOCK_K], dtype=gl.float16, layout=a_layout)
+    for i in range(BLOCKS_PER_SPLIT):
+        k0 = k_first + i * BLOCK_K
+        st = i % STAGES
+        next_bias, next_scale = _group_words(scales_ptr, zeros_ptr, w_rows, (k0 + BLOCK_K) // GROUP, num_groups,
+                                             stride_sn, stride_sg, stride_zn, stride_zg, MODE)
+        # block i's copies (this thread's) have landed; then everyone's, visible to the MMA
+        async_copy.wait_group(STAGES - 2)
+        fence_async_shared()
+        gl.thread_barrier()
+        words = c_bufs.index(st).load(word_layout)
+        words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
+        sel3 = gl.broadcast(words3, select)[1]
+        bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
+        scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
+        lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+        a = gl.convert_layout(gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K]), a_layout)
+        pending = warpgroup_mma(a, x_bufs.index(st).permute((1, 0)), acc, is_async=True)
+        if OVERLAP:
+            # measurement only: MMA(i) left in flight over the next decode, which may
+            # overwrite its register operand (nothing in the PTX keeps ptxas from it)
+            acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(pending, a_prev))
+            a_prev = a
+        else:
+            # MMA(i) done before any register is written again: race-free by construction
+            acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(pending, a))
+        # MMA(i-1) is done: refill its stage (block i's stage is refilled in the next iteration)
+        j = i + STAGES - 1
+        sj = j % STAGES
+        _issue_loads(x_ptr, codes_ptr, x_bufs.index(sj), c_bufs.index(sj), x_rows, x_cols, c_rows, c_cols,
+                     k_first + j * BLOCK_K, K, stride_xm, words_per_row, x_ok, j < BLOCKS_PER_SPLIT)
+        bias = next_bias
+        scale = next_scale
+    acc, a_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_prev))
+    async_copy.wait_group(0)
+
+    rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc_layout))
+    offs_m = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
+    out_mask = (rows < N)[:, None] & (offs_m < M)[None, :]
+    tile_out = offs_m[None, :] * N + rows[:, None]
+    last = True
+    if SPLIT_K > 1:
+        gl.store(ws_ptr + pid_k * M * N + tile_out, acc, mask=out_mask)
+        gl.thread_barrier()
+        arrived = gl.atomic_add(counter_ptr + pid, 1, sem="acq_rel", scope="gpu")
+        last = arrived == SPLIT_K - 1
+        if last:
+            acc = gl.zeros([BLOCK_N, BLOCK_M], dtype=gl.float32, layout=acc_layout)
+            for part in range(SPLIT_K):
+                acc += gl.load(ws_ptr + part * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
+            gl.atomic_xchg(counter_ptr + pid, 0, sem="relaxed", scope="gpu")
+    if last:
+        if HAS_BIAS:
+            acc += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)[:, None]
+        gl.store(out_ptr + tile_out, acc.to(gl.float16), mask=out_mask)

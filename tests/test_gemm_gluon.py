@@ -1,0 +1,124 @@
+"""The Gluon GEMM kernel's parts that run without a GPU: the decode's PTX on the
+emulator for every byte, zero point and a range of scales; the register-operand
+layout it decodes into; the launch rules and the tuner's candidates.  The kernel
+itself is checked on a Hopper GPU (tests/test_gemm_gluon_cuda.py): Gluon kernels
+do not run in Triton's interpreter."""
+
+import itertools
+
+import numpy as np
+import ptx_emulator as emu
+import pytest
+import torch
+
+from anybit._matmul import gemm as gm
+from anybit._matmul import gemm_gluon as gg
+from anybit.formats._base import Decode
+
+
+def _asm_text() -> str:
+    return gg._NIBBLE_PAIR_ASM.value
+
+
+@pytest.mark.parametrize("zero", [0, 3, 8, 15])
+def test_nibble_pair_decode_matches_the_exact_weights(zero):
+    """Byte c of a word -> ((low nibble - zero) * s, (high nibble - zero) * s), each rounded
+    once to fp16, for every byte value and position and scales across fp16's range."""
+    bias = emu.pair(-1024.0 - zero, -64.0 - zero, bf16=False)
+    scales = [2.0**-14, 1.5e-3, 0.0137, 1.0, 3.3, 900.0]
+    rng = np.random.default_rng(zero)
+    for byte, position in itertools.product(range(256), range(4)):
+        word = int(rng.integers(0, 2**32)) & ~(0xFF << 8 * position) | byte << 8 * position
+        select = 0x4040 | position * 0x101
+        for s in scales:
+            scale = emu.pair(s, s, bf16=False)
+            lo, hi = emu.run(_asm_text(), [word, select, bias, scale], outputs=2)
+            for got, code in ((lo, byte & 15), (hi, byte >> 4)):
+                want = np.float16(np.float64(code - zero) * np.float64(np.float16(s)))
+                assert np.array([got], dtype=np.uint16).view(np.float16)[0] == want, (byte, position, s)
+
+
+def _coordinates(layout, dims):
+    """(register, lane, warp) -> coordinate tuple, for every index of a linear layout
+    with single-bit bases (the coordinate is the sum of the bases of the set bits)."""
+    out = {}
+    for reg, lane, warp in itertools.product(range(1 << len(layout.reg_bases)), range(32),
+                                             range(1 << len(layout.warp_bases))):
+        coord = [0] * dims
+        for bases, index in ((layout.reg_bases, reg), (layout.lane_bases, lane), (layout.warp_bases, warp)):
+            for bit, basis in enumerate(bases):
+                if index >> bit & 1:
+                    coord = [c ^ b for c, b in zip(coord, basis)]
+        out[(reg, lane, warp)] = tuple(coord)
+    return out
+
+
+#: wgmma's A operand (fp16, k_width 2) for 64 x 64 on 4 warps, as Triton 3.6 gives it
+#: (``gl.to_linear_layout(DotOperandLayout(0, NVMMADistributedLayout v3 [4, 1] 16x64x16, 2))``).
+WGMMA_A_64X64 = dict(reg_bases=[[0, 1], [8, 0], [0, 8], [0, 16], [0, 32]],
+                     lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]], warp_bases=[[16, 0], [32, 0]])
+
+
+def test_byte_layout_rebuilds_the_mma_operand():
+    """Bytes [R, K/8, 4] in _byte_layout, two values each (the new fastest register bit)
+    reshaped to [R, K] (k = 8 word + 2 byte + value), land where the MMA wants them."""
+    from triton.experimental.gluon import language as gl
+
+    operand = gl.DistributedLinearLayout(**WGMMA_A_64X64, block_bases=[], shape=[64, 64])
+    bytes_layout = gg._byte_layout(operand)
+    assert bytes_layout.shape == [64, 8, 4]
+    joined = gl.DistributedLinearLayout([[0, 0, 0, 1]] + [b + [0] for b in bytes_layout.reg_bases],
+                                        [b + [0] for b in bytes_layout.lane_bases],
+                                        [b + [0] for b in bytes_layout.warp_bases], [], [64, 8, 4, 2])
+    rebuilt = {i: (r, 8 * w + 2 * b + v) for i, (r, w, b, v) in _coordinates(joined, 4).items()}
+    assert rebuilt == _coordinates(operand, 2)
+
+
+def test_byte_layout_refuses_an_operand_that_splits_a_pair():
+    from triton.experimental.gluon import language as gl
+
+    bases = dict(WGMMA_A_64X64, reg_bases=[[8, 0], [0, 1], [0, 8], [0, 16], [0, 32]])
+    operand = gl.DistributedLinearLayout(**bases, block_bases=[], shape=[64, 64])
+    with pytest.raises(ValueError, match="first register basis"):
+        gg._byte_layout(operand)
+
+
+def test_supported_products():
+    ok = dict(bits=4, mode=Decode.SYMMETRIC, group=128, block_k=64, dtype=torch.float16, scale_dtype=torch.float16)
+    assert gm.gluon_supported(**ok)
+    assert gm.gluon_supported(**dict(ok, mode=Decode.ZERO_POINT, group=4096))
+    for change in [dict(bits=8), dict(bits=3), dict(mode=Decode.TABLE), dict(dtype=torch.bfloat16),
+                   dict(scale_dtype=torch.float32), dict(group=32), dict(block_k=96)]:
+        assert not gm.gluon_supported(**dict(ok, **change)), change
+    assert not gm.gluon_supported(**ok, device=torch.device("cpu"))
+
+
+def test_launch_refuses_what_it_does_not_compute():
+    qw = __import__("anybit").quantize(torch.randn(128, 256), "int4-g128")
+    x = torch.randn(64, 256, dtype=torch.bfloat16)
+    with pytest.raises(ValueError, match="Gluon GEMM does not compute"):
+        gm.launch_gemm_gluon(x, qw.codes, qw.params["scales"], None, None, 128, 256, 4, 128, Decode.SYMMETRIC,
+                             gm.GemmConfig(64, 64, 64, 1, 4, 3))
+
+
+def test_gluon_plans_need_warps_to_match_their_rows():
+    gm.Plan(gm.Kernel.GLUON, gm.GemmConfig(64, 128, 64, 1, 8, 3))
+    with pytest.raises(ValueError, match="GemmConfig is required"):
+        gm.Plan(gm.Kernel.GLUON)
+    with pytest.raises(ValueError, match="num_warps = 4 per 64 rows"):
+        gm.Plan(gm.Kernel.GLUON, gm.GemmConfig(64, 64, 64, 1, 8, 3))
+    plan = gm.Plan(gm.Kernel.GLUON, gm.GemmConfig(128, 64, 64, 2, 4, 4))
+    assert gm.Plan.from_dict(plan.to_dict()) == plan
+    assert plan.label() == "gluon 128x64x64 split2 4w4s"
+
+
+@pytest.mark.parametrize("m", [64, 200])
+def test_tuner_candidates(m):
+    plain = gm.candidate_plans(m, 4096, 4096, 4, 132)
+    both = gm.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
+    assert not any(p.kernel is gm.Kernel.GLUON for p in plain)
+    extra = both[len(plain):]
+    assert both[:len(plain)] == plain and extra and all(p.kernel is gm.Kernel.GLUON for p in extra)
+    assert {p.config.block_m for p in extra} == ({64} if m <= 64 else {64, 128})
+    assert {p.config.num_stages for p in extra} == set(gm.GLUON_STAGES)
+    assert all(p.config.block_n == 64 and p.config.num_warps == 4 for p in extra)

@@ -1,0 +1,106 @@
+"""The Gluon GEMM kernel (gemm_gluon) on a Hopper GPU: the M sweep on odd and standard
+shapes, forced tiles with bias and split-K, repeated launches, the register operand in
+the compiled kernel, and a tuned-table plan through the dispatcher."""
+
+import re
+
+import pytest
+import torch
+from conftest import assert_matmul_close, quantized_cuda, unit_roundoff
+
+from anybit._matmul import gemm as gm
+from anybit._matmul import tuning
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                                reason="the Gluon kernel uses warpgroup MMA, a Hopper (sm_90) instruction")
+
+SWEEP_M = (33, 64, 100, 256, 1024, 4096)
+
+
+def _run(x, qw, config, bias=None, out=None):
+    n, k = qw.shape
+    config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
+    return gm.launch_gemm_gluon(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits,
+                                group, qw.format.kernel_decode().mode, config, out=out)
+
+
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64"])
+@pytest.mark.parametrize("n, k", [(1000, 4128), (192, 320), (4096, 4096), (4096, 14336)])
+def test_sweep(spec, n, k):
+    gen = torch.Generator(device="cuda").manual_seed(n + k)
+    qw = quantized_cuda(spec, n, k, gen)
+    for m in SWEEP_M:
+        x = torch.randn(m, k, device="cuda", generator=gen).half()
+        config = gm.GemmConfig(64 if m <= 64 else 128, 64, 64, 2, 4, 4)
+        assert_matmul_close(_run(x, qw, config), x, qw, weight_roundoff=unit_roundoff(x.dtype))
+
+
+FORCED = [
+    gm.GemmConfig(64, 64, 64, 1, 4, 2),
+    gm.GemmConfig(64, 64, 64, 3, 4, 4),  # split-K with a short last split
+    gm.GemmConfig(128, 64, 128, 2, 4, 3),
+    gm.GemmConfig(64, 128, 64, 1, 8, 3),  # two warpgroups
+    gm.GemmConfig(256, 128, 64, 1, 8, 2),  # an m64n256 MMA
+]
+
+
+@pytest.mark.parametrize("config", FORCED, ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-"
+                                                         f"{c.num_warps}w{c.num_stages}s")
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128"])
+@pytest.mark.parametrize("m", [33, 100, 256])
+def test_forced_tiles_with_bias(config, spec, m):
+    """NaN-poisoned output: every element written; bias added once."""
+    n, k = 1000, 1536
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    qw = quantized_cuda(spec, n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    bias = torch.randn(n, device="cuda", generator=gen)
+    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
+    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+
+
+@pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])
+def test_repeated_launches_agree(n, k, m):
+    """The MMA is waited for before the next decode writes registers: 20 launches, same bits."""
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    qw = quantized_cuda("int4-g128", n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    for config in (gm.GemmConfig(64, 64, 64, 1, 4, 4), gm.GemmConfig(128, 128, 64, 1, 8, 3)):
+        first = _run(x, qw, config)
+        for _ in range(20):
+            assert torch.equal(_run(x, qw, config), first)
+
+
+#: wgmma with the weights as a register list and x's tile as a descriptor.
+WGMMA_REGISTER_A = re.compile(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.f16\.f16\s*\{[^}]*\},\s*\{%r")
+
+
+def test_weights_go_straight_into_the_mma_registers():
+    """The compiled loop has register-operand HGMMA and neither ldmatrix nor shared stores:
+    the decoded weights never pass through shared memory."""
+    from anybit._matmul.gemm_gluon import gemm_gluon_kernel
+
+    qw = quantized_cuda("int4-g128", 4096, 4096, torch.Generator(device="cuda").manual_seed(0))
+    x = torch.randn(64, 4096, device="cuda", dtype=torch.float16)
+    cache = gemm_gluon_kernel.device_caches[torch.cuda.current_device()][0]
+    before = set(cache)
+    _run(x, qw, gm.GemmConfig(64, 64, 64, 1, 4, 4))
+    kernel = next(cache[key] for key in cache if key not in before)
+    assert WGMMA_REGISTER_A.search(kernel.asm["ptx"])
+    sass = kernel.asm["sass"]
+    assert "HGMMA" in sass and "LDSM" not in sass and not re.search(r"\bSTS\b", sass)
+
+
+def test_a_tuned_gluon_plan_runs_through_the_dispatcher(monkeypatch):
+    """anybit.matmul with a table entry of the Gluon kernel: that kernel, same result as
+    launching it directly; bf16 x takes the same tiles on the Triton kernel."""
+    import anybit
+
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    qw = quantized_cuda("uint4-g128", 1000, 1536, gen)
+    config = gm.GemmConfig(128, 64, 64, 2, 4, 3)
+    monkeypatch.setattr(tuning, "plan", lambda *args: gm.Plan(gm.Kernel.GLUON, config))
+    x = torch.randn(100, 1536, device="cuda", generator=gen).half()
+    assert torch.equal(anybit.matmul(x, qw), _run(x, qw, config))
+    xb = x.bfloat16()
+    assert_matmul_close(anybit.matmul(xb, qw), xb, qw, weight_roundoff=unit_roundoff(xb.dtype))
