@@ -241,6 +241,20 @@ def _decode_constexprs(bits: int, mode: Decode, block_k: int, dtype: torch.dtype
     )
 
 
+def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | None, workspace: Tensor | None):
+    """What both GEMM kernels' launches share: (x contiguous, out (M, n) allocated unless
+    given, and (tiles, workspace, counters, K-blocks), or None when x has no rows)."""
+    x = x.contiguous()
+    m = x.shape[0]
+    if out is None:
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return x, out, None
+    tiles = -(-n // config.block_n) * -(-m // config.block_m)
+    workspace, counters = split_k_buffers(out, config.split_k, tiles, workspace)
+    return x, out, (tiles, workspace, counters, -(-k // config.block_k))
+
+
 def launch_gemm(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemmConfig,
@@ -252,20 +266,15 @@ def launch_gemm(
     """
     from .gemm_triton import gemm_kernel
 
-    m = x.shape[0]
-    x = x.contiguous()
-    if out is None:
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if m == 0:
+    x, out, launch = _tiled_launch(x, n, k, config, out, workspace)
+    if launch is None:
         return out
-    tiles = -(-n // config.block_n) * -(-m // config.block_m)
+    tiles, workspace, counters, k_blocks = launch
     split_k = config.split_k
-    workspace, counters = split_k_buffers(out, split_k, tiles, workspace)
-    k_blocks = -(-k // config.block_k)
     pointers, scalars = weight_operands(codes, scales, zeros, table, k)
     gemm_kernel[(tiles, split_k)](
         x, *pointers, scales if bias is None else bias, out, workspace, counters,
-        m, n, k, stride_xm=x.stride(0), **scalars, GROUP=group,
+        x.shape[0], n, k, stride_xm=x.stride(0), **scalars, GROUP=group,
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SWIZZLE=config.swizzle,
         SPLIT_K=split_k, BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None,
         INTERPRET=interpreting(), EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
@@ -307,19 +316,14 @@ def launch_gemm_gluon(
     if config.block_n % 64 or config.num_stages < 2:
         raise ValueError(f"GemmConfig for the Gluon GEMM: block_n={config.block_n}, num_stages={config.num_stages}; "
                          f"accepted: block_n a multiple of 64, num_stages >= 2")
-    m = x.shape[0]
-    x = x.contiguous()
-    if out is None:
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if m == 0:
+    x, out, launch = _tiled_launch(x, n, k, config, out, workspace)
+    if launch is None:
         return out
-    tiles = -(-n // config.block_n) * -(-m // config.block_m)
-    workspace, counters = split_k_buffers(out, config.split_k, tiles, workspace)
-    k_blocks = -(-k // config.block_k)
+    tiles, workspace, counters, k_blocks = launch
     zeros_or_scales = scales if zeros is None else zeros
     gemm_gluon_kernel[(tiles, config.split_k)](
         x, codes, scales, zeros_or_scales, scales if bias is None else bias, out, workspace, counters,
-        m, n, k, codes.shape[1], scales.shape[1], x.stride(0), scales.stride(0), scales.stride(1),
+        x.shape[0], n, k, codes.shape[1], scales.shape[1], x.stride(0), scales.stride(0), scales.stride(1),
         zeros_or_scales.stride(0), zeros_or_scales.stride(1),
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),

@@ -37,9 +37,9 @@ each thread reads exactly the codes its register fragment needs:
 
 Limits (``gemm.gluon_supported``): sm_90, 4-bit symmetric or zero-point codes,
 fp16 x and scales, K-blocks a multiple of 64 inside one group.  Gluon kernels do
-not run in Triton's interpreter: on the CPU the tests check the launch rules and
-the operand layout; the kernel itself is checked on the GPU against float64
-(tests/test_gemm_gluon_cuda.py).
+not run in Triton's interpreter: on the CPU the tests run the decode's PTX on an
+emulator and check the operand layout and the launch rules (tests/test_gemm_gluon.py);
+the kernel itself is checked on the GPU against float64 (tests/test_gemm_gluon_cuda.py).
 """
 
 from __future__ import annotations
