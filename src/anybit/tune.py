@@ -234,15 +234,15 @@ def tune(
                 qw = quantize(w, spec)
                 copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
                 reference_w = qw.dequantize(torch.float32)
+                block_k = gm.heuristic_block_k(qw.format.bits)  # the candidates' K-blocks
+                gluon = gm.gluon_supported(qw.format.bits, qw.format.kernel_decode().mode,
+                                           gm.kernel_group(qw.format.group_len(k), k, block_k), block_k,
+                                           torch.float16, qw.params["scales"].dtype, device)
                 for m in ms:
                     x = torch.randn(m, k, dtype=torch.float16, device=device, generator=gen)
                     reference = x.float() @ reference_w.t()
                     fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), replays)
                     problem = pm.Problem(m, n, k, qw.format.bits, qw.format.group_len(k))
-                    gluon = gm.gluon_supported(qw.format.bits, qw.format.kernel_decode().mode,
-                                               gm.kernel_group(problem.group, k, gm.heuristic_block_k(problem.bits)),
-                                               gm.heuristic_block_k(problem.bits), x.dtype, qw.params["scales"].dtype,
-                                               device)
                     ranked = pm.rank(problem, gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon), hw, params)
                     point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)

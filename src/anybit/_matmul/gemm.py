@@ -20,7 +20,7 @@ from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
     MMA_K, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count, split_for, split_k_buffers,
-    weight_operands,
+    traceable_cache, weight_operands,
 )
 
 
@@ -127,10 +127,8 @@ class Plan:
         if (self.kernel is not Kernel.DEQUANT) != (self.config is not None):
             raise ValueError(f"Plan({self.kernel.value}): a GemmConfig is required for {Kernel.GEMM.value} and "
                              f"{Kernel.GLUON.value} and refused for {Kernel.DEQUANT.value}, got config={self.config}")
-        if self.kernel is Kernel.GLUON and (self.config.block_n % 64 or self.config.num_stages < 2
-                                            or self.config.num_warps != 4 * (self.config.block_n // 64)):
-            raise ValueError(f"Plan({self.kernel.value}): {self.config}: accepted: block_n a multiple of 64, "
-                             f"num_warps = 4 per 64 rows of W, num_stages >= 2")
+        if self.kernel is Kernel.GLUON:
+            check_gluon_config(self.config)
 
     def to_dict(self) -> dict:
         """``{"kernel": ..., "config": {GemmConfig fields} or None}`` (tables, reports)."""
@@ -284,12 +282,25 @@ def launch_gemm(
     return out
 
 
+def check_gluon_config(config: GemmConfig) -> None:
+    """ValueError unless the Gluon kernel runs ``config``: 64 rows of W per warpgroup
+    (num_warps = 4 per 64 rows) and a ring of at least 2 stages."""
+    if config.block_n % 64 or config.num_stages < 2 or config.num_warps != 4 * (config.block_n // 64):
+        raise ValueError(f"GemmConfig for the Gluon GEMM: {config}: accepted: block_n a multiple of 64, "
+                         f"num_warps = 4 per 64 rows of W, num_stages >= 2")
+
+
+@traceable_cache(maxsize=None)
+def _hopper(device_index: int) -> bool:
+    return torch.cuda.get_device_capability(device_index)[0] == 9
+
+
 def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: torch.dtype,
                     scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
     """Whether the Gluon kernel (``gemm_gluon``) computes this product: 4-bit integer codes
     (symmetric or with zero points), fp16 x and scales, K-blocks of a multiple of 64
     codes inside one group, and (where ``device`` is given) a Hopper GPU (sm_90)."""
-    if device is not None and (device.type != "cuda" or torch.cuda.get_device_capability(device)[0] != 9):
+    if device is not None and (device.type != "cuda" or not _hopper(device.index or torch.cuda.current_device())):
         return False
     return bits == 4 and mode in (Decode.SYMMETRIC, Decode.ZERO_POINT) and dtype == torch.float16 \
         and scale_dtype == torch.float16 and block_k % 64 == 0 and group >= block_k
@@ -313,9 +324,7 @@ def launch_gemm_gluon(
         raise ValueError(f"the Gluon GEMM does not compute {bits}-bit {mode.value} codes in groups of {group} with "
                          f"K-blocks of {config.block_k} for x {x.dtype}, scales {scales.dtype}; accepted: 4 bits, "
                          f"symmetric or zero-point codes, fp16 x and scales, block_k a multiple of 64 <= group")
-    if config.block_n % 64 or config.num_stages < 2:
-        raise ValueError(f"GemmConfig for the Gluon GEMM: block_n={config.block_n}, num_stages={config.num_stages}; "
-                         f"accepted: block_n a multiple of 64, num_stages >= 2")
+    check_gluon_config(config)
     x, out, launch = _tiled_launch(x, n, k, config, out, workspace)
     if launch is None:
         return out

@@ -52,6 +52,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from . import decode_ptx
+from .gemm_triton import tile_position
 
 #: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
 ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
@@ -153,13 +154,7 @@ def gemm_gluon_kernel(
 
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
-    grid_n = gl.cdiv(N, BLOCK_N)
-    grid_m = gl.cdiv(M, BLOCK_M)
-    width = SWIZZLE * grid_m
-    first_n = (pid // width) * SWIZZLE
-    size = gl.minimum(grid_n - first_n, SWIZZLE)
-    pid_n = first_n + (pid % width) % size
-    pid_m = (pid % width) // size
+    pid_n, pid_m = tile_position(pid, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
 
     # layouts: the MMA's accumulator and register operand; the operand's code bytes and
     # words (byte_layout); cp.async tiles of x and of the words (16 bytes per thread)
@@ -179,9 +174,10 @@ def gemm_gluon_kernel(
     c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, W], plain)
 
     # clamped rows (x's, W's last row again) keep loads in bounds; never stored
-    x_rows = gl.minimum(pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout)), M - 1)
+    x_index = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout))
+    x_rows = gl.minimum(x_index, M - 1)
     x_cols = gl.arange(0, BLOCK_K, layout=gl.SliceLayout(0, x_layout))
-    x_ok = (pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout)) < M)[:, None]
+    x_ok = (x_index < M)[:, None]
     c_rows = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, w_copy_layout)), N - 1)
     c_cols = gl.arange(0, W, layout=gl.SliceLayout(0, w_copy_layout))
     w_rows = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=row_layout), N - 1)

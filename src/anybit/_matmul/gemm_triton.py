@@ -111,6 +111,17 @@ def _weights(codes_ptr, table_ptr, table, scale, zero, w_rows, k0, words_per_row
 
 
 @triton.jit
+def tile_position(pid, M, N, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, SWIZZLE: tl.constexpr):
+    """(W tile, x tile) of output tile ``pid``, numbered as the module docstring draws
+    (shared with the Gluon kernel, gemm_gluon)."""
+    grid_n = tl.cdiv(N, BLOCK_N)
+    width = SWIZZLE * tl.cdiv(M, BLOCK_M)
+    first_n = (pid // width) * SWIZZLE
+    size = tl.minimum(grid_n - first_n, SWIZZLE)
+    return first_n + (pid % width) % size, (pid % width) // size
+
+
+@triton.jit
 def gemm_kernel(
     x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
     M, N, K, words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg,
@@ -127,13 +138,7 @@ def gemm_kernel(
     """
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    grid_n = tl.cdiv(N, BLOCK_N)
-    grid_m = tl.cdiv(M, BLOCK_M)
-    width = SWIZZLE * grid_m
-    first_n = (pid // width) * SWIZZLE
-    size = tl.minimum(grid_n - first_n, SWIZZLE)
-    pid_n = first_n + (pid % width) % size
-    pid_m = (pid % width) // size
+    pid_n, pid_m = tile_position(pid, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
 
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
