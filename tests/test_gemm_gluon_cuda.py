@@ -89,8 +89,23 @@ def test_weights_go_straight_into_the_mma_registers():
     kernels = [cache[key] for key in cache if key not in before] or list(cache.values())
     for kernel in kernels:
         assert WGMMA_REGISTER_A.search(kernel.asm["ptx"])
-        sass = kernel.asm["sass"]
-        assert "HGMMA" in sass and "LDSM" not in sass and not re.search(r"\bSTS\b", sass)
+        loop = _mma_loop(kernel.asm["sass"])
+        assert "HGMMA" in loop and "LDSM" not in loop and not re.search(r"\bSTS\b", loop)
+
+
+def _mma_loop(sass: str) -> str:
+    """The SASS loop (from a label to the branch back to it) that holds the HGMMAs."""
+    lines = sass.splitlines()
+    for i, line in enumerate(lines):
+        label = re.fullmatch(r"\s*(\w+):\s*", line)
+        if label:
+            for j in range(i + 1, len(lines)):
+                if re.search(rf"\bBRA\s+{label.group(1)}\b", lines[j]):
+                    body = "\n".join(lines[i:j + 1])
+                    if "HGMMA" in body:
+                        return body
+                    break
+    return ""
 
 
 def test_a_tuned_gluon_plan_runs_through_the_dispatcher(monkeypatch):
