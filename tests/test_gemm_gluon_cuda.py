@@ -87,14 +87,16 @@ def test_weights_go_straight_into_the_mma_registers():
     _run(x, qw, gm.GemmConfig(64, 64, 64, 1, 4, 4))
     # this launch's kernel, or (compiled by an earlier test in this process) every one so far
     kernels = [cache[key] for key in cache if key not in before] or list(cache.values())
-    for kernel in kernels:
-        assert WGMMA_REGISTER_A.search(kernel.asm["ptx"])
-        loop = _mma_loop(kernel.asm["sass"])
-        assert "HGMMA" in loop and "LDSM" not in loop and not re.search(r"\bSTS\b", loop)
+    assert all(WGMMA_REGISTER_A.search(kernel.asm["ptx"]) for kernel in kernels)
+    # (kernels of a few K-blocks, compiled by other tests, may have their loop unrolled)
+    loops = [loop for loop in (_mma_loop(kernel.asm["sass"]) for kernel in kernels) if loop]
+    assert loops
+    for loop in loops:
+        assert "LDSM" not in loop and not re.search(r"\bSTS\b", loop)
 
 
 def _mma_loop(sass: str) -> str:
-    """The SASS loop (from a label to the branch back to it) that holds the HGMMAs."""
+    """The SASS loop (from a label to the branch back to it) that holds the HGMMAs, or ""."""
     lines = sass.splitlines()
     for i, line in enumerate(lines):
         label = re.fullmatch(r"\s*(\w+):\s*", line)
