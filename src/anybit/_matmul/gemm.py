@@ -44,7 +44,7 @@ class GemmConfig:
         pipelining waits for the first only (triton-lang/triton#9433), and repeated
         launches gave different, wrong results (``racy``); with it, none did in any
         check on the H200, and the heuristic's 64 x 64 tiles ran as fast
-        (docs/NOTES.md v12).  False is kept for measurements only.
+        (docs/NOTES-gemm.md v12).  False is kept for measurements only.
     """
 
     block_m: int
@@ -95,7 +95,7 @@ def gemm_config(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Gemm
     fastest of the settings tried for M <= 128 (variants-v10c/d); larger tiles
     ran faster at M >= 1024 only without the wait, which gave wrong results
     (256 x 128 on 8 warps: 0.77x fp16; with the wait 0.58x, below dequantize +
-    cuBLAS there; docs/NOTES.md v10, v12).
+    cuBLAS there; docs/NOTES-gemm.md v10, v12).
     """
     block_m, block_n = 64, 64
     block_k = heuristic_block_k(bits)
@@ -166,7 +166,7 @@ CANDIDATE_PROGRAMS_PER_SM = (0, 2, 4)
 
 
 #: Stages of the Gluon kernel's x / codes ring that ``anybit tune`` tries (more ran slower:
-#: fewer programs fit on an SM; docs/NOTES.md v13).
+#: fewer programs fit on an SM; docs/NOTES-gemm.md v13).
 GLUON_STAGES = (3, 4)
 
 
@@ -174,7 +174,7 @@ def racy(config: GemmConfig) -> bool:
     """Whether the compiled kernel may give wrong results: every setting without
     ``sync_mma``.  Triton 3.6 lets the next K-block's decode overwrite the register
     operand of up to three wgmma that may still read it (SASS of 128 x 128 tiles on
-    8 warps, docs/NOTES.md v11); measured as different results for one input in
+    8 warps, docs/NOTES-gemm.md v11); measured as different results for one input in
     repeated launches of 128 x 128 tiles on 8 warps with 3 or 4 stages, 128 x 64 on 4
     warps with 3 stages, 256 rows of x, and once 64 x 64 on 4 warps with 3 stages and
     split-K (H200).  ``anybit tune`` never tries such settings."""
@@ -343,7 +343,7 @@ def launch_gemm_gluon(
 
 #: Tiles and warps of the dequantize kernel (the group it takes is ``kernel_group(.., DEQUANT_BLOCK_K)``).
 #: 32 x 512 on 8 warps: 8192 x 8192 int4-g128 in 48 us against 56 us at 64 x 128 on 4 warps
-#: (int8-gc: 56 against 64; 83-84% of the copy rate; H200, docs/NOTES.md v11).
+#: (int8-gc: 56 against 64; 83-84% of the copy rate; H200, docs/NOTES-gemm.md v11).
 DEQUANT_BLOCK_N, DEQUANT_BLOCK_K, DEQUANT_WARPS = 32, 512, 8
 
 

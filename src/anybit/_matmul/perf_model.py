@@ -65,7 +65,7 @@ class Hardware:
 class ModelParams:
     """The model's coefficients (see the module docstring for where each enters)."""
 
-    # defaults: fitted (``fit``, without corrections) to an H200 sweep of int4-g128 GEMM tiles (docs/NOTES.md v11)
+    # defaults: fitted (``fit``, without corrections) to an H200 sweep of int4-g128 GEMM tiles (docs/NOTES-gemm.md v11)
     instr_per_weight: float = 9.8   # thread instructions per decoded weight (load, decode, scale, convert)
     instr_per_x: float = 1.3        # thread instructions per x element of a K-block (addressing, copies)
     latency: float = 950.0          # cycles of one K-block's dependent chain in one program
