@@ -329,11 +329,11 @@ def launch_gemm_gluon(
     if launch is None:
         return out
     tiles, workspace, counters, k_blocks = launch
-    zeros_or_scales = scales if zeros is None else zeros
+    pointers, scalars = weight_operands(codes, scales, zeros, None, k)
+    del scalars["kpad_words"]  # 4-bit codes: one piece per row, nothing to offset
     gemm_gluon_kernel[(tiles, config.split_k)](
-        x, codes, scales, zeros_or_scales, scales if bias is None else bias, out, workspace, counters,
-        x.shape[0], n, k, codes.shape[1], scales.shape[1], x.stride(0), scales.stride(0), scales.stride(1),
-        zeros_or_scales.stride(0), zeros_or_scales.stride(1),
+        x, *pointers[:3], scales if bias is None else bias, out, workspace, counters,
+        x.shape[0], n, k, stride_xm=x.stride(0), **scalars,
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
         STAGES=config.num_stages, HAS_BIAS=bias is not None, num_warps=4 * (config.block_n // 64), OVERLAP=overlap,
