@@ -1,0 +1,224 @@
+"""Warp-specialized Gluon kernel for y = x @ W^T at larger M on Hopper, 4-bit integer
+codes, fp16: a loader partition feeds a ring by TMA, each consumer warpgroup decodes its
+64 rows of W into the MMA's register operand and multiplies.
+
+Why (docs/NOTES-gemm.md v13, v14): with 64 rows of W per program, x is read from L2
+once per 64 rows of W, which at M = 64 moves about 4x the bytes of the codes; and
+the single-program kernels (``gemm_gluon``, ``gemm_triton``) wait on a CTA-wide
+barrier every K-block, so their warpgroups decode and multiply in lockstep.  Here
+
+* a program covers ``BLOCK_N`` = 64 x NUM_WG rows of W (NUM_WG consumer warpgroups)
+  against ``BLOCK_M`` rows of x, so one x tile serves up to 256 rows of W;
+* the loader partition (the kernel's 4 warps, one thread issuing) copies each K-block's x tile [BLOCK_M, BLOCK_K] (fp16) and code
+  words [BLOCK_N, BLOCK_K / 8] (int32) by TMA into stage ``i % STAGES`` of a ring and
+  signals ``ready[stage]`` (mbarrier with the byte count); TMA reads past the end of
+  x, W or K as zeros;
+* consumer warpgroup g waits on ``ready``, reads its rows' words from shared memory,
+  decodes them straight into wgmma's register operand (``gemm_gluon._byte_layout``,
+  the same PTX and the same single rounding per weight), multiplies with the x tile
+  from shared memory, waits for its MMA, and arrives on ``empty[stage]`` (NUM_WG
+  arrivals free a stage).  Warpgroups synchronise only through the ring, so one
+  decodes while another's MMA runs.
+
+Ring, per stage::
+
+    x_bufs[s]  [BLOCK_M, BLOCK_K] fp16   <- TMA x[m0:m0+BLOCK_M, k0:k0+BLOCK_K]
+    c_bufs[s]  [BLOCK_N, BLOCK_K/8] i32  <- TMA codes[n0:n0+BLOCK_N, k0/8:(k0+BLOCK_K)/8]
+    ready[s]   loader: expect(bytes) + TMA -> consumers wait (phase i // STAGES)
+    empty[s]   each consumer warpgroup arrives once -> loader waits before refilling
+
+Split-K as the other kernels: each warpgroup stores its fp32 partial and counts in on
+its own counter (``tile * NUM_WG + g``); the last split sums the partials in order.
+
+Cost (measured, docs/NOTES-gemm.md v14): one program fits an SM (20 warps at 256 rows of
+W), and a program's fixed chain (register reallocation, the first TMA round trip, the MMA
+drain, the split-K epilogue) is ~10 us; so the kernel pays off where each program runs
+many K-blocks (large layers), and the tuned table picks it only where it measured fastest.
+
+Limits (``gemm.gluon_ws_supported``): sm_90, 4-bit symmetric or zero-point codes, fp16
+x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
+strides are multiples of 16 bytes).
+"""
+
+from __future__ import annotations
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
+)
+
+from . import decode_ptx
+from .gemm_gluon import _NIBBLE_PAIR_ASM, _byte_layout, _pair_words
+from .gemm_triton import tile_position
+
+#: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
+ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
+
+
+@gluon.jit
+def _loader(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks,
+            BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
+    """The loader warp: K-blocks kb0 .. kb0 + n_blocks into the ring, STAGES ahead."""
+    for i in range(n_blocks):
+        s = i % STAGES
+        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
+        mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + c_desc.block_type.nbytes)
+        k = (kb0 + i) * BLOCK_K
+        tma.async_copy_global_to_shared(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
+        tma.async_copy_global_to_shared(c_desc, [n0, k // 8], ready.index(s), c_bufs.index(s))
+
+
+@gluon.jit
+def _group_raw(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+               MODE: gl.constexpr):
+    """The loads for ``_group_words``: (scale fp16 [R], zero point fp32 [R]; 8 when symmetric)."""
+    ok = group < num_groups
+    scale = gl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0).to(gl.float16)
+    if MODE == ZERO_POINT:
+        zero = gl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(gl.float32)
+    else:
+        zero = (rows * 0).to(gl.float32) + 8.0  # symmetric: code - 8
+    return scale, zero
+
+
+@gluon.jit
+def _group_words(scale, zero):
+    """The decode's per-row words from ``_group_raw``'s values: (bias pair -(1024 + z), -(64 + z);
+    scale pair), int32 [R]."""
+    bias = _pair_words((-1024.0 - zero).to(gl.float16), (-64.0 - zero).to(gl.float16))
+    return bias, _pair_words(scale, scale)
+
+
+@gluon.jit
+def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
+              BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, SPLIT_K: gl.constexpr,
+              HAS_BIAS: gl.constexpr):
+    """Consumer warpgroup WG: rows pid_n * 64 * NUM_WG + WG * 64 .. + 64 of W against the
+    program's x tile; writes its rows of y (or its split's partial).  ``ops``: the ring and
+    the operands, as the kernel builds them."""
+    (x_bufs, c_bufs, ready, empty, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+     M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, pid, pid_n, pid_m, pid_k, kb0, n_blocks) = ops
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, BLOCK_M, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [64, BLOCK_K]))
+    word_layout: gl.constexpr = gl.SliceLayout(2, byte_layout)
+    row_layout: gl.constexpr = gl.SliceLayout(1, word_layout)
+
+    row0 = pid_n * (64 * NUM_WG) + WG * 64
+    w_rows = gl.minimum(row0 + gl.arange(0, 64, layout=row_layout), N - 1)
+    byte = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
+    select = gl.expand_dims(gl.expand_dims(0x4040 | (byte * 0x101), 0), 0)  # prmt: byte b into both halves
+
+    # each K-block's scales (and zero points) are loaded three K-blocks ahead, so their
+    # latency hides behind three blocks' MMAs (one block ahead measured the same:
+    # docs/NOTES-gemm.md v14b)
+    g0 = (kb0 * BLOCK_K) // GROUP
+    s1, z1 = _group_raw(scales_ptr, zeros_ptr, w_rows, g0, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+                        MODE)
+    s2, z2 = _group_raw(scales_ptr, zeros_ptr, w_rows, ((kb0 + 1) * BLOCK_K) // GROUP, num_groups, stride_sn,
+                        stride_sg, stride_zn, stride_zg, MODE)
+    s3, z3 = _group_raw(scales_ptr, zeros_ptr, w_rows, ((kb0 + 2) * BLOCK_K) // GROUP, num_groups, stride_sn,
+                        stride_sg, stride_zn, stride_zg, MODE)
+    acc = gl.zeros([64, BLOCK_M], dtype=gl.float32, layout=acc_layout)
+    for i in range(n_blocks):
+        s = i % STAGES
+        s4, z4 = _group_raw(scales_ptr, zeros_ptr, w_rows, ((kb0 + i + 3) * BLOCK_K) // GROUP, num_groups,
+                            stride_sn, stride_sg, stride_zn, stride_zg, MODE)
+        bias, scale = _group_words(s1, z1)
+        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+        words = c_bufs.index(s).slice(WG * 64, 64, dim=0).load(word_layout)
+        words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
+        sel3 = gl.broadcast(words3, select)[1]
+        bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
+        scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
+        lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+        a = gl.convert_layout(gl.reshape(gl.join(lo, hi), [64, BLOCK_K]), a_layout)
+        pending = warpgroup_mma(a, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
+        # the MMA done before its registers or its stage are reused (race-free by construction)
+        acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(pending, a))
+        mbarrier.arrive(empty.index(s), count=1)
+        s1, z1, s2, z2, s3, z3 = s2, z2, s3, z3, s4, z4
+
+    rows = row0 + gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))
+    offs_m = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
+    out_mask = (rows < N)[:, None] & (offs_m < M)[None, :]
+    tile_out = offs_m[None, :] * N + rows[:, None]
+    last = True
+    if SPLIT_K > 1:
+        counter = counter_ptr + pid * NUM_WG + WG
+        gl.store(ws_ptr + pid_k * M * N + tile_out, acc, mask=out_mask)
+        gl.thread_barrier()
+        arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        last = arrived == SPLIT_K - 1
+        if last:
+            acc = gl.zeros([64, BLOCK_M], dtype=gl.float32, layout=acc_layout)
+            for part in range(SPLIT_K):
+                acc += gl.load(ws_ptr + part * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
+            gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+    if last:
+        if HAS_BIAS:
+            acc += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)[:, None]
+        gl.store(out_ptr + tile_out, acc.to(gl.float16), mask=out_mask)
+
+
+@gluon.jit
+def gemm_gluon_ws_kernel(
+    x_desc, c_desc, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg,
+    GROUP: gl.constexpr, MODE: gl.constexpr,
+    BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
+    SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+):
+    """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
+
+    x_desc: TMA descriptor of x (M, K) fp16, block [BLOCK_M, BLOCK_K]; c_desc: of the
+    codes (N, words_per_row) int32, block [BLOCK_N, BLOCK_K / 8].  Other operands as
+    ``gemm_gluon_kernel``'s; ``counter`` holds tiles * NUM_WG int32 zeros.
+    Grid: (tiles, SPLIT_K); num_warps = 4 (the first consumer warpgroup; the others and
+    the loader warp are added by the warp specialization)."""
+    NUM_WG: gl.constexpr = BLOCK_N // 64
+    pid = gl.program_id(0)
+    pid_k = gl.program_id(1)
+    pid_n, pid_m = tile_position(pid, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+
+    x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
+    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K // 8], c_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=NUM_WG)
+    fence_async_shared()
+
+    kb0 = pid_k * BLOCKS_PER_SPLIT
+    n_blocks = gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT)
+    load_args = (x_desc, c_desc, x_bufs, c_bufs, ready, empty, pid_m * BLOCK_M, pid_n * BLOCK_N, kb0, n_blocks,
+                 BLOCK_K, STAGES)
+    ops = (x_bufs, c_bufs, ready, empty, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+           M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, pid, pid_n, pid_m, pid_k, kb0, n_blocks)
+    # the loader is the default partition (the kernel's 4 warps; one issues the copies), so
+    # each consumer warpgroup starts on a warpgroup boundary and gets CONSUMER_REGS registers
+    if NUM_WG == 1:
+        gl.warp_specialize([
+            (_loader, load_args),
+            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS))],
+            [4], [CONSUMER_REGS])
+    elif NUM_WG == 2:
+        gl.warp_specialize([
+            (_loader, load_args),
+            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS)),
+            (_consumer, (ops, 1, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS))],
+            [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
+    else:
+        gl.static_assert(NUM_WG == 4, "BLOCK_N: 64, 128 or 256 rows of W")
+        gl.warp_specialize([
+            (_loader, load_args),
+            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS)),
+            (_consumer, (ops, 1, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS)),
+            (_consumer, (ops, 2, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS)),
+            (_consumer, (ops, 3, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS))],
+            [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
