@@ -117,7 +117,7 @@ def test_tuner_candidates(m):
     plain = gm.candidate_plans(m, 4096, 4096, 4, 132)
     both = gm.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
     assert not any(p.kernel is gm.Kernel.GLUON for p in plain)
-    extra = both[len(plain):]
+    extra = [p for p in both[len(plain):] if p.kernel is not gm.Kernel.GLUON_WS]  # those: test_gemm_gluon_ws
     assert both[:len(plain)] == plain and extra and all(p.kernel is gm.Kernel.GLUON for p in extra)
     assert {p.config.block_m for p in extra} == ({64} if m <= 64 else {64, 128})
     assert {p.config.num_stages for p in extra} == set(gm.GLUON_STAGES)

@@ -157,6 +157,8 @@ def _runner(plan: gm.Plan, x: torch.Tensor, qw) -> Callable[[], torch.Tensor]:
         return lambda: gm.dequantize_matmul(x, qw, None)
     if plan.kernel is gm.Kernel.GLUON:
         return lambda: gm.gemm_gluon(x, qw, None, plan.config)
+    if plan.kernel is gm.Kernel.GLUON_WS:
+        return lambda: gm.gemm_gluon_ws(x, qw, None, plan.config)
     return lambda: gm.gemm(x, qw, None, plan.config)
 
 
@@ -246,10 +248,12 @@ def tune(
                     ranked = pm.rank(problem, gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon), hw, params)
                     point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
-                    # the model's first choice of the Gluon kernel too (its corrections start at 1)
-                    first_gluon = next((c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON), None)
+                    # the model's first choice of the Gluon kernel and its first two of the warp-specialized
+                    # one too (their corrections start at 1)
+                    first_gluon = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
+                    first_gluon += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:2]
                     for i, cand in enumerate(point.candidates):
-                        if not (exhaustive or i < top or cand.plan == default or cand.plan == first_gluon):
+                        if not (exhaustive or i < top or cand.plan == default or cand.plan in first_gluon):
                             continue
                         cand.error = _check(cand.plan, x, qw, reference)
                         if cand.error is not None:

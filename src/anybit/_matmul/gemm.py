@@ -114,6 +114,11 @@ class Kernel(str, enum.Enum):
     #: (its warps: 4 per 64 rows of W); where it does not apply (``gluon_supported``),
     #: the same tiles on the Triton GEMM kernel (each weight rounded the same way)
     GLUON = "gluon"
+    #: the warp-specialized Gluon kernel (gemm_gluon_ws; Hopper, 4-bit integer codes, fp16,
+    #: K a multiple of 8) with a GemmConfig (block_n 64, 128 or 256; its warps: 4 loader
+    #: warps and 4 per 64 rows of W); where it does not apply (``gluon_ws_supported``, or
+    #: operands TMA cannot read), the Triton GEMM kernel with the heuristic's settings
+    GLUON_WS = "gluon_ws"
 
 
 @dataclass(frozen=True)
@@ -129,6 +134,8 @@ class Plan:
                              f"{Kernel.GLUON.value} and refused for {Kernel.DEQUANT.value}, got config={self.config}")
         if self.kernel is Kernel.GLUON:
             check_gluon_config(self.config)
+        if self.kernel is Kernel.GLUON_WS:
+            check_gluon_ws_config(self.config)
 
     def to_dict(self) -> dict:
         """``{"kernel": ..., "config": {GemmConfig fields} or None}`` (tables, reports)."""
@@ -140,11 +147,12 @@ class Plan:
         return cls(Kernel(data["kernel"]), None if config is None else GemmConfig(**config))
 
     def label(self) -> str:
-        """Short text: ``dequant``, ``64x64x64 split4 4w4s`` or ``gluon 64x64x64 split2 4w4s``."""
+        """Short text: ``dequant``, ``64x64x64 split4 4w4s``, ``gluon 64x64x64 split2 4w4s`` or
+        ``gluon-ws 64x256x128 split1 20w3s``."""
         if self.config is None:
             return self.kernel.value
         c = self.config
-        kind = "gluon " if self.kernel is Kernel.GLUON else ""
+        kind = {Kernel.GLUON: "gluon ", Kernel.GLUON_WS: "gluon-ws "}.get(self.kernel, "")
         return f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s"
 
 
@@ -170,6 +178,17 @@ CANDIDATE_PROGRAMS_PER_SM = (0, 2, 4)
 GLUON_STAGES = (3, 4)
 
 
+#: The warp-specialized Gluon kernel's settings that ``anybit tune`` tries, as (block_m, block_n,
+#: block_k, stages); the 128-row ones only where m > 64.  From a sweep (docs/NOTES-gemm.md v14):
+#: 256 rows of W per program, one program per SM, as few splits as fill the GPU.
+GLUON_WS_TILES = ((64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4))
+
+
+def ws_warps(block_n: int) -> int:
+    """Warps of the warp-specialized Gluon kernel: 4 loader warps and 4 per 64 rows of W."""
+    return 4 + block_n // 16
+
+
 def racy(config: GemmConfig) -> bool:
     """Whether the compiled kernel may give wrong results: every setting without
     ``sync_mma``.  Triton 3.6 lets the next K-block's decode overwrite the register
@@ -187,7 +206,9 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
     (128 rows of x only where m > 64; K-blocks of the heuristic's size; split-K
     counts that divide the K-blocks, duplicates dropped; all with ``sync_mma``),
     then, with ``gluon`` (``gluon_supported``), the Gluon kernel over 64 rows of W
-    on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts."""
+    on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and the
+    warp-specialized one over GLUON_WS_TILES without a split and with about one program
+    per SM (where K is a multiple of 8)."""
     block_k = heuristic_block_k(bits)
     k_blocks = -(-k // block_k)
     plans = [Plan(Kernel.DEQUANT)]
@@ -212,6 +233,14 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
             for stages in GLUON_STAGES:
                 for split in splits:
                     plans.append(Plan(Kernel.GLUON, GemmConfig(block_m, 64, block_k, split, 4, stages)))
+        for block_m, block_n, ws_block_k, stages in GLUON_WS_TILES if k % 8 == 0 else ():
+            if block_m > 64 and m <= 64:
+                continue
+            ws_k_blocks = -(-k // ws_block_k)
+            tiles = -(-n // block_n) * -(-m // block_m)
+            for split in sorted({1, split_for(ws_k_blocks, tiles, 1, sms)}):
+                plans.append(Plan(Kernel.GLUON_WS, GemmConfig(block_m, block_n, ws_block_k, split,
+                                                              ws_warps(block_n), stages)))
     return plans
 
 
@@ -295,6 +324,31 @@ def _hopper(device_index: int) -> bool:
     return torch.cuda.get_device_capability(device_index)[0] == 9
 
 
+def check_gluon_ws_config(config: GemmConfig) -> None:
+    """ValueError unless the warp-specialized Gluon kernel runs ``config``: block_n 64, 128
+    or 256, block_k 64 or 128, num_warps ``ws_warps(block_n)``, a ring of at least 2 stages."""
+    if (config.block_n not in (64, 128, 256) or config.block_k not in (64, 128) or config.num_stages < 2
+            or config.num_warps != ws_warps(config.block_n)):
+        raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128 or "
+                         f"256, block_k 64 or 128, num_warps = 4 + block_n / 16, num_stages >= 2")
+
+
+def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
+                       scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
+    """Whether the warp-specialized Gluon kernel (``gemm_gluon_ws``) computes this product:
+    as ``gluon_supported``, with K-blocks of 64 or 128 and k a multiple of 8 (TMA reads
+    rows whose strides are multiples of 16 bytes)."""
+    return gluon_supported(bits, mode, group, block_k, dtype, scale_dtype, device) and block_k in (64, 128) \
+        and k % 8 == 0
+
+
+def _tma_readable(*tensors: Tensor) -> bool:
+    """Whether TMA can read these 2-D tensors in place: contiguous rows, 16-byte aligned
+    starts and row strides."""
+    return all(t.stride(1) == 1 and (t.stride(0) * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
+               for t in tensors)
+
+
 def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: torch.dtype,
                     scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
     """Whether the Gluon kernel (``gemm_gluon``) computes this product: 4-bit integer codes
@@ -337,6 +391,59 @@ def launch_gemm_gluon(
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
         STAGES=config.num_stages, HAS_BIAS=bias is not None, num_warps=4 * (config.block_n // 64), OVERLAP=overlap,
+    )
+    return out
+
+
+def launch_gemm_gluon_ws(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, bias: Tensor | None, n: int, k: int,
+    bits: int, group: int, mode: Decode, config: GemmConfig, out: Tensor | None = None,
+    workspace: Tensor | None = None, consumer_regs: int = 112, maxnreg: int | None = None,
+) -> Tensor:
+    """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
+
+    ``config``: tiles (block_n 64, 128 or 256: one consumer warpgroup per 64 rows of W;
+    block_k 64 or 128), split-K, stages and swizzle, num_warps ``ws_warps(block_n)``.
+    ``consumer_regs``: registers per consumer thread (112 fits every tile without spills in
+    the loop); ``maxnreg``: the launch's register limit (default: Triton's).  Operands as
+    ``launch_gemm``'s; k a multiple of 8 and x, codes readable by TMA (``_tma_readable``)."""
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    from .gemm_gluon_ws import gemm_gluon_ws_kernel
+    from .gemv_triton import MODE_IDS
+
+    if not gluon_ws_supported(bits, mode, group, config.block_k, k, x.dtype, scales.dtype):
+        raise ValueError(f"the warp-specialized Gluon GEMM does not compute {bits}-bit {mode.value} codes in groups "
+                         f"of {group} with K-blocks of {config.block_k} for x {x.dtype}, scales {scales.dtype}, "
+                         f"k={k}; accepted: 4 bits, symmetric or zero-point codes, fp16 x and scales, block_k 64 or "
+                         f"128 <= group, k a multiple of 8")
+    check_gluon_ws_config(config)
+    x = x.contiguous()
+    if not _tma_readable(x, codes):
+        raise ValueError(f"the warp-specialized Gluon GEMM reads x and the codes by TMA: both need 16-byte aligned "
+                         f"starts and row strides (x at {x.data_ptr() % 16} bytes past 16, codes at "
+                         f"{codes.data_ptr() % 16}, codes row stride {codes.stride(0)} words)")
+    m = x.shape[0]
+    if out is None:
+        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
+    if m == 0:
+        return out
+    tiles = -(-n // config.block_n) * -(-m // config.block_m)
+    k_blocks = -(-k // config.block_k)
+    workspace, counters = split_k_buffers(out, config.split_k, tiles * (config.block_n // 64), workspace)
+    _, scalars = weight_operands(codes, scales, zeros, None, k)
+    x_block, c_block = [config.block_m, config.block_k], [config.block_n, config.block_k // 8]
+    x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
+    c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
+    extra = {} if maxnreg is None else {"maxnreg": maxnreg}
+    gemm_gluon_ws_kernel[(tiles, config.split_k)](
+        x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
+        workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
+        scalars["stride_zn"], scalars["stride_zg"],
+        GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
+        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
+        STAGES=config.num_stages, HAS_BIAS=bias is not None, CONSUMER_REGS=consumer_regs, num_warps=4, **extra,
     )
     return out
 
@@ -446,6 +553,13 @@ def planned_matmul_op(
         if gluon_supported(bits, Decode(mode), kgroup, config.block_k, x.dtype, scales.dtype, x.device):
             return launch_gemm_gluon(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config)
         # elsewhere the same tiles on the Triton kernel (see Kernel.GLUON)
+    if chosen.kernel is Kernel.GLUON_WS:
+        if gluon_ws_supported(bits, Decode(mode), kgroup, config.block_k, k, x.dtype, scales.dtype, x.device) \
+                and _tma_readable(x.contiguous(), codes):
+            return launch_gemm_gluon_ws(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config)
+        # elsewhere the Triton kernel with the heuristic's settings (see Kernel.GLUON_WS)
+        config = gemm_config(x.shape[0], n, k, group, bits, sm_count(x.device))
+        kgroup = kernel_group(group, k, config.block_k)
     return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, kgroup, Decode(mode), config)
 
 
@@ -473,6 +587,17 @@ def gemm_gluon(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: Gemm
     config, group = launch_settings(qw, x2.shape[0], x.device, config)
     y = launch_gemm_gluon(x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits,
                           group, qw.format.kernel_decode().mode, config)
+    return y.reshape(*x.shape[:-1], n)
+
+
+def gemm_gluon_ws(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
+    """x (..., K) fp16 -> (..., N) fp16 on the warp-specialized Gluon kernel (Hopper;
+    ``gluon_ws_supported`` formats, else ValueError)."""
+    n, k = qw.shape
+    x2 = x.reshape(-1, k)
+    config, group = launch_settings(qw, x2.shape[0], x.device, config)
+    y = launch_gemm_gluon_ws(x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k,
+                             qw.format.bits, group, qw.format.kernel_decode().mode, config)
     return y.reshape(*x.shape[:-1], n)
 
 

@@ -1,0 +1,69 @@
+"""The warp-specialized Gluon GEMM's parts that run without a GPU: its launch rules, its
+plans and tuner candidates, and the dispatcher's fallback where it does not apply (the
+Triton kernel with the heuristic's settings, checked against float64 in the interpreter).
+The kernel itself is checked on a Hopper GPU (tests/test_gemm_gluon_ws_cuda.py): Gluon
+kernels do not run in Triton's interpreter."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+from conftest import assert_matmul_close, unit_roundoff
+
+import anybit
+from anybit._matmul import gemm as gm
+from anybit._matmul import tuning
+from anybit.formats._base import Decode
+
+WS = gm.GemmConfig(64, 256, 128, 1, 20, 3)
+
+
+def test_launch_refuses_what_it_does_not_compute():
+    qw = anybit.quantize(torch.randn(128, 256), "int4-g128")
+    launch = lambda x, k, config: gm.launch_gemm_gluon_ws(  # noqa: E731
+        x, qw.codes, qw.params["scales"], None, None, 128, k, 4, 128, Decode.SYMMETRIC, config)
+    with pytest.raises(ValueError, match="does not compute .* x torch.bfloat16"):
+        launch(torch.randn(64, 256, dtype=torch.bfloat16), 256, WS)
+    with pytest.raises(ValueError, match="k=250; .* k a multiple of 8"):
+        launch(torch.randn(64, 250, dtype=torch.float16), 250, WS)
+    with pytest.raises(ValueError, match="block_n 64, 128 or 256"):
+        launch(torch.randn(64, 256, dtype=torch.float16), 256, replace(WS, num_warps=16))
+
+
+def test_plans_need_the_kernels_warps():
+    assert gm.ws_warps(64) == 8 and gm.ws_warps(256) == 20
+    plan = gm.Plan(gm.Kernel.GLUON_WS, WS)
+    assert gm.Plan.from_dict(plan.to_dict()) == plan
+    assert plan.label() == "gluon-ws 64x256x128 split1 20w3s"
+    for bad in (replace(WS, num_warps=4), replace(WS, block_n=32, num_warps=6), replace(WS, block_k=256),
+                replace(WS, num_stages=1)):
+        with pytest.raises(ValueError, match="warp-specialized"):
+            gm.Plan(gm.Kernel.GLUON_WS, bad)
+
+
+@pytest.mark.parametrize("m", [64, 200])
+def test_tuner_candidates(m):
+    plans = gm.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
+    ws = [p for p in plans if p.kernel is gm.Kernel.GLUON_WS]
+    tiles = {(p.config.block_m, p.config.block_n, p.config.block_k, p.config.num_stages) for p in ws}
+    assert tiles == {t for t in gm.GLUON_WS_TILES if t[0] == 64 or m > 64}
+    assert {p.config.split_k for p in ws} >= {1} and max(p.config.split_k for p in ws) > 1
+    assert len(set(plans)) == len(plans)
+    assert not any(p.kernel is gm.Kernel.GLUON_WS for p in gm.candidate_plans(m, 4096, 4100, 4, 132, gluon=True))
+
+
+@pytest.mark.skipif(not gm.interpreting(), reason="runs the fallback on the CPU in Triton's interpreter "
+                                                   "(TRITON_INTERPRET=1); the GPU suite checks it on Hopper")
+def test_a_ws_plan_falls_back_to_the_heuristic_where_it_does_not_apply(monkeypatch):
+    """On the CPU (no Hopper GPU) a table's warp-specialized plan runs the Triton kernel with
+    the heuristic's settings: right result, and not the plan's tiles."""
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    calls = []
+    real = gm.launch_gemm
+    monkeypatch.setattr(gm, "launch_gemm", lambda *a: calls.append(a[-1]) or real(*a))
+    monkeypatch.setattr(tuning, "plan", lambda *args: gm.Plan(gm.Kernel.GLUON_WS, WS))
+    qw = anybit.quantize(torch.randn(72, 256), "uint4-g128")
+    x = torch.randn(40, 256).half()
+    y = anybit.matmul(x, qw)
+    assert calls == [gm.gemm_config(40, 72, 256, 128, 4, gm.sm_count(x.device))]
+    assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(x.dtype))

@@ -1,0 +1,119 @@
+"""The warp-specialized Gluon GEMM (gemm_gluon_ws) on a Hopper GPU: the M sweep on odd
+and standard shapes, forced tiles with bias and split-K, repeated launches, the compiled
+kernel's TMA loads and register-operand MMA, and plans through the dispatcher (with its
+fallbacks for bf16 and for x that TMA cannot read in place)."""
+
+import re
+
+import pytest
+import torch
+from conftest import assert_matmul_close, quantized_cuda, unit_roundoff
+
+import anybit
+from anybit._matmul import gemm as gm
+from anybit._matmul import tuning
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                                reason="the kernel uses TMA and warpgroup MMA, Hopper (sm_90) instructions")
+
+SWEEP_M = (33, 64, 100, 256, 1024, 4096)
+
+
+def _run(x, qw, config, bias=None, out=None):
+    n, k = qw.shape
+    config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
+    return gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k,
+                                   qw.format.bits, group, qw.format.kernel_decode().mode, config, out=out)
+
+
+def _ws(block_m, block_n, block_k, split_k, stages):
+    return gm.GemmConfig(block_m, block_n, block_k, split_k, gm.ws_warps(block_n), stages)
+
+
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64"])
+@pytest.mark.parametrize("n, k", [(1000, 4128), (192, 320), (4096, 4096), (4096, 14336)])
+def test_sweep(spec, n, k):
+    gen = torch.Generator(device="cuda").manual_seed(n + k)
+    qw = quantized_cuda(spec, n, k, gen)
+    for m in SWEEP_M:
+        x = torch.randn(m, k, device="cuda", generator=gen).half()
+        config = _ws(64 if m <= 64 else 128, 256, 64, 2, 4)
+        assert_matmul_close(_run(x, qw, config), x, qw, weight_roundoff=unit_roundoff(x.dtype))
+
+
+FORCED = [
+    _ws(64, 64, 64, 1, 2),
+    _ws(64, 128, 64, 3, 4),  # split-K with a short last split
+    _ws(64, 256, 128, 2, 3),
+    _ws(128, 256, 64, 1, 4),
+    _ws(128, 128, 128, 4, 2),
+]
+
+
+@pytest.mark.parametrize("config", FORCED, ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-"
+                                                         f"{c.num_stages}s")
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128"])
+@pytest.mark.parametrize("m", [33, 100, 256])
+def test_forced_tiles_with_bias(config, spec, m):
+    """NaN-poisoned output: every element written; bias added once; K not a multiple of
+    the K-block (TMA reads past the end as zeros)."""
+    n, k = 1000, 1608
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    qw = quantized_cuda(spec, n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    bias = torch.randn(n, device="cuda", generator=gen)
+    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
+    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+
+
+@pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])
+def test_repeated_launches_agree(n, k, m):
+    """Each MMA is waited for before its registers or its ring stage are reused: 20
+    launches, same bits (split-K sums in a fixed order)."""
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    qw = quantized_cuda("int4-g128", n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    for config in (_ws(64, 256, 64, 4, 4), _ws(128, 256, 64, 1, 4)):
+        first = _run(x, qw, config)
+        for _ in range(20):
+            assert torch.equal(_run(x, qw, config), first)
+
+
+#: wgmma with the weights as a register list and x's tile as a descriptor.
+WGMMA_REGISTER_A = re.compile(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.f16\.f16\s*\{[^}]*\},\s*\{%r")
+
+
+def test_tma_loads_and_register_operand_mma():
+    """The compiled kernel loads by TMA (UTMALDG), sets per-partition register counts
+    (USETMAXREG) and multiplies with the decoded weights as wgmma's register operand,
+    with no ldmatrix: the weights never pass through shared memory after decoding."""
+    from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
+
+    qw = quantized_cuda("int4-g128", 4096, 4096, torch.Generator(device="cuda").manual_seed(0))
+    x = torch.randn(64, 4096, device="cuda", dtype=torch.float16)
+    cache = gemm_gluon_ws_kernel.device_caches[torch.cuda.current_device()][0]
+    before = set(cache)
+    _run(x, qw, _ws(64, 256, 64, 1, 4))
+    kernels = [cache[key] for key in cache if key not in before] or list(cache.values())
+    for kernel in kernels:
+        assert WGMMA_REGISTER_A.search(kernel.asm["ptx"])
+        sass = kernel.asm["sass"]
+        assert "UTMALDG" in sass and "USETMAXREG" in sass and "HGMMA" in sass and "LDSM" not in sass
+
+
+def test_plans_run_through_the_dispatcher(monkeypatch):
+    """anybit.matmul with a table entry of the kernel: that kernel, same bits as launching
+    it directly; bf16 x and an x that TMA cannot read in place take the fallback (the
+    Triton kernel with the heuristic's settings), still right."""
+    gen = torch.Generator(device="cuda").manual_seed(1)
+    qw = quantized_cuda("uint4-g128", 1000, 1536, gen)
+    config = _ws(128, 256, 64, 2, 4)
+    monkeypatch.setattr(tuning, "plan", lambda *args: gm.Plan(gm.Kernel.GLUON_WS, config))
+    x = torch.randn(100, 1536, device="cuda", generator=gen).half()
+    assert torch.equal(anybit.matmul(x, qw), _run(x, qw, config))
+    xb = x.bfloat16()
+    assert_matmul_close(anybit.matmul(xb, qw), xb, qw, weight_roundoff=unit_roundoff(xb.dtype))
+    shifted = torch.empty(100 * 1536 + 1, device="cuda", dtype=torch.float16)[1:].view(100, 1536)
+    shifted.copy_(x)
+    assert not gm._tma_readable(shifted)
+    assert_matmul_close(anybit.matmul(shifted, qw), x, qw, weight_roundoff=unit_roundoff(x.dtype))
