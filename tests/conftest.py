@@ -82,6 +82,28 @@ def quantized_cuda(spec: str, n: int, k: int, gen: torch.Generator):
     return anybit.quantize(torch.randn(n, k, device="cuda", generator=gen) * 0.02, spec)
 
 
+def check_poisoned_with_bias(run, config, spec: str, m: int, n: int, k: int):
+    """``run(x, qw, config, bias, out)`` on a NaN-poisoned output: every element written,
+    the bias added once, within the float64 tolerance (fp16 x, GPU)."""
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    qw = quantized_cuda(spec, n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    bias = torch.randn(n, device="cuda", generator=gen)
+    y = run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
+    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+
+
+def check_repeated_launches(run, configs, n: int, k: int, m: int, launches: int = 20):
+    """``run(x, qw, config)`` gives the same bits in ``launches`` repeated launches (int4-g128, GPU)."""
+    gen = torch.Generator(device="cuda").manual_seed(m)
+    qw = quantized_cuda("int4-g128", n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    for config in configs:
+        first = run(x, qw, config)
+        for _ in range(launches):
+            assert torch.equal(run(x, qw, config), first)
+
+
 def one_spec_per_family(offset: int = 0) -> list[str]:
     """Every kernel family and bit width once (sorted), the group size rotating
     through all six (starting ``offset`` places in)."""

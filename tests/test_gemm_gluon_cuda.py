@@ -6,7 +6,8 @@ import re
 
 import pytest
 import torch
-from conftest import assert_matmul_close, quantized_cuda, unit_roundoff
+from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches,
+                      quantized_cuda, unit_roundoff)
 
 from anybit._matmul import gemm as gm
 from anybit._matmul import tuning
@@ -50,25 +51,13 @@ FORCED = [
 @pytest.mark.parametrize("m", [33, 100, 256])
 def test_forced_tiles_with_bias(config, spec, m):
     """NaN-poisoned output: every element written; bias added once."""
-    n, k = 1000, 1536
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    qw = quantized_cuda(spec, n, k, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen).half()
-    bias = torch.randn(n, device="cuda", generator=gen)
-    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
-    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    check_poisoned_with_bias(_run, config, spec, m, 1000, 1536)
 
 
 @pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])
 def test_repeated_launches_agree(n, k, m):
     """The MMA is waited for before the next decode writes registers: 20 launches, same bits."""
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    qw = quantized_cuda("int4-g128", n, k, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen).half()
-    for config in (gm.GemmConfig(64, 64, 64, 1, 4, 4), gm.GemmConfig(128, 128, 64, 1, 8, 3)):
-        first = _run(x, qw, config)
-        for _ in range(20):
-            assert torch.equal(_run(x, qw, config), first)
+    check_repeated_launches(_run, (gm.GemmConfig(64, 64, 64, 1, 4, 4), gm.GemmConfig(128, 128, 64, 1, 8, 3)), n, k, m)
 
 
 #: wgmma with the weights as a register list and x's tile as a descriptor.

@@ -7,7 +7,8 @@ import re
 
 import pytest
 import torch
-from conftest import assert_matmul_close, quantized_cuda, unit_roundoff
+from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches,
+                      quantized_cuda, unit_roundoff)
 
 import anybit
 from anybit._matmul import gemm as gm
@@ -57,26 +58,14 @@ FORCED = [
 def test_forced_tiles_with_bias(config, spec, m):
     """NaN-poisoned output: every element written; bias added once; K not a multiple of
     the K-block (TMA reads past the end as zeros)."""
-    n, k = 1000, 1608
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    qw = quantized_cuda(spec, n, k, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen).half()
-    bias = torch.randn(n, device="cuda", generator=gen)
-    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
-    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    check_poisoned_with_bias(_run, config, spec, m, 1000, 1608)
 
 
 @pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])
 def test_repeated_launches_agree(n, k, m):
     """Each MMA is waited for before its registers or its ring stage are reused: 20
     launches, same bits (split-K sums in a fixed order)."""
-    gen = torch.Generator(device="cuda").manual_seed(m)
-    qw = quantized_cuda("int4-g128", n, k, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen).half()
-    for config in (_ws(64, 256, 64, 4, 4), _ws(128, 256, 64, 1, 4)):
-        first = _run(x, qw, config)
-        for _ in range(20):
-            assert torch.equal(_run(x, qw, config), first)
+    check_repeated_launches(_run, (_ws(64, 256, 64, 4, 4), _ws(128, 256, 64, 1, 4)), n, k, m)
 
 
 #: wgmma with the weights as a register list and x's tile as a descriptor.

@@ -103,6 +103,20 @@ mov.b32 {$0, $1}, t;
 
 
 @gluon.jit
+def decode_operand(words, select, bias, scale, ROWS: gl.constexpr, BLOCK_K: gl.constexpr, a_layout: gl.constexpr):
+    """Code words [ROWS, BLOCK_K / 8] (int32, in ``_byte_layout``'s word layout) -> wgmma's
+    register operand [ROWS, BLOCK_K] fp16 (``a_layout``): byte ``select`` of each word by
+    ``_NIBBLE_PAIR_ASM`` with each row's ``bias`` and ``scale`` words (``_group_words``)."""
+    words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
+    sel3 = gl.broadcast(words3, select)[1]
+    bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
+    scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
+    lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+                                       dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+    return gl.convert_layout(gl.reshape(gl.join(lo, hi), [ROWS, BLOCK_K]), a_layout)
+
+
+@gluon.jit
 def _issue_loads(x_ptr, codes_ptr, x_buf, c_buf, x_rows, x_cols, c_rows, c_cols, k0, K, stride_xm, words_per_row,
                  x_ok, valid):
     """cp.async the K-block at k0: x [BLOCK_M, BLOCK_K] and the code words [BLOCK_N, BLOCK_K / 8]."""
@@ -203,14 +217,7 @@ def gemm_gluon_kernel(
         async_copy.wait_group(STAGES - 2)
         fence_async_shared()
         gl.thread_barrier()
-        words = c_bufs.index(st).load(word_layout)
-        words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
-        sel3 = gl.broadcast(words3, select)[1]
-        bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
-        scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
-        lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
-                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
-        a = gl.convert_layout(gl.reshape(gl.join(lo, hi), [BLOCK_N, BLOCK_K]), a_layout)
+        a = decode_operand(c_bufs.index(st).load(word_layout), select, bias, scale, BLOCK_N, BLOCK_K, a_layout)
         pending = warpgroup_mma(a, x_bufs.index(st).permute((1, 0)), acc, is_async=True)
         if OVERLAP:
             # measurement only: MMA(i) left in flight over the next decode, which may

@@ -49,7 +49,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from . import decode_ptx
-from .gemm_gluon import _NIBBLE_PAIR_ASM, _byte_layout, _pair_words
+from .gemm_gluon import _byte_layout, _pair_words, decode_operand
 from .gemm_triton import tile_position
 
 #: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
@@ -129,13 +129,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
         bias, scale = _group_words(s1, z1)
         mbarrier.wait(ready.index(s), (i // STAGES) & 1)
         words = c_bufs.index(s).slice(WG * 64, 64, dim=0).load(word_layout)
-        words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
-        sel3 = gl.broadcast(words3, select)[1]
-        bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
-        scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
-        lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
-                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
-        a = gl.convert_layout(gl.reshape(gl.join(lo, hi), [64, BLOCK_K]), a_layout)
+        a = decode_operand(words, select, bias, scale, 64, BLOCK_K, a_layout)
         pending = warpgroup_mma(a, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
         # the MMA done before its registers or its stage are reused (race-free by construction)
         acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(pending, a))
