@@ -79,7 +79,7 @@ def _call(x, qw, config):
                                              block_n=bn, block_k=bk).t()
     if isinstance(config, tuple) and config[0] == "ws":  # ("ws", GemmConfig, consumer regs, maxnreg)
         _, config, regs, maxnreg = config
-        group = gm.kernel_group(qw.format.group_len(k), k, config.block_k)
+        config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
         return lambda: gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, n, k,
                                                qw.format.bits, group, mode, config, consumer_regs=regs,
                                                maxnreg=maxnreg)

@@ -82,6 +82,20 @@ def quantized_cuda(spec: str, n: int, k: int, gen: torch.Generator):
     return anybit.quantize(torch.randn(n, k, device="cuda", generator=gen) * 0.02, spec)
 
 
+#: Rows of x the GEMM kernels' GPU sweeps cover (issue: batched and prefill kernels).
+SWEEP_M = (33, 64, 100, 256, 1024, 4096)
+
+
+def check_sweep(run, config_for, spec: str, n: int, k: int):
+    """``run(x, qw, config_for(m))`` for every m in SWEEP_M on one (n, k) weight of ``spec``,
+    within the float64 tolerance (fp16 x, GPU)."""
+    gen = torch.Generator(device="cuda").manual_seed(n + k)
+    qw = quantized_cuda(spec, n, k, gen)
+    for m in SWEEP_M:
+        x = torch.randn(m, k, device="cuda", generator=gen).half()
+        assert_matmul_close(run(x, qw, config_for(m)), x, qw, weight_roundoff=unit_roundoff(x.dtype))
+
+
 def check_poisoned_with_bias(run, config, spec: str, m: int, n: int, k: int):
     """``run(x, qw, config, bias, out)`` on a NaN-poisoned output: every element written,
     the bias added once, within the float64 tolerance (fp16 x, GPU)."""

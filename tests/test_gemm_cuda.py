@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import KERNEL_SPECS, assert_matmul_close, quantized_cuda, unit_roundoff
+from conftest import KERNEL_SPECS, SWEEP_M, assert_matmul_close, quantized_cuda, unit_roundoff
 
 import anybit
 from anybit._matmul import gemm as gm
@@ -15,8 +15,6 @@ from anybit.bench import STANDARD_SHAPES
 from anybit.matmul import Backend, select_backend
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-
-SWEEP_M = (33, 64, 100, 256, 1024, 4096)
 
 
 def _assert_close(y, x, qw, bias=None):

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches,
+from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches, check_sweep,
                       quantized_cuda, unit_roundoff)
 
 from anybit._matmul import gemm as gm
@@ -14,9 +14,6 @@ from anybit._matmul import tuning
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                                 reason="the Gluon kernel uses warpgroup MMA, a Hopper (sm_90) instruction")
-
-SWEEP_M = (33, 64, 100, 256, 1024, 4096)
-
 
 def _run(x, qw, config, bias=None, out=None):
     n, k = qw.shape
@@ -28,12 +25,7 @@ def _run(x, qw, config, bias=None, out=None):
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64"])
 @pytest.mark.parametrize("n, k", [(1000, 4128), (192, 320), (4096, 4096), (4096, 14336)])
 def test_sweep(spec, n, k):
-    gen = torch.Generator(device="cuda").manual_seed(n + k)
-    qw = quantized_cuda(spec, n, k, gen)
-    for m in SWEEP_M:
-        x = torch.randn(m, k, device="cuda", generator=gen).half()
-        config = gm.GemmConfig(64 if m <= 64 else 128, 64, 64, 2, 4, 4)
-        assert_matmul_close(_run(x, qw, config), x, qw, weight_roundoff=unit_roundoff(x.dtype))
+    check_sweep(_run, lambda m: gm.GemmConfig(64 if m <= 64 else 128, 64, 64, 2, 4, 4), spec, n, k)
 
 
 FORCED = [

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches,
+from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches, check_sweep,
                       quantized_cuda, unit_roundoff)
 
 import anybit
@@ -16,9 +16,6 @@ from anybit._matmul import tuning
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
                                 reason="the kernel uses TMA and warpgroup MMA, Hopper (sm_90) instructions")
-
-SWEEP_M = (33, 64, 100, 256, 1024, 4096)
-
 
 def _run(x, qw, config, bias=None, out=None):
     n, k = qw.shape
@@ -34,12 +31,7 @@ def _ws(block_m, block_n, block_k, split_k, stages):
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64"])
 @pytest.mark.parametrize("n, k", [(1000, 4128), (192, 320), (4096, 4096), (4096, 14336)])
 def test_sweep(spec, n, k):
-    gen = torch.Generator(device="cuda").manual_seed(n + k)
-    qw = quantized_cuda(spec, n, k, gen)
-    for m in SWEEP_M:
-        x = torch.randn(m, k, device="cuda", generator=gen).half()
-        config = _ws(64 if m <= 64 else 128, 256, 64, 2, 4)
-        assert_matmul_close(_run(x, qw, config), x, qw, weight_roundoff=unit_roundoff(x.dtype))
+    check_sweep(_run, lambda m: _ws(64 if m <= 64 else 128, 256, 64, 2, 4), spec, n, k)
 
 
 FORCED = [

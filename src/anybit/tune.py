@@ -5,9 +5,10 @@ For every (format, layer shape, m) point:
 
 1. the candidates (``gemm.candidate_plans``: dequantize + cuBLAS, the GEMM
    kernel's tile, warp, stage and split-K settings, and on Hopper for 4-bit
-   integer formats the Gluon kernel's) are ranked by the performance model
+   integer formats the two Gluon kernels') are ranked by the performance model
    (``perf_model``);
-2. the model's first ``top``, its first Gluon plan and the heuristic's plan
+2. the model's first ``top``, its first Gluon plan, its first two warp-specialized
+   Gluon plans and the heuristic's plan
    (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
    the same bits and the result is within ``VERIFY_TOLERANCE`` (relative
@@ -250,10 +251,10 @@ def tune(
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
                     # the model's first choice of the Gluon kernel and its first two of the warp-specialized
                     # one too (their corrections start at 1)
-                    first_gluon = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
-                    first_gluon += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:2]
+                    also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
+                    also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:2]
                     for i, cand in enumerate(point.candidates):
-                        if not (exhaustive or i < top or cand.plan == default or cand.plan in first_gluon):
+                        if not (exhaustive or i < top or cand.plan == default or cand.plan in also):
                             continue
                         cand.error = _check(cand.plan, x, qw, reference)
                         if cand.error is not None:

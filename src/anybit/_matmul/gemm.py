@@ -14,7 +14,6 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import Tensor
 
-from .. import packing
 from ..formats._base import Decode
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
@@ -130,8 +129,9 @@ class Plan:
 
     def __post_init__(self):
         if (self.kernel is not Kernel.DEQUANT) != (self.config is not None):
-            raise ValueError(f"Plan({self.kernel.value}): a GemmConfig is required for {Kernel.GEMM.value} and "
-                             f"{Kernel.GLUON.value} and refused for {Kernel.DEQUANT.value}, got config={self.config}")
+            kernels = ", ".join(k.value for k in Kernel if k is not Kernel.DEQUANT)
+            raise ValueError(f"Plan({self.kernel.value}): a GemmConfig is required for {kernels} and refused for "
+                             f"{Kernel.DEQUANT.value}, got config={self.config}")
         if self.kernel is Kernel.GLUON:
             check_gluon_config(self.config)
         if self.kernel is Kernel.GLUON_WS:
@@ -268,9 +268,11 @@ def _decode_constexprs(bits: int, mode: Decode, block_k: int, dtype: torch.dtype
     )
 
 
-def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | None, workspace: Tensor | None):
-    """What both GEMM kernels' launches share: (x contiguous, out (M, n) allocated unless
-    given, and (tiles, workspace, counters, K-blocks), or None when x has no rows)."""
+def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | None, workspace: Tensor | None,
+                  counters_per_tile: int = 1):
+    """What the GEMM kernels' launches share: (x contiguous, out (M, n) allocated unless
+    given, and (tiles, workspace, counters, K-blocks), or None when x has no rows);
+    ``counters_per_tile`` split-K counters per output tile."""
     x = x.contiguous()
     m = x.shape[0]
     if out is None:
@@ -278,7 +280,7 @@ def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | N
     if m == 0:
         return x, out, None
     tiles = -(-n // config.block_n) * -(-m // config.block_m)
-    workspace, counters = split_k_buffers(out, config.split_k, tiles, workspace)
+    workspace, counters = split_k_buffers(out, config.split_k, tiles * counters_per_tile, workspace)
     return x, out, (tiles, workspace, counters, -(-k // config.block_k))
 
 
@@ -424,14 +426,12 @@ def launch_gemm_gluon_ws(
         raise ValueError(f"the warp-specialized Gluon GEMM reads x and the codes by TMA: both need 16-byte aligned "
                          f"starts and row strides (x at {x.data_ptr() % 16} bytes past 16, codes at "
                          f"{codes.data_ptr() % 16}, codes row stride {codes.stride(0)} words)")
-    m = x.shape[0]
-    if out is None:
-        out = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    if m == 0:
+    # one split-K counter per consumer warpgroup (64 rows of W) of each tile
+    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // 64)
+    if launch is None:
         return out
-    tiles = -(-n // config.block_n) * -(-m // config.block_m)
-    k_blocks = -(-k // config.block_k)
-    workspace, counters = split_k_buffers(out, config.split_k, tiles * (config.block_n // 64), workspace)
+    tiles, workspace, counters, k_blocks = launch
+    m = x.shape[0]
     _, scalars = weight_operands(codes, scales, zeros, None, k)
     x_block, c_block = [config.block_m, config.block_k], [config.block_n, config.block_k // 8]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
@@ -554,8 +554,9 @@ def planned_matmul_op(
             return launch_gemm_gluon(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config)
         # elsewhere the same tiles on the Triton kernel (see Kernel.GLUON)
     if chosen.kernel is Kernel.GLUON_WS:
+        x = x.contiguous()  # (the launches keep a contiguous x as it is)
         if gluon_ws_supported(bits, Decode(mode), kgroup, config.block_k, k, x.dtype, scales.dtype, x.device) \
-                and _tma_readable(x.contiguous(), codes):
+                and _tma_readable(x, codes):
             return launch_gemm_gluon_ws(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config)
         # elsewhere the Triton kernel with the heuristic's settings (see Kernel.GLUON_WS)
         config = gemm_config(x.shape[0], n, k, group, bits, sm_count(x.device))
@@ -579,26 +580,26 @@ def planned_matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None) -> Tenso
     return y.reshape(*x.shape[:-1], n)
 
 
-def gemm_gluon(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
-    """x (..., K) fp16 -> (..., N) fp16 on the Gluon kernel (Hopper; ``gluon_supported``
-    formats, else ValueError)."""
+def _on_weight(launch, x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
+    """``launch`` (a Gluon kernel's, operands as ``launch_gemm_gluon``'s) on x (..., K) and ``qw``."""
     n, k = qw.shape
     x2 = x.reshape(-1, k)
     config, group = launch_settings(qw, x2.shape[0], x.device, config)
-    y = launch_gemm_gluon(x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits,
-                          group, qw.format.kernel_decode().mode, config)
+    y = launch(x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits, group,
+               qw.format.kernel_decode().mode, config)
     return y.reshape(*x.shape[:-1], n)
+
+
+def gemm_gluon(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
+    """x (..., K) fp16 -> (..., N) fp16 on the Gluon kernel (Hopper; ``gluon_supported``
+    formats, else ValueError)."""
+    return _on_weight(launch_gemm_gluon, x, qw, bias, config)
 
 
 def gemm_gluon_ws(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
     """x (..., K) fp16 -> (..., N) fp16 on the warp-specialized Gluon kernel (Hopper;
     ``gluon_ws_supported`` formats, else ValueError)."""
-    n, k = qw.shape
-    x2 = x.reshape(-1, k)
-    config, group = launch_settings(qw, x2.shape[0], x.device, config)
-    y = launch_gemm_gluon_ws(x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k,
-                             qw.format.bits, group, qw.format.kernel_decode().mode, config)
-    return y.reshape(*x.shape[:-1], n)
+    return _on_weight(launch_gemm_gluon_ws, x, qw, bias, config)
 
 
 def gemm(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig | None = None) -> Tensor:

@@ -139,17 +139,34 @@ def _pair_words(lo, hi):
 
 
 @gluon.jit
-def _group_words(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+def group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
                  MODE: gl.constexpr):
-    """The decode's per-row words for ``group``: (bias pair -(1024 + z), -(64 + z); scale pair), int32 [R]."""
+    """The loads of ``group``'s parameters per row: (scale fp16 [R], zero point fp32 [R];
+    8 when symmetric, 0 past the last group)."""
     ok = (rows >= 0) & (group < num_groups)
     scale = gl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0).to(gl.float16)
     if MODE == ZERO_POINT:
         zero = gl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(gl.float32)
     else:
         zero = (rows * 0).to(gl.float32) + 8.0  # symmetric: code - 8
+    return scale, zero
+
+
+@gluon.jit
+def group_words(scale, zero):
+    """The decode's per-row words from ``group_params``' values: (bias pair -(1024 + z),
+    -(64 + z); scale pair), int32 [R]."""
     bias = _pair_words((-1024.0 - zero).to(gl.float16), (-64.0 - zero).to(gl.float16))
     return bias, _pair_words(scale, scale)
+
+
+@gluon.jit
+def _group_words(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+                 MODE: gl.constexpr):
+    """The decode's per-row words for ``group`` (``group_params``, then ``group_words``)."""
+    scale, zero = group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn,
+                               stride_zg, MODE)
+    return group_words(scale, zero)
 
 
 @gluon.jit

@@ -48,12 +48,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
 
-from . import decode_ptx
-from .gemm_gluon import _byte_layout, _pair_words, decode_operand
+from .gemm_gluon import _byte_layout, decode_operand, group_params, group_words
 from .gemm_triton import tile_position
 
-#: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
-ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
 
 
 @gluon.jit
@@ -67,27 +64,6 @@ def _loader(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks,
         k = (kb0 + i) * BLOCK_K
         tma.async_copy_global_to_shared(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
         tma.async_copy_global_to_shared(c_desc, [n0, k // 8], ready.index(s), c_bufs.index(s))
-
-
-@gluon.jit
-def _group_raw(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
-               MODE: gl.constexpr):
-    """The loads for ``_group_words``: (scale fp16 [R], zero point fp32 [R]; 8 when symmetric)."""
-    ok = group < num_groups
-    scale = gl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0).to(gl.float16)
-    if MODE == ZERO_POINT:
-        zero = gl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(gl.float32)
-    else:
-        zero = (rows * 0).to(gl.float32) + 8.0  # symmetric: code - 8
-    return scale, zero
-
-
-@gluon.jit
-def _group_words(scale, zero):
-    """The decode's per-row words from ``_group_raw``'s values: (bias pair -(1024 + z), -(64 + z);
-    scale pair), int32 [R]."""
-    bias = _pair_words((-1024.0 - zero).to(gl.float16), (-64.0 - zero).to(gl.float16))
-    return bias, _pair_words(scale, scale)
 
 
 @gluon.jit
@@ -115,18 +91,18 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     # latency hides behind three blocks' MMAs (one block ahead measured the same:
     # docs/NOTES-gemm.md v14b)
     g0 = (kb0 * BLOCK_K) // GROUP
-    s1, z1 = _group_raw(scales_ptr, zeros_ptr, w_rows, g0, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+    s1, z1 = group_params(scales_ptr, zeros_ptr, w_rows, g0, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
                         MODE)
-    s2, z2 = _group_raw(scales_ptr, zeros_ptr, w_rows, ((kb0 + 1) * BLOCK_K) // GROUP, num_groups, stride_sn,
+    s2, z2 = group_params(scales_ptr, zeros_ptr, w_rows, ((kb0 + 1) * BLOCK_K) // GROUP, num_groups, stride_sn,
                         stride_sg, stride_zn, stride_zg, MODE)
-    s3, z3 = _group_raw(scales_ptr, zeros_ptr, w_rows, ((kb0 + 2) * BLOCK_K) // GROUP, num_groups, stride_sn,
+    s3, z3 = group_params(scales_ptr, zeros_ptr, w_rows, ((kb0 + 2) * BLOCK_K) // GROUP, num_groups, stride_sn,
                         stride_sg, stride_zn, stride_zg, MODE)
     acc = gl.zeros([64, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     for i in range(n_blocks):
         s = i % STAGES
-        s4, z4 = _group_raw(scales_ptr, zeros_ptr, w_rows, ((kb0 + i + 3) * BLOCK_K) // GROUP, num_groups,
+        s4, z4 = group_params(scales_ptr, zeros_ptr, w_rows, ((kb0 + i + 3) * BLOCK_K) // GROUP, num_groups,
                             stride_sn, stride_sg, stride_zn, stride_zg, MODE)
-        bias, scale = _group_words(s1, z1)
+        bias, scale = group_words(s1, z1)
         mbarrier.wait(ready.index(s), (i // STAGES) & 1)
         words = c_bufs.index(s).slice(WG * 64, 64, dim=0).load(word_layout)
         a = decode_operand(words, select, bias, scale, 64, BLOCK_K, a_layout)
