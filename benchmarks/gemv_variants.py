@@ -51,7 +51,7 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
     if text.startswith("ws,"):  # warp-specialized Gluon GEMM: ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg]]]
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
-        config = gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4, stages, *extra[:1])
+        config = gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), gm.ws_warps(bn), stages, *extra[:1])
         return ("ws", config, extra[1] if len(extra) > 1 else 112, extra[2] if len(extra) > 2 else None)
     if text == "auto":  # the heuristic's choice
         if kernel != "gemv":
