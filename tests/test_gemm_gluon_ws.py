@@ -30,6 +30,22 @@ def test_launch_refuses_what_it_does_not_compute():
         launch(torch.randn(64, 256, dtype=torch.float16), 256, replace(WS, num_warps=16))
 
 
+def test_split_k_workspace_holds_whole_tiles():
+    """With split-K the kernel keeps each warpgroup's partial as a whole tile: the
+    workspace is split_k x tiles x block_n x block_m floats, and a smaller one is refused
+    before anything is launched."""
+    config = gm.GemmConfig(64, 128, 64, 3, 12, 4)
+    # 200 x 1000: 4 x 8 tiles of 64 x 128
+    assert gm.ws_workspace_size(config, 200, 1000) == 3 * 32 * 128 * 64
+    assert gm.ws_workspace_size(replace(config, split_k=1), 200, 1000) == 32 * 128 * 64
+    qw = anybit.quantize(torch.randn(1000, 256), "int4-g128")
+    x = torch.randn(200, 256, dtype=torch.float16)
+    for bad in (torch.empty(3, 200, 1000), torch.empty(gm.ws_workspace_size(config, 200, 1000), dtype=torch.float16)):
+        with pytest.raises(ValueError, match=r"workspace: .* at least 786432 elements"):
+            gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], None, None, 1000, 256, 4, 128,
+                                    Decode.SYMMETRIC, config, workspace=bad)
+
+
 def test_plans_need_the_kernels_warps():
     assert gm.ws_warps(64) == 8 and gm.ws_warps(256) == 20
     plan = gm.Plan(gm.Kernel.GLUON_WS, WS)

@@ -53,6 +53,22 @@ def test_forced_tiles_with_bias(config, spec, m):
     check_poisoned_with_bias(_run, config, spec, m, 1000, 1608)
 
 
+@pytest.mark.parametrize("config", [_ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 4), _ws(64, 256, 128, 8, 3)],
+                         ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}")
+def test_split_k_reads_only_what_it_wrote(config):
+    """Split-K on a NaN-filled workspace of exactly ``ws_workspace_size``: every partial
+    the last split sums was written by this launch (M, N not multiples of the tile)."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    n, k, m = 1000, 4160, 100
+    qw = quantized_cuda("int4-g128", n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    ws = torch.full((gm.ws_workspace_size(config, m, n),), float("nan"), device="cuda")
+    config, group = gm.launch_settings(qw, m, x.device, config)
+    y = gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], None, None, n, k, 4, group,
+                                qw.format.kernel_decode().mode, config, workspace=ws)
+    assert_matmul_close(y, x, qw, None, weight_roundoff=unit_roundoff(x.dtype))
+
+
 @pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])
 def test_repeated_launches_agree(n, k, m):
     """Each MMA is waited for before its registers or its ring stage are reused: 20

@@ -269,10 +269,12 @@ def _decode_constexprs(bits: int, mode: Decode, block_k: int, dtype: torch.dtype
 
 
 def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | None, workspace: Tensor | None,
-                  counters_per_tile: int = 1):
+                  counters_per_tile: int = 1, tile_order: bool = False):
     """What the GEMM kernels' launches share: (x contiguous, out (M, n) allocated unless
     given, and (tiles, workspace, counters, K-blocks), or None when x has no rows);
-    ``counters_per_tile`` split-K counters per output tile."""
+    ``counters_per_tile`` split-K counters per output tile.  The split-K workspace is fp32
+    (split_k, M, n), or with ``tile_order`` (split_k, tiles * block_n * block_m) (whole
+    tiles, ``ws_workspace_size``); a given one must have at least that many elements."""
     x = x.contiguous()
     m = x.shape[0]
     if out is None:
@@ -280,8 +282,23 @@ def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | N
     if m == 0:
         return x, out, None
     tiles = -(-n // config.block_n) * -(-m // config.block_m)
+    if tile_order and config.split_k > 1:
+        size = ws_workspace_size(config, m, n)
+        if workspace is None:
+            workspace = torch.empty(size, dtype=torch.float32, device=x.device)
+        elif workspace.dtype != torch.float32 or not workspace.is_contiguous() or workspace.numel() < size:
+            raise ValueError(f"workspace: {workspace.dtype} {tuple(workspace.shape)} "
+                             f"{'' if workspace.is_contiguous() else 'non-contiguous '}; accepted: contiguous "
+                             f"float32 with at least {size} elements (split_k x tiles x block_n x block_m)")
     workspace, counters = split_k_buffers(out, config.split_k, tiles * counters_per_tile, workspace)
     return x, out, (tiles, workspace, counters, -(-k // config.block_k))
+
+
+def ws_workspace_size(config: GemmConfig, m: int, n: int) -> int:
+    """Elements (fp32) of the warp-specialized kernel's split-K workspace: each split's
+    partials as whole tiles, split_k x tiles x block_n x block_m."""
+    tiles = -(-n // config.block_n) * -(-m // config.block_m)
+    return config.split_k * tiles * config.block_n * config.block_m
 
 
 def launch_gemm(
@@ -408,7 +425,9 @@ def launch_gemm_gluon_ws(
     block_k 64 or 128), split-K, stages and swizzle, num_warps ``ws_warps(block_n)``.
     ``consumer_regs``: registers per consumer thread (112 fits every tile without spills in
     the loop); ``maxnreg``: the launch's register limit (default: Triton's).  Operands as
-    ``launch_gemm``'s; k a multiple of 8 and x, codes readable by TMA (``_tma_readable``)."""
+    ``launch_gemm``'s, but ``workspace`` (with split-K) is fp32 with at least
+    ``ws_workspace_size`` elements; k a multiple of 8 and x, codes readable by TMA
+    (``_tma_readable``)."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -427,7 +446,7 @@ def launch_gemm_gluon_ws(
                          f"starts and row strides (x at {x.data_ptr() % 16} bytes past 16, codes at "
                          f"{codes.data_ptr() % 16}, codes row stride {codes.stride(0)} words)")
     # one split-K counter per consumer warpgroup (64 rows of W) of each tile
-    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // 64)
+    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // 64, tile_order=True)
     if launch is None:
         return out
     tiles, workspace, counters, k_blocks = launch

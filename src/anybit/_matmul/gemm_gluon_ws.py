@@ -27,13 +27,16 @@ Ring, per stage::
     ready[s]   loader: expect(bytes) + TMA -> consumers wait (phase i // STAGES)
     empty[s]   each consumer warpgroup arrives once -> loader waits before refilling
 
-Split-K as the other kernels: each warpgroup stores its fp32 partial and counts in on
-its own counter (``tile * NUM_WG + g``); the last split sums the partials in order.
+Split-K: each warpgroup stores its fp32 partial [64, BLOCK_M] in its own order (a
+workspace of ``split_k * tiles * BLOCK_N * BLOCK_M`` floats, ``ws_workspace_size``) and
+counts in on its own counter (``tile * NUM_WG + g``); the last split sums the partials
+in order, their loads unrolled.
 
-Cost (measured, docs/NOTES-gemm.md v14): one program fits an SM (20 warps at 256 rows of
-W), and a program's fixed chain (register reallocation, the first TMA round trip, the MMA
-drain, the split-K epilogue) is ~10 us; so the kernel pays off where each program runs
-many K-blocks (large layers), and the tuned table picks it only where it measured fastest.
+Cost (measured per program, docs/NOTES-gemm.md v15): one program fits an SM (20 warps at
+256 rows of W).  A 64 x 256 x 64 K-block takes ~0.6 us, of which the MMAs alone take
+~0.34 us: the four warpgroups wait on the same stage, decode together and then queue their
+MMAs together, so the decode does not overlap the tensor cores.  The tuned table picks the
+kernel only where it measured fastest (mostly the large layers at M = 64-256).
 
 Limits (``gemm.gluon_ws_supported``): sm_90, 4-bit symmetric or zero-point codes, fp16
 x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
@@ -118,15 +121,24 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     tile_out = offs_m[None, :] * N + rows[:, None]
     last = True
     if SPLIT_K > 1:
+        # the partial as the warpgroup holds it: [64, BLOCK_M] fp32, row-major, per
+        # (split, tile, warpgroup); each thread's column pairs are contiguous (8-byte
+        # stores and loads), nothing masked
+        frag = (gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))[:, None] * BLOCK_M
+                + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))[None, :])
+        split_stride = gl.num_programs(0) * NUM_WG * (64 * BLOCK_M)
+        own = ws_ptr + (pid * NUM_WG + WG) * (64 * BLOCK_M) + frag
         counter = counter_ptr + pid * NUM_WG + WG
-        gl.store(ws_ptr + pid_k * M * N + tile_out, acc, mask=out_mask)
+        gl.store(own + pid_k * split_stride, acc)
         gl.thread_barrier()
         arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
         last = arrived == SPLIT_K - 1
         if last:
-            acc = gl.zeros([64, BLOCK_M], dtype=gl.float32, layout=acc_layout)
-            for part in range(SPLIT_K):
-                acc += gl.load(ws_ptr + part * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
+            # the splits' partials in order (the same sum in every launch); unrolled, so
+            # the loads of several partials are in flight at once
+            acc = gl.load(own, cache_modifier=".cg")
+            for part in gl.static_range(1, SPLIT_K):
+                acc += gl.load(own + part * split_stride, cache_modifier=".cg")
             gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
     if last:
         if HAS_BIAS:
