@@ -7,7 +7,7 @@ For every (format, layer shape, m) point:
    kernel's tile, warp, stage and split-K settings, and on Hopper for 4-bit
    integer formats the two Gluon kernels') are ranked by the performance model
    (``perf_model``);
-2. the model's first ``top``, its first Gluon plan, its first two warp-specialized
+2. the model's first ``top``, its first Gluon plan, its first three warp-specialized
    Gluon plans and the heuristic's plan
    (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
@@ -249,10 +249,10 @@ def tune(
                     ranked = pm.rank(problem, gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon), hw, params)
                     point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
-                    # the model's first choice of the Gluon kernel and its first two of the warp-specialized
+                    # the model's first choice of the Gluon kernel and its first three of the warp-specialized
                     # one too (their corrections start at 1)
                     also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
-                    also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:2]
+                    also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:3]
                     for i, cand in enumerate(point.candidates):
                         if not (exhaustive or i < top or cand.plan == default or cand.plan in also):
                             continue

@@ -179,9 +179,10 @@ GLUON_STAGES = (3, 4)
 
 
 #: The warp-specialized Gluon kernel's settings that ``anybit tune`` tries, as (block_m, block_n,
-#: block_k, stages); the 128-row ones only where m > 64.  From a sweep (docs/NOTES-gemm.md v14):
-#: 256 rows of W per program, one program per SM, as few splits as fill the GPU.
-GLUON_WS_TILES = ((64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4))
+#: block_k, stages); the 128-row ones only where m > 64.  From sweeps (docs/NOTES-gemm.md v14,
+#: v15): 256 rows of W per program for the large layers, 128 for the small ones (4096 x 4096
+#: at M = 64: 15 against 27 us), about one program per SM.
+GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4))
 
 
 def ws_warps(block_n: int) -> int:
