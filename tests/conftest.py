@@ -86,6 +86,24 @@ def quantized_cuda(spec: str, n: int, k: int, gen: torch.Generator):
 SWEEP_M = (33, 64, 100, 256, 1024, 4096)
 
 
+def hopper_only(reason: str):
+    """Skip marker for tests of the Hopper-only (sm_90) Gluon kernels."""
+    return pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
+                              reason=reason)
+
+
+def launch_on_weight(launch, x, qw, config, bias=None, **buffers):
+    """A GEMM launcher (``launch_gemm_gluon``, ``launch_gemm_gluon_ws``) on x (M, K) and the
+    weight ``qw`` with ``config`` (settings as the dispatcher adjusts them); ``buffers``:
+    its ``out`` / ``workspace``."""
+    from anybit._matmul import gemm as gm
+
+    n, k = qw.shape
+    config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
+    return launch(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits, group,
+                  qw.format.kernel_decode().mode, config, **buffers)
+
+
 def check_sweep(run, config_for, spec: str, n: int, k: int):
     """``run(x, qw, config_for(m))`` for every m in SWEEP_M on one (n, k) weight of ``spec``,
     within the float64 tolerance (fp16 x, GPU)."""

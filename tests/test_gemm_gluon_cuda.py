@@ -2,24 +2,20 @@
 shapes, forced tiles with bias and split-K, repeated launches, the register operand in
 the compiled kernel, and a tuned-table plan through the dispatcher."""
 
+import functools
 import re
 
 import pytest
 import torch
 from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches, check_sweep,
-                      quantized_cuda, unit_roundoff)
+                      hopper_only, launch_on_weight, quantized_cuda, unit_roundoff)
 
 from anybit._matmul import gemm as gm
 from anybit._matmul import tuning
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
-                                reason="the Gluon kernel uses warpgroup MMA, a Hopper (sm_90) instruction")
+pytestmark = hopper_only("the Gluon kernel uses warpgroup MMA, a Hopper (sm_90) instruction")
 
-def _run(x, qw, config, bias=None, out=None):
-    n, k = qw.shape
-    config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
-    return gm.launch_gemm_gluon(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits,
-                                group, qw.format.kernel_decode().mode, config, out=out)
+_run = functools.partial(launch_on_weight, gm.launch_gemm_gluon)
 
 
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64"])

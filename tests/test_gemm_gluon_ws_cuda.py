@@ -3,25 +3,21 @@ and standard shapes, forced tiles with bias and split-K, repeated launches, the 
 kernel's TMA loads and register-operand MMA, and plans through the dispatcher (with its
 fallbacks for bf16 and for x that TMA cannot read in place)."""
 
+import functools
 import re
 
 import pytest
 import torch
 from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches, check_sweep,
-                      quantized_cuda, unit_roundoff)
+                      hopper_only, launch_on_weight, quantized_cuda, unit_roundoff)
 
 import anybit
 from anybit._matmul import gemm as gm
 from anybit._matmul import tuning
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.get_device_capability()[0] != 9,
-                                reason="the kernel uses TMA and warpgroup MMA, Hopper (sm_90) instructions")
+pytestmark = hopper_only("the kernel uses TMA and warpgroup MMA, Hopper (sm_90) instructions")
 
-def _run(x, qw, config, bias=None, out=None):
-    n, k = qw.shape
-    config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
-    return gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k,
-                                   qw.format.bits, group, qw.format.kernel_decode().mode, config, out=out)
+_run = functools.partial(launch_on_weight, gm.launch_gemm_gluon_ws)
 
 
 def _ws(block_m, block_n, block_k, split_k, stages):
@@ -63,9 +59,7 @@ def test_split_k_reads_only_what_it_wrote(config):
     qw = quantized_cuda("int4-g128", n, k, gen)
     x = torch.randn(m, k, device="cuda", generator=gen).half()
     ws = torch.full((gm.ws_workspace_size(config, m, n),), float("nan"), device="cuda")
-    config, group = gm.launch_settings(qw, m, x.device, config)
-    y = gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], None, None, n, k, 4, group,
-                                qw.format.kernel_decode().mode, config, workspace=ws)
+    y = _run(x, qw, config, workspace=ws)
     assert_matmul_close(y, x, qw, None, weight_roundoff=unit_roundoff(x.dtype))
 
 

@@ -270,12 +270,10 @@ def _decode_constexprs(bits: int, mode: Decode, block_k: int, dtype: torch.dtype
 
 
 def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | None, workspace: Tensor | None,
-                  counters_per_tile: int = 1, tile_order: bool = False):
+                  counters_per_tile: int = 1):
     """What the GEMM kernels' launches share: (x contiguous, out (M, n) allocated unless
     given, and (tiles, workspace, counters, K-blocks), or None when x has no rows);
-    ``counters_per_tile`` split-K counters per output tile.  The split-K workspace is fp32
-    (split_k, M, n), or with ``tile_order`` (split_k, tiles * block_n * block_m) (whole
-    tiles, ``ws_workspace_size``); a given one must have at least that many elements."""
+    ``counters_per_tile`` split-K counters per output tile."""
     x = x.contiguous()
     m = x.shape[0]
     if out is None:
@@ -283,14 +281,6 @@ def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | N
     if m == 0:
         return x, out, None
     tiles = -(-n // config.block_n) * -(-m // config.block_m)
-    if tile_order and config.split_k > 1:
-        size = ws_workspace_size(config, m, n)
-        if workspace is None:
-            workspace = torch.empty(size, dtype=torch.float32, device=x.device)
-        elif workspace.dtype != torch.float32 or not workspace.is_contiguous() or workspace.numel() < size:
-            raise ValueError(f"workspace: {workspace.dtype} {tuple(workspace.shape)} "
-                             f"{'' if workspace.is_contiguous() else 'non-contiguous '}; accepted: contiguous "
-                             f"float32 with at least {size} elements (split_k x tiles x block_n x block_m)")
     workspace, counters = split_k_buffers(out, config.split_k, tiles * counters_per_tile, workspace)
     return x, out, (tiles, workspace, counters, -(-k // config.block_k))
 
@@ -446,8 +436,16 @@ def launch_gemm_gluon_ws(
         raise ValueError(f"the warp-specialized Gluon GEMM reads x and the codes by TMA: both need 16-byte aligned "
                          f"starts and row strides (x at {x.data_ptr() % 16} bytes past 16, codes at "
                          f"{codes.data_ptr() % 16}, codes row stride {codes.stride(0)} words)")
+    if config.split_k > 1:  # its partials are whole tiles, not (split_k, M, n)
+        size = ws_workspace_size(config, x.shape[0], n)
+        if workspace is None:
+            workspace = torch.empty(size, dtype=torch.float32, device=x.device)
+        elif workspace.dtype != torch.float32 or not workspace.is_contiguous() or workspace.numel() < size:
+            raise ValueError(f"workspace: {workspace.dtype} {tuple(workspace.shape)} "
+                             f"{'' if workspace.is_contiguous() else 'non-contiguous '}; accepted: contiguous "
+                             f"float32 with at least {size} elements (split_k x tiles x block_n x block_m)")
     # one split-K counter per consumer warpgroup (64 rows of W) of each tile
-    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // 64, tile_order=True)
+    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // 64)
     if launch is None:
         return out
     tiles, workspace, counters, k_blocks = launch

@@ -115,8 +115,10 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
         mbarrier.arrive(empty.index(s), count=1)
         s1, z1, s2, z2, s3, z3 = s2, z2, s3, z3, s4, z4
 
-    rows = row0 + gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))
-    offs_m = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
+    tile_row = gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))
+    tile_col = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
+    rows = row0 + tile_row
+    offs_m = pid_m * BLOCK_M + tile_col
     out_mask = (rows < N)[:, None] & (offs_m < M)[None, :]
     tile_out = offs_m[None, :] * N + rows[:, None]
     last = True
@@ -124,8 +126,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
         # the partial as the warpgroup holds it: [64, BLOCK_M] fp32, row-major, per
         # (split, tile, warpgroup); each thread's column pairs are contiguous (8-byte
         # stores and loads), nothing masked
-        frag = (gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))[:, None] * BLOCK_M
-                + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))[None, :])
+        frag = tile_row[:, None] * BLOCK_M + tile_col[None, :]
         split_stride = gl.num_programs(0) * NUM_WG * (64 * BLOCK_M)
         own = ws_ptr + (pid * NUM_WG + WG) * (64 * BLOCK_M) + frag
         counter = counter_ptr + pid * NUM_WG + WG
