@@ -14,8 +14,9 @@ reads x in pairs (default 0).  With ``--kernel gemm`` a variant is
 the wait per K-block, wrong results possible; split_k as
 above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
 ``gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]``: the Gluon GEMM (gemm_gluon;
-overlap 1: measurement only, unsafe), or ``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg]]]``:
-the warp-specialized Gluon GEMM (gemm_gluon_ws).  Each variant is first checked against the float64 reference on fresh random
+overlap 1: measurement only, unsafe), or ``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap]]]]``:
+the warp-specialized Gluon GEMM (gemm_gluon_ws; regs, maxnreg 0: the defaults; overlap 0-2,
+``gemm.WsOverlap``, default ``ws_overlap``).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run).
 """
@@ -52,7 +53,8 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
     if text.startswith("ws,"):  # warp-specialized Gluon GEMM: ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg]]]
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         config = gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), gm.ws_warps(bn), stages, *extra[:1])
-        return ("ws", config, extra[1] if len(extra) > 1 else 112, extra[2] if len(extra) > 2 else None)
+        regs, maxnreg, overlap = (extra[1:] + [0, 0, -1])[:3]
+        return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap))
     if text == "auto":  # the heuristic's choice
         if kernel != "gemv":
             raise SystemExit("variant auto is for --kernel gemv only")
@@ -77,12 +79,12 @@ def _call(x, qw, config):
         return lambda: x @ gm.launch_dequant(qw.codes, qw.params["scales"], qw.params.get("zeros"),
                                              g.kernel_table(qw), n, k, qw.format.bits, group, mode, x.dtype,
                                              block_n=bn, block_k=bk).t()
-    if isinstance(config, tuple) and config[0] == "ws":  # ("ws", GemmConfig, consumer regs, maxnreg)
-        _, config, regs, maxnreg = config
+    if isinstance(config, tuple) and config[0] == "ws":  # ("ws", GemmConfig, consumer regs, maxnreg, overlap)
+        _, config, regs, maxnreg, overlap = config
         config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
         return lambda: gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, n, k,
                                                qw.format.bits, group, mode, config, consumer_regs=regs,
-                                               maxnreg=maxnreg)
+                                               maxnreg=maxnreg, overlap=overlap)
     if isinstance(config, tuple):  # ("gluon", GemmConfig, overlap)
         overlap = config[2]
         config, group = gm.launch_settings(qw, x.shape[0], x.device, config[1])

@@ -95,7 +95,7 @@ def hopper_only(reason: str):
 def launch_on_weight(launch, x, qw, config, bias=None, **buffers):
     """A GEMM launcher (``launch_gemm_gluon``, ``launch_gemm_gluon_ws``) on x (M, K) and the
     weight ``qw`` with ``config`` (settings as the dispatcher adjusts them); ``buffers``:
-    its ``out`` / ``workspace``."""
+    its other keyword arguments (``out``, ``workspace``, ``overlap``)."""
     from anybit._matmul import gemm as gm
 
     n, k = qw.shape

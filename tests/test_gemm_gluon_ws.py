@@ -83,3 +83,46 @@ def test_a_ws_plan_falls_back_to_the_heuristic_where_it_does_not_apply(monkeypat
     y = anybit.matmul(x, qw)
     assert calls == [gm.gemm_config(40, 72, 256, 128, 4, gm.sm_count(x.device))]
     assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(x.dtype))
+
+
+
+def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap) -> str:
+    """ptxas's report (-v) on the kernel for ``config`` and ``overlap``, compiled for sm_90
+    without a GPU (tests/ptxas_report.py, in a process without Triton's interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    args = [config.block_m, config.block_n, config.block_k, config.num_stages, int(overlap)]
+    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "ptxas_report.py"),
+                           *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+SERIALIZED = "wgmma.mma_async instructions are serialized"
+
+
+@pytest.mark.parametrize("tile", [t for t in gm.GLUON_WS_TILES
+                                  if gm.ws_overlap(gm.GemmConfig(*t[:3], 1, gm.ws_warps(t[1]), t[3]))])
+def test_the_chosen_overlap_keeps_the_mmas_asynchronous(tile):
+    """Each tile that ``ws_overlap`` overlaps compiles with its MMAs left in flight: where
+    the two register operands do not fit, ptxas waits for every wgmma (its note C7512),
+    slower than no overlap at all.  The control, CARRY at 256 rows of W (112 registers),
+    shows the check sees that."""
+    block_m, block_n, block_k, stages = tile
+    config = gm.GemmConfig(block_m, block_n, block_k, 1, gm.ws_warps(block_n), stages)
+    assert "Used" in (notes := _ptxas_notes(config, gm.ws_overlap(config))) and SERIALIZED not in notes
+    if block_n == 256:
+        assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
+
+
+def test_overlap_by_tile():
+    """CARRY up to 128 rows of W, PAIRS at 256 (64 x 64 tiles only), and the registers
+    Triton's split leaves the consumers."""
+    ws = lambda bm, bn, bk: gm.GemmConfig(bm, bn, bk, 1, gm.ws_warps(bn), 3)  # noqa: E731
+    assert gm.ws_overlap(ws(64, 64, 64)) == gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.CARRY
+    assert gm.ws_overlap(ws(64, 256, 64)) == gm.WsOverlap.PAIRS
+    assert {gm.ws_overlap(ws(128, 256, 64)), gm.ws_overlap(ws(64, 256, 128)),
+            gm.ws_overlap(ws(128, 128, 64))} == {gm.WsOverlap.NONE}
+    assert [gm.ws_consumer_regs(bn) for bn in (64, 128, 256)] == [232, 160, 112]

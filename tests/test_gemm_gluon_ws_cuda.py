@@ -65,9 +65,29 @@ def test_split_k_reads_only_what_it_wrote(config):
 
 @pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])
 def test_repeated_launches_agree(n, k, m):
-    """Each MMA is waited for before its registers or its ring stage are reused: 20
-    launches, same bits (split-K sums in a fixed order)."""
-    check_repeated_launches(_run, (_ws(64, 256, 64, 4, 4), _ws(128, 256, 64, 1, 4)), n, k, m)
+    """Each MMA is waited for before its registers or its ring stage are reused, with each
+    overlap of decode and MMA (CARRY, PAIRS, NONE by ``ws_overlap``): 20 launches, same
+    bits (split-K sums in a fixed order)."""
+    configs = (_ws(64, 128, 64, 1, 6), _ws(64, 256, 64, 4, 4), _ws(128, 256, 64, 1, 4))
+    assert [gm.ws_overlap(c) for c in configs] == [gm.WsOverlap.CARRY, gm.WsOverlap.PAIRS, gm.WsOverlap.NONE]
+    check_repeated_launches(_run, configs, n, k, m)
+
+
+@pytest.mark.parametrize("overlap", list(gm.WsOverlap), ids=lambda o: o.name)
+@pytest.mark.parametrize("config", [_ws(64, 64, 64, 1, 2), _ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 3)],
+                         ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}")
+@pytest.mark.parametrize("k", [40, 136, 1608])
+def test_every_overlap_mode(overlap, config, k):
+    """Each overlap forced on each tile (one deeper than the registers hold runs with its
+    wgmma serialized, still right): 1, 3 and 26 K-blocks, so odd and even counts per split
+    (an odd one starts with a block of its own), against float64 with bias."""
+    gen = torch.Generator(device="cuda").manual_seed(k)
+    qw = quantized_cuda("uint4-g128" if k == 136 else "int4-g128", 1000, k, gen)
+    x = torch.randn(100, k, device="cuda", generator=gen).half()
+    bias = torch.randn(1000, device="cuda", generator=gen)
+    y = _run(x, qw, config, bias, out=torch.full((100, 1000), float("nan"), device="cuda", dtype=torch.float16),
+             overlap=overlap)
+    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
 
 
 #: wgmma with the weights as a register list and x's tile as a descriptor.

@@ -190,6 +190,34 @@ def ws_warps(block_n: int) -> int:
     return 4 + block_n // 16
 
 
+class WsOverlap(enum.IntEnum):
+    """How far each consumer warpgroup of the warp-specialized kernel overlaps its decode
+    with its MMAs (the kernel's ``OVERLAP``; K-blocks taken in pairs)."""
+
+    NONE = 0  #: each MMA waited for before the next decode
+    PAIRS = 1  #: a pair's second block decoded while its first block's MMA runs
+    CARRY = 2  #: every block decoded while the previous block's MMA runs
+
+
+def ws_consumer_regs(block_n: int) -> int:
+    """Registers per consumer thread of the warp-specialized kernel: what Triton's
+    register split leaves from 64K with 4 loader warps (at least 24 registers) and
+    block_n / 16 consumer warps, in steps of 8: 232, 160 (of 240, as measured) and 112
+    for 64, 128 and 256 rows of W."""
+    return {64: 232, 128: 160}.get(block_n, 112)
+
+
+def ws_overlap(config: GemmConfig) -> WsOverlap:
+    """The deepest overlap of ``config`` whose two register operands fit the consumer's
+    registers (``ws_consumer_regs``).  Where they do not, ptxas serializes every wgmma
+    of the kernel (its note C7512), so this is read off compiled kernels (every tile of
+    GLUON_WS_TILES in the tests): CARRY for 64 x 64 and 64 x 128 x 64 tiles, PAIRS for
+    64 x 256 x 64, NONE for 128 rows of x or K-blocks of 128."""
+    if config.block_m != 64 or config.block_k != 64:
+        return WsOverlap.NONE
+    return WsOverlap.CARRY if config.block_n <= 128 else WsOverlap.PAIRS
+
+
 def racy(config: GemmConfig) -> bool:
     """Whether the compiled kernel may give wrong results: every setting without
     ``sync_mma``.  Triton 3.6 lets the next K-block's decode overwrite the register
@@ -408,14 +436,17 @@ def launch_gemm_gluon(
 def launch_gemm_gluon_ws(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, bias: Tensor | None, n: int, k: int,
     bits: int, group: int, mode: Decode, config: GemmConfig, out: Tensor | None = None,
-    workspace: Tensor | None = None, consumer_regs: int = 112, maxnreg: int | None = None,
+    workspace: Tensor | None = None, consumer_regs: int | None = None, maxnreg: int | None = None,
+    overlap: WsOverlap | None = None,
 ) -> Tensor:
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
     ``config``: tiles (block_n 64, 128 or 256: one consumer warpgroup per 64 rows of W;
     block_k 64 or 128), split-K, stages and swizzle, num_warps ``ws_warps(block_n)``.
-    ``consumer_regs``: registers per consumer thread (112 fits every tile without spills in
-    the loop); ``maxnreg``: the launch's register limit (default: Triton's).  Operands as
+    ``consumer_regs``: registers per consumer thread (default ``ws_consumer_regs``);
+    ``maxnreg``: the launch's register limit (default: Triton's); ``overlap``: of decode
+    and MMA (default ``ws_overlap``; a deeper one than the registers hold runs correctly
+    but slowly).  Operands as
     ``launch_gemm``'s, but ``workspace`` (with split-K) is fp32 with at least
     ``ws_workspace_size`` elements; k a multiple of 8 and x, codes readable by TMA
     (``_tma_readable``)."""
@@ -461,7 +492,9 @@ def launch_gemm_gluon_ws(
         scalars["stride_zn"], scalars["stride_zg"],
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
-        STAGES=config.num_stages, HAS_BIAS=bias is not None, CONSUMER_REGS=consumer_regs, num_warps=4, **extra,
+        STAGES=config.num_stages, HAS_BIAS=bias is not None,
+        CONSUMER_REGS=ws_consumer_regs(config.block_n) if consumer_regs is None else consumer_regs,
+        OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), num_warps=4, **extra,
     )
     return out
 

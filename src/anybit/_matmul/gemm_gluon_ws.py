@@ -70,9 +70,29 @@ def _loader(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks,
 
 
 @gluon.jit
+def _block_params(params, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr):
+    """The loads of K-block kb's scales and zero points ([64] each, ``group_params``)."""
+    scales_ptr, zeros_ptr, rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg = params
+    return group_params(scales_ptr, zeros_ptr, rows, (kb * BLOCK_K) // GROUP, num_groups, stride_sn, stride_sg,
+                        stride_zn, stride_zg, MODE)
+
+
+@gluon.jit
+def _decode(c_bufs, ready, i, WG: gl.constexpr, word_layout: gl.constexpr, select, scale, zero,
+            BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr):
+    """Block i's operand of consumer warpgroup WG: wait for its stage, read the warpgroup's
+    64 rows of code words, decode them with the group's ``scale`` and ``zero`` [64]."""
+    s = i % STAGES
+    bias, scale_words = group_words(scale, zero)
+    mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+    words = c_bufs.index(s).slice(WG * 64, 64, dim=0).load(word_layout)
+    return decode_operand(words, select, bias, scale_words, 64, BLOCK_K, a_layout)
+
+
+@gluon.jit
 def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
               BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, SPLIT_K: gl.constexpr,
-              HAS_BIAS: gl.constexpr):
+              HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr):
     """Consumer warpgroup WG: rows pid_n * 64 * NUM_WG + WG * 64 .. + 64 of W against the
     program's x tile; writes its rows of y (or its split's partial).  ``ops``: the ring and
     the operands, as the kernel builds them."""
@@ -93,27 +113,57 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     # each K-block's scales (and zero points) are loaded three K-blocks ahead, so their
     # latency hides behind three blocks' MMAs (one block ahead measured the same:
     # docs/NOTES-gemm.md v14b)
-    g0 = (kb0 * BLOCK_K) // GROUP
-    s1, z1 = group_params(scales_ptr, zeros_ptr, w_rows, g0, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
-                        MODE)
-    s2, z2 = group_params(scales_ptr, zeros_ptr, w_rows, ((kb0 + 1) * BLOCK_K) // GROUP, num_groups, stride_sn,
-                        stride_sg, stride_zn, stride_zg, MODE)
-    s3, z3 = group_params(scales_ptr, zeros_ptr, w_rows, ((kb0 + 2) * BLOCK_K) // GROUP, num_groups, stride_sn,
-                        stride_sg, stride_zn, stride_zg, MODE)
+    params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
+    s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE)
+    s2, z2 = _block_params(params, kb0 + 1, BLOCK_K, GROUP, MODE)
+    s3, z3 = _block_params(params, kb0 + 2, BLOCK_K, GROUP, MODE)
+    # The K-blocks in pairs, a1 holding the first block's register operand and a0 the
+    # second's.  OVERLAP (``gemm.WsOverlap``) says which MMA may still run while the next
+    # block is decoded:
+    #   NONE   each MMA is waited for at once;
+    #   PAIRS  the second block is decoded while the first's MMA runs;
+    #   CARRY  also the next pair's first block while the second's MMA runs.
+    # An operand stays in the deps of the wait that retires its MMA, so no decode lands in
+    # the registers of an MMA in flight; where they do not fit, ptxas serializes every
+    # wgmma of the kernel (what the tile table's modes are checked against).  An odd block
+    # count starts with block 0 alone, waited for at once: no MMA is in flight across a
+    # branch (ptxas serializes then too).
     acc = gl.zeros([64, BLOCK_M], dtype=gl.float32, layout=acc_layout)
-    for i in range(n_blocks):
-        s = i % STAGES
-        s4, z4 = group_params(scales_ptr, zeros_ptr, w_rows, ((kb0 + i + 3) * BLOCK_K) // GROUP, num_groups,
-                            stride_sn, stride_sg, stride_zn, stride_zg, MODE)
-        bias, scale = group_words(s1, z1)
-        mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-        words = c_bufs.index(s).slice(WG * 64, 64, dim=0).load(word_layout)
-        a = decode_operand(words, select, bias, scale, 64, BLOCK_K, a_layout)
-        pending = warpgroup_mma(a, x_bufs.index(s).permute((1, 0)), acc, is_async=True)
-        # the MMA done before its registers or its stage are reused (race-free by construction)
-        acc, a = warpgroup_mma_wait(num_outstanding=0, deps=(pending, a))
-        mbarrier.arrive(empty.index(s), count=1)
+    first = n_blocks % 2
+    if first == 1:
+        a = _decode(c_bufs, ready, 0, WG, word_layout, select, s1, z1, BLOCK_K, STAGES, a_layout)
+        acc = warpgroup_mma(a, x_bufs.index(0).permute((1, 0)), acc)
+        mbarrier.arrive(empty.index(0), count=1)
+        s4, z4 = _block_params(params, kb0 + 3, BLOCK_K, GROUP, MODE)
         s1, z1, s2, z2, s3, z3 = s2, z2, s3, z3, s4, z4
+    a0 = gl.zeros([64, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
+    for i in range(first, n_blocks, 2):
+        a1 = _decode(c_bufs, ready, i, WG, word_layout, select, s1, z1, BLOCK_K, STAGES, a_layout)
+        acc = warpgroup_mma(a1, x_bufs.index(i % STAGES).permute((1, 0)), acc, is_async=True)
+        if OVERLAP == 0:
+            acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
+            mbarrier.arrive(empty.index(i % STAGES), count=1)
+        elif OVERLAP == 2:  # MMA i - 1 (the last pair's second) done
+            acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
+            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=i > first)
+        s4, z4 = _block_params(params, kb0 + i + 3, BLOCK_K, GROUP, MODE)
+        s1, z1, s2, z2, s3, z3 = s2, z2, s3, z3, s4, z4
+        a0 = _decode(c_bufs, ready, i + 1, WG, word_layout, select, s1, z1, BLOCK_K, STAGES, a_layout)
+        acc = warpgroup_mma(a0, x_bufs.index((i + 1) % STAGES).permute((1, 0)), acc, is_async=True)
+        if OVERLAP == 0:
+            acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
+            mbarrier.arrive(empty.index((i + 1) % STAGES), count=1)
+        elif OVERLAP == 1:
+            acc, a1, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1, a0))
+            mbarrier.arrive(empty.index(i % STAGES), count=1)
+            mbarrier.arrive(empty.index((i + 1) % STAGES), count=1)
+        else:  # MMA i done, i + 1 in flight
+            acc, a1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a1))
+            mbarrier.arrive(empty.index(i % STAGES), count=1)
+        s4, z4 = _block_params(params, kb0 + i + 4, BLOCK_K, GROUP, MODE)
+        s1, z1, s2, z2, s3, z3 = s2, z2, s3, z3, s4, z4
+    acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
+    # (CARRY leaves the last block's stage without its arrival: it is never refilled)
 
     tile_row = gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))
     tile_col = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
@@ -154,7 +204,7 @@ def gemm_gluon_ws_kernel(
     GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, num_warps: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -188,20 +238,20 @@ def gemm_gluon_ws_kernel(
     if NUM_WG == 1:
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS))],
+            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS)),
-            (_consumer, (ops, 1, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS))],
+            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
+            (_consumer, (ops, 1, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N: 64, 128 or 256 rows of W")
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS)),
-            (_consumer, (ops, 1, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS)),
-            (_consumer, (ops, 2, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS)),
-            (_consumer, (ops, 3, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS))],
+            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
+            (_consumer, (ops, 1, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
+            (_consumer, (ops, 2, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
+            (_consumer, (ops, 3, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])

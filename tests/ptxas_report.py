@@ -1,0 +1,48 @@
+"""Print ptxas's report (-v) on the warp-specialized Gluon GEMM compiled for sm_90 (no GPU
+needed: Triton emits the PTX, then its ptxas compiles it).
+
+Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP
+(with the default consumer registers, int4-g128 symmetric codes, no split-K).  Run in a
+process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
+
+import inspect
+import subprocess
+import sys
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.backends.nvidia.compiler import get_ptxas
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon._runtime import GluonASTSource
+
+from anybit._matmul import gemm as gm
+from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
+
+
+def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int) -> str:
+    x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
+    c_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k // 8], gl.int32)
+    constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=1,
+                     BLOCKS_PER_SPLIT=64, STAGES=stages, HAS_BIAS=False,
+                     CONSUMER_REGS=gm.ws_consumer_regs(block_n), OVERLAP=overlap, num_warps=4)
+    pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
+                    c_desc=f"tensordesc<i32[{block_n}, {block_k // 8}],{c_layout!r}>", scales_ptr="*fp16",
+                    zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
+    names = list(inspect.signature(gemm_gluon_ws_kernel.fn).parameters)
+    signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
+    # 16-byte aligned pointers and row counts, as the launches on real weights see them
+    aligned = [name for name in names if name.endswith("_ptr") or name in ("N", "stride_sn")]
+    attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
+    source = GluonASTSource(fn=gemm_gluon_ws_kernel, signature=signature, constexprs=constants, attrs=attrs)
+    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/kernel.ptx", "w") as f:
+            f.write(ptx)
+        done = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", f"{tmp}/kernel.ptx",
+                               "-o", f"{tmp}/kernel.cubin"], capture_output=True, text=True, check=True)
+    return done.stdout + done.stderr
+
+
+if __name__ == "__main__":
+    print(report(*(int(arg) for arg in sys.argv[1:6])))
