@@ -9,7 +9,6 @@ from conftest import assert_matmul_close, unit_roundoff
 
 import anybit
 from anybit import cli, tune
-from anybit._matmul import gemm as gm
 from anybit._matmul import tuning
 from anybit._matmul.gemv import sm_count
 
@@ -45,8 +44,9 @@ def test_tune_writes_a_table_the_dispatcher_follows(tables_env, tmp_path):
 
 
 def test_shipped_table_plans_are_right_and_repeatable():
-    """Every GEMM plan of the shipped table for this GPU on 4096 x 4096 (each format):
-    right against float64 and bit-identical over repeated launches."""
+    """Every GEMM plan of the shipped table for this GPU on 4096 x 4096 (each format), each
+    on its own kernel as the tuner runs it: right against float64 and bit-identical over
+    repeated launches."""
     device = torch.device("cuda")
     tuning.clear_caches()
     tables = tuning.tables_for(tuning.device_name(device), sm_count(device))
@@ -57,6 +57,7 @@ def test_shipped_table_plans_are_right_and_repeatable():
     for e in entries:
         qw = anybit.quantize(torch.randn(4096, 4096, device="cuda", generator=gen) * 0.02, e.format)
         x = torch.randn(e.m, 4096, device="cuda", dtype=torch.float16, generator=gen)
-        ys = [gm.gemm(x, qw, None, e.plan.config) for _ in range(tune.VERIFY_LAUNCHES * 3)]
-        assert all(torch.equal(ys[0], y) for y in ys[1:]), f"{e.format} M={e.m} {e.plan.config}"
+        run = tune._runner(e.plan, x, qw)
+        ys = [run() for _ in range(tune.VERIFY_LAUNCHES * 3)]
+        assert all(torch.equal(ys[0], y) for y in ys[1:]), f"{e.format} M={e.m} {e.plan.label()}"
         assert_matmul_close(ys[0], x, qw, weight_roundoff=unit_roundoff(x.dtype))
