@@ -16,9 +16,10 @@ barrier every K-block, so their warpgroups decode and multiply in lockstep.  Her
 * consumer warpgroup g waits on ``ready``, reads its rows' words from shared memory,
   decodes them straight into wgmma's register operand (``gemm_gluon._byte_layout``,
   the same PTX and the same single rounding per weight), multiplies with the x tile
-  from shared memory, waits for its MMA, and arrives on ``empty[stage]`` (NUM_WG
-  arrivals free a stage).  Warpgroups synchronise only through the ring, so one
-  decodes while another's MMA runs.
+  from shared memory and arrives on ``empty[stage]`` once that MMA is done (NUM_WG
+  arrivals free a stage).  It takes the K-blocks in pairs with two register operands;
+  ``OVERLAP`` (``gemm.WsOverlap``, by tile: ``gemm.ws_overlap``) says whether an MMA
+  still runs while the next block is decoded (never into the registers it reads).
 
 Ring, per stage::
 
@@ -32,11 +33,12 @@ workspace of ``split_k * tiles * BLOCK_N * BLOCK_M`` floats, ``ws_workspace_size
 counts in on its own counter (``tile * NUM_WG + g``); the last split sums the partials
 in order, their loads unrolled.
 
-Cost (measured per program, docs/NOTES-gemm.md v15): one program fits an SM (20 warps at
-256 rows of W).  A 64 x 256 x 64 K-block takes ~0.6 us, of which the MMAs alone take
-~0.34 us: the four warpgroups wait on the same stage, decode together and then queue their
-MMAs together, so the decode does not overlap the tensor cores.  The tuned table picks the
-kernel only where it measured fastest (mostly the large layers at M = 64-256).
+Cost (measured per program, docs/NOTES-gemm.md v15, v16): one program fits an SM (20 warps
+at 256 rows of W).  A 64 x 256 x 64 K-block takes ~0.6 us, of which the MMAs alone take
+~0.34 us; the two register operands of an overlap fit only up to 128 rows of W (CARRY:
+a 64 x 128 x 64 block 0.42 -> 0.37 us), and PAIRS at 256 rows measured no faster than NONE.
+The tuned table picks the kernel only where it measured fastest (mostly the large layers
+at M = 64-256).
 
 Limits (``gemm.gluon_ws_supported``): sm_90, 4-bit symmetric or zero-point codes, fp16
 x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
@@ -110,9 +112,9 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     byte = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
     select = gl.expand_dims(gl.expand_dims(0x4040 | (byte * 0x101), 0), 0)  # prmt: byte b into both halves
 
-    # each K-block's scales (and zero points) are loaded three K-blocks ahead, so their
-    # latency hides behind three blocks' MMAs (one block ahead measured the same:
-    # docs/NOTES-gemm.md v14b)
+    # each K-block's scales (and zero points) are loaded three K-blocks ahead (one block
+    # ahead measured the same, docs/NOTES-gemm.md v14b: the rotation of the loaded values
+    # waits for each load, v15b)
     params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
     s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE)
     s2, z2 = _block_params(params, kb0 + 1, BLOCK_K, GROUP, MODE)
