@@ -50,7 +50,7 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         return ("gluon", gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4 * (bn // 64), stages,
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
-    if text.startswith("ws,"):  # warp-specialized Gluon GEMM: ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg]]]
+    if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap]]]]
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         config = gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), gm.ws_warps(bn), stages, *extra[:1])
         regs, maxnreg, overlap = (extra[1:] + [0, 0, -1])[:3]

@@ -103,7 +103,7 @@ def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap) -> str:
 SERIALIZED = "wgmma.mma_async instructions are serialized"
 
 
-@pytest.mark.parametrize("tile", [t for t in gm.GLUON_WS_TILES
+@pytest.mark.parametrize("tile", [t for t in (*gm.GLUON_WS_TILES, (64, 64, 64, 6))
                                   if gm.ws_overlap(gm.GemmConfig(*t[:3], 1, gm.ws_warps(t[1]), t[3]))])
 def test_the_chosen_overlap_keeps_the_mmas_asynchronous(tile):
     """Each tile that ``ws_overlap`` overlaps compiles with its MMAs left in flight: where

@@ -200,19 +200,19 @@ class WsOverlap(enum.IntEnum):
 
 
 def ws_consumer_regs(block_n: int) -> int:
-    """Registers per consumer thread of the warp-specialized kernel: what Triton's
-    register split leaves from 64K with 4 loader warps (at least 24 registers) and
-    block_n / 16 consumer warps, in steps of 8: 232, 160 (of 240, as measured) and 112
-    for 64, 128 and 256 rows of W."""
+    """Registers per consumer thread of the warp-specialized kernel for 64, 128 and 256
+    rows of W: 232, 160 and 112.  Triton's split of 64K registers with 4 loader warps (at
+    least 24 registers) allows up to 256, 240 and 112; 160 is what CARRY was compiled and
+    measured with at 128 rows."""
     return {64: 232, 128: 160}.get(block_n, 112)
 
 
 def ws_overlap(config: GemmConfig) -> WsOverlap:
     """The deepest overlap of ``config`` whose two register operands fit the consumer's
     registers (``ws_consumer_regs``).  Where they do not, ptxas serializes every wgmma
-    of the kernel (its note C7512), so this is read off compiled kernels (every tile of
-    GLUON_WS_TILES in the tests): CARRY for 64 x 64 and 64 x 128 x 64 tiles, PAIRS for
-    64 x 256 x 64, NONE for 128 rows of x or K-blocks of 128."""
+    of the kernel (its note C7512), so this is read off compiled kernels (the tests check
+    the overlapped tiles of GLUON_WS_TILES and 64 x 64 x 64): CARRY for 64 x 64 and 64 x
+    128 x 64 tiles, PAIRS for 64 x 256 x 64, NONE for 128 rows of x or K-blocks of 128."""
     if config.block_m != 64 or config.block_k != 64:
         return WsOverlap.NONE
     return WsOverlap.CARRY if config.block_n <= 128 else WsOverlap.PAIRS
