@@ -117,11 +117,14 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(tile):
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
 
 
-def test_overlap_by_tile():
-    """CARRY up to 128 rows of W, PAIRS at 256 (64 x 64 tiles only), and the registers
-    Triton's split leaves the consumers."""
+def test_overlap_by_tile(monkeypatch):
+    """CARRY up to 128 rows of W under the Triton versions checked for it (PAIRS under
+    others), PAIRS at 256 (64 x 64 tiles only), and the registers the consumers get."""
     ws = lambda bm, bn, bk: gm.GemmConfig(bm, bn, bk, 1, gm.ws_warps(bn), 3)  # noqa: E731
+    monkeypatch.setattr(gm, "_triton_minor", lambda: "3.6")
     assert gm.ws_overlap(ws(64, 64, 64)) == gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.CARRY
+    monkeypatch.setattr(gm, "_triton_minor", lambda: "3.9")
+    assert gm.ws_overlap(ws(64, 64, 64)) == gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.PAIRS
     assert gm.ws_overlap(ws(64, 256, 64)) == gm.WsOverlap.PAIRS
     assert {gm.ws_overlap(ws(128, 256, 64)), gm.ws_overlap(ws(64, 256, 128)),
             gm.ws_overlap(ws(128, 128, 64))} == {gm.WsOverlap.NONE}

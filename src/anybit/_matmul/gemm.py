@@ -207,15 +207,30 @@ def ws_consumer_regs(block_n: int) -> int:
     return {64: 232, 128: 160}.get(block_n, 112)
 
 
+#: Triton versions (major.minor) whose compile of CARRY keeps the MMAs asynchronous; under
+#: Triton 3.9 ptxas serializes it (note C7515: other instructions write the accumulator
+#: between the wgmma), so ``ws_overlap`` stops at PAIRS there.
+CARRY_TRITON = ("3.6",)
+
+
+@functools.cache
+def _triton_minor() -> str:
+    import triton
+
+    return ".".join(triton.__version__.split(".")[:2])
+
+
 def ws_overlap(config: GemmConfig) -> WsOverlap:
     """The deepest overlap of ``config`` whose two register operands fit the consumer's
     registers (``ws_consumer_regs``).  Where they do not, ptxas serializes every wgmma
     of the kernel (its note C7512), so this is read off compiled kernels (the tests check
     the overlapped tiles of GLUON_WS_TILES and 64 x 64 x 64): CARRY for 64 x 64 and 64 x
-    128 x 64 tiles, PAIRS for 64 x 256 x 64, NONE for 128 rows of x or K-blocks of 128."""
+    128 x 64 tiles (PAIRS outside CARRY_TRITON), PAIRS for 64 x 256 x 64, NONE for 128
+    rows of x or K-blocks of 128."""
     if config.block_m != 64 or config.block_k != 64:
         return WsOverlap.NONE
-    return WsOverlap.CARRY if config.block_n <= 128 else WsOverlap.PAIRS
+    carry = config.block_n <= 128 and _triton_minor() in CARRY_TRITON
+    return WsOverlap.CARRY if carry else WsOverlap.PAIRS
 
 
 def racy(config: GemmConfig) -> bool:

@@ -56,6 +56,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from .gemm_gluon import _byte_layout, decode_operand, group_params, group_words
 from .gemm_triton import tile_position
 
+#: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
+_tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
+
 
 
 @gluon.jit
@@ -67,8 +70,8 @@ def _loader(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks,
         mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
         mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + c_desc.block_type.nbytes)
         k = (kb0 + i) * BLOCK_K
-        tma.async_copy_global_to_shared(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
-        tma.async_copy_global_to_shared(c_desc, [n0, k // 8], ready.index(s), c_bufs.index(s))
+        _tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
+        _tma_load(c_desc, [n0, k // 8], ready.index(s), c_bufs.index(s))
 
 
 @gluon.jit
