@@ -121,11 +121,17 @@ def test_overlap_by_tile(monkeypatch):
     """CARRY up to 128 rows of W under the Triton versions checked for it (PAIRS under
     others), PAIRS at 256 (64 x 64 tiles only), and the registers the consumers get."""
     ws = lambda bm, bn, bk: gm.GemmConfig(bm, bn, bk, 1, gm.ws_warps(bn), 3)  # noqa: E731
-    monkeypatch.setattr(gm, "_triton_minor", lambda: "3.6")
+    monkeypatch.setattr(tuning, "installed_triton", lambda: "3.6")
     assert gm.ws_overlap(ws(64, 64, 64)) == gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.CARRY
-    monkeypatch.setattr(gm, "_triton_minor", lambda: "3.9")
+    monkeypatch.setattr(tuning, "installed_triton", lambda: "3.9")
     assert gm.ws_overlap(ws(64, 64, 64)) == gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.PAIRS
     assert gm.ws_overlap(ws(64, 256, 64)) == gm.WsOverlap.PAIRS
     assert {gm.ws_overlap(ws(128, 256, 64)), gm.ws_overlap(ws(64, 256, 128)),
             gm.ws_overlap(ws(128, 128, 64))} == {gm.WsOverlap.NONE}
     assert [gm.ws_consumer_regs(bn) for bn in (64, 128, 256)] == [232, 160, 112]
+
+
+def test_the_kernels_overlap_constants_are_the_enums():
+    from anybit._matmul import gemm_gluon_ws as gw
+
+    assert [gw.NO_OVERLAP.value, gw.PAIRS.value, gw.CARRY.value] == [int(o) for o in gm.WsOverlap]

@@ -213,13 +213,6 @@ def ws_consumer_regs(block_n: int) -> int:
 CARRY_TRITON = ("3.6",)
 
 
-@functools.cache
-def _triton_minor() -> str:
-    import triton
-
-    return ".".join(triton.__version__.split(".")[:2])
-
-
 def ws_overlap(config: GemmConfig) -> WsOverlap:
     """The deepest overlap of ``config`` whose two register operands fit the consumer's
     registers (``ws_consumer_regs``).  Where they do not, ptxas serializes every wgmma
@@ -229,7 +222,9 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
     rows of x or K-blocks of 128."""
     if config.block_m != 64 or config.block_k != 64:
         return WsOverlap.NONE
-    carry = config.block_n <= 128 and _triton_minor() in CARRY_TRITON
+    from . import tuning  # (it imports this module)
+
+    carry = config.block_n <= 128 and tuning.installed_triton() in CARRY_TRITON
     return WsOverlap.CARRY if carry else WsOverlap.PAIRS
 
 

@@ -9,8 +9,9 @@ barrier every K-block, so their warpgroups decode and multiply in lockstep.  Her
 
 * a program covers ``BLOCK_N`` = 64 x NUM_WG rows of W (NUM_WG consumer warpgroups)
   against ``BLOCK_M`` rows of x, so one x tile serves up to 256 rows of W;
-* the loader partition (the kernel's 4 warps, one thread issuing) copies each K-block's x tile [BLOCK_M, BLOCK_K] (fp16) and code
-  words [BLOCK_N, BLOCK_K / 8] (int32) by TMA into stage ``i % STAGES`` of a ring and
+* the loader partition (the kernel's 4 warps, one thread issuing) copies each K-block's
+  x tile [BLOCK_M, BLOCK_K] (fp16) and code words [BLOCK_N, BLOCK_K / 8] (int32) by TMA
+  into stage ``i % STAGES`` of a ring and
   signals ``ready[stage]`` (mbarrier with the byte count); TMA reads past the end of
   x, W or K as zeros;
 * consumer warpgroup g waits on ``ready``, reads its rows' words from shared memory,
@@ -59,6 +60,8 @@ from .gemm_triton import tile_position
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
 
+#: The kernel's OVERLAP, ``gemm.WsOverlap``'s values (tests/test_gemm_gluon_ws.py checks them).
+NO_OVERLAP, PAIRS, CARRY = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 
 
 @gluon.jit
@@ -80,6 +83,15 @@ def _block_params(params, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: 
     scales_ptr, zeros_ptr, rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg = params
     return group_params(scales_ptr, zeros_ptr, rows, (kb * BLOCK_K) // GROUP, num_groups, stride_sn, stride_sg,
                         stride_zn, stride_zg, MODE)
+
+
+@gluon.jit
+def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr):
+    """The window (scale, zero of three consecutive K-blocks) one block on: the first
+    block's dropped, block kb's loads issued."""
+    _, _, s2, z2, s3, z3 = window
+    s4, z4 = _block_params(params, kb, BLOCK_K, GROUP, MODE)
+    return s2, z2, s3, z3, s4, z4
 
 
 @gluon.jit
@@ -122,6 +134,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE)
     s2, z2 = _block_params(params, kb0 + 1, BLOCK_K, GROUP, MODE)
     s3, z3 = _block_params(params, kb0 + 2, BLOCK_K, GROUP, MODE)
+    window = (s1, z1, s2, z2, s3, z3)
     # The K-blocks in pairs, a1 holding the first block's register operand and a0 the
     # second's.  OVERLAP (``gemm.WsOverlap``) says which MMA may still run while the next
     # block is decoded:
@@ -136,37 +149,35 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     acc = gl.zeros([64, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        a = _decode(c_bufs, ready, 0, WG, word_layout, select, s1, z1, BLOCK_K, STAGES, a_layout)
+        a = _decode(c_bufs, ready, 0, WG, word_layout, select, window[0], window[1], BLOCK_K, STAGES, a_layout)
         acc = warpgroup_mma(a, x_bufs.index(0).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(0), count=1)
-        s4, z4 = _block_params(params, kb0 + 3, BLOCK_K, GROUP, MODE)
-        s1, z1, s2, z2, s3, z3 = s2, z2, s3, z3, s4, z4
+        window = _advance(params, window, kb0 + 3, BLOCK_K, GROUP, MODE)
     a0 = gl.zeros([64, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
-        a1 = _decode(c_bufs, ready, i, WG, word_layout, select, s1, z1, BLOCK_K, STAGES, a_layout)
+        a1 = _decode(c_bufs, ready, i, WG, word_layout, select, window[0], window[1], BLOCK_K, STAGES, a_layout)
         acc = warpgroup_mma(a1, x_bufs.index(i % STAGES).permute((1, 0)), acc, is_async=True)
-        if OVERLAP == 0:
+        if OVERLAP == NO_OVERLAP:
             acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
             mbarrier.arrive(empty.index(i % STAGES), count=1)
-        elif OVERLAP == 2:  # MMA i - 1 (the last pair's second) done
+        elif OVERLAP == CARRY:  # MMA i - 1 (the last pair's second) done
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
             mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=i > first)
-        s4, z4 = _block_params(params, kb0 + i + 3, BLOCK_K, GROUP, MODE)
-        s1, z1, s2, z2, s3, z3 = s2, z2, s3, z3, s4, z4
-        a0 = _decode(c_bufs, ready, i + 1, WG, word_layout, select, s1, z1, BLOCK_K, STAGES, a_layout)
+        window = _advance(params, window, kb0 + i + 3, BLOCK_K, GROUP, MODE)
+        a0 = _decode(c_bufs, ready, i + 1, WG, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
+                     a_layout)
         acc = warpgroup_mma(a0, x_bufs.index((i + 1) % STAGES).permute((1, 0)), acc, is_async=True)
-        if OVERLAP == 0:
+        if OVERLAP == NO_OVERLAP:
             acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
             mbarrier.arrive(empty.index((i + 1) % STAGES), count=1)
-        elif OVERLAP == 1:
+        elif OVERLAP == PAIRS:
             acc, a1, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1, a0))
             mbarrier.arrive(empty.index(i % STAGES), count=1)
             mbarrier.arrive(empty.index((i + 1) % STAGES), count=1)
         else:  # MMA i done, i + 1 in flight
             acc, a1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a1))
             mbarrier.arrive(empty.index(i % STAGES), count=1)
-        s4, z4 = _block_params(params, kb0 + i + 4, BLOCK_K, GROUP, MODE)
-        s1, z1, s2, z2, s3, z3 = s2, z2, s3, z3, s4, z4
+        window = _advance(params, window, kb0 + i + 4, BLOCK_K, GROUP, MODE)
     acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
     # (CARRY leaves the last block's stage without its arrival: it is never refilled)
 

@@ -175,6 +175,12 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
+@functools.cache
+def installed_triton() -> str:
+    """major.minor of the installed Triton ('' without one)."""
+    return _minor(_triton_version())
+
+
 def _sources() -> list[Path]:
     """Table files in lookup order (see the module docstring)."""
     setting = os.environ.get(TABLE_ENV, "").strip()
@@ -208,7 +214,7 @@ def _cuda_name(index: int) -> str:
 def tables_for(gpu: str, sms: int) -> tuple[TunedTable, ...]:
     """The tables that apply to a GPU (name, SM count) under the installed Triton, in
     lookup order.  Read once per process (``clear_caches`` re-reads)."""
-    installed = _minor(_triton_version())
+    installed = installed_triton()
     found = []
     for path in _sources():
         table = read_table(path)
