@@ -42,17 +42,20 @@ def test_generate_static_cache_compiled_with_cuda_graphs(quantized):
     assert torch.equal(again, eager)
 
 
+@pytest.mark.parametrize("attention", sorted(e2e.ATTENTION))
 @pytest.mark.parametrize("fusion", [False, True], ids=["apart", "fused"])
 @pytest.mark.parametrize("batch", [1, 8, 32])
-def test_e2e_decoder_graph_replays_the_eager_steps(quantized, batch, fusion):
+def test_e2e_decoder_graph_replays_the_eager_steps(quantized, batch, fusion, attention):
     """The benchmark's captured decoding step produces the tokens that eager steps produce
-    (with anybit.SiblingFusion: q/k/v and gate/up in one launch each)."""
+    (with anybit.SiblingFusion: q/k/v and gate/up in one launch each; with either attention)."""
+    e2e.use_attention(quantized, "sdpa")
     eager = e2e.Decoder(quantized, batch, prompt_len=16, max_steps=32)
     tokens = []
     for _ in range(6):
         eager.step()
         tokens.append(eager.token.clone())
     torch._dynamo.reset()
+    e2e.use_attention(quantized, attention)
     e2e._compile_layers(quantized, fusion)
     graphed = e2e.Decoder(quantized, batch, prompt_len=16, max_steps=32)
     graphed.capture(warmup=3)  # three eager steps, then one captured

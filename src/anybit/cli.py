@@ -206,7 +206,8 @@ def _demo_e2e(console: Console) -> None:
 
 def _e2e_table(result: dict) -> Table:
     fused = ", q/k/v and gate/up in one launch each" if result["env"].get("sibling_fusion") else ""
-    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']}{fused} "
+    attention = f", attention {result['env']['attention']}" if result["env"].get("attention") else ""
+    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']}{fused}{attention} "
                         f"(anybit bench --e2e)")
     for col in ("format", "batch", "ms/step", "tokens/s", "vs fp16", "weights GiB"):
         table.add_column(col, justify="left" if col == "format" else "right")
@@ -314,7 +315,7 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     out = _results_path(args, gpu, datetime.date.today().isoformat())
     result = e2e.run(formats, args.batches or list(e2e.DEFAULT_BATCHES), steps=args.steps, fusion=not args.no_fusion,
-                     on_result=lambda partial: e2e.write(partial, out))
+                     attention=args.attention, on_result=lambda partial: e2e.write(partial, out))
     Console().print(_e2e_table(result))
     print(f"results: {out}")
     return 0
@@ -399,6 +400,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import e2e
+
     parser = argparse.ArgumentParser(prog="anybit", description="Low-bit weights for LLM inference.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -466,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batches", type=int, nargs="+", help="with --e2e: batch sizes (default 1 8 32)")
     b.add_argument("--no-fusion", action="store_true",
                    help="with --e2e: one kernel launch per quantized layer (no anybit.SiblingFusion)")
+    b.add_argument("--attention", default=e2e.DEFAULT_ATTENTION, choices=sorted(e2e.ATTENTION),
+                   help="with --e2e: attention of the decoding token, the same for every format "
+                        "(default sdpa-packed-gqa: PyTorch SDPA on the key/value heads; flex-gqa: PyTorch flex_attention, grouped heads native; "
+                        "sdpa: transformers' own, which repeats the key/value heads)")
     b.add_argument("--steps", type=int, default=100, help="with --e2e: decoding steps timed")
     b.add_argument("--m", type=int, nargs="+", help="rows of x (default: the standard list 1..4096)")
     b.add_argument("--shapes", type=_shape, nargs="+", help="NxK layer shapes (default: the 8 standard ones)")

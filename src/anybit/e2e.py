@@ -6,6 +6,15 @@ format and batch size the same stack runs:
 
 * transformers' ``LlamaForCausalLM`` in fp16 with a static KV cache
   (``transformers.StaticCache``), prompt of ``prompt_len`` random tokens;
+* attention (``attention=``, the same for every format), for the decoding
+  token (the prompt always runs transformers' ``sdpa``):
+  ``"sdpa-packed-gqa"`` (default) PyTorch's scaled_dot_product_attention on
+  the 8 key/value heads, the 4 query heads that share one stacked as 4 query
+  rows (:func:`packed_gqa_attention`); ``"flex-gqa"`` PyTorch's flex_attention
+  compiled with the layer, grouped-query attention native
+  (:func:`flex_gqa_attention`; on an H200 slower than ``sdpa-packed-gqa`` at
+  batch 1 and 8, faster at 32); ``"sdpa"`` transformers' own, which under
+  ``torch.compile`` copies each layer's key/value cache into 32 heads every step;
 * every decoder layer compiled by ``torch.compile`` (one compiled region
   shared by all layers; it fuses the norms, rotary embedding and residual
   adds); the linear layers are ``nn.Linear`` (cuBLAS) for fp16 and
@@ -41,6 +50,10 @@ LLAMA_31_8B = dict(
 DEFAULT_FORMATS = ("int4-g128", "int3-g128")
 DEFAULT_BATCHES = (1, 8, 32)
 
+#: ``attention=`` choices: their names in transformers' attention interface.
+ATTENTION = {"flex-gqa": "anybit_flex_gqa", "sdpa-packed-gqa": "anybit_sdpa_packed_gqa", "sdpa": "sdpa"}
+DEFAULT_ATTENTION = "sdpa-packed-gqa"
+
 
 @dataclass
 class E2ERow:
@@ -67,6 +80,95 @@ def random_llama(config: dict, device: torch.device, seed: int = 0) -> nn.Module
     finally:
         torch.set_default_dtype(default)
     return model.eval()
+
+
+def _prompt_or_token(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs):
+    """transformers' ``sdpa`` output for what the decoding-token paths do not take
+    (several query tokens, no grouped heads, a position bias), else None."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    heads, length, kv_heads = query.shape[1], query.shape[2], key.shape[1]
+    if length != 1 or heads == kv_heads or kwargs.get("position_bias") is not None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if heads % kv_heads:
+        raise ValueError(f"query heads ({heads}) must be a multiple of key/value heads ({kv_heads})")
+    return None
+
+
+def packed_gqa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                         is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Grouped-query attention of one decoding token without repeating the key/value heads.
+
+    Shapes (transformers' attention interface): ``query`` (B, Hq, L, D),
+    ``key``/``value`` (B, Hkv, S, D), ``attention_mask`` boolean or additive,
+    (B or 1, 1, L, S) or None; returns ((B, L, Hq, D), None).
+
+    For L = 1 the R = Hq / Hkv query heads that share a key/value head
+    (heads h*R .. h*R+R-1) become R query rows of head h: query viewed as
+    (B, Hkv, R, D), the mask (B, 1, 1, S) broadcast over them, so
+    scaled_dot_product_attention reads each cached key/value once and nothing
+    is copied. Any other L (the prompt) goes to transformers' ``sdpa``.
+    """
+    other = _prompt_or_token(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
+    if other is not None:
+        return other
+    batch, heads, _, dim = query.shape
+    kv_heads = key.shape[1]
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.reshape(batch, kv_heads, heads // kv_heads, dim), key, value, attn_mask=attention_mask,
+        dropout_p=dropout, scale=scaling)
+    return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
+
+
+def flex_gqa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                       attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                       is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention of one decoding token through PyTorch's flex_attention, grouped heads native.
+
+    Shapes as :func:`packed_gqa_attention`. The mask's last row, (B, S) after
+    broadcasting the batch, is read inside the kernel by a score modifier
+    (-inf where a boolean mask is False, else the additive mask's value), so
+    no block mask is built per step. Under ``torch.compile`` the call becomes
+    Inductor's flex-decoding kernel; uncompiled it runs PyTorch's reference.
+    Any other L (the prompt) goes to transformers' ``sdpa``. No dropout.
+    """
+    from torch.nn.attention.flex_attention import flex_attention
+
+    other = _prompt_or_token(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
+    if other is not None:
+        return other
+    if dropout:
+        raise ValueError(f"flex-gqa attention has no dropout (got dropout={dropout})")
+    score_mod = None
+    if attention_mask is not None:
+        keep = attention_mask[:, 0, -1, :].expand(query.shape[0], key.shape[2])
+        boolean = keep.dtype == torch.bool
+
+        def masked(score, b, h, q, kv):
+            return torch.where(keep[b, kv], score, -float("inf")) if boolean else score + keep[b, kv]
+
+        score_mod = masked
+    out = flex_attention(query, key, value, score_mod=score_mod, scale=scaling, enable_gqa=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
+_FUNCTIONS = {"anybit_flex_gqa": flex_gqa_attention, "anybit_sdpa_packed_gqa": packed_gqa_attention}
+
+
+def use_attention(model: nn.Module, attention: str) -> None:
+    """Set ``model``'s attention to one of :data:`ATTENTION` (registering ours with transformers)."""
+    if attention not in ATTENTION:
+        raise ValueError(f"attention={attention!r}: expected one of {sorted(ATTENTION)}")
+    name = ATTENTION[attention]
+    if name in _FUNCTIONS:
+        from transformers import AttentionInterface
+        from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+        AttentionInterface.register(name, _FUNCTIONS[name])
+        AttentionMaskInterface.register(name, sdpa_mask)  # the same masks as "sdpa"
+    model.set_attn_implementation(name)
 
 
 class Decoder:
@@ -157,12 +259,13 @@ def step_ms(model: nn.Module, batch: int, *, prompt_len: int, steps: int) -> flo
 
 def run(
     formats=DEFAULT_FORMATS, batches=DEFAULT_BATCHES, *, config: dict | None = None, prompt_len: int = 128,
-    steps: int = 100, fusion: bool = True, log=print, on_result=None,
+    steps: int = 100, fusion: bool = True, attention: str = DEFAULT_ATTENTION, log=print, on_result=None,
 ) -> dict:
     """Measure fp16 and each format (see the module docstring); returns the results dict.
 
     ``fusion``: compile the quantized models' layers with ``anybit.SiblingFusion``
     (q/k/v and gate/up each in one kernel launch; fp16 runs transformers' layers as they are).
+    ``attention``: a key of :data:`ATTENTION`, the same for every format.
 
     ``on_result``, if given, is called with the results so far after each measurement
     (to save partial results of a long run).
@@ -174,15 +277,16 @@ def run(
     config = dict(config or LLAMA_31_8B)
     device = torch.device("cuda")
     base = random_llama(config, device)
+    use_attention(base, attention)
     import transformers
 
     env = {
         "gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "transformers": transformers.__version__,
         "anybit": __version__, "date": datetime.date.today().isoformat(),
-        "stack": "transformers LlamaForCausalLM, StaticCache, decoder layers torch.compile'd, one CUDA graph "
-                 "per decoding step; all linear layers (lm_head included) quantized"
+        "stack": f"transformers LlamaForCausalLM, StaticCache, attention {attention}, decoder layers "
+                 "torch.compile'd, one CUDA graph per decoding step; all linear layers (lm_head included) quantized"
                  + ("; quantized layers sharing an input in one launch (anybit.SiblingFusion)" if fusion else ""),
-        "prompt_len": prompt_len, "steps": steps, "sibling_fusion": fusion,
+        "prompt_len": prompt_len, "steps": steps, "sibling_fusion": fusion, "attention": attention,
     }
     rows: list[E2ERow] = []
     fp16: dict[int, float] = {}

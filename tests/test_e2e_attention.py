@@ -1,0 +1,89 @@
+"""The end-to-end benchmark's attention: grouped-query attention without repeated key/value heads.
+
+CPU, float32, a tiny Llama with 4 query heads per key/value head; the reference is
+transformers' eager attention (key/value heads repeated, explicit softmax).
+"""
+
+import pytest
+import torch
+
+from anybit import e2e
+
+pytest.importorskip("transformers")
+
+TINY = dict(e2e.LLAMA_31_8B, vocab_size=256, hidden_size=128, intermediate_size=96, num_hidden_layers=2,
+            num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
+
+
+def _model(attention: str) -> torch.nn.Module:
+    model = e2e.random_llama(TINY, torch.device("cpu"), seed=3).float()
+    if attention == "eager":
+        model.set_attn_implementation("eager")
+    else:
+        e2e.use_attention(model, attention)
+    return model
+
+
+def _decode(model, batch: int, steps: int) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Greedy tokens and each step's logits after an 8-token prompt."""
+    decoder = e2e.Decoder(model, batch, prompt_len=8, max_steps=steps + 4, seed=5)
+    tokens, logits = [], []
+    for _ in range(steps):
+        with torch.inference_mode():
+            out = model(input_ids=decoder.token, past_key_values=decoder.cache, use_cache=True,
+                        cache_position=decoder.position).logits
+        logits.append(out.clone())
+        decoder.token.copy_(out[:, -1:].argmax(-1))
+        decoder.position.add_(1)
+        tokens.append(decoder.token.clone())
+    return torch.cat(tokens, 1), logits
+
+
+OURS = [name for name in e2e.ATTENTION if name != "sdpa"]
+
+
+@pytest.mark.parametrize("attention", OURS)
+@pytest.mark.parametrize("batch", [1, 3])
+def test_grouped_attention_matches_repeated_heads(batch, attention):
+    ref_tokens, ref_logits = _decode(_model("eager"), batch, steps=5)
+    tokens, logits = _decode(_model(attention), batch, steps=5)
+    assert torch.equal(tokens, ref_tokens)
+    for got, want in zip(logits, ref_logits):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", OURS)
+def test_grouped_attention_compiles_without_graph_breaks(attention):
+    """Each decoder layer compiles with fullgraph=True and gives the eager logits."""
+    torch._dynamo.reset()
+    ref_tokens, ref_logits = _decode(_model("eager"), 2, steps=3)
+    model = _model(attention)
+    e2e._compile_layers(model, fusion=False)
+    tokens, logits = _decode(model, 2, steps=3)
+    torch._dynamo.reset()
+    assert torch.equal(tokens, ref_tokens)
+    for got, want in zip(logits, ref_logits):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("attention", OURS)
+def test_grouped_attention_leaves_the_prompt_to_sdpa(monkeypatch, attention):
+    """More than one query token (the prompt) goes to transformers' sdpa unchanged."""
+    import transformers.integrations.sdpa_attention as sdpa
+
+    calls = []
+    real = sdpa.sdpa_attention_forward
+
+    def spy(*args, **kwargs):
+        calls.append(args[1].shape)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sdpa, "sdpa_attention_forward", spy)
+    _decode(_model(attention), 1, steps=2)
+    assert [shape[2] for shape in calls] == [8] * TINY["num_hidden_layers"]
+
+
+def test_unknown_attention_is_refused():
+    model = e2e.random_llama(TINY, torch.device("cpu"))
+    with pytest.raises(ValueError, match="attention='flash'.*sdpa"):
+        e2e.use_attention(model, "flash")
