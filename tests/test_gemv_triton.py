@@ -122,6 +122,21 @@ def test_auto_uses_the_reference_path_on_cpu(monkeypatch):
     assert select_backend(torch.randn(2, 96, dtype=torch.float16), qw) is Backend.REFERENCE
 
 
+@pytest.mark.parametrize("m", [1, 4, 5, 8, 16])
+def test_heuristic_splits_twice_as_far_at_eight_rows(m):
+    """5 to 8 rows of x (BLOCK_M 8) with 128-code K-blocks split K for 8 programs per SM,
+    other row counts for 4, and so do the 256-code blocks of per-row groups."""
+    config = g.gemv_config(m, 4096, 14336, 128, 132, ptx=True, split_groups=True)
+    per_sm = 8 if 4 < m <= 8 else 4
+    assert config == g.gemv_config(m, 4096, 14336, 128, 132, per_sm, ptx=True, split_groups=True)
+    assert config.split_k == g.split_for(14336 // config.block_k, 4096 // config.block_n, per_sm, 132)
+    if per_sm == 8:
+        assert config.split_k > g.gemv_config(m, 4096, 14336, 128, 132, 4, ptx=True, split_groups=True).split_k
+    per_row = g.gemv_config(m, 4096, 14336, 14336, 132, ptx=True)
+    assert per_row.block_k == 256
+    assert per_row == g.gemv_config(m, 4096, 14336, 14336, 132, 4, ptx=True)
+
+
 def test_heuristic_is_deterministic_and_group_aligned():
     for (m, n, k, group), per_sm, (ptx, split_groups, interleaved) in itertools.product(
         [(1, 4096, 4096, 128), (32, 28672, 4096, 64), (7, 576, 576, 576), (1, 64, 1536, 16), (3, 4096, 14336, 128),

@@ -116,8 +116,10 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
       block), but it measured slower for uint4-g128 on most shapes (the x sums
       cost warp shuffles; decode-v9d-uint4.json), so the heuristic does not.
     * 32 rows per program on 2 warps (mma.sync), 3 pipeline stages, x read in
-      pairs; split-K to about ``programs_per_sm`` programs per SM (4 unless
-      given, see below), with a split count that divides the K-blocks.
+      pairs; split-K to about ``programs_per_sm`` programs per SM (unless
+      given, ``heuristic_programs_per_sm``: 4, or 8 at 5 to 8 rows of x and 128-code
+      K-blocks), with
+      a split count that divides the K-blocks.
     * ``interleaved`` (the PTX path's C >= 4 tensors put back in k order, see
       ``ptx_natural``) at 32 rows of x: 64 rows per program on 4 warps
       (int3-g128, M=32: 1.13x fp16 against 0.97x; variants-v8e), and about 2
@@ -137,14 +139,26 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     block_n = 64 if wide else 32
     k_blocks = -(-k // block_k)
     n_tiles = -(-n // block_n)
-    split_k = split_for(k_blocks, n_tiles, programs_per_sm or heuristic_programs_per_sm(block_n), sms)
+    split_k = split_for(k_blocks, n_tiles, programs_per_sm or heuristic_programs_per_sm(block_m, block_n, block_k), sms)
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True)
 
 
-def heuristic_programs_per_sm(block_n: int) -> int:
+def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int) -> int:
     """The programs per SM ``gemv_config`` splits K for: 2 with its 64-row tiles (the
-    interleaved widths at 32 rows of x), else 4."""
-    return 2 if block_n == 64 else 4
+    interleaved widths at 32 rows of x), 8 at 5 to 8 rows of x (BLOCK_M 8) with
+    128-code K-blocks, else 4.
+
+    At 8 rows of x, twice the splits (twice the warps in flight) ran int4-g128 at
+    2.25x fp16 (geomean of the 8 standard shapes and 128256 x 4096) against 2.08x
+    with 4 per SM, up to 25% faster on layers with few rows (4096 x 14336: 19.6 ->
+    15.2 us); uint4-g128 1.97x against 1.92x and nf4-g128 1.64x against 1.54x on
+    the decoding model's shapes. Not at 16 rows (1.74x against 1.81x), at 1 row
+    (2.12x against 2.30x), nor for the 256-code blocks of per-row groups (int8-gc
+    at 8 rows: 1.59x against 1.77x) (h200-2026-11-21-variants-e4-*.json).
+    """
+    if block_n == 64:
+        return 2
+    return 8 if block_m == 8 and block_k == 128 else 4
 
 
 #: Decode modes the PTX decode path serves (integer codes; tables of 4-bit codes).
@@ -421,8 +435,8 @@ def _(x, codes, scales, zeros, table, bias, ns, k, bits, group, mode, block_m, b
 def merged_split(config: GemvConfig, n_total: int, k: int, sms: int) -> int:
     """Split-K for ``config``'s tiles over ``n_total`` rows (several weights in one launch),
     to the heuristic's programs per SM (``gemv_config``)."""
-    return split_for(-(-k // config.block_k), -(-n_total // config.block_n), heuristic_programs_per_sm(config.block_n),
-                     sms)
+    return split_for(-(-k // config.block_k), -(-n_total // config.block_n),
+                     heuristic_programs_per_sm(config.block_m, config.block_n, config.block_k), sms)
 
 
 def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig | None = None) -> Tensor:
