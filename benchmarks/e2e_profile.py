@@ -39,12 +39,12 @@ steps = 40
 
 def category(name):
     n = name.lower()
+    if "flash" in n or "fmha" in n or "attention" in n or "cudnn" in n or "sdpa" in n:
+        return "attention"  # before cuBLAS: cuDNN's attention kernels name sm90 too
     if "gemv" in n or "_ptx" in n or "anybit" in n:
         return "anybit decode"
     if "gemm" in n or "cutlass" in n or "sm90" in n or "cublas" in n or "nvjet" in n:
         return "cublas"
-    if "flash" in n or "fmha" in n or "attention" in n or "cudnn" in n or "sdpa" in n:
-        return "attention"
     if "triton" in n:
         return "inductor triton"
     return "other"
