@@ -129,10 +129,11 @@ def flex_gqa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor
 
     Shapes as :func:`packed_gqa_attention`. The mask's last row, (B, S) after
     broadcasting the batch, is read inside the kernel by a score modifier
-    (-inf where a boolean mask is False, else the additive mask's value), so
-    no block mask is built per step. Under ``torch.compile`` the call becomes
-    Inductor's flex-decoding kernel; uncompiled it runs PyTorch's reference.
-    Any other L (the prompt) goes to transformers' ``sdpa``. No dropout.
+    (-inf where a boolean mask is False, else the additive mask's value); no
+    block mask is passed, so every cache block is visited. Under
+    ``torch.compile`` the call becomes Inductor's flex-attention kernel;
+    uncompiled it runs PyTorch's reference. Any other L (the prompt) goes to
+    transformers' ``sdpa``. No dropout.
     """
     from torch.nn.attention.flex_attention import flex_attention
 

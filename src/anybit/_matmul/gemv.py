@@ -117,9 +117,8 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
       cost warp shuffles; decode-v9d-uint4.json), so the heuristic does not.
     * 32 rows per program on 2 warps (mma.sync), 3 pipeline stages, x read in
       pairs; split-K to about ``programs_per_sm`` programs per SM (unless
-      given, ``heuristic_programs_per_sm``: 4, or 8 at 5 to 8 rows of x and 128-code
-      K-blocks), with
-      a split count that divides the K-blocks.
+      given, ``heuristic_programs_per_sm``: 4, or 8 at 5 to 8 rows of x and
+      128-code K-blocks), with a split count that divides the K-blocks.
     * ``interleaved`` (the PTX path's C >= 4 tensors put back in k order, see
       ``ptx_natural``) at 32 rows of x: 64 rows per program on 4 warps
       (int3-g128, M=32: 1.13x fp16 against 0.97x; variants-v8e), and about 2
