@@ -27,7 +27,7 @@ def make(B, S, pos):
     return q, ks, vs, mask
 
 
-def unpacked(q, k, v, mask, backend=None):
+def unpacked(q, k, v, mask):
     B = q.shape[0]
     k = k[:, :, None].expand(B, HKV, R, *k.shape[2:]).reshape(B, H, *k.shape[2:])
     v = v[:, :, None].expand(B, HKV, R, *v.shape[2:]).reshape(B, H, *v.shape[2:])

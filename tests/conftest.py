@@ -98,10 +98,7 @@ def launch_on_weight(launch, x, qw, config, bias=None, **buffers):
     its other keyword arguments (``out``, ``workspace``, ``overlap``)."""
     from anybit._matmul import gemm as gm
 
-    n, k = qw.shape
-    config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
-    return launch(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits, group,
-                  qw.format.kernel_decode().mode, config, **buffers)
+    return gm.on_weight(launch, x, qw, bias, config, **buffers)
 
 
 def check_sweep(run, config_for, spec: str, n: int, k: int):

@@ -641,26 +641,29 @@ def planned_matmul(x: Tensor, qw: QuantizedWeight, bias: Tensor | None) -> Tenso
     return y.reshape(*x.shape[:-1], n)
 
 
-def _on_weight(launch, x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
-    """``launch`` (a Gluon kernel's, operands as ``launch_gemm_gluon``'s) on x (..., K) and ``qw``."""
+def on_weight(launch, x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig,
+              **options) -> Tensor:
+    """``launch`` (a Gluon kernel's, operands as ``launch_gemm_gluon``'s) on x (..., K) and ``qw``,
+    with ``config`` as the dispatcher adjusts it (``launch_settings``); ``options``: the
+    launch's other keyword arguments (``out``, ``workspace``, ``overlap``, ...)."""
     n, k = qw.shape
     x2 = x.reshape(-1, k)
     config, group = launch_settings(qw, x2.shape[0], x.device, config)
     y = launch(x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits, group,
-               qw.format.kernel_decode().mode, config)
+               qw.format.kernel_decode().mode, config, **options)
     return y.reshape(*x.shape[:-1], n)
 
 
 def gemm_gluon(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
     """x (..., K) fp16 -> (..., N) fp16 on the Gluon kernel (Hopper; ``gluon_supported``
     formats, else ValueError)."""
-    return _on_weight(launch_gemm_gluon, x, qw, bias, config)
+    return on_weight(launch_gemm_gluon, x, qw, bias, config)
 
 
 def gemm_gluon_ws(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig) -> Tensor:
     """x (..., K) fp16 -> (..., N) fp16 on the warp-specialized Gluon kernel (Hopper;
     ``gluon_ws_supported`` formats, else ValueError)."""
-    return _on_weight(launch_gemm_gluon_ws, x, qw, bias, config)
+    return on_weight(launch_gemm_gluon_ws, x, qw, bias, config)
 
 
 def gemm(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemmConfig | None = None) -> Tensor:
