@@ -420,7 +420,7 @@ def gemv_kernel(
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False, EVEN_K: tl.constexpr = False,
     PTX_GROUPS: tl.constexpr = 0, PTX_ASM: tl.constexpr = "", PTX_CONSTRAINTS: tl.constexpr = "",
-    PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1,
+    PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias), for WEIGHTS (1 to 3) weights at once.
 
@@ -436,7 +436,8 @@ def gemv_kernel(
     read x two elements at a time.  EVEN_K: every K-block of every split lies
     inside K (K a multiple of BLOCK_K, the blocks a multiple of SPLIT_K), so
     loads along K need no mask.  PTX_GROUPS: see ``gemv.ptx_groups`` (0 in
-    the interpreter, which cannot run PTX).
+    the interpreter, which cannot run PTX).  PDL: launched with ``launch_pdl``
+    (Hopper on; never in the interpreter): wait for the previous kernel first.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -460,6 +461,14 @@ def gemv_kernel(
     w_rows = tl.minimum(rows, N - 1)
     x_rows = tl.minimum(offs_m, M - 1)
     dtype = x_ptr.dtype.element_ty
+    if PDL:
+        # Launched as a programmatic dependent (``gemv.programmatic_launch``): this program
+        # may start while the kernel before it still runs.  Nothing is read or written
+        # before that kernel has finished (x, the split-K counters and workspace, and
+        # buffers it may still read are all touched after the wait); then the next
+        # kernel may launch, and it waits in turn before touching what this one writes.
+        tl.extra.cuda.gdc_wait()
+        tl.extra.cuda.gdc_launch_dependents()
 
     # Each split runs BLOCKS_PER_SPLIT K-blocks (a constexpr: fixed per layer
     # shape); without EVEN_K, blocks past the end of K load nothing, the loads
