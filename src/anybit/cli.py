@@ -315,7 +315,8 @@ def cmd_bench_e2e(args: argparse.Namespace) -> int:
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     out = _results_path(args, gpu, datetime.date.today().isoformat())
     result = e2e.run(formats, args.batches or list(e2e.DEFAULT_BATCHES), steps=args.steps, fusion=not args.no_fusion,
-                     attention=args.attention, on_result=lambda partial: e2e.write(partial, out))
+                     attention=args.attention, inductor_pdl=not args.no_inductor_pdl,
+                     on_result=lambda partial: e2e.write(partial, out))
     Console().print(_e2e_table(result))
     print(f"results: {out}")
     return 0
@@ -469,6 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--batches", type=int, nargs="+", help="with --e2e: batch sizes (default 1 8 32)")
     b.add_argument("--no-fusion", action="store_true",
                    help="with --e2e: one kernel launch per quantized layer (no anybit.SiblingFusion)")
+    b.add_argument("--no-inductor-pdl", action="store_true",
+                   help="with --e2e: compile the layers without Inductor's programmatic dependent launch")
     b.add_argument("--attention", default=e2e.DEFAULT_ATTENTION, choices=sorted(e2e.ATTENTION),
                    help="with --e2e: attention of the decoding token, the same for every format "
                         "(default sdpa-packed-gqa: PyTorch SDPA on the key/value heads; flex-gqa: PyTorch "

@@ -17,7 +17,11 @@ format and batch size the same stack runs:
   ``torch.compile`` copies each layer's key/value cache into 32 heads every step;
 * every decoder layer compiled by ``torch.compile`` (one compiled region
   shared by all layers; it fuses the norms, rotary embedding and residual
-  adds); the linear layers are ``nn.Linear`` (cuBLAS) for fp16 and
+  adds), by default with Inductor's programmatic dependent launch
+  (``inductor_pdl=``: its kernels may launch while the one before them
+  ends, on Hopper and later; anybit's decode kernel launches so too, see
+  ``gemv.programmatic_launch``; cuBLAS launches its own as it does); the
+  linear layers are ``nn.Linear`` (cuBLAS) for fp16 and
   :class:`anybit.QuantLinear` otherwise, every linear layer including
   ``lm_head``;
 * one greedy decoding step (forward, argmax, position + 1) captured in a CUDA
@@ -232,14 +236,14 @@ class Decoder:
 RECOMPILE_LIMIT = 4096
 
 
-def _compile_layers(model: nn.Module, fusion: bool) -> None:
+def _compile_layers(model: nn.Module, fusion: bool, inductor_pdl: bool = True) -> None:
     import torch._dynamo.config
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_recompile_limit = max(
         torch._dynamo.config.accumulated_recompile_limit, RECOMPILE_LIMIT
     )
-    options = {}
+    options = {"triton.enable_pdl": inductor_pdl}
     if fusion:
         from ._matmul.fusion import SiblingFusion
 
@@ -260,13 +264,16 @@ def step_ms(model: nn.Module, batch: int, *, prompt_len: int, steps: int) -> flo
 
 def run(
     formats=DEFAULT_FORMATS, batches=DEFAULT_BATCHES, *, config: dict | None = None, prompt_len: int = 128,
-    steps: int = 100, fusion: bool = True, attention: str = DEFAULT_ATTENTION, log=print, on_result=None,
+    steps: int = 100, fusion: bool = True, attention: str = DEFAULT_ATTENTION, inductor_pdl: bool = True,
+    log=print, on_result=None,
 ) -> dict:
     """Measure fp16 and each format (see the module docstring); returns the results dict.
 
     ``fusion``: compile the quantized models' layers with ``anybit.SiblingFusion``
     (q/k/v and gate/up each in one kernel launch; fp16 runs transformers' layers as they are).
     ``attention``: a key of :data:`ATTENTION`, the same for every format.
+    ``inductor_pdl``: compile every model's layers with Inductor's programmatic dependent
+    launch (``torch._inductor.config.triton.enable_pdl``).
 
     ``on_result``, if given, is called with the results so far after each measurement
     (to save partial results of a long run).
@@ -286,8 +293,10 @@ def run(
         "anybit": __version__, "date": datetime.date.today().isoformat(),
         "stack": f"transformers LlamaForCausalLM, StaticCache, attention {attention}, decoder layers "
                  "torch.compile'd, one CUDA graph per decoding step; all linear layers (lm_head included) quantized"
-                 + ("; quantized layers sharing an input in one launch (anybit.SiblingFusion)" if fusion else ""),
+                 + ("; quantized layers sharing an input in one launch (anybit.SiblingFusion)" if fusion else "")
+                 + ("; Inductor's kernels with programmatic dependent launch" if inductor_pdl else ""),
         "prompt_len": prompt_len, "steps": steps, "sibling_fusion": fusion, "attention": attention,
+        "inductor_pdl": inductor_pdl,
     }
     rows: list[E2ERow] = []
     fp16: dict[int, float] = {}
@@ -302,7 +311,7 @@ def run(
             model = copy.deepcopy(base)
             quantize_(model, fmt, skip=(), progress=False)
         gib = model_nbytes(model) / 2**30
-        _compile_layers(model, fusion and fmt != "float16")
+        _compile_layers(model, fusion and fmt != "float16", inductor_pdl)
         for batch in batches:
             ms = step_ms(model, batch, prompt_len=prompt_len, steps=steps)
             if fmt == "float16":
