@@ -5,7 +5,7 @@ Usage on a CUDA machine::
     PYTHONPATH=src python benchmarks/gemv_variants.py --format int4-g128 --m 1 16 \
         --variants 16,64,128,1,4,2 16,64,128,1,4,1 ... [--out results.json]
 
-A variant is ``auto`` (the decode kernel's heuristic) or ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
+A variant is ``auto`` (the decode kernel's heuristic, at M <= 32 with either ``--kernel``) or ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
 block_m 0 means the next power of two of M; split_k 0 or -p means about four
 (p) programs per SM, with a split count that divides the K-blocks, and b<n> about n
 K-blocks per split; x_pairs 1
@@ -55,9 +55,7 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
         config = gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), gm.ws_warps(bn), stages, *extra[:1])
         regs, maxnreg, overlap = (extra[1:] + [0, 0, -1])[:3]
         return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap))
-    if text == "auto":  # the heuristic's choice
-        if kernel != "gemv":
-            raise SystemExit("variant auto is for --kernel gemv only")
+    if text == "auto":  # the decode kernel's heuristic (M <= 32), whatever --kernel says
         return None
     fields = text.split(",")
     per_split = fields[3].startswith("b")  # b<n>: n K-blocks per split
