@@ -71,11 +71,16 @@ def _sm_count(device_index: int) -> int:
     return torch.cuda.get_device_properties(device_index).multi_processor_count
 
 
+def cuda_index(device: torch.device) -> int:
+    """The index of a CUDA ``device`` (the current device's where it names none)."""
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
 def sm_count(device: torch.device) -> int:
     """Streaming multiprocessors of ``device``; 4 for the CPU interpreter."""
     if device.type != "cuda":
         return 4
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return _sm_count(cuda_index(device))
 
 
 @traceable_cache(maxsize=None)
@@ -106,7 +111,7 @@ def programmatic_launch(device: torch.device) -> bool:
         raise ValueError(f"{PDL_ENV}={setting!r} is not supported; accepted: {', '.join(PDL_SETTINGS)}")
     if setting == "off" or interpreting() or device.type != "cuda":
         return False
-    return _capability(device.index if device.index is not None else torch.cuda.current_device())[0] >= 9
+    return _capability(cuda_index(device))[0] >= 9
 
 
 def row_block(m: int) -> int:

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from .gemm import Plan, default_plan
-from .gemv import sm_count
+from .gemv import cuda_index, sm_count
 from .perf_model import ModelParams
 
 SCHEMA_VERSION = 1
@@ -202,7 +202,7 @@ def device_name(device: torch.device) -> str:
     """The name tables are keyed by: the CUDA device's name, ``cpu`` for the interpreter."""
     if device.type != "cuda":
         return "cpu"
-    return _cuda_name(device.index if device.index is not None else torch.cuda.current_device())
+    return _cuda_name(cuda_index(device))
 
 
 @functools.lru_cache(maxsize=None)
