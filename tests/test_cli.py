@@ -133,12 +133,13 @@ def test_quantize_gptq_and_budget_from_the_command_line(tiny_with_tokenizer, tmp
 
 
 @pytest.mark.parametrize("fusion", [False, True])
-def test_e2e_table_says_whether_siblings_were_fused_and_which_attention(fusion):
+def test_e2e_table_says_whether_siblings_were_fused_which_attention_and_how_launched(fusion):
     from rich.console import Console
 
     from anybit.cli import _e2e_table
 
-    result = {"env": {"gpu": "GPU X", "sibling_fusion": fusion, "attention": "sdpa-packed-gqa"}, "rows": [
+    result = {"env": {"gpu": "GPU X", "sibling_fusion": fusion, "attention": "sdpa-packed-gqa",
+                      "inductor_pdl": fusion}, "rows": [
         {"format": "float16", "batch": 1, "ms_per_step": 5.0, "tokens_per_s": 200.0, "speedup": 1.0, "weight_gib": 15.0},
         {"format": "int4-g128", "batch": 1, "ms_per_step": 2.5, "tokens_per_s": 400.0, "speedup": 2.0,
          "weight_gib": 4.6}]}
@@ -148,3 +149,4 @@ def test_e2e_table_says_whether_siblings_were_fused_and_which_attention(fusion):
     assert "GPU X" in text and "2.00x" in text
     assert ("q/k/v and gate/up in one launch each" in text) == fusion
     assert "attention sdpa-packed-gqa" in text
+    assert ("programmatic dependent launch" in text) == fusion

@@ -207,8 +207,9 @@ def _demo_e2e(console: Console) -> None:
 def _e2e_table(result: dict) -> Table:
     fused = ", q/k/v and gate/up in one launch each" if result["env"].get("sibling_fusion") else ""
     attention = f", attention {result['env']['attention']}" if result["env"].get("attention") else ""
-    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']}{fused}{attention} "
-                        f"(anybit bench --e2e)")
+    launch = ", programmatic dependent launch" if result["env"].get("inductor_pdl") else ""
+    table = Table(title=f"Llama-3.1-8B-shaped model, greedy decoding on {result['env']['gpu']}{fused}{attention}"
+                        f"{launch} (anybit bench --e2e)")
     for col in ("format", "batch", "ms/step", "tokens/s", "vs fp16", "weights GiB"):
         table.add_column(col, justify="left" if col == "format" else "right")
     for r in result["rows"]:
