@@ -17,6 +17,20 @@ def _seed():
     torch.manual_seed(1234)
 
 
+def compile_script(script: str, *args) -> str:
+    """The output of ``tests/<script> args..``, run in a process without Triton's
+    interpreter: such scripts compile kernels for sm_90 (no GPU needed), which the
+    interpreter cannot."""
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), script), *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done.stdout
+
+
 def unit_roundoff(dtype: torch.dtype) -> float:
     return {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24, torch.float64: 2.0**-53}[dtype]
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import assert_matmul_close, unit_roundoff
+from conftest import assert_matmul_close, compile_script, unit_roundoff
 
 import anybit
 from anybit._matmul import gemm as gm
@@ -85,20 +85,12 @@ def test_a_ws_plan_falls_back_to_the_heuristic_where_it_does_not_apply(monkeypat
     assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(x.dtype))
 
 
-
 def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap) -> str:
     """ptxas's report (-v) on the kernel for ``config`` and ``overlap``, compiled for sm_90
-    without a GPU (tests/ptxas_report.py, in a process without Triton's interpreter)."""
-    import os
-    import subprocess
-    import sys
+    without a GPU (tests/ptxas_report.py)."""
+    return compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
+                          int(overlap))
 
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    args = [config.block_m, config.block_n, config.block_k, config.num_stages, int(overlap)]
-    done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "ptxas_report.py"),
-                           *map(str, args)], capture_output=True, text=True, env=env, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return done.stdout
 
 SERIALIZED = "wgmma.mma_async instructions are serialized"
 

@@ -2,12 +2,10 @@
 is used, what the launch passes, and that the compiled kernel waits before any access."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
+from conftest import compile_script
 
 from anybit._matmul import gemv as g
 from anybit._matmul import gemv_triton
@@ -77,18 +75,13 @@ def test_the_launch_asks_for_it_and_the_kernel_waits(monkeypatch, pdl):
 
 @pytest.mark.parametrize("bits, weights", [(4, 1), (3, 2), (8, 3)])
 def test_the_compiled_kernel_waits_before_touching_memory(bits, weights):
-    """The kernel compiled for sm_90 (no GPU needed; tests/gemv_ptx.py, in a process without
-    Triton's interpreter): griddepcontrol.wait comes before the first load, store, copy or
-    atomic on global memory, and the next kernel is let launch only after the wait (so
-    the kernels after this one also start after the one before it has finished).  The
-    control, without PDL, has neither instruction."""
+    """The kernel compiled for sm_90 (no GPU needed; tests/gemv_ptx.py): griddepcontrol.wait
+    comes before the first load, store, copy or atomic on global memory, and the next
+    kernel is let launch only after the wait (so the kernels after this one also start
+    after the one before it has finished).  The control, without PDL, has neither
+    instruction."""
     def report(pdl):
-        env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-        done = subprocess.run([sys.executable, os.path.join(os.path.dirname(__file__), "gemv_ptx.py"),
-                               str(int(pdl)), str(bits), str(weights)], capture_output=True, text=True, env=env,
-                              timeout=600)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return json.loads(done.stdout)
+        return json.loads(compile_script("gemv_ptx.py", int(pdl), bits, weights))
 
     on = report(True)
     assert on["launch_pdl"] and on["wait"] < on["launch_dependents"] < on["first_global_access"]

@@ -18,8 +18,8 @@ from ..formats._base import Decode
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
-    MMA_K, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count, split_for, split_k_buffers,
-    traceable_cache, weight_operands,
+    MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count, split_for,
+    split_k_buffers, weight_operands,
 )
 
 
@@ -367,11 +367,6 @@ def check_gluon_config(config: GemmConfig) -> None:
                          f"num_warps = 4 per 64 rows of W, num_stages >= 2")
 
 
-@traceable_cache(maxsize=None)
-def _hopper(device_index: int) -> bool:
-    return torch.cuda.get_device_capability(device_index)[0] == 9
-
-
 def check_gluon_ws_config(config: GemmConfig) -> None:
     """ValueError unless the warp-specialized Gluon kernel runs ``config``: block_n 64, 128
     or 256, block_k 64 or 128, num_warps ``ws_warps(block_n)``, a ring of at least 2 stages."""
@@ -402,7 +397,7 @@ def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: to
     """Whether the Gluon kernel (``gemm_gluon``) computes this product: 4-bit integer codes
     (symmetric or with zero points), fp16 x and scales, K-blocks of a multiple of 64
     codes inside one group, and (where ``device`` is given) a Hopper GPU (sm_90)."""
-    if device is not None and (device.type != "cuda" or not _hopper(device.index or torch.cuda.current_device())):
+    if device is not None and (device.type != "cuda" or capability(device)[0] != 9):
         return False
     return bits == 4 and mode in (Decode.SYMMETRIC, Decode.ZERO_POINT) and dtype == torch.float16 \
         and scale_dtype == torch.float16 and block_k % 64 == 0 and group >= block_k

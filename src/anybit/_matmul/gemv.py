@@ -88,6 +88,11 @@ def _capability(device_index: int) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device_index)
 
 
+def capability(device: torch.device) -> tuple[int, int]:
+    """The compute capability of a CUDA ``device`` (read once per device)."""
+    return _capability(cuda_index(device))
+
+
 #: Environment variable switching programmatic dependent launch of the decode kernel
 #: (``programmatic_launch``): ``on`` (the default) or ``off``; read at every launch.
 PDL_ENV = "ANYBIT_PDL"
@@ -111,7 +116,7 @@ def programmatic_launch(device: torch.device) -> bool:
         raise ValueError(f"{PDL_ENV}={setting!r} is not supported; accepted: {', '.join(PDL_SETTINGS)}")
     if setting == "off" or interpreting() or device.type != "cuda":
         return False
-    return _capability(cuda_index(device))[0] >= 9
+    return capability(device)[0] >= 9
 
 
 def row_block(m: int) -> int:
