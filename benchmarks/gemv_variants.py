@@ -14,9 +14,9 @@ reads x in pairs (default 0).  With ``--kernel gemm`` a variant is
 the wait per K-block, wrong results possible; split_k as
 above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
 ``gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]``: the Gluon GEMM (gemm_gluon;
-overlap 1: measurement only, unsafe), or ``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap]]]]``:
+overlap 1: measurement only, unsafe), or ``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]``:
 the warp-specialized Gluon GEMM (gemm_gluon_ws; regs, maxnreg 0: the defaults; overlap 0-2,
-``gemm.WsOverlap``, default ``ws_overlap``).  Each variant is first checked against the float64 reference on fresh random
+``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup, 64 or 128).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run).
 """
@@ -50,10 +50,11 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         return ("gluon", gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4 * (bn // 64), stages,
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
-    if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap]]]]
+    if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
-        config = gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), gm.ws_warps(bn), stages, *extra[:1])
-        regs, maxnreg, overlap = (extra[1:] + [0, 0, -1])[:3]
+        regs, maxnreg, overlap, wg_rows = (extra[1:] + [0, 0, -1, 64][len(extra[1:]):])[:4]
+        config = gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), gm.ws_warps(bn, wg_rows), stages,
+                               *extra[:1])
         return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap))
     if text == "auto":  # the decode kernel's heuristic (M <= 32), whatever --kernel says
         return None

@@ -51,8 +51,9 @@ def test_plans_need_the_kernels_warps():
     plan = gm.Plan(gm.Kernel.GLUON_WS, WS)
     assert gm.Plan.from_dict(plan.to_dict()) == plan
     assert plan.label() == "gluon-ws 64x256x128 split1 20w3s"
+    assert gm.ws_warps(256, 128) == 12 and gm.ws_wg_rows(replace(WS, num_warps=12)) == 128
     for bad in (replace(WS, num_warps=4), replace(WS, block_n=32, num_warps=6), replace(WS, block_k=256),
-                replace(WS, num_stages=1)):
+                replace(WS, num_stages=1), replace(WS, num_warps=6), replace(WS, block_n=64, num_warps=6)):
         with pytest.raises(ValueError, match="warp-specialized"):
             gm.Plan(gm.Kernel.GLUON_WS, bad)
 
@@ -89,23 +90,27 @@ def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap) -> str:
     """ptxas's report (-v) on the kernel for ``config`` and ``overlap``, compiled for sm_90
     without a GPU (tests/ptxas_report.py)."""
     return compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
-                          int(overlap))
+                          int(overlap), config.num_warps)
 
 
 SERIALIZED = "wgmma.mma_async instructions are serialized"
 
 
-@pytest.mark.parametrize("tile", [t for t in (*gm.GLUON_WS_TILES, (64, 64, 64, 6))
-                                  if gm.ws_overlap(gm.GemmConfig(*t[:3], 1, gm.ws_warps(t[1]), t[3]))])
-def test_the_chosen_overlap_keeps_the_mmas_asynchronous(tile):
+def _ws_configs(tiles):
+    """GemmConfigs of (block_m, block_n, block_k, stages[, rows of W per warpgroup]) tiles."""
+    return [gm.GemmConfig(*t[:3], 1, gm.ws_warps(t[1], *t[4:]), t[3]) for t in tiles]
+
+
+@pytest.mark.parametrize("config", [c for c in _ws_configs((*gm.GLUON_WS_TILES, (64, 64, 64, 6), (64, 128, 64, 6, 128),
+                                                            (64, 256, 64, 4, 128), (128, 256, 64, 4, 128)))
+                                    if gm.ws_overlap(c)], ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
+def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
     """Each tile that ``ws_overlap`` overlaps compiles with its MMAs left in flight: where
     the two register operands do not fit, ptxas waits for every wgmma (its note C7512),
-    slower than no overlap at all.  The control, CARRY at 256 rows of W (112 registers),
-    shows the check sees that."""
-    block_m, block_n, block_k, stages = tile
-    config = gm.GemmConfig(block_m, block_n, block_k, 1, gm.ws_warps(block_n), stages)
+    slower than no overlap at all.  The controls, CARRY at 256 rows of W (4 x 64 rows at
+    112 registers, 2 x 128 at 240), show the check sees that."""
     assert "Used" in (notes := _ptxas_notes(config, gm.ws_overlap(config))) and SERIALIZED not in notes
-    if block_n == 256:
+    if config.block_n == 256 and config.block_m == 64:
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
 
 
@@ -120,7 +125,21 @@ def test_overlap_by_tile(monkeypatch):
     assert gm.ws_overlap(ws(64, 256, 64)) == gm.WsOverlap.PAIRS
     assert {gm.ws_overlap(ws(128, 256, 64)), gm.ws_overlap(ws(64, 256, 128)),
             gm.ws_overlap(ws(128, 128, 64))} == {gm.WsOverlap.NONE}
-    assert [gm.ws_consumer_regs(bn) for bn in (64, 128, 256)] == [232, 160, 112]
+    assert [gm.ws_consumer_regs(ws(64, bn, 64)) for bn in (64, 128, 256)] == [232, 160, 112]
+
+
+def test_overlap_at_128_rows_per_warpgroup(monkeypatch):
+    """Two MMAs per K-step of each warpgroup: CARRY with one warpgroup (Triton 3.6),
+    PAIRS with two at 64 or 128 rows of x, NONE at K-blocks of 128; 240 registers for two."""
+    ws = lambda bm, bn, bk: gm.GemmConfig(bm, bn, bk, 1, gm.ws_warps(bn, 128), 3)  # noqa: E731
+    assert [gm.ws_wg_rows(ws(64, bn, 64)) for bn in (128, 256)] == [128, 128]
+    monkeypatch.setattr(tuning, "installed_triton", lambda: "3.6")
+    assert gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.CARRY
+    assert gm.ws_overlap(ws(64, 256, 64)) == gm.ws_overlap(ws(128, 256, 64)) == gm.WsOverlap.PAIRS
+    assert gm.ws_overlap(ws(64, 256, 128)) == gm.WsOverlap.NONE
+    monkeypatch.setattr(tuning, "installed_triton", lambda: "3.9")
+    assert gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.PAIRS
+    assert gm.ws_consumer_regs(ws(64, 256, 64)) == 240 and gm.ws_consumer_regs(ws(64, 128, 64)) == 232
 
 
 def test_the_kernels_overlap_constants_are_the_enums():

@@ -20,8 +20,12 @@ pytestmark = hopper_only("the kernel uses TMA and warpgroup MMA, Hopper (sm_90) 
 _run = functools.partial(launch_on_weight, gm.launch_gemm_gluon_ws)
 
 
-def _ws(block_m, block_n, block_k, split_k, stages):
-    return gm.GemmConfig(block_m, block_n, block_k, split_k, gm.ws_warps(block_n), stages)
+def _ws(block_m, block_n, block_k, split_k, stages, wg_rows=64):
+    return gm.GemmConfig(block_m, block_n, block_k, split_k, gm.ws_warps(block_n, wg_rows), stages)
+
+
+def _ids(c):
+    return f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-{c.num_stages}s-wg{gm.ws_wg_rows(c)}"
 
 
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64"])
@@ -36,11 +40,15 @@ FORCED = [
     _ws(64, 256, 128, 2, 3),
     _ws(128, 256, 64, 1, 4),
     _ws(128, 128, 128, 4, 2),
+    # 128 rows of W per consumer warpgroup (two MMAs per K-step)
+    _ws(64, 128, 64, 3, 4, 128),
+    _ws(64, 256, 64, 2, 4, 128),
+    _ws(128, 256, 64, 1, 4, 128),
+    _ws(64, 256, 128, 1, 3, 128),
 ]
 
 
-@pytest.mark.parametrize("config", FORCED, ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-"
-                                                         f"{c.num_stages}s")
+@pytest.mark.parametrize("config", FORCED, ids=_ids)
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128"])
 @pytest.mark.parametrize("m", [33, 100, 256])
 def test_forced_tiles_with_bias(config, spec, m):
@@ -49,8 +57,8 @@ def test_forced_tiles_with_bias(config, spec, m):
     check_poisoned_with_bias(_run, config, spec, m, 1000, 1608)
 
 
-@pytest.mark.parametrize("config", [_ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 4), _ws(64, 256, 128, 8, 3)],
-                         ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}")
+@pytest.mark.parametrize("config", [_ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 4), _ws(64, 256, 128, 8, 3),
+                                    _ws(64, 256, 64, 3, 4, 128)], ids=_ids)
 def test_split_k_reads_only_what_it_wrote(config):
     """Split-K on a NaN-filled workspace of exactly ``ws_workspace_size``: every partial
     the last split sums was written by this launch (M, N not multiples of the tile)."""
@@ -69,13 +77,16 @@ def test_repeated_launches_agree(n, k, m):
     overlap of decode and MMA (CARRY, PAIRS, NONE, on the tiles ``ws_overlap`` gives them
     under Triton 3.6): 20 launches, same bits (split-K sums in a fixed order)."""
     for config, overlap in ((_ws(64, 128, 64, 1, 6), gm.WsOverlap.CARRY), (_ws(64, 256, 64, 4, 4), gm.WsOverlap.PAIRS),
-                            (_ws(128, 256, 64, 1, 4), gm.WsOverlap.NONE)):
+                            (_ws(128, 256, 64, 1, 4), gm.WsOverlap.NONE),
+                            (_ws(64, 128, 64, 1, 6, 128), gm.WsOverlap.CARRY),
+                            (_ws(64, 256, 64, 1, 4, 128), gm.WsOverlap.PAIRS),
+                            (_ws(128, 256, 64, 2, 4, 128), gm.WsOverlap.PAIRS)):
         check_repeated_launches(functools.partial(_run, overlap=overlap), (config,), n, k, m)
 
 
 @pytest.mark.parametrize("overlap", list(gm.WsOverlap), ids=lambda o: o.name)
-@pytest.mark.parametrize("config", [_ws(64, 64, 64, 1, 2), _ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 3)],
-                         ids=lambda c: f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}")
+@pytest.mark.parametrize("config", [_ws(64, 64, 64, 1, 2), _ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 3),
+                                    _ws(64, 256, 64, 2, 3, 128)], ids=_ids)
 @pytest.mark.parametrize("k", [40, 136, 1608])
 def test_every_overlap_mode(overlap, config, k):
     """Each overlap forced on each tile (one deeper than the registers hold runs with its

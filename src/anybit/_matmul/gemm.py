@@ -115,7 +115,7 @@ class Kernel(str, enum.Enum):
     GLUON = "gluon"
     #: the warp-specialized Gluon kernel (gemm_gluon_ws; Hopper, 4-bit integer codes, fp16,
     #: K a multiple of 8) with a GemmConfig (block_n 64, 128 or 256; its warps: 4 loader
-    #: warps and 4 per 64 rows of W); where it does not apply (``gluon_ws_supported``, or
+    #: warps and 4 per 64 or 128 rows of W, ``ws_warps``); where it does not apply (``gluon_ws_supported``, or
     #: operands TMA cannot read), the Triton GEMM kernel with the heuristic's settings
     GLUON_WS = "gluon_ws"
 
@@ -185,9 +185,21 @@ GLUON_STAGES = (3, 4)
 GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4))
 
 
-def ws_warps(block_n: int) -> int:
-    """Warps of the warp-specialized Gluon kernel: 4 loader warps and 4 per 64 rows of W."""
-    return 4 + block_n // 16
+#: Rows of W per consumer warpgroup of the warp-specialized Gluon kernel (the MMA's M is
+#: 64 per instruction; 128 rows are two MMAs per K-step of one warpgroup).
+WS_WG_ROWS = (64, 128)
+
+
+def ws_warps(block_n: int, wg_rows: int = 64) -> int:
+    """Warps of the warp-specialized Gluon kernel: 4 loader warps and 4 per consumer
+    warpgroup, one per ``wg_rows`` rows of W."""
+    return 4 + 4 * (block_n // wg_rows)
+
+
+def ws_wg_rows(config: GemmConfig) -> int:
+    """Rows of W per consumer warpgroup of a (checked) warp-specialized config: read off
+    its warps, ``ws_warps``."""
+    return 4 * config.block_n // (config.num_warps - 4)
 
 
 class WsOverlap(enum.IntEnum):
@@ -199,12 +211,15 @@ class WsOverlap(enum.IntEnum):
     CARRY = 2  #: every block decoded while the previous block's MMA runs
 
 
-def ws_consumer_regs(block_n: int) -> int:
-    """Registers per consumer thread of the warp-specialized kernel for 64, 128 and 256
-    rows of W: 232, 160 and 112.  Triton's split of 64K registers with 4 loader warps (at
-    least 24 registers) allows up to 256, 240 and 112; 160 is what CARRY was compiled and
-    measured with at 128 rows."""
-    return {64: 232, 128: 160}.get(block_n, 112)
+def ws_consumer_regs(config: GemmConfig) -> int:
+    """Registers per consumer thread of the warp-specialized kernel with 1, 2 and 4
+    consumer warpgroups: 232, 160 (240 at 128 rows of W per warpgroup) and 112.  Triton's
+    split of 64K registers with 4 loader warps (at least 24 registers) allows up to 256, 240
+    and 112; 160 is what CARRY was compiled and measured with at 2 x 64 rows."""
+    groups = (config.num_warps - 4) // 4
+    if groups == 2 and ws_wg_rows(config) == 128:
+        return 240
+    return {1: 232, 2: 160}.get(groups, 112)
 
 
 #: Triton versions (major.minor) whose compile of CARRY keeps the MMAs asynchronous; under
@@ -217,15 +232,21 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
     """The deepest overlap of ``config`` whose two register operands fit the consumer's
     registers (``ws_consumer_regs``).  Where they do not, ptxas serializes every wgmma
     of the kernel (its note C7512), so this is read off compiled kernels (the tests check
-    the overlapped tiles of GLUON_WS_TILES and 64 x 64 x 64): CARRY for 64 x 64 and 64 x
-    128 x 64 tiles (PAIRS outside CARRY_TRITON), PAIRS for 64 x 256 x 64, NONE for 128
-    rows of x or K-blocks of 128."""
-    if config.block_m != 64 or config.block_k != 64:
-        return WsOverlap.NONE
+    the overlapped tiles of GLUON_WS_TILES and 64 x 64 x 64).  At 64 rows of W per
+    warpgroup: CARRY for 64 x 64 and 64 x 128 x 64 tiles (PAIRS outside CARRY_TRITON),
+    PAIRS for 64 x 256 x 64, NONE for 128 rows of x or K-blocks of 128.  At 128 rows per
+    warpgroup: CARRY for one warpgroup (64 x 128 x 64; PAIRS outside CARRY_TRITON), PAIRS
+    for two (64 or 128 rows of x), NONE for K-blocks of 128."""
     from . import tuning  # (it imports this module)
 
-    carry = config.block_n <= 128 and tuning.installed_triton() in CARRY_TRITON
-    return WsOverlap.CARRY if carry else WsOverlap.PAIRS
+    carry = tuning.installed_triton() in CARRY_TRITON
+    if ws_wg_rows(config) == 128:
+        if config.block_k != 64:
+            return WsOverlap.NONE
+        return WsOverlap.CARRY if carry and config.block_n == 128 else WsOverlap.PAIRS
+    if config.block_m != 64 or config.block_k != 64:
+        return WsOverlap.NONE
+    return WsOverlap.CARRY if carry and config.block_n <= 128 else WsOverlap.PAIRS
 
 
 def racy(config: GemmConfig) -> bool:
@@ -369,11 +390,14 @@ def check_gluon_config(config: GemmConfig) -> None:
 
 def check_gluon_ws_config(config: GemmConfig) -> None:
     """ValueError unless the warp-specialized Gluon kernel runs ``config``: block_n 64, 128
-    or 256, block_k 64 or 128, num_warps ``ws_warps(block_n)``, a ring of at least 2 stages."""
+    or 256, block_k 64 or 128, num_warps ``ws_warps(block_n, rows)`` for 64 or 128 rows of W
+    per consumer warpgroup (1, 2 or 4 warpgroups), a ring of at least 2 stages."""
+    warps = {ws_warps(config.block_n, rows) for rows in WS_WG_ROWS if config.block_n // rows in (1, 2, 4)}
     if (config.block_n not in (64, 128, 256) or config.block_k not in (64, 128) or config.num_stages < 2
-            or config.num_warps != ws_warps(config.block_n)):
+            or config.num_warps not in warps):
         raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128 or "
-                         f"256, block_k 64 or 128, num_warps = 4 + block_n / 16, num_stages >= 2")
+                         f"256, block_k 64 or 128, num_warps = 4 + 4 per 64 or 128 rows of W (1, 2 or 4 consumer "
+                         f"warpgroups), num_stages >= 2")
 
 
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
@@ -446,8 +470,9 @@ def launch_gemm_gluon_ws(
 ) -> Tensor:
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
-    ``config``: tiles (block_n 64, 128 or 256: one consumer warpgroup per 64 rows of W;
-    block_k 64 or 128), split-K, stages and swizzle, num_warps ``ws_warps(block_n)``.
+    ``config``: tiles (block_n 64, 128 or 256: one consumer warpgroup per 64 or 128 rows
+    of W, as num_warps = ``ws_warps(block_n, rows)`` says; block_k 64 or 128), split-K,
+    stages and swizzle.
     ``consumer_regs``: registers per consumer thread (default ``ws_consumer_regs``);
     ``maxnreg``: the launch's register limit (default: Triton's); ``overlap``: of decode
     and MMA (default ``ws_overlap``; a deeper one than the registers hold runs correctly
@@ -480,7 +505,7 @@ def launch_gemm_gluon_ws(
             raise ValueError(f"workspace: {workspace.dtype} {tuple(workspace.shape)} "
                              f"{'' if workspace.is_contiguous() else 'non-contiguous '}; accepted: contiguous "
                              f"float32 with at least {size} elements (split_k x tiles x block_n x block_m)")
-    # one split-K counter per consumer warpgroup (64 rows of W) of each tile
+    # one split-K counter per consumer warpgroup of each tile (at most one per 64 rows of W)
     x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // 64)
     if launch is None:
         return out
@@ -498,8 +523,9 @@ def launch_gemm_gluon_ws(
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
         STAGES=config.num_stages, HAS_BIAS=bias is not None,
-        CONSUMER_REGS=ws_consumer_regs(config.block_n) if consumer_regs is None else consumer_regs,
-        OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), num_warps=4, **extra,
+        CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
+        OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
+        num_warps=4, **extra,
     )
     return out
 

@@ -1,14 +1,15 @@
 """Warp-specialized Gluon kernel for y = x @ W^T at larger M on Hopper, 4-bit integer
 codes, fp16: a loader partition feeds a ring by TMA, each consumer warpgroup decodes its
-64 rows of W into the MMA's register operand and multiplies.
+64 or 128 rows of W into the MMA's register operand and multiplies.
 
 Why (docs/NOTES-gemm.md v13, v14): with 64 rows of W per program, x is read from L2
 once per 64 rows of W, which at M = 64 moves about 4x the bytes of the codes; and
 the single-program kernels (``gemm_gluon``, ``gemm_triton``) wait on a CTA-wide
 barrier every K-block, so their warpgroups decode and multiply in lockstep.  Here
 
-* a program covers ``BLOCK_N`` = 64 x NUM_WG rows of W (NUM_WG consumer warpgroups)
-  against ``BLOCK_M`` rows of x, so one x tile serves up to 256 rows of W;
+* a program covers ``BLOCK_N`` = WG_ROWS x NUM_WG rows of W (NUM_WG consumer warpgroups
+  of WG_ROWS = 64 or 128 rows; 128 rows are two m64 MMAs per K-step) against ``BLOCK_M``
+  rows of x, so one x tile serves up to 256 rows of W;
 * the loader partition (the kernel's 4 warps, one thread issuing) copies each K-block's
   x tile [BLOCK_M, BLOCK_K] (fp16) and code words [BLOCK_N, BLOCK_K / 8] (int32) by TMA
   into stage ``i % STAGES`` of a ring and
@@ -29,7 +30,7 @@ Ring, per stage::
     ready[s]   loader: expect(bytes) + TMA -> consumers wait (phase i // STAGES)
     empty[s]   each consumer warpgroup arrives once -> loader waits before refilling
 
-Split-K: each warpgroup stores its fp32 partial [64, BLOCK_M] in its own order (a
+Split-K: each warpgroup stores its fp32 partial [WG_ROWS, BLOCK_M] in its own order (a
 workspace of ``split_k * tiles * BLOCK_N * BLOCK_M`` floats, ``ws_workspace_size``) and
 counts in on its own counter (``tile * NUM_WG + g``); the last split sums the partials
 in order, their loads unrolled.
@@ -38,8 +39,10 @@ Cost (measured per program, docs/NOTES-gemm.md v15, v16): one program fits an SM
 at 256 rows of W).  A 64 x 256 x 64 K-block takes ~0.6 us, of which the MMAs alone take
 ~0.34 us; the two register operands of an overlap fit only up to 128 rows of W (CARRY:
 a 64 x 128 x 64 block 0.42 -> 0.37 us), and PAIRS at 256 rows measured no faster than NONE.
-The tuned table picks the kernel only where it measured fastest (mostly the large layers
-at M = 64-256).
+Two warpgroups of 128 rows (240 registers, PAIRS) measured the same as four of 64 (v17),
+where removing the MMA, the decode or the scale loads each saves 15-35%: none hides behind
+the others.  The tuned table picks the kernel only where it measured fastest (mostly the
+large layers at M = 64-256).
 
 Limits (``gemm.gluon_ws_supported``): sm_90, 4-bit symmetric or zero-point codes, fp16
 x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
@@ -95,22 +98,22 @@ def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MOD
 
 
 @gluon.jit
-def _decode(c_bufs, ready, i, WG: gl.constexpr, word_layout: gl.constexpr, select, scale, zero,
-            BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr):
+def _decode(c_bufs, ready, i, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, scale,
+            zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr):
     """Block i's operand of consumer warpgroup WG: wait for its stage, read the warpgroup's
-    64 rows of code words, decode them with the group's ``scale`` and ``zero`` [64]."""
+    WG_ROWS rows of code words, decode them with the group's ``scale`` and ``zero`` [WG_ROWS]."""
     s = i % STAGES
     bias, scale_words = group_words(scale, zero)
     mbarrier.wait(ready.index(s), (i // STAGES) & 1)
-    words = c_bufs.index(s).slice(WG * 64, 64, dim=0).load(word_layout)
-    return decode_operand(words, select, bias, scale_words, 64, BLOCK_K, a_layout)
+    words = c_bufs.index(s).slice(WG * WG_ROWS, WG_ROWS, dim=0).load(word_layout)
+    return decode_operand(words, select, bias, scale_words, WG_ROWS, BLOCK_K, a_layout)
 
 
 @gluon.jit
-def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
+def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
               BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, SPLIT_K: gl.constexpr,
               HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr):
-    """Consumer warpgroup WG: rows pid_n * 64 * NUM_WG + WG * 64 .. + 64 of W against the
+    """Consumer warpgroup WG: rows pid_n * BLOCK_N + WG * WG_ROWS .. + WG_ROWS of W against the
     program's x tile; writes its rows of y (or its split's partial).  ``ops``: the ring and
     the operands, as the kernel builds them."""
     (x_bufs, c_bufs, ready, empty, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
@@ -118,12 +121,12 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [64, BLOCK_K]))
+    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]))
     word_layout: gl.constexpr = gl.SliceLayout(2, byte_layout)
     row_layout: gl.constexpr = gl.SliceLayout(1, word_layout)
 
-    row0 = pid_n * (64 * NUM_WG) + WG * 64
-    w_rows = gl.minimum(row0 + gl.arange(0, 64, layout=row_layout), N - 1)
+    row0 = pid_n * (WG_ROWS * NUM_WG) + WG * WG_ROWS
+    w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
     byte = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
     select = gl.expand_dims(gl.expand_dims(0x4040 | (byte * 0x101), 0), 0)  # prmt: byte b into both halves
 
@@ -146,16 +149,16 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     # wgmma of the kernel (what the tile table's modes are checked against).  An odd block
     # count starts with block 0 alone, waited for at once: no MMA is in flight across a
     # branch (ptxas serializes then too).
-    acc = gl.zeros([64, BLOCK_M], dtype=gl.float32, layout=acc_layout)
+    acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        a = _decode(c_bufs, ready, 0, WG, word_layout, select, window[0], window[1], BLOCK_K, STAGES, a_layout)
+        a = _decode(c_bufs, ready, 0, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES, a_layout)
         acc = warpgroup_mma(a, x_bufs.index(0).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(0), count=1)
         window = _advance(params, window, kb0 + 3, BLOCK_K, GROUP, MODE)
-    a0 = gl.zeros([64, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
+    a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
-        a1 = _decode(c_bufs, ready, i, WG, word_layout, select, window[0], window[1], BLOCK_K, STAGES, a_layout)
+        a1 = _decode(c_bufs, ready, i, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES, a_layout)
         acc = warpgroup_mma(a1, x_bufs.index(i % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
@@ -164,7 +167,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
             mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=i > first)
         window = _advance(params, window, kb0 + i + 3, BLOCK_K, GROUP, MODE)
-        a0 = _decode(c_bufs, ready, i + 1, WG, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
+        a0 = _decode(c_bufs, ready, i + 1, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
                      a_layout)
         acc = warpgroup_mma(a0, x_bufs.index((i + 1) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
@@ -181,7 +184,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
     # (CARRY leaves the last block's stage without its arrival: it is never refilled)
 
-    tile_row = gl.arange(0, 64, layout=gl.SliceLayout(1, acc_layout))
+    tile_row = gl.arange(0, WG_ROWS, layout=gl.SliceLayout(1, acc_layout))
     tile_col = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
     rows = row0 + tile_row
     offs_m = pid_m * BLOCK_M + tile_col
@@ -189,12 +192,12 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, GROUP: gl.constexpr, 
     tile_out = offs_m[None, :] * N + rows[:, None]
     last = True
     if SPLIT_K > 1:
-        # the partial as the warpgroup holds it: [64, BLOCK_M] fp32, row-major, per
+        # the partial as the warpgroup holds it: [WG_ROWS, BLOCK_M] fp32, row-major, per
         # (split, tile, warpgroup); each thread's column pairs are contiguous (8-byte
         # stores and loads), nothing masked
         frag = tile_row[:, None] * BLOCK_M + tile_col[None, :]
-        split_stride = gl.num_programs(0) * NUM_WG * (64 * BLOCK_M)
-        own = ws_ptr + (pid * NUM_WG + WG) * (64 * BLOCK_M) + frag
+        split_stride = gl.num_programs(0) * NUM_WG * (WG_ROWS * BLOCK_M)
+        own = ws_ptr + (pid * NUM_WG + WG) * (WG_ROWS * BLOCK_M) + frag
         counter = counter_ptr + pid * NUM_WG + WG
         gl.store(own + pid_k * split_stride, acc)
         gl.thread_barrier()
@@ -220,7 +223,7 @@ def gemm_gluon_ws_kernel(
     GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
-    CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, num_warps: gl.constexpr,
+    CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -229,7 +232,7 @@ def gemm_gluon_ws_kernel(
     ``gemm_gluon_kernel``'s; ``counter`` holds tiles * NUM_WG int32 zeros.
     Grid: (tiles, SPLIT_K); num_warps = 4 (the first consumer warpgroup; the others and
     the loader warp are added by the warp specialization)."""
-    NUM_WG: gl.constexpr = BLOCK_N // 64
+    NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS
     pid = gl.program_id(0)
     pid_k = gl.program_id(1)
     pid_n, pid_m = tile_position(pid, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
@@ -254,20 +257,20 @@ def gemm_gluon_ws_kernel(
     if NUM_WG == 1:
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
+            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
-            (_consumer, (ops, 1, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
+            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
+            (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
-        gl.static_assert(NUM_WG == 4, "BLOCK_N: 64, 128 or 256 rows of W")
+        gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
-            (_consumer, (ops, 1, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
-            (_consumer, (ops, 2, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
-            (_consumer, (ops, 3, NUM_WG, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
+            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
+            (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
+            (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
+            (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
