@@ -1,0 +1,115 @@
+"""What each part of the warp-specialized GEMM's K-block costs: times the kernel with parts
+removed (results wrong on purpose, reported, not checked).  docs/NOTES-gemm.md v17.
+
+Usage on a Hopper GPU::
+
+    DIAGS="0 1 2 4 3" PYTHONPATH=src python benchmarks/ws_diagnostics.py 57344x8192 8192x8192 \\
+        -- 64 ws,64,256,64,-1,4 ws,64,128,64,-1,6 [--out results.json]
+
+Variants as ``gemv_variants.py --kernel gemm``'s ``ws,...``.  DIAGS: bits of what a copy of
+``gemm_gluon_ws`` leaves out, 0 being the kernel as it is: 1 the scale loads (constant
+scales), 2 the MMA (each register operand folded into a sink by xor, summed once at the
+end), 4 the decode (a constant operand).  The copy is made by text substitutions of the
+kernel's source, each asserted, so a change of the kernel that breaks one fails loudly.
+Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import sys
+import tempfile
+
+import torch
+
+import anybit
+from anybit import bench
+from anybit._matmul import gemm_gluon_ws
+
+sys.path.insert(0, os.path.dirname(__file__))
+import gemv_variants  # noqa: E402
+
+SOURCE = os.path.join(os.path.dirname(gemm_gluon_ws.__file__), "gemm_gluon_ws.py")
+
+
+def _replace(text: str, old: str, new: str, count: int | None = None) -> str:
+    found = text.count(old)
+    if not found or (count is not None and found != count):
+        raise SystemExit(f"the kernel's source changed: {old!r} found {found} times")
+    return text.replace(old, new)
+
+
+def diagnostic_kernel(diag: int):
+    """A copy of ``gemm_gluon_ws_kernel`` without the parts ``diag`` names."""
+    s = open(SOURCE).read()
+    s = s.replace("from .gemm_gluon import", "from anybit._matmul.gemm_gluon import")
+    s = s.replace("from .gemm_triton import", "from anybit._matmul.gemm_triton import")
+    if diag & 1:
+        s = _replace(s, "    return group_params(", "    return (rows * 0).to(gl.float16) + 0.01, (rows * 0).to(gl.float32) + 8.0\n"
+                                                   "    return group_params(", 1)
+    if diag & 4:
+        s = _replace(s, "    return decode_operand(words, select, bias, scale_words, WG_ROWS, BLOCK_K, a_layout)",
+                     "    return gl.full([WG_ROWS, BLOCK_K], 1.0, gl.float16, a_layout)")
+    if diag & 2:
+        for a in ("a", "a1", "a0"):
+            s = _replace(s, f"acc = warpgroup_mma({a}, x_bufs.index(",
+                         f"sink = sink ^ {a}.to(gl.int16, bitcast=True); unused_{a} = (x_bufs.index(")
+        s = _replace(s, "acc, is_async=True)", ")", 2)
+        s = _replace(s, ".permute((1, 0)), acc)\n", ".permute((1, 0)))\n", 1)
+        s = _replace(s, "    acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)\n",
+                     "    acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)\n"
+                     "    sink = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.int16, layout=a_layout)\n", 1)
+        s = _replace(s, "    # (CARRY leaves the last block's stage without its arrival: it is never refilled)\n",
+                     "    acc += gl.sum(gl.sum(sink.to(gl.float32), 1), 0)\n", 1)
+    path = os.path.join(tempfile.mkdtemp(), f"gemm_gluon_ws_diag{diag}.py")
+    with open(path, "w") as f:
+        f.write(s)
+    spec = importlib.util.spec_from_file_location(f"gemm_gluon_ws_diag{diag}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.gemm_gluon_ws_kernel
+
+
+def main() -> None:
+    split = sys.argv.index("--")
+    out = None
+    if "--out" in sys.argv:
+        out = sys.argv[sys.argv.index("--out") + 1]
+        sys.argv = sys.argv[:sys.argv.index("--out")]
+    shapes, m, variants = sys.argv[1:split], int(sys.argv[split + 1]), sys.argv[split + 2:]
+    diags = [int(d) for d in os.environ.get("DIAGS", "0 1 2 4 3").split()]
+    kernels = {d: diagnostic_kernel(d) for d in diags}
+    original = gemm_gluon_ws.gemm_gluon_ws_kernel
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    rows = []
+    for shape in shapes:
+        n, k = (int(v) for v in shape.split("x"))
+        w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
+        qw = anybit.quantize(w, "int4-g128")
+        copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
+        w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), 20)
+        ref = x.double() @ qw.dequantize(torch.float64).t()
+        for text in variants:
+            config = gemv_variants._config(text, m, n, k, "gemm")
+            for diag in diags:
+                gemm_gluon_ws.gemm_gluon_ws_kernel = kernels[diag]  # the launcher imports it per call
+                try:
+                    y = gemv_variants._call(x, qw, config)().double()
+                    rel = ((y - ref).norm() / ref.norm()).item()
+                    us = bench._time_per_call(lambda i: gemv_variants._call(x, copies[i], config), len(copies), 20)
+                finally:
+                    gemm_gluon_ws.gemm_gluon_ws_kernel = original
+                print(f"{n}x{k} M={m} {text:34s} diag {diag}: {us:8.2f} us ({fp16_us / us:4.2f}x fp16) "
+                      f"err {rel:.1e}", flush=True)
+                rows.append(dict(N=n, K=k, M=m, variant=text, diag=diag, us=us, fp16_us=fp16_us, rel_err=rel))
+    if out:
+        with open(out, "w") as f:
+            json.dump({"gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
