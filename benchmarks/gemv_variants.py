@@ -14,9 +14,11 @@ reads x in pairs (default 0).  With ``--kernel gemm`` a variant is
 the wait per K-block, wrong results possible; split_k as
 above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
 ``gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]``: the Gluon GEMM (gemm_gluon;
-overlap 1: measurement only, unsafe), or ``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]``:
+overlap 1: measurement only, unsafe), or
+``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]``:
 the warp-specialized Gluon GEMM (gemm_gluon_ws; regs, maxnreg 0: the defaults; overlap 0-2,
-``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup, 64 or 128).  Each variant is first checked against the float64 reference on fresh random
+``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup,
+64 or 128).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run).
 """

@@ -47,8 +47,8 @@ def diagnostic_kernel(diag: int):
     s = s.replace("from .gemm_gluon import", "from anybit._matmul.gemm_gluon import")
     s = s.replace("from .gemm_triton import", "from anybit._matmul.gemm_triton import")
     if diag & 1:
-        s = _replace(s, "    return group_params(", "    return (rows * 0).to(gl.float16) + 0.01, (rows * 0).to(gl.float32) + 8.0\n"
-                                                   "    return group_params(", 1)
+        constant = "    return (rows * 0).to(gl.float16) + 0.01, (rows * 0).to(gl.float32) + 8.0\n"
+        s = _replace(s, "    return group_params(", constant + "    return group_params(", 1)
     if diag & 4:
         s = _replace(s, "    return decode_operand(words, select, bias, scale_words, WG_ROWS, BLOCK_K, a_layout)",
                      "    return gl.full([WG_ROWS, BLOCK_K], 1.0, gl.float16, a_layout)")

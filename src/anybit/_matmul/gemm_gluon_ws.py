@@ -110,9 +110,9 @@ def _decode(c_bufs, ready, i, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layo
 
 
 @gluon.jit
-def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
-              BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, SPLIT_K: gl.constexpr,
-              HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr):
+def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr,
+              MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
+              SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr):
     """Consumer warpgroup WG: rows pid_n * BLOCK_N + WG * WG_ROWS .. + WG_ROWS of W against the
     program's x tile; writes its rows of y (or its split's partial).  ``ops``: the ring and
     the operands, as the kernel builds them."""
@@ -158,7 +158,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         window = _advance(params, window, kb0 + 3, BLOCK_K, GROUP, MODE)
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
-        a1 = _decode(c_bufs, ready, i, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES, a_layout)
+        a1 = _decode(c_bufs, ready, i, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
+                     a_layout)
         acc = warpgroup_mma(a1, x_bufs.index(i % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
