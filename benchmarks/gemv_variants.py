@@ -55,8 +55,7 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
     if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         regs, maxnreg, overlap, wg_rows = (extra[1:] + [0, 0, -1, 64][len(extra[1:]):])[:4]
-        config = gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), gm.ws_warps(bn, wg_rows), stages,
-                               *extra[:1])
+        config = gm.ws_config(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), stages, wg_rows, *extra[:1])
         return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap))
     if text == "auto":  # the decode kernel's heuristic (M <= 32), whatever --kernel says
         return None

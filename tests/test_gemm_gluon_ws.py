@@ -96,14 +96,9 @@ def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap) -> str:
 SERIALIZED = "wgmma.mma_async instructions are serialized"
 
 
-def _ws_configs(tiles):
-    """GemmConfigs of (block_m, block_n, block_k, stages[, rows of W per warpgroup]) tiles."""
-    return [gm.GemmConfig(*t[:3], 1, gm.ws_warps(t[1], *t[4:]), t[3]) for t in tiles]
-
-
-@pytest.mark.parametrize("config", [c for c in _ws_configs((*gm.GLUON_WS_TILES, (64, 64, 64, 6), (64, 128, 64, 6, 128),
-                                                            (64, 256, 64, 4, 128), (128, 256, 64, 4, 128)))
-                                    if gm.ws_overlap(c)], ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
+@pytest.mark.parametrize("config", [c for t in (*gm.GLUON_WS_TILES, (64, 64, 64, 6), (64, 128, 64, 6, 128),
+                                                 (64, 256, 64, 4, 128), (128, 256, 64, 4, 128))
+                                    if gm.ws_overlap(c := gm.ws_config(*t[:3], 1, *t[3:]))], ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
 def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
     """Each tile that ``ws_overlap`` overlaps compiles with its MMAs left in flight: where
     the two register operands do not fit, ptxas waits for every wgmma (its note C7512),
@@ -117,7 +112,7 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
 def test_overlap_by_tile(monkeypatch):
     """CARRY up to 128 rows of W under the Triton versions checked for it (PAIRS under
     others), PAIRS at 256 (64 x 64 tiles only), and the registers the consumers get."""
-    ws = lambda bm, bn, bk: gm.GemmConfig(bm, bn, bk, 1, gm.ws_warps(bn), 3)  # noqa: E731
+    ws = lambda bm, bn, bk: gm.ws_config(bm, bn, bk, 1, 3)  # noqa: E731
     monkeypatch.setattr(tuning, "installed_triton", lambda: "3.6")
     assert gm.ws_overlap(ws(64, 64, 64)) == gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.CARRY
     monkeypatch.setattr(tuning, "installed_triton", lambda: "3.9")
@@ -131,7 +126,7 @@ def test_overlap_by_tile(monkeypatch):
 def test_overlap_at_128_rows_per_warpgroup(monkeypatch):
     """Two MMAs per K-step of each warpgroup: CARRY with one warpgroup (Triton 3.6),
     PAIRS with two at 64 or 128 rows of x, NONE at K-blocks of 128; 240 registers for two."""
-    ws = lambda bm, bn, bk: gm.GemmConfig(bm, bn, bk, 1, gm.ws_warps(bn, 128), 3)  # noqa: E731
+    ws = lambda bm, bn, bk: gm.ws_config(bm, bn, bk, 1, 3, 128)  # noqa: E731
     assert [gm.ws_wg_rows(ws(64, bn, 64)) for bn in (128, 256)] == [128, 128]
     monkeypatch.setattr(tuning, "installed_triton", lambda: "3.6")
     assert gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.CARRY

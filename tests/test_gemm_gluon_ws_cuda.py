@@ -20,8 +20,7 @@ pytestmark = hopper_only("the kernel uses TMA and warpgroup MMA, Hopper (sm_90) 
 _run = functools.partial(launch_on_weight, gm.launch_gemm_gluon_ws)
 
 
-def _ws(block_m, block_n, block_k, split_k, stages, wg_rows=64):
-    return gm.GemmConfig(block_m, block_n, block_k, split_k, gm.ws_warps(block_n, wg_rows), stages)
+_ws = gm.ws_config
 
 
 def _ids(c):

@@ -196,6 +196,13 @@ def ws_warps(block_n: int, wg_rows: int = 64) -> int:
     return 4 + 4 * (block_n // wg_rows)
 
 
+def ws_config(block_m: int, block_n: int, block_k: int, split_k: int, stages: int, wg_rows: int = 64,
+              swizzle: int = 8) -> GemmConfig:
+    """A GemmConfig for the warp-specialized Gluon kernel, its warps from ``wg_rows`` rows
+    of W per consumer warpgroup (``ws_warps``)."""
+    return GemmConfig(block_m, block_n, block_k, split_k, ws_warps(block_n, wg_rows), stages, swizzle)
+
+
 def ws_wg_rows(config: GemmConfig) -> int:
     """Rows of W per consumer warpgroup of a (checked) warp-specialized config: read off
     its warps, ``ws_warps``."""
@@ -299,8 +306,7 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
             ws_k_blocks = -(-k // ws_block_k)
             tiles = -(-n // block_n) * -(-m // block_m)
             for split in sorted({1, split_for(ws_k_blocks, tiles, 1, sms)}):
-                plans.append(Plan(Kernel.GLUON_WS, GemmConfig(block_m, block_n, ws_block_k, split,
-                                                              ws_warps(block_n), stages)))
+                plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages)))
     return plans
 
 
@@ -505,8 +511,8 @@ def launch_gemm_gluon_ws(
             raise ValueError(f"workspace: {workspace.dtype} {tuple(workspace.shape)} "
                              f"{'' if workspace.is_contiguous() else 'non-contiguous '}; accepted: contiguous "
                              f"float32 with at least {size} elements (split_k x tiles x block_n x block_m)")
-    # one split-K counter per consumer warpgroup of each tile (at most one per 64 rows of W)
-    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // 64)
+    # one split-K counter per consumer warpgroup of each tile
+    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // ws_wg_rows(config))
     if launch is None:
         return out
     tiles, workspace, counters, k_blocks = launch
