@@ -5,11 +5,12 @@ Usage on a CUDA machine::
     PYTHONPATH=src python benchmarks/gemv_variants.py --format int4-g128 --m 1 16 \
         --variants 16,64,128,1,4,2 16,64,128,1,4,1 ... [--out results.json]
 
-A variant is ``auto`` (the decode kernel's heuristic, at M <= 32 with either ``--kernel``) or ``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs]``;
+A variant is ``auto`` (the decode kernel's heuristic, at M <= 32 with either ``--kernel``) or
+``block_m,block_n,block_k,split_k,num_warps,num_stages[,x_pairs[,unroll]]``;
 block_m 0 means the next power of two of M; split_k 0 or -p means about four
 (p) programs per SM, with a split count that divides the K-blocks, and b<n> about n
-K-blocks per split; x_pairs 1
-reads x in pairs (default 0).  With ``--kernel gemm`` a variant is
+K-blocks per split (b<n> with unroll u: n steps of u blocks); x_pairs 1
+reads x in pairs (default 0); unroll: K-blocks per loop iteration (default 1).  With ``--kernel gemm`` a variant is
 ``block_m,block_n,block_k,split_k,num_warps,num_stages[,swizzle[,sync_mma]]`` (sync_mma 0: without
 the wait per K-block, wrong results possible; split_k as
 above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
@@ -38,11 +39,11 @@ from anybit._matmul import gemv as g
 from anybit._matmul.decode_ptx import codes_per_element
 
 
-def _split(split: int, m: int, n: int, k: int, bm: int, bn: int, bk: int) -> int:
+def _split(split: int, m: int, n: int, k: int, bm: int, bn: int, bk: int, unroll: int = 1) -> int:
     if split > 0:
         return split
     # about -split (or four) programs per SM
-    return g.split_for(-(-k // bk), -(-n // bn) * -(-m // bm), -split or 4, g.sm_count(torch.device("cuda")))
+    return g.split_for(-(-k // bk), -(-n // bn) * -(-m // bm), -split or 4, g.sm_count(torch.device("cuda")), unroll)
 
 
 def _config(text: str, m: int, n: int, k: int, kernel: str):
@@ -64,10 +65,13 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
     bm, bn, bk, split, warps, stages, *extra = (int(v.lstrip("b")) for v in fields)
     bm = bm or g.row_block(m)
     k_blocks = -(-k // bk)
-    split = g.even_split(k_blocks, k_blocks // split) if per_split else _split(split, m, n, k, bm, bn, bk)
     if kernel == "gemm":  # [,swizzle[,sync_mma]]
+        split = g.even_split(k_blocks, k_blocks // split) if per_split else _split(split, m, n, k, bm, bn, bk)
         return gm.GemmConfig(bm, bn, bk, split, warps, stages, *extra[:1], *(bool(v) for v in extra[1:2]))
-    return g.GemvConfig(bm, bn, bk, split, warps, stages, *(bool(v) for v in extra))
+    x_pairs, unroll = (extra + [0, 1][len(extra):])[:2]  # [,x_pairs[,unroll]]
+    steps = k_blocks // unroll
+    split = g.even_split(steps, steps // split) if per_split else _split(split, m, n, k, bm, bn, bk, unroll)
+    return g.GemvConfig(bm, bn, bk, split, warps, stages, bool(x_pairs), unroll)
 
 
 def _call(x, qw, config):

@@ -29,7 +29,8 @@ def report(pdl: bool, bits: int, weights: int) -> dict:
                      BLOCKS_PER_SPLIT=4, HAS_BIAS=False, INTERPRET=False, X_PAIRS=False, EVEN_K=True,
                      PTX_GROUPS=ptx_groups, PTX_ASM=decode_asm(bits, mode, False) if ptx_groups else "",
                      PTX_CONSTRAINTS=constraints(bits, mode) if ptx_groups else "",
-                     PTX_NATURAL=bool(ptx_groups) and g.ptx_natural(bits), WEIGHTS=weights, PDL=pdl)
+                     PTX_NATURAL=bool(ptx_groups) and g.ptx_natural(bits), WEIGHTS=weights, PDL=pdl,
+                     UNROLL=2)
     names = list(inspect.signature(gemv_kernel.fn).parameters)
     pointers = {name: "*i32" if name.startswith("codes") or name == "counter_ptr" else
                 "*fp32" if name == "ws_ptr" else "*fp16" for name in names if name.endswith("_ptr")}

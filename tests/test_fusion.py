@@ -70,7 +70,7 @@ def test_siblings_share_one_launch_and_give_the_same_products(monkeypatch, spec,
         g.kernel_table(q.qweight), [q.bias], [64], 96, q.qweight.format.bits,
         g.launch_settings(q.qweight, 2, x.device)[1], q.qweight.format.kernel_decode().mode.value,
         *[getattr(g.launch_settings(q.qweight, 2, x.device)[0], f) for f in
-          ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "x_pairs")])[0]
+          ("block_m", "block_n", "block_k", "split_k", "num_warps", "num_stages", "x_pairs", "unroll")])[0]
     assert_matmul_close(y.cpu(), x.cpu(), q.qweight.to("cpu"), None if q.bias is None else q.bias.cpu(),
                         weight_roundoff=1e-3 if spec.startswith("nf4") else 0.0)
 

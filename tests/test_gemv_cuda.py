@@ -126,9 +126,13 @@ def test_forced_ptx_blocks(spec, n, k, config, m):
     block_k, split_k = config
     gen = torch.Generator(device="cuda").manual_seed(n + k + m)
     qw = quantized_cuda(spec, n, k, gen)
-    for dtype in (torch.float16, torch.bfloat16):
+    k_blocks = -(-k // block_k)
+    per_split = -(-k_blocks // split_k)
+    # one K-block per loop iteration, and two where they divide a split's blocks
+    for dtype, unroll in itertools.product((torch.float16, torch.bfloat16), (1, 2) if per_split % 2 == 0 else (1,)):
         x = torch.randn(m, k, device="cuda", generator=gen).to(dtype)
-        forced = g.GemvConfig(g.row_block(m), 32, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True)
+        forced = g.GemvConfig(g.row_block(m), 32, block_k, split_k, num_warps=2, num_stages=3, x_pairs=True,
+                              unroll=unroll)
         config, group = g.launch_settings(qw, m, x.device, forced)
         y = g.launch_gemv(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), None, n, k,
                           qw.format.bits, group, qw.format.kernel_decode().mode, config,

@@ -28,7 +28,7 @@ class Case:
     config: g.GemvConfig | None = None  # None: the heuristic's choice
 
     def __str__(self):
-        cfg = "auto" if self.config is None else f"bk{self.config.block_k}-s{self.config.split_k}"
+        cfg = "auto" if self.config is None else f"bk{self.config.block_k}-s{self.config.split_k}-u{self.config.unroll}"
         return f"{self.spec}-M{self.m}-N{self.n}-K{self.k}-{str(self.dtype)[6:]}-{cfg}"
 
 
@@ -50,6 +50,10 @@ def _cases():
         ("nf4-g32", g.GemvConfig(16, 16, 64, 2)),
         ("lut3-gc", g.GemvConfig(32, 64, 256, 4)),  # more splits than blocks for some
         ("int3-g16", g.GemvConfig(16, 64, 32, 1)),
+        # several K-blocks per loop iteration: K=300 makes 10 blocks of 32, the last partial
+        ("int4-g32", g.GemvConfig(16, 32, 32, 1, unroll=2)),
+        ("nf4-g32", g.GemvConfig(16, 32, 32, 5, unroll=2)),
+        ("uint4-g64", g.GemvConfig(16, 64, 32, 2, unroll=5)),
     ]
     for (spec, config), m in zip(forced, itertools.cycle([1, 32, 5])):
         cases.append(Case(spec, m, 70, 300, torch.float16, config))
@@ -137,6 +141,38 @@ def test_heuristic_splits_twice_as_far_at_eight_rows(m):
     assert per_row == g.gemv_config(m, 4096, 14336, 14336, 132, 4, ptx=True)
 
 
+@pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 17, 32])
+@pytest.mark.parametrize("split_groups", [False, True])
+def test_heuristic_pairs_128_code_blocks_of_4_bit_codes(m, split_groups):
+    """4-bit codes with 128-code groups at 1 to 16 rows of x: two 128-code K-blocks per
+    iteration at about 4 programs per SM, except at one row where groups are kept apart."""
+    config = g.gemv_config(m, 4096, 14336, 128, 132, ptx=True, split_groups=split_groups, paired=True)
+    if m > 16:
+        assert config.unroll == 1
+        assert config == g.gemv_config(m, 4096, 14336, 128, 132, ptx=True, split_groups=split_groups)
+    elif m == 1 and split_groups:
+        assert (config.block_k, config.unroll) == (256, 1)
+    else:
+        assert (config.block_k, config.unroll) == (128, 2)
+        assert config.split_k == g.split_for(112, 128, 4, 132, 2)
+        assert (112 // config.split_k) % 2 == 0
+    # an odd number of 128-code blocks takes them one at a time
+    odd = g.gemv_config(m, 4096, 384, 128, 132, ptx=True, split_groups=split_groups, paired=True)
+    assert odd.unroll == 1
+    # other group sizes keep their blocks
+    assert g.gemv_config(m, 4096, 14336, 64, 132, ptx=True, split_groups=split_groups, paired=True) == \
+        g.gemv_config(m, 4096, 14336, 64, 132, ptx=True, split_groups=split_groups)
+
+
+@pytest.mark.parametrize("spec, paired", [("int4-g128", True), ("uint4-g256", True), ("nf4-g128", True),
+                                          ("lut4-g128", True), ("int4-g64", False), ("int4-gc", False),
+                                          ("int8-g128", False), ("int3-g128", False)])
+def test_which_formats_pair_their_blocks(spec, paired):
+    qw = anybit.quantize(torch.randn(64, 1024), spec)
+    config, _ = g.launch_settings(qw, 4, torch.device("cpu"))
+    assert (config.unroll == 2) == paired
+
+
 def test_heuristic_is_deterministic_and_group_aligned():
     for (m, n, k, group), per_sm, (ptx, split_groups, interleaved) in itertools.product(
         [(1, 4096, 4096, 128), (32, 28672, 4096, 64), (7, 576, 576, 576), (1, 64, 1536, 16), (3, 4096, 14336, 128),
@@ -160,6 +196,25 @@ def test_heuristic_is_deterministic_and_group_aligned():
 @pytest.mark.parametrize("k_blocks, want, split", [(32, 5, 4), (112, 5, 4), (112, 6, 7), (5, 3, 5), (7, 4, 7), (64, 1, 1)])
 def test_even_split_divides_the_blocks(k_blocks, want, split):
     assert g.even_split(k_blocks, want) == split
+
+
+@pytest.mark.parametrize("k_blocks, tiles, unroll", [(32, 128, 2), (112, 128, 2), (112, 896, 2), (16, 4008, 2),
+                                                     (96, 7, 4), (10, 3, 5), (2, 1, 2)])
+def test_split_leaves_whole_unrolled_steps_per_split(k_blocks, tiles, unroll):
+    split = g.split_for(k_blocks, tiles, 4, 132, unroll)
+    assert k_blocks % split == 0 and (k_blocks // split) % unroll == 0
+    assert split == g.even_split(k_blocks // unroll, min(k_blocks // unroll, -(-4 * 132 // tiles)))
+
+
+def test_unroll_must_divide_the_blocks_of_a_split():
+    qw = anybit.quantize(torch.randn(40, 300), "int4-g32")
+    x = torch.randn(1, 300, dtype=torch.float16)
+    config = g.GemvConfig(1, 32, 64, 1, unroll=2)  # 5 blocks of 64
+    with pytest.raises(ValueError, match="config.unroll=2 must be a positive divisor of the 5 K-blocks"):
+        g.launch_gemv(x, qw.codes, qw.params["scales"], None, None, None, 40, 300, 4, 32, g.Decode.SYMMETRIC,
+                      config)
+    with pytest.raises(ValueError, match="unroll=3 does not divide the 16 K-blocks"):
+        g.split_for(16, 4, 4, 132, unroll=3)
 
 
 def test_dispatcher_caches_are_traced_without_warnings():
@@ -190,6 +245,7 @@ def test_dispatcher_caches_are_traced_without_warnings():
     "spec, ns, m, config",
     [
         ("int4-g32", (70, 33, 33), 1, g.GemvConfig(1, 32, 64, 3)),  # split-K, partial last tiles
+        ("int4-g32", (70, 33), 2, g.GemvConfig(2, 32, 32, 1, unroll=3)),  # 3 blocks per iteration
         ("uint4-g64", (40, 96), 3, g.GemvConfig(4, 32, 64, 1)),
         ("nf4-g32", (64, 16, 50), 5, g.GemvConfig(8, 16, 32, 2)),
         ("int3-gc", (33, 70), 2, None),

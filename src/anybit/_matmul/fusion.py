@@ -81,7 +81,7 @@ def _table_key(table: torch.fx.Node | None, graph: torch.fx.Graph):
 def _group_key(args: dict, graph: torch.fx.Graph) -> tuple:
     """What must agree for calls to share a launch (split_k is chosen again)."""
     shared = tuple(args[name] for name in ("k", "bits", "group", "mode", "block_m", "block_n", "block_k",
-                                           "num_warps", "num_stages", "x_pairs"))
+                                           "num_warps", "num_stages", "x_pairs", "unroll"))
     return ((_same_data(args["x"]), _table_key(args["table"], graph)) + shared
             + (args["zeros"] is None, args["bias"] is None))
 
@@ -136,14 +136,15 @@ def _fuse(graph: torch.fx.Graph, chunk: list[torch.fx.Node]) -> None:
     first = args[0]
     ys = [node.meta["val"] for node in chunk]
     n_total = sum(a["n"] for a in args)
-    config = g.GemvConfig(first["block_m"], first["block_n"], first["block_k"], first["split_k"])
+    config = g.GemvConfig(first["block_m"], first["block_n"], first["block_k"], first["split_k"],
+                          unroll=first["unroll"])
     split_k = g.merged_split(config, n_total, first["k"], g.sm_count(ys[0].device))
     lists = {name: [a[name] for a in args] for name in _PER_WEIGHT}
     with graph.inserting_before(chunk[0]):
         fused = graph.call_function(_MULTI, (
             first["x"], lists["codes"], lists["scales"], lists["zeros"], first["table"], lists["bias"], lists["n"],
             first["k"], first["bits"], first["group"], first["mode"], first["block_m"], first["block_n"],
-            first["block_k"], split_k, first["num_warps"], first["num_stages"], first["x_pairs"]))
+            first["block_k"], split_k, first["num_warps"], first["num_stages"], first["x_pairs"], first["unroll"]))
         fused.meta["val"] = list(ys)
         for i, node in enumerate(chunk):
             item = graph.call_function(operator.getitem, (fused, i))

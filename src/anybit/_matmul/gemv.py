@@ -39,6 +39,11 @@ class GemvConfig:
     num_stages: int = 2
     #: read x two elements per 32-bit load in the 4-bit path (where x allows)
     x_pairs: bool = False
+    #: K-blocks per loop iteration, a divisor of each split's K-blocks: at 2 the
+    #: pipeline fetches two consecutive K-blocks in one stage, so each row's bytes
+    #: of both are requested together (128 bytes of 4-bit codes per row at 128-code
+    #: blocks instead of 64, which streams faster; see ``gemv_config``)
+    unroll: int = 1
 
 
 def traceable_cache(maxsize: int | None):
@@ -131,15 +136,21 @@ def even_split(k_blocks: int, want: int) -> int:
     return min(divisors, key=lambda d: (abs(d - want), -d))
 
 
-def split_for(k_blocks: int, tiles: int, programs_per_sm: int, sms: int) -> int:
+def split_for(k_blocks: int, tiles: int, programs_per_sm: int, sms: int, unroll: int = 1) -> int:
     """Split-K count for about ``programs_per_sm`` programs per SM over ``tiles`` output
-    tiles: at least 1, at most one K-block per split, dividing the K-blocks (``even_split``)."""
-    return even_split(k_blocks, max(1, min(k_blocks, -(-programs_per_sm * sms // tiles))))
+    tiles: at least 1, at least ``unroll`` K-blocks per split, such that every split runs
+    the same whole number of ``unroll``-block steps (``even_split`` of k_blocks / unroll;
+    ``unroll`` must divide ``k_blocks``)."""
+    if k_blocks % unroll:
+        raise ValueError(f"unroll={unroll} does not divide the {k_blocks} K-blocks")
+    steps = k_blocks // unroll
+    return even_split(steps, max(1, min(steps, -(-programs_per_sm * sms // tiles))))
 
 
 @traceable_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
 def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int | None = None,
-                ptx: bool = False, split_groups: bool = False, interleaved: bool = False) -> GemvConfig:
+                ptx: bool = False, split_groups: bool = False, interleaved: bool = False,
+                paired: bool = False) -> GemvConfig:
     """Deterministic launch settings for an (m, n, k) product with groups of ``group``.
 
     Fitted to H200 sweeps of forced configurations (benchmarks/results/
@@ -167,11 +178,30 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
       -> 1.05-1.12x; variants-v9b).
     * Per-row groups at 32 rows take 128-code K-blocks (int8-gc on 6144 x 4096:
       0.90x -> 1.19x; variants-v9b).
+    * ``paired`` (4-bit codes on the PTX path, groups of a multiple of 128 codes)
+      at 1 to 16 rows of x: 128-code K-blocks, two per loop iteration
+      (``GemvConfig.unroll``), about 4 programs per SM, so a stage fetches 128
+      bytes of each row without keeping two groups apart in the product.
+      Geomean vs fp16 over the 8 standard shapes and 128256 x 4096 (int4-g128,
+      h200-2026-11-22-variants-u1-*.json): 2.12 -> 2.32x at 2 rows, 1.99 ->
+      2.28x at 4, 2.05 -> 2.27x at 8, 1.81 -> 1.96x at 16 (1.28 -> 1.24x at 32,
+      so not there); over 7 of them (-u2-*.json) uint4-g128 1.91 / 1.84 / 1.85 /
+      1.74x -> 2.26 / 2.12 / 2.13 / 1.79x at 1 / 4 / 8 / 16 rows, nf4-g128
+      1.66 / 1.53 / 1.66 / 1.40x -> 1.83 / 1.76 / 1.74 / 1.40x.  At one row,
+      where ``split_groups`` keeps int4-g128's two groups of a 256-code block
+      apart, that stays: equal in geomean (2.49x against 2.50x) with larger
+      per-shape swings (8192 x 8192: 16.3 against 20.2 us; 10240 x 8192: 24.2
+      against 19.7 us).  int8-gc, int3-g128 and int2-g64 measured no better or
+      worse with it.
     """
     block_m = row_block(m)
     wide = interleaved and block_m >= 32
+    unroll = 1
     if ptx and group >= k:
         block_k = 128 if block_m >= 32 else 256
+    elif paired and block_m <= 16 and group % 128 == 0 and not (split_groups and block_m == 1):
+        block_k = 128
+        unroll = 2 if -(-k // block_k) % 2 == 0 else 1
     elif split_groups and group >= 32 and 256 % group == 0 and block_m * (256 // group) <= 4:
         block_k = 256
     else:
@@ -179,14 +209,17 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     block_n = 64 if wide else 32
     k_blocks = -(-k // block_k)
     n_tiles = -(-n // block_n)
-    split_k = split_for(k_blocks, n_tiles, programs_per_sm or heuristic_programs_per_sm(block_m, block_n, block_k), sms)
-    return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True)
+    per_sm = programs_per_sm or heuristic_programs_per_sm(block_m, block_n, block_k, unroll)
+    split_k = split_for(k_blocks, n_tiles, per_sm, sms, unroll)
+    return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True,
+                      unroll=unroll)
 
 
-def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int) -> int:
+def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int, unroll: int = 1) -> int:
     """The programs per SM ``gemv_config`` splits K for: 2 with its 64-row tiles (the
     interleaved widths at 32 rows of x), 8 at 5 to 8 rows of x (BLOCK_M 8) with
-    128-code K-blocks, else 4.
+    128-code K-blocks taken one per iteration, else 4 (with two per iteration, 4
+    per SM ran 2.27x fp16 at 8 rows against 2.14x with 8; variants-u1-m8-16-32).
 
     At 8 rows of x, twice the splits (twice the warps in flight) ran int4-g128 at
     2.25x fp16 (geomean of the 8 standard shapes and 128256 x 4096) against 2.08x
@@ -198,7 +231,7 @@ def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int) -> int:
     """
     if block_n == 64:
         return 2
-    return 8 if block_m == 8 and block_k == 128 else 4
+    return 8 if block_m == 8 and block_k == 128 and unroll == 1 else 4
 
 
 #: Decode modes the PTX decode path serves (integer codes; tables of 4-bit codes).
@@ -259,9 +292,12 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
     if config is None:
         decode = qw.format.kernel_decode()
         ptx = has_ptx_decode(qw.format.bits, decode.mode)
+        paired = ptx and qw.format.bits == 4 and group < k and group % 128 == 0
+        # 4-bit tables take the paired blocks even at one row (nf4-g128 1.66x -> 1.83x fp16)
+        table = decode.mode in (Decode.TABLE, Decode.ROW_TABLE)
         config = gemv_config(m, qw.shape[0], k, group, sm_count(device), ptx=ptx,
-                             split_groups=ptx and decode.mode is not Decode.ZERO_POINT,
-                             interleaved=ptx and ptx_natural(qw.format.bits))
+                             split_groups=ptx and decode.mode is not Decode.ZERO_POINT and not (paired and table),
+                             interleaved=ptx and ptx_natural(qw.format.bits), paired=paired)
     return config, kernel_group(group, k, config.block_k)
 
 
@@ -412,6 +448,10 @@ def launch_gemv_multi(
     grid = (sum(tiles), split_k, -(-m // config.block_m))
     workspace, counters = split_k_buffers(outs[0], split_k, grid[0] * grid[2], workspace, sum(ns))
     k_blocks = -(-k // config.block_k)
+    per_split = -(-k_blocks // split_k)
+    if config.unroll < 1 or per_split % config.unroll:
+        raise ValueError(f"config.unroll={config.unroll} must be a positive divisor of the {per_split} K-blocks per "
+                         f"split (k={k}, block_k={config.block_k}, split_k={split_k})")
     ptx = 0 if interpreting() else ptx_groups(bits, mode, group, config.block_k, config.block_m)
     pointers, scalars = weight_operands(parts[0][0], parts[0][1], parts[0][2], table, k)
     # the operands of weights 1 and 2; weight 0's stand in for absent ones (never read)
@@ -426,13 +466,13 @@ def launch_gemv_multi(
         m, *rows, k, stride_xm=x.stride(0), **scalars,
         BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
-        BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias0 is not None, INTERPRET=interpreting(),
+        BLOCKS_PER_SPLIT=per_split, HAS_BIAS=bias0 is not None, INTERPRET=interpreting(),
         X_PAIRS=config.x_pairs and k % 2 == 0 and x.stride(0) % 2 == 0 and x.data_ptr() % 4 == 0,
         EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
         PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
-        **({"PDL": True, "launch_pdl": True} if programmatic_launch(x.device) else {}),
+        UNROLL=config.unroll, **({"PDL": True, "launch_pdl": True} if programmatic_launch(x.device) else {}),
     )
     return outs
 
@@ -442,15 +482,16 @@ def gemv_op(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
+    unroll: int,
 ) -> Tensor:
     """y (M, n) = x (M, k) @ W^T (+ bias) for W in the split-plane layout; see gemv_triton."""
-    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs)
+    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs, unroll)
     return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config)
 
 
 @gemv_op.register_fake
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, x_pairs):
+      num_warps, num_stages, x_pairs, unroll):
     return x.new_empty(x.shape[0], n)
 
 
@@ -459,17 +500,18 @@ def gemv_multi_op(
     x: Tensor, codes: list[Tensor], scales: list[Tensor], zeros: list[Tensor | None], table: Tensor | None,
     bias: list[Tensor | None], ns: list[int], k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
+    unroll: int,
 ) -> list[Tensor]:
     """``anybit::gemv`` for 1 to MAX_WEIGHTS weights of one format and K in one launch:
     [y_w (M, ns[w])]; see ``launch_gemv_multi`` (and ``fusion``, which emits it)."""
-    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs)
+    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs, unroll)
     parts = list(zip(codes, scales, zeros, bias, ns))
     return launch_gemv_multi(x, parts, table, k, bits, group, Decode(mode), config)
 
 
 @gemv_multi_op.register_fake
 def _(x, codes, scales, zeros, table, bias, ns, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, x_pairs):
+      num_warps, num_stages, x_pairs, unroll):
     return [x.new_empty(x.shape[0], n) for n in ns]
 
 
@@ -477,7 +519,8 @@ def merged_split(config: GemvConfig, n_total: int, k: int, sms: int) -> int:
     """Split-K for ``config``'s tiles over ``n_total`` rows (several weights in one launch),
     to the heuristic's programs per SM (``gemv_config``)."""
     return split_for(-(-k // config.block_k), -(-n_total // config.block_n),
-                     heuristic_programs_per_sm(config.block_m, config.block_n, config.block_k), sms)
+                     heuristic_programs_per_sm(config.block_m, config.block_n, config.block_k, config.unroll), sms,
+                     config.unroll)
 
 
 def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig | None = None) -> Tensor:
@@ -489,6 +532,6 @@ def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig
         x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), bias,
         n, k, qw.format.bits, group, qw.format.kernel_decode().mode.value,
         config.block_m, config.block_n, config.block_k, config.split_k, config.num_warps, config.num_stages,
-        config.x_pairs,
+        config.x_pairs, config.unroll,
     )
     return y.reshape(*x.shape[:-1], n)

@@ -358,6 +358,36 @@ def _integer_or_table(codes, rows, table_ptr, MODE: tl.constexpr, BITS: tl.const
 
 
 @triton.jit
+def _generic_block(codes_ptr, scales_ptr, zeros_ptr, table_ptr, x_ptr, w_rows, x_rows, k0, K, words_per_row,
+                   kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, BITS: tl.constexpr,
+                   MODE: tl.constexpr, GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, INTERPRET: tl.constexpr, dtype: tl.constexpr):
+    """The generic decode for one K-block (every format; the interpreter's path): fp32 [BLOCK_N, BLOCK_M]."""
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    x_t = _load_x(x_ptr, x_rows, stride_xm, offs_k, offs_k < K, offs_k, GROUP, BLOCK_M, EVEN_K, 1)
+    codes = _load_codes(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, BITS, BLOCK_N, BLOCK_K)
+    value = _integer_or_table(codes, w_rows, table_ptr, MODE, BITS)
+    if GROUP >= BLOCK_K:
+        # One group per K-block: its scale applies to the partial product.
+        scale, zero = _group_params(scales_ptr, zeros_ptr, w_rows, k0 // GROUP, num_groups, stride_sn,
+                                    stride_sg, stride_zn, stride_zg, MODE)
+        if MODE == ZERO_POINT:
+            value -= zero.to(tl.float32)[:, None]
+        part = _dot(value.to(dtype), x_t, INTERPRET) * scale[:, None]
+    else:
+        # Several groups per K-block: scale each weight, rounding it once to x's dtype.
+        group = offs_k // GROUP
+        ok = (group < num_groups)[None, :]
+        where = w_rows[:, None] * stride_sn + group[None, :] * stride_sg
+        scale = tl.load(scales_ptr + where, mask=ok, other=0.0).to(tl.float32)
+        if MODE == ZERO_POINT:
+            where = w_rows[:, None] * stride_zn + group[None, :] * stride_zg
+            value -= tl.load(zeros_ptr + where, mask=ok, other=0).to(tl.float32)
+        part = _dot((value * scale).to(dtype), x_t, INTERPRET)
+    return part
+
+
+@triton.jit
 def _dot(a, b, INTERPRET: tl.constexpr):
     """a @ b with fp32 accumulation.
 
@@ -421,6 +451,7 @@ def gemv_kernel(
     INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False, EVEN_K: tl.constexpr = False,
     PTX_GROUPS: tl.constexpr = 0, PTX_ASM: tl.constexpr = "", PTX_CONSTRAINTS: tl.constexpr = "",
     PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1, PDL: tl.constexpr = False,
+    UNROLL: tl.constexpr = 1,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias), for WEIGHTS (1 to 3) weights at once.
 
@@ -438,6 +469,8 @@ def gemv_kernel(
     loads along K need no mask.  PTX_GROUPS: see ``gemv.ptx_groups`` (0 in
     the interpreter, which cannot run PTX).  PDL: launched with ``launch_pdl``
     (Hopper on; never in the interpreter): wait for the previous kernel first.
+    UNROLL: K-blocks per loop iteration (``GemvConfig.unroll``); divides
+    BLOCKS_PER_SPLIT.
     """
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -482,35 +515,22 @@ def gemv_kernel(
         table = _table_words(table_ptr, w_rows, MODE, dtype)  # in registers for the whole loop
     else:
         table = (w_rows,)  # unused
-    for i in range(0, BLOCKS_PER_SPLIT):
-        k0 = (pid_k * BLOCKS_PER_SPLIT + i) * BLOCK_K
-        if PTX:
-            acc += _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k0, K, words_per_row,
-                              kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, BITS,
-                              MODE, GROUP, SUB, BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, PTX_NATURAL, PTX_ASM,
-                              PTX_CONSTRAINTS, dtype)
-        else:
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            x_t = _load_x(x_ptr, x_rows, stride_xm, offs_k, offs_k < K, offs_k, GROUP, BLOCK_M, EVEN_K, 1)
-            codes = _load_codes(codes_ptr, w_rows, k0, words_per_row, kpad_words, EVEN_K, BITS, BLOCK_N, BLOCK_K)
-            value = _integer_or_table(codes, w_rows, table_ptr, MODE, BITS)
-            if GROUP >= BLOCK_K:
-                # One group per K-block: its scale applies to the partial product.
-                scale, zero = _group_params(scales_ptr, zeros_ptr, w_rows, k0 // GROUP, num_groups, stride_sn,
-                                            stride_sg, stride_zn, stride_zg, MODE)
-                if MODE == ZERO_POINT:
-                    value -= zero.to(tl.float32)[:, None]
-                acc += _dot(value.to(dtype), x_t, INTERPRET) * scale[:, None]
+    # UNROLL consecutive K-blocks per iteration: the pipeline then fetches them in one
+    # stage, so each row's bytes of those blocks are requested together (see
+    # ``gemv.GemvConfig.unroll``).  The launcher makes UNROLL divide BLOCKS_PER_SPLIT.
+    for i in range(0, BLOCKS_PER_SPLIT, UNROLL):
+        for u in tl.static_range(UNROLL):
+            k0 = (pid_k * BLOCKS_PER_SPLIT + i + u) * BLOCK_K
+            if PTX:
+                acc += _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k0, K,
+                                  words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn,
+                                  stride_zg, BITS, MODE, GROUP, SUB, BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, PTX_NATURAL,
+                                  PTX_ASM, PTX_CONSTRAINTS, dtype)
             else:
-                # Several groups per K-block: scale each weight, rounding it once to x's dtype.
-                group = offs_k // GROUP
-                ok = (group < num_groups)[None, :]
-                where = w_rows[:, None] * stride_sn + group[None, :] * stride_sg
-                scale = tl.load(scales_ptr + where, mask=ok, other=0.0).to(tl.float32)
-                if MODE == ZERO_POINT:
-                    where = w_rows[:, None] * stride_zn + group[None, :] * stride_zg
-                    value -= tl.load(zeros_ptr + where, mask=ok, other=0).to(tl.float32)
-                acc += _dot((value * scale).to(dtype), x_t, INTERPRET)
+                acc += _generic_block(codes_ptr, scales_ptr, zeros_ptr, table_ptr, x_ptr, w_rows, x_rows, k0, K,
+                                      words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg,
+                                      stride_zn, stride_zg, BITS, MODE, GROUP, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
+                                      INTERPRET, dtype)
 
     if SUB > 1:
         acc = tl.sum(tl.reshape(acc, [BLOCK_N, SUB, BLOCK_M]), axis=1)
