@@ -196,18 +196,18 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     """
     block_m = row_block(m)
     wide = interleaved and block_m >= 32
-    unroll = 1
+    pair = False
     if ptx and group >= k:
         block_k = 128 if block_m >= 32 else 256
     elif paired and block_m <= 16 and group % 128 == 0 and not (split_groups and block_m == 1):
-        block_k = 128
-        unroll = 2 if -(-k // block_k) % 2 == 0 else 1
+        block_k, pair = 128, True
     elif split_groups and group >= 32 and 256 % group == 0 and block_m * (256 // group) <= 4:
         block_k = 256
     else:
         block_k = min(128, group) if 32 <= group < k else 128
     block_n = 64 if wide else 32
     k_blocks = -(-k // block_k)
+    unroll = 2 if pair and k_blocks % 2 == 0 else 1
     n_tiles = -(-n // block_n)
     per_sm = programs_per_sm or heuristic_programs_per_sm(block_m, block_n, block_k, unroll)
     split_k = split_for(k_blocks, n_tiles, per_sm, sms, unroll)
