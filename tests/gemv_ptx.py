@@ -1,7 +1,8 @@
 """Print, as JSON, where the decode kernel's PTX (compiled for sm_90, no GPU needed) waits
-for the kernel before it, lets the next one launch, and first touches global memory.
+for the kernel before it, lets the next one launch, first touches global memory and last
+issues a K loop copy.
 
-Usage: python tests/gemv_ptx.py PDL BITS WEIGHTS   (PDL 0 or 1; WEIGHTS 1 to 3)
+Usage: python tests/gemv_ptx.py PDL BITS WEIGHTS   (PDL: off, early or late; WEIGHTS 1 to 3)
 with int-``BITS`` symmetric codes in groups of 128, split-K 4, the PTX decode where it
 exists.  Run in a process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot
 compile kernels."""
@@ -16,39 +17,50 @@ from triton.backends.compiler import GPUTarget
 
 from anybit._matmul import gemv as g
 from anybit._matmul.decode_ptx import constraints, decode_asm
-from anybit._matmul.gemv_triton import SYMMETRIC, gemv_kernel
+from anybit._matmul.gemv_triton import PDL_OFF, SYMMETRIC, TRIGGER_IDS, gemv_kernel
 
 #: PTX that reads or writes global memory (kernel parameters are read with ld.param)
 GLOBAL_ACCESS = re.compile(r"^\s*(@%p\d+\s+)?(ld\.global|st\.global|cp\.async|atom\.|red\.)")
+COPY = re.compile(r"^\s*(@%p\d+\s+)?cp\.async\.c")
 
 
-def report(pdl: bool, bits: int, weights: int) -> dict:
+def report(pdl: str, bits: int, weights: int) -> dict:
     mode = SYMMETRIC.value
+    trigger = None if pdl == "off" else g.Trigger(pdl)
     ptx_groups = g.ptx_groups(bits, g.Decode.SYMMETRIC, 128, 256, 1)
     constants = dict(BITS=bits, GROUP=128, MODE=mode, BLOCK_M=1, BLOCK_N=32, BLOCK_K=256, SPLIT_K=4,
                      BLOCKS_PER_SPLIT=4, HAS_BIAS=False, INTERPRET=False, X_PAIRS=False, EVEN_K=True,
                      PTX_GROUPS=ptx_groups, PTX_ASM=decode_asm(bits, mode, False) if ptx_groups else "",
                      PTX_CONSTRAINTS=constraints(bits, mode) if ptx_groups else "",
-                     PTX_NATURAL=bool(ptx_groups) and g.ptx_natural(bits), WEIGHTS=weights, PDL=pdl,
+                     PTX_NATURAL=bool(ptx_groups) and g.ptx_natural(bits), WEIGHTS=weights,
+                     PDL=PDL_OFF.value if trigger is None else TRIGGER_IDS[trigger],
                      UNROLL=2)
     names = list(inspect.signature(gemv_kernel.fn).parameters)
     pointers = {name: "*i32" if name.startswith("codes") or name == "counter_ptr" else
                 "*fp32" if name == "ws_ptr" else "*fp16" for name in names if name.endswith("_ptr")}
     signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
-    source = triton.compiler.ASTSource(fn=gemv_kernel, signature=signature, constexprs=constants)
+    # pointers and row lengths 16-byte aligned, as in real launches: the K loop's loads
+    # then become cp.async copies (pipelined) as on the GPU
+    aligned = {(names.index(name),): [["tt.divisibility", 16]] for name in names
+               if name.endswith("_ptr") or name in ("K", "words_per_row", "kpad_words", "stride_xm")}
+    source = triton.compiler.ASTSource(fn=gemv_kernel, signature=signature, constexprs=constants, attrs=aligned)
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                            options=dict(num_warps=2, num_stages=3, launch_pdl=pdl))
+                            options=dict(num_warps=2, num_stages=3, launch_pdl=trigger is not None))
     lines = kernel.asm["ptx"].splitlines()
 
     def first(predicate):
         return next((i for i, line in enumerate(lines) if predicate(line)), None)
 
+    def last(predicate):
+        return max((i for i, line in enumerate(lines) if predicate(line)), default=None)
+
     return {"launch_pdl": kernel.metadata.launch_pdl,
             "wait": first(lambda line: "griddepcontrol.wait" in line),
             "launch_dependents": first(lambda line: "griddepcontrol.launch_dependents" in line),
-            "first_global_access": first(lambda line: GLOBAL_ACCESS.match(line) is not None)}
+            "first_global_access": first(lambda line: GLOBAL_ACCESS.match(line) is not None),
+            # the K loop's weight and x copies (the split-K fix-up and the store use none)
+            "last_copy": last(lambda line: COPY.match(line) is not None)}
 
 
 if __name__ == "__main__":
-    pdl, bits, weights = (int(arg) for arg in sys.argv[1:4])
-    print(json.dumps(report(bool(pdl), bits, weights)))
+    print(json.dumps(report(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))

@@ -6,6 +6,7 @@ works (on the reference path) where Triton is not installed.
 
 from __future__ import annotations
 
+import enum
 import functools
 import importlib.util
 import os
@@ -98,30 +99,52 @@ def capability(device: torch.device) -> tuple[int, int]:
     return _capability(cuda_index(device))
 
 
-#: Environment variable switching programmatic dependent launch of the decode kernel
-#: (``programmatic_launch``): ``on`` (the default) or ``off``; read at every launch.
+#: Environment variable setting programmatic dependent launch of the decode kernel
+#: (``programmatic_launch``): ``on`` (the default: the trigger ``default_trigger``
+#: picks), ``off``, or ``early`` / ``late`` to force one ``Trigger``; read at every launch.
 PDL_ENV = "ANYBIT_PDL"
-PDL_SETTINGS = ("on", "off")
+PDL_SETTINGS = ("on", "off", "early", "late")
 
 
-def programmatic_launch(device: torch.device) -> bool:
-    """Whether the decode kernel is launched as a programmatic dependent on ``device``:
-    on Hopper and later GPUs (sm_90+), unless ``ANYBIT_PDL=off``.
+class Trigger(enum.Enum):
+    """Where a decode kernel launched as a programmatic dependent lets the next kernel
+    in the stream launch (``griddepcontrol.launch_dependents``).  Either way it first
+    waits for the kernel before it (``griddepcontrol.wait``), and the next kernel waits
+    for it in turn before touching anything it writes, so results do not depend on it."""
+
+    #: right after the wait, before the K loop: the next kernel's programs may be
+    #: placed on the SMs while this one streams its weights
+    EARLY = "early"
+    #: after the K loop, before the split-K fix-up and the store
+    LATE = "late"
+
+
+def default_trigger(block_m: int) -> Trigger:
+    """The trigger ``programmatic_launch`` uses by default for BLOCK_M rows of x."""
+    return Trigger.EARLY
+
+
+def programmatic_launch(device: torch.device, block_m: int = 1) -> Trigger | None:
+    """How the decode kernel for BLOCK_M rows of x is launched on ``device``: as a
+    programmatic dependent with the given ``Trigger``, or plainly (None).  Programmatic
+    launch is used on Hopper and later GPUs (sm_90+), unless ``ANYBIT_PDL=off``;
+    ``ANYBIT_PDL=early`` or ``late`` forces the trigger, ``on`` (the default) takes
+    ``default_trigger``'s.
 
     Such a launch may start while the kernel before it in the stream still runs, once
     that kernel lets it (``griddepcontrol.launch_dependents``); the decode kernel waits
-    for it to finish (``griddepcontrol.wait``) before reading or writing anything, then
-    lets the next kernel launch in turn.  Results are the same either way.  What it saves
-    is the launch latency between kernels that launch this way (in a CUDA graph: those of
-    Inductor with ``torch._inductor.config.triton.enable_pdl``): on the H200 a decoding
-    step of a Llama-3.1-8B-shaped model took 0.15-0.17 ms (3-5%) less at batch 1, 8 and
-    32 (docs/NOTES.md, e2e-v7)."""
+    for it to finish (``griddepcontrol.wait``) before reading or writing anything.  Results
+    are the same either way.  What it saves is the launch latency between kernels that
+    launch this way (in a CUDA graph: those of Inductor with
+    ``torch._inductor.config.triton.enable_pdl``): on the H200 a decoding step of a
+    Llama-3.1-8B-shaped model took 0.15-0.17 ms (3-5%) less at batch 1, 8 and 32
+    (docs/NOTES.md, e2e-v7)."""
     setting = os.environ.get(PDL_ENV, "on").strip().lower()
     if setting not in PDL_SETTINGS:
         raise ValueError(f"{PDL_ENV}={setting!r} is not supported; accepted: {', '.join(PDL_SETTINGS)}")
-    if setting == "off" or interpreting() or device.type != "cuda":
-        return False
-    return capability(device)[0] >= 9
+    if setting == "off" or interpreting() or device.type != "cuda" or capability(device)[0] < 9:
+        return None
+    return default_trigger(block_m) if setting == "on" else Trigger(setting)
 
 
 def row_block(m: int) -> int:
@@ -472,9 +495,16 @@ def launch_gemv_multi(
         PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
-        UNROLL=config.unroll, **({"PDL": True, "launch_pdl": True} if programmatic_launch(x.device) else {}),
+        UNROLL=config.unroll, **_pdl_arguments(programmatic_launch(x.device, config.block_m)),
     )
     return outs
+
+
+def _pdl_arguments(trigger: Trigger | None) -> dict:
+    """The kernel's PDL constexpr and the launch option for ``trigger`` (none without one)."""
+    from .gemv_triton import TRIGGER_IDS
+
+    return {} if trigger is None else {"PDL": TRIGGER_IDS[trigger], "launch_pdl": True}
 
 
 @torch.library.custom_op("anybit::gemv", mutates_args=())

@@ -49,6 +49,7 @@ import triton.language as tl
 from .. import packing
 from ..formats._base import Decode
 from . import decode_ptx
+from .gemv import Trigger
 
 #: constexpr ids of the decode modes (Triton constexprs are ints), the same as decode_ptx's.
 SYMMETRIC: tl.constexpr = tl.constexpr(decode_ptx.SYMMETRIC)
@@ -57,6 +58,12 @@ ZERO_POINT: tl.constexpr = tl.constexpr(decode_ptx.ZERO_POINT)
 TABLE: tl.constexpr = tl.constexpr(decode_ptx.TABLE)
 ROW_TABLE: tl.constexpr = tl.constexpr(decode_ptx.ROW_TABLE)
 MODE_IDS = {mode: globals()[mode.name].value for mode in Decode}
+#: constexpr ids of the PDL argument: launched plainly, or as a programmatic dependent
+#: letting the next kernel launch early or late (``gemv.Trigger``).
+PDL_OFF: tl.constexpr = tl.constexpr(0)
+PDL_EARLY: tl.constexpr = tl.constexpr(1)
+PDL_LATE: tl.constexpr = tl.constexpr(2)
+TRIGGER_IDS = {Trigger.EARLY: PDL_EARLY.value, Trigger.LATE: PDL_LATE.value}
 
 
 @triton.jit
@@ -450,7 +457,7 @@ def gemv_kernel(
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False, EVEN_K: tl.constexpr = False,
     PTX_GROUPS: tl.constexpr = 0, PTX_ASM: tl.constexpr = "", PTX_CONSTRAINTS: tl.constexpr = "",
-    PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1, PDL: tl.constexpr = False,
+    PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1, PDL: tl.constexpr = PDL_OFF,
     UNROLL: tl.constexpr = 1,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias), for WEIGHTS (1 to 3) weights at once.
@@ -467,8 +474,10 @@ def gemv_kernel(
     read x two elements at a time.  EVEN_K: every K-block of every split lies
     inside K (K a multiple of BLOCK_K, the blocks a multiple of SPLIT_K), so
     loads along K need no mask.  PTX_GROUPS: see ``gemv.ptx_groups`` (0 in
-    the interpreter, which cannot run PTX).  PDL: launched with ``launch_pdl``
-    (Hopper on; never in the interpreter): wait for the previous kernel first.
+    the interpreter, which cannot run PTX).  PDL: PDL_OFF, or launched with
+    ``launch_pdl`` (Hopper on; never in the interpreter): wait for the previous
+    kernel first, and let the next one launch right after that wait (PDL_EARLY)
+    or after the K loop (PDL_LATE).
     UNROLL: K-blocks per loop iteration (``GemvConfig.unroll``); divides
     BLOCKS_PER_SPLIT.
     """
@@ -494,13 +503,15 @@ def gemv_kernel(
     w_rows = tl.minimum(rows, N - 1)
     x_rows = tl.minimum(offs_m, M - 1)
     dtype = x_ptr.dtype.element_ty
-    if PDL:
+    if PDL != PDL_OFF:
         # Launched as a programmatic dependent (``gemv.programmatic_launch``): this program
         # may start while the kernel before it still runs.  Nothing is read or written
         # before that kernel has finished (x, the split-K counters and workspace, and
         # buffers it may still read are all touched after the wait); then the next
-        # kernel may launch, and it waits in turn before touching what this one writes.
+        # kernel may launch (here or after the K loop), and it waits in turn before
+        # touching what this one writes.
         tl.extra.cuda.gdc_wait()
+    if PDL == PDL_EARLY:
         tl.extra.cuda.gdc_launch_dependents()
 
     # Each split runs BLOCKS_PER_SPLIT K-blocks (a constexpr: fixed per layer
@@ -532,6 +543,8 @@ def gemv_kernel(
                                       stride_zn, stride_zg, BITS, MODE, GROUP, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
                                       INTERPRET, dtype)
 
+    if PDL == PDL_LATE:
+        tl.extra.cuda.gdc_launch_dependents()
     if SUB > 1:
         acc = tl.sum(tl.reshape(acc, [BLOCK_N, SUB, BLOCK_M]), axis=1)
     out_mask = row_ok[:, None] & m_ok[None, :]
