@@ -34,7 +34,10 @@ integer-or-table values enter the dot product unscaled (integers are exact
 in fp16/bf16, zero point already subtracted) and the group's scale
 multiplies the partial product once.  With smaller groups
 the weight is scaled element-wise before the dot and so rounded once to x's
-dtype.  Accumulation is fp32.
+dtype.  Accumulation is fp32.  On the PTX path the scales of a loop
+iteration's K-blocks are loaded one iteration ahead: they are plain loads
+(too small for the pipeline's asynchronous copies), and waiting for them
+inside the iteration cost up to 13% at one row of x.
 
 Split-K: every split writes its fp32 partial to a workspace and counts
 itself in on a per-tile counter; the last split to arrive adds the partials
@@ -272,8 +275,32 @@ def _interleave(values, C: tl.constexpr):
 
 
 @triton.jit
-def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k0, K, words_per_row, kpad_words,
-               num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg, BITS: tl.constexpr,
+def _ptx_params(scales_ptr, zeros_ptr, w_rows, k0, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+                MODE: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr, BLOCK_M: tl.constexpr):
+    """The scales of the K-block at k0's groups for ``_ptx_block``, multiplying its partial
+    product: (scale fp32 [BLOCK_N, 1] or [BLOCK_N, SUB * BLOCK_M], zero_cols fp32 [BLOCK_N,
+    SUB * BLOCK_M]: the zero points of each column block's group, ZERO_POINT with SUB > 1;
+    zeros otherwise).  The zero point a single group per block subtracts in the decode is
+    ``_ptx_block``'s own load."""
+    cols = tl.arange(0, SUB * BLOCK_M)
+    zero_cols = tl.zeros([w_rows.shape[0], SUB * BLOCK_M], dtype=tl.float32)
+    if SUB == 1:
+        ok = w_rows * 0 + k0 // GROUP < num_groups  # a vector mask, as interpreters require
+        scale = tl.load(scales_ptr + w_rows * stride_sn + (k0 // GROUP) * stride_sg, mask=ok, other=0.0)
+        scale = scale.to(tl.float32)[:, None]
+    else:
+        group = k0 // GROUP + cols // BLOCK_M
+        scale = tl.load(scales_ptr + w_rows[:, None] * stride_sn + group[None, :] * stride_sg,
+                        mask=(group < num_groups)[None, :], other=0.0).to(tl.float32)
+        if MODE == ZERO_POINT:
+            zero_cols = tl.load(zeros_ptr + w_rows[:, None] * stride_zn + group[None, :] * stride_zg,
+                                mask=(group < num_groups)[None, :], other=0).to(tl.float32)
+    return scale, zero_cols
+
+
+@triton.jit
+def _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params, w_rows, x_rows, k0, K, words_per_row, kpad_words,
+               num_groups, stride_xm, stride_zn, stride_zg, BITS: tl.constexpr,
                MODE: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr, BLOCK_M: tl.constexpr,
                BLOCK_K: tl.constexpr, EVEN_K: tl.constexpr, X_PAIRS: tl.constexpr, NATURAL: tl.constexpr,
                PTX_ASM: tl.constexpr, PTX_CONSTRAINTS: tl.constexpr, dtype: tl.constexpr):
@@ -293,20 +320,11 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k
     sum_k (c_k - z) x_k = sum_k c_k x_k - z sum_k x_k.
     """
     C: tl.constexpr = _codes_per_element(BITS)
-    # scales (and zero points) of the block's groups: per row, or per row and product column
-    cols = tl.arange(0, SUB * BLOCK_M)
-    if SUB == 1:
-        scale, zero = _group_params(scales_ptr, zeros_ptr, w_rows, k0 // GROUP, num_groups, stride_sn, stride_sg,
-                                    stride_zn, stride_zg, MODE)
-        scale = scale[:, None]
-    else:
-        group = k0 // GROUP + cols // BLOCK_M
-        scale = tl.load(scales_ptr + w_rows[:, None] * stride_sn + group[None, :] * stride_sg,
-                        mask=(group < num_groups)[None, :], other=0.0)
-        zero = w_rows * 0  # codes decoded as they are; ZERO_POINT corrects each column block below
-        if MODE == ZERO_POINT:
-            zero_cols = tl.load(zeros_ptr + w_rows[:, None] * stride_zn + group[None, :] * stride_zg,
-                                mask=(group < num_groups)[None, :], other=0).to(tl.float32)
+    scale, zero_cols = params  # (``_ptx_params``)
+    zero = w_rows * 0  # several groups: codes decoded as they are; ZERO_POINT corrects each column block below
+    if SUB == 1 and MODE == ZERO_POINT:
+        ok = w_rows * 0 + k0 // GROUP < num_groups
+        zero = tl.load(zeros_ptr + w_rows * stride_zn + (k0 // GROUP) * stride_zg, mask=ok, other=0).to(tl.int32)
     if MODE == SYMMETRIC:
         zero = w_rows * 0 + (1 << (BITS - 1))
     values = _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, EVEN_K, BITS, MODE,
@@ -342,7 +360,7 @@ def _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k
                 x_sum += tl.sum(x_j.to(tl.float32), axis=0)
     if SUB > 1 and MODE == ZERO_POINT:
         part -= zero_cols * x_sum[None, :]  # x_sum: each column's sum of x over its group
-    return part * scale.to(tl.float32)
+    return part * scale
 
 
 @triton.jit
@@ -529,14 +547,45 @@ def gemv_kernel(
     # UNROLL consecutive K-blocks per iteration: the pipeline then fetches them in one
     # stage, so each row's bytes of those blocks are requested together (see
     # ``gemv.GemvConfig.unroll``).  The launcher makes UNROLL divide BLOCKS_PER_SPLIT.
+    first = pid_k * BLOCKS_PER_SPLIT * BLOCK_K  # k of the split's first K-block
+    if PTX:
+        # The group scales (and, for several groups per block, zero points) of the next
+        # iteration's K-blocks are loaded one iteration ahead: plain loads, which the
+        # pipeline does not stage.  With UNROLL > 2 each block loads its own in the loop.
+        next0 = _ptx_params(scales_ptr, zeros_ptr, w_rows, first, num_groups, stride_sn, stride_sg, stride_zn,
+                            stride_zg, MODE, GROUP, SUB, BLOCK_M)
+        next1 = next0
+        if UNROLL == 2:
+            next1 = _ptx_params(scales_ptr, zeros_ptr, w_rows, first + BLOCK_K, num_groups, stride_sn, stride_sg,
+                                stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M)
+    else:
+        next0 = (w_rows,)  # unused
+        next1 = next0
     for i in range(0, BLOCKS_PER_SPLIT, UNROLL):
+        now0 = next0
+        now1 = next1
+        if PTX and UNROLL <= 2:
+            # the last iteration loads its own blocks' again (never past the split)
+            ahead = first + tl.minimum(i + UNROLL, BLOCKS_PER_SPLIT - UNROLL) * BLOCK_K
+            next0 = _ptx_params(scales_ptr, zeros_ptr, w_rows, ahead, num_groups, stride_sn, stride_sg, stride_zn,
+                                stride_zg, MODE, GROUP, SUB, BLOCK_M)
+            if UNROLL == 2:
+                next1 = _ptx_params(scales_ptr, zeros_ptr, w_rows, ahead + BLOCK_K, num_groups, stride_sn,
+                                    stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M)
         for u in tl.static_range(UNROLL):
-            k0 = (pid_k * BLOCKS_PER_SPLIT + i + u) * BLOCK_K
+            k0 = first + (i + u) * BLOCK_K
             if PTX:
-                acc += _ptx_block(codes_ptr, scales_ptr, zeros_ptr, x_ptr, table, w_rows, x_rows, k0, K,
-                                  words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn,
-                                  stride_zg, BITS, MODE, GROUP, SUB, BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, PTX_NATURAL,
-                                  PTX_ASM, PTX_CONSTRAINTS, dtype)
+                if UNROLL > 2:
+                    params = _ptx_params(scales_ptr, zeros_ptr, w_rows, k0, num_groups, stride_sn, stride_sg,
+                                         stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M)
+                elif u == 0:
+                    params = now0
+                else:
+                    params = now1
+                acc += _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params, w_rows, x_rows, k0, K,
+                                  words_per_row, kpad_words, num_groups, stride_xm, stride_zn, stride_zg, BITS, MODE,
+                                  GROUP, SUB, BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, PTX_NATURAL, PTX_ASM,
+                                  PTX_CONSTRAINTS, dtype)
             else:
                 acc += _generic_block(codes_ptr, scales_ptr, zeros_ptr, table_ptr, x_ptr, w_rows, x_rows, k0, K,
                                       words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg,
