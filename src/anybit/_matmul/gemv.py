@@ -120,8 +120,17 @@ class Trigger(enum.Enum):
 
 
 def default_trigger(block_m: int) -> Trigger:
-    """The trigger ``programmatic_launch`` uses by default for BLOCK_M rows of x."""
-    return Trigger.EARLY
+    """The trigger ``programmatic_launch`` uses by default for BLOCK_M rows of x: late at
+    every BLOCK_M.
+
+    Measured on the H200 (docs/NOTES.md, d15): the decoding step of a Llama-3.1-8B-shaped
+    model took 2.550 / 2.795 / 4.733 ms at batch 1 / 8 / 32 with the early trigger, 2.568 /
+    2.748 / 4.742 ms with the late one, and 2.729 / 2.913 / 4.906 ms launched plainly.  In
+    the single-layer benchmark, where the next kernel is another launch of this one, the
+    early trigger let those waiting programs take SM slots while this one streamed its
+    weights: late against early, int4-g128 2.22x against 2.10x fp16 at 8 rows, uint4-g128
+    1.25x against 1.23x at 32."""
+    return Trigger.LATE
 
 
 def programmatic_launch(device: torch.device, block_m: int = 1) -> Trigger | None:
