@@ -129,16 +129,33 @@ def test_auto_uses_the_reference_path_on_cpu(monkeypatch):
 @pytest.mark.parametrize("m", [1, 4, 5, 8, 16])
 def test_heuristic_splits_twice_as_far_at_eight_rows(m):
     """5 to 8 rows of x (BLOCK_M 8) with 128-code K-blocks split K for 8 programs per SM,
-    other row counts for 4, and so do the 256-code blocks of per-row groups."""
+    as does one row on a layer of at most 128 row tiles; other row counts for 4, and so
+    do the 256-code blocks of per-row groups."""
     config = g.gemv_config(m, 4096, 14336, 128, 132, ptx=True, split_groups=True)
-    per_sm = 8 if 4 < m <= 8 else 4
+    per_sm = 8 if 4 < m <= 8 or m == 1 else 4
     assert config == g.gemv_config(m, 4096, 14336, 128, 132, per_sm, ptx=True, split_groups=True)
     assert config.split_k == g.split_for(14336 // config.block_k, 4096 // config.block_n, per_sm, 132)
     if per_sm == 8:
         assert config.split_k > g.gemv_config(m, 4096, 14336, 128, 132, 4, ptx=True, split_groups=True).split_k
     per_row = g.gemv_config(m, 4096, 14336, 14336, 132, ptx=True)
     assert per_row.block_k == 256
-    assert per_row == g.gemv_config(m, 4096, 14336, 14336, 132, 4, ptx=True)
+    assert per_row == g.gemv_config(m, 4096, 14336, 14336, 132, 8 if m == 1 else 4, ptx=True)
+
+
+@pytest.mark.parametrize("n, per_sm", [(1024, 8), (4096, 8), (4097, 4), (6144, 4), (28672, 4)])
+@pytest.mark.parametrize("paired", [False, True])
+def test_heuristic_splits_layers_with_few_tiles_further_at_one_row(n, per_sm, paired):
+    """At one row of x, layers of at most ``ONE_ROW_FEW_TILES`` row tiles (4096 rows of 32)
+    split K for 8 programs per SM, larger ones for 4; at two rows all for 4."""
+    config = g.gemv_config(1, n, 14336, 128, 132, ptx=True, paired=paired)
+    assert config == g.gemv_config(1, n, 14336, 128, 132, per_sm, ptx=True, paired=paired)
+    two = g.gemv_config(2, n, 14336, 128, 132, ptx=True, paired=paired)
+    assert two == g.gemv_config(2, n, 14336, 128, 132, 4, ptx=True, paired=paired)
+    # several weights in one launch count their tiles together
+    merged = g.merged_split(config, 2 * n, 14336, 132)
+    tiles = -(-2 * n // config.block_n)
+    assert merged == g.split_for(14336 // config.block_k, tiles, 8 if tiles <= g.ONE_ROW_FEW_TILES else 4, 132,
+                                 config.unroll)
 
 
 @pytest.mark.parametrize("m", [1, 2, 3, 8, 16, 17, 32])
@@ -154,7 +171,7 @@ def test_heuristic_pairs_128_code_blocks_of_4_bit_codes(m, split_groups):
         assert (config.block_k, config.unroll) == (256, 1)
     else:
         assert (config.block_k, config.unroll) == (128, 2)
-        assert config.split_k == g.split_for(112, 128, 4, 132, 2)
+        assert config.split_k == g.split_for(112, 128, 8 if m == 1 else 4, 132, 2)
         assert (112 // config.split_k) % 2 == 0
     # an odd number of 128-code blocks takes them one at a time
     odd = g.gemv_config(m, 4096, 384, 128, 132, ptx=True, split_groups=split_groups, paired=True)

@@ -241,17 +241,26 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     k_blocks = -(-k // block_k)
     unroll = 2 if pair and k_blocks % 2 == 0 else 1
     n_tiles = -(-n // block_n)
-    per_sm = programs_per_sm or heuristic_programs_per_sm(block_m, block_n, block_k, unroll)
+    per_sm = programs_per_sm or heuristic_programs_per_sm(block_m, block_n, block_k, unroll, n_tiles)
     split_k = split_for(k_blocks, n_tiles, per_sm, sms, unroll)
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True,
                       unroll=unroll)
 
 
-def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int, unroll: int = 1) -> int:
+def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int, unroll: int = 1, n_tiles: int = 0) -> int:
     """The programs per SM ``gemv_config`` splits K for: 2 with its 64-row tiles (the
     interleaved widths at 32 rows of x), 8 at 5 to 8 rows of x (BLOCK_M 8) with
-    128-code K-blocks taken one per iteration, else 4 (with two per iteration, 4
-    per SM ran 2.27x fp16 at 8 rows against 2.14x with 8; variants-u1-m8-16-32).
+    128-code K-blocks taken one per iteration, 8 at one row of x on layers of at most
+    ``ONE_ROW_FEW_TILES`` row tiles (``n_tiles``; 0: not known), else 4 (with two
+    blocks per iteration, 4 per SM ran 2.27x fp16 at 8 rows against 2.14x with 8;
+    variants-u1-m8-16-32).
+
+    At one row of x, 8 per SM on layers of 4096 rows (128 tiles of 32; int4-g128, two
+    runs, h200-2026-11-22-variants-d15-few-tiles-*.json): 4096 x 14336 12.5-12.9 us
+    against 15.2-15.4, 4096 x 28672 22.6 against 27.3, 4096 x 4096 6.3 against 6.6;
+    uint4-g128 4096 x 14336 15.7 against 17.2, nf4-g128 19.4 against 24.6.  Layers
+    with more tiles gained nothing (6144 x 4096, 8192 x 8192) or lost (with 8 per SM
+    for all, 6144 x 4096 8.7 against 7.8 us; -variants-d15-m1.json).
 
     At 8 rows of x, twice the splits (twice the warps in flight) ran int4-g128 at
     2.25x fp16 (geomean of the 8 standard shapes and 128256 x 4096) against 2.08x
@@ -263,7 +272,13 @@ def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int, unroll: 
     """
     if block_n == 64:
         return 2
+    if block_m == 1 and 0 < n_tiles <= ONE_ROW_FEW_TILES:
+        return 8
     return 8 if block_m == 8 and block_k == 128 and unroll == 1 else 4
+
+
+#: At one row of x, layers of at most this many row tiles split K for 8 programs per SM.
+ONE_ROW_FEW_TILES = 128
 
 
 #: Decode modes the PTX decode path serves (integer codes; tables of 4-bit codes).
@@ -557,9 +572,10 @@ def _(x, codes, scales, zeros, table, bias, ns, k, bits, group, mode, block_m, b
 def merged_split(config: GemvConfig, n_total: int, k: int, sms: int) -> int:
     """Split-K for ``config``'s tiles over ``n_total`` rows (several weights in one launch),
     to the heuristic's programs per SM (``gemv_config``)."""
-    return split_for(-(-k // config.block_k), -(-n_total // config.block_n),
-                     heuristic_programs_per_sm(config.block_m, config.block_n, config.block_k, config.unroll), sms,
-                     config.unroll)
+    tiles = -(-n_total // config.block_n)
+    return split_for(-(-k // config.block_k), tiles,
+                     heuristic_programs_per_sm(config.block_m, config.block_n, config.block_k, config.unroll, tiles),
+                     sms, config.unroll)
 
 
 def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig | None = None) -> Tensor:
