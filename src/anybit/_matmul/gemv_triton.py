@@ -548,7 +548,8 @@ def gemv_kernel(
     # stage, so each row's bytes of those blocks are requested together (see
     # ``gemv.GemvConfig.unroll``).  The launcher makes UNROLL divide BLOCKS_PER_SPLIT.
     first = pid_k * BLOCKS_PER_SPLIT * BLOCK_K  # k of the split's first K-block
-    if PTX:
+    AHEAD: tl.constexpr = PTX and UNROLL <= 2
+    if AHEAD:
         # The group scales (and, for several groups per block, zero points) of the next
         # iteration's K-blocks are loaded one iteration ahead: plain loads, which the
         # pipeline does not stage.  With UNROLL > 2 each block loads its own in the loop.
@@ -564,7 +565,7 @@ def gemv_kernel(
     for i in range(0, BLOCKS_PER_SPLIT, UNROLL):
         now0 = next0
         now1 = next1
-        if PTX and UNROLL <= 2:
+        if AHEAD:
             # the last iteration loads its own blocks' again (never past the split)
             ahead = first + tl.minimum(i + UNROLL, BLOCKS_PER_SPLIT - UNROLL) * BLOCK_K
             next0 = _ptx_params(scales_ptr, zeros_ptr, w_rows, ahead, num_groups, stride_sn, stride_sg, stride_zn,
@@ -575,7 +576,7 @@ def gemv_kernel(
         for u in tl.static_range(UNROLL):
             k0 = first + (i + u) * BLOCK_K
             if PTX:
-                if UNROLL > 2:
+                if not AHEAD:
                     params = _ptx_params(scales_ptr, zeros_ptr, w_rows, k0, num_groups, stride_sn, stride_sg,
                                          stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M)
                 elif u == 0:
