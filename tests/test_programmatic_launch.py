@@ -25,7 +25,7 @@ def compiled(monkeypatch):
 
 
 @pytest.mark.parametrize("capability, setting, expected", [
-    ((9, 0), None, g.default_trigger(1)), ((10, 0), "on", g.default_trigger(1)), ((9, 0), " OFF ", None),
+    ((9, 0), None, g.DEFAULT_TRIGGER), ((10, 0), "on", g.DEFAULT_TRIGGER), ((9, 0), " OFF ", None),
     ((8, 9), None, None), ((8, 9), "late", None), ((9, 0), "Early", g.Trigger.EARLY), ((9, 0), "late", g.Trigger.LATE),
 ])
 def test_used_from_hopper_on_unless_switched_off(compiled, monkeypatch, capability, setting, expected):
@@ -37,12 +37,11 @@ def test_used_from_hopper_on_unless_switched_off(compiled, monkeypatch, capabili
     assert g.programmatic_launch(CUDA) is expected
 
 
-@pytest.mark.parametrize("block_m", [1, 2, 4, 8, 16, 32])
-def test_the_default_trigger_is_a_function_of_the_rows(compiled, monkeypatch, block_m):
+def test_the_default_trigger_is_a_trigger(compiled, monkeypatch):
     compiled((9, 0))
     monkeypatch.delenv(g.PDL_ENV, raising=False)
-    assert g.programmatic_launch(CUDA, block_m) is g.default_trigger(block_m)
-    assert isinstance(g.default_trigger(block_m), g.Trigger)
+    assert g.programmatic_launch(CUDA) is g.DEFAULT_TRIGGER
+    assert isinstance(g.DEFAULT_TRIGGER, g.Trigger)
 
 
 def test_never_on_the_cpu_nor_in_the_interpreter(compiled, monkeypatch):
@@ -69,7 +68,7 @@ def test_the_launch_asks_for_it_and_the_kernel_waits(monkeypatch, trigger):
             return lambda *args, **kwargs: launches.append(kwargs)
 
     monkeypatch.setattr(gemv_triton, "gemv_kernel", Kernel())
-    monkeypatch.setattr(g, "programmatic_launch", lambda device, block_m: trigger)
+    monkeypatch.setattr(g, "programmatic_launch", lambda device: trigger)
     codes = torch.zeros(64, 16, dtype=torch.int32)
     scales = torch.ones(64, 1, dtype=torch.float16)
     config = g.GemvConfig(block_m=1, block_n=32, block_k=128, split_k=1)

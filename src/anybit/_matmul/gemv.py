@@ -100,8 +100,8 @@ def capability(device: torch.device) -> tuple[int, int]:
 
 
 #: Environment variable setting programmatic dependent launch of the decode kernel
-#: (``programmatic_launch``): ``on`` (the default: the trigger ``default_trigger``
-#: picks), ``off``, or ``early`` / ``late`` to force one ``Trigger``; read at every launch.
+#: (``programmatic_launch``): ``on`` (the default: ``DEFAULT_TRIGGER``), ``off``, or
+#: ``early`` / ``late`` to force one ``Trigger``; read at every launch.
 PDL_ENV = "ANYBIT_PDL"
 PDL_SETTINGS = ("on", "off", "early", "late")
 
@@ -119,26 +119,24 @@ class Trigger(enum.Enum):
     LATE = "late"
 
 
-def default_trigger(block_m: int) -> Trigger:
-    """The trigger ``programmatic_launch`` uses by default for BLOCK_M rows of x: late at
-    every BLOCK_M.
-
-    Measured on the H200 (docs/NOTES.md, d15): the decoding step of a Llama-3.1-8B-shaped
-    model took 2.550 / 2.795 / 4.733 ms at batch 1 / 8 / 32 with the early trigger, 2.568 /
-    2.748 / 4.742 ms with the late one, and 2.729 / 2.913 / 4.906 ms launched plainly.  In
-    the single-layer benchmark, where the next kernel is another launch of this one, the
-    early trigger let those waiting programs take SM slots while this one streamed its
-    weights: late against early, int4-g128 2.22x against 2.10x fp16 at 8 rows, uint4-g128
-    1.25x against 1.23x at 32."""
-    return Trigger.LATE
+#: The trigger ``programmatic_launch`` uses by default, at every BLOCK_M.
+#:
+#: Measured on the H200 (docs/NOTES.md, d15): the decoding step of a Llama-3.1-8B-shaped
+#: model took 2.550 / 2.795 / 4.733 ms at batch 1 / 8 / 32 with the early trigger, 2.568 /
+#: 2.748 / 4.742 ms with the late one, and 2.729 / 2.913 / 4.906 ms launched plainly.  In
+#: the single-layer benchmark, where the next kernel is another launch of this one, the
+#: early trigger let those waiting programs take SM slots while this one streamed its
+#: weights: late against early, int4-g128 2.22x against 2.10x fp16 at 8 rows, uint4-g128
+#: 1.25x against 1.23x at 32.
+DEFAULT_TRIGGER = Trigger.LATE
 
 
-def programmatic_launch(device: torch.device, block_m: int = 1) -> Trigger | None:
-    """How the decode kernel for BLOCK_M rows of x is launched on ``device``: as a
+def programmatic_launch(device: torch.device) -> Trigger | None:
+    """How the decode kernel is launched on ``device``: as a
     programmatic dependent with the given ``Trigger``, or plainly (None).  Programmatic
     launch is used on Hopper and later GPUs (sm_90+), unless ``ANYBIT_PDL=off``;
     ``ANYBIT_PDL=early`` or ``late`` forces the trigger, ``on`` (the default) takes
-    ``default_trigger``'s.
+    ``DEFAULT_TRIGGER``.
 
     Such a launch may start while the kernel before it in the stream still runs, once
     that kernel lets it (``griddepcontrol.launch_dependents``); the decode kernel waits
@@ -153,7 +151,7 @@ def programmatic_launch(device: torch.device, block_m: int = 1) -> Trigger | Non
         raise ValueError(f"{PDL_ENV}={setting!r} is not supported; accepted: {', '.join(PDL_SETTINGS)}")
     if setting == "off" or interpreting() or device.type != "cuda" or capability(device)[0] < 9:
         return None
-    return default_trigger(block_m) if setting == "on" else Trigger(setting)
+    return DEFAULT_TRIGGER if setting == "on" else Trigger(setting)
 
 
 def row_block(m: int) -> int:
@@ -247,11 +245,11 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
                       unroll=unroll)
 
 
-def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int, unroll: int = 1, n_tiles: int = 0) -> int:
+def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int, unroll: int, n_tiles: int) -> int:
     """The programs per SM ``gemv_config`` splits K for: 2 with its 64-row tiles (the
     interleaved widths at 32 rows of x), 8 at 5 to 8 rows of x (BLOCK_M 8) with
     128-code K-blocks taken one per iteration, 8 at one row of x on layers of at most
-    ``ONE_ROW_FEW_TILES`` row tiles (``n_tiles``; 0: not known), else 4 (with two
+    ``ONE_ROW_FEW_TILES`` row tiles (``n_tiles``), else 4 (with two
     blocks per iteration, 4 per SM ran 2.27x fp16 at 8 rows against 2.14x with 8;
     variants-u1-m8-16-32).
 
@@ -272,7 +270,7 @@ def heuristic_programs_per_sm(block_m: int, block_n: int, block_k: int, unroll: 
     """
     if block_n == 64:
         return 2
-    if block_m == 1 and 0 < n_tiles <= ONE_ROW_FEW_TILES:
+    if block_m == 1 and n_tiles <= ONE_ROW_FEW_TILES:
         return 8
     return 8 if block_m == 8 and block_k == 128 and unroll == 1 else 4
 
@@ -519,7 +517,7 @@ def launch_gemv_multi(
         PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
-        UNROLL=config.unroll, **_pdl_arguments(programmatic_launch(x.device, config.block_m)),
+        UNROLL=config.unroll, **_pdl_arguments(programmatic_launch(x.device)),
     )
     return outs
 

@@ -226,16 +226,28 @@ def _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, E
 
 
 @triton.jit
+def _group_scale(scales_ptr, rows, group, num_groups, stride_sn, stride_sg):
+    """Scale (fp32 [R]) of group ``group`` of each row; 0 past the last group."""
+    ok = rows * 0 + group < num_groups  # a vector mask, as interpreters require
+    return tl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
+def _group_zero(zeros_ptr, rows, group, num_groups, stride_zn, stride_zg):
+    """Zero point (int32 [R]) of group ``group`` of each row; 0 past the last group."""
+    ok = rows * 0 + group < num_groups
+    return tl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(tl.int32)
+
+
+@triton.jit
 def _group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
                   MODE: tl.constexpr):
     """Scale (fp32 [R]) and zero point (int32 [R]; zeros unless MODE is ZERO_POINT)
     of group ``group`` of each row; 0 past the last group."""
-    ok = rows * 0 + group < num_groups  # a vector mask, as interpreters require
-    scale = tl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0.0).to(tl.float32)
     zero = rows * 0
     if MODE == ZERO_POINT:
-        zero = tl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(tl.int32)
-    return scale, zero
+        zero = _group_zero(zeros_ptr, rows, group, num_groups, stride_zn, stride_zg)
+    return _group_scale(scales_ptr, rows, group, num_groups, stride_sn, stride_sg), zero
 
 
 @triton.jit
@@ -285,9 +297,7 @@ def _ptx_params(scales_ptr, zeros_ptr, w_rows, k0, num_groups, stride_sn, stride
     cols = tl.arange(0, SUB * BLOCK_M)
     zero_cols = tl.zeros([w_rows.shape[0], SUB * BLOCK_M], dtype=tl.float32)
     if SUB == 1:
-        ok = w_rows * 0 + k0 // GROUP < num_groups  # a vector mask, as interpreters require
-        scale = tl.load(scales_ptr + w_rows * stride_sn + (k0 // GROUP) * stride_sg, mask=ok, other=0.0)
-        scale = scale.to(tl.float32)[:, None]
+        scale = _group_scale(scales_ptr, w_rows, k0 // GROUP, num_groups, stride_sn, stride_sg)[:, None]
     else:
         group = k0 // GROUP + cols // BLOCK_M
         scale = tl.load(scales_ptr + w_rows[:, None] * stride_sn + group[None, :] * stride_sg,
@@ -323,8 +333,7 @@ def _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params, w_rows, x_rows, k0, K
     scale, zero_cols = params  # (``_ptx_params``)
     zero = w_rows * 0  # several groups: codes decoded as they are; ZERO_POINT corrects each column block below
     if SUB == 1 and MODE == ZERO_POINT:
-        ok = w_rows * 0 + k0 // GROUP < num_groups
-        zero = tl.load(zeros_ptr + w_rows * stride_zn + (k0 // GROUP) * stride_zg, mask=ok, other=0).to(tl.int32)
+        zero = _group_zero(zeros_ptr, w_rows, k0 // GROUP, num_groups, stride_zn, stride_zg)
     if MODE == SYMMETRIC:
         zero = w_rows * 0 + (1 << (BITS - 1))
     values = _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, EVEN_K, BITS, MODE,
