@@ -1,13 +1,16 @@
 """Attention of one decoding token over 32 Llama-3.1-8B layers (32 query heads, 8 key/value heads,
 head dim 128; a static cache of S slots of which ``pos`` are filled), timed in a CUDA graph.
 
-Usage on a CUDA machine: ``python benchmarks/attention_probe.py``. Variants: the key/value
+Usage on a CUDA machine: ``python benchmarks/attention_probe.py [--all]``. Variants: the key/value
 heads repeated to 32 (what transformers' ``sdpa`` does under torch.compile) or the query
-heads packed onto the key/value heads (``anybit.e2e.packed_gqa_attention``), each on
-SDPA's default, cuDNN, memory-efficient and math backends, and flex_attention (compiled,
-grouped heads native, a block mask of the filled slots). Each prints microseconds for
-the 32 layers and the largest difference from the repeated-heads default.
+heads packed onto the key/value heads (``anybit.e2e.packed_gqa_attention``), on SDPA's
+default backend (with ``--all`` each also on the cuDNN, memory-efficient and math backends),
+flex_attention (compiled, grouped heads native, a block mask of the filled slots) and
+``anybit.attention.decode_attention``. Each prints microseconds for the 32 layers and the
+largest difference from the repeated-heads default.
 """
+import sys
+
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -65,8 +68,9 @@ for B in (1, 8, 32):
             "repeat_kv + sdpa": lambda: [unpacked(q, ks[i], vs[i], mask) for i in range(L)],
             "packed sdpa (default)": lambda: [packed(q, ks[i], vs[i], mask) for i in range(L)],
         }
-        for name, be in (("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
-                         ("math", SDPBackend.MATH)):
+        backends = (("cudnn", SDPBackend.CUDNN_ATTENTION), ("efficient", SDPBackend.EFFICIENT_ATTENTION),
+                    ("math", SDPBackend.MATH)) if "--all" in sys.argv else ()
+        for name, be in backends:
             def f(be=be):
                 with sdpa_kernel(be):
                     return [packed(q, ks[i], vs[i], mask) for i in range(L)]
@@ -87,6 +91,10 @@ for B in (1, 8, 32):
             variants["flex gqa"] = lambda: [fa(q, ks[i], vs[i], block_mask=bm, enable_gqa=True) for i in range(L)]
         except Exception as e:  # noqa: BLE001
             print("flex unavailable:", repr(e)[:200])
+        from anybit.attention import decode_attention
+        keep = mask[:, 0, 0, :]
+        variants["anybit decode_attention"] = lambda: [decode_attention(q[:, :, 0], ks[i], vs[i], keep)[:, :, None]
+                                                       for i in range(L)]
         for name, fn in variants.items():
             try:
                 out = fn()

@@ -475,7 +475,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --e2e: compile the layers without Inductor's programmatic dependent launch")
     b.add_argument("--attention", default=e2e.DEFAULT_ATTENTION, choices=sorted(e2e.ATTENTION),
                    help="with --e2e: attention of the decoding token, the same for every format "
-                        "(default sdpa-packed-gqa: PyTorch SDPA on the key/value heads; flex-gqa: PyTorch "
+                        "(default anybit-gqa: anybit.attention.decode_attention; sdpa-packed-gqa: PyTorch SDPA on the "
+                        "key/value heads; flex-gqa: PyTorch "
                         "flex_attention, grouped heads native; sdpa: transformers' own, which repeats the key/value "
                         "heads)")
     b.add_argument("--steps", type=int, default=100, help="with --e2e: decoding steps timed")

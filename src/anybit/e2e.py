@@ -8,7 +8,11 @@ format and batch size the same stack runs:
   (``transformers.StaticCache``), prompt of ``prompt_len`` random tokens;
 * attention (``attention=``, the same for every format), for the decoding
   token (the prompt always runs transformers' ``sdpa``):
-  ``"sdpa-packed-gqa"`` (default) PyTorch's scaled_dot_product_attention on
+  ``"anybit-gqa"`` (default) anybit's decode-attention kernel
+  (:func:`anybit.attention.decode_attention`: grouped heads native, the
+  cache's unfilled slots not read; on an H200 a batch-1 step of fp16 and of
+  int4-g128 took 0.28 / 0.33 ms less than with ``"sdpa-packed-gqa"``);
+  ``"sdpa-packed-gqa"`` PyTorch's scaled_dot_product_attention on
   the 8 key/value heads, the 4 query heads that share one stacked as 4 query
   rows (:func:`packed_gqa_attention`); ``"flex-gqa"`` PyTorch's flex_attention
   compiled with the layer, grouped-query attention native
@@ -55,8 +59,9 @@ DEFAULT_FORMATS = ("int4-g128", "int3-g128")
 DEFAULT_BATCHES = (1, 8, 32)
 
 #: ``attention=`` choices: their names in transformers' attention interface.
-ATTENTION = {"flex-gqa": "anybit_flex_gqa", "sdpa-packed-gqa": "anybit_sdpa_packed_gqa", "sdpa": "sdpa"}
-DEFAULT_ATTENTION = "sdpa-packed-gqa"
+ATTENTION = {"anybit-gqa": "anybit_decode_gqa", "flex-gqa": "anybit_flex_gqa",
+             "sdpa-packed-gqa": "anybit_sdpa_packed_gqa", "sdpa": "sdpa"}
+DEFAULT_ATTENTION = "anybit-gqa"
 
 
 @dataclass
@@ -159,7 +164,30 @@ def flex_gqa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor
     return out.transpose(1, 2).contiguous(), None
 
 
-_FUNCTIONS = {"anybit_flex_gqa": flex_gqa_attention, "anybit_sdpa_packed_gqa": packed_gqa_attention}
+def decode_gqa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                         attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
+                         is_causal: bool | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+    """Attention of one decoding token on anybit's kernel (:func:`anybit.attention.decode_attention`).
+
+    Shapes as :func:`packed_gqa_attention`; the mask's last row, (B or 1, S),
+    goes to the kernel, which reads each cached key/value once for the query
+    heads sharing it and skips the slots the mask keeps none of.  Any other L
+    (the prompt) goes to transformers' ``sdpa``.  No dropout.
+    """
+    from .attention import decode_attention
+
+    other = _prompt_or_token(module, query, key, value, attention_mask, dropout, scaling, is_causal, kwargs)
+    if other is not None:
+        return other
+    if dropout:
+        raise ValueError(f"anybit-gqa attention has no dropout (got dropout={dropout})")
+    mask = None if attention_mask is None else attention_mask[:, 0, -1, :]
+    out = decode_attention(query[:, :, 0], key, value, mask, scaling)
+    return out[:, None], None
+
+
+_FUNCTIONS = {"anybit_decode_gqa": decode_gqa_attention, "anybit_flex_gqa": flex_gqa_attention,
+              "anybit_sdpa_packed_gqa": packed_gqa_attention}
 
 
 def use_attention(model: nn.Module, attention: str) -> None:

@@ -1,0 +1,1 @@
+"""Kernels behind :mod:`anybit.attention` (imported on first launch)."""
