@@ -162,5 +162,5 @@ def test_splits_must_divide_the_blocks():
 def test_op_registration():
     """Schema, fake and autograd registration checks of anybit::decode_attention."""
     q, k, v, mask = _inputs(Case(1, 4, 2, 20, 16, splits=2))
-    torch.library.opcheck(torch.ops.anybit.decode_attention.default, (q, k, v, mask, 1 / math.sqrt(16), 16, 2, 4),
+    torch.library.opcheck(torch.ops.anybit.decode_attention.default, (q, k, v, mask, 1 / math.sqrt(16), 16, 2, 4, 2),
                           test_utils=("test_schema", "test_faketensor"))

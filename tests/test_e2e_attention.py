@@ -87,3 +87,16 @@ def test_unknown_attention_is_refused():
     model = e2e.random_llama(TINY, torch.device("cpu"))
     with pytest.raises(ValueError, match="attention='flash'.*sdpa"):
         e2e.use_attention(model, "flash")
+
+
+@pytest.mark.parametrize("vocab", [5, 64, 130, 1000])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_next_token_is_the_first_argmax(batch, vocab):
+    """The two-step greedy choice picks what argmax picks, ties (the first) and -inf included."""
+    logits = torch.randn(batch, 2, vocab).half()
+    logits[0, -1, vocab // 2] = logits[0, -1, vocab - 1] = 100  # a tie: the first wins
+    if batch > 1:
+        logits[1, -1] = -float("inf")
+    token, position = torch.zeros(batch, 1, dtype=torch.long), torch.tensor([7])
+    e2e.next_token(logits, token, position)
+    assert torch.equal(token, logits[:, -1:].argmax(-1)) and position.item() == 8

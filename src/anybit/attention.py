@@ -40,16 +40,27 @@ class AttentionConfig:
     #: ranges of slots per (sequence, key/value head), each a separate program
     splits: int = 1
     num_warps: int = 4
+    #: loads in flight across loop iterations (ranges of several blocks)
+    num_stages: int = 2
 
 
 def attention_config(batch: int, kv_heads: int, slots: int, device: torch.device) -> AttentionConfig:
-    """The heuristic: 64-slot blocks, split so that about two programs per SM run
-    (never more splits than blocks, every split the same whole number of blocks)."""
-    block_s = 64
+    """The heuristic: blocks of 64 slots (128 from 512 slots), split so that about one
+    program per SM runs (never more splits than blocks, every split the same whole
+    number of blocks), 3 stages where a 64-slot program loops over several blocks.
+
+    Measured on the H200 (benchmarks/results/h200-2026-11-22-attention-configs-a2.txt,
+    32 layers of Llama-3.1-8B's heads): two programs per SM and 64-slot blocks
+    everywhere (the first version) took 382 / 1550 us at batch 32 with 186 / 1024
+    slots, against 321 / 1134-1148 us unsplit; at batch 1 with 1024 slots 276 us
+    against 234 us for 8 splits of 128-slot blocks.
+    """
+    block_s = 64 if slots < 512 else 128
     blocks = max(1, -(-slots // block_s))
-    want = max(1, -(-2 * sm_count(device) // max(1, batch * kv_heads)))
+    want = max(1, -(-sm_count(device) // max(1, batch * kv_heads)))
     per_split = -(-blocks // min(blocks, want))
-    return AttentionConfig(block_s=block_s, splits=-(-blocks // per_split))
+    stages = 3 if per_split > 1 and block_s == 64 else 2
+    return AttentionConfig(block_s=block_s, splits=-(-blocks // per_split), num_stages=stages)
 
 
 def _check(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None) -> None:
@@ -127,12 +138,12 @@ def decode_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | N
     config = config or attention_config(query.shape[0], key.shape[1], key.shape[2], query.device)
     scale = 1.0 / math.sqrt(query.shape[2]) if scale is None else float(scale)
     return torch.ops.anybit.decode_attention(query, key, value, mask, scale, config.block_s, config.splits,
-                                             config.num_warps)
+                                             config.num_warps, config.num_stages)
 
 
 @torch.library.custom_op("anybit::decode_attention", mutates_args=())
 def decode_attention_op(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, scale: float,
-                        block_s: int, splits: int, num_warps: int) -> Tensor:
+                        block_s: int, splits: int, num_warps: int, num_stages: int) -> Tensor:
     """See :func:`decode_attention` (inputs already checked)."""
     from ._attention.decode_triton import MASK_ADD, MASK_BOOL, MASK_NONE, decode_attention_kernel
 
@@ -169,12 +180,12 @@ def decode_attention_op(query: Tensor, key: Tensor, value: Tensor, mask: Tensor 
         query.stride(0), query.stride(1), key.stride(0), key.stride(1), key.stride(2),
         value.stride(0), value.stride(1), value.stride(2), stride_mb, stride_ms, out.stride(0), out.stride(1),
         KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=group_pad, DIM=dim, BLOCK_S=block_s, BLOCKS_PER_SPLIT=per_split,
-        SPLITS=splits, MASK=kind, INTERPRET=interpreting(), num_warps=num_warps, num_stages=2,
+        SPLITS=splits, MASK=kind, INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
         **_pdl_arguments(programmatic_launch(query.device)),
     )
     return out
 
 
 @decode_attention_op.register_fake
-def _(query, key, value, mask, scale, block_s, splits, num_warps):
+def _(query, key, value, mask, scale, block_s, splits, num_warps, num_stages):
     return query.new_empty(query.shape)
