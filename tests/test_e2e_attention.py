@@ -1,6 +1,7 @@
 """The end-to-end benchmark's attention: grouped-query attention without repeated key/value heads.
 
-CPU, float32, a tiny Llama with 4 query heads per key/value head; the reference is
+float32 (on the GPU where there is one, since anybit's kernel runs on the CPU only in
+Triton's interpreter), a tiny Llama with 4 query heads per key/value head; the reference is
 transformers' eager attention (key/value heads repeated, explicit softmax).
 """
 
@@ -11,12 +12,13 @@ from anybit import e2e
 
 pytest.importorskip("transformers")
 
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 TINY = dict(e2e.LLAMA_31_8B, vocab_size=256, hidden_size=128, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=8, num_key_value_heads=2, max_position_embeddings=256)
 
 
 def _model(attention: str) -> torch.nn.Module:
-    model = e2e.random_llama(TINY, torch.device("cpu"), seed=3).float()
+    model = e2e.random_llama(TINY, DEVICE, seed=3).float()
     if attention == "eager":
         model.set_attn_implementation("eager")
     else:

@@ -45,7 +45,8 @@ class AttentionConfig:
 
 
 def attention_config(batch: int, kv_heads: int, slots: int, device: torch.device) -> AttentionConfig:
-    """The heuristic: blocks of 64 slots (128 from 512 slots), split so that about one
+    """The heuristic: blocks of 64 slots (128 from 512 slots where batch * kv_heads is at
+    most a quarter of the SMs), split so that about one
     program per SM runs (never more splits than blocks, every split the same whole
     number of blocks), 3 stages where a 64-slot program loops over several blocks.
 
@@ -53,9 +54,10 @@ def attention_config(batch: int, kv_heads: int, slots: int, device: torch.device
     32 layers of Llama-3.1-8B's heads): two programs per SM and 64-slot blocks
     everywhere (the first version) took 382 / 1550 us at batch 32 with 186 / 1024
     slots, against 321 / 1134-1148 us unsplit; at batch 1 with 1024 slots 276 us
-    against 234 us for 8 splits of 128-slot blocks.
+    against 234 us for 8 splits of 128-slot blocks; but at batch 8 with 1024 slots 128-slot
+    blocks in 3 splits took 526 us against 452-489 us for 64-slot blocks in 4 or 8.
     """
-    block_s = 64 if slots < 512 else 128
+    block_s = 128 if slots >= 512 and 4 * batch * kv_heads <= sm_count(device) else 64
     blocks = max(1, -(-slots // block_s))
     want = max(1, -(-sm_count(device) // max(1, batch * kv_heads)))
     per_split = -(-blocks // min(blocks, want))
