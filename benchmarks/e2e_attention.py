@@ -28,12 +28,8 @@ quantize_(quantized, "int4-g128", skip=(), progress=False)
 
 
 def measure(model, batch, label):
-    decoder = e2e.Decoder(model, batch, 128, max_steps=200)
-    decoder.capture()
-    ms = min(decoder.time_ms(50), decoder.time_ms(50))
-    print(f"{label:>32} batch {batch:2d}: {ms:.3f} ms/step  ({time.time() - t0:.0f} s)", flush=True)
-    del decoder
-    torch.cuda.empty_cache()
+    ms = e2e.step_ms(model, batch, prompt_len=128, steps=50, rounds=2, max_steps=200)
+    print(f"{label:>32} batch {batch}: {ms:.3f} ms/step  ({time.time() - t0:.0f} s)", flush=True)
     return ms
 
 

@@ -25,9 +25,6 @@ for rule in (g.ONE_ROW_FEW_TILES, 0):
     torch._dynamo.reset()
     model = copy.deepcopy(base)
     e2e._compile_layers(model, True)
-    decoder = e2e.Decoder(model, 1, 128, max_steps=200)
-    decoder.capture()
-    ms = min(decoder.time_ms(50) for _ in range(3))
+    ms = e2e.step_ms(model, 1, prompt_len=128, steps=50, rounds=3, max_steps=200)
     print(f"{'few-tiles rule ' + str(rule):>24} batch 1: {ms:.3f} ms/step  ({time.time() - t0:.0f} s)", flush=True)
-    del decoder, model
-    torch.cuda.empty_cache()
+    del model

@@ -29,12 +29,8 @@ e2e.use_attention(base, e2e.DEFAULT_ATTENTION)
 
 
 def measure(model, batch, label):
-    decoder = e2e.Decoder(model, batch, 128, max_steps=200)
-    decoder.capture()
-    ms = min(decoder.time_ms(50), decoder.time_ms(50))
+    ms = e2e.step_ms(model, batch, prompt_len=128, steps=50, rounds=2, max_steps=200)
     print(f"{label:>22} batch {batch}: {ms:.3f} ms/step  ({time.time() - t0:.0f} s)", flush=True)
-    del decoder
-    torch.cuda.empty_cache()
     return ms
 
 
