@@ -35,8 +35,8 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return {torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8, torch.float32: 2.0**-24, torch.float64: 2.0**-53}[dtype]
 
 
-def assert_matmul_close(y, x, qw, bias=None, weight_roundoff=0.0):
-    """y against x.double() @ W.double().T (+ bias), with a K-scaled bound.
+def assert_matmul_close(y, x, qw, bias=None, weight_roundoff=0.0, addend=None):
+    """y against x.double() @ W.double().T (+ bias) (+ addend, shaped as y), with a K-scaled bound.
 
     Bound: rounding of the output to y's dtype, plus float32 accumulation over
     K terms (gamma_K = K * 2**-24) and, for kernels that round the weight to
@@ -48,6 +48,9 @@ def assert_matmul_close(y, x, qw, bias=None, weight_roundoff=0.0):
     if bias is not None:
         ref = ref + bias.double()
         magnitude = magnitude + bias.double().abs()
+    if addend is not None:
+        ref = ref + addend.double()
+        magnitude = magnitude + addend.double().abs()
     k = qw.shape[1]
     bound = 2 * (unit_roundoff(y.dtype) * ref.abs() + ((k + 1) * 2.0**-24 + weight_roundoff) * magnitude) + 1e-30
     assert y.dtype == x.dtype

@@ -34,7 +34,7 @@ def report(pdl: str, bits: int, weights: int) -> dict:
                      PTX_CONSTRAINTS=constraints(bits, mode) if ptx_groups else "",
                      PTX_NATURAL=bool(ptx_groups) and g.ptx_natural(bits), WEIGHTS=weights,
                      PDL=PDL_OFF.value if trigger is None else TRIGGER_IDS[trigger],
-                     UNROLL=2)
+                     UNROLL=2, HAS_ADDEND=False)
     names = list(inspect.signature(gemv_kernel.fn).parameters)
     pointers = {name: "*i32" if name.startswith("codes") or name == "counter_ptr" else
                 "*fp32" if name == "ws_ptr" else "*fp16" for name in names if name.endswith("_ptr")}

@@ -132,3 +132,65 @@ def test_tables_are_compared_by_value():
     a, b, c = (graph.get_attr(name) for name in "abc")
     assert fusion._table_key(a, graph) == fusion._table_key(b, graph) != fusion._table_key(c, graph)
     assert fusion._table_key(None, graph) is None
+
+
+class Residual(torch.nn.Module):
+    """A residual add after a layer (folded), and one after a layer whose output is read twice (kept)."""
+
+    def __init__(self, spec: str, bias: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.down = torch.nn.Linear(80, 48, bias=bias)
+        self.other = torch.nn.Linear(80, 48, bias=bias)
+        anybit.quantize_(self, spec, skip=())
+
+    def forward(self, x, r):
+        shared = self.other(x)
+        return r + self.down(x), shared + r, shared * 2
+
+
+@pytest.mark.parametrize("spec, bias", [("int4-g32", False), ("uint4-g16", True)])
+def test_residual_add_folds_into_the_product(monkeypatch, spec, bias):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Residual(spec, bias).to(DEVICE)
+    x = torch.randn(2, 1, 80, device=DEVICE, dtype=torch.float16)
+    r = torch.randn(2, 1, 48, device=DEVICE, dtype=torch.float16) * 4
+    gm = _graph(model, x, r)
+    assert _count(gm, fusion._ADD) == 2
+    assert fusion.fuse_residual_add(gm.graph) == 1
+    gm.recompile()
+    assert _count(gm, fusion._ADD) == 1
+    assert sum(n.target is fusion._GEMV and n.kwargs.get("addend") is not None for n in gm.graph.nodes) == 1
+    folded, kept, doubled = gm(x, r)
+    assert folded.shape == r.shape
+    down = model.down
+    config, group = g.launch_settings(down.qweight, 2, x.device)
+    # groups smaller than a K-block scale each weight before the dot, rounding it to x's dtype
+    rounding = 2.0**-11 if group < config.block_k else 0.0
+    assert_matmul_close(folded.reshape(2, 48).cpu(), x.reshape(2, 80).cpu(), down.qweight.to("cpu"),
+                        None if down.bias is None else down.bias.cpu(), weight_roundoff=rounding,
+                        addend=r.reshape(2, 48).cpu())
+    for a, b in zip(model(x, r)[1:], (kept, doubled)):
+        assert torch.equal(a, b)
+
+
+def test_addend_with_split_k_is_added_once(monkeypatch):
+    """The split-K fix-up adds the addend once, in the program that writes the tile."""
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    qw = anybit.quantize(torch.randn(40, 256, device=DEVICE), "int4-g64")
+    x = torch.randn(3, 256, device=DEVICE, dtype=torch.float16)
+    r = torch.randn(3, 40, device=DEVICE, dtype=torch.float16)
+    config = g.GemvConfig(block_m=4, block_n=16, block_k=64, split_k=2)
+    y = g.launch_gemv(x, qw.codes, qw.params["scales"], None, None, None, 40, 256, 4, 64, g.Decode.SYMMETRIC,
+                      config, addend=r)
+    assert_matmul_close(y.cpu(), x.cpu(), qw.to("cpu"), addend=r.cpu())
+    with pytest.raises(ValueError, match=r"addend \(3, 41\)"):
+        g.launch_gemv(x, qw.codes, qw.params["scales"], None, None, None, 40, 256, 4, 64, g.Decode.SYMMETRIC,
+                      config, addend=torch.zeros(3, 41, dtype=torch.float16, device=DEVICE))
+
+
+def test_the_pass_key_names_the_residual_rule():
+    assert anybit.SiblingFusion(residual=False).uuid() != anybit.SiblingFusion().uuid()

@@ -14,6 +14,14 @@ chosen again for the total rows) whose outputs take the place of the originals.
 Nothing changes in the model or in what is saved; each output is the same
 product (accumulated in fp32; a different split of K can change the last bit).
 
+It then folds residual connections into the products they follow: an
+``aten.add`` of a decode-kernel product (through its reshapes) and a tensor of
+the same shape and dtype, where nothing else reads the product, becomes the
+kernel's ``addend`` (added to the fp32 sum before its one rounding, where the
+add rounds the product first; ``fuse_residual_add``).  In a decoder layer that
+is the MLP's residual add, one elementwise kernel fewer per layer (the
+attention's residual add is fused into the norm after it by Inductor anyway).
+
 Use::
 
     torch.compile(model, options={"post_grad_custom_post_pass": anybit.SiblingFusion()})
@@ -39,11 +47,14 @@ _MULTI = torch.ops.anybit.gemv_multi.default
 _PER_WEIGHT = ("codes", "scales", "zeros", "bias", "n")
 
 
+_NAMES = [a.name for a in _GEMV._schema.arguments]
+
+
 def _arguments(node: torch.fx.Node) -> dict:
-    """The node's arguments by name (from the op's schema)."""
-    names = [a.name for a in _GEMV._schema.arguments]
-    values = dict(zip(names, node.args))
+    """The node's arguments by name (from the op's schema; ``addend`` None when not given)."""
+    values = dict(zip(_NAMES, node.args))
     values.update(node.kwargs)
+    values.setdefault("addend", None)
     return values
 
 
@@ -112,7 +123,7 @@ def fuse_sibling_gemv(graph: torch.fx.Graph) -> int:
         if node.target is _GEMV:
             args = _arguments(node)
             static = all(isinstance(d, int) for d in args["x"].meta["val"].shape)  # no symbolic sizes
-            if static and g.Decode(args["mode"]) is not g.Decode.ROW_TABLE:
+            if static and g.Decode(args["mode"]) is not g.Decode.ROW_TABLE and args["addend"] is None:
                 groups[_group_key(args, graph)].append(node)
     saved = 0
     for members in groups.values():
@@ -154,11 +165,75 @@ def _fuse(graph: torch.fx.Graph, chunk: list[torch.fx.Node]) -> None:
         graph.erase_node(node)
 
 
+_ADD = torch.ops.aten.add.Tensor
+_VIEW = torch.ops.aten.view.default
+
+
+def _product_behind(node) -> tuple[torch.fx.Node | None, list[torch.fx.Node]]:
+    """(the ``anybit::gemv`` call ``node`` is, or is a reshape of, and the reshapes
+    between), or (None, [])."""
+    views = []
+    while isinstance(node, torch.fx.Node) and node.target in _VIEWS:
+        views.append(node)
+        node = node.args[0]
+    if isinstance(node, torch.fx.Node) and node.target is _GEMV:
+        return node, views
+    return None, []
+
+
+def _foldable(add: torch.fx.Node, call: torch.fx.Node, views: list, other) -> bool:
+    """Whether ``add`` = (``call`` through ``views``) + ``other`` can become the call's addend."""
+    if not isinstance(other, torch.fx.Node) or any(len(n.users) != 1 for n in (call, *views)):
+        return False
+    y, out, o = call.meta.get("val"), add.meta.get("val"), other.meta.get("val")
+    if y is None or out is None or o is None or _arguments(call)["addend"] is not None:
+        return False
+    static = all(isinstance(d, int) for d in (*y.shape, *o.shape))
+    return (static and tuple(o.shape) == tuple(out.shape) and out.numel() == y.numel()
+            and o.dtype == y.dtype == out.dtype and o.is_contiguous())
+
+
+def fuse_residual_add(graph: torch.fx.Graph) -> int:
+    """Rewrite ``graph`` in place (see the module docstring); returns how many adds were folded."""
+    folded = 0
+    for add in list(graph.nodes):
+        if add.target is not _ADD or len(add.args) != 2 or add.kwargs:
+            continue
+        for product, other in (add.args, add.args[::-1]):
+            call, views = _product_behind(product)
+            if call is None or not _foldable(add, call, views, other):
+                continue
+            args = _arguments(call)
+            y, out = call.meta["val"], add.meta["val"]
+            with graph.inserting_before(add):
+                flat = graph.call_function(_VIEW, (other, list(y.shape)))
+                flat.meta["val"] = other.meta["val"].view(y.shape)
+                fused = graph.call_function(_GEMV, tuple(args[name] for name in _NAMES[:-1]), {"addend": flat})
+                fused.meta["val"] = y
+                result = graph.call_function(_VIEW, (fused, list(out.shape)))
+                result.meta["val"] = out
+            add.replace_all_uses_with(result)
+            graph.erase_node(add)
+            for node in (*views, call):
+                graph.erase_node(node)
+            folded += 1
+            break
+    if folded:
+        graph.lint()
+    return folded
+
+
 class SiblingFusion(CustomGraphPass):
-    """Inductor's ``post_grad_custom_post_pass`` that applies ``fuse_sibling_gemv``."""
+    """Inductor's ``post_grad_custom_post_pass`` that applies ``fuse_sibling_gemv`` and then,
+    with ``residual`` (the default), ``fuse_residual_add``."""
+
+    def __init__(self, residual: bool = True):
+        self.residual = residual
 
     def __call__(self, graph: torch.fx.Graph) -> None:
         fuse_sibling_gemv(graph)
+        if self.residual:
+            fuse_residual_add(graph)
 
     def uuid(self) -> bytes:
-        return get_hash_for_files((__file__, g.__file__))
+        return get_hash_for_files((__file__, g.__file__)) + (b"+residual" if self.residual else b"")

@@ -436,9 +436,9 @@ def split_k_buffers(out: Tensor, split_k: int, tiles: int, workspace: Tensor | N
 def launch_gemv(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemvConfig,
-    out: Tensor | None = None, workspace: Tensor | None = None,
+    out: Tensor | None = None, workspace: Tensor | None = None, addend: Tensor | None = None,
 ) -> Tensor:
-    """Run the kernel: x (M, k) -> y (M, n) in x's dtype.
+    """Run the kernel: x (M, k) -> y (M, n) (+ ``addend`` (M, n)) in x's dtype.
 
     ``table``: for table modes, the levels (TABLE: (2**bits,), ROW_TABLE:
     (n, 2**bits) contiguous, any float dtype; the kernel rounds them to x's
@@ -447,7 +447,7 @@ def launch_gemv(
     elements the kernel fails to write.
     """
     return launch_gemv_multi(x, [(codes, scales, zeros, bias, n)], table, k, bits, group, mode, config,
-                             None if out is None else [out], workspace)[0]
+                             None if out is None else [out], workspace, addend)[0]
 
 
 #: Weights one launch of the decode kernel serves at most (``launch_gemv_multi``).
@@ -459,6 +459,7 @@ WeightPart = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None", int]
 def launch_gemv_multi(
     x: Tensor, parts: list[WeightPart], table: Tensor | None, k: int, bits: int, group: int, mode: Decode,
     config: GemvConfig, outs: list[Tensor] | None = None, workspace: Tensor | None = None,
+    addend: Tensor | None = None,
 ) -> list[Tensor]:
     """x (M, k) fp16/bf16 against 1 to ``MAX_WEIGHTS`` weights of one format and K in one
     launch: [y_w (M, N_w)] in x's dtype, each as ``launch_gemv`` would give it.
@@ -467,7 +468,9 @@ def launch_gemv_multi(
     (N_w, groups) or None, bias (N_w,) or None, N_w).  The weights' scales (and
     zeros) must share strides and all or none have a bias; ROW_TABLE formats (a
     table per row) take one weight per launch.  ``outs``: [(M, N_w)] to write, or
-    None; ``workspace``: fp32, at least split_k * M * sum(N_w) elements, or None.
+    None; ``workspace``: fp32, at least split_k * M * sum(N_w) elements, or None;
+    ``addend`` (one weight only): (M, N_0) in x's dtype, added to the fp32 product
+    before its rounding to x's dtype, or None.
     """
     from .gemv_triton import MODE_IDS, gemv_kernel
 
@@ -483,6 +486,11 @@ def launch_gemv_multi(
                              "and whether they have a bias")
     m = x.shape[0]
     x = x.contiguous()
+    if addend is not None:
+        if len(parts) > 1 or addend.shape != (m, parts[0][4]) or addend.dtype != x.dtype:
+            raise ValueError(f"addend {tuple(addend.shape)} {addend.dtype}: expected ({m}, {parts[0][4]}) {x.dtype} "
+                             f"with one weight per launch (got {len(parts)})")
+        addend = addend.contiguous()
     split_k = config.split_k
     ns = [part[4] for part in parts]
     if outs is None:
@@ -507,7 +515,8 @@ def launch_gemv_multi(
     rows = ns + [0] * absent
     bias0 = parts[0][3]
     gemv_kernel[grid](
-        x, *pointers, parts[0][1] if bias0 is None else bias0, outs[0], workspace, counters, *extra,
+        x, *pointers, parts[0][1] if bias0 is None else bias0, outs[0], workspace, counters,
+        outs[0] if addend is None else addend, *extra,
         m, *rows, k, stride_xm=x.stride(0), **scalars,
         BITS=bits, GROUP=group, MODE=MODE_IDS[mode],
         BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k, SPLIT_K=split_k,
@@ -517,7 +526,7 @@ def launch_gemv_multi(
         PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
-        UNROLL=config.unroll, **_pdl_arguments(programmatic_launch(x.device)),
+        UNROLL=config.unroll, HAS_ADDEND=addend is not None, **_pdl_arguments(programmatic_launch(x.device)),
     )
     return outs
 
@@ -534,16 +543,17 @@ def gemv_op(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
-    unroll: int,
+    unroll: int, addend: Tensor | None = None,
 ) -> Tensor:
-    """y (M, n) = x (M, k) @ W^T (+ bias) for W in the split-plane layout; see gemv_triton."""
+    """y (M, n) = x (M, k) @ W^T (+ bias) (+ addend (M, n)) for W in the split-plane layout; see gemv_triton."""
     config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs, unroll)
-    return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config)
+    return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config,
+                       addend=addend)
 
 
 @gemv_op.register_fake
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, x_pairs, unroll):
+      num_warps, num_stages, x_pairs, unroll, addend=None):
     return x.new_empty(x.shape[0], n)
 
 

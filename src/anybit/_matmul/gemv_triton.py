@@ -475,7 +475,7 @@ def _past_weight(pid_n, ws_ptr, ws_per_row, weight, following, BLOCK_N: tl.const
 
 @triton.jit
 def gemv_kernel(
-    x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, add_ptr,
     codes1_ptr, scales1_ptr, zeros1_ptr, bias1_ptr, out1_ptr,
     codes2_ptr, scales2_ptr, zeros2_ptr, bias2_ptr, out2_ptr,
     M, N, N1, N2, K, words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg, stride_zn, stride_zg,
@@ -485,7 +485,7 @@ def gemv_kernel(
     INTERPRET: tl.constexpr, X_PAIRS: tl.constexpr = False, EVEN_K: tl.constexpr = False,
     PTX_GROUPS: tl.constexpr = 0, PTX_ASM: tl.constexpr = "", PTX_CONSTRAINTS: tl.constexpr = "",
     PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1, PDL: tl.constexpr = PDL_OFF,
-    UNROLL: tl.constexpr = 1,
+    UNROLL: tl.constexpr = 1, HAS_ADDEND: tl.constexpr = False,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias), for WEIGHTS (1 to 3) weights at once.
 
@@ -506,8 +506,11 @@ def gemv_kernel(
     kernel first, and let the next one launch right after that wait (PDL_EARLY)
     or after the K loop (PDL_LATE).
     UNROLL: K-blocks per loop iteration (``GemvConfig.unroll``); divides
-    BLOCKS_PER_SPLIT.
+    BLOCKS_PER_SPLIT.  HAS_ADDEND (one weight only): ``add`` (M, N) contiguous, in
+    x's dtype, is added to the fp32 result before its one rounding (a residual
+    connection folded into the product; see ``fusion``).
     """
+    tl.static_assert(not HAS_ADDEND or WEIGHTS == 1)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -613,4 +616,6 @@ def gemv_kernel(
     if last:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+        if HAS_ADDEND:
+            acc += tl.load(add_ptr + tile_out, mask=out_mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + tile_out, acc.to(dtype), mask=out_mask)
