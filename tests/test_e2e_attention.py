@@ -5,6 +5,8 @@ Triton's interpreter), a tiny Llama with 4 query heads per key/value head; the r
 transformers' eager attention (key/value heads repeated, explicit softmax).
 """
 
+import shutil
+
 import pytest
 import torch
 
@@ -102,3 +104,33 @@ def test_next_token_is_the_first_argmax(batch, vocab):
     token, position = torch.zeros(batch, 1, dtype=torch.long), torch.tensor([7])
     e2e.next_token(logits, token, position)
     assert torch.equal(token, logits[:, -1:].argmax(-1)) and position.item() == 8
+
+
+@pytest.mark.skipif(DEVICE.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="Inductor compiles the graph's CPU code with a C++ compiler, and none is installed")
+def test_quantized_layers_fold_their_residual_adds(monkeypatch):
+    """In a compiled transformers decoder layer, SiblingFusion leaves two launches for q/k/v and
+    gate/up (3 saved) and folds both residual adds into the products before them."""
+    from anybit._matmul import fusion
+    from anybit.nn import quantize_
+
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE.type == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    counts = []
+
+    class Counting(fusion.SiblingFusion):
+        def __call__(self, graph):
+            counts.append((fusion.fuse_sibling_gemv(graph), fusion.fuse_residual_add(graph)))
+
+    torch._dynamo.reset()
+    model = e2e.random_llama(TINY, DEVICE, seed=3)
+    quantize_(model, "int4-g32", skip=(), progress=False)
+    e2e.use_attention(model, "anybit-gqa")
+    for layer in model.model.layers:
+        layer.compile(fullgraph=True, dynamic=False, options={"post_grad_custom_post_pass": Counting(),
+                                                               "fx_graph_cache": False})
+    decoder = e2e.Decoder(model, 1, prompt_len=8, max_steps=4)
+    decoder.step()
+    torch._dynamo.reset()
+    assert counts and all(c == (3, 2) for c in counts), counts
