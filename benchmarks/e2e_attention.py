@@ -12,27 +12,18 @@ benchmark compiles them (``e2e._compile_layers``).
 """
 import copy
 import sys
-import time
 
 import torch
+from _steps import base_model, measure
 
 from anybit import e2e
 from anybit.nn import quantize_
 
-t0 = time.time()
 batches = [int(b) for b in sys.argv[1].split(",")]
 attentions = sys.argv[2].split(",")
-base = e2e.random_llama(e2e.LLAMA_31_8B, torch.device("cuda"))
+base = base_model()
 quantized = copy.deepcopy(base)
 quantize_(quantized, "int4-g128", skip=(), progress=False)
-
-
-def measure(model, batch, label):
-    ms = e2e.step_ms(model, batch, prompt_len=128, steps=50, rounds=2, max_steps=200)
-    print(f"{label:>32} batch {batch}: {ms:.3f} ms/step  ({time.time() - t0:.0f} s)", flush=True)
-    return ms
-
-
 for attention in attentions:
     times = {}
     for name, model in (("float16", base), ("int4-g128", quantized)):

@@ -8,23 +8,20 @@ Usage on a CUDA machine::
     PYTHONPATH=src python benchmarks/e2e_few_tiles.py
 """
 import copy
-import time
 
 import torch
+from _steps import base_model, measure
 
 from anybit import e2e
 from anybit._matmul import gemv as g
 from anybit.nn import quantize_
 
-t0 = time.time()
-base = e2e.random_llama(e2e.LLAMA_31_8B, torch.device("cuda"))
-e2e.use_attention(base, e2e.DEFAULT_ATTENTION)
+base = base_model()
 quantize_(base, "int4-g128", skip=(), progress=False)
 for rule in (g.ONE_ROW_FEW_TILES, 0):
     g.ONE_ROW_FEW_TILES = rule
     torch._dynamo.reset()
     model = copy.deepcopy(base)
     e2e._compile_layers(model, True)
-    ms = e2e.step_ms(model, 1, prompt_len=128, steps=50, rounds=3, max_steps=200)
-    print(f"{'few-tiles rule ' + str(rule):>24} batch 1: {ms:.3f} ms/step  ({time.time() - t0:.0f} s)", flush=True)
+    measure(model, 1, f"few-tiles rule {rule}", rounds=3)
     del model

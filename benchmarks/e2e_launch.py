@@ -13,27 +13,17 @@ the same batch size.  The layers are compiled as the benchmark compiles them
 import copy
 import os
 import sys
-import time
 
 import torch
+from _steps import base_model, measure
 
 from anybit import e2e
 from anybit._matmul.gemv import PDL_ENV
 from anybit.nn import quantize_
 
-t0 = time.time()
 batches = [int(b) for b in sys.argv[1].split(",")]
 settings = sys.argv[2].split(",")
-base = e2e.random_llama(e2e.LLAMA_31_8B, torch.device("cuda"))
-e2e.use_attention(base, e2e.DEFAULT_ATTENTION)
-
-
-def measure(model, batch, label):
-    ms = e2e.step_ms(model, batch, prompt_len=128, steps=50, rounds=2, max_steps=200)
-    print(f"{label:>22} batch {batch}: {ms:.3f} ms/step  ({time.time() - t0:.0f} s)", flush=True)
-    return ms
-
-
+base = base_model()
 e2e._compile_layers(base, False)
 fp16 = {batch: measure(base, batch, "float16") for batch in batches}
 model = copy.deepcopy(base)

@@ -10,25 +10,15 @@ Prints milliseconds per step (best of two rounds of 50 graph replays) for fp16 (
 """
 import copy
 import sys
-import time
 
 import torch
+from _steps import base_model, measure
 
 from anybit import e2e
 from anybit.nn import quantize_
 
-t0 = time.time()
 batches = [int(b) for b in sys.argv[1].split(",")]
-base = e2e.random_llama(e2e.LLAMA_31_8B, torch.device("cuda"))
-e2e.use_attention(base, e2e.DEFAULT_ATTENTION)
-
-
-def measure(model, batch, label):
-    ms = e2e.step_ms(model, batch, prompt_len=128, steps=50, rounds=2, max_steps=200)
-    print(f"{label:>26} batch {batch}: {ms:.3f} ms/step  ({time.time() - t0:.0f} s)", flush=True)
-    return ms
-
-
+base = base_model()
 with_fp16 = "--no-fp16" not in sys.argv
 if with_fp16:
     e2e._compile_layers(base, False)
