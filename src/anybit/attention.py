@@ -8,10 +8,9 @@ query head ``j`` (key/value head ``h = j // (Hq / Hkv)``)::
     out[b, j] = softmax(query[b, j] @ key[b, h]^T * scale + mask[b]) @ value[b, h]
 
 on a Triton kernel (:mod:`anybit._attention.decode_triton`) that reads each
-cached key/value once for all the query heads sharing it, skips blocks of
-slots the mask keeps none of (a static cache's unfilled tail), splits the
-slots over enough programs to fill the GPU and combines the splits in the
-same launch.  :func:`decode_attention_torch` is the pure torch reference with
+cached key/value once for all the query heads sharing it, does not read the
+slots the mask drops (a static cache's unfilled tail), splits the slots over
+enough programs to fill the GPU and combines the splits in the same launch.  :func:`decode_attention_torch` is the pure torch reference with
 the same signature.  The op is registered as ``anybit::decode_attention`` with
 a fake, so ``torch.compile`` and CUDA graphs take it as one opaque call.
 """
@@ -46,16 +45,17 @@ class AttentionConfig:
 
 def attention_config(batch: int, kv_heads: int, slots: int, device: torch.device) -> AttentionConfig:
     """The heuristic: blocks of 64 slots (128 from 512 slots where batch * kv_heads is at
-    most a quarter of the SMs), split so that about one
-    program per SM runs (never more splits than blocks, every split the same whole
-    number of blocks), 3 stages where a 64-slot program loops over several blocks.
+    most a quarter of the SMs), split so that about one program per SM runs (never
+    more splits than blocks, every split the same whole number of blocks), 3 stages
+    where a 64-slot program loops over several blocks.
 
     Measured on the H200 (benchmarks/results/h200-2026-11-22-attention-configs-a2.txt,
     32 layers of Llama-3.1-8B's heads): two programs per SM and 64-slot blocks
     everywhere (the first version) took 382 / 1550 us at batch 32 with 186 / 1024
     slots, against 321 / 1134-1148 us unsplit; at batch 1 with 1024 slots 276 us
-    against 234 us for 8 splits of 128-slot blocks; but at batch 8 with 1024 slots 128-slot
-    blocks in 3 splits took 526 us against 452-489 us for 64-slot blocks in 4 or 8.
+    against 234 us for 8 splits of 128-slot blocks; but at batch 8 with 1024 slots
+    128-slot blocks in 3 splits took 526 us against 452-489 us for 64-slot blocks
+    in 4 or 8 splits (-a3.txt; the final heuristic in -a4.txt).
     """
     block_s = 128 if slots >= 512 and 4 * batch * kv_heads <= sm_count(device) else 64
     blocks = max(1, -(-slots // block_s))

@@ -487,9 +487,10 @@ def launch_gemv_multi(
     m = x.shape[0]
     x = x.contiguous()
     if addend is not None:
-        if len(parts) > 1 or addend.shape != (m, parts[0][4]) or addend.dtype != x.dtype:
-            raise ValueError(f"addend {tuple(addend.shape)} {addend.dtype}: expected ({m}, {parts[0][4]}) {x.dtype} "
-                             f"with one weight per launch (got {len(parts)})")
+        if (len(parts) > 1 or addend.shape != (m, parts[0][4]) or addend.dtype != x.dtype
+                or addend.device != x.device):
+            raise ValueError(f"addend {tuple(addend.shape)} {addend.dtype} on {addend.device}: expected ({m}, "
+                             f"{parts[0][4]}) {x.dtype} on {x.device}, with one weight per launch (got {len(parts)})")
         addend = addend.contiguous()
     split_k = config.split_k
     ns = [part[4] for part in parts]
