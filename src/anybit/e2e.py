@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import functools
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -171,7 +172,7 @@ def decode_gqa_attention(module: nn.Module, query: torch.Tensor, key: torch.Tens
 
     Shapes as :func:`packed_gqa_attention`; the mask's last row, (B or 1, S),
     goes to the kernel, which reads each cached key/value once for the query
-    heads sharing it and skips the slots the mask keeps none of.  Any other L
+    heads sharing it and does not read the slots the mask drops.  Any other L
     (the prompt) goes to transformers' ``sdpa``.  No dropout.
     """
     from .attention import decode_attention
@@ -219,7 +220,9 @@ def _next_token(logits: torch.Tensor, token: torch.Tensor, position: torch.Tenso
     position.add_(1)
 
 
-_NEXT_TOKEN_COMPILED = torch.compile(_next_token, fullgraph=True, dynamic=False)
+@functools.cache
+def _next_token_compiled():
+    return torch.compile(_next_token, fullgraph=True, dynamic=False)
 
 
 def next_token(logits: torch.Tensor, token: torch.Tensor, position: torch.Tensor) -> None:
@@ -230,7 +233,7 @@ def next_token(logits: torch.Tensor, token: torch.Tensor, position: torch.Tensor
     vocabulary, then of the chunks), compiled by Inductor on CUDA: on an H200 PyTorch's
     own argmax kernel took 35 us for one row of 128256 logits, Inductor's single-kernel
     argmax 29 us.  Elsewhere eager, the same result."""
-    (_NEXT_TOKEN_COMPILED if logits.is_cuda else _next_token)(logits, token, position)
+    (_next_token_compiled() if logits.is_cuda else _next_token)(logits, token, position)
 
 
 class Decoder:

@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
+from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, last_to_arrive, reset
 
 #: constexpr ids of the mask argument
 MASK_NONE: tl.constexpr = tl.constexpr(0)
@@ -129,9 +129,7 @@ def decode_attention_kernel(
         tl.store(ws_ptr + (part * GROUP_PAD + rows[:, None]) * DIM + dims[None, :], acc)
         tl.store(stats_ptr + part * 2 * GROUP_PAD + rows, m_i)
         tl.store(stats_ptr + part * 2 * GROUP_PAD + GROUP_PAD + rows, l_i)
-        tl.debug_barrier()
-        arrived = tl.atomic_add(counter_ptr + group_id, 1, sem="acq_rel", scope="gpu")
-        write = arrived == SPLITS - 1
+        write = last_to_arrive(counter_ptr + group_id, SPLITS)
         if write:
             first = group_id * SPLITS
             m_i = tl.full([GROUP_PAD], -float("inf"), tl.float32)
@@ -147,7 +145,7 @@ def decode_attention_kernel(
                 part_acc = tl.load(ws_ptr + ((first + s) * GROUP_PAD + rows[:, None]) * DIM + dims[None, :],
                                    cache_modifier=".cg")
                 acc += weight[:, None] * part_acc
-            tl.atomic_xchg(counter_ptr + group_id, 0, sem="relaxed", scope="gpu")
+            reset(counter_ptr + group_id)
     if write:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + b * stride_ob + (h * GROUP + rows)[:, None] * stride_oh + dims[None, :],

@@ -236,11 +236,8 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: i
     else:
         block_k = min(128, group) if 32 <= group < k else 128
     block_n = 64 if wide else 32
-    k_blocks = -(-k // block_k)
-    unroll = 2 if pair and k_blocks % 2 == 0 else 1
-    n_tiles = -(-n // block_n)
-    per_sm = programs_per_sm or heuristic_programs_per_sm(block_m, block_n, block_k, unroll, n_tiles)
-    split_k = split_for(k_blocks, n_tiles, per_sm, sms, unroll)
+    unroll = 2 if pair and -(-k // block_k) % 2 == 0 else 1
+    split_k = heuristic_split(block_m, block_n, block_k, unroll, n, k, sms, programs_per_sm)
     return GemvConfig(block_m, block_n, block_k, split_k, num_warps=4 if wide else 2, num_stages=3, x_pairs=True,
                       unroll=unroll)
 
@@ -578,13 +575,19 @@ def _(x, codes, scales, zeros, table, bias, ns, k, bits, group, mode, block_m, b
     return [x.new_empty(x.shape[0], n) for n in ns]
 
 
+def heuristic_split(block_m: int, block_n: int, block_k: int, unroll: int, n: int, k: int, sms: int,
+                    programs_per_sm: int | None = None) -> int:
+    """Split-K for these tiles over ``n`` rows (one weight, or several in one launch), to
+    ``programs_per_sm`` or the heuristic's (``heuristic_programs_per_sm``)."""
+    tiles = -(-n // block_n)
+    per_sm = programs_per_sm or heuristic_programs_per_sm(block_m, block_n, block_k, unroll, tiles)
+    return split_for(-(-k // block_k), tiles, per_sm, sms, unroll)
+
+
 def merged_split(config: GemvConfig, n_total: int, k: int, sms: int) -> int:
     """Split-K for ``config``'s tiles over ``n_total`` rows (several weights in one launch),
     to the heuristic's programs per SM (``gemv_config``)."""
-    tiles = -(-n_total // config.block_n)
-    return split_for(-(-k // config.block_k), tiles,
-                     heuristic_programs_per_sm(config.block_m, config.block_n, config.block_k, config.unroll, tiles),
-                     sms, config.unroll)
+    return heuristic_split(config.block_m, config.block_n, config.block_k, config.unroll, n_total, k, sms)
 
 
 def gemv(x: Tensor, qw: QuantizedWeight, bias: Tensor | None, config: GemvConfig | None = None) -> Tensor:

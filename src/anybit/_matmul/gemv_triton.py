@@ -240,6 +240,14 @@ def _group_zero(zeros_ptr, rows, group, num_groups, stride_zn, stride_zg):
 
 
 @triton.jit
+def _group_tile(ptr, rows, groups, num_groups, stride_n, stride_g, other):
+    """fp32 [R, G]: the scale or zero point of group ``groups[j]`` of row ``rows[i]``;
+    ``other`` past the last group."""
+    where = ptr + rows[:, None] * stride_n + groups[None, :] * stride_g
+    return tl.load(where, mask=(groups < num_groups)[None, :], other=other).to(tl.float32)
+
+
+@triton.jit
 def _group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
                   MODE: tl.constexpr):
     """Scale (fp32 [R]) and zero point (int32 [R]; zeros unless MODE is ZERO_POINT)
@@ -300,11 +308,9 @@ def _ptx_params(scales_ptr, zeros_ptr, w_rows, k0, num_groups, stride_sn, stride
         scale = _group_scale(scales_ptr, w_rows, k0 // GROUP, num_groups, stride_sn, stride_sg)[:, None]
     else:
         group = k0 // GROUP + cols // BLOCK_M
-        scale = tl.load(scales_ptr + w_rows[:, None] * stride_sn + group[None, :] * stride_sg,
-                        mask=(group < num_groups)[None, :], other=0.0).to(tl.float32)
+        scale = _group_tile(scales_ptr, w_rows, group, num_groups, stride_sn, stride_sg, 0.0)
         if MODE == ZERO_POINT:
-            zero_cols = tl.load(zeros_ptr + w_rows[:, None] * stride_zn + group[None, :] * stride_zg,
-                                mask=(group < num_groups)[None, :], other=0).to(tl.float32)
+            zero_cols = _group_tile(zeros_ptr, w_rows, group, num_groups, stride_zn, stride_zg, 0)
     return scale, zero_cols
 
 
@@ -411,12 +417,9 @@ def _generic_block(codes_ptr, scales_ptr, zeros_ptr, table_ptr, x_ptr, w_rows, x
     else:
         # Several groups per K-block: scale each weight, rounding it once to x's dtype.
         group = offs_k // GROUP
-        ok = (group < num_groups)[None, :]
-        where = w_rows[:, None] * stride_sn + group[None, :] * stride_sg
-        scale = tl.load(scales_ptr + where, mask=ok, other=0.0).to(tl.float32)
+        scale = _group_tile(scales_ptr, w_rows, group, num_groups, stride_sn, stride_sg, 0.0)
         if MODE == ZERO_POINT:
-            where = w_rows[:, None] * stride_zn + group[None, :] * stride_zg
-            value -= tl.load(zeros_ptr + where, mask=ok, other=0).to(tl.float32)
+            value -= _group_tile(zeros_ptr, w_rows, group, num_groups, stride_zn, stride_zg, 0)
         part = _dot((value * scale).to(dtype), x_t, INTERPRET)
     return part
 
@@ -435,6 +438,21 @@ def _dot(a, b, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def last_to_arrive(counter, SPLITS: tl.constexpr):
+    """After this program stored its partial result: count it in on ``counter`` (int32,
+    zero at launch); whether it is the last of the SPLITS programs sharing the counter.
+    That one reads every partial (the acquire makes the others' stores visible), then
+    calls ``reset`` so the counter is zero again for the next launch."""
+    tl.debug_barrier()
+    return tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == SPLITS - 1
+
+
+@triton.jit
+def reset(counter):
+    tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+
+
+@triton.jit
 def _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N, SPLIT_K: tl.constexpr):
     """Split-K fix-up in the launch itself: (the output tile's full fp32 sum, whether
     this program writes it).
@@ -448,15 +466,12 @@ def _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N
     last = True
     if SPLIT_K > 1:
         tl.store(ws_ptr + pid_k * M * N + tile_out, acc, mask=out_mask)
-        tl.debug_barrier()
-        counter = counter_ptr + tile
-        arrived = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        last = arrived == SPLIT_K - 1
+        last = last_to_arrive(counter_ptr + tile, SPLIT_K)
         if last:
             acc = tl.zeros(acc.shape, dtype=tl.float32)
             for s in range(0, SPLIT_K):
                 acc += tl.load(ws_ptr + s * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
-            tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+            reset(counter_ptr + tile)
     return acc, last
 
 
