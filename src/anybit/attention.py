@@ -10,8 +10,8 @@ query head ``j`` (key/value head ``h = j // (Hq / Hkv)``)::
 on a Triton kernel (:mod:`anybit._attention.decode_triton`) that reads each
 cached key/value once for all the query heads sharing it, does not read the
 slots the mask drops (a static cache's unfilled tail), splits the slots over
-enough programs to fill the GPU and combines the splits in the same launch.  :func:`decode_attention_torch` is the pure torch reference with
-the same signature.  The op is registered as ``anybit::decode_attention`` with
+enough programs to fill the GPU and combines the splits in the same launch.
+:func:`decode_attention_torch` is the pure torch reference with the same signature.  The op is registered as ``anybit::decode_attention`` with
 a fake, so ``torch.compile`` and CUDA graphs take it as one opaque call.
 """
 
@@ -123,7 +123,8 @@ def decode_attention(query: Tensor, key: Tensor, value: Tensor, mask: Tensor | N
 
     - ``query`` (B, Hq, D); ``key``, ``value`` (B, Hkv, S, D), Hq a multiple of
       Hkv (query head j reads key/value head j // (Hq / Hkv)); fp16, bf16 or
-      fp32 (products in full fp32, not TF32), one dtype, one CUDA device (or CPU under ``TRITON_INTERPRET=1``).
+      fp32 (products in full fp32, not TF32), one dtype, one CUDA device (or the
+      CPU under ``TRITON_INTERPRET=1``).
     - ``mask`` (B or 1, S): boolean (True = attend) or additive float; None
       attends to all S slots.  A row whose mask keeps nothing gives zeros.
     - ``scale`` defaults to 1 / sqrt(D); ``config`` forces launch settings

@@ -476,9 +476,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--attention", default=e2e.DEFAULT_ATTENTION, choices=sorted(e2e.ATTENTION),
                    help="with --e2e: attention of the decoding token, the same for every format "
                         "(default anybit-gqa: anybit.attention.decode_attention; sdpa-packed-gqa: PyTorch SDPA on the "
-                        "key/value heads; flex-gqa: PyTorch "
-                        "flex_attention, grouped heads native; sdpa: transformers' own, which repeats the key/value "
-                        "heads)")
+                        "key/value heads; flex-gqa: PyTorch flex_attention, grouped heads native; sdpa: "
+                        "transformers' own, which repeats the key/value heads)")
     b.add_argument("--steps", type=int, default=100, help="with --e2e: decoding steps timed")
     b.add_argument("--m", type=int, nargs="+", help="rows of x (default: the standard list 1..4096)")
     b.add_argument("--shapes", type=_shape, nargs="+", help="NxK layer shapes (default: the 8 standard ones)")

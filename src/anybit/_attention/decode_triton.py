@@ -30,7 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, last_to_arrive, reset
+from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, _dot, last_to_arrive, reset
 
 #: constexpr ids of the mask argument
 MASK_NONE: tl.constexpr = tl.constexpr(0)
@@ -38,15 +38,6 @@ MASK_BOOL: tl.constexpr = tl.constexpr(1)
 MASK_ADD: tl.constexpr = tl.constexpr(2)
 
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)
-
-
-@triton.jit
-def _dot(a, b, INTERPRET: tl.constexpr):
-    """fp32 a @ b; fp32 operands (and every operand in the interpreter, which has no
-    fp16 dot) multiply in full fp32, not TF32."""
-    if INTERPRET or a.dtype == tl.float32:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
-    return tl.dot(a, b)
 
 
 @triton.jit

@@ -426,13 +426,13 @@ def _generic_block(codes_ptr, scales_ptr, zeros_ptr, table_ptr, x_ptr, w_rows, x
 
 @triton.jit
 def _dot(a, b, INTERPRET: tl.constexpr):
-    """a @ b with fp32 accumulation.
+    """a @ b with fp32 accumulation; fp32 operands multiply in full fp32, not TF32.
 
     Triton 3.6's CPU interpreter gets ``tl.dot`` of bf16 operands wrong, so
     there the operands (exact in fp32) are widened first: same products, same
     fp32 accumulation.  Compiled kernels use the tensor cores directly.
     """
-    if INTERPRET:
+    if INTERPRET or a.dtype == tl.float32:
         return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     return tl.dot(a, b)
 
