@@ -1,5 +1,5 @@
 """What the same-process decoding-step scripts share (e2e_launch.py, e2e_attention.py,
-e2e_residual.py, e2e_few_tiles.py): ``anybit bench --e2e``'s model and a timed step.
+e2e_fusion_rule.py, e2e_few_tiles.py): ``anybit bench --e2e``'s model and a timed step.
 Imported by those scripts from this folder (run them as ``python benchmarks/<script>.py``)."""
 import time
 

@@ -2,9 +2,10 @@
 for the kernel before it, lets the next one launch, first touches global memory and last
 issues a K loop copy.
 
-Usage: python tests/gemv_ptx.py PDL BITS WEIGHTS   (PDL: off, early or late; WEIGHTS 1 to 3)
-with int-``BITS`` symmetric codes in groups of 128, split-K 4, the PTX decode where it
-exists.  Run in a process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot
+Usage: python tests/gemv_ptx.py PDL BITS WEIGHTS [norm]   (PDL: off, early or late; WEIGHTS 1
+to 3) with int-``BITS`` symmetric codes in groups of 128, split-K 4, the PTX decode where it
+exists; ``norm``: reading an RMSNorm's sums of squares (ROW_SCALE) and, with one weight,
+writing them (NORM_PARTS).  Run in a process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot
 compile kernels."""
 
 import inspect
@@ -24,7 +25,7 @@ GLOBAL_ACCESS = re.compile(r"^\s*(@%p\d+\s+)?(ld\.global|st\.global|cp\.async|at
 COPY = re.compile(r"^\s*(@%p\d+\s+)?cp\.async\.c")
 
 
-def report(pdl: str, bits: int, weights: int) -> dict:
+def report(pdl: str, bits: int, weights: int, norm: bool = False) -> dict:
     mode = SYMMETRIC.value
     trigger = None if pdl == "off" else g.Trigger(pdl)
     ptx_groups = g.ptx_groups(bits, g.Decode.SYMMETRIC, 128, 256, 1)
@@ -34,11 +35,13 @@ def report(pdl: str, bits: int, weights: int) -> dict:
                      PTX_CONSTRAINTS=constraints(bits, mode) if ptx_groups else "",
                      PTX_NATURAL=bool(ptx_groups) and g.ptx_natural(bits), WEIGHTS=weights,
                      PDL=PDL_OFF.value if trigger is None else TRIGGER_IDS[trigger],
-                     UNROLL=2, HAS_ADDEND=False)
+                     UNROLL=2, HAS_ADDEND=False, NORM_PARTS=norm and weights == 1, ROW_SCALE=128 if norm else 0)
     names = list(inspect.signature(gemv_kernel.fn).parameters)
     pointers = {name: "*i32" if name.startswith("codes") or name == "counter_ptr" else
-                "*fp32" if name == "ws_ptr" else "*fp16" for name in names if name.endswith("_ptr")}
-    signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
+                "*fp32" if name in ("ws_ptr", "parts_out_ptr", "parts_in_ptr") else "*fp16"
+                for name in names if name.endswith("_ptr")}
+    signature = {name: "constexpr" if name in constants else "fp32" if name == "eps" else pointers.get(name, "i32")
+                 for name in names}
     # pointers and row lengths 16-byte aligned, as in real launches: the K loop's loads
     # then become cp.async copies (pipelined) as on the GPU
     aligned = {(names.index(name),): [["tt.divisibility", 16]] for name in names
@@ -63,4 +66,4 @@ def report(pdl: str, bits: int, weights: int) -> dict:
 
 
 if __name__ == "__main__":
-    print(json.dumps(report(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]))))
+    print(json.dumps(report(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:] == ["norm"])))

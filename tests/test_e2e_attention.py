@@ -110,8 +110,9 @@ def test_next_token_is_the_first_argmax(batch, vocab):
                     reason="Inductor compiles the graph's CPU code with a C++ compiler, and none is installed")
 def test_quantized_layers_fold_their_residual_adds(monkeypatch):
     """In a compiled transformers decoder layer, SiblingFusion leaves two launches for q/k/v and
-    gate/up (3 saved) and folds both residual adds into the products before them; the logits
-    stay close to those of the same model run eagerly."""
+    gate/up (3 saved), folds both residual adds into the products before them and the
+    post-attention norm into the output projection's launch; the logits stay close to those of
+    the same model run eagerly."""
     from anybit._matmul import fusion
     from anybit.nn import quantize_
 
@@ -122,7 +123,8 @@ def test_quantized_layers_fold_their_residual_adds(monkeypatch):
 
     class Counting(fusion.SiblingFusion):
         def __call__(self, graph):
-            counts.append((fusion.fuse_sibling_gemv(graph), fusion.fuse_residual_add(graph)))
+            counts.append((fusion.fuse_sibling_gemv(graph), fusion.fuse_residual_add(graph),
+                           fusion.fuse_rms_norm(graph)))
 
     def quantized():
         model = e2e.random_llama(TINY, DEVICE, seed=3)
@@ -137,7 +139,7 @@ def test_quantized_layers_fold_their_residual_adds(monkeypatch):
                                                                "fx_graph_cache": False})
     _, logits = _decode(model, 1, steps=2)
     torch._dynamo.reset()
-    assert counts and all(c == (3, 2) for c in counts), counts
+    assert counts and all(c == (3, 2, 1) for c in counts), counts
     _, eager_logits = _decode(eager, 1, steps=2)
     for a, b in zip(logits, eager_logits):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)

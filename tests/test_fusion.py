@@ -194,3 +194,73 @@ def test_addend_with_split_k_is_added_once(monkeypatch):
 
 def test_the_pass_key_names_the_residual_rule():
     assert anybit.SiblingFusion(residual=False).uuid() != anybit.SiblingFusion().uuid()
+
+
+class Normed(torch.nn.Module):
+    """transformers' RMSNorm of a product with a residual add, read by two products (folded:
+    no kernel of its own), and the same norm of a tensor no decode call made (left alone)."""
+
+    def __init__(self, spec: str):
+        super().__init__()
+        torch.manual_seed(0)
+        self.o = torch.nn.Linear(80, 48, bias=False)
+        self.gate = torch.nn.Linear(48, 32, bias=False)
+        self.up = torch.nn.Linear(48, 32, bias=False)
+        anybit.quantize_(self, spec, skip=())
+        self.gamma = torch.nn.Parameter(torch.rand(48, dtype=torch.float16) + 0.5)
+
+    def norm(self, h):
+        wide = h.to(torch.float32)
+        return self.gamma * (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + 1e-6)).to(h.dtype)
+
+    def forward(self, x, r):
+        h = r + self.o(x)
+        normed = self.norm(h)
+        return self.gate(normed) * self.up(normed), h, self.norm(r)
+
+
+@pytest.mark.parametrize("spec", ["int4-g32", "uint4-g16"])
+def test_rms_norm_between_products_needs_no_kernel(monkeypatch, spec):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Normed(spec).to(DEVICE)
+    x = torch.randn(2, 1, 80, device=DEVICE, dtype=torch.float16)
+    r = torch.randn(2, 1, 48, device=DEVICE, dtype=torch.float16) * 4
+    gm = _graph(model, x, r)
+    assert fusion.fuse_sibling_gemv(gm.graph) == 1
+    assert fusion.fuse_residual_add(gm.graph) == 1
+    assert _count(gm, torch.ops.aten.rsqrt.default) == 2
+    assert fusion.fuse_rms_norm(gm.graph) == 1
+    gm.recompile()
+    assert _count(gm, fusion._NORM_PARTS) == 1 and _count(gm, torch.ops.aten.rsqrt.default) == 1
+    assert [n.kwargs.get("norm_n") for n in gm.graph.nodes if n.target is fusion._MULTI] == [48]
+    out, h, other = gm(x, r)
+    eager_out, eager_h, eager_other = model(x, r)
+    assert torch.equal(other, eager_other)  # the norm of r stays as it was
+    # h: the product plus r, rounded once (the eager add rounds the product first)
+    torch.testing.assert_close(h, eager_h, rtol=2e-3, atol=4e-3)
+    # the products of the norm, as transformers computes it, of the fused launch's own h
+    normed = g.rms_norm_reference(h, model.gamma.detach(), 1e-6)
+    torch.testing.assert_close(out, model.gate(normed) * model.up(normed), rtol=1e-2, atol=1e-2)
+    torch.testing.assert_close(out, eager_out, rtol=3e-2, atol=3e-2)
+
+
+def test_a_norm_read_by_anything_else_keeps_its_kernel(monkeypatch):
+    class Shared(Normed):
+        def forward(self, x, r):
+            normed = self.norm(r + self.o(x))
+            return self.up(normed), normed.sum()
+
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Shared("int4-g32").to(DEVICE)
+    gm = _graph(model, torch.randn(1, 80, device=DEVICE, dtype=torch.float16),
+                torch.randn(1, 48, device=DEVICE, dtype=torch.float16))
+    assert fusion.fuse_residual_add(gm.graph) == 1
+    assert fusion.fuse_rms_norm(gm.graph) == 0
+
+
+def test_the_pass_key_names_the_norm_rule():
+    assert anybit.SiblingFusion(norm=False).uuid() != anybit.SiblingFusion().uuid()

@@ -82,15 +82,17 @@ def test_the_launch_asks_for_it_and_the_kernel_waits(monkeypatch, trigger):
         assert kwargs["launch_pdl"] is True
 
 
-@pytest.mark.parametrize("bits, weights", [(4, 1), (3, 2), (8, 3)])
-def test_the_compiled_kernel_waits_before_touching_memory(bits, weights):
+@pytest.mark.parametrize("bits, weights, norm", [(4, 1, False), (3, 2, False), (8, 3, False), (4, 1, True),
+                                                 (4, 2, True)])
+def test_the_compiled_kernel_waits_before_touching_memory(bits, weights, norm):
     """The kernel compiled for sm_90 (no GPU needed; tests/gemv_ptx.py): griddepcontrol.wait
     comes before the first load, store, copy or atomic on global memory; the next kernel is
     let launch only after the wait (so the kernels after this one also start after the one
     before it has finished), before the K loop's loads (early) or after them (late).  The
-    control, without PDL, has neither instruction."""
+    control, without PDL, has neither instruction.  The same where the kernel reads and
+    writes an RMSNorm's sums of squares (``norm``)."""
     def report(pdl):
-        return json.loads(compile_script("gemv_ptx.py", pdl, bits, weights))
+        return json.loads(compile_script("gemv_ptx.py", pdl, bits, weights, *(["norm"] if norm else [])))
 
     early = report("early")
     assert early["launch_pdl"] and early["wait"] < early["launch_dependents"] < early["first_global_access"]

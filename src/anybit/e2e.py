@@ -295,7 +295,8 @@ class Decoder:
 RECOMPILE_LIMIT = 4096
 
 
-def _compile_layers(model: nn.Module, fusion: bool, inductor_pdl: bool = True, residual: bool = True) -> None:
+def _compile_layers(model: nn.Module, fusion: bool, inductor_pdl: bool = True, residual: bool = True,
+                    norm: bool = True) -> None:
     import torch._dynamo.config
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
@@ -306,7 +307,7 @@ def _compile_layers(model: nn.Module, fusion: bool, inductor_pdl: bool = True, r
     if fusion:
         from ._matmul.fusion import SiblingFusion
 
-        options["post_grad_custom_post_pass"] = SiblingFusion(residual=residual)
+        options["post_grad_custom_post_pass"] = SiblingFusion(residual=residual, norm=norm)
     for layer in model.model.layers:
         layer.compile(fullgraph=True, dynamic=False, options=options)
 
@@ -333,7 +334,8 @@ def run(
 
     ``fusion``: compile the quantized models' layers with ``anybit.SiblingFusion``
     (q/k/v and gate/up each in one kernel launch, residual adds folded into the products
-    before them; fp16 runs transformers' layers as they are).
+    before them, the post-attention norm written by the output projection's launch; fp16
+    runs transformers' layers as they are).
     ``attention``: a key of :data:`ATTENTION`, the same for every format.
     ``inductor_pdl``: compile every model's layers with Inductor's programmatic dependent
     launch (``torch._inductor.config.triton.enable_pdl``).
@@ -356,8 +358,8 @@ def run(
         "anybit": __version__, "date": datetime.date.today().isoformat(),
         "stack": f"transformers LlamaForCausalLM, StaticCache, attention {attention}, decoder layers "
                  "torch.compile'd, one CUDA graph per decoding step; all linear layers (lm_head included) quantized"
-                 + ("; quantized layers sharing an input in one launch and residual adds folded into the "
-                    "products (anybit.SiblingFusion)" if fusion else "")
+                 + ("; quantized layers sharing an input in one launch, residual adds folded into the "
+                    "products and a norm of a product written by its launch (anybit.SiblingFusion)" if fusion else "")
                  + ("; Inductor's kernels with programmatic dependent launch" if inductor_pdl else ""),
         "prompt_len": prompt_len, "steps": steps, "sibling_fusion": fusion, "attention": attention,
         "inductor_pdl": inductor_pdl,

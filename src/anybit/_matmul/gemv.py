@@ -456,7 +456,7 @@ WeightPart = tuple[Tensor, Tensor, "Tensor | None", "Tensor | None", int]
 def launch_gemv_multi(
     x: Tensor, parts: list[WeightPart], table: Tensor | None, k: int, bits: int, group: int, mode: Decode,
     config: GemvConfig, outs: list[Tensor] | None = None, workspace: Tensor | None = None,
-    addend: Tensor | None = None,
+    addend: Tensor | None = None, norm_out: NormOut | None = None, norm_in: NormIn | None = None,
 ) -> list[Tensor]:
     """x (M, k) fp16/bf16 against 1 to ``MAX_WEIGHTS`` weights of one format and K in one
     launch: [y_w (M, N_w)] in x's dtype, each as ``launch_gemv`` would give it.
@@ -467,12 +467,17 @@ def launch_gemv_multi(
     table per row) take one weight per launch.  ``outs``: [(M, N_w)] to write, or
     None; ``workspace``: fp32, at least split_k * M * sum(N_w) elements, or None;
     ``addend`` (one weight only): (M, N_0) in x's dtype, added to the fp32 product
-    before its rounding to x's dtype, or None.
+    before its rounding to x's dtype, or None.  An RMSNorm between this launch and a later
+    one (see ``launch_gemv_norm_parts``): ``norm_out`` (one weight only) = (gamma (N_0,),
+    scaled (M, N_0) in x's dtype, parts fp32 (M, tiles)) to write, ``norm_in`` = (parts
+    fp32 (M, n_parts), N, eps) of the launch that wrote x as its ``scaled``.
     """
     from .gemv_triton import MODE_IDS, gemv_kernel
 
     if not 1 <= len(parts) <= MAX_WEIGHTS:
         raise ValueError(f"{len(parts)} weights in one launch; accepted: 1 to {MAX_WEIGHTS}")
+    if norm_out is not None or norm_in is not None:
+        _check_norm(x, parts, norm_out, norm_in, config)
     if len(parts) > 1:  # (not on the single-weight path every decode call takes)
         if mode is Decode.ROW_TABLE:
             raise ValueError("formats with a table per row (lut) take one weight per launch")
@@ -525,8 +530,94 @@ def launch_gemv_multi(
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
         UNROLL=config.unroll, HAS_ADDEND=addend is not None, **_pdl_arguments(programmatic_launch(x.device)),
+        **_norm_arguments(norm_out, norm_in),
     )
     return outs
+
+
+#: What a launch writes for an RMSNorm of its result read by a later launch:
+#: (gamma (N,), scaled (M, N) in x's dtype, parts fp32 (M, tiles of BLOCK_N rows)).
+NormOut = tuple[Tensor, Tensor, Tensor]
+#: What a launch reading such a ``scaled`` as x takes: (parts fp32 (M, n_parts), N, eps).
+NormIn = tuple[Tensor, int, float]
+#: A launch reading ``scaled`` adds at most this many sums of squares per row of x.
+MAX_NORM_PARTS = 1024
+
+
+def norm_tiles(n: int, config: GemvConfig) -> int:
+    """The sums of squares per row of x (``parts``' columns) a launch of ``config`` over n rows writes."""
+    return -(-n // config.block_n)
+
+
+def _check_norm(x: Tensor, parts: list[WeightPart], norm_out: NormOut | None, norm_in: NormIn | None,
+                config: GemvConfig) -> None:
+    m, n = x.shape[0], parts[0][4]
+    if norm_out is not None:
+        gamma, scaled, sums = norm_out
+        if len(parts) != 1:
+            raise ValueError(f"a launch writing an RMSNorm's parts takes one weight (got {len(parts)})")
+        if gamma.shape != (n,) or not gamma.is_floating_point() or gamma.device != x.device or not gamma.is_contiguous():
+            raise ValueError(f"norm weight {tuple(gamma.shape)} {gamma.dtype} on {gamma.device}: expected a "
+                             f"contiguous floating-point ({n},) tensor on {x.device}")
+        if scaled.shape != (m, n) or scaled.dtype != x.dtype or scaled.device != x.device or not scaled.is_contiguous():
+            raise ValueError(f"norm output {tuple(scaled.shape)} {scaled.dtype} on {scaled.device}: expected "
+                             f"contiguous ({m}, {n}) {x.dtype} on {x.device}")
+        tiles = norm_tiles(n, config)
+        if sums.shape != (m, tiles) or sums.dtype != torch.float32 or sums.device != x.device or not sums.is_contiguous():
+            raise ValueError(f"norm parts {tuple(sums.shape)} {sums.dtype} on {sums.device}: expected contiguous "
+                             f"({m}, {tiles}) torch.float32 on {x.device}")
+    if norm_in is not None:
+        sums, width, eps = norm_in
+        if (sums.dim() != 2 or sums.shape[0] != m or not 1 <= sums.shape[1] <= MAX_NORM_PARTS
+                or sums.dtype != torch.float32 or sums.device != x.device or not sums.is_contiguous()):
+            raise ValueError(f"norm parts {tuple(sums.shape)} {sums.dtype} on {sums.device}: expected contiguous "
+                             f"({m}, 1 to {MAX_NORM_PARTS}) torch.float32 on {x.device}")
+        if width != x.shape[1] or not eps >= 0:
+            raise ValueError(f"norm over {width} columns with eps={eps!r}: expected x's {x.shape[1]} columns and "
+                             f"eps >= 0")
+
+
+def _norm_arguments(norm_out: NormOut | None, norm_in: NormIn | None) -> dict:
+    """The kernel's arguments for the RMSNorm parts it writes and / or the row scale it applies."""
+    arguments = {}
+    if norm_out is not None:
+        gamma, scaled, sums = norm_out
+        arguments.update(gamma_ptr=gamma, scaled_ptr=scaled, parts_out_ptr=sums, NORM_PARTS=True)
+    if norm_in is not None:
+        sums, width, eps = norm_in
+        arguments.update(parts_in_ptr=sums, n_parts=sums.shape[1], norm_n=width, eps=float(eps),
+                         ROW_SCALE=1 << max(0, sums.shape[1] - 1).bit_length())
+    return arguments
+
+
+def rms_norm_reference(h: Tensor, gamma: Tensor, eps: float) -> Tensor:
+    """transformers' RMSNorm (LlamaRMSNorm) of h (..., N) with weight gamma (N,):
+    gamma * (float32(h) * rsqrt(mean(float32(h)^2, -1) + eps)).to(h's dtype), in h's dtype."""
+    wide = h.float()
+    normed = (wide * torch.rsqrt(wide.pow(2).mean(-1, keepdim=True) + eps)).to(h.dtype)
+    return (gamma.float() * normed.float()).to(h.dtype)
+
+
+def launch_gemv_norm_parts(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
+    bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: Decode, config: GemvConfig,
+    gamma: Tensor, addend: Tensor | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``launch_gemv`` that also writes what a later launch needs to read transformers'
+    RMSNorm of its result, y = gamma * (h * rsqrt(mean(h^2) + eps)): (h (M, n), scaled
+    (M, n), parts fp32 (M, tiles)), h = x @ W^T (+ bias) (+ addend) in x's dtype as
+    ``launch_gemv`` gives it, scaled = (h * gamma) in x's dtype, parts[m, t] = the sum of
+    squares of h's row m over tile t's columns.  A launch with x = scaled and
+    ``norm_in=(parts, n, eps)`` then gives (W' y^T)^T up to rounding, each row scaled by
+    rsqrt(mean of squares + eps) after its product: the norm needs no launch of its own
+    and is not on any launch's path (``fusion.fuse_rms_norm`` puts it there).  Rounding:
+    scaled is h * gamma rounded once, where the norm rounds h * rsqrt(..) and then its
+    product with gamma."""
+    scaled = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
+    sums = torch.empty(x.shape[0], norm_tiles(n, config), dtype=torch.float32, device=x.device)
+    h = launch_gemv_multi(x, [(codes, scales, zeros, bias, n)], table, k, bits, group, mode, config,
+                          addend=addend, norm_out=(gamma, scaled, sums))[0]
+    return h, scaled, sums
 
 
 def _pdl_arguments(trigger: Trigger | None) -> dict:
@@ -541,18 +632,45 @@ def gemv_op(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
     bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
-    unroll: int, addend: Tensor | None = None,
+    unroll: int, addend: Tensor | None = None, norm_parts: Tensor | None = None, norm_n: int = 0,
+    norm_eps: float = 0.0,
 ) -> Tensor:
-    """y (M, n) = x (M, k) @ W^T (+ bias) (+ addend (M, n)) for W in the split-plane layout; see gemv_triton."""
+    """y (M, n) = x (M, k) @ W^T (+ bias) (+ addend (M, n)) for W in the split-plane layout; see gemv_triton.
+    With ``norm_parts``, x is an RMSNorm's ``scaled`` and each row of the product is scaled
+    by rsqrt(mean of squares + norm_eps) before the bias (``launch_gemv_norm_parts``)."""
     config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs, unroll)
-    return launch_gemv(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config,
-                       addend=addend)
+    norm_in = None if norm_parts is None else (norm_parts, norm_n, norm_eps)
+    return launch_gemv_multi(x, [(codes, scales, zeros, bias, n)], table, k, bits, group, Decode(mode), config,
+                             addend=addend, norm_in=norm_in)[0]
 
 
 @gemv_op.register_fake
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, x_pairs, unroll, addend=None):
+      num_warps, num_stages, x_pairs, unroll, addend=None, norm_parts=None, norm_n=0, norm_eps=0.0):
     return x.new_empty(x.shape[0], n)
+
+
+@torch.library.custom_op("anybit::gemv_norm_parts", mutates_args=())
+def gemv_norm_parts_op(
+    x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, table: Tensor | None,
+    bias: Tensor | None, n: int, k: int, bits: int, group: int, mode: str,
+    block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
+    unroll: int, addend: Tensor | None, gamma: Tensor,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``anybit::gemv`` writing the parts of an RMSNorm of its result too: (h (M, n), h * gamma
+    (M, n), sums of squares fp32 (M, tiles)); see ``launch_gemv_norm_parts`` (and ``fusion``,
+    which emits it)."""
+    config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs, unroll)
+    return launch_gemv_norm_parts(x, codes, scales, zeros, table, bias, n, k, bits, group, Decode(mode), config,
+                                  gamma, addend)
+
+
+@gemv_norm_parts_op.register_fake
+def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
+      num_warps, num_stages, x_pairs, unroll, addend, gamma):
+    tiles = -(-n // block_n)
+    return x.new_empty(x.shape[0], n), x.new_empty(x.shape[0], n), x.new_empty(x.shape[0], tiles,
+                                                                                dtype=torch.float32)
 
 
 @torch.library.custom_op("anybit::gemv_multi", mutates_args=())
@@ -560,18 +678,20 @@ def gemv_multi_op(
     x: Tensor, codes: list[Tensor], scales: list[Tensor], zeros: list[Tensor | None], table: Tensor | None,
     bias: list[Tensor | None], ns: list[int], k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
-    unroll: int,
+    unroll: int, norm_parts: Tensor | None = None, norm_n: int = 0, norm_eps: float = 0.0,
 ) -> list[Tensor]:
     """``anybit::gemv`` for 1 to MAX_WEIGHTS weights of one format and K in one launch:
-    [y_w (M, ns[w])]; see ``launch_gemv_multi`` (and ``fusion``, which emits it)."""
+    [y_w (M, ns[w])]; see ``launch_gemv_multi`` (and ``fusion``, which emits it), and
+    ``anybit::gemv`` for ``norm_parts``."""
     config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs, unroll)
     parts = list(zip(codes, scales, zeros, bias, ns))
-    return launch_gemv_multi(x, parts, table, k, bits, group, Decode(mode), config)
+    norm_in = None if norm_parts is None else (norm_parts, norm_n, norm_eps)
+    return launch_gemv_multi(x, parts, table, k, bits, group, Decode(mode), config, norm_in=norm_in)
 
 
 @gemv_multi_op.register_fake
 def _(x, codes, scales, zeros, table, bias, ns, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, x_pairs, unroll):
+      num_warps, num_stages, x_pairs, unroll, norm_parts=None, norm_n=0, norm_eps=0.0):
     return [x.new_empty(x.shape[0], n) for n in ns]
 
 

@@ -476,6 +476,29 @@ def _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N
 
 
 @triton.jit
+def _norm_parts(h, rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr, parts_ptr, tile, tiles, tile_out, out_mask):
+    """For an RMSNorm of h (M, N) read by later products (``NORM_PARTS``): this program's
+    tile of h (fp32 [BLOCK_N, BLOCK_M], already rounded to x's dtype) gives
+    ``scaled`` = (h * gamma).to(x's dtype) on the tile and its rows' sums of squares,
+    one per row of x, at ``parts[m, tile]`` (fp32 (M, tiles)).  The product reading the
+    norm's output adds a row's ``tiles`` sums in order and scales its result by
+    rsqrt(sum / N + eps) (``_row_scale``)."""
+    gamma = tl.load(gamma_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
+    tl.store(scaled_ptr + tile_out, (h * gamma[:, None]).to(scaled_ptr.dtype.element_ty), mask=out_mask)
+    live = tl.where(row_ok[:, None], h, 0.0)
+    tl.store(parts_ptr + offs_m * tiles + tile, tl.sum(live * live, axis=0), mask=m_ok)
+
+
+@triton.jit
+def _row_scale(parts_ptr, n_parts, norm_n, eps, x_rows, PARTS: tl.constexpr):
+    """rsqrt(mean of squares + eps) (fp32 [BLOCK_M]) of each row of x, from the sums of
+    squares of its ``n_parts`` tiles (fp32 (M, n_parts), ``_norm_parts``), added in order."""
+    j = tl.arange(0, PARTS)
+    sums = tl.load(parts_ptr + x_rows[None, :] * n_parts + j[:, None], mask=(j < n_parts)[:, None], other=0.0)
+    return tl.rsqrt(tl.sum(sums, axis=0) / norm_n + eps)
+
+
+@triton.jit
 def _past_weight(pid_n, ws_ptr, ws_per_row, weight, following, BLOCK_N: tl.constexpr):
     """Tile ``pid_n`` of ``weight`` (codes, scales, zeros, bias, out, N), or, when it lies
     past that weight's tiles, of the ``following`` one: (its tile index, its workspace,
@@ -501,6 +524,8 @@ def gemv_kernel(
     PTX_GROUPS: tl.constexpr = 0, PTX_ASM: tl.constexpr = "", PTX_CONSTRAINTS: tl.constexpr = "",
     PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1, PDL: tl.constexpr = PDL_OFF,
     UNROLL: tl.constexpr = 1, HAS_ADDEND: tl.constexpr = False,
+    gamma_ptr=None, scaled_ptr=None, parts_out_ptr=None, NORM_PARTS: tl.constexpr = False,
+    parts_in_ptr=None, n_parts=1, norm_n=1, eps=0.0, ROW_SCALE: tl.constexpr = 0,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias), for WEIGHTS (1 to 3) weights at once.
 
@@ -524,8 +549,16 @@ def gemv_kernel(
     BLOCKS_PER_SPLIT.  HAS_ADDEND (one weight only): ``add`` (M, N) contiguous, in
     x's dtype, is added to the fp32 result before its one rounding (a residual
     connection folded into the product; see ``fusion``).
+    An RMSNorm between two products (``fusion.fuse_rms_norm``), y = gamma * h *
+    rsqrt(mean(h^2) + eps) with h this launch's result: NORM_PARTS (one weight only)
+    also writes ``scaled`` (M, N) = (h * gamma) in x's dtype and ``parts_out`` fp32
+    (M, tiles), each tile's sums of squares of h (``_norm_parts``); a launch reading
+    such a ``scaled`` as x takes ROW_SCALE = a power of two >= ``n_parts`` (the
+    producer's tiles, 0 otherwise) and multiplies each output column m by rsqrt(sum of
+    row m of ``parts_in`` / ``norm_n`` + eps) before the bias (``_row_scale``).
     """
     tl.static_assert(not HAS_ADDEND or WEIGHTS == 1)
+    tl.static_assert(not NORM_PARTS or WEIGHTS == 1)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
@@ -558,6 +591,8 @@ def gemv_kernel(
         tl.extra.cuda.gdc_wait()
     if PDL == PDL_EARLY:
         tl.extra.cuda.gdc_launch_dependents()
+    if ROW_SCALE > 0:  # read first: the producer has finished (the wait above), and the sums are small
+        row_scale = _row_scale(parts_in_ptr, n_parts, norm_n, eps, x_rows, ROW_SCALE)
 
     # Each split runs BLOCKS_PER_SPLIT K-blocks (a constexpr: fixed per layer
     # shape); without EVEN_K, blocks past the end of K load nothing, the loads
@@ -629,8 +664,13 @@ def gemv_kernel(
     acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask,
                              M, N, SPLIT_K)
     if last:
+        if ROW_SCALE > 0:
+            acc *= row_scale[None, :]
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
         if HAS_ADDEND:
             acc += tl.load(add_ptr + tile_out, mask=out_mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + tile_out, acc.to(dtype), mask=out_mask)
+        if NORM_PARTS:
+            _norm_parts(acc.to(dtype).to(tl.float32), rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr,
+                        parts_out_ptr, pid_n, tl.num_programs(0), tile_out, out_mask)
