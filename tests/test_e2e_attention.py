@@ -108,11 +108,13 @@ def test_next_token_is_the_first_argmax(batch, vocab):
 
 @pytest.mark.skipif(DEVICE.type == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None,
                     reason="Inductor compiles the graph's CPU code with a C++ compiler, and none is installed")
-def test_quantized_layers_fold_their_residual_adds(monkeypatch):
+@pytest.mark.parametrize("scope", e2e.COMPILE_SCOPES)
+def test_quantized_layers_fold_their_residual_adds(monkeypatch, scope):
     """In a compiled transformers decoder layer, SiblingFusion leaves two launches for q/k/v and
     gate/up (3 saved), folds both residual adds into the products before them and the
     post-attention norm into the output projection's launch; the logits stay close to those of
-    the same model run eagerly."""
+    the same model run eagerly.  With the whole forward as one graph (``scope="model"``) the
+    norms before each later layer and before the output layer fold as well."""
     from anybit._matmul import fusion
     from anybit.nn import quantize_
 
@@ -134,12 +136,17 @@ def test_quantized_layers_fold_their_residual_adds(monkeypatch):
 
     torch._dynamo.reset()
     model, eager = quantized(), quantized()
-    for layer in model.model.layers:
-        layer.compile(fullgraph=True, dynamic=False, options={"post_grad_custom_post_pass": Counting(),
-                                                               "fx_graph_cache": False})
+    options = {"post_grad_custom_post_pass": Counting(), "fx_graph_cache": False}
+    if scope == "model":
+        model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False, options=options)
+    else:
+        for layer in model.model.layers:
+            layer.compile(fullgraph=True, dynamic=False, options=options)
     _, logits = _decode(model, 1, steps=2)
     torch._dynamo.reset()
-    assert counts and all(c == (3, 2, 1) for c in counts), counts
+    layers = TINY["num_hidden_layers"]
+    expected = (3, 2, 1) if scope == "layers" else (3 * layers, 2 * layers, 2 * layers)
+    assert counts and all(c == expected for c in counts), counts
     _, eager_logits = _decode(eager, 1, steps=2)
     for a, b in zip(logits, eager_logits):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)

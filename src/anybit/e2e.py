@@ -295,9 +295,18 @@ class Decoder:
 RECOMPILE_LIMIT = 4096
 
 
+#: What ``_compile_layers`` compiles: each decoder layer as a graph of its own, or the
+#: model's whole forward as one graph (where ``SiblingFusion`` also sees the products
+#: across layers: a layer's input norm reads the previous layer's down projection).
+COMPILE_SCOPES = ("layers", "model")
+
+
 def _compile_layers(model: nn.Module, fusion: bool, inductor_pdl: bool = True, residual: bool = True,
-                    norm: bool = True) -> None:
+                    norm: bool = True, scope: str = "layers") -> None:
     import torch._dynamo.config
+
+    if scope not in COMPILE_SCOPES:
+        raise ValueError(f"scope={scope!r}: expected one of {', '.join(COMPILE_SCOPES)}")
 
     torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, RECOMPILE_LIMIT)
     torch._dynamo.config.accumulated_recompile_limit = max(
@@ -308,6 +317,9 @@ def _compile_layers(model: nn.Module, fusion: bool, inductor_pdl: bool = True, r
         from ._matmul.fusion import SiblingFusion
 
         options["post_grad_custom_post_pass"] = SiblingFusion(residual=residual, norm=norm)
+    if scope == "model":
+        model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False, options=options)
+        return
     for layer in model.model.layers:
         layer.compile(fullgraph=True, dynamic=False, options=options)
 
