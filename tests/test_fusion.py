@@ -262,5 +262,19 @@ def test_a_norm_read_by_anything_else_keeps_its_kernel(monkeypatch):
     assert fusion.fuse_rms_norm(gm.graph) == 0
 
 
+def test_a_norm_over_more_tiles_than_a_reader_adds_keeps_its_kernel(monkeypatch):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Normed("int4-g32").to(DEVICE)
+    gm = _graph(model, torch.randn(1, 80, device=DEVICE, dtype=torch.float16),
+                torch.randn(1, 48, device=DEVICE, dtype=torch.float16))
+    assert fusion.fuse_residual_add(gm.graph) == 1
+    monkeypatch.setattr(g, "MAX_NORM_PARTS", 1)  # o's 48 rows make 2 tiles of 32
+    assert fusion.fuse_rms_norm(gm.graph) == 0
+    monkeypatch.setattr(g, "MAX_NORM_PARTS", 2)
+    assert fusion.fuse_rms_norm(gm.graph) == 1
+
+
 def test_the_pass_key_names_the_norm_rule():
     assert anybit.SiblingFusion(norm=False).uuid() != anybit.SiblingFusion().uuid()

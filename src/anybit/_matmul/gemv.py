@@ -540,8 +540,9 @@ def launch_gemv_multi(
 NormOut = tuple[Tensor, Tensor, Tensor]
 #: What a launch reading such a ``scaled`` as x takes: (parts fp32 (M, n_parts), N, eps).
 NormIn = tuple[Tensor, int, float]
-#: A launch reading ``scaled`` adds at most this many sums of squares per row of x.
-MAX_NORM_PARTS = 1024
+#: A launch reading ``scaled`` adds at most this many sums of squares per row of x (one per
+#: 32-row tile of the producer: norms up to 8192 wide fold at the heuristic's tiles).
+MAX_NORM_PARTS = 256
 
 
 def norm_tiles(n: int, config: GemvConfig) -> int:

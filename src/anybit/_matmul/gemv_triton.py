@@ -481,7 +481,7 @@ def _norm_parts(h, rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr, parts_ptr,
     tile of h (fp32 [BLOCK_N, BLOCK_M], already rounded to x's dtype) gives
     ``scaled`` = (h * gamma).to(x's dtype) on the tile and its rows' sums of squares,
     one per row of x, at ``parts[m, tile]`` (fp32 (M, tiles)).  The product reading the
-    norm's output adds a row's ``tiles`` sums in order and scales its result by
+    norm's output adds a row's ``tiles`` sums and scales its result by
     rsqrt(sum / N + eps) (``_row_scale``)."""
     gamma = tl.load(gamma_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)
     tl.store(scaled_ptr + tile_out, (h * gamma[:, None]).to(scaled_ptr.dtype.element_ty), mask=out_mask)
@@ -492,7 +492,8 @@ def _norm_parts(h, rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr, parts_ptr,
 @triton.jit
 def _row_scale(parts_ptr, n_parts, norm_n, eps, x_rows, PARTS: tl.constexpr):
     """rsqrt(mean of squares + eps) (fp32 [BLOCK_M]) of each row of x, from the sums of
-    squares of its ``n_parts`` tiles (fp32 (M, n_parts), ``_norm_parts``), added in order."""
+    squares of its ``n_parts`` tiles (fp32 (M, n_parts), ``_norm_parts``), added in a
+    fixed order (the same in every program and launch)."""
     j = tl.arange(0, PARTS)
     sums = tl.load(parts_ptr + x_rows[None, :] * n_parts + j[:, None], mask=(j < n_parts)[:, None], other=0.0)
     return tl.rsqrt(tl.sum(sums, axis=0) / norm_n + eps)
