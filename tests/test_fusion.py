@@ -246,30 +246,28 @@ def test_rms_norm_between_products_needs_no_kernel(monkeypatch, spec):
     torch.testing.assert_close(out, eager_out, rtol=3e-2, atol=3e-2)
 
 
+def _residual_folded(monkeypatch, cls):
+    """The traced graph of a ``cls`` (a Normed) on one row, its residual add folded."""
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    gm = _graph(cls("int4-g32").to(DEVICE), torch.randn(1, 80, device=DEVICE, dtype=torch.float16),
+                torch.randn(1, 48, device=DEVICE, dtype=torch.float16))
+    assert fusion.fuse_residual_add(gm.graph) == 1
+    return gm
+
+
 def test_a_norm_read_by_anything_else_keeps_its_kernel(monkeypatch):
     class Shared(Normed):
         def forward(self, x, r):
             normed = self.norm(r + self.o(x))
             return self.up(normed), normed.sum()
 
-    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
-    if DEVICE == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    model = Shared("int4-g32").to(DEVICE)
-    gm = _graph(model, torch.randn(1, 80, device=DEVICE, dtype=torch.float16),
-                torch.randn(1, 48, device=DEVICE, dtype=torch.float16))
-    assert fusion.fuse_residual_add(gm.graph) == 1
-    assert fusion.fuse_rms_norm(gm.graph) == 0
+    assert fusion.fuse_rms_norm(_residual_folded(monkeypatch, Shared).graph) == 0
 
 
 def test_a_norm_over_more_tiles_than_a_reader_adds_keeps_its_kernel(monkeypatch):
-    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
-    if DEVICE == "cpu":
-        monkeypatch.setenv("TRITON_INTERPRET", "1")
-    model = Normed("int4-g32").to(DEVICE)
-    gm = _graph(model, torch.randn(1, 80, device=DEVICE, dtype=torch.float16),
-                torch.randn(1, 48, device=DEVICE, dtype=torch.float16))
-    assert fusion.fuse_residual_add(gm.graph) == 1
+    gm = _residual_folded(monkeypatch, Normed)
     monkeypatch.setattr(g, "MAX_NORM_PARTS", 1)  # o's 48 rows make 2 tiles of 32
     assert fusion.fuse_rms_norm(gm.graph) == 0
     monkeypatch.setattr(g, "MAX_NORM_PARTS", 2)
