@@ -70,7 +70,7 @@ def test_norm_between_two_launches_matches_float64(case):
     # the producer: h as the plain launch gives it, h * gamma, and each tile's sums of squares
     config, group, mode = _settings(qw, case.m, case.config)
     part = (qw.codes, qw.params["scales"], qw.params.get("zeros"), None, case.n)
-    tiles = g.norm_tiles(case.n, config)
+    tiles = g.norm_tiles(case.n, config.block_n)
     h = torch.full((case.m, case.n), float("nan"), dtype=x.dtype, device=DEVICE)
     scaled = torch.full_like(h, float("nan"))
     sums = torch.full((case.m, tiles), float("nan"), device=DEVICE)
@@ -116,7 +116,7 @@ def test_the_public_launch_gives_h_scaled_and_sums():
                                                group, g.Decode.SYMMETRIC, config, gamma)
     assert torch.equal(h, g.launch_gemv(x, qw.codes, qw.params["scales"], None, None, None, 64, 64, 4, group,
                                         g.Decode.SYMMETRIC, config))
-    assert sums.shape == (2, g.norm_tiles(64, config)) and sums.dtype == torch.float32
+    assert sums.shape == (2, g.norm_tiles(64, config.block_n)) and sums.dtype == torch.float32
     torch.testing.assert_close(sums.sum(-1), h.float().pow(2).sum(-1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(scaled, (h.float() * gamma.float()).half())
 

@@ -346,8 +346,8 @@ def run(
 
     ``fusion``: compile the quantized models' layers with ``anybit.SiblingFusion``
     (q/k/v and gate/up each in one kernel launch, residual adds folded into the products
-    before them, the post-attention norm written by the output projection's launch; fp16
-    runs transformers' layers as they are).
+    before them, the post-attention norm split between the launches around it, with no
+    kernel of its own; fp16 runs transformers' layers as they are).
     ``attention``: a key of :data:`ATTENTION`, the same for every format.
     ``inductor_pdl``: compile every model's layers with Inductor's programmatic dependent
     launch (``torch._inductor.config.triton.enable_pdl``).
@@ -371,7 +371,7 @@ def run(
         "stack": f"transformers LlamaForCausalLM, StaticCache, attention {attention}, decoder layers "
                  "torch.compile'd, one CUDA graph per decoding step; all linear layers (lm_head included) quantized"
                  + ("; quantized layers sharing an input in one launch, residual adds folded into the "
-                    "products and a norm of a product written by its launch (anybit.SiblingFusion)" if fusion else "")
+                    "products and a norm between two products split between their launches (anybit.SiblingFusion)" if fusion else "")
                  + ("; Inductor's kernels with programmatic dependent launch" if inductor_pdl else ""),
         "prompt_len": prompt_len, "steps": steps, "sibling_fusion": fusion, "attention": attention,
         "inductor_pdl": inductor_pdl,

@@ -76,12 +76,19 @@ def _arguments(node: torch.fx.Node) -> dict:
 _VIEWS = (torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default)
 
 
+def _through_views(node) -> tuple:
+    """(the node ``node`` is a reshape of, through any number of reshapes, or ``node``
+    itself; the reshapes between)."""
+    views = []
+    while isinstance(node, torch.fx.Node) and node.target in _VIEWS:
+        views.append(node)
+        node = node.args[0]
+    return node, views
+
+
 def _same_data(x: torch.fx.Node) -> tuple:
     """A key equal for x nodes that are views of one tensor with one shape."""
-    base = x
-    while isinstance(base, torch.fx.Node) and base.target in _VIEWS:
-        base = base.args[0]
-    return base, tuple(x.meta["val"].shape)
+    return _through_views(x)[0], tuple(x.meta["val"].shape)
 
 
 #: Ops that copy a tensor unchanged (how a constant made during tracing reaches its use).
@@ -185,10 +192,7 @@ _VIEW = torch.ops.aten.view.default
 def _product_behind(node) -> tuple[torch.fx.Node | None, list[torch.fx.Node]]:
     """(the ``anybit::gemv`` call ``node`` is, or is a reshape of, and the reshapes
     between), or (None, [])."""
-    views = []
-    while isinstance(node, torch.fx.Node) and node.target in _VIEWS:
-        views.append(node)
-        node = node.args[0]
+    node, views = _through_views(node)
     if isinstance(node, torch.fx.Node) and node.target is _GEMV:
         return node, views
     return None, []
@@ -296,22 +300,25 @@ def _rms_norm(node) -> tuple[torch.fx.Node, torch.fx.Node, float] | None:
     return None
 
 
-def _erase_dead(graph: torch.fx.Graph, root: torch.fx.Node) -> None:
-    """Erase ``root`` and the pure calls it reads, directly or not, that nothing reads any more
-    (and reshapes of them that nothing reads)."""
-    seen, stack = set(), [root]
+def _erase_dead(graph: torch.fx.Graph, root: torch.fx.Node) -> set[torch.fx.Node]:
+    """Erase ``root`` (and reshapes of it that nothing reads) once nothing reads it, then each
+    pure call it read that nothing reads any more, and so on (only the dead part of the graph
+    is visited); returns the erased nodes."""
+    erased = set()
+    for user in list(root.users):
+        if _is(user, *_VIEWS) and not user.users:
+            graph.erase_node(user)
+            erased.add(user)
+    stack = [root]
     while stack:
         node = stack.pop()
-        if node.op == "call_function" and node not in seen:
-            seen.add(node)
-            stack.extend(node.all_input_nodes)
-    order = {node: i for i, node in enumerate(graph.nodes)}
-    for node in sorted(seen, key=order.get, reverse=True):
-        for user in list(node.users):
-            if _is(user, *_VIEWS) and not user.users:
-                graph.erase_node(user)
-        if not node.users and not node.is_impure():
-            graph.erase_node(node)
+        if node in erased or node.op != "call_function" or node.users or node.is_impure():
+            continue  # reached twice, or still read
+        inputs = node.all_input_nodes
+        graph.erase_node(node)
+        erased.add(node)
+        stack.extend(inputs)
+    return erased
 
 
 def _readers(node: torch.fx.Node) -> list[torch.fx.Node] | None:
@@ -340,9 +347,9 @@ def fuse_rms_norm(graph: torch.fx.Graph) -> int:
     gamma, per-tile sums of squares), and each call reading y reads h * gamma instead and
     scales its rows by rsqrt(mean of squares + eps) (``norm_parts``); returns how many norms
     were folded."""
-    folded = 0
+    folded, erased = 0, set()
     for node in list(graph.nodes):
-        norm = _rms_norm(node) if node.graph is not None else None
+        norm = None if node in erased else _rms_norm(node)
         if norm is None:
             continue
         h, gamma, eps = norm
@@ -354,14 +361,15 @@ def fuse_rms_norm(graph: torch.fx.Graph) -> int:
         if not all(isinstance(d, int) for d in (*y.shape, *out.shape)):
             continue
         args = _arguments(call)
-        tiles = g.norm_tiles(args["n"], g.GemvConfig(args["block_m"], args["block_n"], args["block_k"], 1))
+        tiles = g.norm_tiles(args["n"], args["block_n"])
         if tiles > g.MAX_NORM_PARTS:
             continue
-        order = {n: i for i, n in enumerate(graph.nodes)}
-        if gamma.op == "get_attr" and order[gamma] > order[call]:
-            call.prepend(gamma)
-        elif gamma.op != "placeholder" and order[gamma] > order[call]:
-            continue
+        if gamma.op != "placeholder":  # (the weights of a compiled module are placeholders)
+            order = {n: i for i, n in enumerate(graph.nodes)}
+            if order[gamma] > order[call]:
+                if gamma.op != "get_attr":
+                    continue
+                call.prepend(gamma)  # a constant: it can move
         sums_val = y.new_empty((y.shape[0], tiles), dtype=torch.float32)
         with graph.inserting_before(call):
             fused = graph.call_function(_NORM_PARTS, tuple(args[name] for name in _REQUIRED),
@@ -381,7 +389,7 @@ def fuse_rms_norm(graph: torch.fx.Graph) -> int:
                 flat.meta["val"] = _val(x)
             reader.args = (flat, *reader.args[1:])
             reader.kwargs = {**reader.kwargs, "norm_parts": sums, "norm_n": y.shape[1], "norm_eps": eps}
-        _erase_dead(graph, node)
+        erased |= _erase_dead(graph, node)
         folded += 1
     if folded:
         graph.lint()

@@ -545,9 +545,9 @@ NormIn = tuple[Tensor, int, float]
 MAX_NORM_PARTS = 256
 
 
-def norm_tiles(n: int, config: GemvConfig) -> int:
-    """The sums of squares per row of x (``parts``' columns) a launch of ``config`` over n rows writes."""
-    return -(-n // config.block_n)
+def norm_tiles(n: int, block_n: int) -> int:
+    """The sums of squares per row of x (``parts``' columns) a launch of BLOCK_N-row tiles over n rows writes."""
+    return -(-n // block_n)
 
 
 def _check_norm(x: Tensor, parts: list[WeightPart], norm_out: NormOut | None, norm_in: NormIn | None,
@@ -563,7 +563,7 @@ def _check_norm(x: Tensor, parts: list[WeightPart], norm_out: NormOut | None, no
         if scaled.shape != (m, n) or scaled.dtype != x.dtype or scaled.device != x.device or not scaled.is_contiguous():
             raise ValueError(f"norm output {tuple(scaled.shape)} {scaled.dtype} on {scaled.device}: expected "
                              f"contiguous ({m}, {n}) {x.dtype} on {x.device}")
-        tiles = norm_tiles(n, config)
+        tiles = norm_tiles(n, config.block_n)
         if sums.shape != (m, tiles) or sums.dtype != torch.float32 or sums.device != x.device or not sums.is_contiguous():
             raise ValueError(f"norm parts {tuple(sums.shape)} {sums.dtype} on {sums.device}: expected contiguous "
                              f"({m}, {tiles}) torch.float32 on {x.device}")
@@ -615,7 +615,7 @@ def launch_gemv_norm_parts(
     scaled is h * gamma rounded once, where the norm rounds h * rsqrt(..) and then its
     product with gamma."""
     scaled = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device)
-    sums = torch.empty(x.shape[0], norm_tiles(n, config), dtype=torch.float32, device=x.device)
+    sums = torch.empty(x.shape[0], norm_tiles(n, config.block_n), dtype=torch.float32, device=x.device)
     h = launch_gemv_multi(x, [(codes, scales, zeros, bias, n)], table, k, bits, group, mode, config,
                           addend=addend, norm_out=(gamma, scaled, sums))[0]
     return h, scaled, sums
@@ -669,9 +669,8 @@ def gemv_norm_parts_op(
 @gemv_norm_parts_op.register_fake
 def _(x, codes, scales, zeros, table, bias, n, k, bits, group, mode, block_m, block_n, block_k, split_k,
       num_warps, num_stages, x_pairs, unroll, addend, gamma):
-    tiles = -(-n // block_n)
-    return x.new_empty(x.shape[0], n), x.new_empty(x.shape[0], n), x.new_empty(x.shape[0], tiles,
-                                                                                dtype=torch.float32)
+    return (x.new_empty(x.shape[0], n), x.new_empty(x.shape[0], n),
+            x.new_empty(x.shape[0], norm_tiles(n, block_n), dtype=torch.float32))
 
 
 @torch.library.custom_op("anybit::gemv_multi", mutates_args=())

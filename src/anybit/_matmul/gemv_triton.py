@@ -671,7 +671,8 @@ def gemv_kernel(
             acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
         if HAS_ADDEND:
             acc += tl.load(add_ptr + tile_out, mask=out_mask, other=0.0).to(tl.float32)
-        tl.store(out_ptr + tile_out, acc.to(dtype), mask=out_mask)
+        h = acc.to(dtype)
+        tl.store(out_ptr + tile_out, h, mask=out_mask)
         if NORM_PARTS:
-            _norm_parts(acc.to(dtype).to(tl.float32), rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr,
+            _norm_parts(h.to(tl.float32), rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr,
                         parts_out_ptr, pid_n, tl.num_programs(0), tile_out, out_mask)
