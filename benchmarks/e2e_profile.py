@@ -3,13 +3,15 @@
 Usage on a CUDA machine::
 
     PYTHONPATH=src python benchmarks/e2e_profile.py --batches 1 8 --modes layers model \
-        --formats float16 int4-g128 [--attention sdpa]
+        --formats float16 int4-g128 [--attention sdpa] [--layers 8] [--top 14]
 
 ``--modes``: ``layers`` compiles each decoder layer (the benchmark's stack),
-``model`` the whole forward. For each (format, mode, batch) it prints the
+``model`` the whole forward (both through ``e2e._compile_layers``, with anybit's
+graph pass for the quantized formats). ``--layers`` builds the model with fewer
+decoder layers (faster to compile). For each (format, mode, batch) it prints the
 graph-replayed milliseconds per step (twice) and, from torch.profiler over 5
 replays, the kernel time per category (anybit's decode kernel, cuBLAS,
-attention, Inductor's Triton kernels, other) and the 14 costliest kernels.
+attention, Inductor's Triton kernels, other) and the ``--top`` costliest kernels.
 """
 import argparse
 import copy
@@ -21,7 +23,6 @@ import torch._dynamo.config
 
 from anybit import e2e
 from anybit.nn import quantize_
-from anybit._matmul.fusion import SiblingFusion
 
 torch._dynamo.config.recompile_limit = 4096
 torch._dynamo.config.accumulated_recompile_limit = 4096
@@ -32,6 +33,8 @@ parser.add_argument("--batches", type=int, nargs="+", default=[1, 8])
 parser.add_argument("--modes", nargs="+", choices=("layers", "model"), default=["layers"])
 parser.add_argument("--formats", nargs="+", default=["float16", "int4-g128"])
 parser.add_argument("--attention", choices=sorted(e2e.ATTENTION), default=e2e.DEFAULT_ATTENTION)
+parser.add_argument("--layers", type=int, default=e2e.LLAMA_31_8B["num_hidden_layers"])
+parser.add_argument("--top", type=int, default=14)
 args = parser.parse_args()
 batches, modes, fmts = args.batches, args.modes, args.formats
 steps = 40
@@ -72,11 +75,11 @@ def profile(dec, label):
     print(f"[{label}] kernel time {total / 1000:.3f} ms/step over {nk:.0f} kernels")
     for c, (t, n) in sorted(cats.items(), key=lambda kv: -kv[1][0]):
         print(f"   {c:16s} {t / 1000:7.3f} ms  {n:5.0f} kernels")
-    for name, (t, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[:14]:
+    for name, (t, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[:args.top]:
         print(f"   {t:9.1f} us {n:5.0f}x  {name[:110]}")
 
 
-base = e2e.random_llama(e2e.LLAMA_31_8B, torch.device("cuda"))
+base = e2e.random_llama(dict(e2e.LLAMA_31_8B, num_hidden_layers=args.layers), torch.device("cuda"))
 e2e.use_attention(base, args.attention)
 for fmt in fmts:
     for mode in modes:
@@ -85,12 +88,7 @@ for fmt in fmts:
         if fmt != "float16":
             quantize_(model, fmt, skip=(), progress=False)
         torch._dynamo.reset()
-        opts = {"post_grad_custom_post_pass": SiblingFusion()} if fmt != "float16" else {}
-        if mode == "layers":
-            for layer in model.model.layers:
-                layer.compile(fullgraph=True, dynamic=False, options=opts)
-        elif mode == "model":
-            model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False, options=opts)
+        e2e._compile_layers(model, fmt != "float16", scope=mode)
         for b in batches:
             dec = e2e.Decoder(model, b, 128, max_steps=3 * steps + 40)
             dec.capture()
@@ -104,7 +102,9 @@ for fmt in fmts:
             torch.cuda.empty_cache()
         if model is not base:
             del model
+        elif mode == "model":
+            del base.forward
         else:
-            if mode == "model":
-                del base.forward
+            for layer in base.model.layers:
+                layer._compiled_call_impl = None
         torch.cuda.empty_cache()

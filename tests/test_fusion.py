@@ -1,6 +1,7 @@
 """The graph pass that puts decode-kernel calls sharing their input into one launch
 (Triton's interpreter on CPU; the compiled path is in test_gemv_cuda.py)."""
 
+import logging
 import shutil
 
 import pytest
@@ -120,6 +121,50 @@ def test_inductor_runs_the_pass(monkeypatch, spec):
     assert _Counting.saved == 3
     for a, b in zip(model(x, h), after):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
+
+
+class _Records(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and shutil.which("g++") is None and shutil.which("c++") is None,
+                    reason="Inductor compiles the graph's CPU code with a C++ compiler, and none is installed")
+def test_inductor_meets_no_anybit_op_without_a_lowering(monkeypatch):
+    """The pass registers the graph's anybit ops, and those it may put in, as Inductor
+    fallbacks before Inductor lowers the graph: Inductor then never creates a fallback of
+    its own for one (whose log line some torch versions build from the op's whole input
+    chain, printed or not)."""
+    from torch._inductor import lowering
+
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    ops = [torch.ops.anybit.gemv.default, torch.ops.anybit.gemv_multi.default,
+           torch.ops.anybit.gemv_norm_parts.default]
+    for op in ops:  # as in a process that has compiled nothing yet
+        monkeypatch.delitem(lowering.lowerings, op, raising=False)
+    records, logger = _Records(), logging.getLogger("torch._inductor.graph")
+    monkeypatch.setattr(logger, "level", logging.INFO)
+    logger.addHandler(records)
+    try:
+        torch._dynamo.reset()
+        model = Siblings("int4-g32", False).to(DEVICE)
+        x = torch.randn(1, 96, device=DEVICE, dtype=torch.float16)
+        h = torch.randn(1, 80, device=DEVICE, dtype=torch.float16)
+        compiled = torch.compile(model, fullgraph=True, options={"post_grad_custom_post_pass": anybit.SiblingFusion(),
+                                                                  "fx_graph_cache": False})
+        compiled(x, h)
+    finally:
+        logger.removeHandler(records)
+        torch._dynamo.reset()
+    assert not [m for m in records.messages if "implicit fallback" in m and "anybit" in m], records.messages
+    assert all(op in lowering.lowerings for op in ops)
+    assert fusion.register_fallbacks(torch.fx.Graph()) == []
 
 
 def test_tables_are_compared_by_value():

@@ -39,6 +39,16 @@ Use::
 or, where the ``torch.compile`` call is not yours (transformers' ``generate`` with a
 compile config), set ``torch._inductor.config.post_grad_custom_post_pass`` to one
 before the first compiled call.
+
+The pass also registers every anybit op in the graph as an Inductor fallback
+(``register_fallbacks``) before Inductor lowers it.  Inductor would do so itself
+on meeting the op, but some torch versions (2.11 among them) first format the
+op's arguments for a log line whether or not it is printed, and the text of an
+argument is the whole chain of IR behind it, repeated wherever the chain forks:
+with the norms folded the output layer's product is the first plain
+``anybit::gemv`` of a whole-forward graph, and its argument's chain is every
+layer before it (a Llama-3.1-8B-shaped model's compile did not finish in
+10 minutes; docs/NOTES.md e2e-v13).
 """
 
 from __future__ import annotations
@@ -396,6 +406,28 @@ def fuse_rms_norm(graph: torch.fx.Graph) -> int:
     return folded
 
 
+def register_fallbacks(graph: torch.fx.Graph) -> list[torch._ops.OpOverload]:
+    """Register each ``anybit::`` op that ``graph`` calls, or that a pass here may put in it,
+    as an Inductor fallback (a call of the op's own kernel), with the layout constraint
+    Inductor would choose for it; returns the ops registered now (none already were).
+
+    The same registration Inductor makes on first meeting an op without a lowering, made
+    here so that Inductor does not build the text of the op's arguments first (see the
+    module docstring)."""
+    from torch._inductor import lowering
+    from torch._library.utils import get_layout_constraint_tag
+
+    ops = {node.target for node in graph.nodes if node.op == "call_function"}
+    ops |= {torch.ops.anybit.gemv.default, torch.ops.anybit.gemv_multi.default,
+            torch.ops.anybit.gemv_norm_parts.default}
+    new = [op for op in ops if isinstance(op, torch._ops.OpOverload) and op.namespace == "anybit"
+           and op not in lowering.lowerings]
+    for op in sorted(new, key=str):
+        constraint = lowering.tag_to_layout_constraint(get_layout_constraint_tag(op, with_default=True))
+        lowering.make_fallback(op, layout_constraint=constraint)
+    return new
+
+
 class SiblingFusion(CustomGraphPass):
     """Inductor's ``post_grad_custom_post_pass`` that applies ``fuse_sibling_gemv`` and then,
     with ``residual`` (the default), ``fuse_residual_add`` and, with ``norm`` (the default),
@@ -406,6 +438,7 @@ class SiblingFusion(CustomGraphPass):
         self.norm = norm
 
     def __call__(self, graph: torch.fx.Graph) -> None:
+        register_fallbacks(graph)
         fuse_sibling_gemv(graph)
         if self.residual:
             fuse_residual_add(graph)
