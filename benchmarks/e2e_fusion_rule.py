@@ -1,10 +1,11 @@
 """The decoding step of ``anybit bench --e2e``'s model with one of ``anybit.SiblingFusion``'s rules
 on (the default) and off, in one process: ``residual`` (residual adds folded into the decode
-kernel) or ``norm`` (an RMSNorm of a product written by the product's own launch).
+kernel), ``norm`` (an RMSNorm of a product written by the product's own launch) or ``glu``
+(the MLP's silu(gate) * up written by the gate/up launch).
 
 Usage on a CUDA machine::
 
-    PYTHONPATH=src python benchmarks/e2e_fusion_rule.py residual|norm 1,8 [--no-fp16]
+    PYTHONPATH=src python benchmarks/e2e_fusion_rule.py residual|norm|glu 1,8 [--no-fp16]
 
 Prints milliseconds per step (best of two rounds of 50 graph replays) for fp16 (unless
 ``--no-fp16``) and for int4-g128 with the rule off and on, and the ratios to fp16 at the same
@@ -20,7 +21,7 @@ from _steps import base_model, measure
 from anybit import e2e
 from anybit.nn import quantize_
 
-RULES = ("residual", "norm")
+RULES = ("residual", "norm", "glu")
 rule = sys.argv[1]
 if rule not in RULES:
     raise SystemExit(f"rule {rule!r}: expected one of {', '.join(RULES)}")

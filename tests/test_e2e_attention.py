@@ -112,7 +112,8 @@ def test_next_token_is_the_first_argmax(batch, vocab):
 def test_quantized_layers_fold_their_residual_adds(monkeypatch, scope):
     """In a compiled transformers decoder layer, SiblingFusion leaves two launches for q/k/v and
     gate/up (3 saved), folds both residual adds into the products before them and the
-    post-attention norm into the output projection's launch; the logits stay close to those of
+    post-attention norm into the output projection's launch, and the MLP's silu(gate) * up into
+    the gate/up launch; the logits stay close to those of
     the same model run eagerly.  With the whole forward as one graph (``scope="model"``) the
     norms before each later layer and before the output layer fold as well."""
     from anybit._matmul import fusion
@@ -125,8 +126,9 @@ def test_quantized_layers_fold_their_residual_adds(monkeypatch, scope):
 
     class Counting(fusion.SiblingFusion):
         def __call__(self, graph):
+            fusion.register_fallbacks(graph)
             counts.append((fusion.fuse_sibling_gemv(graph), fusion.fuse_residual_add(graph),
-                           fusion.fuse_rms_norm(graph)))
+                           fusion.fuse_rms_norm(graph), fusion.fuse_glu(graph)))
 
     def quantized():
         model = e2e.random_llama(TINY, DEVICE, seed=3)
@@ -145,7 +147,7 @@ def test_quantized_layers_fold_their_residual_adds(monkeypatch, scope):
     _, logits = _decode(model, 1, steps=2)
     torch._dynamo.reset()
     layers = TINY["num_hidden_layers"]
-    expected = (3, 2, 1) if scope == "layers" else (3 * layers, 2 * layers, 2 * layers)
+    expected = (3, 2, 1, 1) if scope == "layers" else (3 * layers, 2 * layers, 2 * layers, layers)
     assert counts and all(c == expected for c in counts), counts
     _, eager_logits = _decode(eager, 1, steps=2)
     for a, b in zip(logits, eager_logits):

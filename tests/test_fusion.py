@@ -123,6 +123,68 @@ def test_inductor_runs_the_pass(monkeypatch, spec):
         torch.testing.assert_close(a, b, rtol=2e-3, atol=2e-3)
 
 
+class Mlp(torch.nn.Module):
+    """transformers' Llama MLP: down(silu(gate(x)) * up(x)); ``swap`` takes the silu of the
+    second product instead (the launch's second weight is then the gate)."""
+
+    def __init__(self, spec: str, bias: bool, swap: bool = False, leak: bool = False):
+        super().__init__()
+        torch.manual_seed(1)
+        self.gate, self.up = torch.nn.Linear(96, 80, bias=bias), torch.nn.Linear(96, 80, bias=bias)
+        self.down = torch.nn.Linear(80, 40, bias=bias)
+        self.swap, self.leak = swap, leak
+        anybit.quantize_(self, spec, skip=())
+
+    def forward(self, x):
+        a, b = self.gate(x), self.up(x)
+        if self.swap:
+            a, b = b, a
+        y = self.down(torch.nn.functional.silu(a) * b)
+        return (y, a) if self.leak else y
+
+
+@pytest.mark.parametrize("spec, bias, swap", [("int4-g32", False, False), ("uint4-g64", True, True),
+                                              ("nf4-g32", False, True)])
+def test_glu_is_written_by_the_launch_of_its_products(monkeypatch, spec, bias, swap):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Mlp(spec, bias, swap).to(DEVICE)
+    monkeypatch.setattr(fusion, "GLU_MAX_ROWS", 2)
+    x = torch.randn(2, 1, 96, device=DEVICE, dtype=torch.float16)
+    g.kernel_table(model.gate.qweight)
+    gm = _graph(model, x)
+    before = model(x)
+    assert fusion.fuse_sibling_gemv(gm.graph) == 1 and fusion.fuse_glu(gm.graph) == 1
+    gm.recompile()
+    multi = [node for node in gm.graph.nodes if node.target is fusion._MULTI]
+    assert len(multi) == 1 and multi[0].kwargs.get("glu") is True
+    assert not any(node.target in (torch.ops.aten.silu.default, torch.ops.aten.mul.Tensor) for node in gm.graph.nodes)
+    torch.testing.assert_close(gm(x), before, rtol=2e-3, atol=2e-3)
+
+
+def test_glu_stays_apart_where_a_product_is_read_elsewhere(monkeypatch):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Mlp("int4-g32", False, leak=True).to(DEVICE)
+    gm = _graph(model, torch.randn(fusion.GLU_MAX_ROWS, 96, device=DEVICE, dtype=torch.float16))
+    assert fusion.fuse_sibling_gemv(gm.graph) == 1 and fusion.fuse_glu(gm.graph) == 0
+
+
+def test_glu_stays_apart_past_its_rows(monkeypatch):
+    monkeypatch.setenv("ANYBIT_BACKEND", "triton")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    model = Mlp("int4-g32", False).to(DEVICE)
+    gm = _graph(model, torch.randn(fusion.GLU_MAX_ROWS + 1, 96, device=DEVICE, dtype=torch.float16))
+    assert fusion.fuse_sibling_gemv(gm.graph) == 1 and fusion.fuse_glu(gm.graph) == 0
+
+
+def test_the_pass_key_names_the_glu_rule():
+    assert anybit.SiblingFusion().uuid() != anybit.SiblingFusion(glu=False).uuid()
+
+
 class _Records(logging.Handler):
     def __init__(self):
         super().__init__(logging.INFO)

@@ -302,7 +302,7 @@ COMPILE_SCOPES = ("layers", "model")
 
 
 def _compile_layers(model: nn.Module, fusion: bool, inductor_pdl: bool = True, residual: bool = True,
-                    norm: bool = True, scope: str = "layers") -> None:
+                    norm: bool = True, scope: str = "layers", glu: bool = True) -> None:
     import torch._dynamo.config
 
     if scope not in COMPILE_SCOPES:
@@ -316,7 +316,7 @@ def _compile_layers(model: nn.Module, fusion: bool, inductor_pdl: bool = True, r
     if fusion:
         from ._matmul.fusion import SiblingFusion
 
-        options["post_grad_custom_post_pass"] = SiblingFusion(residual=residual, norm=norm)
+        options["post_grad_custom_post_pass"] = SiblingFusion(residual=residual, norm=norm, glu=glu)
     if scope == "model":
         model.forward = torch.compile(model.forward, fullgraph=True, dynamic=False, options=options)
         return
@@ -347,7 +347,8 @@ def run(
     ``fusion``: compile the quantized models' layers with ``anybit.SiblingFusion``
     (q/k/v and gate/up each in one kernel launch, residual adds folded into the products
     before them, the post-attention norm split between the launches around it, with no
-    kernel of its own; fp16 runs transformers' layers as they are).
+    kernel of its own, the MLP's silu(gate) * up written by the gate/up launch; fp16 runs
+    transformers' layers as they are).
     ``attention``: a key of :data:`ATTENTION`, the same for every format.
     ``inductor_pdl``: compile every model's layers with Inductor's programmatic dependent
     launch (``torch._inductor.config.triton.enable_pdl``).
@@ -371,7 +372,8 @@ def run(
         "stack": f"transformers LlamaForCausalLM, StaticCache, attention {attention}, decoder layers "
                  "torch.compile'd, one CUDA graph per decoding step; all linear layers (lm_head included) quantized"
                  + ("; quantized layers sharing an input in one launch, residual adds folded into the "
-                    "products and a norm between two products split between their launches (anybit.SiblingFusion)" if fusion else "")
+                    "products, a norm between two products split between their launches and the MLP's activation "
+                    "written by the gate/up launch (anybit.SiblingFusion)" if fusion else "")
                  + ("; Inductor's kernels with programmatic dependent launch" if inductor_pdl else ""),
         "prompt_len": prompt_len, "steps": steps, "sibling_fusion": fusion, "attention": attention,
         "inductor_pdl": inductor_pdl,

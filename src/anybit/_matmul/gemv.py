@@ -457,6 +457,7 @@ def launch_gemv_multi(
     x: Tensor, parts: list[WeightPart], table: Tensor | None, k: int, bits: int, group: int, mode: Decode,
     config: GemvConfig, outs: list[Tensor] | None = None, workspace: Tensor | None = None,
     addend: Tensor | None = None, norm_out: NormOut | None = None, norm_in: NormIn | None = None,
+    glu: bool = False,
 ) -> list[Tensor]:
     """x (M, k) fp16/bf16 against 1 to ``MAX_WEIGHTS`` weights of one format and K in one
     launch: [y_w (M, N_w)] in x's dtype, each as ``launch_gemv`` would give it.
@@ -471,6 +472,10 @@ def launch_gemv_multi(
     one (see ``launch_gemv_norm_parts``): ``norm_out`` (one weight only) = (gamma (N_0,),
     scaled (M, N_0) in x's dtype, parts fp32 (M, tiles)) to write, ``norm_in`` = (parts
     fp32 (M, n_parts), N, eps) of the launch that wrote x as its ``scaled``.
+    ``glu``: two weights of N rows, a gate and an up projection: returns [silu(x @ gate^T)
+    * (x @ up^T) (M, N)], each product and the silu rounded to x's dtype as transformers'
+    MLP rounds them (``outs``: that one tensor; ``workspace``: with a split, 2 * split_k *
+    M * N elements).
     """
     from .gemv_triton import MODE_IDS, gemv_kernel
 
@@ -487,6 +492,10 @@ def launch_gemv_multi(
             raise ValueError("the weights of one launch must share K, the format, the strides of their parameters "
                              "and whether they have a bias")
     m = x.shape[0]
+    if glu and (len(parts) != 2 or parts[0][4] != parts[1][4] or addend is not None or norm_out is not None):
+        raise ValueError(f"glu takes a gate and an up weight of as many rows and no addend or norm output; got "
+                         f"{[part[4] for part in parts]} rows, addend {addend is not None}, norm output "
+                         f"{norm_out is not None}")
     x = x.contiguous()
     if addend is not None:
         if (len(parts) > 1 or addend.shape != (m, parts[0][4]) or addend.dtype != x.dtype
@@ -497,12 +506,17 @@ def launch_gemv_multi(
     split_k = config.split_k
     ns = [part[4] for part in parts]
     if outs is None:
-        outs = [torch.empty(m, n, dtype=x.dtype, device=x.device) for n in ns]
+        outs = [torch.empty(m, n, dtype=x.dtype, device=x.device) for n in ns[: 1 if glu else None]]
     if m == 0:
         return outs
     tiles = [-(-n // config.block_n) for n in ns]
-    grid = (sum(tiles), split_k, -(-m // config.block_m))
-    workspace, counters = split_k_buffers(outs[0], split_k, grid[0] * grid[2], workspace, sum(ns))
+    grid = (tiles[0] if glu else sum(tiles), split_k, -(-m // config.block_m))  # (GLU: a program per pair of tiles)
+    if glu:
+        workspace, counters = split_k_buffers(outs[0], split_k, grid[0] * grid[2], workspace, 2 * ns[0])
+        outs, written = outs * 2, outs  # (the second output pointer is never written)
+    else:
+        workspace, counters = split_k_buffers(outs[0], split_k, grid[0] * grid[2], workspace, sum(ns))
+        written = outs
     k_blocks = -(-k // config.block_k)
     per_split = -(-k_blocks // split_k)
     if config.unroll < 1 or per_split % config.unroll:
@@ -530,9 +544,9 @@ def launch_gemv_multi(
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
         UNROLL=config.unroll, HAS_ADDEND=addend is not None, **_pdl_arguments(programmatic_launch(x.device)),
-        **_norm_arguments(norm_out, norm_in),
+        **_norm_arguments(norm_out, norm_in), GLU=glu,
     )
-    return outs
+    return written
 
 
 #: What a launch writes for an RMSNorm of its result read by a later launch:
@@ -678,21 +692,22 @@ def gemv_multi_op(
     x: Tensor, codes: list[Tensor], scales: list[Tensor], zeros: list[Tensor | None], table: Tensor | None,
     bias: list[Tensor | None], ns: list[int], k: int, bits: int, group: int, mode: str,
     block_m: int, block_n: int, block_k: int, split_k: int, num_warps: int, num_stages: int, x_pairs: bool,
-    unroll: int, norm_parts: Tensor | None = None, norm_n: int = 0, norm_eps: float = 0.0,
+    unroll: int, norm_parts: Tensor | None = None, norm_n: int = 0, norm_eps: float = 0.0, glu: bool = False,
 ) -> list[Tensor]:
     """``anybit::gemv`` for 1 to MAX_WEIGHTS weights of one format and K in one launch:
-    [y_w (M, ns[w])]; see ``launch_gemv_multi`` (and ``fusion``, which emits it), and
-    ``anybit::gemv`` for ``norm_parts``."""
+    [y_w (M, ns[w])], or with ``glu`` [silu(y_0) * y_1 (M, ns[0])]; see
+    ``launch_gemv_multi`` (and ``fusion``, which emits it), and ``anybit::gemv`` for
+    ``norm_parts``."""
     config = GemvConfig(block_m, block_n, block_k, split_k, num_warps, num_stages, x_pairs, unroll)
     parts = list(zip(codes, scales, zeros, bias, ns))
     norm_in = None if norm_parts is None else (norm_parts, norm_n, norm_eps)
-    return launch_gemv_multi(x, parts, table, k, bits, group, Decode(mode), config, norm_in=norm_in)
+    return launch_gemv_multi(x, parts, table, k, bits, group, Decode(mode), config, norm_in=norm_in, glu=glu)
 
 
 @gemv_multi_op.register_fake
 def _(x, codes, scales, zeros, table, bias, ns, k, bits, group, mode, block_m, block_n, block_k, split_k,
-      num_warps, num_stages, x_pairs, unroll, norm_parts=None, norm_n=0, norm_eps=0.0):
-    return [x.new_empty(x.shape[0], n) for n in ns]
+      num_warps, num_stages, x_pairs, unroll, norm_parts=None, norm_n=0, norm_eps=0.0, glu=False):
+    return [x.new_empty(x.shape[0], n) for n in ns[: 1 if glu else None]]
 
 
 def heuristic_split(block_m: int, block_n: int, block_k: int, unroll: int, n: int, k: int, sms: int,

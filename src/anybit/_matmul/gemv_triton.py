@@ -315,6 +315,21 @@ def _ptx_params(scales_ptr, zeros_ptr, w_rows, k0, num_groups, stride_sn, stride
 
 
 @triton.jit
+def _ptx_params_pair(scales_ptr, zeros_ptr, scales1_ptr, zeros1_ptr, w_rows, k0, num_groups, stride_sn, stride_sg,
+                     stride_zn, stride_zg, MODE: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr,
+                     BLOCK_M: tl.constexpr, BOTH: tl.constexpr):
+    """(``_ptx_params`` of the first weight, of the second with BOTH (GLU's up weight), else
+    the first's again, unused)."""
+    first = _ptx_params(scales_ptr, zeros_ptr, w_rows, k0, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+                        MODE, GROUP, SUB, BLOCK_M)
+    second = first
+    if BOTH:
+        second = _ptx_params(scales1_ptr, zeros1_ptr, w_rows, k0, num_groups, stride_sn, stride_sg, stride_zn,
+                             stride_zg, MODE, GROUP, SUB, BLOCK_M)
+    return first, second
+
+
+@triton.jit
 def _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params, w_rows, x_rows, k0, K, words_per_row, kpad_words,
                num_groups, stride_xm, stride_zn, stride_zg, BITS: tl.constexpr,
                MODE: tl.constexpr, GROUP: tl.constexpr, SUB: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -513,6 +528,37 @@ def _past_weight(pid_n, ws_ptr, ws_per_row, weight, following, BLOCK_N: tl.const
 
 
 @triton.jit
+def _glu_sums(gate, up, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N, SPLIT_K: tl.constexpr):
+    """GLU's split-K fix-up: (gate sum, up sum, whether this program writes the tile).  With
+    SPLIT_K > 1 every split stores both partials (``ws``: the gate's (SPLIT_K, M, N) block,
+    then the up weight's) and counts itself in on ``counter[tile]``; the last to arrive
+    sums each weight's partials in split order (deterministic) and resets the counter."""
+    last = True
+    if SPLIT_K > 1:
+        tl.store(ws_ptr + pid_k * M * N + tile_out, gate, mask=out_mask)
+        tl.store(ws_ptr + (SPLIT_K + pid_k) * M * N + tile_out, up, mask=out_mask)
+        last = last_to_arrive(counter_ptr + tile, SPLIT_K)
+        if last:
+            gate = tl.zeros(gate.shape, dtype=tl.float32)
+            up = tl.zeros(up.shape, dtype=tl.float32)
+            for s in range(0, SPLIT_K):
+                gate += tl.load(ws_ptr + s * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
+                up += tl.load(ws_ptr + (SPLIT_K + s) * M * N + tile_out, mask=out_mask, other=0.0,
+                              cache_modifier=".cg")
+            reset(counter_ptr + tile)
+    return gate, up, last
+
+
+@triton.jit
+def _silu_times(gate, up, dtype: tl.constexpr):
+    """silu(gate) * up in ``dtype`` from fp32 sums, rounded as transformers' MLP rounds it
+    (each product, the silu, then their product, to ``dtype``)."""
+    g = gate.to(dtype).to(tl.float32)
+    s = (g / (1.0 + tl.exp(-g))).to(dtype).to(tl.float32)
+    return (s * up.to(dtype).to(tl.float32)).to(dtype)
+
+
+@triton.jit
 def gemv_kernel(
     x_ptr, codes_ptr, scales_ptr, zeros_ptr, table_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, add_ptr,
     codes1_ptr, scales1_ptr, zeros1_ptr, bias1_ptr, out1_ptr,
@@ -526,7 +572,7 @@ def gemv_kernel(
     PTX_NATURAL: tl.constexpr = False, WEIGHTS: tl.constexpr = 1, PDL: tl.constexpr = PDL_OFF,
     UNROLL: tl.constexpr = 1, HAS_ADDEND: tl.constexpr = False,
     gamma_ptr=None, scaled_ptr=None, parts_out_ptr=None, NORM_PARTS: tl.constexpr = False,
-    parts_in_ptr=None, n_parts=1, norm_n=1, eps=0.0, ROW_SCALE: tl.constexpr = 0,
+    parts_in_ptr=None, n_parts=1, norm_n=1, eps=0.0, ROW_SCALE: tl.constexpr = 0, GLU: tl.constexpr = False,
 ):
     """out[m, n] (x's dtype) = x (M, K) @ W^T (+ bias), for WEIGHTS (1 to 3) weights at once.
 
@@ -557,16 +603,23 @@ def gemv_kernel(
     such a ``scaled`` as x takes ROW_SCALE = a power of two >= ``n_parts`` (the
     producer's tiles, 0 otherwise) and multiplies each output column m by rsqrt(sum of
     row m of ``parts_in`` / ``norm_n`` + eps) before the bias (``_row_scale``).
+    GLU (two weights of N rows, a gate and an up projection): ``out`` (M, N) = silu(x @
+    gate^T) * (x @ up^T), the MLP's activation written by the launch of its products and
+    nothing else.  Axis 0 has the tiles of one weight: each program reads tile t of both
+    weights in its K loop, into two accumulators (the grid has half the programs, each
+    twice the bytes), and writes silu(gate) * up (``_silu_times``); with SPLIT_K > 1,
+    ``ws`` holds SPLIT_K * M * 2N elements (``_glu_sums``).
     """
     tl.static_assert(not HAS_ADDEND or WEIGHTS == 1)
     tl.static_assert(not NORM_PARTS or WEIGHTS == 1)
+    tl.static_assert(not GLU or WEIGHTS == 2)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_m = tl.program_id(2)
     tile = pid_m * tl.num_programs(0) + pid_n  # this program's split-K counter
     # which weight this program serves, and its tile index within that weight
     weight = (codes_ptr, scales_ptr, zeros_ptr, bias_ptr, out_ptr, N)
-    if WEIGHTS > 1:
+    if WEIGHTS > 1 and not GLU:
         pid_n, ws_ptr, weight = _past_weight(pid_n, ws_ptr, SPLIT_K * M, weight,
                                              (codes1_ptr, scales1_ptr, zeros1_ptr, bias1_ptr, out1_ptr, N1), BLOCK_N)
     if WEIGHTS > 2:
@@ -603,6 +656,7 @@ def gemv_kernel(
     PTX: tl.constexpr = PTX_GROUPS > 0
     SUB: tl.constexpr = PTX_GROUPS if PTX else 1
     acc = tl.zeros([BLOCK_N, SUB * BLOCK_M], dtype=tl.float32)
+    up_acc = tl.zeros([BLOCK_N, SUB * BLOCK_M], dtype=tl.float32)  # GLU's second product
     if PTX and (MODE == TABLE or MODE == ROW_TABLE):
         table = _table_words(table_ptr, w_rows, MODE, dtype)  # in registers for the whole loop
     else:
@@ -616,14 +670,15 @@ def gemv_kernel(
         # The group scales (and, for several groups per block, zero points) of the next
         # iteration's K-blocks are loaded one iteration ahead: plain loads, which the
         # pipeline does not stage.  With UNROLL > 2 each block loads its own in the loop.
-        next0 = _ptx_params(scales_ptr, zeros_ptr, w_rows, first, num_groups, stride_sn, stride_sg, stride_zn,
-                            stride_zg, MODE, GROUP, SUB, BLOCK_M)
+        next0 = _ptx_params_pair(scales_ptr, zeros_ptr, scales1_ptr, zeros1_ptr, w_rows, first, num_groups,
+                                 stride_sn, stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M, GLU)
         next1 = next0
         if UNROLL == 2:
-            next1 = _ptx_params(scales_ptr, zeros_ptr, w_rows, first + BLOCK_K, num_groups, stride_sn, stride_sg,
-                                stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M)
+            next1 = _ptx_params_pair(scales_ptr, zeros_ptr, scales1_ptr, zeros1_ptr, w_rows, first + BLOCK_K,
+                                     num_groups, stride_sn, stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB,
+                                     BLOCK_M, GLU)
     else:
-        next0 = (w_rows,)  # unused
+        next0 = ((w_rows,), (w_rows,))  # unused
         next1 = next0
     for i in range(0, BLOCKS_PER_SPLIT, UNROLL):
         now0 = next0
@@ -631,48 +686,72 @@ def gemv_kernel(
         if AHEAD:
             # the last iteration loads its own blocks' again (never past the split)
             ahead = first + tl.minimum(i + UNROLL, BLOCKS_PER_SPLIT - UNROLL) * BLOCK_K
-            next0 = _ptx_params(scales_ptr, zeros_ptr, w_rows, ahead, num_groups, stride_sn, stride_sg, stride_zn,
-                                stride_zg, MODE, GROUP, SUB, BLOCK_M)
+            next0 = _ptx_params_pair(scales_ptr, zeros_ptr, scales1_ptr, zeros1_ptr, w_rows, ahead, num_groups,
+                                     stride_sn, stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M, GLU)
             if UNROLL == 2:
-                next1 = _ptx_params(scales_ptr, zeros_ptr, w_rows, ahead + BLOCK_K, num_groups, stride_sn,
-                                    stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M)
+                next1 = _ptx_params_pair(scales_ptr, zeros_ptr, scales1_ptr, zeros1_ptr, w_rows, ahead + BLOCK_K,
+                                         num_groups, stride_sn, stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB,
+                                         BLOCK_M, GLU)
         for u in tl.static_range(UNROLL):
             k0 = first + (i + u) * BLOCK_K
             if PTX:
                 if not AHEAD:
-                    params = _ptx_params(scales_ptr, zeros_ptr, w_rows, k0, num_groups, stride_sn, stride_sg,
-                                         stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M)
+                    params = _ptx_params_pair(scales_ptr, zeros_ptr, scales1_ptr, zeros1_ptr, w_rows, k0, num_groups,
+                                              stride_sn, stride_sg, stride_zn, stride_zg, MODE, GROUP, SUB, BLOCK_M,
+                                              GLU)
                 elif u == 0:
                     params = now0
                 else:
                     params = now1
-                acc += _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params, w_rows, x_rows, k0, K,
+                acc += _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params[0], w_rows, x_rows, k0, K,
                                   words_per_row, kpad_words, num_groups, stride_xm, stride_zn, stride_zg, BITS, MODE,
                                   GROUP, SUB, BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, PTX_NATURAL, PTX_ASM,
                                   PTX_CONSTRAINTS, dtype)
+                if GLU:
+                    up_acc += _ptx_block(codes1_ptr, zeros1_ptr, x_ptr, table, params[1], w_rows, x_rows, k0, K,
+                                         words_per_row, kpad_words, num_groups, stride_xm, stride_zn, stride_zg, BITS,
+                                         MODE, GROUP, SUB, BLOCK_M, BLOCK_K, EVEN_K, X_PAIRS, PTX_NATURAL, PTX_ASM,
+                                         PTX_CONSTRAINTS, dtype)
             else:
                 acc += _generic_block(codes_ptr, scales_ptr, zeros_ptr, table_ptr, x_ptr, w_rows, x_rows, k0, K,
                                       words_per_row, kpad_words, num_groups, stride_xm, stride_sn, stride_sg,
                                       stride_zn, stride_zg, BITS, MODE, GROUP, BLOCK_M, BLOCK_N, BLOCK_K, EVEN_K,
                                       INTERPRET, dtype)
-
+                if GLU:
+                    up_acc += _generic_block(codes1_ptr, scales1_ptr, zeros1_ptr, table_ptr, x_ptr, w_rows, x_rows,
+                                             k0, K, words_per_row, kpad_words, num_groups, stride_xm, stride_sn,
+                                             stride_sg, stride_zn, stride_zg, BITS, MODE, GROUP, BLOCK_M, BLOCK_N,
+                                             BLOCK_K, EVEN_K, INTERPRET, dtype)
     if PDL == PDL_LATE:
         tl.extra.cuda.gdc_launch_dependents()
     if SUB > 1:
         acc = tl.sum(tl.reshape(acc, [BLOCK_N, SUB, BLOCK_M]), axis=1)
+        if GLU:
+            up_acc = tl.sum(tl.reshape(up_acc, [BLOCK_N, SUB, BLOCK_M]), axis=1)
     out_mask = row_ok[:, None] & m_ok[None, :]
     tile_out = offs_m[None, :] * N + rows[:, None]
-    acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask,
-                             M, N, SPLIT_K)
-    if last:
-        if ROW_SCALE > 0:
-            acc *= row_scale[None, :]
-        if HAS_BIAS:
-            acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-        if HAS_ADDEND:
-            acc += tl.load(add_ptr + tile_out, mask=out_mask, other=0.0).to(tl.float32)
-        h = acc.to(dtype)
-        tl.store(out_ptr + tile_out, h, mask=out_mask)
-        if NORM_PARTS:
-            _norm_parts(h.to(tl.float32), rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr,
-                        parts_out_ptr, pid_n, tl.num_programs(0), tile_out, out_mask)
+    if GLU:
+        gate, up, last = _glu_sums(acc, up_acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N, SPLIT_K)
+        if last:
+            if ROW_SCALE > 0:
+                gate *= row_scale[None, :]
+                up *= row_scale[None, :]
+            if HAS_BIAS:
+                gate += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+                up += tl.load(bias1_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+            tl.store(out_ptr + tile_out, _silu_times(gate, up, dtype), mask=out_mask)
+    else:
+        acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask,
+                                 M, N, SPLIT_K)
+        if last:
+            if ROW_SCALE > 0:
+                acc *= row_scale[None, :]
+            if HAS_BIAS:
+                acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+            if HAS_ADDEND:
+                acc += tl.load(add_ptr + tile_out, mask=out_mask, other=0.0).to(tl.float32)
+            h = acc.to(dtype)
+            tl.store(out_ptr + tile_out, h, mask=out_mask)
+            if NORM_PARTS:
+                _norm_parts(h.to(tl.float32), rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr,
+                            parts_out_ptr, pid_n, tl.num_programs(0), tile_out, out_mask)
