@@ -347,7 +347,7 @@ def run(
     ``fusion``: compile the quantized models' layers with ``anybit.SiblingFusion``
     (q/k/v and gate/up each in one kernel launch, residual adds folded into the products
     before them, the post-attention norm split between the launches around it, with no
-    kernel of its own, the MLP's silu(gate) * up written by the gate/up launch; fp16 runs
+    kernel of its own, at one row of x the MLP's silu(gate) * up written by the gate/up launch; fp16 runs
     transformers' layers as they are).
     ``attention``: a key of :data:`ATTENTION`, the same for every format.
     ``inductor_pdl``: compile every model's layers with Inductor's programmatic dependent
@@ -373,7 +373,7 @@ def run(
                  "torch.compile'd, one CUDA graph per decoding step; all linear layers (lm_head included) quantized"
                  + ("; quantized layers sharing an input in one launch, residual adds folded into the "
                     "products, a norm between two products split between their launches and the MLP's activation "
-                    "written by the gate/up launch (anybit.SiblingFusion)" if fusion else "")
+                    "written by the gate/up launch at one row of x (anybit.SiblingFusion)" if fusion else "")
                  + ("; Inductor's kernels with programmatic dependent launch" if inductor_pdl else ""),
         "prompt_len": prompt_len, "steps": steps, "sibling_fusion": fusion, "attention": attention,
         "inductor_pdl": inductor_pdl,
