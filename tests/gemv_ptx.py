@@ -35,7 +35,8 @@ def report(pdl: str, bits: int, weights: int, norm: bool = False) -> dict:
                      PTX_CONSTRAINTS=constraints(bits, mode) if ptx_groups else "",
                      PTX_NATURAL=bool(ptx_groups) and g.ptx_natural(bits), WEIGHTS=weights,
                      PDL=PDL_OFF.value if trigger is None else TRIGGER_IDS[trigger],
-                     UNROLL=2, HAS_ADDEND=False, NORM_PARTS=norm and weights == 1, ROW_SCALE=128 if norm else 0)
+                     UNROLL=2, HAS_ADDEND=False, NORM_PARTS=norm and weights == 1, ROW_SCALE=128 if norm else 0,
+                     GLU=False)
     names = list(inspect.signature(gemv_kernel.fn).parameters)
     pointers = {name: "*i32" if name.startswith("codes") or name == "counter_ptr" else
                 "*fp32" if name in ("ws_ptr", "parts_out_ptr", "parts_in_ptr") else "*fp16"

@@ -147,8 +147,10 @@ def test_quantized_layers_fold_their_residual_adds(monkeypatch, scope):
     _, logits = _decode(model, 1, steps=2)
     torch._dynamo.reset()
     layers = TINY["num_hidden_layers"]
-    expected = (3, 2, 1, 1) if scope == "layers" else (3 * layers, 2 * layers, 2 * layers, layers)
-    assert counts and all(c == expected for c in counts), counts
+    expected = (3, 2, 1) if scope == "layers" else (3 * layers, 2 * layers, 2 * layers)
+    glu = 1 if scope == "layers" else layers  # at one row of x (the steps), none in the prompt's graphs
+    assert counts and all(c[:3] == expected and c[3] in (0, glu) for c in counts), counts
+    assert any(c[3] == glu for c in counts), counts
     _, eager_logits = _decode(eager, 1, steps=2)
     for a, b in zip(logits, eager_logits):
         torch.testing.assert_close(a, b, rtol=2e-2, atol=2e-2)
