@@ -75,6 +75,8 @@ _PER_WEIGHT = ("codes", "scales", "zeros", "bias", "n")
 
 
 _NAMES = [a.name for a in _GEMV._schema.arguments]
+#: Where each argument of ``anybit::gemv_multi`` sits in a call's positional arguments.
+_MULTI_AT = {a.name: i for i, a in enumerate(_MULTI._schema.arguments)}
 #: The arguments every call gives (the optional ones, from ``addend`` on, follow).
 _REQUIRED = _NAMES[: _NAMES.index("addend")]
 _DEFAULTS = {a.name: a.default_value for a in _GEMV._schema.arguments if a.has_default_value()}
@@ -455,7 +457,7 @@ def _glu_operands(mul: torch.fx.Node) -> tuple[torch.fx.Node, int] | None:
         if (items[1].args[0] is not multi or not _is(multi, _MULTI) or {items[0].args[1], items[1].args[1]} != {0, 1}
                 or set(multi.users) != set(items) or multi.kwargs.get("glu")):
             continue
-        ns, y, out = multi.args[6], _val(items[0]), _val(mul)
+        ns, y, out = multi.args[_MULTI_AT["ns"]], _val(items[0]), _val(mul)
         if len(ns) != 2 or ns[0] != ns[1] or y is None or out is None or out.dtype != y.dtype or out.numel() != y.numel():
             continue
         inside, stack = set(), [mul]  # every node from the products to mul
@@ -489,8 +491,8 @@ def fuse_glu(graph: torch.fx.Graph) -> int:
         multi, gate = found
         args = list(multi.args)
         if gate == 1:  # the kernel takes the gate first
-            for i in (1, 2, 3, 5):  # codes, scales, zeros, bias
-                args[i] = args[i][::-1]
+            for name in ("codes", "scales", "zeros", "bias"):
+                args[_MULTI_AT[name]] = args[_MULTI_AT[name]][::-1]
         y = multi.meta["val"][gate]
         multi.args = tuple(args)
         multi.kwargs = {**multi.kwargs, "glu": True}

@@ -492,10 +492,9 @@ def launch_gemv_multi(
             raise ValueError("the weights of one launch must share K, the format, the strides of their parameters "
                              "and whether they have a bias")
     m = x.shape[0]
-    if glu and (len(parts) != 2 or parts[0][4] != parts[1][4] or addend is not None or norm_out is not None):
-        raise ValueError(f"glu takes a gate and an up weight of as many rows and no addend or norm output; got "
-                         f"{[part[4] for part in parts]} rows, addend {addend is not None}, norm output "
-                         f"{norm_out is not None}")
+    if glu and (len(parts) != 2 or parts[0][4] != parts[1][4] or addend is not None):  # (norm_out: one weight)
+        raise ValueError(f"glu takes a gate and an up weight of as many rows and no addend; got "
+                         f"{[part[4] for part in parts]} rows, addend {addend is not None}")
     x = x.contiguous()
     if addend is not None:
         if (len(parts) > 1 or addend.shape != (m, parts[0][4]) or addend.dtype != x.dtype

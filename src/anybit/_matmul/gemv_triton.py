@@ -550,6 +550,17 @@ def _glu_sums(gate, up, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M,
 
 
 @triton.jit
+def _scaled_plus_bias(acc, row_scale, bias_ptr, rows, row_ok, ROW_SCALE: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A product's fp32 sum [BLOCK_N, BLOCK_M] with each column scaled by ``row_scale``
+    (ROW_SCALE > 0: the folded norm's) and then the bias added (HAS_BIAS)."""
+    if ROW_SCALE > 0:
+        acc *= row_scale[None, :]
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+    return acc
+
+
+@triton.jit
 def _silu_times(gate, up, dtype: tl.constexpr):
     """silu(gate) * up in ``dtype`` from fp32 sums, rounded as transformers' MLP rounds it
     (each product, the silu, then their product, to ``dtype``)."""
@@ -645,6 +656,7 @@ def gemv_kernel(
         tl.extra.cuda.gdc_wait()
     if PDL == PDL_EARLY:
         tl.extra.cuda.gdc_launch_dependents()
+    row_scale = 1.0  # (unused without ROW_SCALE)
     if ROW_SCALE > 0:  # read first: the producer has finished (the wait above), and the sums are small
         row_scale = _row_scale(parts_in_ptr, n_parts, norm_n, eps, x_rows, ROW_SCALE)
 
@@ -733,21 +745,14 @@ def gemv_kernel(
     if GLU:
         gate, up, last = _glu_sums(acc, up_acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N, SPLIT_K)
         if last:
-            if ROW_SCALE > 0:
-                gate *= row_scale[None, :]
-                up *= row_scale[None, :]
-            if HAS_BIAS:
-                gate += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
-                up += tl.load(bias1_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+            gate = _scaled_plus_bias(gate, row_scale, bias_ptr, rows, row_ok, ROW_SCALE, HAS_BIAS)
+            up = _scaled_plus_bias(up, row_scale, bias1_ptr, rows, row_ok, ROW_SCALE, HAS_BIAS)
             tl.store(out_ptr + tile_out, _silu_times(gate, up, dtype), mask=out_mask)
     else:
         acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask,
                                  M, N, SPLIT_K)
         if last:
-            if ROW_SCALE > 0:
-                acc *= row_scale[None, :]
-            if HAS_BIAS:
-                acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0).to(tl.float32)[:, None]
+            acc = _scaled_plus_bias(acc, row_scale, bias_ptr, rows, row_ok, ROW_SCALE, HAS_BIAS)
             if HAS_ADDEND:
                 acc += tl.load(add_ptr + tile_out, mask=out_mask, other=0.0).to(tl.float32)
             h = acc.to(dtype)
