@@ -51,6 +51,7 @@ def test_plans_need_the_kernels_warps():
     plan = gm.Plan(gm.Kernel.GLUON_WS, WS)
     assert gm.Plan.from_dict(plan.to_dict()) == plan
     assert plan.label() == "gluon-ws 64x256x128 split1 20w3s"
+    assert gm.Plan(gm.Kernel.GLUON_WS, replace(WS, swizzle=16)).label() == "gluon-ws 64x256x128 split1 20w3s sw16"
     assert gm.ws_warps(256, 128) == 12 and gm.ws_wg_rows(replace(WS, num_warps=12)) == 128
     for bad in (replace(WS, num_warps=4), replace(WS, block_n=32, num_warps=6), replace(WS, block_k=256),
                 replace(WS, num_stages=1), replace(WS, num_warps=6), replace(WS, block_n=64, num_warps=6)):
@@ -58,12 +59,18 @@ def test_plans_need_the_kernels_warps():
             gm.Plan(gm.Kernel.GLUON_WS, bad)
 
 
-@pytest.mark.parametrize("m", [64, 200])
+@pytest.mark.parametrize("m", [64, 200, 1024])
 def test_tuner_candidates(m):
+    """Tiles whose x rows are at least half real; both swizzles where there is more than
+    one tile of x, swizzle 8 alone where there is one."""
     plans = gm.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
     ws = [p for p in plans if p.kernel is gm.Kernel.GLUON_WS]
     tiles = {(p.config.block_m, p.config.block_n, p.config.block_k, p.config.num_stages) for p in ws}
-    assert tiles == {t for t in gm.GLUON_WS_TILES if t[0] == 64 or m > 64}
+    assert tiles == {t for t in gm.GLUON_WS_TILES if t[0] == 64 or m > t[0] // 2}
+    assert (256, 128, 64, 4) in tiles if m > 128 else (256, 128, 64, 4) not in tiles
+    for p in ws:
+        swizzles = {q.config.swizzle for q in ws if replace(q.config, swizzle=8) == replace(p.config, swizzle=8)}
+        assert swizzles == (set(gm.GLUON_WS_SWIZZLES) if m > p.config.block_m else {8}), p.label()
     assert {p.config.split_k for p in ws} >= {1} and max(p.config.split_k for p in ws) > 1
     assert len(set(plans)) == len(plans)
     assert not any(p.kernel is gm.Kernel.GLUON_WS for p in gm.candidate_plans(m, 4096, 4100, 4, 132, gluon=True))
@@ -103,9 +110,10 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
     """Each tile that ``ws_overlap`` overlaps compiles with its MMAs left in flight: where
     the two register operands do not fit, ptxas waits for every wgmma (its note C7512),
     slower than no overlap at all.  The controls, CARRY at 256 rows of W (4 x 64 rows at
-    112 registers, 2 x 128 at 240), show the check sees that."""
+    112 registers, 2 x 128 at 240) and at 256 rows of x (a 128-register accumulator), show
+    the check sees that."""
     assert "Used" in (notes := _ptxas_notes(config, gm.ws_overlap(config))) and SERIALIZED not in notes
-    if config.block_n == 256 and config.block_m == 64:
+    if (config.block_n == 256 and config.block_m == 64) or config.block_m == 256:
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
 
 
@@ -118,9 +126,12 @@ def test_overlap_by_tile(monkeypatch):
     monkeypatch.setattr(tuning, "installed_triton", lambda: "3.9")
     assert gm.ws_overlap(ws(64, 64, 64)) == gm.ws_overlap(ws(64, 128, 64)) == gm.WsOverlap.PAIRS
     assert gm.ws_overlap(ws(64, 256, 64)) == gm.WsOverlap.PAIRS
-    assert {gm.ws_overlap(ws(128, 256, 64)), gm.ws_overlap(ws(64, 256, 128)),
-            gm.ws_overlap(ws(128, 128, 64))} == {gm.WsOverlap.NONE}
+    assert gm.ws_overlap(ws(128, 128, 64)) == gm.ws_overlap(ws(256, 128, 64)) == gm.WsOverlap.PAIRS
+    assert {gm.ws_overlap(ws(128, 256, 64)), gm.ws_overlap(ws(64, 256, 128)), gm.ws_overlap(ws(256, 128, 128)),
+            gm.ws_overlap(ws(128, 128, 128))} == {gm.WsOverlap.NONE}
     assert [gm.ws_consumer_regs(ws(64, bn, 64)) for bn in (64, 128, 256)] == [232, 160, 112]
+    # more than 64 rows of x: a 64 x 256 accumulator alone is 128 registers a thread
+    assert gm.ws_consumer_regs(ws(128, 128, 64)) == gm.ws_consumer_regs(ws(256, 128, 128)) == 240
 
 
 def test_overlap_at_128_rows_per_warpgroup(monkeypatch):

@@ -39,6 +39,9 @@ FORCED = [
     _ws(64, 256, 128, 2, 3),
     _ws(128, 256, 64, 1, 4),
     _ws(128, 128, 128, 4, 2),
+    # 256 rows of x against 128 of W (PAIRS at K-blocks of 64), with split-K
+    _ws(256, 128, 64, 3, 4),
+    _ws(256, 128, 128, 1, 3),
     # 128 rows of W per consumer warpgroup (two MMAs per K-step)
     _ws(64, 128, 64, 3, 4, 128),
     _ws(64, 256, 64, 2, 4, 128),
@@ -57,7 +60,7 @@ def test_forced_tiles_with_bias(config, spec, m):
 
 
 @pytest.mark.parametrize("config", [_ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 4), _ws(64, 256, 128, 8, 3),
-                                    _ws(64, 256, 64, 3, 4, 128)], ids=_ids)
+                                    _ws(64, 256, 64, 3, 4, 128), _ws(256, 128, 64, 2, 4)], ids=_ids)
 def test_split_k_reads_only_what_it_wrote(config):
     """Split-K on a NaN-filled workspace of exactly ``ws_workspace_size``: every partial
     the last split sums was written by this launch (M, N not multiples of the tile)."""
@@ -79,13 +82,15 @@ def test_repeated_launches_agree(n, k, m):
                             (_ws(128, 256, 64, 1, 4), gm.WsOverlap.NONE),
                             (_ws(64, 128, 64, 1, 6, 128), gm.WsOverlap.CARRY),
                             (_ws(64, 256, 64, 1, 4, 128), gm.WsOverlap.PAIRS),
-                            (_ws(128, 256, 64, 2, 4, 128), gm.WsOverlap.PAIRS)):
+                            (_ws(128, 256, 64, 2, 4, 128), gm.WsOverlap.PAIRS),
+                            (_ws(256, 128, 64, 1, 4, swizzle=16), gm.WsOverlap.PAIRS),
+                            (_ws(128, 128, 64, 2, 4), gm.WsOverlap.PAIRS)):
         check_repeated_launches(functools.partial(_run, overlap=overlap), (config,), n, k, m)
 
 
 @pytest.mark.parametrize("overlap", list(gm.WsOverlap), ids=lambda o: o.name)
 @pytest.mark.parametrize("config", [_ws(64, 64, 64, 1, 2), _ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 3),
-                                    _ws(64, 256, 64, 2, 3, 128)], ids=_ids)
+                                    _ws(64, 256, 64, 2, 3, 128), _ws(256, 128, 64, 2, 3)], ids=_ids)
 @pytest.mark.parametrize("k", [40, 136, 1608])
 def test_every_overlap_mode(overlap, config, k):
     """Each overlap forced on each tile (one deeper than the registers hold runs with its

@@ -148,12 +148,13 @@ class Plan:
 
     def label(self) -> str:
         """Short text: ``dequant``, ``64x64x64 split4 4w4s``, ``gluon 64x64x64 split2 4w4s`` or
-        ``gluon-ws 64x256x128 split1 20w3s``."""
+        ``gluon-ws 64x256x128 split1 20w3s`` (`` sw16`` added for a swizzle other than 8)."""
         if self.config is None:
             return self.kernel.value
         c = self.config
         kind = {Kernel.GLUON: "gluon ", Kernel.GLUON_WS: "gluon-ws "}.get(self.kernel, "")
-        return f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s"
+        swizzle = "" if c.swizzle == 8 else f" sw{c.swizzle}"
+        return f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s{swizzle}"
 
 
 def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Plan:
@@ -179,10 +180,20 @@ GLUON_STAGES = (3, 4)
 
 
 #: The warp-specialized Gluon kernel's settings that ``anybit tune`` tries, as (block_m, block_n,
-#: block_k, stages); the 128-row ones only where m > 64.  From sweeps (docs/NOTES-gemm.md v14,
-#: v15): 256 rows of W per program for the large layers, 128 for the small ones (4096 x 4096
-#: at M = 64: 15 against 27 us), about one program per SM.
-GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4))
+#: block_k, stages); those with more than 64 rows of x only where m > block_m / 2.  From sweeps
+#: (docs/NOTES-gemm.md v14, v15, v18): 256 rows of W per program for the large layers at small
+#: M, 128 for the small ones (4096 x 4096 at M = 64: 15 against 27 us), about one program per
+#: SM; 256 rows of x against 128 of W from M = 1024 (each decoded weight serves twice the
+#: rows of x of a 128 x 256 tile: 8192 x 8192 at M = 1024 183 against 215 us).
+GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4), (128, 128, 128, 3),
+                  (256, 128, 64, 4), (256, 128, 128, 3))
+
+
+#: Swizzles (``GemmConfig.swizzle``) ``anybit tune`` tries for the warp-specialized kernel
+#: where there is more than one tile of x: which programs run together, so which tiles of x
+#: and W they share in L2.  8192 x 8192 at M = 4096 with 256 x 128 tiles ran 3-14% faster
+#: at 16 than at 8 in three runs; 4096 x 4096 went either way (docs/NOTES-gemm.md v18).
+GLUON_WS_SWIZZLES = (8, 16)
 
 
 #: Rows of W per consumer warpgroup of the warp-specialized Gluon kernel (the MMA's M is
@@ -220,11 +231,12 @@ class WsOverlap(enum.IntEnum):
 
 def ws_consumer_regs(config: GemmConfig) -> int:
     """Registers per consumer thread of the warp-specialized kernel with 1, 2 and 4
-    consumer warpgroups: 232, 160 (240 at 128 rows of W per warpgroup) and 112.  Triton's
-    split of 64K registers with 4 loader warps (at least 24 registers) allows up to 256, 240
-    and 112; 160 is what CARRY was compiled and measured with at 2 x 64 rows."""
+    consumer warpgroups: 232, 160 (240 at 128 rows of W per warpgroup or more than 64 rows
+    of x) and 112.  Triton's split of 64K registers with 4 loader warps (at least 24
+    registers) allows up to 256, 240 and 112; 160 is what CARRY was compiled and measured
+    with at 2 x 64 rows of W and 64 of x; a 64 x 256 accumulator alone takes 128."""
     groups = (config.num_warps - 4) // 4
-    if groups == 2 and ws_wg_rows(config) == 128:
+    if groups == 2 and (ws_wg_rows(config) == 128 or config.block_m > 64):
         return 240
     return {1: 232, 2: 160}.get(groups, 112)
 
@@ -241,7 +253,9 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
     of the kernel (its note C7512), so this is read off compiled kernels (the tests check
     the overlapped tiles of GLUON_WS_TILES and 64 x 64 x 64).  At 64 rows of W per
     warpgroup: CARRY for 64 x 64 and 64 x 128 x 64 tiles (PAIRS outside CARRY_TRITON),
-    PAIRS for 64 x 256 x 64, NONE for 128 rows of x or K-blocks of 128.  At 128 rows per
+    PAIRS for 64 x 256 x 64 and for 128 or 256 rows of x against 128 of W (two warpgroups at
+    240 registers; CARRY serializes there), NONE for 128 rows of x against 256 of W or
+    K-blocks of 128.  At 128 rows per
     warpgroup: CARRY for one warpgroup (64 x 128 x 64; PAIRS outside CARRY_TRITON), PAIRS
     for two (64 or 128 rows of x), NONE for K-blocks of 128."""
     from . import tuning  # (it imports this module)
@@ -251,8 +265,10 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
         if config.block_k != 64:
             return WsOverlap.NONE
         return WsOverlap.CARRY if carry and config.block_n == 128 else WsOverlap.PAIRS
-    if config.block_m != 64 or config.block_k != 64:
+    if config.block_k != 64 or (config.block_m != 64 and config.block_n != 128):
         return WsOverlap.NONE
+    if config.block_m != 64:
+        return WsOverlap.PAIRS
     return WsOverlap.CARRY if carry and config.block_n <= 128 else WsOverlap.PAIRS
 
 
@@ -275,7 +291,8 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
     then, with ``gluon`` (``gluon_supported``), the Gluon kernel over 64 rows of W
     on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and the
     warp-specialized one over GLUON_WS_TILES without a split and with about one program
-    per SM (where K is a multiple of 8)."""
+    per SM, each with the GLUON_WS_SWIZZLES where there is more than one tile of x (where K
+    is a multiple of 8)."""
     block_k = heuristic_block_k(bits)
     k_blocks = -(-k // block_k)
     plans = [Plan(Kernel.DEQUANT)]
@@ -301,12 +318,15 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                 for split in splits:
                     plans.append(Plan(Kernel.GLUON, GemmConfig(block_m, 64, block_k, split, 4, stages)))
         for block_m, block_n, ws_block_k, stages in GLUON_WS_TILES if k % 8 == 0 else ():
-            if block_m > 64 and m <= 64:
+            if block_m > 64 and m <= block_m // 2:  # at least half the tile's rows of x are real
                 continue
             ws_k_blocks = -(-k // ws_block_k)
             tiles = -(-n // block_n) * -(-m // block_m)
+            swizzles = GLUON_WS_SWIZZLES if m > block_m else GLUON_WS_SWIZZLES[:1]
             for split in sorted({1, split_for(ws_k_blocks, tiles, 1, sms)}):
-                plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages)))
+                for swizzle in swizzles:
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages,
+                                                                 swizzle=swizzle)))
     return plans
 
 
