@@ -298,3 +298,24 @@ def test_hits_and_cross_validation_count_right():
         warnings.simplefilter("ignore")
         hits, counted = tune.cross_validated_hits([fast_first, slow_first], HW, pm.ModelParams())
     assert counted == 2 and 0 <= hits <= 2
+
+
+def test_refit_learns_the_measured_classes_and_keeps_the_others():
+    """A tune stores the model refitted to its measurements: the measured plan classes get
+    corrections from them, a class it did not measure keeps the one it started with."""
+    def point(n, m):
+        p = tune.Point("int4-g128", n, 4096, m, 10.0)
+        p.candidates = [tune.Measured(GEMM_64, model_us=1.0, us=3.0 * m), tune.Measured(GEMM_128, model_us=2.0)]
+        return p
+
+    start = pm.ModelParams(corrections=(("dequant m64", 0.5), ("gemm 64x64x64 4w4s m64", 9.0)))
+    points = [point(n, m) for n in (4096, 8192) for m in (64, 256)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitted = tune.refit(points, HW, start)
+    classes = {pm.plan_class(tune._problem(p), GEMM_64) for p in points}
+    corrections = dict(fitted.corrections)
+    assert corrections["dequant m64"] == 0.5 and classes <= set(corrections)
+    assert corrections["gemm 64x64x64 4w4s m64"] != 9.0  # measured: learned anew
+    assert pm.log_error(tune._observations(points), HW, fitted) < pm.log_error(tune._observations(points), HW, start)
+

@@ -388,8 +388,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"model's first choice within {tune.HIT_FACTOR - 1:.0%} of the fastest ({among}): {hits}/{counted}")
     if report.cross_validated is not None:
         hits, counted = report.cross_validated
-        print(f"fitted on the other layer shapes, the model's first choice is within {tune.HIT_FACTOR - 1:.0%} "
-              f"of the fastest: {hits}/{counted} (its coefficients are stored with the table)")
+        print(f"fitted on the other layer shapes, the model's first choice {among} is within "
+              f"{tune.HIT_FACTOR - 1:.0%} of the fastest: {hits}/{counted} (fitted on all, it is stored with the table)")
     refused = [(p, c) for p in report.points for c in p.candidates if c.error]
     for p, c in refused[:10]:
         print(f"refused {c.plan.label()} at {p.format} {p.n}x{p.k} M={p.m}: {c.error}")

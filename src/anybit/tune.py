@@ -49,6 +49,10 @@ VERIFY_LAUNCHES = 6
 VERIFY_TOLERANCE = 3e-3
 #: A model pick within this factor of the fastest measured plan counts as a hit.
 HIT_FACTOR = 1.10
+#: The model's first this many warp-specialized plans are measured at every point besides its
+#: overall top (the model has no correction for them until an exhaustive tune; two swizzles
+#: of a tile rank alike, ``gm.GLUON_WS_SWIZZLES``).
+WS_MEASURED = 4
 
 DEFAULT_MODEL = "llama-3.1-8b"
 #: Linear-layer shapes (out_features, in_features) of known models, without lm_head.
@@ -130,7 +134,8 @@ class TuneReport:
     exhaustive: bool
     seconds: float
     fitted: pm.ModelParams | None = None
-    #: exhaustive only: (hits, points) of a model fitted without each point's layer shape
+    #: (hits, points) of a model fitted without each point's layer shape, picking among the
+    #: point's measured candidates (all of them when exhaustive)
     cross_validated: tuple[int, int] | None = None
 
     def hit_rate(self) -> tuple[int, int]:
@@ -249,10 +254,10 @@ def tune(
                     ranked = pm.rank(problem, gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon), hw, params)
                     point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
-                    # the model's first choice of the Gluon kernel and its first three of the warp-specialized
-                    # one too (their corrections start at 1)
+                    # the model's first choice of the Gluon kernel and its first WS_MEASURED of the
+                    # warp-specialized one too (their corrections start at 1)
                     also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
-                    also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:3]
+                    also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:WS_MEASURED]
                     for i, cand in enumerate(point.candidates):
                         if not (exhaustive or i < top or cand.plan == default or cand.plan in also):
                             continue
@@ -274,8 +279,8 @@ def tune(
     entries = tuple(tuning.TunedEntry(p.format, p.n, p.k, p.m, p.best().plan, p.best().us, p.fp16_us)
                     for p in points if p.best() is not None)
     fitted = cross_validated = None
-    if exhaustive:
-        fitted = pm.fit(_observations(points), hw, params)
+    if _observations(points):
+        fitted = refit(points, hw, params)
         cross_validated = cross_validated_hits(points, hw, params)
     table = tuning.TunedTable(gpu, sms, tuning._triton_version() or "", torch.__version__, __version__,
                               datetime.date.today().isoformat(), measured_hw, fitted or params, entries)
@@ -289,6 +294,17 @@ def _problem(point: Point) -> pm.Problem:
 
 def _observations(points: Sequence[Point]) -> list[pm.Observation]:
     return [pm.Observation(_problem(p), c.plan, c.us) for p in points for c in p.measured()]
+
+
+def refit(points: Sequence[Point], hw: pm.Hardware, start: pm.ModelParams) -> pm.ModelParams:
+    """The model fitted to these points' measurements (``pm.fit``), keeping ``start``'s
+    corrections of the plan classes none of them measured: what the table stores, so the
+    next tune ranks with what this one learned.  Without an exhaustive tune the
+    measurements are the candidates the model ranked first (and the warp-specialized ones),
+    so a class it never ranked high keeps its old correction."""
+    fitted = pm.fit(_observations(points), hw, start)
+    corrections = dict(start.corrections) | dict(fitted.corrections)
+    return fitted.replace(corrections=tuple(sorted(corrections.items())))
 
 
 def cross_validated_hits(points: Sequence[Point], hw: pm.Hardware, start: pm.ModelParams) -> tuple[int, int]:
