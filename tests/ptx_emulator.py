@@ -4,7 +4,7 @@ It runs one ``tl.inline_asm_elementwise`` call (registers as Python ints) so
 the CPU tests can check the generated decode on the real packed layout;
 the compiled kernel is checked on the GPU by tests/test_gemv_cuda.py.
 Instructions: mov, and, or, shl, shr (.b32), prmt.b32 (default mode, with
-sign replication), lop3.b32, fma.rn.{f16x2, bf16x2}, mul.rn.f16x2 and the
+sign replication), lop3.b32, fma.rn.{f16x2, bf16x2}, add.rn.f16x2, mul.rn.f16x2 and the
 unpacking ``mov.b32 {lo, hi}, r`` (16-bit outputs).
 """
 
@@ -109,6 +109,8 @@ def run(asm: str, operands: list[int], outputs: int) -> list[int]:
             store(args[0], _lop3(*vals))
         elif op in ("fma.rn.f16x2", "fma.rn.bf16x2"):
             store(args[0], _fma2(*vals, bf16=op.endswith("bf16x2")))
+        elif op == "add.rn.f16x2":
+            store(args[0], _fma2(vals[0], 0x3C003C00, vals[1], bf16=False))  # a * 1 + b: one rounding
         elif op == "mul.rn.f16x2":
             store(args[0], _fma2(vals[0], vals[1], 0, bf16=False))
         else:

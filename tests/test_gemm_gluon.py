@@ -38,6 +38,26 @@ def test_nibble_pair_decode_matches_the_exact_weights(zero):
                 assert np.array([got], dtype=np.uint16).view(np.float16)[0] == want, (byte, position, s)
 
 
+@pytest.mark.parametrize("zero", [0, 128, 200])
+def test_byte_pair_decode_matches_the_exact_weights(zero):
+    """Half h of a word of 8-bit codes -> ((byte 2h - zero) * s, (byte 2h + 1 - zero) * s),
+    each rounded once to fp16, for every byte value in each position and scales across
+    fp16's range (symmetric int8 is offset-binary, zero 128)."""
+    bias = emu.pair(-1024.0 - zero, -1024.0 - zero, bf16=False)
+    scales = [2.0**-14, 1.5e-3, 0.0137, 1.0, 3.3, 900.0]
+    rng = np.random.default_rng(zero)
+    for byte, position in itertools.product(range(256), range(4)):
+        word = int(rng.integers(0, 2**32)) & ~(0xFF << 8 * position) | byte << 8 * position
+        half = position // 2
+        select = 0x4140 + half * 0x202
+        for s in scales:
+            scale = emu.pair(s, s, bf16=False)
+            lo, hi = emu.run(gg._BYTE_PAIR_ASM.value, [word, select, bias, scale], outputs=2)
+            for got, code in ((lo, word >> 16 * half & 0xFF), (hi, word >> 16 * half + 8 & 0xFF)):
+                want = np.float16(np.float64(code - zero) * np.float64(np.float16(s)))
+                assert np.array([got], dtype=np.uint16).view(np.float16)[0] == want, (byte, position, s)
+
+
 def _coordinates(layout, dims):
     """(register, lane, warp) -> coordinate tuple, for every index of a linear layout
     with single-bit bases (the coordinate is the sum of the bases of the set bits)."""
@@ -74,6 +94,20 @@ def test_byte_layout_rebuilds_the_mma_operand():
     assert rebuilt == _coordinates(operand, 2)
 
 
+def test_byte_layout_of_8_bit_codes_rebuilds_the_mma_operand():
+    """Halves [R, K/4, 2] of words of 4 8-bit codes in _byte_layout(.., 8), two values each,
+    reshaped to [R, K] (k = 4 word + 2 half + value), land where the MMA wants them."""
+    from triton.experimental.gluon import language as gl
+    operand = gl.DistributedLinearLayout(**WGMMA_A_64X64, block_bases=[], shape=[64, 64])
+    halves = gg._byte_layout(operand, 8)
+    assert halves.shape == [64, 16, 2]
+    joined = gl.DistributedLinearLayout([[0, 0, 0, 1]] + [b + [0] for b in halves.reg_bases],
+                                        [b + [0] for b in halves.lane_bases],
+                                        [b + [0] for b in halves.warp_bases], [], [64, 16, 2, 2])
+    rebuilt = {i: (r, 4 * w + 2 * h + v) for i, (r, w, h, v) in _coordinates(joined, 4).items()}
+    assert rebuilt == _coordinates(operand, 2)
+
+
 def test_byte_layout_refuses_an_operand_that_splits_a_pair():
     from triton.experimental.gluon import language as gl
 
@@ -91,6 +125,11 @@ def test_supported_products():
                    dict(scale_dtype=torch.float32), dict(group=32), dict(block_k=96)]:
         assert not gm.gluon_supported(**dict(ok, **change)), change
     assert not gm.gluon_supported(**ok, device=torch.device("cpu"))
+    # the warp-specialized kernel also decodes 8-bit codes (int8), K-blocks of 64 or 128, k a multiple of 8
+    ws = dict(ok, k=4096)
+    assert gm.gluon_ws_supported(**ws) and gm.gluon_ws_supported(**dict(ws, bits=8, group=4096))
+    for change in [dict(bits=3), dict(bits=2), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.TABLE)]:
+        assert not gm.gluon_ws_supported(**dict(ws, **change)), change
 
 
 def test_launch_refuses_what_it_does_not_compute():

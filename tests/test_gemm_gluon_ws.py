@@ -28,6 +28,13 @@ def test_launch_refuses_what_it_does_not_compute():
         launch(torch.randn(64, 250, dtype=torch.float16), 250, WS)
     with pytest.raises(ValueError, match="block_n 64, 128 or 256"):
         launch(torch.randn(64, 256, dtype=torch.float16), 256, replace(WS, num_warps=16))
+    # a ring that does not fit shared memory: 3 stages of 256 x 128 (x) and 128 x 128 8-bit codes
+    q8 = anybit.quantize(torch.randn(128, 256), "int8-gc")
+    big = gm.ws_config(256, 128, 128, 1, 3)
+    assert gm.ws_fits(big, 4) and not gm.ws_fits(big, 8) and gm.ws_ring_bytes(big, 8) == 3 * (65536 + 16384)
+    with pytest.raises(ValueError, match="245760 bytes of shared memory; accepted: at most 231424"):
+        gm.launch_gemm_gluon_ws(torch.randn(64, 256, dtype=torch.float16), q8.codes, q8.params["scales"], None, None,
+                                128, 256, 8, 256, Decode.SYMMETRIC, big)
 
 
 def test_split_k_workspace_holds_whole_tiles():
@@ -74,6 +81,12 @@ def test_tuner_candidates(m):
     assert {p.config.split_k for p in ws} >= {1} and max(p.config.split_k for p in ws) > 1
     assert len(set(plans)) == len(plans)
     assert not any(p.kernel is gm.Kernel.GLUON_WS for p in gm.candidate_plans(m, 4096, 4100, 4, 132, gluon=True))
+    # 8-bit codes: the warp-specialized tiles whose ring fits shared memory, with no Gluon (4-bit) plans
+    plans8 = gm.candidate_plans(m, 4096, 4096, 8, 132, gluon=False, ws=True)
+    tiles8 = {(p.config.block_m, p.config.block_n, p.config.block_k, p.config.num_stages) for p in plans8
+              if p.kernel is gm.Kernel.GLUON_WS}
+    assert tiles8 == {t for t in tiles if gm.ws_fits(gm.ws_config(*t[:3], 1, t[3]), 8)}
+    assert (256, 128, 128, 3) not in tiles8 and not any(p.kernel is gm.Kernel.GLUON for p in plans8)
 
 
 @pytest.mark.skipif(not gm.interpreting(), reason="runs the fallback on the CPU in Triton's interpreter "
@@ -93,11 +106,11 @@ def test_a_ws_plan_falls_back_to_the_heuristic_where_it_does_not_apply(monkeypat
     assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(x.dtype))
 
 
-def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap) -> str:
-    """ptxas's report (-v) on the kernel for ``config`` and ``overlap``, compiled for sm_90
-    without a GPU (tests/ptxas_report.py)."""
+def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap, bits: int = 4) -> str:
+    """ptxas's report (-v) on the kernel for ``config``, ``overlap`` and codes of ``bits``,
+    compiled for sm_90 without a GPU (tests/ptxas_report.py)."""
     return compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
-                          int(overlap), config.num_warps)
+                          int(overlap), config.num_warps, bits)
 
 
 SERIALIZED = "wgmma.mma_async instructions are serialized"
@@ -115,6 +128,15 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
     assert "Used" in (notes := _ptxas_notes(config, gm.ws_overlap(config))) and SERIALIZED not in notes
     if (config.block_n == 256 and config.block_m == 64) or config.block_m == 256:
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
+
+
+@pytest.mark.parametrize("config", [gm.ws_config(64, 128, 64, 1, 6), gm.ws_config(256, 128, 64, 1, 4)],
+                         ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
+def test_8_bit_codes_keep_the_mmas_asynchronous(config):
+    """The 8-bit decode (twice the code words per K-block) fits the same registers: the
+    chosen overlap compiles without serialized wgmma or spills."""
+    notes = _ptxas_notes(config, gm.ws_overlap(config), 8)
+    assert "Used" in notes and SERIALIZED not in notes and "0 bytes spill stores" in notes
 
 
 def test_overlap_by_tile(monkeypatch):

@@ -27,7 +27,7 @@ def _ids(c):
     return f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-{c.num_stages}s-wg{gm.ws_wg_rows(c)}"
 
 
-@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64"])
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64", "int8-gc", "uint8-g128"])
 @pytest.mark.parametrize("n, k", [(1000, 4128), (192, 320), (4096, 4096), (4096, 14336)])
 def test_sweep(spec, n, k):
     check_sweep(_run, lambda m: _ws(64 if m <= 64 else 128, 256, 64, 2, 4), spec, n, k)
@@ -51,11 +51,16 @@ FORCED = [
 
 
 @pytest.mark.parametrize("config", FORCED, ids=_ids)
-@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128"])
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc"])
 @pytest.mark.parametrize("m", [33, 100, 256])
 def test_forced_tiles_with_bias(config, spec, m):
     """NaN-poisoned output: every element written; bias added once; K not a multiple of
-    the K-block (TMA reads past the end as zeros)."""
+    the K-block (TMA reads past the end as zeros).  A ring too large for shared memory at
+    8 bits is refused before launch."""
+    if not gm.ws_fits(config, anybit.formats.parse_format(spec).bits):
+        with pytest.raises(ValueError, match="bytes of shared memory"):
+            check_poisoned_with_bias(_run, config, spec, m, 1000, 1608)
+        return
     check_poisoned_with_bias(_run, config, spec, m, 1000, 1608)
 
 

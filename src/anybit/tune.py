@@ -243,15 +243,18 @@ def tune(
                 copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
                 reference_w = qw.dequantize(torch.float32)
                 block_k = gm.heuristic_block_k(qw.format.bits)  # the candidates' K-blocks
-                gluon = gm.gluon_supported(qw.format.bits, qw.format.kernel_decode().mode,
-                                           gm.kernel_group(qw.format.group_len(k), k, block_k), block_k,
-                                           torch.float16, qw.params["scales"].dtype, device)
+                mode, scale_dtype = qw.format.kernel_decode().mode, qw.params["scales"].dtype
+                gluon = gm.gluon_supported(qw.format.bits, mode, gm.kernel_group(qw.format.group_len(k), k, block_k),
+                                           block_k, torch.float16, scale_dtype, device)
+                ws = gm.gluon_ws_supported(qw.format.bits, mode, gm.kernel_group(qw.format.group_len(k), k, 64), 64,
+                                           k, torch.float16, scale_dtype, device)
                 for m in ms:
                     x = torch.randn(m, k, dtype=torch.float16, device=device, generator=gen)
                     reference = x.float() @ reference_w.t()
                     fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), replays)
                     problem = pm.Problem(m, n, k, qw.format.bits, qw.format.group_len(k))
-                    ranked = pm.rank(problem, gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon), hw, params)
+                    candidates = gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon, ws)
+                    ranked = pm.rank(problem, candidates, hw, params)
                     point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
                     # the model's first choice of the Gluon kernel and its first WS_MEASURED of the

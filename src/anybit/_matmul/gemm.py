@@ -283,16 +283,19 @@ def racy(config: GemmConfig) -> bool:
     return not config.sync_mma
 
 
-def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = False) -> list[Plan]:
+def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = False,
+                    ws: bool | None = None) -> list[Plan]:
     """Every plan ``anybit tune`` may measure for an (m, n, k) product, in a fixed
     order: dequantize + cuBLAS, then the GEMM kernel over the CANDIDATE_* settings
     (128 rows of x only where m > 64; K-blocks of the heuristic's size; split-K
     counts that divide the K-blocks, duplicates dropped; all with ``sync_mma``),
     then, with ``gluon`` (``gluon_supported``), the Gluon kernel over 64 rows of W
-    on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and the
-    warp-specialized one over GLUON_WS_TILES without a split and with about one program
-    per SM, each with the GLUON_WS_SWIZZLES where there is more than one tile of x (where K
-    is a multiple of 8)."""
+    on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and, with
+    ``ws`` (``gluon_ws_supported``; default: ``gluon``), the warp-specialized one over
+    GLUON_WS_TILES whose ring fits shared memory (``ws_fits``) without a split and with about
+    one program per SM, each with the GLUON_WS_SWIZZLES where there is more than one tile
+    of x (where K is a multiple of 8)."""
+    ws = gluon if ws is None else ws
     block_k = heuristic_block_k(bits)
     k_blocks = -(-k // block_k)
     plans = [Plan(Kernel.DEQUANT)]
@@ -317,8 +320,11 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
             for stages in GLUON_STAGES:
                 for split in splits:
                     plans.append(Plan(Kernel.GLUON, GemmConfig(block_m, 64, block_k, split, 4, stages)))
+    if ws:
         for block_m, block_n, ws_block_k, stages in GLUON_WS_TILES if k % 8 == 0 else ():
             if block_m > 64 and m <= block_m // 2:  # at least half the tile's rows of x are real
+                continue
+            if not ws_fits(ws_config(block_m, block_n, ws_block_k, 1, stages), bits):
                 continue
             ws_k_blocks = -(-k // ws_block_k)
             tiles = -(-n // block_n) * -(-m // block_m)
@@ -426,13 +432,33 @@ def check_gluon_ws_config(config: GemmConfig) -> None:
                          f"warpgroups), num_stages >= 2")
 
 
+#: Code widths the warp-specialized Gluon kernel decodes (its BITS).
+GLUON_WS_BITS = (4, 8)
+
+#: Shared memory one program may use on Hopper (227 KB, the opt-in maximum), and what the
+#: warp-specialized kernel needs besides its ring (barriers, alignment; measured 192 bytes).
+HOPPER_SMEM_BYTES = 232448
+WS_SMEM_EXTRA = 1024
+
+
+def ws_ring_bytes(config: GemmConfig, bits: int) -> int:
+    """Shared memory of the warp-specialized kernel's ring: per stage an x tile
+    [block_m, block_k] fp16 and a code tile [block_n, block_k] of ``bits``-bit codes."""
+    return config.num_stages * (config.block_m * config.block_k * 2 + config.block_n * config.block_k * bits // 8)
+
+
+def ws_fits(config: GemmConfig, bits: int) -> bool:
+    """Whether the ring of ``config`` for ``bits``-bit codes fits one program's shared memory."""
+    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA <= HOPPER_SMEM_BYTES
+
+
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
                        scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
     """Whether the warp-specialized Gluon kernel (``gemm_gluon_ws``) computes this product:
-    as ``gluon_supported``, with K-blocks of 64 or 128 and k a multiple of 8 (TMA reads
-    rows whose strides are multiples of 16 bytes)."""
-    return gluon_supported(bits, mode, group, block_k, dtype, scale_dtype, device) and block_k in (64, 128) \
-        and k % 8 == 0
+    as ``gluon_supported`` but for 4- or 8-bit codes (GLUON_WS_BITS), with K-blocks of 64
+    or 128 and k a multiple of 8 (TMA reads rows whose strides are multiples of 16 bytes)."""
+    return bits in GLUON_WS_BITS and gluon_supported(4, mode, group, block_k, dtype, scale_dtype, device) \
+        and block_k in (64, 128) and k % 8 == 0
 
 
 def _tma_readable(*tensors: Tensor) -> bool:
@@ -515,9 +541,13 @@ def launch_gemm_gluon_ws(
     if not gluon_ws_supported(bits, mode, group, config.block_k, k, x.dtype, scales.dtype):
         raise ValueError(f"the warp-specialized Gluon GEMM does not compute {bits}-bit {mode.value} codes in groups "
                          f"of {group} with K-blocks of {config.block_k} for x {x.dtype}, scales {scales.dtype}, "
-                         f"k={k}; accepted: 4 bits, symmetric or zero-point codes, fp16 x and scales, block_k 64 or "
-                         f"128 <= group, k a multiple of 8")
+                         f"k={k}; accepted: 4 or 8 bits, symmetric or zero-point codes, fp16 x and scales, block_k "
+                         f"64 or 128 <= group, k a multiple of 8")
     check_gluon_ws_config(config)
+    if not ws_fits(config, bits):
+        raise ValueError(f"GemmConfig {config} for {bits}-bit codes: its ring of {config.num_stages} stages takes "
+                         f"{ws_ring_bytes(config, bits)} bytes of shared memory; accepted: at most "
+                         f"{HOPPER_SMEM_BYTES - WS_SMEM_EXTRA} (fewer stages or smaller tiles)")
     x = x.contiguous()
     if not _tma_readable(x, codes):
         raise ValueError(f"the warp-specialized Gluon GEMM reads x and the codes by TMA: both need 16-byte aligned "
@@ -538,7 +568,7 @@ def launch_gemm_gluon_ws(
     tiles, workspace, counters, k_blocks = launch
     m = x.shape[0]
     _, scalars = weight_operands(codes, scales, zeros, None, k)
-    x_block, c_block = [config.block_m, config.block_k], [config.block_n, config.block_k // 8]
+    x_block, c_block = [config.block_m, config.block_k], [config.block_n, config.block_k * bits // 32]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
@@ -551,7 +581,7 @@ def launch_gemm_gluon_ws(
         STAGES=config.num_stages, HAS_BIAS=bias is not None,
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
-        num_warps=4, **extra,
+        BITS=bits, num_warps=4, **extra,
     )
     return out
 

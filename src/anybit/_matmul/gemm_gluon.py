@@ -67,25 +67,31 @@ def _rows_cols_layout(rows, cols, vec, num_warps):
 
 
 @triton.constexpr_function
-def _byte_layout(operand):
-    """The layout of [R, K / 8, 4] (row, 32-bit word of 8 codes, byte) that, after a join
-    of two values per byte and a reshape to [R, K], is the MMA's register operand
-    ``operand`` (a DistributedLinearLayout of [R, K] whose first register basis is k + 1).
+def _byte_layout(operand, bits=4):
+    """The layout of [R, K * bits / 32, 16 / bits] (row, 32-bit word of codes, code pair)
+    that, after a join of two values per pair and a reshape to [R, K], is the MMA's
+    register operand ``operand`` (a DistributedLinearLayout of [R, K] whose first register
+    basis is k + 1); ``bits``: 4 (pairs are the bytes of a word of 8 codes) or 8 (the
+    16-bit halves of a word of 4 codes).
 
     The A operand of wgmma gives each thread the codes 2c, 2c + 1 of every 8 along k
-    (c: lane % 4), i.e. byte c of each word: so the bytes come straight from the
-    words, and the words of a row are read by the 4 lanes that share it."""
-    def byte_basis(b):
+    (c: lane % 4): byte c of each 4-bit word, half c % 2 of 8-bit word c // 2; so
+    the pairs come straight from the words, and the words of a row are read by the
+    lanes that share it."""
+    per_word = 32 // bits
+
+    def pair_basis(b):
         n, k = b
         if k % 2:
             raise ValueError(f"operand layout {operand}: no register basis but the first may cross a code pair")
-        return [n, k // 8, (k // 2) % 4]
+        return [n, k // per_word, (k // 2) % (per_word // 2)]
     if operand.reg_bases[0] != [0, 1]:
         raise ValueError(f"operand layout {operand}: its first register basis must pair codes 2c, 2c + 1")
     rows, k = operand.shape
-    return gl.DistributedLinearLayout([byte_basis(b) for b in operand.reg_bases[1:]],
-                                      [byte_basis(b) for b in operand.lane_bases],
-                                      [byte_basis(b) for b in operand.warp_bases], [], [rows, k // 8, 4])
+    return gl.DistributedLinearLayout([pair_basis(b) for b in operand.reg_bases[1:]],
+                                      [pair_basis(b) for b in operand.lane_bases],
+                                      [pair_basis(b) for b in operand.warp_bases], [],
+                                      [rows, k // per_word, per_word // 2])
 
 
 #: byte (0..3) of a word of 8 4-bit codes -> fp16 pair (low nibble - zero, high nibble - zero) * scale:
@@ -102,17 +108,45 @@ mov.b32 {$0, $1}, t;
 }""")
 
 
+#: half (0, 1) of a word of 4 8-bit codes -> fp16 pair (code 2h - zero, code 2h+1 - zero) * scale:
+#: the two bytes under the exponent byte 0x64 (prmt: 1024 + code, exact), plus the bias
+#: {-(1024 + zero)} twice (exact), then the scale.
+_BYTE_PAIR_ASM = gl.constexpr("""{
+.reg .b32 t;
+prmt.b32 t, $2, 0x64646464, $3;
+add.rn.f16x2 t, t, $4;
+mul.rn.f16x2 t, t, $5;
+mov.b32 {$0, $1}, t;
+}""")
+
+
 @gluon.jit
-def decode_operand(words, select, bias, scale, ROWS: gl.constexpr, BLOCK_K: gl.constexpr, a_layout: gl.constexpr):
-    """Code words [ROWS, BLOCK_K / 8] (int32, in ``_byte_layout``'s word layout) -> wgmma's
-    register operand [ROWS, BLOCK_K] fp16 (``a_layout``): byte ``select`` of each word by
-    ``_NIBBLE_PAIR_ASM`` with each row's ``bias`` and ``scale`` words (``_group_words``)."""
+def pair_select(pair, BITS: gl.constexpr = 4):
+    """The prmt selector of ``decode_operand``'s pair ``pair`` of a word: 4 bits, byte c into
+    both halves over zero bytes (0x4040 | c * 0x101); 8 bits, bytes 2h and 2h + 1 into the
+    low bytes of the halves under 0x64 bytes (0x4140 + h * 0x202)."""
+    if BITS == 8:
+        return 0x4140 + pair * 0x202
+    return 0x4040 | (pair * 0x101)
+
+
+@gluon.jit
+def decode_operand(words, select, bias, scale, ROWS: gl.constexpr, BLOCK_K: gl.constexpr, a_layout: gl.constexpr,
+                   BITS: gl.constexpr = 4):
+    """Code words [ROWS, BLOCK_K * BITS / 32] (int32, in ``_byte_layout``'s word layout)
+    -> wgmma's register operand [ROWS, BLOCK_K] fp16 (``a_layout``): pair ``select``
+    (``pair_select``) of each word by ``_NIBBLE_PAIR_ASM`` (4 bits) or ``_BYTE_PAIR_ASM``
+    (8 bits) with each row's ``bias`` and ``scale`` words (``group_words``)."""
     words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
     sel3 = gl.broadcast(words3, select)[1]
     bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
     scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
-    lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
-                                       dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+    if BITS == 8:
+        lo, hi = gl.inline_asm_elementwise(_BYTE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+    else:
+        lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     return gl.convert_layout(gl.reshape(gl.join(lo, hi), [ROWS, BLOCK_K]), a_layout)
 
 
@@ -140,23 +174,26 @@ def _pair_words(lo, hi):
 
 @gluon.jit
 def group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
-                 MODE: gl.constexpr):
+                 MODE: gl.constexpr, BITS: gl.constexpr = 4):
     """The loads of ``group``'s parameters per row: (scale fp16 [R], zero point fp32 [R];
-    8 when symmetric, 0 past the last group)."""
+    2^(BITS-1) when symmetric, 0 past the last group)."""
     ok = (rows >= 0) & (group < num_groups)
     scale = gl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0).to(gl.float16)
     if MODE == ZERO_POINT:
         zero = gl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(gl.float32)
     else:
-        zero = (rows * 0).to(gl.float32) + 8.0  # symmetric: code - 8
+        zero = (rows * 0).to(gl.float32) + (1 << (BITS - 1))  # symmetric: offset-binary codes
     return scale, zero
 
 
 @gluon.jit
-def group_words(scale, zero):
+def group_words(scale, zero, BITS: gl.constexpr = 4):
     """The decode's per-row words from ``group_params``' values: (bias pair -(1024 + z),
-    -(64 + z); scale pair), int32 [R]."""
-    bias = _pair_words((-1024.0 - zero).to(gl.float16), (-64.0 - zero).to(gl.float16))
+    -(64 + z) for 4 bits, -(1024 + z) twice for 8; scale pair), int32 [R]."""
+    if BITS == 8:
+        bias = _pair_words((-1024.0 - zero).to(gl.float16), (-1024.0 - zero).to(gl.float16))
+    else:
+        bias = _pair_words((-1024.0 - zero).to(gl.float16), (-64.0 - zero).to(gl.float16))
     return bias, _pair_words(scale, scale)
 
 
@@ -213,7 +250,7 @@ def gemm_gluon_kernel(
     c_cols = gl.arange(0, W, layout=gl.SliceLayout(0, w_copy_layout))
     w_rows = gl.minimum(pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=row_layout), N - 1)
     byte = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
-    select = gl.expand_dims(gl.expand_dims(0x4040 | (byte * 0x101), 0), 0)  # prmt: byte b into both halves
+    select = gl.expand_dims(gl.expand_dims(pair_select(byte), 0), 0)  # prmt: byte b into both halves
 
     k_first = pid_k * BLOCKS_PER_SPLIT * BLOCK_K
     for s in gl.static_range(STAGES - 1):

@@ -1,6 +1,6 @@
-"""Warp-specialized Gluon kernel for y = x @ W^T at larger M on Hopper, 4-bit integer
-codes, fp16: a loader partition feeds a ring by TMA, each consumer warpgroup decodes its
-64 or 128 rows of W into the MMA's register operand and multiplies.
+"""Warp-specialized Gluon kernel for y = x @ W^T at larger M on Hopper, 4- or 8-bit integer
+codes (``BITS``), fp16: a loader partition feeds a ring by TMA, each consumer warpgroup
+decodes its 64 or 128 rows of W into the MMA's register operand and multiplies.
 
 Why (docs/NOTES-gemm.md v13, v14): with 64 rows of W per program, x is read from L2
 once per 64 rows of W, which at M = 64 moves about 4x the bytes of the codes; and
@@ -11,13 +11,14 @@ barrier every K-block, so their warpgroups decode and multiply in lockstep.  Her
   of WG_ROWS = 64 or 128 rows; 128 rows are two m64 MMAs per K-step) against ``BLOCK_M``
   rows of x, so one x tile serves up to 256 rows of W;
 * the loader partition (the kernel's 4 warps, one thread issuing) copies each K-block's
-  x tile [BLOCK_M, BLOCK_K] (fp16) and code words [BLOCK_N, BLOCK_K / 8] (int32) by TMA
+  x tile [BLOCK_M, BLOCK_K] (fp16) and code words [BLOCK_N, BLOCK_K * BITS / 32] (int32) by TMA
   into stage ``i % STAGES`` of a ring and
   signals ``ready[stage]`` (mbarrier with the byte count); TMA reads past the end of
   x, W or K as zeros;
 * consumer warpgroup g waits on ``ready``, reads its rows' words from shared memory,
   decodes them straight into wgmma's register operand (``gemm_gluon._byte_layout``,
-  the same PTX and the same single rounding per weight), multiplies with the x tile
+  the same PTX and the same single rounding per weight; 8-bit codes: each half word's two
+  bytes put under fp16's exponent of 1024 by one prmt, ``_BYTE_PAIR_ASM``), multiplies with the x tile
   from shared memory and arrives on ``empty[stage]`` once that MMA is done (NUM_WG
   arrivals free a stage).  It takes the K-blocks in pairs with two register operands;
   ``OVERLAP`` (``gemm.WsOverlap``, by tile: ``gemm.ws_overlap``) says whether an MMA
@@ -26,7 +27,7 @@ barrier every K-block, so their warpgroups decode and multiply in lockstep.  Her
 Ring, per stage::
 
     x_bufs[s]  [BLOCK_M, BLOCK_K] fp16   <- TMA x[m0:m0+BLOCK_M, k0:k0+BLOCK_K]
-    c_bufs[s]  [BLOCK_N, BLOCK_K/8] i32  <- TMA codes[n0:n0+BLOCK_N, k0/8:(k0+BLOCK_K)/8]
+    c_bufs[s]  [BLOCK_N, BLOCK_K*BITS/32] i32  <- TMA codes[n0:n0+BLOCK_N, k0*BITS/32:(k0+BLOCK_K)*BITS/32]
     ready[s]   loader: expect(bytes) + TMA -> consumers wait (phase i // STAGES)
     empty[s]   each consumer warpgroup arrives once -> loader waits before refilling
 
@@ -44,9 +45,9 @@ where removing the MMA, the decode or the scale loads each saves 15-35%: none hi
 the others.  The tuned table picks the kernel only where it measured fastest (mostly the
 large layers at M = 64-256).
 
-Limits (``gemm.gluon_ws_supported``): sm_90, 4-bit symmetric or zero-point codes, fp16
-x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
-strides are multiples of 16 bytes).
+Limits (``gemm.gluon_ws_supported``): sm_90, 4- or 8-bit symmetric or zero-point codes,
+fp16 x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
+strides are multiples of 16 bytes), a ring that fits shared memory (``gemm.ws_fits``).
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
 
-from .gemm_gluon import _byte_layout, decode_operand, group_params, group_words
+from .gemm_gluon import _byte_layout, decode_operand, group_params, group_words, pair_select
 from .gemm_triton import tile_position
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
@@ -69,7 +70,7 @@ NO_OVERLAP, PAIRS, CARRY = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 
 @gluon.jit
 def _loader(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks,
-            BLOCK_K: gl.constexpr, STAGES: gl.constexpr):
+            BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr):
     """The loader warp: K-blocks kb0 .. kb0 + n_blocks into the ring, STAGES ahead."""
     for i in range(n_blocks):
         s = i % STAGES
@@ -77,42 +78,43 @@ def _loader(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks,
         mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + c_desc.block_type.nbytes)
         k = (kb0 + i) * BLOCK_K
         _tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
-        _tma_load(c_desc, [n0, k // 8], ready.index(s), c_bufs.index(s))
+        _tma_load(c_desc, [n0, k // (32 // BITS)], ready.index(s), c_bufs.index(s))
 
 
 @gluon.jit
-def _block_params(params, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr):
+def _block_params(params, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr, BITS: gl.constexpr):
     """The loads of K-block kb's scales and zero points ([64] each, ``group_params``)."""
     scales_ptr, zeros_ptr, rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg = params
     return group_params(scales_ptr, zeros_ptr, rows, (kb * BLOCK_K) // GROUP, num_groups, stride_sn, stride_sg,
-                        stride_zn, stride_zg, MODE)
+                        stride_zn, stride_zg, MODE, BITS)
 
 
 @gluon.jit
-def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr):
+def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
+             BITS: gl.constexpr):
     """The window (scale, zero of three consecutive K-blocks) one block on: the first
     block's dropped, block kb's loads issued."""
     _, _, s2, z2, s3, z3 = window
-    s4, z4 = _block_params(params, kb, BLOCK_K, GROUP, MODE)
+    s4, z4 = _block_params(params, kb, BLOCK_K, GROUP, MODE, BITS)
     return s2, z2, s3, z3, s4, z4
 
 
 @gluon.jit
 def _decode(c_bufs, ready, i, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, scale,
-            zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr):
+            zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr):
     """Block i's operand of consumer warpgroup WG: wait for its stage, read the warpgroup's
     WG_ROWS rows of code words, decode them with the group's ``scale`` and ``zero`` [WG_ROWS]."""
     s = i % STAGES
-    bias, scale_words = group_words(scale, zero)
+    bias, scale_words = group_words(scale, zero, BITS)
     mbarrier.wait(ready.index(s), (i // STAGES) & 1)
     words = c_bufs.index(s).slice(WG * WG_ROWS, WG_ROWS, dim=0).load(word_layout)
-    return decode_operand(words, select, bias, scale_words, WG_ROWS, BLOCK_K, a_layout)
+    return decode_operand(words, select, bias, scale_words, WG_ROWS, BLOCK_K, a_layout, BITS)
 
 
 @gluon.jit
 def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr,
               MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-              SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr):
+              SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr):
     """Consumer warpgroup WG: rows pid_n * BLOCK_N + WG * WG_ROWS .. + WG_ROWS of W against the
     program's x tile; writes its rows of y (or its split's partial).  ``ops``: the ring and
     the operands, as the kernel builds them."""
@@ -121,22 +123,22 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]))
+    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]), BITS)
     word_layout: gl.constexpr = gl.SliceLayout(2, byte_layout)
     row_layout: gl.constexpr = gl.SliceLayout(1, word_layout)
 
     row0 = pid_n * (WG_ROWS * NUM_WG) + WG * WG_ROWS
     w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
-    byte = gl.arange(0, 4, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
-    select = gl.expand_dims(gl.expand_dims(0x4040 | (byte * 0x101), 0), 0)  # prmt: byte b into both halves
+    pair = gl.arange(0, 16 // BITS, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
+    select = gl.expand_dims(gl.expand_dims(pair_select(pair, BITS), 0), 0)  # prmt: a word's code pair
 
     # each K-block's scales (and zero points) are loaded three K-blocks ahead (one block
     # ahead measured the same, docs/NOTES-gemm.md v14b: the rotation of the loaded values
     # waits for each load, v15b)
     params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
-    s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE)
-    s2, z2 = _block_params(params, kb0 + 1, BLOCK_K, GROUP, MODE)
-    s3, z3 = _block_params(params, kb0 + 2, BLOCK_K, GROUP, MODE)
+    s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE, BITS)
+    s2, z2 = _block_params(params, kb0 + 1, BLOCK_K, GROUP, MODE, BITS)
+    s3, z3 = _block_params(params, kb0 + 2, BLOCK_K, GROUP, MODE, BITS)
     window = (s1, z1, s2, z2, s3, z3)
     # The K-blocks in pairs, a1 holding the first block's register operand and a0 the
     # second's.  OVERLAP (``gemm.WsOverlap``) says which MMA may still run while the next
@@ -152,14 +154,15 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        a = _decode(c_bufs, ready, 0, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES, a_layout)
+        a = _decode(c_bufs, ready, 0, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
+                    a_layout, BITS)
         acc = warpgroup_mma(a, x_bufs.index(0).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(0), count=1)
-        window = _advance(params, window, kb0 + 3, BLOCK_K, GROUP, MODE)
+        window = _advance(params, window, kb0 + 3, BLOCK_K, GROUP, MODE, BITS)
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
         a1 = _decode(c_bufs, ready, i, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
-                     a_layout)
+                     a_layout, BITS)
         acc = warpgroup_mma(a1, x_bufs.index(i % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
@@ -167,9 +170,9 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         elif OVERLAP == CARRY:  # MMA i - 1 (the last pair's second) done
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
             mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=i > first)
-        window = _advance(params, window, kb0 + i + 3, BLOCK_K, GROUP, MODE)
+        window = _advance(params, window, kb0 + i + 3, BLOCK_K, GROUP, MODE, BITS)
         a0 = _decode(c_bufs, ready, i + 1, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
-                     a_layout)
+                     a_layout, BITS)
         acc = warpgroup_mma(a0, x_bufs.index((i + 1) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
@@ -181,7 +184,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         else:  # MMA i done, i + 1 in flight
             acc, a1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a1))
             mbarrier.arrive(empty.index(i % STAGES), count=1)
-        window = _advance(params, window, kb0 + i + 4, BLOCK_K, GROUP, MODE)
+        window = _advance(params, window, kb0 + i + 4, BLOCK_K, GROUP, MODE, BITS)
     acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
     # (CARRY leaves the last block's stage without its arrival: it is never refilled)
 
@@ -225,11 +228,12 @@ def gemm_gluon_ws_kernel(
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
+    BITS: gl.constexpr = 4,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
     x_desc: TMA descriptor of x (M, K) fp16, block [BLOCK_M, BLOCK_K]; c_desc: of the
-    codes (N, words_per_row) int32, block [BLOCK_N, BLOCK_K / 8].  Other operands as
+    codes (N, words_per_row) int32, block [BLOCK_N, BLOCK_K * BITS / 32] (BITS: 4 or 8).  Other operands as
     ``gemm_gluon_kernel``'s; ``counter`` holds tiles * NUM_WG int32 zeros.
     Grid: (tiles, SPLIT_K); num_warps = 4 (the first consumer warpgroup; the others and
     the loader warp are added by the warp specialization)."""
@@ -239,7 +243,7 @@ def gemm_gluon_ws_kernel(
     pid_n, pid_m = tile_position(pid, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
 
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
-    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K // 8], c_desc.layout)
+    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
@@ -250,7 +254,7 @@ def gemm_gluon_ws_kernel(
     kb0 = pid_k * BLOCKS_PER_SPLIT
     n_blocks = gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT)
     load_args = (x_desc, c_desc, x_bufs, c_bufs, ready, empty, pid_m * BLOCK_M, pid_n * BLOCK_N, kb0, n_blocks,
-                 BLOCK_K, STAGES)
+                 BLOCK_K, STAGES, BITS)
     ops = (x_bufs, c_bufs, ready, empty, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
            M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, pid, pid_n, pid_m, pid_k, kb0, n_blocks)
     # the loader is the default partition (the kernel's 4 warps; one issues the copies), so
@@ -258,20 +262,27 @@ def gemm_gluon_ws_kernel(
     if NUM_WG == 1:
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
+            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
-            (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
+            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS)),
+            (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, load_args),
-            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
-            (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
-            (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP)),
-            (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP))],
+            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS)),
+            (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS)),
+            (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS)),
+            (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
