@@ -79,32 +79,22 @@ WGMMA_A_64X64 = dict(reg_bases=[[0, 1], [8, 0], [0, 8], [0, 16], [0, 32]],
                      lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]], warp_bases=[[16, 0], [32, 0]])
 
 
-def test_byte_layout_rebuilds_the_mma_operand():
-    """Bytes [R, K/8, 4] in _byte_layout, two values each (the new fastest register bit)
-    reshaped to [R, K] (k = 8 word + 2 byte + value), land where the MMA wants them."""
-    from triton.experimental.gluon import language as gl
-
-    operand = gl.DistributedLinearLayout(**WGMMA_A_64X64, block_bases=[], shape=[64, 64])
-    bytes_layout = gg._byte_layout(operand)
-    assert bytes_layout.shape == [64, 8, 4]
-    joined = gl.DistributedLinearLayout([[0, 0, 0, 1]] + [b + [0] for b in bytes_layout.reg_bases],
-                                        [b + [0] for b in bytes_layout.lane_bases],
-                                        [b + [0] for b in bytes_layout.warp_bases], [], [64, 8, 4, 2])
-    rebuilt = {i: (r, 8 * w + 2 * b + v) for i, (r, w, b, v) in _coordinates(joined, 4).items()}
-    assert rebuilt == _coordinates(operand, 2)
-
-
-def test_byte_layout_of_8_bit_codes_rebuilds_the_mma_operand():
-    """Halves [R, K/4, 2] of words of 4 8-bit codes in _byte_layout(.., 8), two values each,
-    reshaped to [R, K] (k = 4 word + 2 half + value), land where the MMA wants them."""
+@pytest.mark.parametrize("bits", [4, 8])
+def test_byte_layout_rebuilds_the_mma_operand(bits):
+    """Code pairs [R, K * bits / 32, 16 / bits] in _byte_layout (the bytes of words of 8
+    4-bit codes, the halves of words of 4 8-bit codes), two values each (the new fastest
+    register bit) reshaped to [R, K] (k = codes per word * word + 2 pair + value), land
+    where the MMA wants them."""
     from triton.experimental.gluon import language as gl
     operand = gl.DistributedLinearLayout(**WGMMA_A_64X64, block_bases=[], shape=[64, 64])
-    halves = gg._byte_layout(operand, 8)
-    assert halves.shape == [64, 16, 2]
-    joined = gl.DistributedLinearLayout([[0, 0, 0, 1]] + [b + [0] for b in halves.reg_bases],
-                                        [b + [0] for b in halves.lane_bases],
-                                        [b + [0] for b in halves.warp_bases], [], [64, 16, 2, 2])
-    rebuilt = {i: (r, 4 * w + 2 * h + v) for i, (r, w, h, v) in _coordinates(joined, 4).items()}
+    pairs_layout = gg._byte_layout(operand, bits)
+    per_word = 32 // bits
+    assert pairs_layout.shape == [64, 64 // per_word, per_word // 2]
+    joined = gl.DistributedLinearLayout([[0, 0, 0, 1]] + [b + [0] for b in pairs_layout.reg_bases],
+                                        [b + [0] for b in pairs_layout.lane_bases],
+                                        [b + [0] for b in pairs_layout.warp_bases], [],
+                                        pairs_layout.shape + [2])
+    rebuilt = {i: (r, per_word * w + 2 * p + v) for i, (r, w, p, v) in _coordinates(joined, 4).items()}
     assert rebuilt == _coordinates(operand, 2)
 
 
