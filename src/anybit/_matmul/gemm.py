@@ -113,7 +113,7 @@ class Kernel(str, enum.Enum):
     #: (its warps: 4 per 64 rows of W); where it does not apply (``gluon_supported``),
     #: the same tiles on the Triton GEMM kernel (each weight rounded the same way)
     GLUON = "gluon"
-    #: the warp-specialized Gluon kernel (gemm_gluon_ws; Hopper, 4-bit integer codes, fp16,
+    #: the warp-specialized Gluon kernel (gemm_gluon_ws; Hopper, 4- or 8-bit integer codes, fp16,
     #: K a multiple of 8) with a GemmConfig (block_n 64, 128 or 256; its warps: 4 loader
     #: warps and 4 per 64 or 128 rows of W, ``ws_warps``); where it does not apply (``gluon_ws_supported``, or
     #: operands TMA cannot read), the Triton GEMM kernel with the heuristic's settings
@@ -457,7 +457,7 @@ def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int
     """Whether the warp-specialized Gluon kernel (``gemm_gluon_ws``) computes this product:
     as ``gluon_supported`` but for 4- or 8-bit codes (GLUON_WS_BITS), with K-blocks of 64
     or 128 and k a multiple of 8 (TMA reads rows whose strides are multiples of 16 bytes)."""
-    return bits in GLUON_WS_BITS and gluon_supported(4, mode, group, block_k, dtype, scale_dtype, device) \
+    return bits in GLUON_WS_BITS and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device) \
         and block_k in (64, 128) and k % 8 == 0
 
 
@@ -473,9 +473,17 @@ def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: to
     """Whether the Gluon kernel (``gemm_gluon``) computes this product: 4-bit integer codes
     (symmetric or with zero points), fp16 x and scales, K-blocks of a multiple of 64
     codes inside one group, and (where ``device`` is given) a Hopper GPU (sm_90)."""
+    return bits == 4 and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device)
+
+
+def _gluon_operands(mode: Decode, group: int, block_k: int, dtype: torch.dtype, scale_dtype: torch.dtype,
+                    device: torch.device | None) -> bool:
+    """What both Gluon kernels need besides the code width: integer codes (symmetric or with
+    zero points), fp16 x and scales, K-blocks of a multiple of 64 codes inside one group,
+    and (where ``device`` is given) a Hopper GPU (sm_90)."""
     if device is not None and (device.type != "cuda" or capability(device)[0] != 9):
         return False
-    return bits == 4 and mode in (Decode.SYMMETRIC, Decode.ZERO_POINT) and dtype == torch.float16 \
+    return mode in (Decode.SYMMETRIC, Decode.ZERO_POINT) and dtype == torch.float16 \
         and scale_dtype == torch.float16 and block_k % 64 == 0 and group >= block_k
 
 
