@@ -5,10 +5,10 @@ For every (format, layer shape, m) point:
 
 1. the candidates (``gemm.candidate_plans``: dequantize + cuBLAS, the GEMM
    kernel's tile, warp, stage and split-K settings, and on Hopper for 4-bit
-   integer formats the two Gluon kernels') are ranked by the performance model
-   (``perf_model``);
-2. the model's first ``top``, its first Gluon plan, its first three warp-specialized
-   Gluon plans and the heuristic's plan
+   integer formats the two Gluon kernels', for 8-bit ones the warp-specialized one's)
+   are ranked by the performance model (``perf_model``);
+2. the model's first ``top``, its first Gluon plan, its first ``WS_MEASURED``
+   warp-specialized Gluon plans and the heuristic's plan
    (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
    the same bits and the result is within ``VERIFY_TOLERANCE`` (relative
@@ -18,9 +18,11 @@ For every (format, layer shape, m) point:
 3. the fastest verified plan becomes the point's table entry.
 
 The report says how often the model's first choice was within 10% of the
-fastest measured plan (with ``exhaustive``: of every candidate), and
-``exhaustive`` also refits the model's coefficients on the measurements and
-stores them with the table for the next tuning on this GPU.
+fastest measured plan (with ``exhaustive``: of every candidate), and how often a
+model fitted on the other layer shapes' measurements picks within 10% among a
+point's measured plans.  Every tune refits the model's coefficients on its
+measurements (``refit``) and stores them with the table for the next tuning on
+this GPU.
 """
 
 from __future__ import annotations
