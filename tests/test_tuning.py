@@ -17,6 +17,7 @@ from anybit._matmul import gemm as gm
 from anybit._matmul import perf_model as pm
 from anybit._matmul import tuning
 from anybit._matmul.gemv import sm_count
+from anybit.formats import parse_format
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -227,6 +228,12 @@ def test_shipped_tables_load():
         assert path.name == tuning.table_file_name(table.gpu)
         assert table.entries and table.model is not None
         assert not any(e.plan.config is not None and gm.racy(e.plan.config) for e in table.entries)
+        # every warp-specialized entry launches for its format: a code width the kernel decodes
+        # and a ring that fits shared memory (each entry was measured, so this guards edits)
+        for e in table.entries:
+            if e.plan.kernel is gm.Kernel.GLUON_WS:
+                bits = parse_format(e.format).bits
+                assert bits in gm.GLUON_WS_BITS and gm.ws_fits(e.plan.config, bits), (e.format, e.plan.label())
 
 
 def test_table_file_name():
