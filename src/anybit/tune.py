@@ -245,11 +245,12 @@ def tune(
                 copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
                 reference_w = qw.dequantize(torch.float32)
                 block_k = gm.heuristic_block_k(qw.format.bits)  # the candidates' K-blocks
-                mode, scale_dtype = qw.format.kernel_decode().mode, qw.params["scales"].dtype
-                gluon = gm.gluon_supported(qw.format.bits, mode, gm.kernel_group(qw.format.group_len(k), k, block_k),
-                                           block_k, torch.float16, scale_dtype, device)
-                ws = gm.gluon_ws_supported(qw.format.bits, mode, gm.kernel_group(qw.format.group_len(k), k, 64), 64,
-                                           k, torch.float16, scale_dtype, device)
+                mode, scale_dtype, group = qw.format.kernel_decode().mode, qw.params["scales"].dtype, \
+                    qw.format.group_len(k)
+                gluon = gm.gluon_supported(qw.format.bits, mode, gm.kernel_group(group, k, block_k), block_k,
+                                           torch.float16, scale_dtype, device)
+                ws = gm.gluon_ws_supported(qw.format.bits, mode, gm.kernel_group(group, k, 64), 64, k, torch.float16,
+                                           scale_dtype, device)
                 for m in ms:
                     x = torch.randn(m, k, dtype=torch.float16, device=device, generator=gen)
                     reference = x.float() @ reference_w.t()

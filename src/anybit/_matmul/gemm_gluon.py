@@ -141,12 +141,9 @@ def decode_operand(words, select, bias, scale, ROWS: gl.constexpr, BLOCK_K: gl.c
     sel3 = gl.broadcast(words3, select)[1]
     bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
     scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
-    if BITS == 8:
-        lo, hi = gl.inline_asm_elementwise(_BYTE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
-                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
-    else:
-        lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
-                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+    asm: gl.constexpr = _BYTE_PAIR_ASM if BITS == 8 else _NIBBLE_PAIR_ASM
+    lo, hi = gl.inline_asm_elementwise(asm, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+                                       dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     return gl.convert_layout(gl.reshape(gl.join(lo, hi), [ROWS, BLOCK_K]), a_layout)
 
 
@@ -190,10 +187,8 @@ def group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stri
 def group_words(scale, zero, BITS: gl.constexpr = 4):
     """The decode's per-row words from ``group_params``' values: (bias pair -(1024 + z),
     -(64 + z) for 4 bits, -(1024 + z) twice for 8; scale pair), int32 [R]."""
-    if BITS == 8:
-        bias = _pair_words((-1024.0 - zero).to(gl.float16), (-1024.0 - zero).to(gl.float16))
-    else:
-        bias = _pair_words((-1024.0 - zero).to(gl.float16), (-64.0 - zero).to(gl.float16))
+    HIGH: gl.constexpr = 1024.0 if BITS == 8 else 64.0  # what the high code of a pair sits on
+    bias = _pair_words((-1024.0 - zero).to(gl.float16), (-HIGH - zero).to(gl.float16))
     return bias, _pair_words(scale, scale)
 
 
