@@ -17,7 +17,7 @@ above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
 ``gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]``: the Gluon GEMM (gemm_gluon;
 overlap 1: measurement only, unsafe), or
 ``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]``:
-the warp-specialized Gluon GEMM (gemm_gluon_ws; regs, maxnreg 0: the defaults; overlap 0-2,
+the warp-specialized Gluon GEMM (gemm_gluon_ws; split_k ``sk``: stream-K; regs, maxnreg 0: the defaults; overlap 0-2,
 ``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup,
 64 or 128).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
@@ -54,9 +54,12 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
         return ("gluon", gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4 * (bn // 64), stages,
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
     if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]
-        bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
+        fields = text.split(",")[1:]
+        stream_k = fields[3] == "sk"  # stream-K instead of a split count
+        bm, bn, bk, split, stages, *extra = (1 if i == 3 and stream_k else int(v) for i, v in enumerate(fields))
         regs, maxnreg, overlap, wg_rows = (extra[1:] + [0, 0, -1, 64][len(extra[1:]):])[:4]
-        config = gm.ws_config(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), stages, wg_rows, *extra[:1])
+        config = gm.ws_config(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), stages, wg_rows, *extra[:1],
+                              stream_k=stream_k)
         return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap))
     if text == "auto":  # the decode kernel's heuristic (M <= 32), whatever --kernel says
         return None

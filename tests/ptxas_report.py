@@ -1,9 +1,9 @@
 """Print ptxas's report (-v) on the warp-specialized Gluon GEMM compiled for sm_90 (no GPU
 needed: Triton emits the PTX, then its ptxas compiles it).
 
-Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS]
+Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K]]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
-128, no split-K; NUM_WARPS as
+128, no split-K, stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  Run in a
 process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
 
@@ -22,7 +22,8 @@ from anybit._matmul import gemm as gm
 from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
 
 
-def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4) -> str:
+def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
+           stream_k: bool = False) -> str:
     config = gm.GemmConfig(block_m, block_n, block_k, 1, num_warps, stages)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
@@ -30,7 +31,7 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
     constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=1,
                      BLOCKS_PER_SPLIT=64, STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
-                     BITS=bits, num_warps=4)
+                     BITS=bits, STREAM_K=bool(stream_k), num_warps=4)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{block_n}, {block_k * bits // 32}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
@@ -50,4 +51,4 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
 
 
 if __name__ == "__main__":
-    print(report(*(int(arg) for arg in sys.argv[1:8])))
+    print(report(*(int(arg) for arg in sys.argv[1:9])))

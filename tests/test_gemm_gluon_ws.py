@@ -8,10 +8,13 @@ from dataclasses import replace
 
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from conftest import assert_matmul_close, compile_script, unit_roundoff
 
 import anybit
 from anybit._matmul import gemm as gm
+from anybit._matmul import gemm_gluon_ws as gw
 from anybit._matmul import tuning
 from anybit.formats._base import Decode
 
@@ -66,6 +69,93 @@ def test_plans_need_the_kernels_warps():
             gm.Plan(gm.Kernel.GLUON_WS, bad)
 
 
+def _check_stream_k_schedule(tiles: int, k_blocks: int, programs: int) -> None:
+    work = gw.stream_k_items(tiles, k_blocks, programs)
+    waves = tiles // programs
+    sk_blocks = tiles % programs * k_blocks
+    sharers = max(1, min(programs, sk_blocks))
+    seen = [(item.tile, item.first + i) for items in work for item in items for i in range(item.blocks)]
+    assert sorted(seen) == [(t, b) for t in range(tiles) for b in range(k_blocks)]  # each K-block once
+    for pid, items in enumerate(work):
+        whole, shared = items[:waves], items[waves:]
+        assert [i.tile for i in whole] == [w * programs + pid for w in range(waves)]
+        assert all(i.blocks == k_blocks and not i.shared for i in whole)
+        assert len(shared) <= 2 and [i.slot for i in shared] == list(range(len(shared)))
+        assert all(i.blocks > 0 and i.shared == (i.blocks < k_blocks) for i in shared)
+        # the kernel's sum: owners by _owner, each owner's item for the tile at the slot it computes
+        lo = pid * sk_blocks // sharers
+        for item in shared:
+            local = item.tile - waves * programs
+            for b in (item.first, item.first + item.blocks - 1):
+                assert gw._owner.fn(local * k_blocks + b, sk_blocks, sharers) == pid
+            assert item.slot == (0 if lo // k_blocks == local else 1)
+    # an equal share: the programs' K-blocks differ by at most one
+    totals = [sum(i.blocks for i in items) for items in work]
+    assert max(totals) - min(totals) <= (1 if sk_blocks >= programs else k_blocks + 1)
+
+
+@pytest.mark.parametrize("tiles, k_blocks, programs", [
+    (80, 64, 132),   # fewer tiles than SMs: one partial wave, all shared
+    (264, 32, 132),  # whole waves only: nothing shared
+    (160, 64, 132),  # one whole wave, then 28 tiles' K-blocks over 132 programs
+    (5, 1, 132),     # fewer K-blocks than SMs: 5 programs of one block, the rest idle
+    (133, 3, 132),   # one tile left over
+    (1, 1, 1), (7, 5, 4),
+])
+def test_stream_k_schedule(tiles, k_blocks, programs):
+    """Every (tile, K-block) once; the whole waves' tiles whole; at most two shared items
+    per program in slots 0 and 1; the owners and slots the kernel's fix-up reads agree."""
+    _check_stream_k_schedule(tiles, k_blocks, programs)
+
+
+@given(st.integers(1, 600), st.integers(1, 80), st.integers(1, 140))
+def test_stream_k_schedule_property(tiles, k_blocks, programs):
+    _check_stream_k_schedule(tiles, k_blocks, programs)
+
+
+def test_stream_k_settings():
+    """Stream-K with split_k 1 in the warp-specialized kernel only; two partial tiles per
+    program of workspace where the last wave is partial, none where it is whole."""
+    config = gm.ws_config(128, 128, 128, 1, 3, stream_k=True)
+    plan = gm.Plan(gm.Kernel.GLUON_WS, config)
+    assert plan.label() == "gluon-ws 128x128x128 split1 12w3s stream-k"
+    assert gm.Plan.from_dict(plan.to_dict()) == plan
+    with pytest.raises(ValueError, match="split_k=2 with stream_k: accepted: split_k 1"):
+        replace(config, split_k=2)
+    elsewhere = gm.GemmConfig(64, 64, 64, 1, 4, 3, stream_k=True)
+    with pytest.raises(ValueError, match="with stream_k: accepted: stream-K in the gluon_ws kernel only"):
+        gm.Plan(gm.Kernel.GEMM, elsewhere)
+    with pytest.raises(ValueError, match="Gluon GEMM: .*stream_k=True.*accepted: .* no stream_k"):
+        gm.Plan(gm.Kernel.GLUON, elsewhere)
+    with pytest.raises(ValueError, match="no stream-K; accepted: stream_k=False"):
+        qw = anybit.quantize(torch.randn(64, 128), "int4-g128")
+        gm.launch_gemm(torch.randn(64, 128), qw.codes, qw.params["scales"], None, None, None, 64, 128, 4, 128,
+                       Decode.SYMMETRIC, elsewhere)
+    # 200 x 1000: 2 x 8 = 16 tiles of 128 x 128
+    assert gm.ws_workspace_size(config, 200, 1000, 132) == 132 * 2 * 128 * 128
+    assert gm.ws_workspace_size(config, 200, 1000, 16) == gm.ws_workspace_size(config, 200, 1000, 8) == 0
+    # 130 x 384: 3 x 3 tiles of 64 x 128 on the CPU's 4 "SMs" (``sm_count``), one left over
+    qw = anybit.quantize(torch.randn(384, 256), "int4-g128")
+    with pytest.raises(ValueError, match=r"workspace: .* at least 65536 elements"):
+        gm.launch_gemm_gluon_ws(torch.randn(130, 256, dtype=torch.float16), qw.codes, qw.params["scales"], None,
+                                None, 384, 256, 4, 128, Decode.SYMMETRIC, replace(config, block_m=64),
+                                workspace=torch.empty(100))
+
+
+@pytest.mark.parametrize("n, m, stream_k", [(4096, 256, True), (33792, 128, False), (10240, 64, True)])
+def test_stream_k_candidates(n, m, stream_k):
+    """Stream-K variants of the split-1 warp-specialized plans, each swizzle, only where the
+    tiles leave a partial last wave on the SMs."""
+    plans = [p for p in gm.candidate_plans(m, n, 4096, 4, 132, gluon=True) if p.kernel is gm.Kernel.GLUON_WS]
+    sk = [p for p in plans if p.config.stream_k]
+    for p in plans:
+        tiles = -(-m // p.config.block_m) * -(-n // p.config.block_n)
+        if p.config.split_k == 1 and not p.config.stream_k:
+            twin = gm.Plan(gm.Kernel.GLUON_WS, replace(p.config, stream_k=True))
+            assert (twin in sk) == bool(tiles % 132), p.label()
+    assert bool(sk) == stream_k and all(p.config.split_k == 1 for p in sk)
+
+
 @pytest.mark.parametrize("m", [64, 200, 1024])
 def test_tuner_candidates(m):
     """Tiles whose x rows are at least half real; both swizzles where there is more than
@@ -107,10 +197,10 @@ def test_a_ws_plan_falls_back_to_the_heuristic_where_it_does_not_apply(monkeypat
 
 
 def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap, bits: int = 4) -> str:
-    """ptxas's report (-v) on the kernel for ``config``, ``overlap`` and codes of ``bits``,
-    compiled for sm_90 without a GPU (tests/ptxas_report.py)."""
+    """ptxas's report (-v) on the kernel for ``config`` (stream-K or not), ``overlap`` and
+    codes of ``bits``, compiled for sm_90 without a GPU (tests/ptxas_report.py)."""
     return compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
-                          int(overlap), config.num_warps, bits)
+                          int(overlap), config.num_warps, bits, int(config.stream_k))
 
 
 SERIALIZED = "wgmma.mma_async instructions are serialized"
@@ -128,6 +218,15 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
     assert "Used" in (notes := _ptxas_notes(config, gm.ws_overlap(config))) and SERIALIZED not in notes
     if (config.block_n == 256 and config.block_m == 64) or config.block_m == 256:
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
+
+
+@pytest.mark.parametrize("config", [gm.ws_config(*t[:3], 1, *t[3:], stream_k=True) for t in gm.GLUON_WS_TILES],
+                         ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
+def test_stream_k_keeps_the_mmas_asynchronous(config):
+    """The stream-K loop over work items (its schedule recomputed after the MMAs rather than
+    held through them) compiles with the tile's overlap and no serialized wgmma."""
+    notes = _ptxas_notes(config, gm.ws_overlap(config))
+    assert "Used" in notes and SERIALIZED not in notes
 
 
 @pytest.mark.parametrize("config", [gm.ws_config(64, 128, 64, 1, 6), gm.ws_config(256, 128, 64, 1, 4)],

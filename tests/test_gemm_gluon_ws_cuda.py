@@ -13,6 +13,7 @@ from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repea
 
 import anybit
 from anybit._matmul import gemm as gm
+from anybit._matmul import gemm_gluon_ws as gw
 from anybit._matmul import tuning
 
 pytestmark = hopper_only("the kernel uses TMA and warpgroup MMA, Hopper (sm_90) instructions")
@@ -24,7 +25,8 @@ _ws = gm.ws_config
 
 
 def _ids(c):
-    return f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-{c.num_stages}s-wg{gm.ws_wg_rows(c)}"
+    sk = "-stream-k" if c.stream_k else ""
+    return f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-{c.num_stages}s-wg{gm.ws_wg_rows(c)}{sk}"
 
 
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64", "int8-gc", "uint8-g128"])
@@ -75,6 +77,63 @@ def test_split_k_reads_only_what_it_wrote(config):
     x = torch.randn(m, k, device="cuda", generator=gen).half()
     ws = torch.full((gm.ws_workspace_size(config, m, n),), float("nan"), device="cuda")
     y = _run(x, qw, config, workspace=ws)
+    assert_matmul_close(y, x, qw, None, weight_roundoff=unit_roundoff(x.dtype))
+
+
+STREAM_K = [
+    _ws(64, 256, 64, 1, 4, stream_k=True),  # PAIRS
+    _ws(64, 128, 64, 1, 6, stream_k=True),  # CARRY under Triton 3.6: the last block's stage released per tile
+    _ws(128, 128, 128, 1, 3, stream_k=True),  # NONE
+    _ws(256, 128, 128, 1, 3, swizzle=16, stream_k=True),
+    _ws(256, 128, 64, 1, 4, stream_k=True),
+    _ws(64, 256, 64, 1, 4, 128, stream_k=True),  # two MMAs per K-step
+]
+
+
+@pytest.mark.parametrize("config", STREAM_K, ids=_ids)
+@pytest.mark.parametrize("n, k, m", [
+    (1000, 1608, 100),  # fewer tiles than SMs, K not a multiple of the K-block
+    (4096, 40, 300),  # one K-block a tile: fewer shared K-blocks than programs
+    (8192, 4096, 256),  # one to a few waves, then shared tiles
+    (14336, 4096, 1024),  # several waves
+    (576, 1536, 33),
+])
+def test_stream_k(config, n, k, m):
+    """Stream-K (one program per SM): NaN-poisoned output and a NaN-filled workspace of
+    exactly ``ws_workspace_size``, so every element is written and every partial summed was
+    written by this launch; the bias added once; 3 more launches give the same bits (the
+    partials are summed in program order)."""
+    gen = torch.Generator(device="cuda").manual_seed(n + m)
+    qw = quantized_cuda("int4-g128", n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    bias = torch.randn(n, device="cuda", generator=gen)
+    size = gm.ws_workspace_size(config, m, n, gm.sm_count(x.device))
+    runs = []
+    for _ in range(4):
+        ws = torch.full((max(1, size),), float("nan"), device="cuda")
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+        runs.append(_run(x, qw, config, bias, out=out, workspace=ws))
+    assert_matmul_close(runs[0], x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    assert all(torch.equal(y, runs[0]) for y in runs[1:])
+
+
+def test_stream_k_whole_tiles_match_the_tile_kernel():
+    """Where ``stream_k_items`` says a tile is whole, the stream-K launch gives the bits of
+    the one-program-per-tile launch (the same K order); the shared tiles are within the
+    float64 tolerance (test_stream_k).  28672 x 1024 at M = 256, 256 x 128 tiles: 224
+    tiles, one full wave and shared tiles after it on a GPU of 113 to 223 SMs."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    n, k, m = 28672, 1024, 256
+    qw = quantized_cuda("int4-g128", n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    y = _run(x, qw, _ws(256, 128, 128, 1, 3, stream_k=True))
+    y_tiles = _run(x, qw, _ws(256, 128, 128, 1, 3))
+    tiles = n // 128  # one tile of x: with swizzle 8, tile t holds rows t * 128 .. of W
+    items = gw.stream_k_items(tiles, k // 128, gm.sm_count(x.device))
+    whole = {item.tile for work in items for item in work if not item.shared}
+    assert whole and len(whole) < tiles, "the check needs whole and shared tiles: a GPU of 113 to 223 SMs"
+    for tile in whole:
+        assert torch.equal(y[:, tile * 128:(tile + 1) * 128], y_tiles[:, tile * 128:(tile + 1) * 128])
     assert_matmul_close(y, x, qw, None, weight_roundoff=unit_roundoff(x.dtype))
 
 

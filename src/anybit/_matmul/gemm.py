@@ -19,7 +19,7 @@ from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
     MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count, split_for,
-    split_k_buffers, weight_operands,
+    split_counters, split_k_buffers, weight_operands,
 )
 
 
@@ -44,6 +44,11 @@ class GemmConfig:
         launches gave different, wrong results (``racy``); with it, none did in any
         check on the H200, and the heuristic's 64 x 64 tiles ran as fast
         (docs/NOTES-gemm.md v12).  False is kept for measurements only.
+    stream_k: one program per SM instead of one per tile and split (the warp-specialized
+        Gluon kernel only, with split_k 1): the tiles of the full waves whole, then the
+        K-blocks of the last partial wave's tiles shared equally, so no SM idles in that
+        wave (``gemm_gluon_ws.stream_k_items``); a shared tile's partials are summed in
+        program order.
     """
 
     block_m: int
@@ -54,6 +59,7 @@ class GemmConfig:
     num_stages: int = 3
     swizzle: int = 8
     sync_mma: bool = True
+    stream_k: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -67,6 +73,9 @@ class GemmConfig:
                              f"{MAX_BLOCK_M_NO_SYNC} (256 rows of x per program compiled to wrong results with Triton 3.6)")
         if self.split_k < 1 or self.swizzle < 1:
             raise ValueError(f"GemmConfig split_k={self.split_k}, swizzle={self.swizzle}: accepted: >= 1")
+        if self.stream_k and self.split_k != 1:
+            raise ValueError(f"GemmConfig split_k={self.split_k} with stream_k: accepted: split_k 1 (stream-K "
+                             f"shares the K-blocks itself)")
 
 
 #: From this many rows of x on, the dispatcher (``anybit.matmul``) dequantizes W into
@@ -136,6 +145,9 @@ class Plan:
             check_gluon_config(self.config)
         if self.kernel is Kernel.GLUON_WS:
             check_gluon_ws_config(self.config)
+        elif self.config is not None and self.config.stream_k:
+            raise ValueError(f"Plan({self.kernel.value}) with stream_k: accepted: stream-K in the "
+                             f"{Kernel.GLUON_WS.value} kernel only")
 
     def to_dict(self) -> dict:
         """``{"kernel": ..., "config": {GemmConfig fields} or None}`` (tables, reports)."""
@@ -148,13 +160,16 @@ class Plan:
 
     def label(self) -> str:
         """Short text: ``dequant``, ``64x64x64 split4 4w4s``, ``gluon 64x64x64 split2 4w4s`` or
-        ``gluon-ws 64x256x128 split1 20w3s`` (`` sw16`` added for a swizzle other than 8)."""
+        ``gluon-ws 64x256x128 split1 20w3s`` (`` sw16`` added for a swizzle other than 8, ``
+        stream-k`` for stream-K)."""
         if self.config is None:
             return self.kernel.value
         c = self.config
         kind = {Kernel.GLUON: "gluon ", Kernel.GLUON_WS: "gluon-ws "}.get(self.kernel, "")
         swizzle = "" if c.swizzle == 8 else f" sw{c.swizzle}"
-        return f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s{swizzle}"
+        stream_k = " stream-k" if c.stream_k else ""
+        return (f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s{swizzle}"
+                f"{stream_k}")
 
 
 def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Plan:
@@ -208,10 +223,11 @@ def ws_warps(block_n: int, wg_rows: int = 64) -> int:
 
 
 def ws_config(block_m: int, block_n: int, block_k: int, split_k: int, stages: int, wg_rows: int = 64,
-              swizzle: int = 8) -> GemmConfig:
+              swizzle: int = 8, stream_k: bool = False) -> GemmConfig:
     """A GemmConfig for the warp-specialized Gluon kernel, its warps from ``wg_rows`` rows
     of W per consumer warpgroup (``ws_warps``)."""
-    return GemmConfig(block_m, block_n, block_k, split_k, ws_warps(block_n, wg_rows), stages, swizzle)
+    return GemmConfig(block_m, block_n, block_k, split_k, ws_warps(block_n, wg_rows), stages, swizzle,
+                      stream_k=stream_k)
 
 
 def ws_wg_rows(config: GemmConfig) -> int:
@@ -292,9 +308,9 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
     then, with ``gluon`` (``gluon_supported``), the Gluon kernel over 64 rows of W
     on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and, with
     ``ws`` (``gluon_ws_supported``; default: ``gluon``), the warp-specialized one over
-    GLUON_WS_TILES whose ring fits shared memory (``ws_fits``) without a split and with about
-    one program per SM, each with the GLUON_WS_SWIZZLES where there is more than one tile
-    of x (where K is a multiple of 8)."""
+    GLUON_WS_TILES whose ring fits shared memory (``ws_fits``) without a split, with about
+    one program per SM and, where the last wave of tiles is partial, with stream-K, each with
+    the GLUON_WS_SWIZZLES where there is more than one tile of x (where K is a multiple of 8)."""
     ws = gluon if ws is None else ws
     block_k = heuristic_block_k(bits)
     k_blocks = -(-k // block_k)
@@ -333,6 +349,10 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages,
                                                                  swizzle=swizzle)))
+            if tiles % sms:  # a partial last wave
+                for swizzle in swizzles:
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages,
+                                                                 swizzle=swizzle, stream_k=True)))
     return plans
 
 
@@ -376,10 +396,13 @@ def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | N
     return x, out, (tiles, workspace, counters, -(-k // config.block_k))
 
 
-def ws_workspace_size(config: GemmConfig, m: int, n: int) -> int:
+def ws_workspace_size(config: GemmConfig, m: int, n: int, programs: int = 0) -> int:
     """Elements (fp32) of the warp-specialized kernel's split-K workspace: each split's
-    partials as whole tiles, split_k x tiles x block_n x block_m."""
+    partials as whole tiles, split_k x tiles x block_n x block_m; with stream-K, two
+    partial tiles per program (``programs``: the SMs), none where every tile is whole."""
     tiles = -(-n // config.block_n) * -(-m // config.block_m)
+    if config.stream_k:
+        return 0 if tiles % programs == 0 else programs * 2 * config.block_n * config.block_m
     return config.split_k * tiles * config.block_n * config.block_m
 
 
@@ -394,6 +417,9 @@ def launch_gemm(
     """
     from .gemm_triton import gemm_kernel
 
+    if config.stream_k:
+        raise ValueError(f"GemmConfig {config}: the Triton GEMM has no stream-K; accepted: stream_k=False "
+                         f"(stream-K runs in the warp-specialized Gluon kernel)")
     x, out, launch = _tiled_launch(x, n, k, config, out, workspace)
     if launch is None:
         return out
@@ -415,9 +441,10 @@ def launch_gemm(
 def check_gluon_config(config: GemmConfig) -> None:
     """ValueError unless the Gluon kernel runs ``config``: 64 rows of W per warpgroup
     (num_warps = 4 per 64 rows) and a ring of at least 2 stages."""
-    if config.block_n % 64 or config.num_stages < 2 or config.num_warps != 4 * (config.block_n // 64):
+    if (config.block_n % 64 or config.num_stages < 2 or config.num_warps != 4 * (config.block_n // 64)
+            or config.stream_k):
         raise ValueError(f"GemmConfig for the Gluon GEMM: {config}: accepted: block_n a multiple of 64, "
-                         f"num_warps = 4 per 64 rows of W, num_stages >= 2")
+                         f"num_warps = 4 per 64 rows of W, num_stages >= 2, no stream_k")
 
 
 def check_gluon_ws_config(config: GemmConfig) -> None:
@@ -531,13 +558,13 @@ def launch_gemm_gluon_ws(
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
     ``config``: tiles (block_n 64, 128 or 256: one consumer warpgroup per 64 or 128 rows
-    of W, as num_warps = ``ws_warps(block_n, rows)`` says; block_k 64 or 128), split-K,
-    stages and swizzle.
+    of W, as num_warps = ``ws_warps(block_n, rows)`` says; block_k 64 or 128), split-K or
+    stream-K (one program per SM of x's device), stages and swizzle.
     ``consumer_regs``: registers per consumer thread (default ``ws_consumer_regs``);
     ``maxnreg``: the launch's register limit (default: Triton's); ``overlap``: of decode
     and MMA (default ``ws_overlap``; a deeper one than the registers hold runs correctly
     but slowly).  Operands as
-    ``launch_gemm``'s, but ``workspace`` (with split-K) is fp32 with at least
+    ``launch_gemm``'s, but ``workspace`` (with split-K or stream-K) is fp32 with at least
     ``ws_workspace_size`` elements; k a multiple of 8 and x, codes readable by TMA
     (``_tma_readable``)."""
     from triton.experimental.gluon import language as gl
@@ -561,26 +588,33 @@ def launch_gemm_gluon_ws(
         raise ValueError(f"the warp-specialized Gluon GEMM reads x and the codes by TMA: both need 16-byte aligned "
                          f"starts and row strides (x at {x.data_ptr() % 16} bytes past 16, codes at "
                          f"{codes.data_ptr() % 16}, codes row stride {codes.stride(0)} words)")
-    if config.split_k > 1:  # its partials are whole tiles, not (split_k, M, n)
-        size = ws_workspace_size(config, x.shape[0], n)
+    groups = config.block_n // ws_wg_rows(config)  # one counter per consumer warpgroup of each tile
+    programs = sm_count(x.device) if config.stream_k else 0
+    if config.split_k > 1 or config.stream_k:  # its partials are whole tiles, not (split_k, M, n)
+        size = ws_workspace_size(config, x.shape[0], n, programs)
         if workspace is None:
-            workspace = torch.empty(size, dtype=torch.float32, device=x.device)
+            workspace = torch.empty(max(1, size), dtype=torch.float32, device=x.device)
         elif workspace.dtype != torch.float32 or not workspace.is_contiguous() or workspace.numel() < size:
             raise ValueError(f"workspace: {workspace.dtype} {tuple(workspace.shape)} "
                              f"{'' if workspace.is_contiguous() else 'non-contiguous '}; accepted: contiguous "
-                             f"float32 with at least {size} elements (split_k x tiles x block_n x block_m)")
-    # one split-K counter per consumer warpgroup of each tile
-    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, config.block_n // ws_wg_rows(config))
+                             f"float32 with at least {size} elements (``ws_workspace_size``)")
+    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, groups)
     if launch is None:
         return out
-    tiles, workspace, counters, k_blocks = launch
+    tiles, split_workspace, counters, k_blocks = launch
+    grid = (tiles, config.split_k)
+    if config.stream_k:  # counters for the shared tiles only
+        grid = (programs,)
+        counters = split_counters(x.device, max(1, tiles % programs * groups))
+    else:
+        workspace = split_workspace
     m = x.shape[0]
     _, scalars = weight_operands(codes, scales, zeros, None, k)
     x_block, c_block = [config.block_m, config.block_k], [config.block_n, config.block_k * bits // 32]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
-    gemm_gluon_ws_kernel[(tiles, config.split_k)](
+    gemm_gluon_ws_kernel[grid](
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
         workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
         scalars["stride_zn"], scalars["stride_zg"],
@@ -589,7 +623,7 @@ def launch_gemm_gluon_ws(
         STAGES=config.num_stages, HAS_BIAS=bias is not None,
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
-        BITS=bits, num_warps=4, **extra,
+        BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
     )
     return out
 

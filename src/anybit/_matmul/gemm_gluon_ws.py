@@ -36,6 +36,13 @@ workspace of ``split_k * tiles * BLOCK_N * BLOCK_M`` floats, ``ws_workspace_size
 counts in on its own counter (``tile * NUM_WG + g``); the last split sums the partials
 in order, their loads unrolled.
 
+Stream-K (``STREAM_K``, grid: one program per SM): the tiles of the full waves are taken
+whole, the K-blocks of the last ``tiles % programs`` tiles are cut into equal shares
+(``stream_k_items``).  A shared tile's warpgroups store their partials in the program's
+two workspace slots and count in on the tile's counter; the last to arrive adds the
+owners' partials in program order (the same bits on every launch), writes y and resets
+the counter for the next launch.
+
 Cost (measured per program, docs/NOTES-gemm.md v15, v16): one program fits an SM (20 warps
 at 256 rows of W).  A 64 x 256 x 64 K-block takes ~0.6 us, of which the MMAs alone take
 ~0.34 us; the two register operands of an overlap fit only up to 128 rows of W (CARRY:
@@ -51,6 +58,8 @@ strides are multiples of 16 bytes), a ring that fits shared memory (``gemm.ws_fi
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -69,16 +78,130 @@ NO_OVERLAP, PAIRS, CARRY = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 
 
 @gluon.jit
-def _loader(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks,
-            BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr):
-    """The loader warp: K-blocks kb0 .. kb0 + n_blocks into the ring, STAGES ahead."""
+def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base,
+                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr):
+    """K-blocks kb0 .. kb0 + n_blocks of one tile into the ring, as its uses base .. base + n_blocks."""
     for i in range(n_blocks):
-        s = i % STAGES
-        mbarrier.wait(empty.index(s), ((i // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
+        s = (base + i) % STAGES
+        mbarrier.wait(empty.index(s), (((base + i) // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
         mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + c_desc.block_type.nbytes)
         k = (kb0 + i) * BLOCK_K
         _tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
         _tma_load(c_desc, [n0, k // (32 // BITS)], ready.index(s), c_bufs.index(s))
+
+
+@gluon.jit
+def _loader(x_desc, c_desc, ring, work, M, N,
+            BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
+            STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr):
+    """The loader warp: the program's K-blocks into the ring, STAGES ahead (with
+    ``STREAM_K``, those of each of its work items in turn, ``_item``)."""
+    x_bufs, c_bufs, ready, empty = ring
+    if STREAM_K:
+        base = 0
+        for j in range(_items(work)):
+            tile, kb0, n_blocks, _, _ = _item(work, j)
+            pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, pid_m * BLOCK_M, pid_n * BLOCK_N, kb0,
+                         n_blocks, base, BLOCK_K, STAGES, BITS)
+            base += n_blocks
+    else:
+        tile, kb0, n_blocks, _ = work
+        pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, pid_m * BLOCK_M, pid_n * BLOCK_N, kb0, n_blocks,
+                     0, BLOCK_K, STAGES, BITS)
+
+
+@gluon.jit
+def _stream_k_work(M, N, k_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
+    """This program's share of a stream-K launch (``stream_k_items`` draws it): the
+    tiles of the full waves (tile ``wave * programs + pid``, each whole), then an equal
+    share of the K-blocks of the last ``tiles % programs`` tiles (the shared tiles), their
+    K-blocks numbered tile by tile and cut among the first ``sharers`` = min(programs,
+    those K-blocks) programs, so that no share is empty.
+    Returns (pid, programs, waves, lo, hi, sk_blocks, sharers, k_blocks): K-blocks lo .. hi
+    of the shared tiles' sk_blocks are this program's."""
+    pid = gl.program_id(0)
+    programs = gl.num_programs(0)
+    tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
+    waves = tiles // programs
+    sk_blocks = (tiles - waves * programs) * k_blocks
+    sharers = gl.maximum(gl.minimum(programs, sk_blocks), 1)
+    lo = gl.where(pid < sharers, (pid * sk_blocks) // sharers, 0)
+    hi = gl.where(pid < sharers, ((pid + 1) * sk_blocks) // sharers, 0)
+    return pid, programs, waves, lo, hi, sk_blocks, sharers, k_blocks
+
+
+@gluon.jit
+def _items(work):
+    """Work items of this stream-K program: its whole tiles, then the tiles its share touches."""
+    _, _, waves, lo, hi, _, _, k_blocks = work
+    shared = gl.where(hi > lo, (hi - 1) // k_blocks - lo // k_blocks + 1, 0)
+    return waves + shared
+
+
+@gluon.jit
+def _item(work, j):
+    """Work item j of this stream-K program: (tile, first K-block, K-blocks, slot, shared),
+    slot 0 or 1 being the item's place among the program's shared ones (its partial's
+    place in the workspace) and ``shared`` whether other programs add to the tile (the
+    item holds fewer than all its K-blocks)."""
+    pid, programs, waves, lo, hi, _, _, k_blocks = work
+    whole = j < waves
+    slot = j - waves
+    local = lo // k_blocks + slot  # among the shared tiles
+    start = gl.maximum(lo, local * k_blocks)
+    end = gl.minimum(hi, (local + 1) * k_blocks)
+    tile = gl.where(whole, j * programs + pid, waves * programs + local)
+    kb0 = gl.where(whole, 0, start - local * k_blocks)
+    n_blocks = gl.where(whole, k_blocks, end - start)
+    return tile, kb0, n_blocks, slot, n_blocks < k_blocks
+
+
+@gluon.jit
+def _owner(block, sk_blocks, sharers):
+    """The stream-K program whose share holds shared K-block ``block``."""
+    return ((block + 1) * sharers - 1) // sk_blocks
+
+
+@dataclass(frozen=True)
+class StreamKItem:
+    """One stretch of a stream-K program's work: K-blocks ``first`` .. ``first + blocks``
+    of output tile ``tile``; ``shared`` when other programs add to that tile, then ``slot``
+    (0 or 1) is the partial's place among the program's two in the workspace."""
+
+    tile: int
+    first: int
+    blocks: int
+    slot: int
+    shared: bool
+
+
+def stream_k_items(tiles: int, k_blocks: int, programs: int) -> list[list[StreamKItem]]:
+    """Each program's work in a stream-K launch (``GemmConfig.stream_k``), as the kernel
+    (``_stream_k_work``, ``_item``) computes it::
+
+        tiles 0 .. waves * programs - 1     whole: program p takes tiles p, p + programs, ...
+        the last tiles % programs tiles     shared: their K-blocks in one row, tile by tile,
+
+            tile t  |<----- k_blocks ----->|<----- k_blocks ----->|  ...
+                    | p0 ..... | p1 ...... | ...  | p2 ....... |     (cut at i * S // Q)
+
+    S = the shared tiles' K-blocks, Q = min(programs, S) programs share them (none gets
+    an empty stretch); a share is shorter than a tile, so it touches at most two tiles."""
+    waves = tiles // programs
+    sk_blocks = (tiles - waves * programs) * k_blocks
+    sharers = max(1, min(programs, sk_blocks))
+    work = []
+    for pid in range(programs):
+        items = [StreamKItem(w * programs + pid, 0, k_blocks, 0, False) for w in range(waves)]
+        lo, hi = (pid * sk_blocks // sharers, (pid + 1) * sk_blocks // sharers) if pid < sharers else (0, 0)
+        for slot, local in enumerate(range(lo // k_blocks, (hi - 1) // k_blocks + 1) if hi > lo else ()):
+            start, end = max(lo, local * k_blocks), min(hi, (local + 1) * k_blocks)
+            items.append(StreamKItem(waves * programs + local, start - local * k_blocks, end - start, slot,
+                                     end - start < k_blocks))
+        work.append(items)
+    return work
 
 
 @gluon.jit
@@ -100,42 +223,33 @@ def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MOD
 
 
 @gluon.jit
-def _decode(c_bufs, ready, i, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, scale,
+def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, scale,
             zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr):
-    """Block i's operand of consumer warpgroup WG: wait for its stage, read the warpgroup's
-    WG_ROWS rows of code words, decode them with the group's ``scale`` and ``zero`` [WG_ROWS]."""
-    s = i % STAGES
+    """The operand of the ring's u-th block for consumer warpgroup WG: wait for its stage,
+    read the warpgroup's WG_ROWS rows of code words, decode them with the group's ``scale``
+    and ``zero`` [WG_ROWS]."""
+    s = u % STAGES
     bias, scale_words = group_words(scale, zero, BITS)
-    mbarrier.wait(ready.index(s), (i // STAGES) & 1)
+    mbarrier.wait(ready.index(s), (u // STAGES) & 1)
     words = c_bufs.index(s).slice(WG * WG_ROWS, WG_ROWS, dim=0).load(word_layout)
     return decode_operand(words, select, bias, scale_words, WG_ROWS, BLOCK_K, a_layout, BITS)
 
 
 @gluon.jit
-def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr,
-              MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
-              SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr):
-    """Consumer warpgroup WG: rows pid_n * BLOCK_N + WG * WG_ROWS .. + WG_ROWS of W against the
-    program's x tile; writes its rows of y (or its split's partial).  ``ops``: the ring and
-    the operands, as the kernel builds them."""
-    (x_bufs, c_bufs, ready, empty, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
-     M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, pid, pid_n, pid_m, pid_k, kb0, n_blocks) = ops
+def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl.constexpr, select,
+                GROUP: gl.constexpr, MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr,
+                STAGES: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr):
+    """Consumer warpgroup WG's product over K-blocks kb0 .. kb0 + n_blocks of one tile, the
+    ring's blocks base .. base + n_blocks: its rows of W (``params``' rows) against the x
+    tile, fp32 [WG_ROWS, BLOCK_M] in the MMA's layout.  Every block's stage is released."""
+    x_bufs, c_bufs, ready, empty = ring
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]), BITS)
-    word_layout: gl.constexpr = gl.SliceLayout(2, byte_layout)
-    row_layout: gl.constexpr = gl.SliceLayout(1, word_layout)
-
-    row0 = pid_n * (WG_ROWS * NUM_WG) + WG * WG_ROWS
-    w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
-    pair = gl.arange(0, 16 // BITS, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
-    select = gl.expand_dims(gl.expand_dims(pair_select(pair, BITS), 0), 0)  # prmt: a word's code pair
-
+    word_layout: gl.constexpr = gl.SliceLayout(2, _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]), BITS))
     # each K-block's scales (and zero points) are loaded three K-blocks ahead (one block
     # ahead measured the same, docs/NOTES-gemm.md v14b: the rotation of the loaded values
     # waits for each load, v15b)
-    params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
     s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE, BITS)
     s2, z2 = _block_params(params, kb0 + 1, BLOCK_K, GROUP, MODE, BITS)
     s3, z3 = _block_params(params, kb0 + 2, BLOCK_K, GROUP, MODE, BITS)
@@ -154,70 +268,143 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        a = _decode(c_bufs, ready, 0, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
+        a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
                     a_layout, BITS)
-        acc = warpgroup_mma(a, x_bufs.index(0).permute((1, 0)), acc)
-        mbarrier.arrive(empty.index(0), count=1)
+        acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
+        mbarrier.arrive(empty.index(base % STAGES), count=1)
         window = _advance(params, window, kb0 + 3, BLOCK_K, GROUP, MODE, BITS)
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
-        a1 = _decode(c_bufs, ready, i, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
+        u = base + i
+        a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
                      a_layout, BITS)
-        acc = warpgroup_mma(a1, x_bufs.index(i % STAGES).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
-            mbarrier.arrive(empty.index(i % STAGES), count=1)
-        elif OVERLAP == CARRY:  # MMA i - 1 (the last pair's second) done
+            mbarrier.arrive(empty.index(u % STAGES), count=1)
+        elif OVERLAP == CARRY:  # MMA u - 1 (the last pair's second) done
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
-            mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=i > first)
+            mbarrier.arrive(empty.index((u + STAGES - 1) % STAGES), count=1, pred=i > first)
         window = _advance(params, window, kb0 + i + 3, BLOCK_K, GROUP, MODE, BITS)
-        a0 = _decode(c_bufs, ready, i + 1, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
-                     a_layout, BITS)
-        acc = warpgroup_mma(a0, x_bufs.index((i + 1) % STAGES).permute((1, 0)), acc, is_async=True)
+        a0 = _decode(c_bufs, ready, u + 1, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K,
+                     STAGES, a_layout, BITS)
+        acc = warpgroup_mma(a0, x_bufs.index((u + 1) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
-            mbarrier.arrive(empty.index((i + 1) % STAGES), count=1)
+            mbarrier.arrive(empty.index((u + 1) % STAGES), count=1)
         elif OVERLAP == PAIRS:
             acc, a1, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1, a0))
-            mbarrier.arrive(empty.index(i % STAGES), count=1)
-            mbarrier.arrive(empty.index((i + 1) % STAGES), count=1)
-        else:  # MMA i done, i + 1 in flight
+            mbarrier.arrive(empty.index(u % STAGES), count=1)
+            mbarrier.arrive(empty.index((u + 1) % STAGES), count=1)
+        else:  # MMA u done, u + 1 in flight
             acc, a1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a1))
-            mbarrier.arrive(empty.index(i % STAGES), count=1)
+            mbarrier.arrive(empty.index(u % STAGES), count=1)
         window = _advance(params, window, kb0 + i + 4, BLOCK_K, GROUP, MODE, BITS)
     acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
-    # (CARRY leaves the last block's stage without its arrival: it is never refilled)
+    if OVERLAP == CARRY:  # the last block's MMA is only now done
+        mbarrier.arrive(empty.index((base + n_blocks - 1) % STAGES), count=1, pred=n_blocks > first)
+    return acc
 
+
+@gluon.jit
+def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr):
+    """y[offs_m, rows] = acc (+ bias[rows]) as fp16; acc [WG_ROWS, BLOCK_M] fp32."""
+    if HAS_BIAS:
+        acc += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)[:, None]
+    out_mask = (rows < N)[:, None] & (offs_m < M)[None, :]
+    gl.store(out_ptr + offs_m[None, :] * N + rows[:, None], acc.to(gl.float16), mask=out_mask)
+
+
+@gluon.jit
+def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr,
+              MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
+              SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
+              SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr):
+    """Consumer warpgroup WG: for each of the program's tiles, rows pid_n * BLOCK_N + WG *
+    WG_ROWS .. + WG_ROWS of W against the tile's x rows; writes its rows of y (or its
+    partial).  ``ops``: the ring and the operands, as the kernel builds them."""
+    (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+     M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
+    BLOCK_N: gl.constexpr = WG_ROWS * NUM_WG
+    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                         instr_shape=[16, BLOCK_M, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
+    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]), BITS)
+    row_layout: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, byte_layout))
+    pair = gl.arange(0, 16 // BITS, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
+    select = gl.expand_dims(gl.expand_dims(pair_select(pair, BITS), 0), 0)  # prmt: a word's code pair
     tile_row = gl.arange(0, WG_ROWS, layout=gl.SliceLayout(1, acc_layout))
     tile_col = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
-    rows = row0 + tile_row
-    offs_m = pid_m * BLOCK_M + tile_col
-    out_mask = (rows < N)[:, None] & (offs_m < M)[None, :]
-    tile_out = offs_m[None, :] * N + rows[:, None]
-    last = True
-    if SPLIT_K > 1:
-        # the partial as the warpgroup holds it: [WG_ROWS, BLOCK_M] fp32, row-major, per
-        # (split, tile, warpgroup); each thread's column pairs are contiguous (8-byte
-        # stores and loads), nothing masked
-        frag = tile_row[:, None] * BLOCK_M + tile_col[None, :]
-        split_stride = gl.num_programs(0) * NUM_WG * (WG_ROWS * BLOCK_M)
-        own = ws_ptr + (pid * NUM_WG + WG) * (WG_ROWS * BLOCK_M) + frag
-        counter = counter_ptr + pid * NUM_WG + WG
-        gl.store(own + pid_k * split_stride, acc)
-        gl.thread_barrier()
-        arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-        last = arrived == SPLIT_K - 1
+    # a partial as the warpgroup holds it: [WG_ROWS, BLOCK_M] fp32, row-major, each thread's
+    # column pairs contiguous (8-byte stores and loads), nothing masked
+    frag = tile_row[:, None] * BLOCK_M + tile_col[None, :]
+    PART: gl.constexpr = WG_ROWS * BLOCK_M
+
+    if STREAM_K:
+        base = 0
+        for j in range(_items(work)):
+            tile, kb0, n_blocks, _, _ = _item(work, j)
+            pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            row0 = pid_n * BLOCK_N + WG * WG_ROWS
+            w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
+            params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
+            acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K,
+                              STAGES, OVERLAP, BITS)
+            base += n_blocks
+            # the schedule again, not held in registers through the MMAs
+            work = _stream_k_work(M, N, work[7], BLOCK_M, BLOCK_N)
+            pid, _, waves, _, _, sk_blocks, sharers, k_blocks = work
+            tile, _, _, slot, shared = _item(work, j)
+            pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            row0 = pid_n * BLOCK_N + WG * WG_ROWS
+            done = ~shared  # a whole tile is stored at once
+            if shared:
+                # the partials of a shared tile, one per program and slot: [programs, 2,
+                # NUM_WG, WG_ROWS, BLOCK_M]; the last to count in sums them in program order
+                # (the same sum in every launch on one GPU), so the order of arrival does not matter
+                gl.store(ws_ptr + ((pid * 2 + slot) * NUM_WG + WG) * PART + frag, acc)
+                gl.thread_barrier()
+                local = tile - waves * gl.num_programs(0)
+                owner0 = _owner(local * k_blocks, sk_blocks, sharers)
+                owner1 = _owner((local + 1) * k_blocks - 1, sk_blocks, sharers)
+                counter = counter_ptr + local * NUM_WG + WG
+                arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                done = arrived == owner1 - owner0
+                if done:
+                    acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
+                    for q in range(owner0, owner1 + 1):
+                        # the tile is the first of q's shared items unless q's share began in the tile before
+                        q_slot = gl.where(((q * sk_blocks) // sharers) // k_blocks == local, 0, 1)
+                        acc += gl.load(ws_ptr + ((q * 2 + q_slot) * NUM_WG + WG) * PART + frag, cache_modifier=".cg")
+                    gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
+            if done:
+                _store(acc, out_ptr, bias_ptr, row0 + tile_row, pid_m * BLOCK_M + tile_col, M, N, HAS_BIAS)
+    else:
+        tile, kb0, n_blocks, pid_k = work
+        pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+        row0 = pid_n * BLOCK_N + WG * WG_ROWS
+        w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
+        params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
+        acc = _mma_blocks(ring, params, kb0, n_blocks, 0, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES,
+                          OVERLAP, BITS)
+        last = True
+        if SPLIT_K > 1:
+            # each split's partial per (split, tile, warpgroup); the last split sums them in order
+            split_stride = gl.num_programs(0) * NUM_WG * PART
+            own = ws_ptr + (tile * NUM_WG + WG) * PART + frag
+            counter = counter_ptr + tile * NUM_WG + WG
+            gl.store(own + pid_k * split_stride, acc)
+            gl.thread_barrier()
+            arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            last = arrived == SPLIT_K - 1
+            if last:
+                # unrolled, so the loads of several partials are in flight at once
+                acc = gl.load(own, cache_modifier=".cg")
+                for part in gl.static_range(1, SPLIT_K):
+                    acc += gl.load(own + part * split_stride, cache_modifier=".cg")
+                gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
-            # the splits' partials in order (the same sum in every launch); unrolled, so
-            # the loads of several partials are in flight at once
-            acc = gl.load(own, cache_modifier=".cg")
-            for part in gl.static_range(1, SPLIT_K):
-                acc += gl.load(own + part * split_stride, cache_modifier=".cg")
-            gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-    if last:
-        if HAS_BIAS:
-            acc += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)[:, None]
-        gl.store(out_ptr + tile_out, acc.to(gl.float16), mask=out_mask)
+            _store(acc, out_ptr, bias_ptr, row0 + tile_row, pid_m * BLOCK_M + tile_col, M, N, HAS_BIAS)
 
 
 @gluon.jit
@@ -228,20 +415,18 @@ def gemm_gluon_ws_kernel(
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
-    BITS: gl.constexpr = 4,
+    BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
     x_desc: TMA descriptor of x (M, K) fp16, block [BLOCK_M, BLOCK_K]; c_desc: of the
     codes (N, words_per_row) int32, block [BLOCK_N, BLOCK_K * BITS / 32] (BITS: 4 or 8).  Other operands as
     ``gemm_gluon_kernel``'s; ``counter`` holds tiles * NUM_WG int32 zeros.
-    Grid: (tiles, SPLIT_K); num_warps = 4 (the first consumer warpgroup; the others and
-    the loader warp are added by the warp specialization)."""
+    Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
+    taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
+    floats and ``counter`` (tiles % programs) * NUM_WG zeros.  num_warps = 4 (the first consumer warpgroup; the others and the loader warp
+    are added by the warp specialization)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS
-    pid = gl.program_id(0)
-    pid_k = gl.program_id(1)
-    pid_n, pid_m = tile_position(pid, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
@@ -251,38 +436,44 @@ def gemm_gluon_ws_kernel(
         mbarrier.init(empty.index(s), count=NUM_WG)
     fence_async_shared()
 
-    kb0 = pid_k * BLOCKS_PER_SPLIT
-    n_blocks = gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT)
-    load_args = (x_desc, c_desc, x_bufs, c_bufs, ready, empty, pid_m * BLOCK_M, pid_n * BLOCK_N, kb0, n_blocks,
-                 BLOCK_K, STAGES, BITS)
-    ops = (x_bufs, c_bufs, ready, empty, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
-           M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, pid, pid_n, pid_m, pid_k, kb0, n_blocks)
+    if STREAM_K:
+        gl.static_assert(SPLIT_K == 1, "stream-K shares K-blocks itself: SPLIT_K 1")
+        work = _stream_k_work(M, N, k_blocks, BLOCK_M, BLOCK_N)
+    else:
+        pid_k = gl.program_id(1)
+        kb0 = pid_k * BLOCKS_PER_SPLIT
+        work = (gl.program_id(0), kb0, gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)
+    ring = (x_bufs, c_bufs, ready, empty)
+    ops = (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+           M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work)
     # the loader is the default partition (the kernel's 4 warps; one issues the copies), so
-    # each consumer warpgroup starts on a warpgroup boundary and gets CONSUMER_REGS registers
+    # each consumer warpgroup starts on a warpgroup boundary and gets CONSUMER_REGS registers.
+    # (The partitions' arguments are written out in the call: a tuple assigned to a name
+    # turns its constexprs into runtime values.)
     if NUM_WG == 1:
         gl.warp_specialize([
-            (_loader, load_args),
+            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS))],
+                         BITS, SWIZZLE, STREAM_K))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
-            (_loader, load_args),
+            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS)),
+                         BITS, SWIZZLE, STREAM_K)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS))],
+                         BITS, SWIZZLE, STREAM_K))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
         gl.warp_specialize([
-            (_loader, load_args),
+            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS)),
+                         BITS, SWIZZLE, STREAM_K)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS)),
+                         BITS, SWIZZLE, STREAM_K)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS)),
+                         BITS, SWIZZLE, STREAM_K)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS))],
+                         BITS, SWIZZLE, STREAM_K))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
