@@ -89,6 +89,23 @@ def test_model_terms_move_the_right_way():
     assert pm.predict_us(small, GEMM_64, HW, p) >= small.weight_bytes() / (HW.copy_tbps * 1e6)
 
 
+def test_stream_k_terms():
+    """Stream-K: one wave of an equal share of all K-blocks, two partial tiles per program
+    to fix up where the last wave is partial, none where the tiles fill whole waves; its own
+    correction class."""
+    p = pm.ModelParams()
+    config = gm.ws_config(128, 128, 128, 1, 3)
+    tiled, stream_k = gm.Plan(gm.Kernel.GLUON_WS, config), gm.Plan(gm.Kernel.GLUON_WS, replace(config, stream_k=True))
+    # 10240 x 8192 at M=256: 160 tiles on 132 SMs, the second wave 28 tiles: stream-K shares them
+    partial = pm.Problem(256, 10240, 8192, 4, 128)
+    assert pm.gemm_us(partial, stream_k.config, HW, p) < pm.gemm_us(partial, tiled.config, HW, p)
+    # 264 tiles: two whole waves either way, stream-K adds no fix-up
+    whole = pm.Problem(256, 16896, 4096, 4, 128)
+    assert pm.gemm_us(whole, stream_k.config, HW, p) == pytest.approx(pm.gemm_us(whole, tiled.config, HW, p))
+    assert pm.plan_class(partial, stream_k) == "gluon_ws 128x128x128 12w3s stream-k m256"
+    assert pm.plan_class(partial, tiled) == "gluon_ws 128x128x128 12w3s m256"
+
+
 def test_rank_is_deterministic_and_sorted():
     problem = pm.Problem(128, 4096, 4096, 4, 128)
     plans = gm.candidate_plans(128, 4096, 4096, 4, HW.sms)
@@ -149,6 +166,7 @@ def test_write_merges_entries_of_the_same_gpu(tmp_path):
     (lambda d: d["entries"][0].update(kernel="fast"), "bad entry"),
     (lambda d: d["entries"][0]["config"].update(block_m=96), "bad entry"),
     (lambda d: d["entries"][0].update(config=None), "bad entry"),
+    (lambda d: d["entries"][0]["config"].update(stream_k=True), "bad entry"),  # stream-K in the Triton GEMM
 ])
 def test_bad_tables_are_refused_naming_the_file(tmp_path, change, message):
     data = json.loads(_table(entries=[_entry(64, GEMM_64)]).to_json())
@@ -158,6 +176,15 @@ def test_bad_tables_are_refused_naming_the_file(tmp_path, change, message):
     with pytest.raises(ValueError, match=message) as err:
         tuning.read_table(path)
     assert str(path) in str(err.value)
+
+
+def test_tune_also_measures_the_plan_the_table_holds():
+    """The incumbent: the plan of the first table with an entry for exactly this point."""
+    tables = (_table(entries=[_entry(64, GEMM_64)]), _table(entries=[_entry(64, GEMM_128), _entry(128, DEQUANT)]))
+    assert tune._incumbent(tables, "int4-g128", 64, 96, 64) == GEMM_64
+    assert tune._incumbent(tables, "int4-g128", 64, 96, 128) == DEQUANT
+    assert tune._incumbent(tables, "int4-g128", 64, 96, 100) is None  # no nearest-m lookup here
+    assert tune._incumbent(tables, "uint4-g128", 64, 96, 64) is None
 
 
 def test_lookup_takes_the_next_tuned_m():

@@ -8,7 +8,8 @@ For every (format, layer shape, m) point:
    integer formats the two Gluon kernels', for 8-bit ones the warp-specialized one's)
    are ranked by the performance model (``perf_model``);
 2. the model's first ``top``, its first Gluon plan, its first ``WS_MEASURED``
-   warp-specialized Gluon plans and the heuristic's plan
+   warp-specialized Gluon plans, its first stream-K plan, the heuristic's plan and the
+   plan this GPU's tables already hold for the point
    (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
    the same bits and the result is within ``VERIFY_TOLERANCE`` (relative
@@ -182,6 +183,15 @@ def _check(plan: gm.Plan, x: torch.Tensor, qw, reference: torch.Tensor) -> str |
     return None
 
 
+def _incumbent(tables: Sequence[tuning.TunedTable], spec: str, n: int, k: int, m: int) -> gm.Plan | None:
+    """The plan the first of ``tables`` with an entry for exactly this point holds, or None."""
+    for table in tables:
+        for entry in table.entries:
+            if (entry.format, entry.n, entry.k, entry.m) == (spec, n, k, m):
+                return entry.plan
+    return None
+
+
 def _model_params(gpu: str, sms: int) -> pm.ModelParams:
     """The coefficients stored with this GPU's table, if any, else the defaults."""
     for table in tuning.tables_for(gpu, sms):
@@ -229,6 +239,7 @@ def tune(
     measured_hw = bench.measure_hw(device)
     hw = pm.Hardware(sms, measured_hw["fp16_TFLOPs"], measured_hw["copy_TBps"])
     params = _model_params(gpu, sms)
+    tables = tuning.tables_for(gpu, sms)
     log(f"{gpu}: copy {hw.copy_tbps:.2f} TB/s, fp16 {hw.fp16_tflops:.0f} TFLOP/s; "
         f"{'every candidate' if exhaustive else f'model top {top} + heuristic'} per point")
     from tqdm.auto import tqdm
@@ -260,10 +271,18 @@ def tune(
                     ranked = pm.rank(problem, candidates, hw, params)
                     point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
-                    # the model's first choice of the Gluon kernel and its first WS_MEASURED of the
-                    # warp-specialized one too (their corrections start at 1)
+                    # the model's first choice of the Gluon kernel, its first WS_MEASURED of the
+                    # warp-specialized one and its first stream-K one too (their corrections start at 1)
                     also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
                     also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:WS_MEASURED]
+                    also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.stream_k][:1]
+                    # and the plan this GPU's tables hold for the point, so that a ranking the
+                    # model gets wrong cannot lose a plan measured best before
+                    incumbent = _incumbent(tables, spec, n, k, m)
+                    if incumbent is not None:
+                        also.append(incumbent)
+                        if all(c.plan != incumbent for c in point.candidates):
+                            point.candidates.append(Measured(incumbent, pm.predict_us(problem, incumbent, hw, params)))
                     for i, cand in enumerate(point.candidates):
                         if not (exhaustive or i < top or cand.plan == default or cand.plan in also):
                             continue

@@ -8,6 +8,7 @@ of ``bits``-bit codes, the GEMM kernel's time is modelled as::
 
     programs   = ceil(m / bm) * ceil(n / bn) * split
     resident   = CTAs per SM (registers, shared memory, warps; see _resident)
+    (stream-K: one program per SM, one wave, each with ceil(tiles * K-blocks / SMs) K-blocks)
     per K-block of one program, in SM cycles:
         mma    = bn * bm * bk / (fp16 FMA per SM per cycle)        tensor cores
         issue  = (bn * bk * instr_per_weight + bm * bk * instr_per_x) / 128
@@ -16,7 +17,8 @@ of ``bits``-bit codes, the GEMM kernel's time is modelled as::
         max(resident * max(mma, issue), latency + mma + issue,
             load_latency / (stages - 1))                          cycles each
     time = waves * K-blocks per program * that / clock
-           + split-K fix-up (fp32 partials written and read) + launch
+           + split-K fix-up (fp32 partials written and read; stream-K: two tiles a
+             program where the last wave is partial) + launch
     and never less than the bytes moved / copy bandwidth.
 
 The dequantize path costs its bytes (codes read, W written in x's dtype) at
@@ -135,6 +137,8 @@ def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelPar
     k_blocks = -(-(-(-k // config.block_k)) // config.split_k)
     resident = min(_resident(config, problem.bits, hw, params), -(-programs // hw.sms))
     waves = -(-programs // (hw.sms * resident))
+    if config.stream_k:  # one program per SM, an equal share of all the K-blocks each
+        resident, waves, k_blocks = 1, 1, -(-tiles * k_blocks // hw.sms)
     mma = config.block_n * config.block_m * config.block_k / hw.fma_per_sm_cycle
     issue = (config.block_n * config.block_k * params.instr_per_weight
              + config.block_m * config.block_k * params.instr_per_x) / 128
@@ -146,6 +150,8 @@ def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelPar
     fixup_us = 0.0
     if config.split_k > 1:
         fixup_us = params.fixup * 8 * m * n * config.split_k / (hw.copy_tbps * 1e6)
+    elif config.stream_k and tiles % hw.sms:  # two partial tiles per program, written and read
+        fixup_us = params.fixup * 8 * 2 * hw.sms * config.block_m * config.block_n / (hw.copy_tbps * 1e6)
     return max(compute_us, memory_us) + fixup_us + params.launch_us
 
 
@@ -159,13 +165,15 @@ def dequant_us(problem: Problem, hw: Hardware, params: ModelParams) -> float:
 
 def plan_class(problem: Problem, plan: Plan) -> str:
     """What a correction is learned per: the kernel, its tiles, warps and stages (not
-    split-K, which the analytic terms model), and m's power-of-two bucket;
-    e.g. ``gemm 64x64x64 4w4s m64``, ``dequant m1024``."""
+    split-K, which the analytic terms model), stream-K, and m's power-of-two bucket;
+    e.g. ``gemm 64x64x64 4w4s m64``, ``gluon_ws 256x128x128 12w3s stream-k m256``,
+    ``dequant m1024``."""
     bucket = f"m{1 << max(0, problem.m - 1).bit_length()}"
     if plan.config is None:
         return f"{plan.kernel.value} {bucket}"
     c = plan.config
-    return f"{plan.kernel.value} {c.block_m}x{c.block_n}x{c.block_k} {c.num_warps}w{c.num_stages}s {bucket}"
+    stream_k = " stream-k" if c.stream_k else ""
+    return f"{plan.kernel.value} {c.block_m}x{c.block_n}x{c.block_k} {c.num_warps}w{c.num_stages}s{stream_k} {bucket}"
 
 
 def analytic_us(problem: Problem, plan: Plan, hw: Hardware, params: ModelParams) -> float:
