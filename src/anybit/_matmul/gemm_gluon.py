@@ -57,6 +57,10 @@ from .gemm_triton import tile_position
 #: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
 ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
 
+#: A barrier of all threads of the CTA (bar.sync): ``barrier`` in newer Gluon, which
+#: removed the older name ``thread_barrier``.
+cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier
+
 
 @triton.constexpr_function
 def _rows_cols_layout(rows, cols, vec, num_warps):
@@ -265,7 +269,7 @@ def gemm_gluon_kernel(
         # block i's copies (this thread's) have landed; then everyone's, visible to the MMA
         async_copy.wait_group(STAGES - 2)
         fence_async_shared()
-        gl.thread_barrier()
+        cta_barrier()
         a = decode_operand(c_bufs.index(st).load(word_layout), select, bias, scale, BLOCK_N, BLOCK_K, a_layout)
         pending = warpgroup_mma(a, x_bufs.index(st).permute((1, 0)), acc, is_async=True)
         if OVERLAP:
@@ -293,7 +297,7 @@ def gemm_gluon_kernel(
     last = True
     if SPLIT_K > 1:
         gl.store(ws_ptr + pid_k * M * N + tile_out, acc, mask=out_mask)
-        gl.thread_barrier()
+        cta_barrier()
         arrived = gl.atomic_add(counter_ptr + pid, 1, sem="acq_rel", scope="gpu")
         last = arrived == SPLIT_K - 1
         if last:

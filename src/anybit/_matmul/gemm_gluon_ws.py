@@ -67,7 +67,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
 
-from .gemm_gluon import _byte_layout, decode_operand, group_params, group_words, pair_select
+from .gemm_gluon import _byte_layout, cta_barrier, decode_operand, group_params, group_words, pair_select
 from .gemm_triton import tile_position
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
@@ -363,7 +363,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 # NUM_WG, WG_ROWS, BLOCK_M]; the last to count in sums them in program order
                 # (the same sum in every launch on one GPU), so the order of arrival does not matter
                 gl.store(ws_ptr + ((pid * 2 + slot) * NUM_WG + WG) * PART + frag, acc)
-                gl.thread_barrier()
+                cta_barrier()
                 local = tile - waves * gl.num_programs(0)
                 owner0 = _owner(local * k_blocks, sk_blocks, sharers)
                 owner1 = _owner((local + 1) * k_blocks - 1, sk_blocks, sharers)
@@ -394,7 +394,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             own = ws_ptr + (tile * NUM_WG + WG) * PART + frag
             counter = counter_ptr + tile * NUM_WG + WG
             gl.store(own + pid_k * split_stride, acc)
-            gl.thread_barrier()
+            cta_barrier()
             arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
             last = arrived == SPLIT_K - 1
             if last:
