@@ -55,8 +55,8 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
     if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]
         fields = text.split(",")[1:]
-        stream_k = fields[3] == "sk"  # stream-K instead of a split count
-        bm, bn, bk, split, stages, *extra = (1 if i == 3 and stream_k else int(v) for i, v in enumerate(fields))
+        stream_k = fields[3] == "sk"  # stream-K instead of a split count (and split 1)
+        bm, bn, bk, split, stages, *extra = (int(v) for v in fields[:3] + ["1" if stream_k else fields[3]] + fields[4:])
         regs, maxnreg, overlap, wg_rows = (extra[1:] + [0, 0, -1, 64][len(extra[1:]):])[:4]
         config = gm.ws_config(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), stages, wg_rows, *extra[:1],
                               stream_k=stream_k)

@@ -91,6 +91,13 @@ def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_bl
 
 
 @gluon.jit
+def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SWIZZLE: gl.constexpr):
+    """(first row of x, first row of W) of output tile ``tile``, in ``tile_position``'s order."""
+    pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+    return pid_m * BLOCK_M, pid_n * BLOCK_N
+
+
+@gluon.jit
 def _loader(x_desc, c_desc, ring, work, M, N,
             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
             STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr):
@@ -101,15 +108,14 @@ def _loader(x_desc, c_desc, ring, work, M, N,
         base = 0
         for j in range(_items(work)):
             tile, kb0, n_blocks, _, _ = _item(work, j)
-            pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-            _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, pid_m * BLOCK_M, pid_n * BLOCK_N, kb0,
-                         n_blocks, base, BLOCK_K, STAGES, BITS)
+            m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base, BLOCK_K, STAGES,
+                         BITS)
             base += n_blocks
     else:
         tile, kb0, n_blocks, _ = work
-        pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, pid_m * BLOCK_M, pid_n * BLOCK_N, kb0, n_blocks,
-                     0, BLOCK_K, STAGES, BITS)
+        m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS)
 
 
 @gluon.jit
@@ -344,8 +350,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         base = 0
         for j in range(_items(work)):
             tile, kb0, n_blocks, _, _ = _item(work, j)
-            pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-            row0 = pid_n * BLOCK_N + WG * WG_ROWS
+            _, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            row0 = n0 + WG * WG_ROWS
             w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
             params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
             acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K,
@@ -355,8 +361,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             work = _stream_k_work(M, N, work[7], BLOCK_M, BLOCK_N)
             pid, _, waves, _, _, sk_blocks, sharers, k_blocks = work
             tile, _, _, slot, shared = _item(work, j)
-            pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-            row0 = pid_n * BLOCK_N + WG * WG_ROWS
+            m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            row0 = n0 + WG * WG_ROWS
             done = ~shared  # a whole tile is stored at once
             if shared:
                 # the partials of a shared tile, one per program and slot: [programs, 2,
@@ -378,11 +384,11 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                         acc += gl.load(ws_ptr + ((q * 2 + q_slot) * NUM_WG + WG) * PART + frag, cache_modifier=".cg")
                     gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
             if done:
-                _store(acc, out_ptr, bias_ptr, row0 + tile_row, pid_m * BLOCK_M + tile_col, M, N, HAS_BIAS)
+                _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS)
     else:
         tile, kb0, n_blocks, pid_k = work
-        pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-        row0 = pid_n * BLOCK_N + WG * WG_ROWS
+        m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+        row0 = n0 + WG * WG_ROWS
         w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
         params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
         acc = _mma_blocks(ring, params, kb0, n_blocks, 0, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES,
@@ -404,7 +410,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                     acc += gl.load(own + part * split_stride, cache_modifier=".cg")
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
-            _store(acc, out_ptr, bias_ptr, row0 + tile_row, pid_m * BLOCK_M + tile_col, M, N, HAS_BIAS)
+            _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS)
 
 
 @gluon.jit
