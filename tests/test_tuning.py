@@ -208,15 +208,27 @@ def tables_env(monkeypatch, tmp_path):
     tuning.clear_caches()
 
 
-def test_tables_apply_to_their_gpu_and_triton_only(tables_env):
+def test_tables_apply_to_their_gpu_the_installed_triton_first(tables_env):
     tuning.write_table(_table(entries=[_entry(64, GEMM_64)]), tables_env / "cpu.json")
     tuning.write_table(_table(gpu="other", entries=[_entry(64, GEMM_128)]), tables_env / "other.json")
     assert [t.gpu for t in tuning.tables_for("cpu", 4)] == ["cpu"]
     assert tuning.tables_for("cpu", 8) == ()
-    tuning.write_table(_table(triton="0.1.0", entries=[_entry(64, GEMM_128)]), tables_env / "old.json", merge=False)
+    # tables of other Tritons after the installed one's, the nearest first, each with a warning
+    installed = tuning.installed_triton()
+    major, minor = (int(v) for v in installed.split("."))
+    tuning.write_table(_table(triton="0.1.0", entries=[_entry(64, GEMM_128)]), tables_env / "a-old.json",
+                       merge=False)
+    tuning.write_table(_table(triton=f"{major}.{minor + 1}.0", entries=[_entry(64, GEMM_128)]),
+                       tables_env / "b-next.json", merge=False)
     tuning.clear_caches()
     with pytest.warns(UserWarning, match="measured with Triton 0.1.0"):
-        assert [t.triton for t in tuning.tables_for("cpu", 4)] == [tuning._triton_version()]
+        found = tuning.tables_for("cpu", 4)
+    assert [t.triton for t in found] == [tuning._triton_version(), f"{major}.{minor + 1}.0", "0.1.0"]
+    # alone, another Triton's table serves: its plan, not the heuristic's
+    (tables_env / "cpu.json").unlink()
+    tuning.clear_caches()
+    with pytest.warns(UserWarning, match=f"installed Triton is {installed}: used after"):
+        assert tuning.plan("int4-g128", 64, 96, 64, 32, 4, torch.device("cpu")) == GEMM_128
 
 
 def test_tables_off_and_missing_path(monkeypatch, tables_env):

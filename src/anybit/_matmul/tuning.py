@@ -27,9 +27,14 @@ Where tables come from, first match wins per (format, n, k):
 3. the tables shipped in ``anybit/_matmul/tuned``.
 
 A table applies to a device when its ``gpu`` name and SM count are the
-device's and its Triton version (major.minor) is the installed one: launch
-settings are measured, and checked for the right result, under one compiler,
-so a table from another Triton is skipped with a warning.
+device's.  Tables measured with the installed Triton (major.minor) come first;
+then those of other Triton versions, nearest version first, each with a
+warning: their plans are launch settings the kernels take under any supported
+Triton, but their speed was measured under another compiler (the shipped H200
+table, measured with 3.6, gave int4-g128 1.31 / 0.96 / 0.84 / 0.92 / 0.89x
+fp16 at M = 64 / 128 / 256 / 1024 / 4096 under Triton 3.7.1, the fallback below
+0.98 / 0.61 / 0.56 / 0.80 / 0.91x; docs/NOTES-gemm.md v20).  ``anybit tune``
+measures a table for the installed Triton.
 
 Fallback (an unknown GPU, a shape or format no table has): ``gemm.default_plan``,
 the deterministic heuristic (the GEMM kernel below ``DEQUANT_MIN_M`` rows with
@@ -212,20 +217,32 @@ def _cuda_name(index: int) -> str:
 
 @functools.lru_cache(maxsize=None)
 def tables_for(gpu: str, sms: int) -> tuple[TunedTable, ...]:
-    """The tables that apply to a GPU (name, SM count) under the installed Triton, in
-    lookup order.  Read once per process (``clear_caches`` re-reads)."""
+    """The tables that apply to a GPU (name, SM count), in lookup order: those measured
+    with the installed Triton, then the others, nearest Triton version first (each with a
+    warning).  Read once per process (``clear_caches`` re-reads)."""
     installed = installed_triton()
-    found = []
+    found, other = [], []
     for path in _sources():
         table = read_table(path)
         if (table.gpu, table.sms) != (gpu, sms):
             continue
-        if _minor(table.triton) != installed:
-            warnings.warn(f"tuned table {path} was measured with Triton {table.triton}, the installed Triton is "
-                          f"{installed or 'missing'}: not used (run `anybit tune` to measure again)", stacklevel=2)
+        if _minor(table.triton) == installed:
+            found.append(table)
             continue
-        found.append(table)
-    return tuple(found)
+        warnings.warn(f"tuned table {path} was measured with Triton {table.triton}, the installed Triton is "
+                      f"{installed or 'missing'}: used after any table of {installed or 'the installed one'} (run "
+                      f"`anybit tune` to measure for this Triton)", stacklevel=2)
+        other.append(table)
+    return tuple(found) + tuple(sorted(other, key=lambda t: _version_distance(t.triton, installed)))
+
+
+def _version_distance(version: str, installed: str) -> tuple[int, int]:
+    """How far Triton ``version`` is from the ``installed`` major.minor: (major, minor) apart."""
+    def parts(v: str) -> tuple[int, int]:
+        numbers = [int(p) if p.isdigit() else 0 for p in _minor(v).split(".")] + [0, 0]
+        return numbers[0], numbers[1]
+    (a, b), (c, d) = parts(version), parts(installed)
+    return abs(a - c), abs(b - d)
 
 
 def lookup(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int) -> Plan | None:
