@@ -49,7 +49,7 @@ def test_shipped_table_plans_are_right_and_repeatable():
     K and 1024 rows of W: right against float64 and bit-identical over repeated launches."""
     device = torch.device("cuda")
     tuning.clear_caches()
-    tables = tuning.tables_for(tuning.device_name(device), sm_count(device))
+    tables = tuning.tables_for(tuning.device_name(device), sm_count(device), tuning.device_arch(device))
     entries = {(e.format, e.m, e.k, e.plan): e for t in tables for e in t.entries if e.plan.config is not None}
     if not entries:
         pytest.skip("no shipped table for this GPU (the heuristic serves it; see tuning's docstring)")

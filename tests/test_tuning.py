@@ -137,9 +137,10 @@ def test_model_params_refuse_unknown_coefficients():
         pm.ModelParams.from_dict({"speed": 1.0})
 
 
-def _table(gpu="cpu", sms=4, triton=None, entries=()) -> tuning.TunedTable:
+def _table(gpu="cpu", sms=4, triton=None, entries=(), arch="cpu") -> tuning.TunedTable:
     return tuning.TunedTable(gpu, sms, triton or tuning._triton_version() or "", torch.__version__,
-                             anybit.__version__, "2026-01-01", {"copy_TBps": 1.0}, pm.ModelParams(), tuple(entries))
+                             anybit.__version__, "2026-01-01", {"copy_TBps": 1.0}, pm.ModelParams(), tuple(entries),
+                             arch)
 
 
 def _entry(m, plan, spec="int4-g128", n=64, k=96):
@@ -229,6 +230,34 @@ def test_tables_apply_to_their_gpu_the_installed_triton_first(tables_env):
     tuning.clear_caches()
     with pytest.warns(UserWarning, match=f"installed Triton is {installed}: used after"):
         assert tuning.plan("int4-g128", 64, 96, 64, 32, 4, torch.device("cpu")) == GEMM_128
+
+
+def test_a_gpu_without_a_table_takes_those_of_its_compute_capability(tables_env):
+    # (a capability no shipped table has: the shipped ones are read too)
+    tuning.write_table(_table(gpu="big", sms=132, entries=[_entry(64, GEMM_64)], arch="sm_99"), tables_env / "a.json")
+    tuning.write_table(_table(gpu="small", sms=114, entries=[_entry(64, GEMM_128)], arch="sm_99"),
+                       tables_env / "b.json")
+    tuning.write_table(_table(gpu="other", sms=120, entries=[_entry(64, DEQUANT)], arch="sm_80"), tables_env / "c.json")
+    tuning.write_table(_table(gpu="old", sms=120, entries=[_entry(64, DEQUANT)], arch=""), tables_env / "d.json")
+    # its own table only, when it has one (no warning: same GPU and Triton)
+    assert [t.gpu for t in tuning.tables_for("big", 132, "sm_99")] == ["big"]
+    # none of its own: the same capability's, nearest SM count first, with a warning; never another
+    # capability's or a table that does not say its capability
+    with pytest.warns(UserWarning, match=r"no tuned table for new \(116 SMs\): .* serves it"):
+        found = tuning.tables_for("new", 116, "sm_99")
+    assert [t.gpu for t in found] == ["small", "big"]
+    assert tuning.lookup(found, "int4-g128", 64, 96, 64) == GEMM_128
+    assert tuning.tables_for("new", 116, "sm_98") == ()
+    assert tuning.tables_for("new", 116) == ()
+
+
+def test_old_tables_without_arch_still_read(tmp_path):
+    data = json.loads(_table(entries=[_entry(64, GEMM_64)]).to_json())
+    del data["arch"]
+    (tmp_path / "t.json").write_text(json.dumps(data))
+    table = tuning.read_table(tmp_path / "t.json")
+    assert table.arch == "" and table.entries[0].plan == GEMM_64
+    assert tuning.TunedTable.from_json(_table(arch="sm_90").to_json()).arch == "sm_90"
 
 
 def test_tables_off_and_missing_path(monkeypatch, tables_env):

@@ -6,6 +6,7 @@ A table is a JSON file written by ``anybit tune`` (schema version
 
     {"schema": 1, "gpu": "NVIDIA H200", "sms": 132, "triton": "3.6.0",
      "torch": "...", "anybit": "...", "date": "2026-11-21",
+     "arch": "sm_90",                         # optional: the GPU's compute capability
      "hw": {"copy_TBps": 4.23, "fp16_TFLOPs": 766.0},
      "model": {<perf_model.ModelParams fields>} or null,
      "entries": [{"format": "int4-g128", "n": 4096, "k": 4096, "m": 64,
@@ -34,7 +35,11 @@ Triton, but their speed was measured under another compiler (the shipped H200
 table, measured with 3.6, gave int4-g128 1.31 / 0.96 / 0.84 / 0.92 / 0.89x
 fp16 at M = 64 / 128 / 256 / 1024 / 4096 under Triton 3.7.1, the fallback below
 0.98 / 0.61 / 0.56 / 0.80 / 0.91x; docs/NOTES-gemm.md v20).  ``anybit tune``
-measures a table for the installed Triton.
+measures a table for the installed Triton.  A GPU with no table of its own takes
+the tables of other GPUs of its compute capability (``arch``), with a warning:
+the plans are launch settings any GPU of that capability runs (stream-K sizes
+itself to the GPU's SMs), tuned for another one (the H100 table on an H200:
+docs/NOTES-gemm.md v20).
 
 Fallback (an unknown GPU, a shape or format no table has): ``gemm.default_plan``,
 the deterministic heuristic (the GEMM kernel below ``DEQUANT_MIN_M`` rows with
@@ -102,11 +107,12 @@ class TunedTable:
     hw: dict
     model: ModelParams | None
     entries: tuple[TunedEntry, ...] = field(default=())
+    arch: str = ""  #: compute capability of the GPU measured (``device_arch``); "" in older tables
 
     def to_json(self) -> str:
         data = {"schema": SCHEMA_VERSION, "gpu": self.gpu, "sms": self.sms, "triton": self.triton,
                 "torch": self.torch, "anybit": self.anybit, "date": self.date, "hw": self.hw,
-                "model": None if self.model is None else self.model.to_dict(),
+                "arch": self.arch, "model": None if self.model is None else self.model.to_dict(),
                 "entries": [e.to_dict() for e in self.entries]}
         return json.dumps(data, indent=1)
 
@@ -124,9 +130,10 @@ class TunedTable:
             header = (str(data["gpu"]), int(data["sms"]), str(data["triton"]), str(data["torch"]),
                       str(data["anybit"]), str(data["date"]), dict(data["hw"]))
             raw_entries = list(data["entries"])
+            arch = str(data.get("arch", ""))
         except (KeyError, TypeError, AttributeError, ValueError) as err:
             raise ValueError(f"{where}: missing or bad field ({err})") from None
-        return cls(*header, model, tuple(TunedEntry.from_dict(e, where) for e in raw_entries))
+        return cls(*header, model, tuple(TunedEntry.from_dict(e, where) for e in raw_entries), arch)
 
     def merged(self, newer: TunedTable) -> TunedTable:
         """This table with ``newer``'s entries added, replacing those of the same
@@ -135,7 +142,7 @@ class TunedTable:
         keep.update({(e.format, e.n, e.k, e.m): e for e in newer.entries})
         entries = tuple(sorted(keep.values(), key=lambda e: (e.format, e.n, e.k, e.m)))
         return TunedTable(newer.gpu, newer.sms, newer.triton, newer.torch, newer.anybit, newer.date, newer.hw,
-                          newer.model or self.model, entries)
+                          newer.model or self.model, entries, newer.arch or self.arch)
 
 
 def read_table(path: str | Path) -> TunedTable:
@@ -203,6 +210,15 @@ def _sources() -> list[Path]:
     return files
 
 
+def device_arch(device: torch.device) -> str:
+    """The compute capability tables are matched by across GPUs: ``sm_90`` for a Hopper
+    GPU, ``cpu`` for the interpreter."""
+    if device.type != "cuda":
+        return "cpu"
+    major, minor = torch.cuda.get_device_capability(cuda_index(device))
+    return f"sm_{major}{minor}"
+
+
 def device_name(device: torch.device) -> str:
     """The name tables are keyed by: the CUDA device's name, ``cpu`` for the interpreter."""
     if device.type != "cuda":
@@ -216,24 +232,35 @@ def _cuda_name(index: int) -> str:
 
 
 @functools.lru_cache(maxsize=None)
-def tables_for(gpu: str, sms: int) -> tuple[TunedTable, ...]:
-    """The tables that apply to a GPU (name, SM count), in lookup order: those measured
-    with the installed Triton, then the others, nearest Triton version first (each with a
-    warning).  Read once per process (``clear_caches`` re-reads)."""
+def tables_for(gpu: str, sms: int, arch: str = "") -> tuple[TunedTable, ...]:
+    """The tables that apply to a GPU (name, SM count, compute capability ``arch`` as
+    ``device_arch`` gives it), in lookup order: its own, those measured with the installed
+    Triton first, then the others, nearest Triton version first; with none of its own,
+    those of other GPUs of the same ``arch`` (nearest Triton, then nearest SM count).  Each
+    table not of this GPU and Triton comes with a warning.  Read once per process
+    (``clear_caches`` re-reads)."""
     installed = installed_triton()
-    found, other = [], []
+    own, foreign = [], []
     for path in _sources():
         table = read_table(path)
-        if (table.gpu, table.sms) != (gpu, sms):
-            continue
-        if _minor(table.triton) == installed:
-            found.append(table)
-            continue
-        warnings.warn(f"tuned table {path} was measured with Triton {table.triton}, the installed Triton is "
-                      f"{installed or 'missing'}: used after any table of {installed or 'the installed one'} (run "
-                      f"`anybit tune` to measure for this Triton)", stacklevel=2)
-        other.append(table)
-    return tuple(found) + tuple(sorted(other, key=lambda t: _version_distance(t.triton, installed)))
+        if (table.gpu, table.sms) == (gpu, sms):
+            own.append((path, table))
+        elif arch and table.arch == arch:
+            foreign.append((path, table))
+    if own:
+        chosen = own
+    else:
+        chosen = foreign
+        for path, table in foreign:
+            warnings.warn(f"no tuned table for {gpu} ({sms} SMs): {path}, measured on {table.gpu} ({table.sms} SMs, "
+                          f"{arch}), serves it (run `anybit tune` to measure this GPU)", stacklevel=2)
+    for path, table in chosen:
+        if _minor(table.triton) != installed:
+            warnings.warn(f"tuned table {path} was measured with Triton {table.triton}, the installed Triton is "
+                          f"{installed or 'missing'}: used after any table of {installed or 'the installed one'} "
+                          f"(run `anybit tune` to measure for this Triton)", stacklevel=2)
+    order = sorted(chosen, key=lambda pt: (_version_distance(pt[1].triton, installed), abs(pt[1].sms - sms)))
+    return tuple(table for _, table in order)
 
 
 def _version_distance(version: str, installed: str) -> tuple[int, int]:
@@ -255,8 +282,8 @@ def lookup(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int) ->
 
 
 @functools.lru_cache(maxsize=4096)  # called on every launch; tables are read once (tables_for)
-def _cached_plan(spec: str, n: int, k: int, m: int, group: int, bits: int, gpu: str, sms: int) -> Plan:
-    found = lookup(tables_for(gpu, sms), spec, n, k, m)
+def _cached_plan(spec: str, n: int, k: int, m: int, group: int, bits: int, gpu: str, sms: int, arch: str) -> Plan:
+    found = lookup(tables_for(gpu, sms, arch), spec, n, k, m)
     return found if found is not None else default_plan(m, n, k, group, bits, sms)
 
 
@@ -265,7 +292,7 @@ def plan(spec: str, n: int, k: int, m: int, group: int, bits: int, device: torch
     (group length ``group``, ``bits``-bit codes) on ``device``: a tuned table's, else
     ``gemm.default_plan``.  Runs inside the ``anybit::planned_matmul`` op, never
     under torch.compile's tracing."""
-    return _cached_plan(spec, n, k, m, group, bits, device_name(device), sm_count(device))
+    return _cached_plan(spec, n, k, m, group, bits, device_name(device), sm_count(device), device_arch(device))
 
 
 def clear_caches() -> None:
