@@ -85,9 +85,7 @@ def probe_kernel(x_desc, u_desc, k_blocks, reps, u_rows, BLOCK_K: gl.constexpr, 
 
 
 def _desc(t: torch.Tensor, block: list[int]) -> TensorDescriptor:
-    from triton.experimental.gluon.language import NVMMASharedLayout
-    layout = NVMMASharedLayout.get_default_for(block, gl.float16)
-    return TensorDescriptor.from_tensor(t, block, layout)
+    return TensorDescriptor.from_tensor(t, block, gl.NVMMASharedLayout.get_default_for(block, gl.float16))
 
 
 def run(mode: int, programs: int, x_rows: int, u_rows_tile: int, k: int = 8192, block_k: int = 64,

@@ -192,10 +192,10 @@ def _incumbent(tables: Sequence[tuning.TunedTable], spec: str, n: int, k: int, m
     return None
 
 
-def _model_params(gpu: str, sms: int, arch: str = "") -> pm.ModelParams:
-    """The coefficients stored with this GPU's table (or with the table that serves it,
-    ``tuning.tables_for``), if any, else the defaults."""
-    for table in tuning.tables_for(gpu, sms, arch):
+def _model_params(tables: Sequence[tuning.TunedTable]) -> pm.ModelParams:
+    """The coefficients stored with the first of this GPU's ``tables`` (``tuning.tables_for``)
+    that has them, else the defaults."""
+    for table in tables:
         if table.model is not None:
             return table.model
     return pm.ModelParams()
@@ -239,8 +239,9 @@ def tune(
     gpu, sms, l2 = props.name, sm_count(device), props.L2_cache_size
     measured_hw = bench.measure_hw(device)
     hw = pm.Hardware(sms, measured_hw["fp16_TFLOPs"], measured_hw["copy_TBps"])
-    params = _model_params(gpu, sms, tuning.device_arch(device))
-    tables = tuning.tables_for(gpu, sms, tuning.device_arch(device))
+    arch = tuning.device_arch(device)
+    tables = tuning.tables_for(gpu, sms, arch)
+    params = _model_params(tables)
     log(f"{gpu}: copy {hw.copy_tbps:.2f} TB/s, fp16 {hw.fp16_tflops:.0f} TFLOP/s; "
         f"{'every candidate' if exhaustive else f'model top {top} + heuristic'} per point")
     from tqdm.auto import tqdm
@@ -309,8 +310,7 @@ def tune(
         fitted = refit(points, hw, params)
         cross_validated = cross_validated_hits(points, hw, params)
     table = tuning.TunedTable(gpu, sms, tuning._triton_version() or "", torch.__version__, __version__,
-                              datetime.date.today().isoformat(), measured_hw, fitted or params, entries,
-                              tuning.device_arch(device))
+                              datetime.date.today().isoformat(), measured_hw, fitted or params, entries, arch)
     return TuneReport(table, points, exhaustive, time.perf_counter() - start, fitted, cross_validated)
 
 

@@ -61,7 +61,7 @@ from pathlib import Path
 import torch
 
 from .gemm import Plan, default_plan
-from .gemv import cuda_index, sm_count
+from .gemv import capability, cuda_index, sm_count
 from .perf_model import ModelParams
 
 SCHEMA_VERSION = 1
@@ -215,7 +215,7 @@ def device_arch(device: torch.device) -> str:
     GPU, ``cpu`` for the interpreter."""
     if device.type != "cuda":
         return "cpu"
-    major, minor = torch.cuda.get_device_capability(cuda_index(device))
+    major, minor = capability(device)
     return f"sm_{major}{minor}"
 
 
