@@ -14,8 +14,9 @@ cuBLAS may pick another algorithm for a narrower N).  Timing as ``anybit bench``
 
 from __future__ import annotations
 
-import argparse
 import json
+import os
+import sys
 
 import torch
 
@@ -23,6 +24,9 @@ import anybit
 from anybit import bench
 from anybit._matmul import gemm as gm
 from anybit._matmul.gemv import kernel_table
+
+sys.path.insert(0, os.path.dirname(__file__))
+import _weights  # noqa: E402
 
 _SIDE: dict = {}
 
@@ -62,21 +66,12 @@ def chunked(x, qw, chunks: int, out=None, bufs=None):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", nargs="+", required=True)
-    parser.add_argument("--m", nargs="+", type=int, required=True)
+    parser = _weights.parser()
     parser.add_argument("--chunks", nargs="+", type=int, default=[2, 4, 8])
-    parser.add_argument("--format", default="int4-g128")
-    parser.add_argument("--out")
     args = parser.parse_args()
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for shape in args.shapes:
-        n, k = (int(v) for v in shape.split("x"))
-        w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
-        qw = anybit.quantize(w, args.format)
-        copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
-        w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+        n, k, qw, copies, w16 = _weights.weights(shape, args.format)
         for m in args.m:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), 10)

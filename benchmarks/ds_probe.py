@@ -14,7 +14,6 @@ Timing as ``anybit bench``'s (graph-launched, cold L2, fp16 cuBLAS in the same r
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
@@ -26,6 +25,7 @@ from anybit import bench
 from anybit._matmul import gemm as gm
 
 sys.path.insert(0, os.path.dirname(__file__))
+import _weights  # noqa: E402
 from ds_kernel import launch_gemm_gluon_ds  # noqa: E402
 
 
@@ -47,21 +47,12 @@ def _call(x, qw, variant, out):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--shapes", nargs="+", required=True)
-    parser.add_argument("--m", nargs="+", type=int, required=True)
+    parser = _weights.parser()
     parser.add_argument("--variants", nargs="+", required=True)
-    parser.add_argument("--format", default="int4-g128")
-    parser.add_argument("--out")
     args = parser.parse_args()
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for shape in args.shapes:
-        n, k = (int(v) for v in shape.split("x"))
-        w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
-        qw = anybit.quantize(w, args.format)
-        copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
-        w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+        n, k, qw, copies, w16 = _weights.weights(shape, args.format)
         wref = qw.dequantize(torch.float64)
         for m in args.m:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)

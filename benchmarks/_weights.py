@@ -1,0 +1,31 @@
+"""What the kernel probes share (ds_probe.py, dequant_overlap_probe.py): the command line
+of shapes, M and format, and each shape's weights with enough copies for a cold L2.
+Imported by those scripts from this folder (run them as ``python benchmarks/<script>.py``)."""
+import argparse
+
+import torch
+
+import anybit
+from anybit import bench
+
+
+def parser() -> argparse.ArgumentParser:
+    """--shapes NxK ..., --m M ..., --format (default int4-g128), --out FILE."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--shapes", nargs="+", required=True)
+    p.add_argument("--m", nargs="+", type=int, required=True)
+    p.add_argument("--format", default="int4-g128")
+    p.add_argument("--out")
+    return p
+
+
+def weights(shape: str, fmt: str):
+    """(n, k, qw, copies of qw, copies of W in fp16) for a random W of ``shape`` (NxK, on the GPU),
+    as many copies as ``anybit bench`` cycles through so that each call reads W from HBM."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    n, k = (int(v) for v in shape.split("x"))
+    w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
+    qw = anybit.quantize(w, fmt)
+    copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
+    w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+    return n, k, qw, copies, w16
