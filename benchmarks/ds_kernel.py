@@ -237,6 +237,8 @@ def gemm_gluon_ds_kernel(
 
     ring = (x_bufs, c_bufs, ready, empty)
     wring = (w_bufs, wready, wempty)
+    # one call per combination of warpgroups, each partition's arguments written out: a
+    # tuple of arguments assigned to a name turns its constexprs into runtime values
     if NUM_DEC == 1 and NUM_MMA == 1:
         gl.warp_specialize([
             (_ds_loader, (x_desc, c_desc, ring, M, N, k_blocks, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, BITS)),
