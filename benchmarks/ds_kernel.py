@@ -12,7 +12,7 @@ decode and the MMAs are done by different warps, so they run at the same time:
 * the loader partition (the kernel's 4 warps, one thread issuing) copies each K-block's
   x tile [BLOCK_M, BLOCK_K] fp16 and code words [BLOCK_N, BLOCK_K * BITS / 32] int32 by
   TMA into stage ``u % STAGES`` of a ring (``gemm_gluon_ws._load_blocks``);
-* NUM_DEC decoder warpgroups each read their BLOCK_N / NUM_DEC rows of words, free the
+* NUM_DEC (1 or 2) decoder warpgroups each read their BLOCK_N / NUM_DEC rows of words, free the
   codes' part of the stage, decode the words (the same PTX and the one rounding per weight
   of ``gemm_gluon``) and store the fp16 rows into slot ``u % SLOTS`` of a second ring of
   decoded tiles [BLOCK_N, BLOCK_K] (128-byte swizzle, the layout wgmma reads);
@@ -40,7 +40,8 @@ CTA's threads), not the partition's ``setmaxnreg``: m64n256k16 needs ~154, so wi
 warps (limit 128) it does not compile, and ``MMA_SPLIT`` issues two m64n128 instead
 (each then reads its x rows again).  Compiled for sm_90 without spills: 1 decoder + 1 MMA
 warpgroup (12 warps; the decoder at 200), 2 + 1 with MMA_SPLIT (16), 1 + 2 with MMA_SPLIT at
-128 rows of x (decoder 152, MMA 168); 4 decoders (24 warps, limit 80) do not (m64n128 needs 90).
+128 rows of x (decoder 152, MMA 168), the combinations the kernel takes; 4 decoders (24 warps,
+limit 80) do not compile (m64n128 needs 90), nor 2 + 2 without spills.
 
 Limits: sm_90, 4- or 8-bit symmetric or zero-point codes, fp16 x and scales, K-blocks
 inside one group, K a multiple of 8, no split-K.
@@ -173,8 +174,7 @@ def _ds_mma(ring, wring, bias_ptr, out_ptr, M, N, k_blocks, G: gl.constexpr, BLO
                     acc = warpgroup_mma(a, w_bufs.index(d).permute((1, 0)), acc, is_async=True)
                     # the previous block's MMA is done: free its stage and slot
                     acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-            prev = u + STAGES - 1
-            mbarrier.arrive(empty.index(prev % STAGES), count=1, pred=kb > 0)
+            mbarrier.arrive(empty.index((u + STAGES - 1) % STAGES), count=1, pred=kb > 0)
             mbarrier.arrive(wempty.index((u + SLOTS - 1) % SLOTS), count=1, pred=kb > 0)
             u += 1
         if MMA_SPLIT:
@@ -260,27 +260,8 @@ def gemm_gluon_ds_kernel(
             (_ds_mma, (ring, wring, bias_ptr, out_ptr, M, N, k_blocks, 0, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
                        SLOTS, HAS_BIAS, DIAG, MMA_SPLIT))],
             [4, 4, 4], [DEC_REGS, DEC_REGS, MMA_REGS])
-    elif NUM_DEC == 4:
-        gl.static_assert(NUM_MMA == 1, "4 decoders with BLOCK_M 64")
-        gl.warp_specialize([
-            (_ds_loader, (x_desc, c_desc, ring, M, N, k_blocks, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, BITS)),
-            (_ds_decoder, (ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, stride_sn, stride_sg,
-                           stride_zn, stride_zg, 0, NUM_DEC, GROUP, MODE, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                           SLOTS, BITS, DIAG)),
-            (_ds_decoder, (ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, stride_sn, stride_sg,
-                           stride_zn, stride_zg, 1, NUM_DEC, GROUP, MODE, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                           SLOTS, BITS, DIAG)),
-            (_ds_decoder, (ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, stride_sn, stride_sg,
-                           stride_zn, stride_zg, 2, NUM_DEC, GROUP, MODE, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                           SLOTS, BITS, DIAG)),
-            (_ds_decoder, (ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, stride_sn, stride_sg,
-                           stride_zn, stride_zg, 3, NUM_DEC, GROUP, MODE, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                           SLOTS, BITS, DIAG)),
-            (_ds_mma, (ring, wring, bias_ptr, out_ptr, M, N, k_blocks, 0, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                       SLOTS, HAS_BIAS, DIAG, MMA_SPLIT))],
-            [4, 4, 4, 4, 4], [DEC_REGS, DEC_REGS, DEC_REGS, DEC_REGS, MMA_REGS])
-    elif NUM_DEC == 1:
-        gl.static_assert(NUM_MMA == 2, "BLOCK_M 64 or 128")
+    else:
+        gl.static_assert(NUM_DEC == 1 and NUM_MMA == 2, "decoders, MMA warpgroups: 1, 1; 2, 1; 1, 2 (BLOCK_M 128)")
         gl.warp_specialize([
             (_ds_loader, (x_desc, c_desc, ring, M, N, k_blocks, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, BITS)),
             (_ds_decoder, (ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, stride_sn, stride_sg,
@@ -291,49 +272,3 @@ def gemm_gluon_ds_kernel(
             (_ds_mma, (ring, wring, bias_ptr, out_ptr, M, N, k_blocks, 1, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
                        SLOTS, HAS_BIAS, DIAG, MMA_SPLIT))],
             [4, 4, 4], [DEC_REGS, MMA_REGS, MMA_REGS])
-    else:
-        gl.static_assert(NUM_DEC == 2 and NUM_MMA == 2, "NUM_DEC 1 or 2, BLOCK_M 64 or 128")
-        gl.warp_specialize([
-            (_ds_loader, (x_desc, c_desc, ring, M, N, k_blocks, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, BITS)),
-            (_ds_decoder, (ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, stride_sn, stride_sg,
-                           stride_zn, stride_zg, 0, NUM_DEC, GROUP, MODE, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                           SLOTS, BITS, DIAG)),
-            (_ds_decoder, (ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, stride_sn, stride_sg,
-                           stride_zn, stride_zg, 1, NUM_DEC, GROUP, MODE, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                           SLOTS, BITS, DIAG)),
-            (_ds_mma, (ring, wring, bias_ptr, out_ptr, M, N, k_blocks, 0, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                       SLOTS, HAS_BIAS, DIAG, MMA_SPLIT)),
-            (_ds_mma, (ring, wring, bias_ptr, out_ptr, M, N, k_blocks, 1, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES,
-                       SLOTS, HAS_BIAS, DIAG, MMA_SPLIT))],
-            [4, 4, 4, 4], [DEC_REGS, DEC_REGS, MMA_REGS, MMA_REGS])
-
-
-def launch_gemm_gluon_ds(x, codes, scales, zeros, bias, n, k, bits, group, mode, block_m=64, block_n=256,
-                         block_k=64, stages=4, slots=2, num_dec=1, dec_regs=200, mma_regs=232, swizzle=8,
-                         programs=None, diag=0, mma_split=False, out=None):
-    """Prototype launch: x (M, k) fp16 -> y (M, n) fp16 (operands as ``gemm.launch_gemm_gluon_ws``')."""
-    import torch
-    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
-
-    from anybit._matmul.gemv import sm_count, weight_operands
-    from anybit._matmul.gemv_triton import MODE_IDS
-
-    m = x.shape[0]
-    x = x.contiguous()
-    if out is None:
-        out = torch.empty(m, n, dtype=torch.float16, device=x.device)
-    tiles = -(-m // block_m) * -(-n // block_n)
-    grid = (min(tiles, programs or sm_count(x.device)),)
-    _, scalars = weight_operands(codes, scales, zeros, None, k)
-    x_block, c_block = [block_m, block_k], [block_n, block_k * bits // 32]
-    x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
-    c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
-    gemm_gluon_ds_kernel[grid](
-        x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
-        m, n, scalars["num_groups"], -(-k // block_k), scalars["stride_sn"], scalars["stride_sg"],
-        scalars["stride_zn"], scalars["stride_zg"],
-        GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=swizzle,
-        STAGES=stages, SLOTS=slots, NUM_DEC=num_dec, HAS_BIAS=bias is not None, DEC_REGS=dec_regs,
-        MMA_REGS=mma_regs, BITS=bits, DIAG=diag, MMA_SPLIT=mma_split, num_warps=4,
-    )
-    return out
