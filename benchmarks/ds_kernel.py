@@ -56,7 +56,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, warpgroup_mma, warpgroup_mma_wait,
 )
 
-from anybit._matmul.gemm_gluon import _BYTE_PAIR_ASM, _NIBBLE_PAIR_ASM, group_params, group_words, pair_select
+from anybit._matmul.gemm_gluon import (
+    _BYTE_PAIR_ASM, _NIBBLE_PAIR_ASM, group_params, group_words, nibble_multiplier, pair_select,
+)
 from anybit._matmul.gemm_gluon_ws import _load_blocks, _tile_origin
 
 #: DIAG values: measurement copies that drop one part of the work (wrong results on purpose).
@@ -127,7 +129,8 @@ def _ds_decoder(ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, 
                 sel3 = gl.broadcast(words3, select)[1]
                 bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
                 scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale_words, 1), 2))[1]
-                lo, hi = gl.inline_asm_elementwise(asm, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+                mul3 = words3 * 0 + nibble_multiplier(num_groups)  # (unused by the 8-bit decode)
+                lo, hi = gl.inline_asm_elementwise(asm, "=h,=h,r,r,r,r,r", [words3, sel3, bias3, scale3, mul3],
                                                    dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
                 tile_k = gl.reshape(gl.join(lo, hi), [R, BLOCK_K])
             mbarrier.arrive(empty.index(s), count=1)  # this warpgroup's codes are in registers

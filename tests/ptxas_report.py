@@ -1,13 +1,15 @@
 """Print ptxas's report (-v) on the warp-specialized Gluon GEMM compiled for sm_90 (no GPU
 needed: Triton emits the PTX, then its ptxas compiles it).
 
-Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K]]
+Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K]] [--sass]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
 128, no split-K, stream-K when STREAM_K is 1; NUM_WARPS as
-``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  Run in a
+``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
+``--sass``, the machine code (cuobjdump -sass) follows the report.  Run in a
 process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
 
 import inspect
+import os
 import subprocess
 import sys
 import tempfile
@@ -23,7 +25,7 @@ from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
 
 
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
-           stream_k: bool = False) -> str:
+           stream_k: bool = False, sass: bool = False) -> str:
     config = gm.GemmConfig(block_m, block_n, block_k, 1, num_warps, stages)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
@@ -45,10 +47,17 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
             f.write(ptx)
-        done = subprocess.run([get_ptxas(90).path, "-v", "--gpu-name=sm_90a", f"{tmp}/kernel.ptx",
+        ptxas = get_ptxas(90).path
+        done = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f"{tmp}/kernel.ptx",
                                "-o", f"{tmp}/kernel.cubin"], capture_output=True, text=True, check=True)
-    return done.stdout + done.stderr
+        text = done.stdout + done.stderr
+        if sass:
+            cuobjdump = os.path.join(os.path.dirname(ptxas), "cuobjdump")
+            text += subprocess.run([cuobjdump, "-sass", f"{tmp}/kernel.cubin"], capture_output=True, text=True,
+                                   check=True).stdout
+    return text
 
 
 if __name__ == "__main__":
-    print(report(*(int(arg) for arg in sys.argv[1:9])))
+    args = [arg for arg in sys.argv[1:] if arg != "--sass"]
+    print(report(*(int(arg) for arg in args[:8]), sass="--sass" in sys.argv))

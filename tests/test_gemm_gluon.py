@@ -32,7 +32,7 @@ def test_nibble_pair_decode_matches_the_exact_weights(zero):
         select = 0x4040 | position * 0x101
         for s in scales:
             scale = emu.pair(s, s, bf16=False)
-            lo, hi = emu.run(_asm_text(), [word, select, bias, scale], outputs=2)
+            lo, hi = emu.run(_asm_text(), [word, select, bias, scale, gg.NIBBLE_MUL.value], outputs=2)
             for got, code in ((lo, byte & 15), (hi, byte >> 4)):
                 want = np.float16(np.float64(code - zero) * np.float64(np.float16(s)))
                 assert np.array([got], dtype=np.uint16).view(np.float16)[0] == want, (byte, position, s)

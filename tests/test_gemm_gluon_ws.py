@@ -14,6 +14,7 @@ from conftest import assert_matmul_close, compile_script, unit_roundoff
 
 import anybit
 from anybit._matmul import gemm as gm
+from anybit._matmul import gemm_gluon as gg
 from anybit._matmul import gemm_gluon_ws as gw
 from anybit._matmul import tuning
 from anybit.formats._base import Decode
@@ -227,6 +228,20 @@ def test_stream_k_keeps_the_mmas_asynchronous(config):
     held through them) compiles with the tile's overlap and no serialized wgmma."""
     notes = _ptxas_notes(config, gm.ws_overlap(config))
     assert "Used" in notes and SERIALIZED not in notes
+
+
+@pytest.mark.parametrize("config", [gm.ws_config(64, 256, 128, 1, 3), gm.ws_config(128, 128, 128, 1, 3)],
+                         ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
+def test_the_nibble_decode_keeps_its_multiplier_in_a_register(config):
+    """Symmetric 4-bit codes: the decode's fma takes the bias as its immediate, and the
+    multiplier {1, 1/16} (``gemm_gluon.NIBBLE_MUL``) comes from one register; as a constant
+    ptxas would move it into a register before every fma (docs/NOTES-gemm.md v22)."""
+    sass = compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
+                          int(gm.ws_overlap(config)), config.num_warps, 4, 0, "--sass")
+    fmas = [line for line in sass.splitlines() if " HFMA2 " in line]
+    assert len(fmas) >= config.block_n * config.block_k // 128 // 2  # a K-block's pairs, per thread
+    moves = [line for line in sass.lower().splitlines() if "mov" in line and f"{gg.NIBBLE_MUL.value:#x}" in line]
+    assert not moves, moves[:3]
 
 
 @pytest.mark.parametrize("config", [gm.ws_config(64, 128, 64, 1, 6), gm.ws_config(256, 128, 64, 1, 4)],

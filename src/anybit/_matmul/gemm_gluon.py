@@ -16,7 +16,7 @@ each thread reads exactly the codes its register fragment needs:
       word  = | n7 n6 | n5 n4 | n3 n2 | n1 n0 |     byte c = (n_{2c+1}, n_{2c})
       prmt  -> | 0 byte_c | 0 byte_c |              byte c in both halves
       lop3  -> half0 = 1024 + n_{2c}, half1 = 1024 + 16 n_{2c+1}   (fp16, exact)
-      fma   -> (n_{2c} - z, n_{2c+1} - z)           times {1, 1/16} plus
+      fma   -> (n_{2c} - z, n_{2c+1} - z)           times {1, 1/16} (a register) plus
                                                       {-(1024 + z), -(64 + z)}: exact
       mul   -> times the group's scale: the one rounding of each weight
 
@@ -100,16 +100,30 @@ def _byte_layout(operand, bits=4):
 
 #: byte (0..3) of a word of 8 4-bit codes -> fp16 pair (low nibble - zero, high nibble - zero) * scale:
 #: the byte into both halves (prmt), each nibble ORed into 1024.0 (the high one times 16),
-#: then one packed fma {1, 1/16} and the bias {-(1024 + zero), -(64 + zero)} (exact), then the scale.
+#: then one packed fma by $6 = {1, 1/16} (``NIBBLE_MUL``) plus the bias {-(1024 + zero),
+#: -(64 + zero)} (exact), then the scale.
 _NIBBLE_PAIR_ASM = gl.constexpr("""{
-.reg .b32 t, m;
+.reg .b32 t;
 prmt.b32 t, $2, 0, $3;
 lop3.b32 t, t, 0x00f0000f, 0x64006400, 0xea;
-mov.b32 m, 0x2c003c00;
-fma.rn.f16x2 t, t, m, $4;
+fma.rn.f16x2 t, t, $6, $4;
 mul.rn.f16x2 t, t, $5;
 mov.b32 {$0, $1}, t;
 }""")
+
+#: The fp16 pair {1.0, 1/16} that ``_NIBBLE_PAIR_ASM``'s fma multiplies by (high half 0x2c00).
+NIBBLE_MUL = gl.constexpr(0x2C003C00)
+
+
+@gluon.jit
+def nibble_multiplier(runtime):
+    """``NIBBLE_MUL`` as a value the compiler cannot fold, for ``decode_operand``: ``runtime``
+    is any int32 the kernel gets at launch that is never negative (a size), so
+    ``runtime >> 31`` is 0.  As an immediate, ptxas would move the pair into a register
+    before every fma where the fma's immediate slot already holds the bias (symmetric
+    codes): 23 of 217 instructions a 64 x 128 K-block of a consumer warpgroup's loop
+    (docs/NOTES-gemm.md v22); held in one register they are gone."""
+    return NIBBLE_MUL + (runtime >> 31)
 
 
 #: half (0, 1) of a word of 4 8-bit codes -> fp16 pair (code 2h - zero, code 2h+1 - zero) * scale:
@@ -135,19 +149,24 @@ def pair_select(pair, BITS: gl.constexpr = 4):
 
 
 @gluon.jit
-def decode_operand(words, select, bias, scale, ROWS: gl.constexpr, BLOCK_K: gl.constexpr, a_layout: gl.constexpr,
-                   BITS: gl.constexpr = 4):
+def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K: gl.constexpr,
+                   a_layout: gl.constexpr, BITS: gl.constexpr = 4):
     """Code words [ROWS, BLOCK_K * BITS / 32] (int32, in ``_byte_layout``'s word layout)
     -> wgmma's register operand [ROWS, BLOCK_K] fp16 (``a_layout``): pair ``select``
-    (``pair_select``) of each word by ``_NIBBLE_PAIR_ASM`` (4 bits) or ``_BYTE_PAIR_ASM``
-    (8 bits) with each row's ``bias`` and ``scale`` words (``group_words``)."""
+    (``pair_select``) of each word by ``_NIBBLE_PAIR_ASM`` (4 bits; ``mul``: int32 scalar,
+    ``nibble_multiplier``) or ``_BYTE_PAIR_ASM`` (8 bits; ``mul`` unused) with each row's
+    ``bias`` and ``scale`` words (``group_words``)."""
     words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
     sel3 = gl.broadcast(words3, select)[1]
     bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
     scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
-    asm: gl.constexpr = _BYTE_PAIR_ASM if BITS == 8 else _NIBBLE_PAIR_ASM
-    lo, hi = gl.inline_asm_elementwise(asm, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
-                                       dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+    if BITS == 8:
+        lo, hi = gl.inline_asm_elementwise(_BYTE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+    else:
+        mul3 = words3 * 0 + mul
+        lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r,r", [words3, sel3, bias3, scale3, mul3],
+                                           dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     return gl.convert_layout(gl.reshape(gl.join(lo, hi), [ROWS, BLOCK_K]), a_layout)
 
 
@@ -259,6 +278,7 @@ def gemm_gluon_kernel(
     bias, scale = _group_words(scales_ptr, zeros_ptr, w_rows, k_first // GROUP, num_groups, stride_sn, stride_sg,
                                stride_zn, stride_zg, MODE)
 
+    mul = nibble_multiplier(N)
     acc = gl.zeros([BLOCK_N, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     a_prev = gl.zeros([BLOCK_N, BLOCK_K], dtype=gl.float16, layout=a_layout)
     for i in range(BLOCKS_PER_SPLIT):
@@ -270,7 +290,7 @@ def gemm_gluon_kernel(
         async_copy.wait_group(STAGES - 2)
         fence_async_shared()
         cta_barrier()
-        a = decode_operand(c_bufs.index(st).load(word_layout), select, bias, scale, BLOCK_N, BLOCK_K, a_layout)
+        a = decode_operand(c_bufs.index(st).load(word_layout), select, bias, scale, mul, BLOCK_N, BLOCK_K, a_layout)
         pending = warpgroup_mma(a, x_bufs.index(st).permute((1, 0)), acc, is_async=True)
         if OVERLAP:
             # measurement only: MMA(i) left in flight over the next decode, which may

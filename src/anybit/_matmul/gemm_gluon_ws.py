@@ -67,7 +67,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
 
-from .gemm_gluon import _byte_layout, cta_barrier, decode_operand, group_params, group_words, pair_select
+from .gemm_gluon import (
+    _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
+)
 from .gemm_triton import tile_position
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
@@ -229,16 +231,16 @@ def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MOD
 
 
 @gluon.jit
-def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, scale,
-            zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr):
+def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, mul,
+            scale, zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr):
     """The operand of the ring's u-th block for consumer warpgroup WG: wait for its stage,
     read the warpgroup's WG_ROWS rows of code words, decode them with the group's ``scale``
-    and ``zero`` [WG_ROWS]."""
+    and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s)."""
     s = u % STAGES
     bias, scale_words = group_words(scale, zero, BITS)
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
     words = c_bufs.index(s).slice(WG * WG_ROWS, WG_ROWS, dim=0).load(word_layout)
-    return decode_operand(words, select, bias, scale_words, WG_ROWS, BLOCK_K, a_layout, BITS)
+    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS)
 
 
 @gluon.jit
@@ -249,6 +251,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     ring's blocks base .. base + n_blocks: its rows of W (``params``' rows) against the x
     tile, fp32 [WG_ROWS, BLOCK_M] in the MMA's layout.  Every block's stage is released."""
     x_bufs, c_bufs, ready, empty = ring
+    mul = nibble_multiplier(params[3])  # num_groups
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
@@ -274,7 +277,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
+        a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
                     a_layout, BITS)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(base % STAGES), count=1)
@@ -282,7 +285,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
         u = base + i
-        a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K, STAGES,
+        a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
                      a_layout, BITS)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
@@ -292,7 +295,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
             mbarrier.arrive(empty.index((u + STAGES - 1) % STAGES), count=1, pred=i > first)
         window = _advance(params, window, kb0 + i + 3, BLOCK_K, GROUP, MODE, BITS)
-        a0 = _decode(c_bufs, ready, u + 1, WG, WG_ROWS, word_layout, select, window[0], window[1], BLOCK_K,
+        a0 = _decode(c_bufs, ready, u + 1, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K,
                      STAGES, a_layout, BITS)
         acc = warpgroup_mma(a0, x_bufs.index((u + 1) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:

@@ -1,0 +1,122 @@
+"""Time the plan anybit.matmul picks with this tree's Gluon GEMM kernels against a baseline
+tree's, in one process and alternating (the measure-predict loop's A/B tool for a kernel
+change that keeps the plans).
+
+Usage on a CUDA machine::
+
+    mkdir -p BASE && for f in gemm_gluon.py gemm_gluon_ws.py; do
+        git show REV:src/anybit/_matmul/$f > BASE/$f; done
+    PYTHONPATH=src python benchmarks/ws_ab.py --baseline BASE --formats int4-g128 \
+        --m 64 128 256 1024 [--shapes 4096x4096 ...] [--rounds 2] [--out results.json]
+
+At each point both kernels' results are checked against float64 (the same bound as the
+tests), then timed ``--rounds`` times each in the order A B B A A B ... (BENCH.md: graph-launched,
+cold L2, fp16 cuBLAS in the same run).  Points whose plan uses neither Gluon kernel are
+skipped (the kernels compared are the same)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import statistics
+import sys
+import types
+
+import torch
+
+import anybit
+from anybit import bench
+from anybit._matmul import gemm as gm
+from anybit._matmul import gemm_gluon, gemm_gluon_ws, tuning
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+from conftest import assert_matmul_close, unit_roundoff  # noqa: E402
+
+GLUON = (gm.Kernel.GLUON, gm.Kernel.GLUON_WS)
+
+
+def load_baseline(directory: str) -> tuple[types.ModuleType, types.ModuleType]:
+    """The baseline's gemm_gluon and gemm_gluon_ws as modules of a package of their own
+    (the rest of anybit shared with this tree)."""
+    package = types.ModuleType("anybit_baseline")
+    package.__path__ = [directory]
+    sys.modules["anybit_baseline"] = package
+    modules = []
+    for name in ("gemm_gluon", "gemm_gluon_ws"):
+        text = open(os.path.join(directory, f"{name}.py")).read()
+        text = text.replace("from . import decode_ptx", "from anybit._matmul import decode_ptx")
+        text = text.replace("from .gemm_triton import", "from anybit._matmul.gemm_triton import")
+        path = os.path.join(directory, f"_{name}_loaded.py")
+        with open(path, "w") as f:
+            f.write(text)
+        spec = importlib.util.spec_from_file_location(f"anybit_baseline.{name}", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+        modules.append(module)
+    return modules[0], modules[1]
+
+
+class _Kernels:
+    """Swaps the kernels the launchers import (they import them per call)."""
+
+    def __init__(self, gluon, ws):
+        self.kernels = (gluon.gemm_gluon_kernel, ws.gemm_gluon_ws_kernel)
+
+    def __enter__(self):
+        self.saved = (gemm_gluon.gemm_gluon_kernel, gemm_gluon_ws.gemm_gluon_ws_kernel)
+        gemm_gluon.gemm_gluon_kernel, gemm_gluon_ws.gemm_gluon_ws_kernel = self.kernels
+
+    def __exit__(self, *exc):
+        gemm_gluon.gemm_gluon_kernel, gemm_gluon_ws.gemm_gluon_ws_kernel = self.saved
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--baseline", required=True, help="folder with the baseline's gemm_gluon.py, gemm_gluon_ws.py")
+    parser.add_argument("--formats", nargs="+", default=["int4-g128"])
+    parser.add_argument("--m", nargs="+", type=int, default=[64, 128, 256, 1024])
+    parser.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in bench.STANDARD_SHAPES])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    versions = {"new": _Kernels(gemm_gluon, gemm_gluon_ws), "base": _Kernels(*load_baseline(args.baseline))}
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    rows = []
+    for spec in args.formats:
+        for shape in args.shapes:
+            n, k = (int(v) for v in shape.split("x"))
+            w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
+            qw = anybit.quantize(w, spec)
+            copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
+            w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+            for m in args.m:
+                plan = tuning.plan(spec, n, k, m, qw.format.group_len(k), qw.format.bits, w.device)
+                if plan.kernel not in GLUON:
+                    continue
+                x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), 20)
+                times = {name: [] for name in versions}
+                for name, kernels in versions.items():
+                    with kernels:
+                        assert_matmul_close(anybit.matmul(x, qw), x, qw, weight_roundoff=unit_roundoff(x.dtype))
+                order = [("new", "base") if r % 2 == 0 else ("base", "new") for r in range(args.rounds)]
+                for name in (v for pair in order for v in pair):
+                    with versions[name]:
+                        times[name].append(bench._time_per_call(lambda i: lambda: anybit.matmul(x, copies[i]),
+                                                                len(copies), 20))
+                new, base = (statistics.median(times[v]) for v in ("new", "base"))
+                print(f"{spec} {n}x{k} M={m} {plan.label():40s} new {new:8.2f} base {base:8.2f} us "
+                      f"({base / new:5.3f}x; fp16 {fp16_us:8.2f}: {fp16_us / new:4.2f} / {fp16_us / base:4.2f}x)",
+                      flush=True)
+                rows.append(dict(format=spec, N=n, K=k, M=m, plan=plan.label(), new_us=times["new"],
+                                 base_us=times["base"], fp16_us=fp16_us))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
