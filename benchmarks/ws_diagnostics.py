@@ -9,7 +9,8 @@ Usage on a Hopper GPU::
 Variants as ``gemv_variants.py --kernel gemm``'s ``ws,...``.  DIAGS: bits of what a copy of
 ``gemm_gluon_ws`` leaves out, 0 being the kernel as it is: 1 the scale loads (constant
 scales), 2 the MMA (each register operand folded into a sink by xor, summed once at the
-end), 4 the decode (a constant operand).  The copy is made by text substitutions of the
+end), 4 the decode (a constant operand), 8 the decode replaced by that of a chunk-permuted
+layout (``_chunk_decode``: what the consumers' work would be with it; wrong weights here).  The copy is made by text substitutions of the
 kernel's source, each asserted, so a change of the kernel that breaks one fails loudly.
 Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
 """
@@ -50,24 +51,36 @@ def diagnostic_kernel(diag: int):
         constant = "    return (rows * 0).to(gl.float16) + 0.01, (rows * 0).to(gl.float32) + 8.0\n"
         s = _replace(s, "    return group_params(", constant + "    return group_params(", 1)
     if diag & 4:
-        s = _replace(s, "    return decode_operand(words, select, bias, scale_words, WG_ROWS, BLOCK_K, a_layout)",
+        s = _replace(s, "    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS)",
                      "    return gl.full([WG_ROWS, BLOCK_K], 1.0, gl.float16, a_layout)")
+    if diag & 8:  # the consumers' decode of a chunk-permuted layout (benchmarks/_chunk_decode.py)
+        s = _replace(s, "from anybit._matmul.gemm_gluon import (", "from _chunk_decode import SIXTEENTH, chunk_word_layout, chunk_words, "
+                     "decode_chunks\nfrom anybit._matmul.gemm_gluon import (", 1)
+        s = _replace(s, "    bias, scale_words = group_words(scale, zero, BITS)\n",
+                     "    bias_lo, bias_hi, scale_words = chunk_words(scale, zero)\n", 1)
+        s = _replace(s, ".load(word_layout)\n",
+                     ".load(chunk_word_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K])))\n", 1)
+        s = _replace(s, "    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS)",
+                     "    return decode_chunks(words, bias_lo, bias_hi, scale_words, mul, WG_ROWS, BLOCK_K, a_layout)", 1)
+        s = _replace(s, "    mul = nibble_multiplier(params[3])", "    mul = SIXTEENTH + (params[3] >> 31)", 1)
     if diag & 2:
         for a in ("a", "a1", "a0"):
             s = _replace(s, f"acc = warpgroup_mma({a}, x_bufs.index(",
                          f"sink = sink ^ {a}.to(gl.int16, bitcast=True); unused_{a} = (x_bufs.index(")
         s = _replace(s, "acc, is_async=True)", ")", 2)
         s = _replace(s, ".permute((1, 0)), acc)\n", ".permute((1, 0)))\n", 1)
-        s = _replace(s, "    acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)\n",
-                     "    acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)\n"
+        s = _replace(s, "    first = n_blocks % 2\n",
+                     "    first = n_blocks % 2\n"
                      "    sink = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.int16, layout=a_layout)\n", 1)
-        s = _replace(s, "    # (CARRY leaves the last block's stage without its arrival: it is never refilled)\n",
-                     "    acc += gl.sum(gl.sum(sink.to(gl.float32), 1), 0)\n", 1)
+        s = _replace(s, "    return acc\n\n\n@gluon.jit\ndef _store(",
+                     "    acc += gl.sum(gl.sum(sink.to(gl.float32), 1), 0)\n"
+                     "    return acc\n\n\n@gluon.jit\ndef _store(", 1)
     path = os.path.join(tempfile.mkdtemp(), f"gemm_gluon_ws_diag{diag}.py")
     with open(path, "w") as f:
         f.write(s)
     spec = importlib.util.spec_from_file_location(f"gemm_gluon_ws_diag{diag}", path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # (its dataclasses look their module up)
     spec.loader.exec_module(module)
     return module.gemm_gluon_ws_kernel
 
