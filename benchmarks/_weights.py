@@ -1,7 +1,13 @@
-"""What the kernel probes share (ds_probe.py, dequant_overlap_probe.py): the command line
-of shapes, M and format, and each shape's weights with enough copies for a cold L2.
+"""What the kernel probes share (ds_probe.py, dequant_overlap_probe.py, ws_ab.py,
+ws_diagnostics.py): the command line of shapes, M and format, each shape's weights with
+enough copies for a cold L2, and loading an edited copy of a kernel's source as a module.
 Imported by those scripts from this folder (run them as ``python benchmarks/<script>.py``)."""
 import argparse
+import importlib.util
+import os
+import sys
+import tempfile
+import types
 
 import torch
 
@@ -29,3 +35,18 @@ def weights(shape: str, fmt: str):
     copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
     w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
     return n, k, qw, copies, w16
+
+
+def load_source(name: str, text: str, directory: str | None = None) -> types.ModuleType:
+    """``text`` (a module's source, e.g. a kernel file with edits) as module ``name``: written
+    to ``directory`` (a fresh temporary one by default; Triton reads a kernel's source from
+    its file) and registered in ``sys.modules`` before it runs (its dataclasses and relative
+    imports look their package up there)."""
+    path = os.path.join(directory or tempfile.mkdtemp(), f"_{name.replace('.', '_')}.py")
+    with open(path, "w") as f:
+        f.write(text)
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

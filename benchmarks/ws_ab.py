@@ -17,7 +17,6 @@ skipped (the kernels compared are the same)."""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -32,6 +31,8 @@ from anybit._matmul import gemm as gm
 from anybit._matmul import gemm_gluon, gemm_gluon_ws, tuning
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
+sys.path.insert(0, os.path.dirname(__file__))
+import _weights  # noqa: E402
 from conftest import assert_matmul_close, unit_roundoff  # noqa: E402
 
 GLUON = (gm.Kernel.GLUON, gm.Kernel.GLUON_WS)
@@ -48,14 +49,7 @@ def load_baseline(directory: str) -> tuple[types.ModuleType, types.ModuleType]:
         text = open(os.path.join(directory, f"{name}.py")).read()
         text = text.replace("from . import decode_ptx", "from anybit._matmul import decode_ptx")
         text = text.replace("from .gemm_triton import", "from anybit._matmul.gemm_triton import")
-        path = os.path.join(directory, f"_{name}_loaded.py")
-        with open(path, "w") as f:
-            f.write(text)
-        spec = importlib.util.spec_from_file_location(f"anybit_baseline.{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-        modules.append(module)
+        modules.append(_weights.load_source(f"anybit_baseline.{name}", text, directory))
     return modules[0], modules[1]
 
 
@@ -83,17 +77,12 @@ def main() -> None:
     parser.add_argument("--out")
     args = parser.parse_args()
     versions = {"new": _Kernels(gemm_gluon, gemm_gluon_ws), "base": _Kernels(*load_baseline(args.baseline))}
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for spec in args.formats:
         for shape in args.shapes:
-            n, k = (int(v) for v in shape.split("x"))
-            w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
-            qw = anybit.quantize(w, spec)
-            copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
-            w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+            n, k, qw, copies, w16 = _weights.weights(shape, spec)
             for m in args.m:
-                plan = tuning.plan(spec, n, k, m, qw.format.group_len(k), qw.format.bits, w.device)
+                plan = tuning.plan(spec, n, k, m, qw.format.group_len(k), qw.format.bits, qw.codes.device)
                 if plan.kernel not in GLUON:
                     continue
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)

@@ -17,19 +17,17 @@ Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same r
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
-import tempfile
 
 import torch
 
-import anybit
 from anybit import bench
 from anybit._matmul import gemm_gluon_ws
 
 sys.path.insert(0, os.path.dirname(__file__))
+import _weights  # noqa: E402
 import gemv_variants  # noqa: E402
 
 SOURCE = os.path.join(os.path.dirname(gemm_gluon_ws.__file__), "gemm_gluon_ws.py")
@@ -75,14 +73,7 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "    return acc\n\n\n@gluon.jit\ndef _store(",
                      "    acc += gl.sum(gl.sum(sink.to(gl.float32), 1), 0)\n"
                      "    return acc\n\n\n@gluon.jit\ndef _store(", 1)
-    path = os.path.join(tempfile.mkdtemp(), f"gemm_gluon_ws_diag{diag}.py")
-    with open(path, "w") as f:
-        f.write(s)
-    spec = importlib.util.spec_from_file_location(f"gemm_gluon_ws_diag{diag}", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # (its dataclasses look their module up)
-    spec.loader.exec_module(module)
-    return module.gemm_gluon_ws_kernel
+    return _weights.load_source(f"gemm_gluon_ws_diag{diag}", s).gemm_gluon_ws_kernel
 
 
 def main() -> None:
@@ -95,14 +86,9 @@ def main() -> None:
     diags = [int(d) for d in os.environ.get("DIAGS", "0 1 2 4 3").split()]
     kernels = {d: diagnostic_kernel(d) for d in diags}
     original = gemm_gluon_ws.gemm_gluon_ws_kernel
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for shape in shapes:
-        n, k = (int(v) for v in shape.split("x"))
-        w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
-        qw = anybit.quantize(w, "int4-g128")
-        copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
-        w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+        n, k, qw, copies, w16 = _weights.weights(shape, "int4-g128")
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), 20)
         ref = x.double() @ qw.dequantize(torch.float64).t()
