@@ -10,7 +10,9 @@ Variants as ``gemv_variants.py --kernel gemm``'s ``ws,...``.  DIAGS: bits of wha
 ``gemm_gluon_ws`` leaves out, 0 being the kernel as it is: 1 the scale loads (constant
 scales), 2 the MMA (each register operand folded into a sink by xor, summed once at the
 end), 4 the decode (a constant operand), 8 the decode replaced by that of a chunk-permuted
-layout (``_chunk_decode``: what the consumers' work would be with it; wrong weights here).  The copy is made by text substitutions of the
+layout (``_chunk_decode``: what the consumers' work would be with it; wrong weights here), 16
+the split-K fix-up's loads of the other splits' partials (the last split stores its own
+sum), 32 that and the partials' stores and the count (each split stores its own sum, racing).  The copy is made by text substitutions of the
 kernel's source, each asserted, so a change of the kernel that breaks one fails loudly.
 Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
 """
@@ -61,6 +63,18 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS)",
                      "    return decode_chunks(words, bias_lo, bias_hi, scale_words, mul, WG_ROWS, BLOCK_K, a_layout)", 1)
         s = _replace(s, "    mul = nibble_multiplier(params[3])", "    mul = SIXTEENTH + (params[3] >> 31)", 1)
+    if diag & 48:  # split-K: the last split's loads of the others' partials left out (it stores its own)
+        s = _replace(s, """                total = gl.where(pid_k == 0, mine, gl.load(own, mask=pid_k != 0, cache_modifier=".cg"))
+                for part in gl.static_range(1, SPLIT_K):
+                    total += gl.where(pid_k == part, mine, gl.load(own + part * split_stride, mask=pid_k != part,
+                                                                   cache_modifier=".cg"))
+""", "                total = mine\n", 1)
+    if diag & 32:  # split-K: no partial stored, no count: every split stores its own sum (racy)
+        s = _replace(s, """            gl.store(own + pid_k * split_stride, mine)
+            cta_barrier()
+            arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+            last = arrived == SPLIT_K - 1
+""", "", 1)
     if diag & 2:
         for a in ("a", "a1", "a0"):
             s = _replace(s, f"acc = warpgroup_mma({a}, x_bufs.index(",

@@ -31,10 +31,12 @@ Ring, per stage::
     ready[s]   loader: expect(bytes) + TMA -> consumers wait (phase i // STAGES)
     empty[s]   each consumer warpgroup arrives once -> loader waits before refilling
 
-Split-K: each warpgroup stores its fp32 partial [WG_ROWS, BLOCK_M] in its own order (a
-workspace of ``split_k * tiles * BLOCK_N * BLOCK_M`` floats, ``ws_workspace_size``) and
-counts in on its own counter (``tile * NUM_WG + g``); the last split sums the partials
-in order, their loads unrolled.
+Split-K: each warpgroup stores its fp32 partial [WG_ROWS, BLOCK_M] in the order of its
+registers (``_vectors``: 16-byte vectors, 512 contiguous bytes a warp; a workspace of
+``split_k * tiles * BLOCK_N * BLOCK_M`` floats, ``ws_workspace_size``) and counts in on its
+own counter (``tile * NUM_WG + g``); the last split sums the partials in split order, its own
+from its registers, the others' loads unrolled.  (Stored row-major, 8 bytes a thread, the
+fix-up took 7 of 25 us of 4096 x 4096 at M = 256 with two splits: docs/NOTES-gemm.md v23.)
 
 Stream-K (``STREAM_K``, grid: one program per SM): the tiles of the full waves are taken
 whole, the K-blocks of the last ``tiles % programs`` tiles are cut into equal shares
@@ -316,6 +318,37 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
 
 
 @gluon.jit
+def _vectors(acc, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr):
+    """A warpgroup's accumulator [WG_ROWS, BLOCK_M] fp32 (wgmma's layout) as [WG_ROWS * BLOCK_M / 4, 4],
+    the same registers: row v of the result is one thread's four registers, and the rows of a warp's
+    32 threads follow each other, so stored at ``_vector_offsets`` a warp writes 512 contiguous bytes.
+
+    wgmma's element (r, c) of a 64-row slab s lies in warp w, lane 4 l + q, register (c // 8, h, e)
+    for r = 64 s + 16 w + 8 h + l, c = 8 j + 2 q + e; the result orders them [s, j, w, l, q | h, e]."""
+    t = gl.reshape(acc, [WG_ROWS // 64, 4, 2, 8, BLOCK_M // 8, 4, 2])  # [s, w, h, l, j, q, e]
+    t = gl.permute(t, (0, 4, 1, 3, 5, 2, 6))  # [s, j, w, l, q, h, e]
+    return gl.reshape(t, [WG_ROWS * BLOCK_M // 4, 4])
+
+
+@gluon.jit
+def _from_vectors(v, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr, acc_layout: gl.constexpr):
+    """The inverse of ``_vectors``: [WG_ROWS * BLOCK_M / 4, 4] -> [WG_ROWS, BLOCK_M] in ``acc_layout``
+    (no data moves)."""
+    t = gl.reshape(v, [WG_ROWS // 64, BLOCK_M // 8, 4, 8, 4, 2, 2])  # [s, j, w, l, q, h, e]
+    t = gl.permute(t, (0, 2, 5, 3, 1, 4, 6))  # [s, w, h, l, j, q, e]
+    return gl.convert_layout(gl.reshape(t, [WG_ROWS, BLOCK_M]), acc_layout)
+
+
+@gluon.jit
+def _vector_offsets(v):
+    """Element offsets of ``_vectors``' result, row-major: 16-byte vectors, a warp's contiguous."""
+    rows: gl.constexpr = v.shape[0]
+    layout: gl.constexpr = v.type.layout
+    return (gl.arange(0, rows, layout=gl.SliceLayout(1, layout))[:, None] * 4
+            + gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :])
+
+
+@gluon.jit
 def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr):
     """y[offs_m, rows] = acc (+ bias[rows]) as fp16; acc [WG_ROWS, BLOCK_M] fp32."""
     if HAS_BIAS:
@@ -344,9 +377,6 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     select = gl.expand_dims(gl.expand_dims(pair_select(pair, BITS), 0), 0)  # prmt: a word's code pair
     tile_row = gl.arange(0, WG_ROWS, layout=gl.SliceLayout(1, acc_layout))
     tile_col = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
-    # a partial as the warpgroup holds it: [WG_ROWS, BLOCK_M] fp32, row-major, each thread's
-    # column pairs contiguous (8-byte stores and loads), nothing masked
-    frag = tile_row[:, None] * BLOCK_M + tile_col[None, :]
     PART: gl.constexpr = WG_ROWS * BLOCK_M
 
     if STREAM_K:
@@ -371,7 +401,9 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 # the partials of a shared tile, one per program and slot: [programs, 2,
                 # NUM_WG, WG_ROWS, BLOCK_M]; the last to count in sums them in program order
                 # (the same sum in every launch on one GPU), so the order of arrival does not matter
-                gl.store(ws_ptr + ((pid * 2 + slot) * NUM_WG + WG) * PART + frag, acc)
+                mine = _vectors(acc, WG_ROWS, BLOCK_M)
+                vectors = _vector_offsets(mine)
+                gl.store(ws_ptr + ((pid * 2 + slot) * NUM_WG + WG) * PART + vectors, mine)
                 cta_barrier()
                 local = tile - waves * gl.num_programs(0)
                 owner0 = _owner(local * k_blocks, sk_blocks, sharers)
@@ -380,11 +412,13 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
                 done = arrived == owner1 - owner0
                 if done:
-                    acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
+                    total = gl.zeros_like(mine)
                     for q in range(owner0, owner1 + 1):
                         # the tile is the first of q's shared items unless q's share began in the tile before
                         q_slot = gl.where(((q * sk_blocks) // sharers) // k_blocks == local, 0, 1)
-                        acc += gl.load(ws_ptr + ((q * 2 + q_slot) * NUM_WG + WG) * PART + frag, cache_modifier=".cg")
+                        total += gl.load(ws_ptr + ((q * 2 + q_slot) * NUM_WG + WG) * PART + vectors,
+                                         cache_modifier=".cg")
+                    acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                     gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
             if done:
                 _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS)
@@ -400,17 +434,21 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         if SPLIT_K > 1:
             # each split's partial per (split, tile, warpgroup); the last split sums them in order
             split_stride = gl.num_programs(0) * NUM_WG * PART
-            own = ws_ptr + (tile * NUM_WG + WG) * PART + frag
+            mine = _vectors(acc, WG_ROWS, BLOCK_M)
+            own = ws_ptr + (tile * NUM_WG + WG) * PART + _vector_offsets(mine)
             counter = counter_ptr + tile * NUM_WG + WG
-            gl.store(own + pid_k * split_stride, acc)
+            gl.store(own + pid_k * split_stride, mine)
             cta_barrier()
             arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
             last = arrived == SPLIT_K - 1
             if last:
-                # unrolled, so the loads of several partials are in flight at once
-                acc = gl.load(own, cache_modifier=".cg")
+                # the sum in split order whichever split is last (its own partial from its
+                # registers), the other loads unrolled so that they are in flight at once
+                total = gl.where(pid_k == 0, mine, gl.load(own, mask=pid_k != 0, cache_modifier=".cg"))
                 for part in gl.static_range(1, SPLIT_K):
-                    acc += gl.load(own + part * split_stride, cache_modifier=".cg")
+                    total += gl.where(pid_k == part, mine, gl.load(own + part * split_stride, mask=pid_k != part,
+                                                                   cache_modifier=".cg"))
+                acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
             _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS)
