@@ -16,6 +16,7 @@ import anybit
 from anybit._matmul import gemm as gm
 from anybit._matmul import gemm_gluon as gg
 from anybit._matmul import gemm_gluon_ws as gw
+from anybit._matmul import gemv as g
 from anybit._matmul import tuning
 from anybit.formats._base import Decode
 
@@ -157,6 +158,15 @@ def test_stream_k_candidates(n, m, stream_k):
     assert bool(sk) == stream_k and all(p.config.split_k == 1 for p in sk)
 
 
+def test_one_wave_split():
+    """The largest divisor of the K-blocks whose programs fit one wave: 64 tiles of 32 blocks on 132
+    SMs split in 2 (split_for's nearest divisor gives 4: two waves); never below 1."""
+    assert g.one_wave_split(32, 64, 132) == 2 and g.split_for(32, 64, 1, 132) == 4
+    assert g.one_wave_split(36, 40, 132) == 3
+    assert g.one_wave_split(31, 20, 132) == 1 and g.one_wave_split(64, 200, 132) == 1
+    assert g.one_wave_split(8, 1, 132) == 8
+
+
 @pytest.mark.parametrize("m", [64, 200, 1024])
 def test_tuner_candidates(m):
     """Tiles whose x rows are at least half real; both swizzles where there is more than
@@ -170,6 +180,10 @@ def test_tuner_candidates(m):
         swizzles = {q.config.swizzle for q in ws if replace(q.config, swizzle=8) == replace(p.config, swizzle=8)}
         assert swizzles == (set(gm.GLUON_WS_SWIZZLES) if m > p.config.block_m else {8}), p.label()
     assert {p.config.split_k for p in ws} >= {1} and max(p.config.split_k for p in ws) > 1
+    for p in ws:  # each split-1 tile also split as far as one wave holds
+        tiles_, k_blocks = -(-m // p.config.block_m) * -(-4096 // p.config.block_n), 4096 // p.config.block_k
+        if p.config.split_k == 1 and not p.config.stream_k:
+            assert replace(p.config, split_k=g.one_wave_split(k_blocks, tiles_, 132)) in {q.config for q in ws}
     assert len(set(plans)) == len(plans)
     assert not any(p.kernel is gm.Kernel.GLUON_WS for p in gm.candidate_plans(m, 4096, 4100, 4, 132, gluon=True))
     # 8-bit codes: the warp-specialized tiles whose ring fits shared memory, with no Gluon (4-bit) plans

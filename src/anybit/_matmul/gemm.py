@@ -18,8 +18,8 @@ from ..formats._base import Decode
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
-    MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count, split_for,
-    split_counters, split_k_buffers, weight_operands,
+    MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, one_wave_split, sm_count,
+    split_for, split_counters, split_k_buffers, weight_operands,
 )
 
 
@@ -308,8 +308,8 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
     then, with ``gluon`` (``gluon_supported``), the Gluon kernel over 64 rows of W
     on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and, with
     ``ws`` (``gluon_ws_supported``; default: ``gluon``), the warp-specialized one over
-    GLUON_WS_TILES whose ring fits shared memory (``ws_fits``) without a split, with about
-    one program per SM and, where the last wave of tiles is partial, with stream-K, each with
+    GLUON_WS_TILES whose ring fits shared memory (``ws_fits``) without a split, about one program
+    per SM, the most in one wave (``one_wave_split``) and, where the last wave is partial, stream-K, each with
     the GLUON_WS_SWIZZLES where there is more than one tile of x (where K is a multiple of 8)."""
     ws = gluon if ws is None else ws
     block_k = heuristic_block_k(bits)
@@ -345,7 +345,8 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
             ws_k_blocks = -(-k // ws_block_k)
             tiles = -(-n // block_n) * -(-m // block_m)
             swizzles = GLUON_WS_SWIZZLES if m > block_m else GLUON_WS_SWIZZLES[:1]
-            for split in sorted({1, split_for(ws_k_blocks, tiles, 1, sms)}):
+            fill = (split_for(ws_k_blocks, tiles, 1, sms), one_wave_split(ws_k_blocks, tiles, sms))
+            for split in sorted({1, *fill}):
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages,
                                                                  swizzle=swizzle)))

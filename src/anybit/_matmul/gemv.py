@@ -177,6 +177,13 @@ def split_for(k_blocks: int, tiles: int, programs_per_sm: int, sms: int, unroll:
     return even_split(steps, max(1, min(steps, -(-programs_per_sm * sms // tiles))))
 
 
+def one_wave_split(k_blocks: int, tiles: int, sms: int) -> int:
+    """The largest split-K count that divides ``k_blocks`` and keeps ``tiles`` x split
+    programs within one wave of ``sms`` (at least 1): where ``split_for``'s nearest divisor
+    overshoots into a second wave (64 tiles on 132 SMs: 4, not 2)."""
+    return max(d for d in range(1, k_blocks + 1) if k_blocks % d == 0 and (d == 1 or tiles * d <= sms))
+
+
 @traceable_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
 def gemv_config(m: int, n: int, k: int, group: int, sms: int, programs_per_sm: int | None = None,
                 ptx: bool = False, split_groups: bool = False, interleaved: bool = False,
