@@ -320,14 +320,19 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
 @gluon.jit
 def _vectors(acc, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr):
     """A warpgroup's accumulator [WG_ROWS, BLOCK_M] fp32 (wgmma's layout) as [WG_ROWS * BLOCK_M / 4, 4],
-    the same registers: row v of the result is one thread's four registers, and the rows of a warp's
-    32 threads follow each other, so stored at ``_vector_offsets`` a warp writes 512 contiguous bytes.
+    the same registers, and the element offsets to store it at (row-major): row v of the result
+    is one thread's four registers (a 16-byte vector), and the rows of a warp's 32 threads follow
+    each other, so a warp writes 512 contiguous bytes.
 
     wgmma's element (r, c) of a 64-row slab s lies in warp w, lane 4 l + q, register (c // 8, h, e)
     for r = 64 s + 16 w + 8 h + l, c = 8 j + 2 q + e; the result orders them [s, j, w, l, q | h, e]."""
     t = gl.reshape(acc, [WG_ROWS // 64, 4, 2, 8, BLOCK_M // 8, 4, 2])  # [s, w, h, l, j, q, e]
     t = gl.permute(t, (0, 4, 1, 3, 5, 2, 6))  # [s, j, w, l, q, h, e]
-    return gl.reshape(t, [WG_ROWS * BLOCK_M // 4, 4])
+    v = gl.reshape(t, [WG_ROWS * BLOCK_M // 4, 4])
+    layout: gl.constexpr = v.type.layout
+    offsets = (gl.arange(0, WG_ROWS * BLOCK_M // 4, layout=gl.SliceLayout(1, layout))[:, None] * 4
+               + gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :])
+    return v, offsets
 
 
 @gluon.jit
@@ -340,12 +345,11 @@ def _from_vectors(v, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr, acc_layout: g
 
 
 @gluon.jit
-def _vector_offsets(v):
-    """Element offsets of ``_vectors``' result, row-major: 16-byte vectors, a warp's contiguous."""
-    rows: gl.constexpr = v.shape[0]
-    layout: gl.constexpr = v.type.layout
-    return (gl.arange(0, rows, layout=gl.SliceLayout(1, layout))[:, None] * 4
-            + gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :])
+def _split_partial(mine, own, part, pid_k, split_stride):
+    """Split ``part``'s partial (``_vectors``' order) for the split-K sum of split ``pid_k``:
+    its own from its registers, another's loaded from ``own + part * split_stride``."""
+    return gl.where(pid_k == part, mine, gl.load(own + part * split_stride, mask=pid_k != part,
+                                                 cache_modifier=".cg"))
 
 
 @gluon.jit
@@ -401,8 +405,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 # the partials of a shared tile, one per program and slot: [programs, 2,
                 # NUM_WG, WG_ROWS, BLOCK_M]; the last to count in sums them in program order
                 # (the same sum in every launch on one GPU), so the order of arrival does not matter
-                mine = _vectors(acc, WG_ROWS, BLOCK_M)
-                vectors = _vector_offsets(mine)
+                mine, vectors = _vectors(acc, WG_ROWS, BLOCK_M)
                 gl.store(ws_ptr + ((pid * 2 + slot) * NUM_WG + WG) * PART + vectors, mine)
                 cta_barrier()
                 local = tile - waves * gl.num_programs(0)
@@ -434,8 +437,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         if SPLIT_K > 1:
             # each split's partial per (split, tile, warpgroup); the last split sums them in order
             split_stride = gl.num_programs(0) * NUM_WG * PART
-            mine = _vectors(acc, WG_ROWS, BLOCK_M)
-            own = ws_ptr + (tile * NUM_WG + WG) * PART + _vector_offsets(mine)
+            mine, vectors = _vectors(acc, WG_ROWS, BLOCK_M)
+            own = ws_ptr + (tile * NUM_WG + WG) * PART + vectors
             counter = counter_ptr + tile * NUM_WG + WG
             gl.store(own + pid_k * split_stride, mine)
             cta_barrier()
@@ -444,10 +447,9 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             if last:
                 # the sum in split order whichever split is last (its own partial from its
                 # registers), the other loads unrolled so that they are in flight at once
-                total = gl.where(pid_k == 0, mine, gl.load(own, mask=pid_k != 0, cache_modifier=".cg"))
+                total = _split_partial(mine, own, 0, pid_k, split_stride)
                 for part in gl.static_range(1, SPLIT_K):
-                    total += gl.where(pid_k == part, mine, gl.load(own + part * split_stride, mask=pid_k != part,
-                                                                   cache_modifier=".cg"))
+                    total += _split_partial(mine, own, part, pid_k, split_stride)
                 acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:

@@ -159,11 +159,15 @@ def row_block(m: int) -> int:
     return 1 << max(0, m - 1).bit_length()
 
 
+def _divisors(k_blocks: int) -> list[int]:
+    """The split-K counts under which every split runs the same whole number of K-blocks."""
+    return [d for d in range(1, k_blocks + 1) if k_blocks % d == 0]
+
+
 def even_split(k_blocks: int, want: int) -> int:
     """The divisor of ``k_blocks`` nearest ``want`` (ties go to the larger), so that
     every split runs the same whole number of K-blocks."""
-    divisors = [d for d in range(1, k_blocks + 1) if k_blocks % d == 0]
-    return min(divisors, key=lambda d: (abs(d - want), -d))
+    return min(_divisors(k_blocks), key=lambda d: (abs(d - want), -d))
 
 
 def split_for(k_blocks: int, tiles: int, programs_per_sm: int, sms: int, unroll: int = 1) -> int:
@@ -181,7 +185,7 @@ def one_wave_split(k_blocks: int, tiles: int, sms: int) -> int:
     """The largest split-K count that divides ``k_blocks`` and keeps ``tiles`` x split
     programs within one wave of ``sms`` (at least 1): where ``split_for``'s nearest divisor
     overshoots into a second wave (64 tiles on 132 SMs: 4, not 2)."""
-    return max(d for d in range(1, k_blocks + 1) if k_blocks % d == 0 and (d == 1 or tiles * d <= sms))
+    return max(d for d in _divisors(k_blocks) if d == 1 or tiles * d <= sms)
 
 
 @traceable_cache(maxsize=4096)  # called on every launch; a pure function of its arguments
