@@ -75,3 +75,22 @@ def test_transformers_model_on_cuda_generates():
         out = model.generate(ids, max_new_tokens=5, do_sample=False)
     assert (after - before).norm() / before.norm() < 0.02
     assert out.shape == (2, 21)
+
+
+def test_graphs_timed_in_turn():
+    """``bench._median_replays_us``: graphs replayed in turn give each its own time (a graph of
+    the same matmul twice takes about twice one of it once; two identical graphs take the
+    same), and a bench of two formats on one point writes a row for each."""
+    from anybit import bench
+
+    a = torch.randn(4096, 4096, device="cuda", dtype=torch.float16)
+    once, twice, again = bench._median_replays_us([[lambda: a @ a], [lambda: a @ a, lambda: a @ a], [lambda: a @ a]],
+                                                  15)
+    assert 1.7 < twice / once < 2.3
+    assert 0.9 < again / once < 1.1
+    result = bench.run(["int4-g128", "int8-gc"], shapes=[(512, 1024)], ms=[1, 64], replays=3, peers=False,
+                       log=lambda _: None)
+    assert not result.errors
+    assert [(r["format"], r["M"]) for r in result.rows] == [("int4-g128", 1), ("int8-gc", 1), ("int4-g128", 64),
+                                                            ("int8-gc", 64)]
+    assert all(r["anybit_us"] > 0 and r["fp16_us"] > 0 for r in result.rows)

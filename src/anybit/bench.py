@@ -8,8 +8,9 @@ For each (N, K, M, format) point:
    op once per copy;
 3. the graph replayed ``replays`` times, each timed with CUDA events; the
    median replay time over the number of copies is the time per call;
-4. fp16 ``x @ W.t()`` (cuBLAS) and the installed peers timed the same way in
-   the same process.
+4. fp16 ``x @ W.t()`` (cuBLAS) timed the same way in the same process, its
+   graph and the formats' replayed in turn (``_median_replays_us``), and the
+   installed peers timed the same way just before.
 
 The floor is the larger of bytes / measured copy bandwidth (packed weights,
 scales, x and y) and 2*M*N*K / measured fp16 matmul rate.  Results: one JSON
@@ -56,32 +57,51 @@ class BenchResult:
         return json.dumps({"env": self.env, "hw": self.hw, "rows": self.rows, "errors": self.errors}, indent=1)
 
 
-def _median_replay_us(calls: list[Callable[[], object]], replays: int) -> float:
-    """Median time of one graph replay that makes every call once, in microseconds."""
+def _median_replays_us(call_sets: list[list[Callable[[], object]]], replays: int) -> list[float]:
+    """Median time of one replay of each of several graphs (graph i makes every call of
+    ``call_sets[i]`` once), in microseconds.
+
+    The graphs are replayed in turn, the first of each round rotating, so that all of them
+    run under the same clocks: a GPU at its power limit lowers its clock over the first
+    tens of milliseconds of load, so of two timings taken one after the other the first
+    gets the faster clock (on an H200 at M = 4096, fp16 cuBLAS timed first ran 5-10%
+    faster than the same call timed again after the kernel it was compared with)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(2):
-            for call in calls:
-                call()
+        for calls in call_sets:
+            for _ in range(2):
+                for call in calls:
+                    call()
     torch.cuda.current_stream().wait_stream(side)
     torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for call in calls:
-            call()
-    graph.replay()
-    torch.cuda.synchronize()
-    times = []
-    for _ in range(replays):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
+    graphs = []
+    for calls in call_sets:
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            for call in calls:
+                call()
+        graphs.append(graph)
+    for graph in graphs:
         graph.replay()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) * 1000)
-    del graph
-    return statistics.median(times)
+    torch.cuda.synchronize()
+    times: list[list[float]] = [[] for _ in graphs]
+    for r in range(replays):
+        for j in range(len(graphs)):
+            i = (r + j) % len(graphs)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            graphs[i].replay()
+            end.record()
+            end.synchronize()
+            times[i].append(start.elapsed_time(end) * 1000)
+    del graphs
+    return [statistics.median(t) for t in times]
+
+
+def _median_replay_us(calls: list[Callable[[], object]], replays: int) -> float:
+    """Median time of one graph replay that makes every call once, in microseconds."""
+    return _median_replays_us([calls], replays)[0]
 
 
 def _time_per_call(make_call: Callable[[int], Callable[[], object]], copies: int, replays: int) -> float:
@@ -192,7 +212,6 @@ def run(
             qws[fmt] = [qw] + [_clone(qw) for _ in range(copies - 1)]
         for m in ms:
             x = torch.randn(m, k, dtype=torch.float16, device=device, generator=gen)
-            fp16_us = _time_per_call(lambda i: lambda: x @ w16[i].t(), fp16_copies, replays)
             peer_us = {}
             if peers:
                 for name, peer in PEERS.items():
@@ -200,15 +219,22 @@ def run(
                         peer_us[f"{name}_us"] = peer(w, x, l2, replays)
                     except Exception as err:  # a peer that fails is reported, never dropped
                         result.errors.append(f"{name} N={n} K={k} M={m}: {type(err).__name__}: {err}")
+            # fp16 and every format that runs are timed together, their replays taking turns
+            call_sets = {"fp16": [lambda i=i: x @ w16[i].t() for i in range(fp16_copies)]}
+            for fmt, copies in qws.items():
+                try:
+                    matmul(x, copies[0])
+                except Exception as err:
+                    result.errors.append(f"anybit {fmt} N={n} K={k} M={m}: {type(err).__name__}: {err}")
+                    continue
+                call_sets[fmt] = [lambda qw=qw: matmul(x, qw) for qw in copies]
+            times = dict(zip(call_sets, _median_replays_us(list(call_sets.values()), replays)))
+            fp16_us = times["fp16"] / fp16_copies
             for fmt, copies in qws.items():
                 qw = copies[0]
                 nbytes = qw.nbytes + 2 * m * k + 2 * m * n
                 floor_us = max(nbytes / (result.hw["copy_TBps"] * 1e6), 2 * m * n * k / (result.hw["fp16_TFLOPs"] * 1e6))
-                try:
-                    us = _time_per_call(lambda i: lambda: matmul(x, copies[i]), len(copies), replays)
-                except Exception as err:
-                    result.errors.append(f"anybit {fmt} N={n} K={k} M={m}: {type(err).__name__}: {err}")
-                    us = float("nan")
+                us = times[fmt] / len(copies) if fmt in times else float("nan")
                 row = {"N": n, "K": k, "M": m, "format": fmt, "copies": len(copies), "floor_us": floor_us,
                        "fp16_us": fp16_us, "anybit_us": us, **peer_us}
                 result.rows.append(row)
