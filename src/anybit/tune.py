@@ -267,11 +267,10 @@ def tune(
                 for m in ms:
                     x = torch.randn(m, k, dtype=torch.float16, device=device, generator=gen)
                     reference = x.float() @ reference_w.t()
-                    fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), replays)
                     problem = pm.Problem(m, n, k, qw.format.bits, qw.format.group_len(k))
                     candidates = gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon, ws)
                     ranked = pm.rank(problem, candidates, hw, params)
-                    point = Point(spec, n, k, m, fp16_us, [Measured(plan, us) for us, plan in ranked])
+                    point = Point(spec, n, k, m, float("nan"), [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
                     # the model's first choice of the Gluon kernel, its first WS_MEASURED of the
                     # warp-specialized one and its first stream-K one too (their corrections start at 1)
@@ -285,6 +284,7 @@ def tune(
                         also.append(incumbent)
                         if all(c.plan != incumbent for c in point.candidates):
                             point.candidates.append(Measured(incumbent, pm.predict_us(problem, incumbent, hw, params)))
+                    timed = []
                     for i, cand in enumerate(point.candidates):
                         if not (exhaustive or i < top or cand.plan == default or cand.plan in also):
                             continue
@@ -292,8 +292,15 @@ def tune(
                         if cand.error is not None:
                             cand.us = float("nan")
                             continue
-                        cand.us = bench._time_per_call(lambda i: _runner(cand.plan, x, copies[i]), len(copies),
-                                                       replays)
+                        timed.append(cand)
+                    # fp16 and the candidates timed together, their replays taking turns (the
+                    # same clocks for all: ``bench._median_replays_us``)
+                    times = bench._median_replays_us(
+                        [[lambda i=i: x @ w16[i].t() for i in range(len(w16))]]
+                        + [[_runner(cand.plan, x, c) for c in copies] for cand in timed], replays)
+                    point.fp16_us = fp16_us = times[0] / len(w16)
+                    for cand, us in zip(timed, times[1:]):
+                        cand.us = us / len(copies)
                     points.append(point)
                     best = point.best()
                     progress.update()
