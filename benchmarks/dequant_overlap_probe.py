@@ -5,7 +5,11 @@ docs/NOTES-gemm.md v21.
 Usage on a GPU::
 
     PYTHONPATH=src python benchmarks/dequant_overlap_probe.py --shapes 4096x4096 8192x8192 \\
-        --m 1024 4096 --chunks 2 4 8 [--format int4-g128] [--out results.json]
+        --m 1024 4096 --chunks 2 4 8 [--format int4-g128] [--parts] [--out results.json]
+
+``--parts`` also times the two halves of the unchunked path alone: the dequantize (each copy
+of W to its own fp16 buffer) and cuBLAS on already dequantized copies, to tell which of the
+two makes the path slower than fp16 cuBLAS on the same shape (docs/NOTES-gemm.md v24).
 
 Each variant is checked against the unchunked result first (max relative difference;
 cuBLAS may pick another algorithm for a narrower N).  Timing as ``anybit bench``'s
@@ -65,9 +69,32 @@ def chunked(x, qw, chunks: int, out=None, bufs=None):
     return out
 
 
+def _parts(x, copies, fp16_us: float, label: str) -> list[dict]:
+    """The dequantize alone and cuBLAS alone on dequantized copies (rows for the results)."""
+    mode = copies[0].format.kernel_decode().mode
+    n, k = copies[0].shape
+    group = gm.kernel_group(copies[0].format.group_len(k), k, gm.DEQUANT_BLOCK_K)
+    bufs = [torch.empty(n, k, dtype=x.dtype, device=x.device) for _ in copies]
+
+    def dequant(i):
+        qw, zeros = copies[i], copies[i].params.get("zeros")
+        return lambda: gm.launch_dequant(qw.codes, qw.params["scales"], zeros, kernel_table(qw), n, k,
+                                         qw.format.bits, group, mode, x.dtype, out=bufs[i])
+
+    dequant_us = bench._time_per_call(dequant, len(copies), 10)
+    assert torch.equal(bufs[0], gm.dequantize(copies[0], x.dtype))
+    mm_us = bench._time_per_call(lambda i: lambda: x @ bufs[i].t(), len(bufs), 10)
+    print(f"{label} parts: dequantize {dequant_us:8.2f} us ({2 * n * k / dequant_us / 1e6:.2f} TB/s written), "
+          f"cuBLAS on dequantized W {mm_us:8.2f} us ({fp16_us / mm_us:4.2f}x fp16)", flush=True)
+    m = x.shape[0]
+    return [dict(N=n, K=k, M=m, variant="dequantize", us=dequant_us, fp16_us=fp16_us),
+            dict(N=n, K=k, M=m, variant="cublas_on_dequantized", us=mm_us, fp16_us=fp16_us)]
+
+
 def main() -> None:
     parser = _weights.parser()
-    parser.add_argument("--chunks", nargs="+", type=int, default=[2, 4, 8])
+    parser.add_argument("--chunks", nargs="*", type=int, default=[2, 4, 8])
+    parser.add_argument("--parts", action="store_true", help="also time the dequantize and cuBLAS alone")
     args = parser.parse_args()
     rows = []
     for shape in args.shapes:
@@ -81,6 +108,8 @@ def main() -> None:
             print(f"{n}x{k} M={m} fp16 {fp16_us:8.2f} us; dequant+cuBLAS {whole_us:8.2f} ({fp16_us / whole_us:4.2f}x); "
                   f"plan {plan_us:8.2f} ({fp16_us / plan_us:4.2f}x)", flush=True)
             rows.append(dict(N=n, K=k, M=m, variant="whole", us=whole_us, fp16_us=fp16_us, plan_us=plan_us))
+            if args.parts:
+                rows += _parts(x, copies, fp16_us, f"{n}x{k} M={m}")
             for c in args.chunks:
                 y = chunked(x, qw, c)
                 diff = ((y.float() - whole.float()).abs().max() / whole.float().abs().max()).item()
