@@ -12,7 +12,10 @@ scales), 2 the MMA (each register operand folded into a sink by xor, summed once
 end), 4 the decode (a constant operand), 8 the decode replaced by that of a chunk-permuted
 layout (``_chunk_decode``: what the consumers' work would be with it; wrong weights here), 16
 the split-K fix-up's loads of the other splits' partials (the last split stores its own
-sum), 32 that and the partials' stores and the count (each split stores its own sum, racing).  The copy is made by text substitutions of the
+sum), 32 that and the partials' stores and the count (each split stores its own sum, racing),
+64 the output's stores (issued, every lane masked off), 128 every K-block (each program
+loads and multiplies nothing and stores zeros: what launching, setting up and ending a
+program cost).  The copy is made by text substitutions of the
 kernel's source, each asserted, so a change of the kernel that breaks one fails loudly.
 Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
 """
@@ -74,6 +77,10 @@ def diagnostic_kernel(diag: int):
             arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
             last = arrived == SPLIT_K - 1
 """, "", 1)
+    if diag & 64:  # the output's stores issued with every lane masked off
+        s = _replace(s, "acc.to(gl.float16), mask=out_mask)", "acc.to(gl.float16), mask=out_mask & (offs_m < 0)[None, :])", 1)
+    if diag & 128:  # no K-blocks: each program starts, stores zeros and ends
+        s = _replace(s, "gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)", "kb0 * 0, pid_k)", 1)
     if diag & 2:
         for a in ("a", "a1", "a0"):
             s = _replace(s, f"acc = warpgroup_mma({a}, x_bufs.index(",
