@@ -5,7 +5,9 @@ Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_W
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
 128, no split-K, stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
-``--sass``, the machine code (cuobjdump -sass) follows the report.  Run in a
+``--sass``, the machine code (cuobjdump -sass) follows the report.  The report ends with the
+shared memory the kernel takes (Triton's count), and the output store is vectorized where
+the launcher would vectorize it.  Run in a
 process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
 
 import inspect
@@ -21,7 +23,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 
 from anybit._matmul import gemm as gm
-from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
+from anybit._matmul.gemm_gluon_ws import STORE_SCRATCH_PER_64_ROWS, gemm_gluon_ws_kernel
 
 
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
@@ -33,7 +35,8 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
     constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=1,
                      BLOCKS_PER_SPLIT=64, STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
-                     BITS=bits, STREAM_K=bool(stream_k), num_warps=4)
+                     BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
+                     VECTOR_STORE=gm.ws_fits(config, bits, STORE_SCRATCH_PER_64_ROWS))  # as the launcher sets it (split 1)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{block_n}, {block_k * bits // 32}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
@@ -43,14 +46,15 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
     aligned = [name for name in names if name.endswith("_ptr") or name in ("N", "stride_sn")]
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     source = GluonASTSource(fn=gemm_gluon_ws_kernel, signature=signature, constexprs=constants, attrs=attrs)
-    ptx = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["ptx"]
+    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+    ptx = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
             f.write(ptx)
         ptxas = get_ptxas(90).path
         done = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f"{tmp}/kernel.ptx",
                                "-o", f"{tmp}/kernel.cubin"], capture_output=True, text=True, check=True)
-        text = done.stdout + done.stderr
+        text = done.stdout + done.stderr + f"shared memory: {compiled.metadata.shared} bytes\n"
         if sass:
             cuobjdump = os.path.join(os.path.dirname(ptxas), "cuobjdump")
             text += subprocess.run([cuobjdump, "-sass", f"{tmp}/kernel.cubin"], capture_output=True, text=True,

@@ -4,6 +4,7 @@ Triton kernel with the heuristic's settings, checked against float64 in the inte
 The kernel itself is checked on a Hopper GPU (tests/test_gemm_gluon_ws_cuda.py): Gluon
 kernels do not run in Triton's interpreter."""
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -231,6 +232,7 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
     112 registers, 2 x 128 at 240) and at 256 rows of x (a 128-register accumulator), show
     the check sees that."""
     assert "Used" in (notes := _ptxas_notes(config, gm.ws_overlap(config))) and SERIALIZED not in notes
+    assert _shared_bytes(notes) <= gm.HOPPER_SMEM_BYTES
     if (config.block_n == 256 and config.block_m == 64) or config.block_m == 256:
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
 
@@ -242,6 +244,29 @@ def test_stream_k_keeps_the_mmas_asynchronous(config):
     held through them) compiles with the tile's overlap and no serialized wgmma."""
     notes = _ptxas_notes(config, gm.ws_overlap(config))
     assert "Used" in notes and SERIALIZED not in notes
+    assert _shared_bytes(notes) <= gm.HOPPER_SMEM_BYTES
+
+
+def _shared_bytes(notes: str) -> int:
+    """The shared memory the compiled kernel takes (ptxas_report's last line)."""
+    return int(re.search(r"shared memory: (\d+) bytes", notes).group(1))
+
+
+@pytest.mark.parametrize("config, vector", [(gm.ws_config(256, 128, 128, 1, 3), True),
+                                            (gm.ws_config(64, 256, 128, 1, 3), True),
+                                            (gm.ws_config(128, 256, 64, 1, 9), False)],
+                         ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}" if isinstance(c, gm.GemmConfig) else str(c))
+def test_the_output_is_stored_in_16_byte_vectors_where_shared_memory_allows(config, vector):
+    """Where the ring leaves room for the layout conversion (``gemm.ws_fits`` with the store's
+    scratch), each thread writes y in 16-byte vectors; the fullest ring the tuner uses (256 x 128 x 128,
+    3 stages: 216 KB) still fits with it.  Where it does not (a 9-stage 128 x 256 x 64 ring,
+    216 KB, plus 12 KB of scratch for four warpgroups), 2-byte stores; both within the shared
+    memory of an SM."""
+    assert gm.ws_fits(config, 4) and gm.ws_fits(config, 4, gw.STORE_SCRATCH_PER_64_ROWS) == vector
+    sass = compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
+                          int(gm.ws_overlap(config)), config.num_warps, 4, 0, "--sass")
+    assert _shared_bytes(sass) <= gm.HOPPER_SMEM_BYTES
+    assert ("STG.E.128" in sass) == vector and ("STG.E.U16" in sass) != vector
 
 
 @pytest.mark.parametrize("config", [gm.ws_config(64, 256, 128, 1, 3), gm.ws_config(128, 128, 128, 1, 3)],

@@ -475,9 +475,10 @@ def ws_ring_bytes(config: GemmConfig, bits: int) -> int:
     return config.num_stages * (config.block_m * config.block_k * 2 + config.block_n * config.block_k * bits // 8)
 
 
-def ws_fits(config: GemmConfig, bits: int) -> bool:
-    """Whether the ring of ``config`` for ``bits``-bit codes fits one program's shared memory."""
-    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA <= HOPPER_SMEM_BYTES
+def ws_fits(config: GemmConfig, bits: int, store_scratch: int = 0) -> bool:
+    """Whether the ring of ``config`` for ``bits``-bit codes (and ``store_scratch`` bytes per 64
+    rows of W: ``gemm_gluon_ws.STORE_SCRATCH_PER_64_ROWS``) fits one program's shared memory."""
+    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + store_scratch * config.block_n // 64 <= HOPPER_SMEM_BYTES
 
 
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
@@ -571,7 +572,7 @@ def launch_gemm_gluon_ws(
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from .gemm_gluon_ws import gemm_gluon_ws_kernel
+    from .gemm_gluon_ws import STORE_SCRATCH_PER_64_ROWS, gemm_gluon_ws_kernel
     from .gemv_triton import MODE_IDS
 
     if not gluon_ws_supported(bits, mode, group, config.block_k, k, x.dtype, scales.dtype):
@@ -625,6 +626,7 @@ def launch_gemm_gluon_ws(
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
+        VECTOR_STORE=config.split_k == 1 and ws_fits(config, bits, STORE_SCRATCH_PER_64_ROWS),
     )
     return out
 

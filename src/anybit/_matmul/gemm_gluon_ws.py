@@ -352,20 +352,37 @@ def _split_partial(mine, own, part, pid_k, split_stride):
                                                  cache_modifier=".cg"))
 
 
+#: Shared memory the vectorized output store's layout conversion may take per 64 rows of W of
+#: a tile (sm_90, Triton 3.6: 2.1-2.6 KB measured on the tuner's tiles; ``gemm.ws_fits``).
+STORE_SCRATCH_PER_64_ROWS = 3072
+
+
 @gluon.jit
-def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr):
-    """y[offs_m, rows] = acc (+ bias[rows]) as fp16; acc [WG_ROWS, BLOCK_M] fp32."""
+def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr, VECTOR: gl.constexpr):
+    """y[offs_m, rows] = acc (+ bias[rows]) as fp16; acc [WG_ROWS, BLOCK_M] fp32.
+
+    VECTOR: the tile is first moved (through shared memory) to a layout in which each thread
+    holds 8 consecutive rows of W at one row of x, so that y is written in 16-byte vectors
+    (where N is a multiple of 8); else straight from wgmma's layout, where a thread's
+    neighbours along y's rows lie in other threads: 2-byte stores.  The same values either way."""
     if HAS_BIAS:
         acc += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)[:, None]
+    y = acc.to(gl.float16)
+    if VECTOR:
+        WG_ROWS: gl.constexpr = acc.shape[0]
+        layout: gl.constexpr = gl.BlockedLayout([8, 1], [WG_ROWS // 8, 256 // WG_ROWS], [1, 4], [0, 1])
+        y = gl.convert_layout(y, layout)
+        rows = gl.convert_layout(rows, gl.SliceLayout(1, layout))
+        offs_m = gl.convert_layout(offs_m, gl.SliceLayout(0, layout))
     out_mask = (rows < N)[:, None] & (offs_m < M)[None, :]
-    gl.store(out_ptr + offs_m[None, :] * N + rows[:, None], acc.to(gl.float16), mask=out_mask)
+    gl.store(out_ptr + offs_m[None, :] * N + rows[:, None], y, mask=out_mask)
 
 
 @gluon.jit
 def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr,
               MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
               SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
-              SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr):
+              SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr):
     """Consumer warpgroup WG: for each of the program's tiles, rows pid_n * BLOCK_N + WG *
     WG_ROWS .. + WG_ROWS of W against the tile's x rows; writes its rows of y (or its
     partial).  ``ops``: the ring and the operands, as the kernel builds them."""
@@ -424,7 +441,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                     acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                     gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
             if done:
-                _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS)
+                _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS, VECTOR_STORE)
     else:
         tile, kb0, n_blocks, pid_k = work
         m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
@@ -453,7 +470,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
-            _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS)
+            _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS, VECTOR_STORE)
 
 
 @gluon.jit
@@ -464,7 +481,7 @@ def gemm_gluon_ws_kernel(
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
-    BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False,
+    BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -474,7 +491,9 @@ def gemm_gluon_ws_kernel(
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
     taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
     floats and ``counter`` (tiles % programs) * NUM_WG zeros.  num_warps = 4 (the first consumer warpgroup; the others and the loader warp
-    are added by the warp specialization)."""
+    are added by the warp specialization).  VECTOR_STORE: y in 16-byte stores (``_store``; the
+    launcher sets it without split-K (faster there only, docs/NOTES-gemm.md v24), where shared
+    memory holds the conversion too, ``gemm.ws_fits``)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
@@ -503,26 +522,26 @@ def gemm_gluon_ws_kernel(
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
