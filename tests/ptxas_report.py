@@ -23,7 +23,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 
 from anybit._matmul import gemm as gm
-from anybit._matmul.gemm_gluon_ws import STORE_SCRATCH_PER_64_ROWS, gemm_gluon_ws_kernel
+from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
 
 
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
@@ -36,7 +36,7 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
                      BLOCKS_PER_SPLIT=64, STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
-                     VECTOR_STORE=gm.ws_fits(config, bits, STORE_SCRATCH_PER_64_ROWS))  # as the launcher sets it (split 1)
+                     VECTOR_STORE=gm.ws_vector_store(config, bits))
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{block_n}, {block_k * bits // 32}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")

@@ -257,12 +257,12 @@ def _shared_bytes(notes: str) -> int:
                                             (gm.ws_config(128, 256, 64, 1, 9), False)],
                          ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}" if isinstance(c, gm.GemmConfig) else str(c))
 def test_the_output_is_stored_in_16_byte_vectors_where_shared_memory_allows(config, vector):
-    """Where the ring leaves room for the layout conversion (``gemm.ws_fits`` with the store's
-    scratch), each thread writes y in 16-byte vectors; the fullest ring the tuner uses (256 x 128 x 128,
+    """Where the ring leaves room for the layout conversion (``gemm.ws_vector_store``), each
+    thread writes y in 16-byte vectors; the fullest ring the tuner uses (256 x 128 x 128,
     3 stages: 216 KB) still fits with it.  Where it does not (a 9-stage 128 x 256 x 64 ring,
     216 KB, plus 12 KB of scratch for four warpgroups), 2-byte stores; both within the shared
     memory of an SM."""
-    assert gm.ws_fits(config, 4) and gm.ws_fits(config, 4, gw.STORE_SCRATCH_PER_64_ROWS) == vector
+    assert gm.ws_fits(config, 4) and gm.ws_vector_store(config, 4) == vector
     sass = compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
                           int(gm.ws_overlap(config)), config.num_warps, 4, 0, "--sass")
     assert _shared_bytes(sass) <= gm.HOPPER_SMEM_BYTES

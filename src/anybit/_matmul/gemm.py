@@ -467,6 +467,9 @@ GLUON_WS_BITS = (4, 8)
 #: warp-specialized kernel needs besides its ring (barriers, alignment; measured 192 bytes).
 HOPPER_SMEM_BYTES = 232448
 WS_SMEM_EXTRA = 1024
+#: Shared memory the vectorized output store's layout conversion may take per 64 rows of W
+#: (sm_90, Triton 3.6: 2.1-2.6 KB compiled on the tuner's tiles).
+WS_STORE_SCRATCH = 3072
 
 
 def ws_ring_bytes(config: GemmConfig, bits: int) -> int:
@@ -475,10 +478,16 @@ def ws_ring_bytes(config: GemmConfig, bits: int) -> int:
     return config.num_stages * (config.block_m * config.block_k * 2 + config.block_n * config.block_k * bits // 8)
 
 
-def ws_fits(config: GemmConfig, bits: int, store_scratch: int = 0) -> bool:
-    """Whether the ring of ``config`` for ``bits``-bit codes (and ``store_scratch`` bytes per 64
-    rows of W: ``gemm_gluon_ws.STORE_SCRATCH_PER_64_ROWS``) fits one program's shared memory."""
-    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + store_scratch * config.block_n // 64 <= HOPPER_SMEM_BYTES
+def ws_fits(config: GemmConfig, bits: int) -> bool:
+    """Whether the ring of ``config`` for ``bits``-bit codes fits one program's shared memory."""
+    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA <= HOPPER_SMEM_BYTES
+
+
+def ws_vector_store(config: GemmConfig, bits: int) -> bool:
+    """Whether the warp-specialized kernel stores y in 16-byte vectors (its VECTOR_STORE): without
+    split-K (slower with it, docs/NOTES-gemm.md v24), where the ring leaves room for the conversion."""
+    scratch = WS_STORE_SCRATCH * config.block_n // 64
+    return config.split_k == 1 and ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + scratch <= HOPPER_SMEM_BYTES
 
 
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
@@ -572,7 +581,7 @@ def launch_gemm_gluon_ws(
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-    from .gemm_gluon_ws import STORE_SCRATCH_PER_64_ROWS, gemm_gluon_ws_kernel
+    from .gemm_gluon_ws import gemm_gluon_ws_kernel
     from .gemv_triton import MODE_IDS
 
     if not gluon_ws_supported(bits, mode, group, config.block_k, k, x.dtype, scales.dtype):
@@ -626,7 +635,7 @@ def launch_gemm_gluon_ws(
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
-        VECTOR_STORE=config.split_k == 1 and ws_fits(config, bits, STORE_SCRATCH_PER_64_ROWS),
+        VECTOR_STORE=ws_vector_store(config, bits),
     )
     return out
 

@@ -352,11 +352,6 @@ def _split_partial(mine, own, part, pid_k, split_stride):
                                                  cache_modifier=".cg"))
 
 
-#: Shared memory the vectorized output store's layout conversion may take per 64 rows of W of
-#: a tile (sm_90, Triton 3.6: 2.1-2.6 KB measured on the tuner's tiles; ``gemm.ws_fits``).
-STORE_SCRATCH_PER_64_ROWS = 3072
-
-
 @gluon.jit
 def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr, VECTOR: gl.constexpr):
     """y[offs_m, rows] = acc (+ bias[rows]) as fp16; acc [WG_ROWS, BLOCK_M] fp32.
@@ -491,9 +486,8 @@ def gemm_gluon_ws_kernel(
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
     taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
     floats and ``counter`` (tiles % programs) * NUM_WG zeros.  num_warps = 4 (the first consumer warpgroup; the others and the loader warp
-    are added by the warp specialization).  VECTOR_STORE: y in 16-byte stores (``_store``; the
-    launcher sets it without split-K (faster there only, docs/NOTES-gemm.md v24), where shared
-    memory holds the conversion too, ``gemm.ws_fits``)."""
+    are added by the warp specialization).  VECTOR_STORE: y in 16-byte stores (``_store``, where
+    ``gemm.ws_vector_store``)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
