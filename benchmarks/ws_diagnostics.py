@@ -67,9 +67,9 @@ def diagnostic_kernel(diag: int):
                      "    return decode_chunks(words, bias_lo, bias_hi, scale_words, mul, WG_ROWS, BLOCK_K, a_layout)", 1)
         s = _replace(s, "    mul = nibble_multiplier(params[3])", "    mul = SIXTEENTH + (params[3] >> 31)", 1)
     if diag & 48:  # split-K: the last split's loads of the others' partials left out (it stores its own)
-        s = _replace(s, """                total = _split_partial(mine, own, 0, pid_k, split_stride)
+        s = _replace(s, """                total = _split_partial(mine, own, 0, pid_k, split_stride, VECTOR_STORE)
                 for part in gl.static_range(1, SPLIT_K):
-                    total += _split_partial(mine, own, part, pid_k, split_stride)
+                    total += _split_partial(mine, own, part, pid_k, split_stride, VECTOR_STORE)
 """, "                total = mine\n", 1)
     if diag & 32:  # split-K: no partial stored, no count: every split stores its own sum (racy)
         s = _replace(s, """            gl.store(own + pid_k * split_stride, mine)

@@ -1,9 +1,9 @@
 """Print ptxas's report (-v) on the warp-specialized Gluon GEMM compiled for sm_90 (no GPU
 needed: Triton emits the PTX, then its ptxas compiles it).
 
-Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K]] [--sass]
+Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]] [--sass]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
-128, no split-K, stream-K when STREAM_K is 1; NUM_WARPS as
+128, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
 ``--sass``, the machine code (cuobjdump -sass) follows the report.  The report ends with the
 shared memory the kernel takes (Triton's count), and the output store is vectorized where
@@ -27,12 +27,12 @@ from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
 
 
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
-           stream_k: bool = False, sass: bool = False) -> str:
-    config = gm.GemmConfig(block_m, block_n, block_k, 1, num_warps, stages)
+           stream_k: bool = False, split_k: int = 1, sass: bool = False) -> str:
+    config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k * bits // 32], gl.int32)
-    constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=1,
+    constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
                      BLOCKS_PER_SPLIT=64, STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
@@ -64,4 +64,4 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
 
 if __name__ == "__main__":
     args = [arg for arg in sys.argv[1:] if arg != "--sass"]
-    print(report(*(int(arg) for arg in args[:8]), sass="--sass" in sys.argv))
+    print(report(*(int(arg) for arg in args[:9]), sass="--sass" in sys.argv))

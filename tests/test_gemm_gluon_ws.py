@@ -269,6 +269,27 @@ def test_the_output_is_stored_in_16_byte_vectors_where_shared_memory_allows(conf
     assert ("STG.E.128" in sass) == vector and ("STG.E.U16" in sass) != vector
 
 
+@pytest.mark.parametrize("config, vector", [(gm.ws_config(64, 128, 64, 2, 6), True),
+                                            (gm.ws_config(64, 128, 64, 3, 6), True),
+                                            (gm.ws_config(64, 128, 64, 4, 6), False),
+                                            (gm.ws_config(64, 256, 128, 2, 3), True),
+                                            (gm.ws_config(64, 256, 128, 4, 3), False),
+                                            (gm.ws_config(128, 128, 128, 2, 3), True),
+                                            (gm.ws_config(128, 128, 128, 4, 3), False)],
+                         ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}" if isinstance(c, gm.GemmConfig) else str(c))
+def test_split_k_plans_store_vectors_where_the_sum_compiles_without_spills(config, vector):
+    """With split-K the last split loads the partials, all loads in flight at once; with the
+    16-byte output stores after the sum, ptxas spills where those loads take more than 3/5 of
+    the consumer's registers (``gemm.ws_vector_store`` leaves those plans 2-byte stores), and
+    also where the split's own partial stays in registers through them (loaded back
+    instead: 136 bytes of spills at 64 x 128 x 64 with three splits, none now)."""
+    assert gm.ws_vector_store(config, 4) == vector
+    sass = compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
+                          int(gm.ws_overlap(config)), config.num_warps, 4, 0, config.split_k, "--sass")
+    assert not vector or " 0 bytes spill stores" in sass
+    assert ("STG.E.U16" in sass) != vector  # y's stores (the partials' are 16-byte either way)
+
+
 @pytest.mark.parametrize("config", [gm.ws_config(64, 256, 128, 1, 3), gm.ws_config(128, 128, 128, 1, 3)],
                          ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
 def test_the_nibble_decode_keeps_its_multiplier_in_a_register(config):

@@ -484,10 +484,15 @@ def ws_fits(config: GemmConfig, bits: int) -> bool:
 
 
 def ws_vector_store(config: GemmConfig, bits: int) -> bool:
-    """Whether the warp-specialized kernel stores y in 16-byte vectors (its VECTOR_STORE): without
-    split-K (slower with it, docs/NOTES-gemm.md v24), where the ring leaves room for the conversion."""
+    """Whether the warp-specialized kernel stores y in 16-byte vectors (its VECTOR_STORE): where
+    the ring leaves room for the conversion, and with split-K where the last split's loads of
+    the partials (``split_k`` of them in flight, ws_wg_rows x block_m / 128 registers each)
+    take at most 3/5 of the consumer's registers.  Beyond that ptxas spills around the
+    conversion (192-3600 bytes on the tuner's tiles, none inside; docs/NOTES-gemm.md v25)."""
     scratch = WS_STORE_SCRATCH * config.block_n // 64
-    return config.split_k == 1 and ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + scratch <= HOPPER_SMEM_BYTES
+    loads = config.split_k * ws_wg_rows(config) * config.block_m // 128
+    return (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \
+        and ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + scratch <= HOPPER_SMEM_BYTES
 
 
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,

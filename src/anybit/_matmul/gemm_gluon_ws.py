@@ -35,7 +35,7 @@ Split-K: each warpgroup stores its fp32 partial [WG_ROWS, BLOCK_M] in the order 
 registers (``_vectors``: 16-byte vectors, 512 contiguous bytes a warp; a workspace of
 ``split_k * tiles * BLOCK_N * BLOCK_M`` floats, ``ws_workspace_size``) and counts in on its
 own counter (``tile * NUM_WG + g``); the last split sums the partials in split order, its own
-from its registers, the others' loads unrolled.  (Stored row-major, 8 bytes a thread, the
+from its registers (loaded back with VECTOR_STORE), the others' loads unrolled.  (Stored row-major, 8 bytes a thread, the
 fix-up took 7 of 25 us of 4096 x 4096 at M = 256 with two splits: docs/NOTES-gemm.md v23.)
 
 Stream-K (``STREAM_K``, grid: one program per SM): the tiles of the full waves are taken
@@ -345,11 +345,17 @@ def _from_vectors(v, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr, acc_layout: g
 
 
 @gluon.jit
-def _split_partial(mine, own, part, pid_k, split_stride):
-    """Split ``part``'s partial (``_vectors``' order) for the split-K sum of split ``pid_k``:
-    its own from its registers, another's loaded from ``own + part * split_stride``."""
-    return gl.where(pid_k == part, mine, gl.load(own + part * split_stride, mask=pid_k != part,
-                                                 cache_modifier=".cg"))
+def _split_partial(mine, own, part, pid_k, split_stride, RELOAD: gl.constexpr):
+    """Split ``part``'s partial (``_vectors``' order) for the split-K sum of split ``pid_k``,
+    loaded from ``own + part * split_stride``; its own from its registers unless RELOAD
+    (with the 16-byte output stores: ``mine`` held through the loads and the conversion after
+    them made ptxas spill, docs/NOTES-gemm.md v25)."""
+    if RELOAD:
+        value = gl.load(own + part * split_stride, cache_modifier=".cg")
+    else:
+        value = gl.where(pid_k == part, mine, gl.load(own + part * split_stride, mask=pid_k != part,
+                                                      cache_modifier=".cg"))
+    return value
 
 
 @gluon.jit
@@ -457,11 +463,11 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
             last = arrived == SPLIT_K - 1
             if last:
-                # the sum in split order whichever split is last (its own partial from its
-                # registers), the other loads unrolled so that they are in flight at once
-                total = _split_partial(mine, own, 0, pid_k, split_stride)
+                # the sum in split order whichever split is last, the loads unrolled so
+                # that they are in flight at once
+                total = _split_partial(mine, own, 0, pid_k, split_stride, VECTOR_STORE)
                 for part in gl.static_range(1, SPLIT_K):
-                    total += _split_partial(mine, own, part, pid_k, split_stride)
+                    total += _split_partial(mine, own, part, pid_k, split_stride, VECTOR_STORE)
                 acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
