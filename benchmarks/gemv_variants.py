@@ -21,7 +21,8 @@ the warp-specialized Gluon GEMM (gemm_gluon_ws; split_k ``sk``: stream-K; regs, 
 ``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup,
 64 or 128).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
-cuBLAS in the same run).
+cuBLAS in the same run): fp16 and every right variant of a point replayed in turn, so
+that all run under the same clocks (``bench._median_replays_us``).
 """
 
 from __future__ import annotations
@@ -147,9 +148,9 @@ def main() -> None:
         w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
         for m in args.m:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-            fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), args.replays)
             floor_us = max((qw.nbytes + 2 * m * (n + k)) / (hw["copy_TBps"] * 1e6),
                            2 * m * n * k / (hw["fp16_TFLOPs"] * 1e6))
+            checked = []  # (variant, config, relative error, right)
             for text in args.variants:
                 config = _config(text, m, n, k, args.kernel)
                 try:
@@ -157,12 +158,19 @@ def main() -> None:
                     y = _call(x, qw, config)().double()
                     rel = ((y - ref).norm() / ref.norm()).item()
                     del ref, y
-                    ok = rel < 3e-3 or args.no_decode
-                    us = bench._time_per_call(lambda i: _call(x, copies[i], config), len(copies), args.replays) \
-                        if ok else math.nan
+                    checked.append((text, config, rel, rel < 3e-3 or args.no_decode))
                 except Exception as error:  # a variant that does not compile (resources) is reported, not fatal
                     print(f"{n:6d}x{k:<6d} M={m:3d} {text:>18}: failed: {str(error).splitlines()[0][:120]}")
-                    rel, ok, us = math.nan, False, math.nan
+                    checked.append((text, config, math.nan, False))
+            # fp16 and every right variant of the point replayed in turn (bench._median_replays_us)
+            timed = [c for c in checked if c[3]]
+            sets = [[(lambda i: lambda: x @ w16[i].t())(i) for i in range(len(w16))]]
+            sets += [[_call(x, copies[i], c[1]) for i in range(len(copies))] for c in timed]
+            times = bench._median_replays_us(sets, args.replays)
+            fp16_us = times[0] / len(w16)
+            per_call = iter(t / len(copies) for t in times[1:])
+            for text, config, rel, ok in checked:
+                us = next(per_call) if ok else math.nan
                 rows.append({"N": n, "K": k, "M": m, "variant": text, "config": getattr(config[1] if isinstance(config, tuple) else config, "__dict__", config),
                              "rel_err": rel, "us": us, "fp16_us": fp16_us, "floor_us": floor_us})
                 print(f"{n:6d}x{k:<6d} M={m:3d} {text:>18}: {'ok ' if ok else 'BAD'} err {rel:.1e} "
