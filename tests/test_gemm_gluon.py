@@ -11,6 +11,7 @@ import ptx_emulator as emu
 import pytest
 import torch
 
+from anybit._matmul import candidates as cand
 from anybit._matmul import gemm as gm
 from anybit._matmul import gemm_gluon as gg
 from anybit.formats._base import Decode
@@ -143,11 +144,11 @@ def test_gluon_plans_need_warps_to_match_their_rows():
 
 @pytest.mark.parametrize("m", [64, 200])
 def test_tuner_candidates(m):
-    plain = gm.candidate_plans(m, 4096, 4096, 4, 132)
-    both = gm.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
+    plain = cand.candidate_plans(m, 4096, 4096, 4, 132)
+    both = cand.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
     assert not any(p.kernel is gm.Kernel.GLUON for p in plain)
     extra = [p for p in both[len(plain):] if p.kernel is not gm.Kernel.GLUON_WS]  # those: test_gemm_gluon_ws
     assert both[:len(plain)] == plain and extra and all(p.kernel is gm.Kernel.GLUON for p in extra)
     assert {p.config.block_m for p in extra} == ({64} if m <= 64 else {64, 128})
-    assert {p.config.num_stages for p in extra} == set(gm.GLUON_STAGES)
+    assert {p.config.num_stages for p in extra} == set(cand.GLUON_STAGES)
     assert all(p.config.block_n == 64 and p.config.num_warps == 4 for p in extra)

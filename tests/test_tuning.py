@@ -13,6 +13,7 @@ import torch
 
 import anybit
 from anybit import cli, tune
+from anybit._matmul import candidates as cand
 from anybit._matmul import gemm as gm
 from anybit._matmul import perf_model as pm
 from anybit._matmul import tuning
@@ -41,7 +42,7 @@ SHAPES = [Shape(64, 4096, 4096, 4), Shape(33, 1024, 4096, 3), Shape(128, 14336, 
 
 @pytest.mark.parametrize("s", SHAPES, ids=str)
 def test_candidates_are_valid_unique_and_safe(s):
-    plans = gm.candidate_plans(s.m, s.n, s.k, s.bits, HW.sms)
+    plans = cand.candidate_plans(s.m, s.n, s.k, s.bits, HW.sms)
     assert plans[0] == DEQUANT
     assert len(set(plans)) == len(plans)
     k_blocks = -(-s.k // plans[1].config.block_k)
@@ -108,7 +109,7 @@ def test_stream_k_terms():
 
 def test_rank_is_deterministic_and_sorted():
     problem = pm.Problem(128, 4096, 4096, 4, 128)
-    plans = gm.candidate_plans(128, 4096, 4096, 4, HW.sms)
+    plans = cand.candidate_plans(128, 4096, 4096, 4, HW.sms)
     first = pm.rank(problem, plans, HW, pm.ModelParams())
     assert first == pm.rank(problem, plans, HW, pm.ModelParams())
     times = [us for us, _ in first]
@@ -122,7 +123,7 @@ def test_fit_learns_the_measured_times():
     observations = []
     for s in SHAPES[:4]:
         problem = pm.Problem(s.m, s.n, s.k, s.bits, 128)
-        for plan in gm.candidate_plans(s.m, s.n, s.k, s.bits, HW.sms)[:12]:
+        for plan in cand.candidate_plans(s.m, s.n, s.k, s.bits, HW.sms)[:12]:
             slow = 1.5 if plan.config is not None and plan.config.num_warps == 8 else 1.0
             observations.append(pm.Observation(problem, plan, pm.predict_us(problem, plan, HW, truth) * slow))
     start = pm.ModelParams()

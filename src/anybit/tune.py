@@ -3,7 +3,7 @@ write the table the dispatcher reads (see ``anybit._matmul.tuning``).
 
 For every (format, layer shape, m) point:
 
-1. the candidates (``gemm.candidate_plans``: dequantize + cuBLAS, the GEMM
+1. the candidates (``candidates.candidate_plans``: dequantize + cuBLAS, the GEMM
    kernel's tile, warp, stage and split-K settings, and on Hopper for 4-bit
    integer formats the two Gluon kernels', for 8-bit ones the warp-specialized one's)
    are ranked by the performance model (``perf_model``);
@@ -38,6 +38,7 @@ from pathlib import Path
 import torch
 
 from . import __version__, bench
+from ._matmul import candidates as space
 from ._matmul import gemm as gm
 from ._matmul import perf_model as pm
 from ._matmul import tuning
@@ -54,7 +55,7 @@ VERIFY_TOLERANCE = 3e-3
 HIT_FACTOR = 1.10
 #: The model's first this many warp-specialized plans are measured at every point besides its
 #: overall top (the model has no correction for them until an exhaustive tune; two swizzles
-#: of a tile rank alike, ``gm.GLUON_WS_SWIZZLES``).
+#: of a tile rank alike, ``candidates.GLUON_WS_SWIZZLES``).
 WS_MEASURED = 4
 
 DEFAULT_MODEL = "llama-3.1-8b"
@@ -268,7 +269,7 @@ def tune(
                     x = torch.randn(m, k, dtype=torch.float16, device=device, generator=gen)
                     reference = x.float() @ reference_w.t()
                     problem = pm.Problem(m, n, k, qw.format.bits, qw.format.group_len(k))
-                    candidates = gm.candidate_plans(m, n, k, qw.format.bits, sms, gluon, ws)
+                    candidates = space.candidate_plans(m, n, k, qw.format.bits, sms, gluon, ws)
                     ranked = pm.rank(problem, candidates, hw, params)
                     point = Point(spec, n, k, m, float("nan"), [Measured(plan, us) for us, plan in ranked])
                     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor
@@ -18,7 +18,7 @@ from ..formats._base import Decode
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
-    MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, one_wave_split, sm_count,
+    MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, sm_count,
     split_for, split_counters, split_k_buffers, weight_operands,
 )
 
@@ -180,37 +180,6 @@ def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Pla
     return Plan(Kernel.GEMM, gemm_config(m, n, k, group, bits, sms))
 
 
-#: What ``anybit tune`` tries (``candidate_plans``): tile rows of x and W, warps, stages,
-#: and split-K aiming at this many programs per SM (0: no split).
-CANDIDATE_BLOCK_M = (64, 128)
-CANDIDATE_BLOCK_N = (64, 128)
-CANDIDATE_WARPS = (4, 8)
-CANDIDATE_STAGES = (2, 3, 4)
-CANDIDATE_PROGRAMS_PER_SM = (0, 2, 4)
-
-
-#: Stages of the Gluon kernel's x / codes ring that ``anybit tune`` tries (more ran slower:
-#: fewer programs fit on an SM; docs/NOTES-gemm.md v13).
-GLUON_STAGES = (3, 4)
-
-
-#: The warp-specialized Gluon kernel's settings that ``anybit tune`` tries, as (block_m, block_n,
-#: block_k, stages); those with more than 64 rows of x only where m > block_m / 2.  From sweeps
-#: (docs/NOTES-gemm.md v14, v15, v18): 256 rows of W per program for the large layers at small
-#: M, 128 for the small ones (4096 x 4096 at M = 64: 15 against 27 us), about one program per
-#: SM; 256 rows of x against 128 of W from M = 1024 (each decoded weight serves twice the
-#: rows of x of a 128 x 256 tile: 8192 x 8192 at M = 1024 183 against 215 us).
-GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4), (128, 128, 128, 3),
-                  (256, 128, 64, 4), (256, 128, 128, 3))
-
-
-#: Swizzles (``GemmConfig.swizzle``) ``anybit tune`` tries for the warp-specialized kernel
-#: where there is more than one tile of x: which programs run together, so which tiles of x
-#: and W they share in L2.  8192 x 8192 at M = 4096 with 256 x 128 tiles ran 3-14% faster
-#: at 16 than at 8 in three runs; 4096 x 4096 went either way (docs/NOTES-gemm.md v18).
-GLUON_WS_SWIZZLES = (8, 16)
-
-
 #: Rows of W per consumer warpgroup of the warp-specialized Gluon kernel (the MMA's M is
 #: 64 per instruction; 128 rows are two MMAs per K-step of one warpgroup).
 WS_WG_ROWS = (64, 128)
@@ -297,64 +266,6 @@ def racy(config: GemmConfig) -> bool:
     warps with 3 stages, 256 rows of x, and once 64 x 64 on 4 warps with 3 stages and
     split-K (H200).  ``anybit tune`` never tries such settings."""
     return not config.sync_mma
-
-
-def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = False,
-                    ws: bool | None = None) -> list[Plan]:
-    """Every plan ``anybit tune`` may measure for an (m, n, k) product, in a fixed
-    order: dequantize + cuBLAS, then the GEMM kernel over the CANDIDATE_* settings
-    (128 rows of x only where m > 64; K-blocks of the heuristic's size; split-K
-    counts that divide the K-blocks, duplicates dropped; all with ``sync_mma``),
-    then, with ``gluon`` (``gluon_supported``), the Gluon kernel over 64 rows of W
-    on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and, with
-    ``ws`` (``gluon_ws_supported``; default: ``gluon``), the warp-specialized one over
-    GLUON_WS_TILES whose ring fits shared memory (``ws_fits``) without a split, about one program
-    per SM, the most in one wave (``one_wave_split``) and, where the last wave is partial, stream-K, each with
-    the GLUON_WS_SWIZZLES where there is more than one tile of x (where K is a multiple of 8)."""
-    ws = gluon if ws is None else ws
-    block_k = heuristic_block_k(bits)
-    k_blocks = -(-k // block_k)
-    plans = [Plan(Kernel.DEQUANT)]
-    for block_m in CANDIDATE_BLOCK_M:
-        if block_m > 64 and m <= 64:
-            continue
-        for block_n in CANDIDATE_BLOCK_N:
-            tiles = -(-n // block_n) * -(-m // block_m)
-            splits = sorted({split_for(k_blocks, tiles, per_sm, sms) if per_sm else 1
-                             for per_sm in CANDIDATE_PROGRAMS_PER_SM})
-            for warps in CANDIDATE_WARPS:
-                for stages in CANDIDATE_STAGES:
-                    for split in splits:
-                        plans.append(Plan(Kernel.GEMM, GemmConfig(block_m, block_n, block_k, split, warps, stages)))
-    if gluon:
-        for block_m in CANDIDATE_BLOCK_M:
-            if block_m > 64 and m <= 64:
-                continue
-            tiles = -(-n // 64) * -(-m // block_m)
-            splits = sorted({split_for(k_blocks, tiles, per_sm, sms) if per_sm else 1
-                             for per_sm in CANDIDATE_PROGRAMS_PER_SM})
-            for stages in GLUON_STAGES:
-                for split in splits:
-                    plans.append(Plan(Kernel.GLUON, GemmConfig(block_m, 64, block_k, split, 4, stages)))
-    if ws:
-        for block_m, block_n, ws_block_k, stages in GLUON_WS_TILES if k % 8 == 0 else ():
-            if block_m > 64 and m <= block_m // 2:  # at least half the tile's rows of x are real
-                continue
-            if not ws_fits(ws_config(block_m, block_n, ws_block_k, 1, stages), bits):
-                continue
-            ws_k_blocks = -(-k // ws_block_k)
-            tiles = -(-n // block_n) * -(-m // block_m)
-            swizzles = GLUON_WS_SWIZZLES if m > block_m else GLUON_WS_SWIZZLES[:1]
-            fill = (split_for(ws_k_blocks, tiles, 1, sms), one_wave_split(ws_k_blocks, tiles, sms))
-            for split in sorted({1, *fill}):
-                for swizzle in swizzles:
-                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages,
-                                                                 swizzle=swizzle)))
-            if tiles % sms:  # a partial last wave
-                for swizzle in swizzles:
-                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages,
-                                                                 swizzle=swizzle, stream_k=True)))
-    return plans
 
 
 def ptx_decode(bits: int, mode: Decode, block_k: int) -> bool:
@@ -483,12 +394,20 @@ def ws_fits(config: GemmConfig, bits: int) -> bool:
     return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA <= HOPPER_SMEM_BYTES
 
 
+def ws_fit_stages(config: GemmConfig, bits: int) -> int | None:
+    """The most stages, at most ``config``'s and at least 2, whose ring fits for ``bits``-bit
+    codes (None: not even 2): 256 x 128 x 128 fits 3 at 4 bits, 2 at 8 (docs/NOTES-gemm.md v25)."""
+    for stages in range(config.num_stages, 1, -1):
+        if ws_fits(replace(config, num_stages=stages), bits):
+            return stages
+    return None
+
+
 def ws_vector_store(config: GemmConfig, bits: int) -> bool:
     """Whether the warp-specialized kernel stores y in 16-byte vectors (its VECTOR_STORE): where
-    the ring leaves room for the conversion, and with split-K where the last split's loads of
-    the partials (``split_k`` of them in flight, ws_wg_rows x block_m / 128 registers each)
-    take at most 3/5 of the consumer's registers.  Beyond that ptxas spills around the
-    conversion (192-3600 bytes on the tuner's tiles, none inside; docs/NOTES-gemm.md v25)."""
+    the ring leaves room for the conversion, with split-K only where the last split's loads
+    (ws_wg_rows x block_m / 128 registers a split) take at most 3/5 of the consumer's registers:
+    beyond, ptxas spills around the conversion (docs/NOTES-gemm.md v25)."""
     scratch = WS_STORE_SCRATCH * config.block_n // 64
     loads = config.split_k * ws_wg_rows(config) * config.block_m // 128
     return (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \

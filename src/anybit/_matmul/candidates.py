@@ -1,0 +1,99 @@
+"""What ``anybit tune`` measures for a product: the candidate plans (``candidate_plans``)
+over the settings below, in a fixed order.  The launchers and the dispatcher are in
+``gemm``; the tuner ranks these with ``perf_model`` and measures the first few."""
+
+from __future__ import annotations
+
+from .gemm import GemmConfig, Kernel, Plan, heuristic_block_k, ws_config, ws_fit_stages
+from .gemv import one_wave_split, split_for
+
+#: What ``anybit tune`` tries (``candidate_plans``): tile rows of x and W, warps, stages,
+#: and split-K aiming at this many programs per SM (0: no split).
+CANDIDATE_BLOCK_M = (64, 128)
+CANDIDATE_BLOCK_N = (64, 128)
+CANDIDATE_WARPS = (4, 8)
+CANDIDATE_STAGES = (2, 3, 4)
+CANDIDATE_PROGRAMS_PER_SM = (0, 2, 4)
+
+
+#: Stages of the Gluon kernel's x / codes ring that ``anybit tune`` tries (more ran slower:
+#: fewer programs fit on an SM; docs/NOTES-gemm.md v13).
+GLUON_STAGES = (3, 4)
+
+
+#: The warp-specialized Gluon kernel's settings that ``anybit tune`` tries, as (block_m, block_n,
+#: block_k, stages); those with more than 64 rows of x only where m > block_m / 2.  From sweeps
+#: (docs/NOTES-gemm.md v14, v15, v18): 256 rows of W per program for the large layers at small
+#: M, 128 for the small ones (4096 x 4096 at M = 64: 15 against 27 us), about one program per
+#: SM; 256 rows of x against 128 of W from M = 1024 (each decoded weight serves twice the
+#: rows of x of a 128 x 256 tile: 8192 x 8192 at M = 1024 183 against 215 us).
+GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4), (128, 128, 128, 3),
+                  (256, 128, 64, 4), (256, 128, 128, 3))
+
+
+#: Swizzles (``GemmConfig.swizzle``) ``anybit tune`` tries for the warp-specialized kernel
+#: where there is more than one tile of x: which programs run together, so which tiles of x
+#: and W they share in L2.  8192 x 8192 at M = 4096 with 256 x 128 tiles ran 3-14% faster
+#: at 16 than at 8 in three runs; 4096 x 4096 went either way (docs/NOTES-gemm.md v18).
+GLUON_WS_SWIZZLES = (8, 16)
+
+
+
+def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = False,
+                    ws: bool | None = None) -> list[Plan]:
+    """Every plan ``anybit tune`` may measure for an (m, n, k) product, in a fixed
+    order: dequantize + cuBLAS, then the GEMM kernel over the CANDIDATE_* settings
+    (128 rows of x only where m > 64; K-blocks of the heuristic's size; split-K
+    counts that divide the K-blocks, duplicates dropped; all with ``sync_mma``),
+    then, with ``gluon`` (``gluon_supported``), the Gluon kernel over 64 rows of W
+    on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and, with
+    ``ws`` (``gluon_ws_supported``; default: ``gluon``), the warp-specialized one over
+    GLUON_WS_TILES with the deepest ring up to the tile's stages that fits shared memory
+    (``ws_fit_stages``: two stages for 8-bit codes at 256 x 128 x 128) without a split, about one program
+    per SM, the most in one wave (``one_wave_split``) and, where the last wave is partial, stream-K, each with
+    the GLUON_WS_SWIZZLES where there is more than one tile of x (where K is a multiple of 8)."""
+    ws = gluon if ws is None else ws
+    block_k = heuristic_block_k(bits)
+    k_blocks = -(-k // block_k)
+    plans = [Plan(Kernel.DEQUANT)]
+    for block_m in CANDIDATE_BLOCK_M:
+        if block_m > 64 and m <= 64:
+            continue
+        for block_n in CANDIDATE_BLOCK_N:
+            tiles = -(-n // block_n) * -(-m // block_m)
+            splits = sorted({split_for(k_blocks, tiles, per_sm, sms) if per_sm else 1
+                             for per_sm in CANDIDATE_PROGRAMS_PER_SM})
+            for warps in CANDIDATE_WARPS:
+                for stages in CANDIDATE_STAGES:
+                    for split in splits:
+                        plans.append(Plan(Kernel.GEMM, GemmConfig(block_m, block_n, block_k, split, warps, stages)))
+    if gluon:
+        for block_m in CANDIDATE_BLOCK_M:
+            if block_m > 64 and m <= 64:
+                continue
+            tiles = -(-n // 64) * -(-m // block_m)
+            splits = sorted({split_for(k_blocks, tiles, per_sm, sms) if per_sm else 1
+                             for per_sm in CANDIDATE_PROGRAMS_PER_SM})
+            for stages in GLUON_STAGES:
+                for split in splits:
+                    plans.append(Plan(Kernel.GLUON, GemmConfig(block_m, 64, block_k, split, 4, stages)))
+    if ws:
+        for block_m, block_n, ws_block_k, stages in GLUON_WS_TILES if k % 8 == 0 else ():
+            if block_m > 64 and m <= block_m // 2:  # at least half the tile's rows of x are real
+                continue
+            stages = ws_fit_stages(ws_config(block_m, block_n, ws_block_k, 1, stages), bits)
+            if stages is None:
+                continue
+            ws_k_blocks = -(-k // ws_block_k)
+            tiles = -(-n // block_n) * -(-m // block_m)
+            swizzles = GLUON_WS_SWIZZLES if m > block_m else GLUON_WS_SWIZZLES[:1]
+            fill = (split_for(ws_k_blocks, tiles, 1, sms), one_wave_split(ws_k_blocks, tiles, sms))
+            for split in sorted({1, *fill}):
+                for swizzle in swizzles:
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages,
+                                                                 swizzle=swizzle)))
+            if tiles % sms:  # a partial last wave
+                for swizzle in swizzles:
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages,
+                                                                 swizzle=swizzle, stream_k=True)))
+    return plans
