@@ -38,7 +38,6 @@ GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 2
 GLUON_WS_SWIZZLES = (8, 16)
 
 
-
 def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = False,
                     ws: bool | None = None) -> list[Plan]:
     """Every plan ``anybit tune`` may measure for an (m, n, k) product, in a fixed
@@ -49,9 +48,10 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
     on 4 warps and the same rows of x, stages (GLUON_STAGES) and split-K counts, and, with
     ``ws`` (``gluon_ws_supported``; default: ``gluon``), the warp-specialized one over
     GLUON_WS_TILES with the deepest ring up to the tile's stages that fits shared memory
-    (``ws_fit_stages``: two stages for 8-bit codes at 256 x 128 x 128) without a split, about one program
-    per SM, the most in one wave (``one_wave_split``) and, where the last wave is partial, stream-K, each with
-    the GLUON_WS_SWIZZLES where there is more than one tile of x (where K is a multiple of 8)."""
+    (``ws_fit_stages``: two stages for 8-bit codes at 256 x 128 x 128) without a split, about
+    one program per SM, the most in one wave (``one_wave_split``) and, where the last wave is
+    partial, stream-K, each with the GLUON_WS_SWIZZLES where there is more than one tile of x
+    (where K is a multiple of 8)."""
     ws = gluon if ws is None else ws
     block_k = heuristic_block_k(bits)
     k_blocks = -(-k // block_k)

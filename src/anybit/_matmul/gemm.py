@@ -389,9 +389,10 @@ def ws_ring_bytes(config: GemmConfig, bits: int) -> int:
     return config.num_stages * (config.block_m * config.block_k * 2 + config.block_n * config.block_k * bits // 8)
 
 
-def ws_fits(config: GemmConfig, bits: int) -> bool:
-    """Whether the ring of ``config`` for ``bits``-bit codes fits one program's shared memory."""
-    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA <= HOPPER_SMEM_BYTES
+def ws_fits(config: GemmConfig, bits: int, scratch: int = 0) -> bool:
+    """Whether the ring of ``config`` for ``bits``-bit codes (and ``scratch`` bytes besides)
+    fits one program's shared memory."""
+    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + scratch <= HOPPER_SMEM_BYTES
 
 
 def ws_fit_stages(config: GemmConfig, bits: int) -> int | None:
@@ -408,10 +409,9 @@ def ws_vector_store(config: GemmConfig, bits: int) -> bool:
     the ring leaves room for the conversion, with split-K only where the last split's loads
     (ws_wg_rows x block_m / 128 registers a split) take at most 3/5 of the consumer's registers:
     beyond, ptxas spills around the conversion (docs/NOTES-gemm.md v25)."""
-    scratch = WS_STORE_SCRATCH * config.block_n // 64
     loads = config.split_k * ws_wg_rows(config) * config.block_m // 128
     return (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \
-        and ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + scratch <= HOPPER_SMEM_BYTES
+        and ws_fits(config, bits, WS_STORE_SCRATCH * config.block_n // 64)
 
 
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,

@@ -35,8 +35,9 @@ Split-K: each warpgroup stores its fp32 partial [WG_ROWS, BLOCK_M] in the order 
 registers (``_vectors``: 16-byte vectors, 512 contiguous bytes a warp; a workspace of
 ``split_k * tiles * BLOCK_N * BLOCK_M`` floats, ``ws_workspace_size``) and counts in on its
 own counter (``tile * NUM_WG + g``); the last split sums the partials in split order, its own
-from its registers (loaded back with VECTOR_STORE), the others' loads unrolled.  (Stored row-major, 8 bytes a thread, the
-fix-up took 7 of 25 us of 4096 x 4096 at M = 256 with two splits: docs/NOTES-gemm.md v23.)
+from its registers (loaded back with VECTOR_STORE), the others' loads unrolled.  (Stored
+row-major, 8 bytes a thread, the fix-up took 7 of 25 us of 4096 x 4096 at M = 256 with two
+splits: docs/NOTES-gemm.md v23.)
 
 Stream-K (``STREAM_K``, grid: one program per SM): the tiles of the full waves are taken
 whole, the K-blocks of the last ``tiles % programs`` tiles are cut into equal shares
