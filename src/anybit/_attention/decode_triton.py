@@ -30,6 +30,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .._matmul.cache_keys import settle_cache_keys
 from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, _dot, last_to_arrive, reset
 
 #: constexpr ids of the mask argument
@@ -141,3 +142,6 @@ def decode_attention_kernel(
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + b * stride_ob + (h * GROUP + rows)[:, None] * stride_oh + dims[None, :],
                  out.to(out_ptr.dtype.element_ty), mask=real[:, None])
+
+
+settle_cache_keys(decode_attention_kernel)  # the same keys in every process (cache_keys.py)

@@ -52,6 +52,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from . import decode_ptx
+from .cache_keys import settle_cache_keys
 from .gemm_triton import tile_position
 
 #: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
@@ -329,3 +330,6 @@ def gemm_gluon_kernel(
         if HAS_BIAS:
             acc += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)[:, None]
         gl.store(out_ptr + tile_out, acc.to(gl.float16), mask=out_mask)
+
+
+settle_cache_keys(gemm_gluon_kernel)  # the same keys in every process (cache_keys.py)

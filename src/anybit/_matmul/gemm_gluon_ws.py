@@ -70,6 +70,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
 
+from .cache_keys import settle_cache_keys
 from .gemm_gluon import (
     _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
 )
@@ -546,3 +547,6 @@ def gemm_gluon_ws_kernel(
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
+
+
+settle_cache_keys(gemm_gluon_ws_kernel)  # the same keys in every process (cache_keys.py)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
+from .cache_keys import settle_cache_keys
 from .gemv_triton import (
     TABLE, ROW_TABLE, ZERO_POINT, SYMMETRIC, _codes_per_element, _integer_or_table, _interleave, _load_codes,
     _ptx_values, _split_k_sum, _table_words,
@@ -215,3 +216,6 @@ def dequant_kernel(
                  BLOCK_K, EVEN_K, PTX, PTX_ASM, PTX_CONSTRAINTS, dtype)
     cols = k0 + tl.arange(0, BLOCK_K)
     tl.store(out_ptr + rows[:, None] * K + cols[None, :], w, mask=(rows < N)[:, None] & (cols < K)[None, :])
+
+
+settle_cache_keys(gemm_kernel, dequant_kernel)  # the same keys in every process (cache_keys.py)

@@ -52,6 +52,7 @@ import triton.language as tl
 from .. import packing
 from ..formats._base import Decode
 from . import decode_ptx
+from .cache_keys import settle_cache_keys
 from .gemv import Trigger
 
 #: constexpr ids of the decode modes (Triton constexprs are ints), the same as decode_ptx's.
@@ -760,3 +761,6 @@ def gemv_kernel(
             if NORM_PARTS:
                 _norm_parts(h.to(tl.float32), rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr,
                             parts_out_ptr, pid_n, tl.num_programs(0), tile_out, out_mask)
+
+
+settle_cache_keys(gemv_kernel)  # the same keys in every process (cache_keys.py)
