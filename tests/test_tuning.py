@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
+from conftest import KERNEL_SPECS
+
 import anybit
 from anybit import cli, tune
 from anybit._matmul import candidates as cand
@@ -187,6 +189,54 @@ def test_tune_also_measures_the_plan_the_table_holds():
     assert tune._incumbent(tables, "int4-g128", 64, 96, 128) == DEQUANT
     assert tune._incumbent(tables, "int4-g128", 64, 96, 100) is None  # no nearest-m lookup here
     assert tune._incumbent(tables, "uint4-g128", 64, 96, 64) is None
+
+
+def test_tune_measures_the_models_top_the_heuristics_plan_and_the_incumbent():
+    incumbent = gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(64, 128, 64, 1, 8, 2))
+    tables = (_table(entries=[_entry(64, incumbent, n=1024, k=4096)]),)
+    point, selected = tune._choose("int4-g128", 1024, 4096, 64, 4, torch.device("cpu"), HW, pm.ModelParams(),
+                                   tables, 2, False)
+    assert [c.model_us for c in point.candidates[:-1]] == sorted(c.model_us for c in point.candidates[:-1])
+    plans = [c.plan for c in selected]
+    default = gm.default_plan(64, 1024, 4096, 128, 4, 4)
+    assert plans[:2] == [c.plan for c in point.candidates[:2]]
+    assert default in plans and incumbent in plans and len(plans) == len(set(plans)) <= 4
+    every = tune._choose("int4-g128", 1024, 4096, 64, 4, torch.device("cpu"), HW, pm.ModelParams(), (), 1, True)
+    assert len(every[1]) == len(every[0].candidates) > 4
+
+
+@pytest.mark.parametrize("spec", KERNEL_SPECS)
+def test_placeholder_weight_is_a_valid_zero_weight(spec):
+    qw = tune.placeholder_weight(spec, 40, 300, torch.device("cpu"))
+    assert qw.shape == (40, 300) and qw.dtype == torch.float16
+    assert not qw.dequantize(torch.float64).any()
+
+
+def test_precompile_launches_each_plan_in_worker_processes(capsys):
+    """Two plans on two shapes compile in two spawned processes (the interpreter stands in
+    for the compiler here); a launch that fails is reported, not raised: the tuner's own
+    launch raises it."""
+    good = gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(32, 32, 32, 1, 4, 2))
+    bad = gm.Plan(gm.Kernel.GLUON_WS, gm.ws_config(64, 128, 64, 1, 2))  # Hopper only
+    launches = [("int4-g128", 64, 256, 40, good), ("int4-g128", 32, 128, 40, good), ("int4-g128", 64, 256, 40, bad),
+                ("int4-g128", 64, 256, 40, good)]
+    lines: list[str] = []
+    tune.precompile(launches, torch.device("cpu"), workers=2, log=lines.append)
+    assert len(lines) == 1 and lines[0].startswith("compiling 2 plans for 3 launches took "), lines
+    assert "1 failed, first: " + bad.label() in lines[0]
+    assert tune._compile_plans(torch.device("cpu"), launches[:2]) == []
+    assert tune.precompile(launches, torch.device("cpu"), workers=1, log=lines.append) == 0.0 and len(lines) == 1
+    with pytest.raises(ValueError, match=r"workers=-1; accepted: >= 0"):
+        tune.precompile(launches, torch.device("cpu"), workers=-1)
+
+
+def test_precompile_reports_a_process_that_dies(monkeypatch):
+    monkeypatch.setattr(tune, "_WORKER_CODE", "import sys; sys.stdin.buffer.read(1); sys.exit(3)")
+    plans = [gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(32, 32, 32, 1, 4, stages)) for stages in (2, 3)]
+    lines: list[str] = []
+    tune.precompile([("int4-g128", 64, 256, 40, plan) for plan in plans], torch.device("cpu"), workers=2,
+                    log=lines.append)
+    assert "2 failed, first: a compiling process exited with code 3 compiling 32x32x32 split1 4w" in lines[0], lines
 
 
 def test_lookup_takes_the_next_tuned_m():

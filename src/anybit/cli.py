@@ -367,7 +367,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"tuning {len(shapes)} shapes{f' of {model}' if model else ''}: "
           + ", ".join(f"{n}x{k}" for n, k in shapes))
     report = tune.tune(shapes, args.formats, args.m or list(tune.DEFAULT_M), top=args.top,
-                       exhaustive=args.exhaustive, replays=args.replays)
+                       exhaustive=args.exhaustive, replays=args.replays, jobs=args.jobs)
     out = Path(args.out) if args.out else tuning.user_dir() / tuning.table_file_name(report.table.gpu)
     tuning.write_table(report.table, out)
     tuning.clear_caches()
@@ -498,6 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--top", type=int, default=4, help="candidates measured per point, by the model's ranking")
     t.add_argument("--exhaustive", action="store_true", help="measure every candidate (the model's hit rate)")
     t.add_argument("--replays", type=int, default=10, help="graph replays per timing (median taken)")
+    t.add_argument("--jobs", type=int, help="processes compiling the kernels before timing (default: one per CPU "
+                                            "core, at most 16; 0: compile each at its first launch)")
     t.add_argument("--out", help="table path (default: the user's cache, see anybit._matmul.tuning)")
     t.add_argument("--report", help="also write every measurement as JSON here")
     t.set_defaults(func=cmd_tune)

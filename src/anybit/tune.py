@@ -18,6 +18,9 @@ For every (format, layer shape, m) point:
    replay; ``anybit.bench``), fp16 cuBLAS in the same run;
 3. the fastest verified plan becomes the point's table entry.
 
+Before any point is timed, the kernels of every plan to measure are compiled by a pool of
+processes (``precompile``), so the tuning process loads them from Triton's on-disk cache.
+
 The report says how often the model's first choice was within 10% of the
 fastest measured plan (with ``exhaustive``: of every candidate), and how often a
 model fitted on the other layer shapes' measurements picks within 10% among a
@@ -30,6 +33,10 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
+import pickle
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,14 +44,14 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, bench
+from . import __version__, bench, packing
 from ._matmul import candidates as space
 from ._matmul import gemm as gm
 from ._matmul import perf_model as pm
 from ._matmul import tuning
-from ._matmul.gemv import MAX_M, sm_count
+from ._matmul.gemv import MAX_M, cuda_index, sm_count
 from .formats import parse_format
-from .quantized import quantize
+from .quantized import QuantizedWeight, quantize
 
 #: Rows of x tuned by default: one per range the lookup serves (33-64, .., > 1024).
 DEFAULT_M = (64, 128, 256, 1024, 4096)
@@ -57,6 +64,9 @@ HIT_FACTOR = 1.10
 #: overall top (the model has no correction for them until an exhaustive tune; two swizzles
 #: of a tile rank alike, ``candidates.GLUON_WS_SWIZZLES``).
 WS_MEASURED = 4
+#: Most processes ``precompile`` starts by default.  Each holds a CUDA context and one launch's
+#: operands (up to 2 GB: a 57344 x 8192 weight's fp16 scratch copy with its x and output).
+MAX_COMPILE_WORKERS = 16
 
 DEFAULT_MODEL = "llama-3.1-8b"
 #: Linear-layer shapes (out_features, in_features) of known models, without lm_head.
@@ -184,6 +194,135 @@ def _check(plan: gm.Plan, x: torch.Tensor, qw, reference: torch.Tensor) -> str |
     return None
 
 
+def placeholder_weight(spec: str, n: int, k: int, device: torch.device) -> QuantizedWeight:
+    """An (n, k) weight in format ``spec`` with fp16 scales, every tensor zero: the operands
+    a launch needs to compile a plan, without quantizing anything."""
+    fmt = parse_format(spec)
+    codes = torch.zeros(n, packing.packed_words(fmt.bits, k), dtype=torch.int32, device=device)
+    params = {name: torch.zeros(t.shape, dtype=t.dtype, device=device)
+              for name, t in fmt.param_specs(n, k, torch.float16).items()}
+    return QuantizedWeight(fmt, (n, k), codes, params, torch.float16)
+
+
+def _compile_plans(device: torch.device, launches: Sequence[tuple[str, int, int, int, gm.Plan]]) -> list[str]:
+    """In a ``precompile`` worker: launch each (format, n, k, m, plan) once on zeros, which
+    compiles its kernel into Triton's on-disk cache.  Returns what failed (the tuner's own
+    launch of the plan meets the same failure and reports it)."""
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    failed = []
+    for spec, n, k, m, plan in launches:
+        try:
+            _runner(plan, torch.zeros(m, k, dtype=torch.float16, device=device),
+                    placeholder_weight(spec, n, k, device))()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        except Exception as e:  # noqa: BLE001 - reported, and raised again by the tuner's launch
+            failed.append(f"{plan.label()} for {spec} {n}x{k} M={m}: {type(e).__name__}: {e}")
+    return failed
+
+
+def compile_workers() -> int:
+    """``precompile``'s default number of processes: one per CPU core this process may
+    use, at most MAX_COMPILE_WORKERS."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, MAX_COMPILE_WORKERS))
+
+
+def precompile(launches: Sequence[tuple[str, int, int, int, gm.Plan]], device: torch.device,
+               workers: int | None = None, log: Callable[[str], None] = print) -> float:
+    """Compile the kernels of these (format, n, k, m, plan) launches in ``workers`` processes
+    (default ``compile_workers()``; 0 or 1: none, each kernel compiles at its first launch),
+    so that the tuner's launches load them from Triton's on-disk cache instead of compiling
+    one after another.  Triton compiles a kernel for each plan's tile settings and for
+    whether n, k and m are multiples of 16, so the launches of one plan go to one worker,
+    which compiles the kernel once and launches it for every shape.  Nothing timed runs
+    meanwhile.  The workers are fresh interpreters (``python -c``, this ``anybit`` first on
+    their path), so a caller's script needs no ``__main__`` guard.  Returns the seconds taken."""
+    workers = compile_workers() if workers is None else workers
+    if workers < 0:
+        raise ValueError(f"workers={workers}; accepted: >= 0 (0: compile at first launch)")
+    groups: dict[tuple[str, gm.Plan], list] = {}
+    for launch in dict.fromkeys(launches):
+        groups.setdefault((launch[0], launch[4]), []).append(launch)
+    workers = min(workers, len(groups))
+    if workers <= 1:
+        return 0.0
+    import queue
+    import threading
+
+    from tqdm.auto import tqdm
+
+    if device.type == "cuda":
+        device = torch.device("cuda", cuda_index(device))
+    start = time.perf_counter()
+    todo: queue.SimpleQueue = queue.SimpleQueue()
+    # the groups with the most launches first, so that the last to finish are short
+    for group in sorted(groups.values(), key=len, reverse=True):
+        todo.put(group)
+    failed: list[str] = []
+    progress = tqdm(total=len(groups), desc="compiling", unit="plan")
+    lock = threading.Lock()
+
+    def feed(worker: subprocess.Popen) -> None:
+        group = None
+        try:
+            pickle.dump(device, worker.stdin)
+            while True:
+                try:
+                    group = todo.get_nowait()
+                except queue.Empty:
+                    break
+                pickle.dump(group, worker.stdin)
+                worker.stdin.flush()
+                result = pickle.load(worker.stdout)
+                with lock:
+                    failed.extend(result)
+                    progress.update()
+            worker.stdin.close()
+        except (EOFError, OSError, pickle.UnpicklingError):
+            # not put back for another worker, which it could bring down too
+            where = f" compiling {group[0][4].label()} for {group[0][0]}" if group else ""
+            with lock:
+                failed.append(f"a compiling process exited with code {worker.wait()}{where}")
+        worker.wait()
+
+    path = os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])
+    command = [sys.executable, "-c", _WORKER_CODE]
+    threads = [threading.Thread(target=feed, args=(subprocess.Popen(
+        command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": path}),))
+        for _ in range(workers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    progress.close()
+    seconds = time.perf_counter() - start
+    log(f"compiling {len(groups)} plans for {len(dict.fromkeys(launches))} launches took {seconds:.0f} s "
+        f"on {workers} processes" + (f"; {len(failed)} failed, first: {failed[0]}" if failed else ""))
+    return seconds
+
+
+_WORKER_CODE = f"from {__name__} import _compile_worker; _compile_worker()"
+
+
+def _compile_worker() -> None:
+    """A ``precompile`` process: reads a pickled device from stdin, then pickled lists of
+    launches, answering each with ``_compile_plans``'s list of failures, until stdin closes.
+    Anything printed goes to stderr: stdout carries only the answers."""
+    answers = os.fdopen(os.dup(1), "wb")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    device = pickle.load(sys.stdin.buffer)
+    while True:
+        try:
+            launches = pickle.load(sys.stdin.buffer)
+        except EOFError:
+            return
+        pickle.dump(_compile_plans(device, launches), answers)
+        answers.flush()
+
+
 def _incumbent(tables: Sequence[tuning.TunedTable], spec: str, n: int, k: int, m: int) -> gm.Plan | None:
     """The plan the first of ``tables`` with an entry for exactly this point holds, or None."""
     for table in tables:
@@ -202,6 +341,42 @@ def _model_params(tables: Sequence[tuning.TunedTable]) -> pm.ModelParams:
     return pm.ModelParams()
 
 
+def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, hw: pm.Hardware,
+            params: pm.ModelParams, tables: Sequence[tuning.TunedTable], top: int,
+            exhaustive: bool) -> tuple[Point, list[Measured]]:
+    """A point's candidates ranked by the model, and those to measure: the model's first
+    ``top``, its first Gluon plan, first WS_MEASURED warp-specialized plans and first
+    stream-K plan, the heuristic's plan and the plan this GPU's tables hold (every
+    candidate with ``exhaustive``)."""
+    fmt = parse_format(spec)
+    mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
+    scale_dtype = fmt.param_specs(n, k, torch.float16)["scales"].dtype
+    block_k = gm.heuristic_block_k(fmt.bits)  # the candidates' K-blocks
+    gluon = gm.gluon_supported(fmt.bits, mode, gm.kernel_group(group, k, block_k), block_k, torch.float16,
+                               scale_dtype, device)
+    ws = gm.gluon_ws_supported(fmt.bits, mode, gm.kernel_group(group, k, 64), 64, k, torch.float16, scale_dtype,
+                               device)
+    problem = pm.Problem(m, n, k, fmt.bits, group)
+    ranked = pm.rank(problem, space.candidate_plans(m, n, k, fmt.bits, sms, gluon, ws), hw, params)
+    point = Point(spec, n, k, m, float("nan"), [Measured(plan, us) for us, plan in ranked])
+    default = gm.default_plan(m, n, k, group, fmt.bits, sms)
+    # the model's first choice of the Gluon kernel, its first WS_MEASURED of the
+    # warp-specialized one and its first stream-K one too (their corrections start at 1)
+    also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
+    also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:WS_MEASURED]
+    also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.stream_k][:1]
+    # and the plan this GPU's tables hold for the point, so that a ranking the
+    # model gets wrong cannot lose a plan measured best before
+    incumbent = _incumbent(tables, spec, n, k, m)
+    if incumbent is not None:
+        also.append(incumbent)
+        if all(c.plan != incumbent for c in point.candidates):
+            point.candidates.append(Measured(incumbent, pm.predict_us(problem, incumbent, hw, params)))
+    selected = [c for i, c in enumerate(point.candidates)
+                if exhaustive or i < top or c.plan == default or c.plan in also]
+    return point, selected
+
+
 def tune(
     shapes: Sequence[tuple[int, int]],
     formats: Sequence[str] = ("int4-g128",),
@@ -210,6 +385,7 @@ def tune(
     top: int = 4,
     exhaustive: bool = False,
     replays: int = 10,
+    jobs: int | None = None,
     log: Callable[[str], None] = print,
 ) -> TuneReport:
     """Measure the candidates for every (format, shape, m) on the current CUDA device.
@@ -221,6 +397,9 @@ def tune(
         top: how many of the model's best candidates to measure (besides the heuristic's).
         exhaustive: measure every candidate (for the model's hit rate; slow).
         replays: graph replays per timing (median).
+        jobs: processes compiling the plans to measure before any is timed
+            (``precompile``; default: one per CPU core, at most MAX_COMPILE_WORKERS; 0: none,
+            each plan compiles when first launched).
 
     Returns a ``TuneReport`` whose ``table`` is ready for ``tuning.write_table``.
     """
@@ -245,6 +424,10 @@ def tune(
     params = _model_params(tables)
     log(f"{gpu}: copy {hw.copy_tbps:.2f} TB/s, fp16 {hw.fp16_tflops:.0f} TFLOP/s; "
         f"{'every candidate' if exhaustive else f'model top {top} + heuristic'} per point")
+    chosen = {(spec, n, k, m): _choose(spec, n, k, m, sms, device, hw, params, tables, top, exhaustive)
+              for n, k in shapes for spec in formats for m in ms}
+    precompile([(spec, n, k, m, c.plan) for (spec, n, k, m), (_, selected) in chosen.items() for c in selected],
+               device, workers=jobs, log=log)
     from tqdm.auto import tqdm
 
     gen = torch.Generator(device=device).manual_seed(0)
@@ -258,37 +441,12 @@ def tune(
                 qw = quantize(w, spec)
                 copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
                 reference_w = qw.dequantize(torch.float32)
-                block_k = gm.heuristic_block_k(qw.format.bits)  # the candidates' K-blocks
-                mode, scale_dtype, group = qw.format.kernel_decode().mode, qw.params["scales"].dtype, \
-                    qw.format.group_len(k)
-                gluon = gm.gluon_supported(qw.format.bits, mode, gm.kernel_group(group, k, block_k), block_k,
-                                           torch.float16, scale_dtype, device)
-                ws = gm.gluon_ws_supported(qw.format.bits, mode, gm.kernel_group(group, k, 64), 64, k, torch.float16,
-                                           scale_dtype, device)
                 for m in ms:
                     x = torch.randn(m, k, dtype=torch.float16, device=device, generator=gen)
                     reference = x.float() @ reference_w.t()
-                    problem = pm.Problem(m, n, k, qw.format.bits, qw.format.group_len(k))
-                    candidates = space.candidate_plans(m, n, k, qw.format.bits, sms, gluon, ws)
-                    ranked = pm.rank(problem, candidates, hw, params)
-                    point = Point(spec, n, k, m, float("nan"), [Measured(plan, us) for us, plan in ranked])
-                    default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
-                    # the model's first choice of the Gluon kernel, its first WS_MEASURED of the
-                    # warp-specialized one and its first stream-K one too (their corrections start at 1)
-                    also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
-                    also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:WS_MEASURED]
-                    also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.stream_k][:1]
-                    # and the plan this GPU's tables hold for the point, so that a ranking the
-                    # model gets wrong cannot lose a plan measured best before
-                    incumbent = _incumbent(tables, spec, n, k, m)
-                    if incumbent is not None:
-                        also.append(incumbent)
-                        if all(c.plan != incumbent for c in point.candidates):
-                            point.candidates.append(Measured(incumbent, pm.predict_us(problem, incumbent, hw, params)))
+                    point, selected = chosen[spec, n, k, m]
                     timed = []
-                    for i, cand in enumerate(point.candidates):
-                        if not (exhaustive or i < top or cand.plan == default or cand.plan in also):
-                            continue
+                    for cand in selected:
                         cand.error = _check(cand.plan, x, qw, reference)
                         if cand.error is not None:
                             cand.us = float("nan")
