@@ -53,6 +53,8 @@ def test_shipped_table_plans_are_right_and_repeatable():
     entries = {(e.format, e.m, e.k, e.plan): e for t in tables for e in t.entries if e.plan.config is not None}
     if not entries:
         pytest.skip("no shipped table for this GPU (the heuristic serves it; see tuning's docstring)")
+    # compiled by a pool of processes first, as the tuner does (serially: over 4 minutes)
+    tune.precompile([(e.format, 1024, e.k, e.m, e.plan) for e in entries.values()], device)
     gen = torch.Generator(device="cuda").manual_seed(1)
     for e in entries.values():
         qw = anybit.quantize(torch.randn(1024, e.k, device="cuda", generator=gen) * 0.02, e.format)
