@@ -54,7 +54,7 @@ def test_shipped_table_plans_are_right_and_repeatable():
     if not entries:
         pytest.skip("no shipped table for this GPU (the heuristic serves it; see tuning's docstring)")
     # compiled by a pool of processes first, as the tuner does (serially: over 4 minutes)
-    tune.precompile([(e.format, 1024, e.k, e.m, e.plan) for e in entries.values()], device)
+    tune.precompile([tune.Launch(e.format, 1024, e.k, e.m, e.plan) for e in entries.values()], device)
     gen = torch.Generator(device="cuda").manual_seed(1)
     for e in entries.values():
         qw = anybit.quantize(torch.randn(1024, e.k, device="cuda", generator=gen) * 0.02, e.format)

@@ -218,8 +218,8 @@ def test_precompile_launches_each_plan_in_worker_processes(capsys):
     launch raises it."""
     good = gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(32, 32, 32, 1, 4, 2))
     bad = gm.Plan(gm.Kernel.GLUON_WS, gm.ws_config(64, 128, 64, 1, 2))  # Hopper only
-    launches = [("int4-g128", 64, 256, 40, good), ("int4-g128", 32, 128, 40, good), ("int4-g128", 64, 256, 40, bad),
-                ("int4-g128", 64, 256, 40, good)]
+    launches = [tune.Launch("int4-g128", 64, 256, 40, good), tune.Launch("int4-g128", 32, 128, 40, good),
+                tune.Launch("int4-g128", 64, 256, 40, bad), tune.Launch("int4-g128", 64, 256, 40, good)]
     lines: list[str] = []
     tune.precompile(launches, torch.device("cpu"), workers=2, log=lines.append)
     assert len(lines) == 1 and lines[0].startswith("compiling 2 plans for 3 launches took "), lines
@@ -234,7 +234,7 @@ def test_precompile_reports_a_process_that_dies(monkeypatch):
     monkeypatch.setattr(tune, "_WORKER_CODE", "import sys; sys.stdin.buffer.read(1); sys.exit(3)")
     plans = [gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(32, 32, 32, 1, 4, stages)) for stages in (2, 3)]
     lines: list[str] = []
-    tune.precompile([("int4-g128", 64, 256, 40, plan) for plan in plans], torch.device("cpu"), workers=2,
+    tune.precompile([tune.Launch("int4-g128", 64, 256, 40, plan) for plan in plans], torch.device("cpu"), workers=2,
                     log=lines.append)
     assert "2 failed, first: a compiling process exited with code 3 compiling 32x32x32 split1 4w" in lines[0], lines
 

@@ -204,21 +204,35 @@ def placeholder_weight(spec: str, n: int, k: int, device: torch.device) -> Quant
     return QuantizedWeight(fmt, (n, k), codes, params, torch.float16)
 
 
-def _compile_plans(device: torch.device, launches: Sequence[tuple[str, int, int, int, gm.Plan]]) -> list[str]:
-    """In a ``precompile`` worker: launch each (format, n, k, m, plan) once on zeros, which
+@dataclass(frozen=True)
+class Launch:
+    """One launch ``precompile`` compiles: a plan for an (m, k) x by (n, k) weight product."""
+
+    format: str
+    n: int
+    k: int
+    m: int
+    plan: gm.Plan
+
+    def label(self) -> str:
+        return f"{self.plan.label()} for {self.format} {self.n}x{self.k} M={self.m}"
+
+
+def _compile_plans(device: torch.device, launches: Sequence[Launch]) -> list[str]:
+    """In a ``precompile`` worker: launch each plan once on zeros, which
     compiles its kernel into Triton's on-disk cache.  Returns what failed (the tuner's own
     launch of the plan meets the same failure and reports it)."""
     if device.type == "cuda":
         torch.cuda.set_device(device)
     failed = []
-    for spec, n, k, m, plan in launches:
+    for launch in launches:
         try:
-            _runner(plan, torch.zeros(m, k, dtype=torch.float16, device=device),
-                    placeholder_weight(spec, n, k, device))()
+            _runner(launch.plan, torch.zeros(launch.m, launch.k, dtype=torch.float16, device=device),
+                    placeholder_weight(launch.format, launch.n, launch.k, device))()
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
         except Exception as e:  # noqa: BLE001 - reported, and raised again by the tuner's launch
-            failed.append(f"{plan.label()} for {spec} {n}x{k} M={m}: {type(e).__name__}: {e}")
+            failed.append(f"{launch.label()}: {type(e).__name__}: {e}")
     return failed
 
 
@@ -229,9 +243,9 @@ def compile_workers() -> int:
     return max(1, min(cores, MAX_COMPILE_WORKERS))
 
 
-def precompile(launches: Sequence[tuple[str, int, int, int, gm.Plan]], device: torch.device,
+def precompile(launches: Sequence[Launch], device: torch.device,
                workers: int | None = None, log: Callable[[str], None] = print) -> float:
-    """Compile the kernels of these (format, n, k, m, plan) launches in ``workers`` processes
+    """Compile the kernels of these launches in ``workers`` processes
     (default ``compile_workers()``; 0 or 1: none, each kernel compiles at its first launch),
     so that the tuner's launches load them from Triton's on-disk cache instead of compiling
     one after another.  Triton compiles a kernel for each plan's tile settings and for
@@ -242,9 +256,9 @@ def precompile(launches: Sequence[tuple[str, int, int, int, gm.Plan]], device: t
     workers = compile_workers() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers}; accepted: >= 0 (0: compile at first launch)")
-    groups: dict[tuple[str, gm.Plan], list] = {}
+    groups: dict[tuple[str, gm.Plan], list[Launch]] = {}
     for launch in dict.fromkeys(launches):
-        groups.setdefault((launch[0], launch[4]), []).append(launch)
+        groups.setdefault((launch.format, launch.plan), []).append(launch)
     workers = min(workers, len(groups))
     if workers <= 1:
         return 0.0
@@ -282,7 +296,7 @@ def precompile(launches: Sequence[tuple[str, int, int, int, gm.Plan]], device: t
             worker.stdin.close()
         except (EOFError, OSError, pickle.UnpicklingError):
             # not put back for another worker, which it could bring down too
-            where = f" compiling {group[0][4].label()} for {group[0][0]}" if group else ""
+            where = f" compiling {group[0].plan.label()} for {group[0].format}" if group else ""
             with lock:
                 failed.append(f"a compiling process exited with code {worker.wait()}{where}")
         worker.wait()
@@ -426,7 +440,7 @@ def tune(
         f"{'every candidate' if exhaustive else f'model top {top} + heuristic'} per point")
     chosen = {(spec, n, k, m): _choose(spec, n, k, m, sms, device, hw, params, tables, top, exhaustive)
               for n, k in shapes for spec in formats for m in ms}
-    precompile([(spec, n, k, m, c.plan) for (spec, n, k, m), (_, selected) in chosen.items() for c in selected],
+    precompile([Launch(spec, n, k, m, c.plan) for (spec, n, k, m), (_, selected) in chosen.items() for c in selected],
                device, workers=jobs, log=log)
     from tqdm.auto import tqdm
 
