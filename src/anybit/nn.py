@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from . import mixed, packing
+from . import mixed
 from ._calibrate import calibrate_sequentially
 from .calibration import DEFAULT_SAMPLES, DEFAULT_SEQ_LEN, calibration_ids
 from .formats import WeightFormat, parse_format
@@ -51,10 +51,10 @@ class QuantLinear(nn.Module):
         self.out_features = out_features
         self.format = parse_format(fmt)
         self.dtype = dtype
-        words = packing.packed_words(self.format.bits, in_features)
-        self.register_buffer("codes", torch.empty(out_features, words, dtype=torch.int32, device=device))
-        for name, spec in self.format.param_specs(out_features, in_features, dtype).items():
-            self.register_buffer(name, torch.empty(spec.shape, dtype=spec.dtype, device=device))
+        storage = QuantizedWeight.empty(self.format, (out_features, in_features), dtype, device)
+        self.register_buffer("codes", storage.codes)
+        for name, tensor in storage.params.items():
+            self.register_buffer(name, tensor)
         if bias:
             b = torch.empty(out_features, dtype=bias_dtype or dtype, device=device)
             self.bias = nn.Parameter(b, requires_grad=False)

@@ -106,6 +106,17 @@ class QuantizedWeight:
             if t.device != self.codes.device:
                 raise ValueError(f"param {name!r} is on {t.device} but codes are on {self.codes.device}")
 
+    @classmethod
+    def empty(cls, fmt: WeightFormat, shape: tuple[int, int], dtype: torch.dtype,
+              device: torch.device | str | None = None) -> QuantizedWeight:
+        """A weight of ``shape`` (N, K) in ``fmt`` with scale dtype ``dtype`` whose tensors
+        are allocated (codes int32 (N, packed words), the format's params) but not written."""
+        n, k = shape
+        codes = torch.empty(n, packing.packed_words(fmt.bits, k), dtype=torch.int32, device=device)
+        params = {name: torch.empty(spec.shape, dtype=spec.dtype, device=device)
+                  for name, spec in fmt.param_specs(n, k, dtype).items()}
+        return cls(fmt, (n, k), codes, params, dtype)
+
     @property
     def device(self) -> torch.device:
         return self.codes.device

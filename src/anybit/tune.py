@@ -44,7 +44,7 @@ from pathlib import Path
 
 import torch
 
-from . import __version__, bench, packing
+from . import __version__, bench
 from ._matmul import candidates as space
 from ._matmul import gemm as gm
 from ._matmul import perf_model as pm
@@ -197,11 +197,10 @@ def _check(plan: gm.Plan, x: torch.Tensor, qw, reference: torch.Tensor) -> str |
 def placeholder_weight(spec: str, n: int, k: int, device: torch.device) -> QuantizedWeight:
     """An (n, k) weight in format ``spec`` with fp16 scales, every tensor zero: the operands
     a launch needs to compile a plan, without quantizing anything."""
-    fmt = parse_format(spec)
-    codes = torch.zeros(n, packing.packed_words(fmt.bits, k), dtype=torch.int32, device=device)
-    params = {name: torch.zeros(t.shape, dtype=t.dtype, device=device)
-              for name, t in fmt.param_specs(n, k, torch.float16).items()}
-    return QuantizedWeight(fmt, (n, k), codes, params, torch.float16)
+    qw = QuantizedWeight.empty(parse_format(spec), (n, k), torch.float16, device)
+    for tensor in (qw.codes, *qw.params.values()):
+        tensor.zero_()
+    return qw
 
 
 @dataclass(frozen=True)
@@ -243,6 +242,10 @@ def compile_workers() -> int:
     return max(1, min(cores, MAX_COMPILE_WORKERS))
 
 
+#: What a ``precompile`` process runs (``python -c``).
+_WORKER_CODE = f"from {__name__} import _compile_worker; _compile_worker()"
+
+
 def precompile(launches: Sequence[Launch], device: torch.device,
                workers: int | None = None, log: Callable[[str], None] = print) -> float:
     """Compile the kernels of these launches in ``workers`` processes
@@ -256,8 +259,9 @@ def precompile(launches: Sequence[Launch], device: torch.device,
     workers = compile_workers() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers}; accepted: >= 0 (0: compile at first launch)")
+    launches = list(dict.fromkeys(launches))
     groups: dict[tuple[str, gm.Plan], list[Launch]] = {}
-    for launch in dict.fromkeys(launches):
+    for launch in launches:
         groups.setdefault((launch.format, launch.plan), []).append(launch)
     workers = min(workers, len(groups))
     if workers <= 1:
@@ -312,12 +316,9 @@ def precompile(launches: Sequence[Launch], device: torch.device,
         thread.join()
     progress.close()
     seconds = time.perf_counter() - start
-    log(f"compiling {len(groups)} plans for {len(dict.fromkeys(launches))} launches took {seconds:.0f} s "
+    log(f"compiling {len(groups)} plans for {len(launches)} launches took {seconds:.0f} s "
         f"on {workers} processes" + (f"; {len(failed)} failed, first: {failed[0]}" if failed else ""))
     return seconds
-
-
-_WORKER_CODE = f"from {__name__} import _compile_worker; _compile_worker()"
 
 
 def _compile_worker() -> None:
