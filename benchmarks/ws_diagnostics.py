@@ -15,7 +15,8 @@ the split-K fix-up's loads of the other splits' partials (the last split stores 
 sum), 32 that and the partials' stores and the count (each split stores its own sum, racing),
 64 the output's stores (issued, every lane masked off), 128 every K-block (each program
 loads and multiplies nothing and stores zeros: what launching, setting up and ending a
-program cost).  The copy is made by text substitutions of the
+program cost), 256 and 512 the loader's extra shared-memory reads of 32 and 64 KB a K-block
+(``_extra_reads``; results right).  The copy is made by text substitutions of the
 kernel's source, each asserted, so a change of the kernel that breaks one fails loudly.
 Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
 """
@@ -45,11 +46,41 @@ def _replace(text: str, old: str, new: str, count: int | None = None) -> str:
     return text.replace(old, new)
 
 
+def _extra_reads(s: str, reads: int) -> str:
+    """The loader partition reads ``reads`` x 2 KB of shared memory (a zeroed buffer of its
+    own, 16-byte loads, a different 2 KB each) after issuing each K-block's copies, and adds
+    their sum (0) to the next block's x coordinate, so none is left out: does shared memory's
+    bandwidth bound the consumers (then they slow down by about what the bytes add)?"""
+    layout = "gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])"
+    s = _replace(s, "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty,",
+                 "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, dummy,", 3)
+    s = _replace(s, "_item``).\"\"\"\n    x_bufs, c_bufs, ready, empty = ring\n",
+                 "_item``).\"\"\"\n    x_bufs, c_bufs, ready, empty, dummy = ring\n", 1)
+    s = _replace(s, "(_loader, (x_desc, c_desc, ring, work,", "(_loader, (x_desc, c_desc, (x_bufs, c_bufs, ready, empty, dummy), work,", 3)
+    s = _replace(s, "    for i in range(n_blocks):\n        s = (base + i) % STAGES\n",
+                 "    sink = n_blocks * 0\n    for i in range(n_blocks):\n        s = (base + i) % STAGES\n", 1)
+    s = _replace(s, "_tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))",
+                 "_tma_load(x_desc, [m0, k + sink], ready.index(s), x_bufs.index(s))", 1)
+    s = _replace(s, "        _tma_load(c_desc, [n0, k // (32 // BITS)], ready.index(s), c_bufs.index(s))\n",
+                 "        _tma_load(c_desc, [n0, k // (32 // BITS)], ready.index(s), c_bufs.index(s))\n"
+                 f"        t = gl.zeros([16, 32], gl.int32, {layout})\n"
+                 f"        for r in gl.static_range({reads}):\n"
+                 f"            t = t ^ dummy.index(r).load({layout})\n"
+                 "        sink = gl.sum(gl.sum(t, 1), 0)\n", 1)
+    s = _replace(s, "    fence_async_shared()\n\n    if STREAM_K:",
+                 f"    dummy = gl.allocate_shared_memory(gl.int32, [{reads}, 16, 32], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))\n"
+                 f"    for r in gl.static_range({reads}):\n"
+                 f"        dummy.index(r).store(gl.zeros([16, 32], gl.int32, {layout}))\n"
+                 "    fence_async_shared()\n\n    if STREAM_K:", 1)
+    return s
+
+
 def diagnostic_kernel(diag: int):
     """A copy of ``gemm_gluon_ws_kernel`` without the parts ``diag`` names."""
     s = open(SOURCE).read()
     s = s.replace("from .gemm_gluon import", "from anybit._matmul.gemm_gluon import")
     s = s.replace("from .gemm_triton import", "from anybit._matmul.gemm_triton import")
+    s = s.replace("from .cache_keys import", "from anybit._matmul.cache_keys import")
     if diag & 1:
         constant = "    return (rows * 0).to(gl.float16) + 0.01, (rows * 0).to(gl.float32) + 8.0\n"
         s = _replace(s, "    return group_params(", constant + "    return group_params(", 1)
@@ -81,6 +112,8 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "acc.to(gl.float16), mask=out_mask)", "acc.to(gl.float16), mask=out_mask & (offs_m < 0)[None, :])", 1)
     if diag & 128:  # no K-blocks: each program starts, stores zeros and ends
         s = _replace(s, "gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)", "kb0 * 0, pid_k)", 1)
+    if diag & 768:  # shared-memory reads added by the loader partition, results unchanged
+        s = _extra_reads(s, 16 * bool(diag & 256) + 32 * bool(diag & 512))
     if diag & 2:
         for a in ("a", "a1", "a0"):
             s = _replace(s, f"acc = warpgroup_mma({a}, x_bufs.index(",
