@@ -5,6 +5,7 @@ Imported by those scripts from this folder (run them as ``python benchmarks/<scr
 import argparse
 import importlib.util
 import os
+import re
 import sys
 import tempfile
 import types
@@ -35,6 +36,16 @@ def weights(shape: str, fmt: str):
     copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
     w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
     return n, k, qw, copies, w16
+
+
+def absolute_imports(text: str, keep: tuple[str, ...] = ()) -> str:
+    """A kernel module's source (``anybit._matmul``) with its relative imports made absolute, so that
+    a copy loaded by ``load_source`` outside the package still finds them; imports of the
+    modules in ``keep`` stay relative (a copy's own package provides them)."""
+    text = re.sub(r"^from \. import", "from anybit._matmul import", text, flags=re.M)
+    return re.sub(r"^from \.(\w+) import",
+                  lambda m: m.group(0) if m.group(1) in keep else f"from anybit._matmul.{m.group(1)} import",
+                  text, flags=re.M)
 
 
 def load_source(name: str, text: str, directory: str | None = None) -> types.ModuleType:

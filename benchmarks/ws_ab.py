@@ -46,10 +46,8 @@ def load_baseline(directory: str) -> tuple[types.ModuleType, types.ModuleType]:
     sys.modules["anybit_baseline"] = package
     modules = []
     for name in ("gemm_gluon", "gemm_gluon_ws"):
-        text = open(os.path.join(directory, f"{name}.py")).read()
-        text = text.replace("from . import decode_ptx", "from anybit._matmul import decode_ptx")
-        text = text.replace("from .gemm_triton import", "from anybit._matmul.gemm_triton import")
-        text = text.replace("from .cache_keys import", "from anybit._matmul.cache_keys import")
+        # the baseline's gemm_gluon_ws imports the baseline's gemm_gluon
+        text = _weights.absolute_imports(open(os.path.join(directory, f"{name}.py")).read(), keep=("gemm_gluon",))
         modules.append(_weights.load_source(f"anybit_baseline.{name}", text, directory))
     return modules[0], modules[1]
 

@@ -77,10 +77,7 @@ def _extra_reads(s: str, reads: int) -> str:
 
 def diagnostic_kernel(diag: int):
     """A copy of ``gemm_gluon_ws_kernel`` without the parts ``diag`` names."""
-    s = open(SOURCE).read()
-    s = s.replace("from .gemm_gluon import", "from anybit._matmul.gemm_gluon import")
-    s = s.replace("from .gemm_triton import", "from anybit._matmul.gemm_triton import")
-    s = s.replace("from .cache_keys import", "from anybit._matmul.cache_keys import")
+    s = _weights.absolute_imports(open(SOURCE).read())
     if diag & 1:
         constant = "    return (rows * 0).to(gl.float16) + 0.01, (rows * 0).to(gl.float32) + 8.0\n"
         s = _replace(s, "    return group_params(", constant + "    return group_params(", 1)
