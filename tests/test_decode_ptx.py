@@ -56,6 +56,14 @@ def _elements(codes: torch.Tensor, bits: int) -> list[int]:
     return regs
 
 
+def _code_at(codes: torch.Tensor, bits: int, position: int) -> int:
+    """The code at ``position`` of the stored order (element e's code j at C * e + j): 4-bit
+    pairs are stored transposed (``packing.pair_position``)."""
+    if packing.pairs_transposed(bits):
+        position = int(packing.pair_position(torch.tensor(position)))
+    return int(codes[position])
+
+
 @pytest.mark.parametrize("case", CASES, ids=str)
 def test_decode_ptx_values(case: Case):
     rng = random.Random(case.bits * 10 + case.mode)
@@ -81,7 +89,7 @@ def test_decode_ptx_values(case: Case):
                 got = emu.halves(out[2 * j + q], case.bf16)
                 for half in range(2):
                     e = 2 * q + half
-                    code = int(codes[c * e + j])
+                    code = _code_at(codes, case.bits, c * e + j)
                     want = 2 * code - 1 if case.mode == dp.BINARY else code - zeros[e]
                     assert got[half] == want, (j, e, code, zeros[e], got)
 
@@ -112,7 +120,7 @@ def test_decode_ptx_table(bf16, table):
                 for q in range(2):
                     got = emu.halves(out[2 * j + q], bf16)
                     for half in range(2):
-                        code = int(codes[2 * (2 * q + half) + j])
+                        code = _code_at(codes, 4, 2 * (2 * q + half) + j)
                         assert got[half] == torch.tensor(levels[code], dtype=torch.float64).to(dtype).item()
 
 

@@ -11,6 +11,7 @@ import ptx_emulator as emu
 import pytest
 import torch
 
+from anybit import packing
 from anybit._matmul import candidates as cand
 from anybit._matmul import gemm as gm
 from anybit._matmul import gemm_gluon as gg
@@ -84,8 +85,9 @@ WGMMA_A_64X64 = dict(reg_bases=[[0, 1], [8, 0], [0, 8], [0, 16], [0, 32]],
 def test_byte_layout_rebuilds_the_mma_operand(bits):
     """Code pairs [R, K * bits / 32, 16 / bits] in _byte_layout (the bytes of words of 8
     4-bit codes, the halves of words of 4 8-bit codes), two values each (the new fastest
-    register bit) reshaped to [R, K] (k = codes per word * word + 2 pair + value), land
-    where the MMA wants them."""
+    register bit) at k = codes per word * word + 2 pair + value in the stored order (4
+    bits: k's place in the pair-transposed layout, ``packing.pair_position``), land where
+    the MMA wants them; each 4-bit word is read by one lane only."""
     from triton.experimental.gluon import language as gl
     operand = gl.DistributedLinearLayout(**WGMMA_A_64X64, block_bases=[], shape=[64, 64])
     pairs_layout = gg._byte_layout(operand, bits)
@@ -95,8 +97,14 @@ def test_byte_layout_rebuilds_the_mma_operand(bits):
                                         [b + [0] for b in pairs_layout.lane_bases],
                                         [b + [0] for b in pairs_layout.warp_bases], [],
                                         pairs_layout.shape + [2])
-    rebuilt = {i: (r, per_word * w + 2 * p + v) for i, (r, w, p, v) in _coordinates(joined, 4).items()}
+    def k_of(position):
+        return int(packing.pair_position(torch.tensor(position))) if bits == 4 else position
+    rebuilt = {i: (r, k_of(per_word * w + 2 * p + v)) for i, (r, w, p, v) in _coordinates(joined, 4).items()}
     assert rebuilt == _coordinates(operand, 2)
+    readers = {}
+    for (reg, lane, warp), (r, w, _) in _coordinates(pairs_layout, 3).items():
+        readers.setdefault((r, w), set()).add((lane, warp))
+    assert max(len(lanes) for lanes in readers.values()) == (1 if bits == 4 else 2)
 
 
 def test_byte_layout_refuses_an_operand_that_splits_a_pair():

@@ -152,6 +152,32 @@ def test_save_load_round_trip(tmp_path):
     assert torch.equal(loaded(ids), model(ids))
 
 
+@pytest.mark.parametrize("spec", ["int4-g32", "uint3-gc"])
+def test_a_version_1_file_loads_its_natural_order_codes(tmp_path, spec):
+    """Version 1 stored 4-bit codes in natural order: written that way (codes transposed
+    back, checksums and version of that file), the loaded model is the saved one."""
+    from safetensors.torch import load_file, save_file
+
+    from anybit import io, packing
+
+    model = _saved_tiny(tmp_path, spec)
+    stored = load_file(str(tmp_path / "model.safetensors"))
+    manifest = json.loads((tmp_path / "anybit.json").read_text())
+    assert manifest["manifest_version"] == 2
+    for name in manifest["layers"]:
+        if spec.startswith("int4"):
+            stored[f"{name}.codes"] = packing.transpose_pairs(stored[f"{name}.codes"])
+        manifest["tensors"][f"{name}.codes"] = io.tensor_sha256(stored[f"{name}.codes"])
+    save_file(stored, str(tmp_path / "model.safetensors"))
+    manifest["manifest_version"] = 1
+    (tmp_path / "anybit.json").write_text(json.dumps(manifest))
+    loaded = anybit.load(TinyLM(), tmp_path)
+    for name in manifest["layers"]:
+        assert torch.equal(loaded.get_submodule(name).codes, model.get_submodule(name).codes)
+    ids = torch.randint(0, 50, (2, 5))
+    assert torch.equal(loaded(ids), model(ids))
+
+
 def test_load_rejects_a_corrupted_layer(tmp_path):
     model = _saved_tiny(tmp_path)
     file = tmp_path / "model.safetensors"

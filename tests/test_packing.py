@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -71,3 +73,33 @@ def test_pack_unpack_property(bits, n, k, seed):
     packed = packing.pack(codes, bits)
     assert packed.shape == (n, -(-k // 32) * bits)
     assert torch.equal(packing.unpack(packed, bits, k), codes)
+
+
+def test_4_bit_pairs_are_stored_transposed():
+    """Word s of each 16-byte chunk holds the pairs s, s + 4, s + 8, s + 12 (codes 2p, 2p + 1,
+    low nibble first) in bytes 0..3: the codes lane s of a quad gives wgmma."""
+    codes = (torch.arange(64) % 16).to(torch.uint8)[None]
+    codes[0, 32:] = 15 - codes[0, 32:]
+    packed = packing.pack(codes, 4)[0].tolist()
+    for chunk, s in itertools.product(range(2), range(4)):
+        word = packed[4 * chunk + s] & 0xFFFFFFFF
+        for i in range(4):
+            k = 32 * chunk + 8 * i + 2 * s
+            assert word >> 8 * i & 0xFF == int(codes[0, k]) | int(codes[0, k + 1]) << 4, (chunk, s, i)
+    assert not packing.pairs_transposed(3) and not packing.pairs_transposed(8)
+
+
+def test_pair_position_is_the_stored_place_of_each_code():
+    codes = torch.randint(0, 16, (2, 96), dtype=torch.uint8)
+    words = packing.pack(codes, 4)
+    natural = torch.stack([(words >> 4 * i) & 15 for i in range(8)], dim=-1).reshape(2, 96)
+    k = torch.arange(96)
+    assert torch.equal(natural[:, packing.pair_position(k)], codes.long())
+    assert torch.equal(packing.pair_position(packing.pair_position(k)), k)
+
+
+def test_transpose_pairs_is_an_involution_and_checks_its_input():
+    words = torch.randint(-2**31, 2**31 - 1, (3, 8), dtype=torch.int32)
+    assert torch.equal(packing.transpose_pairs(packing.transpose_pairs(words)), words)
+    with pytest.raises(ValueError, match="multiple of 4"):
+        packing.transpose_pairs(torch.zeros(2, 6, dtype=torch.int32))

@@ -7,10 +7,10 @@ A saved model is a directory::
       anybit.json         the manifest, below
       config.json         the model's transformers config, when it has one
 
-Manifest (``MANIFEST_VERSION`` 1)::
+Manifest (``MANIFEST_VERSION`` 2)::
 
     {
-      "manifest_version": 1,
+      "manifest_version": 2,
       "anybit_version": "0.1.0",
       "weights_file": "model.safetensors",
       "layers": {"model.layers.0.mlp.up_proj": {"format": "int4-g128",
@@ -18,6 +18,10 @@ Manifest (``MANIFEST_VERSION`` 1)::
                  "bias": false, "bias_dtype": null}, ...},
       "tensors": {"model.layers.0.mlp.up_proj.codes": "<sha256 hex>", ...}
     }
+
+Version 2 stores 4-bit codes pair-transposed (``anybit.packing``); version 1 stored
+them in natural order, and :func:`load` transposes such files' 4-bit codes as it
+reads them (their checksums are those of the bytes in the file).
 """
 
 from __future__ import annotations
@@ -32,10 +36,14 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_model
 from torch import Tensor, nn
 
+from . import packing
 from ._version import __version__
+from .formats.registry import parse_format
 from .nn import QuantLinear
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+#: Versions :func:`load` reads: 1 (4-bit codes in natural order, converted on load) and 2.
+READABLE_VERSIONS = (1, 2)
 MANIFEST_FILE = "anybit.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
@@ -104,8 +112,9 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     except json.JSONDecodeError as err:
         raise ValueError(f"{file} is not valid JSON: {err}") from err
     version = manifest.get("manifest_version") if isinstance(manifest, dict) else None
-    if version != MANIFEST_VERSION:
-        raise ValueError(f"{file}: manifest_version {version!r} is not supported; this anybit reads {MANIFEST_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise ValueError(f"{file}: manifest_version {version!r} is not supported; this anybit reads "
+                         f"{', '.join(map(str, READABLE_VERSIONS))}")
     for key in ("layers", "tensors", "weights_file"):
         if key not in manifest:
             raise ValueError(f"{file}: manifest lacks {key!r}")
@@ -217,6 +226,15 @@ def load(model_or_config: Any, path: str | Path) -> nn.Module:
     missing = [k for k in state if k not in stored and k not in tied]
     if missing:
         raise ValueError(f"{weights} lacks tensors the model needs: {missing[:5]}")
+    if manifest["manifest_version"] == 1:
+        _natural_codes_transposed(stored, layers)
     model.load_state_dict(stored, strict=False)
     return model
+
+
+def _natural_codes_transposed(stored: dict[str, Tensor], layers: dict[str, Any]) -> None:
+    """A version-1 file's 4-bit codes (natural order) in today's pair-transposed order, in place."""
+    for name, entry in layers.items():
+        if packing.pairs_transposed(parse_format(entry["format"]).bits):
+            stored[f"{name}.codes"] = packing.transpose_pairs(stored[f"{name}.codes"])
 

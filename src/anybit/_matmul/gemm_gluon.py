@@ -8,17 +8,20 @@ each thread reads exactly the codes its register fragment needs:
 
 * In wgmma's A-operand layout (fp16, 2 values per register) thread lane l holds,
   of each 8 consecutive k of its rows, k = 2c and 2c + 1 with c = l % 4: in the
-  split-plane layout (8 codes per int32 word, code i at bits 4i..4i+3) that is
-  byte c of every word of the row.  The four lanes of a row read the same words
-  (``_byte_layout``), and one short PTX sequence turns byte c into the register
-  (code 2c - zero, code 2c+1 - zero) * scale (``_NIBBLE_PAIR_ASM``)::
+  pair-transposed layout of 4-bit codes (``anybit.packing``: word s of each chunk of
+  32 codes holds the pairs 2s + 8i, i < 4, in byte i) that is all of word c of each
+  chunk, so each lane reads one word per chunk and row (``_byte_layout``), and one
+  short PTX sequence per byte i turns it into the register (code k - zero, code
+  k + 1 - zero) * scale, k = 2c + 8i (``_NIBBLE_PAIR_ASM``)::
 
-      word  = | n7 n6 | n5 n4 | n3 n2 | n1 n0 |     byte c = (n_{2c+1}, n_{2c})
-      prmt  -> | 0 byte_c | 0 byte_c |              byte c in both halves
-      lop3  -> half0 = 1024 + n_{2c}, half1 = 1024 + 16 n_{2c+1}   (fp16, exact)
-      fma   -> (n_{2c} - z, n_{2c+1} - z)           times {1, 1/16} (a register) plus
-                                                      {-(1024 + z), -(64 + z)}: exact
+      word c = | byte 3 | byte 2 | byte 1 | byte 0 |     byte i = (n_{k+1}, n_k)
+      prmt  -> | 0 byte_i | 0 byte_i |                   byte i in both halves
+      lop3  -> half0 = 1024 + n_k, half1 = 1024 + 16 n_{k+1}   (fp16, exact)
+      fma   -> (n_k - z, n_{k+1} - z)           times {1, 1/16} (a register) plus
+                                                  {-(1024 + z), -(64 + z)}: exact
       mul   -> times the group's scale: the one rounding of each weight
+
+  (8-bit codes: half c % 2 of words c // 2 and c // 2 + 2 of each 4-word chunk.)
 
   so each weight is rounded once, exactly as the Triton kernels round it.
 * Per K-block: x [BLOCK_M, BLOCK_K] and the code words [BLOCK_N, BLOCK_K / 8]
@@ -74,21 +77,24 @@ def _rows_cols_layout(rows, cols, vec, num_warps):
 @triton.constexpr_function
 def _byte_layout(operand, bits=4):
     """The layout of [R, K * bits / 32, 16 / bits] (row, 32-bit word of codes, code pair)
-    that, after a join of two values per pair and a reshape to [R, K], is the MMA's
-    register operand ``operand`` (a DistributedLinearLayout of [R, K] whose first register
-    basis is k + 1); ``bits``: 4 (pairs are the bytes of a word of 8 codes) or 8 (the
-    16-bit halves of a word of 4 codes).
+    that, after a join of two values per pair (``decode_operand``: and for 4 bits the
+    permutation back to k order) and a reshape to [R, K], is the MMA's register operand
+    ``operand`` (a DistributedLinearLayout of [R, K] whose first register basis is k + 1);
+    ``bits``: 4 (pairs are the bytes of a word of 8 codes, stored pair-transposed:
+    ``anybit.packing``) or 8 (the 16-bit halves of a word of 4 codes).
 
     The A operand of wgmma gives each thread the codes 2c, 2c + 1 of every 8 along k
-    (c: lane % 4): byte c of each 4-bit word, half c % 2 of 8-bit word c // 2; so
-    the pairs come straight from the words, and the words of a row are read by the
-    lanes that share it."""
+    (c: lane % 4): all four bytes of 4-bit word c of each chunk of 32 codes (k's bits 1
+    and 2 pick the word, bits 3 and 4 the byte), half c % 2 of 8-bit word c // 2; so
+    the pairs come straight from the words, each 4-bit word read by one lane."""
     per_word = 32 // bits
 
     def pair_basis(b):
         n, k = b
         if k % 2:
             raise ValueError(f"operand layout {operand}: no register basis but the first may cross a code pair")
+        if bits == 4 and k < 32:  # inside a chunk: k = 8 i + 2 s + h is byte i of word s
+            return [n, k // 2, 0] if k < 8 else [n, 0, k // 8]
         return [n, k // per_word, (k // 2) % (per_word // 2)]
     if operand.reg_bases[0] != [0, 1]:
         raise ValueError(f"operand layout {operand}: its first register basis must pair codes 2c, 2c + 1")
@@ -97,6 +103,15 @@ def _byte_layout(operand, bits=4):
                                       [pair_basis(b) for b in operand.lane_bases],
                                       [pair_basis(b) for b in operand.warp_bases], [],
                                       [rows, k // per_word, per_word // 2])
+
+
+@triton.constexpr_function
+def _code_smem(words):
+    """The shared layout of a ring stage's code words [BLOCK_N, words]: a warp's read takes
+    one word of a 4-word chunk per lane from 8 rows, so a row's chunks are XOR-swizzled by
+    row (chunk q of row r at q ^ (r // per_phase) % max_phase) to put those 32 words in 32
+    banks (without it, 128-code K-blocks read them four to a bank)."""
+    return gl.SwizzledSharedLayout(vec=4, per_phase=max(1, 32 // words), max_phase=max(1, words // 4), order=[1, 0])
 
 
 #: byte (0..3) of a word of 8 4-bit codes -> fp16 pair (low nibble - zero, high nibble - zero) * scale:
@@ -156,7 +171,9 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
     -> wgmma's register operand [ROWS, BLOCK_K] fp16 (``a_layout``): pair ``select``
     (``pair_select``) of each word by ``_NIBBLE_PAIR_ASM`` (4 bits; ``mul``: int32 scalar,
     ``nibble_multiplier``) or ``_BYTE_PAIR_ASM`` (8 bits; ``mul`` unused) with each row's
-    ``bias`` and ``scale`` words (``group_words``)."""
+    ``bias`` and ``scale`` words (``group_words``).  4-bit pairs come in the stored order
+    (byte i of word s of a chunk: k = 8 i + 2 s) and are permuted to k order, which
+    moves no data (``_byte_layout`` put each value where the MMA wants it)."""
     words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
     sel3 = gl.broadcast(words3, select)[1]
     bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
@@ -168,7 +185,10 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
         mul3 = words3 * 0 + mul
         lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r,r", [words3, sel3, bias3, scale3, mul3],
                                            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
-    return gl.convert_layout(gl.reshape(gl.join(lo, hi), [ROWS, BLOCK_K]), a_layout)
+    pairs = gl.join(lo, hi)  # [ROWS, words, pairs, 2]
+    if BITS == 4:  # [ROWS, chunk, s, i, h] -> [ROWS, chunk, i, s, h]: k = 32 chunk + 8 i + 2 s + h
+        pairs = gl.permute(gl.reshape(pairs, [ROWS, BLOCK_K // 32, 4, 4, 2]), (0, 1, 3, 2, 4))
+    return gl.convert_layout(gl.reshape(pairs, [ROWS, BLOCK_K]), a_layout)
 
 
 @gluon.jit
@@ -255,10 +275,10 @@ def gemm_gluon_kernel(
     w_copy_layout: gl.constexpr = _rows_cols_layout(BLOCK_N, W, 4, num_warps)
     x_smem: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=min(128, 2 * BLOCK_K), element_bitwidth=16,
                                                 rank=2)
-    plain: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+    c_smem: gl.constexpr = _code_smem(W)
 
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_smem)
-    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, W], plain)
+    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, W], c_smem)
 
     # clamped rows (x's, W's last row again) keep loads in bounds; never stored
     x_index = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(1, x_layout))

@@ -49,7 +49,6 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .. import packing
 from ..formats._base import Decode
 from . import decode_ptx
 from .cache_keys import settle_cache_keys
@@ -87,6 +86,37 @@ def _load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K: tl.const
 
 
 @triton.jit
+def _pairs_in_k_order(values):
+    """[R, BLOCK_K] values of 4-bit codes in their stored order (``packing``: byte i of word s
+    of each chunk of 32 holds codes 8 i + 2 s, + 1) -> k order: [R, chunk, s, i, h] ->
+    [R, chunk, i, s, h]."""
+    rows: tl.constexpr = values.shape[0]
+    BLOCK_K: tl.constexpr = values.shape[1]
+    t = tl.permute(tl.reshape(values, [rows, BLOCK_K // 32, 4, 4, 2]), (0, 1, 3, 2, 4))
+    return tl.reshape(t, [rows, BLOCK_K])
+
+
+@triton.jit
+def _pairs_in_stored_order(x):
+    """Rows [BLOCK_K / 2, L] of x's code pairs in k order -> the order of the 4-bit codes'
+    bytes (``_pair_index``): row e holds pair ``_pair_index(e)``, a 4 x 4 transpose of each 16 rows."""
+    rows: tl.constexpr = x.shape[0]
+    cols: tl.constexpr = x.shape[1]
+    t = tl.permute(tl.reshape(x, [rows // 16, 4, 4, cols]), (0, 2, 1, 3))
+    return tl.reshape(t, [rows, cols])
+
+
+@triton.jit
+def _pair_index(e, BITS: tl.constexpr):
+    """The code pair (k // 2, counted from the K-block's start) that byte ``e`` of the
+    block's 4-bit words holds: pairs are stored transposed in each chunk of 16 (``packing``:
+    byte i of word s holds pair 4 i + s); for other widths, ``e`` itself."""
+    if BITS == 4:
+        e = (e & -16) | ((e >> 2) & 3) | ((e & 3) << 2)
+    return e
+
+
+@triton.jit
 def _load_codes(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K: tl.constexpr, BITS: tl.constexpr,
                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """Codes [BLOCK_N, BLOCK_K] (int32) of columns k0 .. k0 + BLOCK_K of ``rows``
@@ -97,6 +127,9 @@ def _load_codes(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K: tl.const
     code bits held by wider pieces.  EVEN_K: the block lies inside the row.
     """
     codes = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.int32)
+    if BITS == 4:  # one piece, its pairs stored transposed in each chunk (packing)
+        return _pairs_in_k_order(_load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K, 4, 0, BLOCK_N,
+                                             BLOCK_K))
     if (BITS & 8) != 0:
         codes |= _load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K, 8, 0, BLOCK_N, BLOCK_K)
     if (BITS & 4) != 0:
@@ -361,19 +394,28 @@ def _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params, w_rows, x_rows, k0, K
     values = _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, zero, table, EVEN_K, BITS, MODE,
                          BLOCK_K, PTX_ASM, PTX_CONSTRAINTS, dtype)
 
+    # element e holds codes C * e .. C * e + C - 1 of the block, but for 4-bit codes, whose
+    # pairs are stored transposed: pair ``_pair_index(e)``
     e = tl.arange(0, BLOCK_K // C)
     x_m = x_rows if SUB == 1 else tl.reshape(tl.broadcast_to(x_rows[None, :], [SUB, BLOCK_M]), [SUB * BLOCK_M])
     if NATURAL:
         # the C tensors interleaved back into k order: one dot with x's contiguous rows
         inside = tl.arange(0, BLOCK_K)
         x_t = _load_x(x_ptr, x_m, stride_xm, k0 + inside, k0 + inside < K, inside, GROUP, BLOCK_M, EVEN_K, SUB)
-        part = tl.dot(_interleave(values, C), x_t)
+        w = _interleave(values, C)
+        if BITS == 4:
+            w = _pairs_in_k_order(w)
+        part = tl.dot(w, x_t)
         if SUB > 1 and MODE == ZERO_POINT:
             x_sum = tl.sum(x_t.to(tl.float32), axis=0)
     elif X_PAIRS and C == 2:
         # (x[k], x[k+1]) as one 32-bit word, split by integer ops
+        # (read in k order, in vectors, then rows permuted to the stored order: reading them
+        # in that order, 4 bytes at a time, made M = 16-32 up to 1.8x slower)
         pairs = _load_x(x_ptr.to(tl.pointer_type(tl.int32)), x_m, stride_xm // 2, k0 // 2 + e, k0 + 2 * e < K, 2 * e,
                         GROUP, BLOCK_M, EVEN_K, SUB)
+        if BITS == 4:
+            pairs = _pairs_in_stored_order(pairs)
         # two independent products (chaining them through one accumulator ran ~7% slower at M=1)
         x_even = (pairs & 0xFFFF).to(tl.int16).to(dtype, bitcast=True)
         x_odd = (pairs >> 16).to(tl.int16).to(dtype, bitcast=True)
@@ -384,8 +426,8 @@ def _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params, w_rows, x_rows, k0, K
         part = tl.zeros([w_rows.shape[0], SUB * BLOCK_M], dtype=tl.float32)
         x_sum = tl.zeros([SUB * BLOCK_M], dtype=tl.float32)
         for j in tl.static_range(C):
-            k = k0 + C * e + j
-            x_j = _load_x(x_ptr, x_m, stride_xm, k, k < K, C * e, GROUP, BLOCK_M, EVEN_K, SUB)
+            k = k0 + C * _pair_index(e, BITS) + j
+            x_j = _load_x(x_ptr, x_m, stride_xm, k, k < K, k - k0, GROUP, BLOCK_M, EVEN_K, SUB)
             part = tl.dot(values[j], x_j, part)
             if SUB > 1 and MODE == ZERO_POINT:
                 x_sum += tl.sum(x_j.to(tl.float32), axis=0)
