@@ -1,7 +1,8 @@
 """A decode of 4-bit codes stored chunk-permuted, for ws_diagnostics' copy that measures what
-the warp-specialized kernel's consumers would cost with such a layout (not a layout of the
-library; on the library's layout this decode gives wrong weights, which is what the
-diagnostic accepts).
+the warp-specialized kernel's consumers would cost with such a layout (not the library's: its
+pair-transposed layout, ``anybit.packing``, puts the same 8 codes in each word but keeps each
+pair in one byte, so the decode needs a prmt per pair; on it this decode gives wrong weights,
+which is what the diagnostic accepts).
 
 Chunk-permuted layout: each row's codes in chunks of 32 (four int32 words); word s of chunk q
 holds the 8 codes that lane c = s of a row's quad feeds to wgmma's register operand, the
