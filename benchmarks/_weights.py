@@ -1,5 +1,5 @@
-"""What the kernel probes share (ds_probe.py, dequant_overlap_probe.py, ws_ab.py,
-ws_diagnostics.py): the command line of shapes, M and format, each shape's weights with
+"""What the kernel probes share (ds_probe.py, dequant_overlap_probe.py, ws_ab.py, tree_ab.py,
+ws_diagnostics.py): the command lines of shapes, M and format, each shape's weights with
 enough copies for a cold L2, and loading an edited copy of a kernel's source as a module.
 Imported by those scripts from this folder (run them as ``python benchmarks/<script>.py``)."""
 import argparse
@@ -22,6 +22,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--shapes", nargs="+", required=True)
     p.add_argument("--m", nargs="+", type=int, required=True)
     p.add_argument("--format", default="int4-g128")
+    p.add_argument("--out")
+    return p
+
+
+def ab_parser(doc: str, baseline: str, m: list[int]) -> argparse.ArgumentParser:
+    """The A/B scripts' command line (ws_ab.py, tree_ab.py): --baseline (``baseline``: what
+    the folder holds), --formats, --m (default ``m``), --shapes (default the standard ones),
+    --rounds, --out."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--baseline", required=True, help=baseline)
+    p.add_argument("--formats", nargs="+", default=["int4-g128"])
+    p.add_argument("--m", nargs="+", type=int, default=m)
+    p.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in bench.STANDARD_SHAPES])
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out")
     return p
 

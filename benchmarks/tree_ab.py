@@ -18,7 +18,6 @@ L2, fp16 cuBLAS in the same run)."""
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
 import os
@@ -94,13 +93,7 @@ def _shape_rows(base, spec: str, shape: str, ms: list[int], rounds: int) -> list
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, help="a copy of the baseline's src/anybit")
-    parser.add_argument("--formats", nargs="+", default=["int4-g128"])
-    parser.add_argument("--m", nargs="+", type=int, default=[1, 16, 64, 256])
-    parser.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in bench.STANDARD_SHAPES])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out")
+    parser = _weights.ab_parser(__doc__, "a copy of the baseline's src/anybit", [1, 16, 64, 256])
     args = parser.parse_args()
     base = load_baseline(args.baseline)
     rows = []

@@ -16,7 +16,6 @@ skipped (the kernels compared are the same)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -67,13 +66,8 @@ class _Kernels:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--baseline", required=True, help="folder with the baseline's gemm_gluon.py, gemm_gluon_ws.py")
-    parser.add_argument("--formats", nargs="+", default=["int4-g128"])
-    parser.add_argument("--m", nargs="+", type=int, default=[64, 128, 256, 1024])
-    parser.add_argument("--shapes", nargs="+", default=[f"{n}x{k}" for n, k in bench.STANDARD_SHAPES])
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--out")
+    parser = _weights.ab_parser(__doc__, "folder with the baseline's gemm_gluon.py, gemm_gluon_ws.py",
+                                [64, 128, 256, 1024])
     args = parser.parse_args()
     versions = {"new": _Kernels(gemm_gluon, gemm_gluon_ws), "base": _Kernels(*load_baseline(args.baseline))}
     rows = []
