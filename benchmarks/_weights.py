@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import os
 import re
+import statistics
 import sys
 import tempfile
 import types
@@ -38,6 +39,20 @@ def ab_parser(doc: str, baseline: str, m: list[int]) -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--out")
     return p
+
+
+def ab_point(spec: str, n: int, k: int, m: int, label: str, fp16_us: float, timers: dict, rounds: int) -> dict:
+    """One point of an A/B script: ``timers`` {"new": ..., "base": ...} (each a call returning
+    one timing in us) run ``rounds`` times each in the order new base base new ...; prints
+    the medians against fp16 and returns the point's row (every timing kept)."""
+    times = {name: [] for name in timers}
+    for r in range(rounds):
+        for name in ("new", "base") if r % 2 == 0 else ("base", "new"):
+            times[name].append(timers[name]())
+    new, base = (statistics.median(times[v]) for v in ("new", "base"))
+    print(f"{spec} {n}x{k} M={m} {label:40s} new {new:8.2f} base {base:8.2f} us "
+          f"({base / new:5.3f}x; fp16 {fp16_us:8.2f}: {fp16_us / new:4.2f} / {fp16_us / base:4.2f}x)", flush=True)
+    return dict(format=spec, N=n, K=k, M=m, plan=label, new_us=times["new"], base_us=times["base"], fp16_us=fp16_us)
 
 
 def weights(shape: str, fmt: str):

@@ -22,7 +22,6 @@ import importlib.util
 import json
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 
@@ -79,16 +78,11 @@ def _shape_rows(base, spec: str, shape: str, ms: list[int], rounds: int) -> list
         calls = {"new": (anybit.matmul, copies), "base": (base.matmul, base_copies)}
         for matmul, weights in calls.values():
             assert_matmul_close(matmul(x, weights[0]), x, qw, weight_roundoff=unit_roundoff(x.dtype))
-        times = {name: [] for name in calls}
-        order = [("new", "base") if r % 2 == 0 else ("base", "new") for r in range(rounds)]
-        for name in (v for pair in order for v in pair):
-            matmul, weights = calls[name]
-            times[name].append(bench._time_per_call(lambda i: lambda: matmul(x, weights[i]), len(weights), 20))
-        new, old = (statistics.median(times[v]) for v in ("new", "base"))
-        print(f"{spec} {n}x{k} M={m} {plan.label():40s} new {new:8.2f} base {old:8.2f} us "
-              f"({old / new:5.3f}x; fp16 {fp16_us:8.2f}: {fp16_us / new:4.2f} / {fp16_us / old:4.2f}x)", flush=True)
-        rows.append(dict(format=spec, N=n, K=k, M=m, plan=plan.label(), new_us=times["new"], base_us=times["base"],
-                         fp16_us=fp16_us))
+
+        def timer(matmul, weights):
+            return lambda: bench._time_per_call(lambda i: lambda: matmul(x, weights[i]), len(weights), 20)
+        rows.append(_weights.ab_point(spec, n, k, m, plan.label(), fp16_us,
+                                      {name: timer(*call) for name, call in calls.items()}, rounds))
     return rows
 
 

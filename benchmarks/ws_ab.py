@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 import types
 
@@ -80,21 +79,17 @@ def main() -> None:
                     continue
                 x = torch.randn(m, k, device="cuda", dtype=torch.float16)
                 fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), 20)
-                times = {name: [] for name in versions}
-                for name, kernels in versions.items():
+                for kernels in versions.values():
                     with kernels:
                         assert_matmul_close(anybit.matmul(x, qw), x, qw, weight_roundoff=unit_roundoff(x.dtype))
-                order = [("new", "base") if r % 2 == 0 else ("base", "new") for r in range(args.rounds)]
-                for name in (v for pair in order for v in pair):
-                    with versions[name]:
-                        times[name].append(bench._time_per_call(lambda i: lambda: anybit.matmul(x, copies[i]),
-                                                                len(copies), 20))
-                new, base = (statistics.median(times[v]) for v in ("new", "base"))
-                print(f"{spec} {n}x{k} M={m} {plan.label():40s} new {new:8.2f} base {base:8.2f} us "
-                      f"({base / new:5.3f}x; fp16 {fp16_us:8.2f}: {fp16_us / new:4.2f} / {fp16_us / base:4.2f}x)",
-                      flush=True)
-                rows.append(dict(format=spec, N=n, K=k, M=m, plan=plan.label(), new_us=times["new"],
-                                 base_us=times["base"], fp16_us=fp16_us))
+
+                def timer(kernels):
+                    def run():
+                        with kernels:
+                            return bench._time_per_call(lambda i: lambda: anybit.matmul(x, copies[i]), len(copies), 20)
+                    return run
+                timers = {name: timer(kernels) for name, kernels in versions.items()}
+                rows.append(_weights.ab_point(spec, n, k, m, plan.label(), fp16_us, timers, args.rounds))
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)

@@ -39,7 +39,7 @@ import triton.language as tl
 from .cache_keys import settle_cache_keys
 from .gemv_triton import (
     TABLE, ROW_TABLE, ZERO_POINT, SYMMETRIC, _codes_per_element, _integer_or_table, _interleave, _load_codes,
-    _pairs_in_k_order, _ptx_values, _split_k_sum, _table_words,
+    _ptx_values, _split_k_sum, _table_words,
 )
 
 
@@ -97,8 +97,6 @@ def _weights(codes_ptr, table_ptr, table, scale, zero, w_rows, k0, words_per_row
         values = _ptx_values(codes_ptr, w_rows, k0, words_per_row, kpad_words, row_zero, table, EVEN_K, BITS, MODE,
                              BLOCK_K, PTX_ASM, PTX_CONSTRAINTS, dtype)
         w = _interleave(values, _codes_per_element(BITS))
-        if BITS == 4:
-            w = _pairs_in_k_order(w)
         if MODE == ZERO_POINT and not ONE_GROUP:
             w = w - zero.to(dtype)  # small integers: exact
         if SCALE_IN_DTYPE:

@@ -315,11 +315,13 @@ def _flat(a, b):
 
 @triton.jit
 def _interleave(values, C: tl.constexpr):
-    """C tensors [R, BLOCK_K / C] (tensor j: codes C*e + j) -> one [R, BLOCK_K] in k order."""
+    """C tensors [R, BLOCK_K / C] (tensor j: code j of element e) -> one [R, BLOCK_K] in k order:
+    element e holds codes C*e .. C*e + C - 1, but for 4-bit codes (C = 2), whose pairs are
+    stored transposed (``_pair_index``)."""
     if C == 1:
         w = values[0]
     elif C == 2:
-        w = _flat(values[0], values[1])
+        w = _pairs_in_k_order(_flat(values[0], values[1]))
     elif C == 4:
         w = _flat(_flat(values[0], values[2]), _flat(values[1], values[3]))
     else:
@@ -402,10 +404,7 @@ def _ptx_block(codes_ptr, zeros_ptr, x_ptr, table, params, w_rows, x_rows, k0, K
         # the C tensors interleaved back into k order: one dot with x's contiguous rows
         inside = tl.arange(0, BLOCK_K)
         x_t = _load_x(x_ptr, x_m, stride_xm, k0 + inside, k0 + inside < K, inside, GROUP, BLOCK_M, EVEN_K, SUB)
-        w = _interleave(values, C)
-        if BITS == 4:
-            w = _pairs_in_k_order(w)
-        part = tl.dot(w, x_t)
+        part = tl.dot(_interleave(values, C), x_t)
         if SUB > 1 and MODE == ZERO_POINT:
             x_sum = tl.sum(x_t.to(tl.float32), axis=0)
     elif X_PAIRS and C == 2:
