@@ -38,7 +38,7 @@ _SIDE: dict = {}
 def chunked(x, qw, chunks: int, out=None, bufs=None):
     """y = x @ W^T with W dequantized in ``chunks`` row chunks on a side stream, two buffers."""
     n, k = qw.shape
-    group = gm.kernel_group(qw.format.group_len(k), k, gm.DEQUANT_BLOCK_K)
+    group = gm.kernel_group(qw.format.group_len(k), k)
     mode = qw.format.kernel_decode().mode
     zeros = qw.params.get("zeros")
     step = -(-n // chunks)
@@ -73,7 +73,7 @@ def _parts(x, copies, fp16_us: float, label: str) -> list[dict]:
     """The dequantize alone and cuBLAS alone on dequantized copies (rows for the results)."""
     mode = copies[0].format.kernel_decode().mode
     n, k = copies[0].shape
-    group = gm.kernel_group(copies[0].format.group_len(k), k, gm.DEQUANT_BLOCK_K)
+    group = gm.kernel_group(copies[0].format.group_len(k), k)
     bufs = [torch.empty(n, k, dtype=x.dtype, device=x.device) for _ in copies]
 
     def dequant(i):

@@ -40,7 +40,7 @@ def _variant(text: str) -> dict:
 
 def _call(x, qw, variant, out):
     n, k = qw.shape
-    group = gm.kernel_group(qw.format.group_len(k), k, variant["block_k"])
+    group = gm.kernel_group(qw.format.group_len(k), k)
     mode = qw.format.kernel_decode().mode
     return lambda: launch_gemm_gluon_ds(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, n, k,
                                         qw.format.bits, group, mode, out=out, **variant)

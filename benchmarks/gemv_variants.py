@@ -83,7 +83,7 @@ def _call(x, qw, config):
     mode = qw.format.kernel_decode().mode
     if isinstance(config, str):  # dq[,block_n,block_k]: dequantize, then cuBLAS
         bn, bk = (int(v) for v in config.split(",")[1:]) if "," in config else (64, 128)
-        group = gm.kernel_group(qw.format.group_len(k), k, bk)
+        group = gm.kernel_group(qw.format.group_len(k), k)
         return lambda: x @ gm.launch_dequant(qw.codes, qw.params["scales"], qw.params.get("zeros"),
                                              g.kernel_table(qw), n, k, qw.format.bits, group, mode, x.dtype,
                                              block_n=bn, block_k=bk).t()

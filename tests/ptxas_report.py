@@ -33,7 +33,7 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k * bits // 32], gl.int32)
     constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
-                     BLOCKS_PER_SPLIT=64, STAGES=stages, HAS_BIAS=False,
+                     STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
                      VECTOR_STORE=gm.ws_vector_store(config, bits))

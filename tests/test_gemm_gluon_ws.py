@@ -207,6 +207,30 @@ def test_the_deepest_ring_that_fits():
     assert gm.ws_fit_stages(gm.ws_config(128, 128, 128, 1, 2), 8) == 2
 
 
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc"])
+@pytest.mark.parametrize("split_k", [1, 2])
+def test_one_compiled_kernel_serves_every_k(monkeypatch, spec, split_k):
+    """A plan launches the kernel with the same constexprs (Triton's compile key) for every
+    layer shape: K reaches the kernel as the runtime k_blocks, per-row groups as
+    ``gemv.ROW_GROUP``; so a model's layers, or ``anybit tune``'s shapes, compile it once."""
+    seen = []
+
+    class Recorder:
+        def __getitem__(self, grid):
+            return lambda *args, **constexprs: seen.append((args[11], constexprs))
+
+    monkeypatch.setattr(gw, "gemm_gluon_ws_kernel", Recorder())
+    config = gm.ws_config(64, 128, 64, split_k, 6)
+    for n, k in ((128, 256), (128, 1024), (256, 3072)):
+        qw = anybit.quantize(torch.randn(n, k), spec)
+        x = torch.randn(64, k, dtype=torch.float16)
+        group = gm.kernel_group(qw.format.group_len(k), k)
+        gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, n, k,
+                                qw.format.bits, group, qw.format.kernel_decode().mode, config)
+    assert [k_blocks for k_blocks, _ in seen] == [4, 16, 48]
+    assert all(constexprs == seen[0][1] for _, constexprs in seen)
+
+
 @pytest.mark.skipif(not gm.interpreting(), reason="runs the fallback on the CPU in Triton's interpreter "
                                                    "(TRITON_INTERPRET=1); the GPU suite checks it on Hopper")
 def test_a_ws_plan_falls_back_to_the_heuristic_where_it_does_not_apply(monkeypatch):

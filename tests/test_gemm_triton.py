@@ -103,7 +103,7 @@ def test_dequant_kernel_rounds_each_weight_once(spec, dtype):
     qw = anybit.quantize(torch.randn(70, 300, device=DEVICE), spec)
     n, k = qw.shape
     decode = qw.format.kernel_decode()
-    group = gm.kernel_group(qw.format.group_len(k), k, gm.DEQUANT_BLOCK_K)
+    group = gm.kernel_group(qw.format.group_len(k), k)
     w = gm.launch_dequant(qw.codes, qw.params["scales"], qw.params.get("zeros"), g.kernel_table(qw), n, k,
                           qw.format.bits, group, decode.mode, dtype,
                           out=torch.full((n, k), float("nan"), dtype=dtype, device=DEVICE))

@@ -251,9 +251,11 @@ def precompile(launches: Sequence[Launch], device: torch.device,
     """Compile the kernels of these launches in ``workers`` processes
     (default ``compile_workers()``; 0 or 1: none, each kernel compiles at its first launch),
     so that the tuner's launches load them from Triton's on-disk cache instead of compiling
-    one after another.  Triton compiles a kernel for each plan's tile settings and for
-    whether n, k and m are multiples of 16, so the launches of one plan go to one worker,
-    which compiles the kernel once and launches it for every shape.  Nothing timed runs
+    one after another.  Triton compiles a kernel for each plan's tile settings, for
+    whether n, k and m are multiples of 16 and (the Triton and Gluon GEMMs) for the K-blocks
+    of each split, so the launches of one plan go to one worker, which compiles the kernel
+    once per such key (the warp-specialized kernel's K is a runtime value) and launches it
+    for every shape.  Nothing timed runs
     meanwhile.  The workers are fresh interpreters (``python -c``, this ``anybit`` first on
     their path), so a caller's script needs no ``__main__`` guard.  Returns the seconds taken."""
     workers = compile_workers() if workers is None else workers
@@ -367,9 +369,9 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
     scale_dtype = fmt.param_specs(n, k, torch.float16)["scales"].dtype
     block_k = gm.heuristic_block_k(fmt.bits)  # the candidates' K-blocks
-    gluon = gm.gluon_supported(fmt.bits, mode, gm.kernel_group(group, k, block_k), block_k, torch.float16,
+    gluon = gm.gluon_supported(fmt.bits, mode, gm.kernel_group(group, k), block_k, torch.float16,
                                scale_dtype, device)
-    ws = gm.gluon_ws_supported(fmt.bits, mode, gm.kernel_group(group, k, 64), 64, k, torch.float16, scale_dtype,
+    ws = gm.gluon_ws_supported(fmt.bits, mode, gm.kernel_group(group, k), 64, k, torch.float16, scale_dtype,
                                device)
     problem = pm.Problem(m, n, k, fmt.bits, group)
     ranked = pm.rank(problem, space.candidate_plans(m, n, k, fmt.bits, sms, gluon, ws), hw, params)

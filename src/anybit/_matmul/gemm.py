@@ -554,8 +554,7 @@ def launch_gemm_gluon_ws(
         workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
         scalars["stride_zn"], scalars["stride_zg"],
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
-        STAGES=config.num_stages, HAS_BIAS=bias is not None,
+        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, STAGES=config.num_stages, HAS_BIAS=bias is not None,
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
@@ -564,7 +563,7 @@ def launch_gemm_gluon_ws(
     return out
 
 
-#: Tiles and warps of the dequantize kernel (the group it takes is ``kernel_group(.., DEQUANT_BLOCK_K)``).
+#: Tiles and warps of the dequantize kernel (the group it takes is ``kernel_group``).
 #: 32 x 512 on 8 warps: 8192 x 8192 int4-g128 in 48 us against 56 us at 64 x 128 on 4 warps
 #: (int8-gc: 56 against 64; 83-84% of the copy rate; H200, docs/NOTES-gemm.md v11).
 DEQUANT_BLOCK_N, DEQUANT_BLOCK_K, DEQUANT_WARPS = 32, 512, 8
@@ -612,7 +611,7 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
     group = qw.format.group_len(k)
     if config is None:
         config = gemm_config(m, n, k, group, qw.format.bits, sm_count(device))
-    return config, kernel_group(group, k, config.block_k)
+    return config, kernel_group(group, k)
 
 
 @torch.library.custom_op("anybit::dequant", mutates_args=())
@@ -631,7 +630,7 @@ def dequantize(qw: QuantizedWeight, dtype: torch.dtype) -> Tensor:
     """W (N, K) in ``dtype`` (fp16/bf16) on the Triton dequantize kernel, each weight
     rounded once as the GEMM kernel rounds it."""
     n, k = qw.shape
-    group = kernel_group(qw.format.group_len(k), k, DEQUANT_BLOCK_K)
+    group = kernel_group(qw.format.group_len(k), k)
     return torch.ops.anybit.dequant(qw.codes, qw.params["scales"], qw.params.get("zeros"), kernel_table(qw), n, k,
                                     qw.format.bits, group, qw.format.kernel_decode().mode.value, dtype)
 
@@ -661,10 +660,10 @@ def planned_matmul_op(
 
     chosen = find_plan(spec, n, k, x.shape[0], group, bits, x.device)
     if chosen.kernel is Kernel.DEQUANT:
-        w = launch_dequant(codes, scales, zeros, table, n, k, bits, kernel_group(group, k, DEQUANT_BLOCK_K),
+        w = launch_dequant(codes, scales, zeros, table, n, k, bits, kernel_group(group, k),
                            Decode(mode), x.dtype)
         return _linear(x, w, bias)
-    config, kgroup = chosen.config, kernel_group(group, k, chosen.config.block_k)
+    config, kgroup = chosen.config, kernel_group(group, k)
     if chosen.kernel is Kernel.GLUON:
         if gluon_supported(bits, Decode(mode), kgroup, config.block_k, x.dtype, scales.dtype, x.device):
             return launch_gemm_gluon(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config)
@@ -676,7 +675,6 @@ def planned_matmul_op(
             return launch_gemm_gluon_ws(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config)
         # elsewhere the Triton kernel with the heuristic's settings (see Kernel.GLUON_WS)
         config = gemm_config(x.shape[0], n, k, group, bits, sm_count(x.device))
-        kgroup = kernel_group(group, k, config.block_k)
     return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, kgroup, Decode(mode), config)
 
 

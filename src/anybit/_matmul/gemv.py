@@ -331,10 +331,18 @@ def ptx_natural(bits: int) -> bool:
     return codes_per_element(bits) >= 4
 
 
-def kernel_group(group: int, k: int, block_k: int) -> int:
-    """The GROUP a kernel is compiled with: a per-row group becomes one at least
-    BLOCK_K wide, so the kernel takes one scale per row and K-block."""
-    return max(group, block_k) if group == k else group
+#: The GROUP kernels are compiled with for a per-row group (one scale per row): wider
+#: than any k, so every K-block lies in group 0, and the same for every k, so a plan's
+#: kernel compiled for one layer serves the others.
+ROW_GROUP = 1 << 30
+
+
+def kernel_group(group: int, k: int) -> int:
+    """The GROUP a kernel is compiled with: ``group``, or ``ROW_GROUP`` for a per-row
+    group (``group == k``), so the kernel takes one scale per row for every K-block."""
+    if group == k:
+        return ROW_GROUP
+    return group
 
 
 def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
@@ -351,7 +359,7 @@ def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
         config = gemv_config(m, qw.shape[0], k, group, sm_count(device), ptx=ptx,
                              split_groups=ptx and decode.mode is not Decode.ZERO_POINT and not (paired and table),
                              interleaved=ptx and ptx_natural(qw.format.bits), paired=paired)
-    return config, kernel_group(group, k, config.block_k)
+    return config, kernel_group(group, k)
 
 
 def unsupported_reason(x: Tensor, qw: QuantizedWeight) -> str | None:
