@@ -106,7 +106,7 @@ def diagnostic_kernel(diag: int):
             last = arrived == SPLIT_K - 1
 """, "", 1)
     if diag & 64:  # the output's stores issued with every lane masked off
-        s = _replace(s, "acc.to(gl.float16), mask=out_mask)", "acc.to(gl.float16), mask=out_mask & (offs_m < 0)[None, :])", 1)
+        s = _replace(s, "y, mask=out_mask)", "y, mask=out_mask & (offs_m < 0)[None, :])", 1)
     if diag & 128:  # no K-blocks: each program starts, stores zeros and ends
         s = _replace(s, "gl.minimum(k_blocks - kb0, per_split), pid_k)", "kb0 * 0, pid_k)", 1)
     if diag & 768:  # shared-memory reads added by the loader partition, results unchanged
@@ -120,9 +120,9 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "    first = n_blocks % 2\n",
                      "    first = n_blocks % 2\n"
                      "    sink = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.int16, layout=a_layout)\n", 1)
-        s = _replace(s, "    return acc\n\n\n@gluon.jit\ndef _store(",
+        s = _replace(s, "    return acc\n\n\n@gluon.jit\ndef _vectors(",
                      "    acc += gl.sum(gl.sum(sink.to(gl.float32), 1), 0)\n"
-                     "    return acc\n\n\n@gluon.jit\ndef _store(", 1)
+                     "    return acc\n\n\n@gluon.jit\ndef _vectors(", 1)
     return _weights.load_source(f"gemm_gluon_ws_diag{diag}", s).gemm_gluon_ws_kernel
 
 
