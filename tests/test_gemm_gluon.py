@@ -15,6 +15,7 @@ from anybit import packing
 from anybit._matmul import candidates as cand
 from anybit._matmul import gemm as gm
 from anybit._matmul import gemm_gluon as gg
+from anybit._matmul import gemv as gv
 from anybit.formats._base import Decode
 
 
@@ -121,13 +122,15 @@ def test_supported_products():
     assert gm.gluon_supported(**ok)
     assert gm.gluon_supported(**dict(ok, mode=Decode.ZERO_POINT, group=4096))
     for change in [dict(bits=8), dict(bits=3), dict(mode=Decode.TABLE), dict(dtype=torch.bfloat16),
-                   dict(scale_dtype=torch.float32), dict(group=32), dict(block_k=96)]:
-        assert not gm.gluon_supported(**dict(ok, **change)), change
+                   dict(scale_dtype=torch.float32), dict(group=32), dict(block_k=96), dict(group=96)]:
+        assert not gm.gluon_supported(**dict(ok, **change)), change  # group 96: K-blocks across groups
     assert not gm.gluon_supported(**ok, device=torch.device("cpu"))
     # the warp-specialized kernel also decodes 8-bit codes (int8), K-blocks of 64 or 128, k a multiple of 8
     ws = dict(ok, k=4096)
-    assert gm.gluon_ws_supported(**ws) and gm.gluon_ws_supported(**dict(ws, bits=8, group=4096))
-    for change in [dict(bits=3), dict(bits=2), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.TABLE)]:
+    assert gm.gluon_ws_supported(**ws) and gm.gluon_ws_supported(**dict(ws, bits=8, group=gv.ROW_GROUP))
+    # and finds a K-block's group by a shift: a power-of-two number of K-blocks per group
+    for change in [dict(bits=3), dict(bits=2), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.TABLE),
+                   dict(group=192)]:
         assert not gm.gluon_ws_supported(**dict(ws, **change)), change
 
 

@@ -418,9 +418,11 @@ def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int
                        scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
     """Whether the warp-specialized Gluon kernel (``gemm_gluon_ws``) computes this product:
     as ``gluon_supported`` but for 4- or 8-bit codes (GLUON_WS_BITS), with K-blocks of 64
-    or 128 and k a multiple of 8 (TMA reads rows whose strides are multiples of 16 bytes)."""
+    or 128, a power-of-two number of them per group (the kernel finds a block's group by a
+    shift) and k a multiple of 8 (TMA reads rows whose strides are multiples of 16 bytes)."""
+    blocks = group // block_k
     return bits in GLUON_WS_BITS and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device) \
-        and block_k in (64, 128) and k % 8 == 0
+        and block_k in (64, 128) and blocks & (blocks - 1) == 0 and k % 8 == 0
 
 
 def _tma_readable(*tensors: Tensor) -> bool:
@@ -441,12 +443,12 @@ def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: to
 def _gluon_operands(mode: Decode, group: int, block_k: int, dtype: torch.dtype, scale_dtype: torch.dtype,
                     device: torch.device | None) -> bool:
     """What both Gluon kernels need besides the code width: integer codes (symmetric or with
-    zero points), fp16 x and scales, K-blocks of a multiple of 64 codes inside one group,
-    and (where ``device`` is given) a Hopper GPU (sm_90)."""
+    zero points), fp16 x and scales, K-blocks of a multiple of 64 codes, a whole number of
+    them per group, and (where ``device`` is given) a Hopper GPU (sm_90)."""
     if device is not None and (device.type != "cuda" or capability(device)[0] != 9):
         return False
     return mode in (Decode.SYMMETRIC, Decode.ZERO_POINT) and dtype == torch.float16 \
-        and scale_dtype == torch.float16 and block_k % 64 == 0 and group >= block_k
+        and scale_dtype == torch.float16 and block_k % 64 == 0 and group % block_k == 0
 
 
 def launch_gemm_gluon(
