@@ -1,6 +1,7 @@
 """Time the plan anybit.matmul picks with this tree's Gluon GEMM kernels against a baseline
 tree's, in one process and alternating (the measure-predict loop's A/B tool for a kernel
-change that keeps the plans).
+change that keeps the plans and the launchers' arguments: the baseline kernels are launched
+by this tree's launchers; for a change beyond the kernels, ``tree_ab.py``).
 
 Usage on a CUDA machine::
 
