@@ -34,7 +34,8 @@ def compile_key(launch: tune.Launch) -> tuple:
     config = plan.config
     per_split = None  # the warp-specialized kernel takes K at run time
     if plan.kernel is not gm.Kernel.GLUON_WS:
-        per_split = -(-(-(-launch.k // config.block_k)) // config.split_k)
+        k_blocks = -(-launch.k // config.block_k)
+        per_split = -(-k_blocks // config.split_k)
     return plan.kernel, fmt.bits, mode, config, group, per_split
 
 

@@ -4,6 +4,7 @@ Triton kernel with the heuristic's settings, checked against float64 in the inte
 The kernel itself is checked on a Hopper GPU (tests/test_gemm_gluon_ws_cuda.py): Gluon
 kernels do not run in Triton's interpreter."""
 
+import inspect
 import re
 from dataclasses import replace
 
@@ -214,10 +215,12 @@ def test_one_compiled_kernel_serves_every_k(monkeypatch, spec, split_k):
     layer shape: K reaches the kernel as the runtime k_blocks, per-row groups as
     ``gemv.ROW_GROUP``; so a model's layers, or ``anybit tune``'s shapes, compile it once."""
     seen = []
+    signature = inspect.signature(gw.gemm_gluon_ws_kernel.fn)
 
     class Recorder:
         def __getitem__(self, grid):
-            return lambda *args, **constexprs: seen.append((args[11], constexprs))
+            return lambda *args, **constexprs: seen.append(
+                (signature.bind_partial(*args).arguments["k_blocks"], constexprs))
 
     monkeypatch.setattr(gw, "gemm_gluon_ws_kernel", Recorder())
     config = gm.ws_config(64, 128, 64, split_k, 6)
