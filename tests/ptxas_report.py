@@ -1,11 +1,13 @@
 """Print ptxas's report (-v) on the warp-specialized Gluon GEMM compiled for sm_90 (no GPU
 needed: Triton emits the PTX, then its ptxas compiles it).
 
-Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]] [--sass]
+Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]]
+[--sass] [--ptx] [--pdl early|late]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
 128, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
-``--sass``, the machine code (cuobjdump -sass) follows the report.  The report ends with the
+``--sass``, the machine code (cuobjdump -sass) follows the report, with ``--ptx`` the PTX;
+``--pdl`` compiles the kernel as a programmatic dependent with that trigger.  The report ends with the
 shared memory the kernel takes (Triton's count), and the output store is vectorized where
 the launcher would vectorize it.  Run in a
 process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
@@ -24,10 +26,15 @@ from triton.experimental.gluon._runtime import GluonASTSource
 
 from anybit._matmul import gemm as gm
 from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
+from anybit._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
+
+PDL_IDS = {"off": PDL_OFF.value, "early": PDL_EARLY.value, "late": PDL_LATE.value}
 
 
-def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
-           stream_k: bool = False, split_k: int = 1, sass: bool = False) -> str:
+def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
+               stream_k: bool = False, split_k: int = 1, pdl: str = "off"):
+    """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
+    kernel: ``asm["ptx"]``, ``metadata``)."""
     config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
@@ -36,7 +43,7 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
                      STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
-                     VECTOR_STORE=gm.ws_vector_store(config, bits))
+                     VECTOR_STORE=gm.ws_vector_store(config, bits), PDL=PDL_IDS[pdl])
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{block_n}, {block_k * bits // 32}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
@@ -46,15 +53,22 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
     aligned = [name for name in names if name.endswith("_ptr") or name in ("N", "stride_sn")]
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     source = GluonASTSource(fn=gemm_gluon_ws_kernel, signature=signature, constexprs=constants, attrs=attrs)
-    compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
-    ptx = compiled.asm["ptx"]
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                          options=dict(num_warps=4, launch_pdl=pdl != "off"))
+
+
+def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
+           stream_k: bool = False, split_k: int = 1, sass: bool = False, ptx: bool = False,
+           pdl: str = "off") -> str:
+    compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl)
+    text = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
-            f.write(ptx)
+            f.write(text)
         ptxas = get_ptxas(90).path
         done = subprocess.run([ptxas, "-v", "--gpu-name=sm_90a", f"{tmp}/kernel.ptx",
                                "-o", f"{tmp}/kernel.cubin"], capture_output=True, text=True, check=True)
-        text = done.stdout + done.stderr + f"shared memory: {compiled.metadata.shared} bytes\n"
+        text = (text if ptx else "") + done.stdout + done.stderr + f"shared memory: {compiled.metadata.shared} bytes\n"
         if sass:
             cuobjdump = os.path.join(os.path.dirname(ptxas), "cuobjdump")
             text += subprocess.run([cuobjdump, "-sass", f"{tmp}/kernel.cubin"], capture_output=True, text=True,
@@ -63,5 +77,7 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
 
 
 if __name__ == "__main__":
-    args = [arg for arg in sys.argv[1:] if arg != "--sass"]
-    print(report(*(int(arg) for arg in args[:9]), sass="--sass" in sys.argv))
+    argv = sys.argv[1:]
+    pdl = argv.pop(argv.index("--pdl") + 1) if "--pdl" in argv else "off"
+    args = [arg for arg in argv if not arg.startswith("--")]
+    print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl))

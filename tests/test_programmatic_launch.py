@@ -1,4 +1,4 @@
-"""Programmatic dependent launch of the decode kernel (``gemv.programmatic_launch``): when it
+"""Programmatic dependent launch of the decode and GEMM kernels (``gemv.programmatic_launch``): when it
 is used, what the launch passes, and that the compiled kernel waits before any access."""
 
 import json
@@ -102,3 +102,73 @@ def test_the_compiled_kernel_waits_before_touching_memory(bits, weights, norm):
     off = report("off")
     assert not off["launch_pdl"] and off["wait"] is None and off["launch_dependents"] is None
     assert off["first_global_access"] is not None
+
+
+@pytest.mark.parametrize("kernel, split_k", [("triton", 1), ("triton", 4), ("gluon", 2), ("ws", 1), ("ws", 2)])
+def test_the_compiled_gemm_kernels_wait_before_touching_memory(kernel, split_k):
+    """The GEMM kernels compiled for sm_90 (tests/gemm_pdl_ptx.py): every part of the kernel
+    that touches global memory (the whole kernel; the warp-specialized one's loader and each
+    consumer warpgroup) waits for the kernel before it first; the next kernel is let launch
+    after the wait, before the first copy of the K loop (early) or after the last (late).
+    Without PDL, no instruction of either kind."""
+    def report(pdl):
+        return json.loads(compile_script("gemm_pdl_ptx.py", kernel, pdl, split_k))
+
+    for pdl in ("early", "late"):
+        compiled = report(pdl)
+        assert compiled["launch_pdl"]
+        touching = [part for part in compiled["parts"] if part["first_global_access"] is not None]
+        assert len(touching) == (1 if kernel != "ws" else 3)  # the loader and two consumer warpgroups
+        assert compiled["waits"] == len(touching)
+        for part in touching:
+            assert part["wait"] is not None and part["wait"] < part["first_global_access"]
+        (loader,) = [part for part in touching if part["first_copy"] is not None]
+        if pdl == "early":
+            assert loader["wait"] < loader["launch_dependents"] < loader["first_copy"]
+        else:
+            assert loader["launch_dependents"] > loader["last_copy"]
+        assert [part for part in touching if part["launch_dependents"] is not None] == [loader]
+    off = report("off")
+    assert not off["launch_pdl"] and off["waits"] == 0
+    assert all(part["launch_dependents"] is None for part in off["parts"])
+
+
+@pytest.mark.parametrize("launcher", ["gemm", "gluon", "gluon_ws"])
+@pytest.mark.parametrize("trigger", [g.Trigger.EARLY, g.Trigger.LATE, None])
+def test_the_gemm_launches_ask_for_it(monkeypatch, launcher, trigger):
+    """Each GEMM launcher passes the kernel its PDL and the launch ``launch_pdl`` as
+    ``programmatic_launch`` says (the same switch as the decode kernel's)."""
+    from anybit._matmul import gemm as gm
+    from anybit._matmul import gemm_triton
+
+    launches = []
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: launches.append(kwargs)
+
+    monkeypatch.setattr(gm, "programmatic_launch", lambda device: trigger)
+    codes = torch.zeros(128, 16, dtype=torch.int32)
+    scales = torch.ones(128, 1, dtype=torch.float16)
+    x = torch.zeros(64, 128, dtype=torch.float16)
+    if launcher == "gemm":
+        monkeypatch.setattr(gemm_triton, "gemm_kernel", Kernel())
+        gm.launch_gemm(x, codes, scales, None, None, None, 128, 128, 4, 128, Decode.SYMMETRIC,
+                       gm.GemmConfig(64, 64, 64, 1, 4, 2))
+    else:
+        if launcher == "gluon":
+            from anybit._matmul import gemm_gluon
+            monkeypatch.setattr(gemm_gluon, "gemm_gluon_kernel", Kernel())
+            gm.launch_gemm_gluon(x, codes, scales, None, None, 128, 128, 4, 128, Decode.SYMMETRIC,
+                                 gm.GemmConfig(64, 64, 64, 1, 4, 2))
+        else:
+            from anybit._matmul import gemm_gluon_ws
+            monkeypatch.setattr(gemm_gluon_ws, "gemm_gluon_ws_kernel", Kernel())
+            gm.launch_gemm_gluon_ws(x, codes, scales, None, None, 128, 128, 4, 128, Decode.SYMMETRIC,
+                                    gm.ws_config(64, 128, 64, 1, 6))
+    (kwargs,) = launches
+    if trigger is None:
+        assert "PDL" not in kwargs and "launch_pdl" not in kwargs
+    else:
+        assert kwargs["PDL"] == gemv_triton.TRIGGER_IDS[trigger] != gemv_triton.PDL_OFF.value
+        assert kwargs["launch_pdl"] is True

@@ -53,10 +53,12 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     async_copy, fence_async_shared, warpgroup_mma, warpgroup_mma_wait,
 )
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import decode_ptx
 from .cache_keys import settle_cache_keys
 from .gemm_triton import tile_position
+from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
 
 #: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
 ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
@@ -252,11 +254,15 @@ def gemm_gluon_kernel(
     GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
-    num_warps: gl.constexpr, OVERLAP: gl.constexpr = False,
+    num_warps: gl.constexpr, OVERLAP: gl.constexpr = False, PDL: gl.constexpr = PDL_OFF,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias), W of 4-bit codes (symmetric or with
-    zero points, fp16 scales); operands as ``gemm_triton.gemm_kernel``'s.
+    zero points, fp16 scales); operands and PDL as ``gemm_triton.gemm_kernel``'s.
     Grid: (tiles, SPLIT_K); num_warps = 4 * (BLOCK_N // 64)."""
+    if PDL != PDL_OFF:
+        gdc_wait()
+    if PDL == PDL_EARLY:
+        gdc_launch_dependents()
     W: gl.constexpr = BLOCK_K // 8  # code words of a row per K-block
 
     pid = gl.program_id(0)
@@ -330,6 +336,8 @@ def gemm_gluon_kernel(
         scale = next_scale
     acc, a_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_prev))
     async_copy.wait_group(0)
+    if PDL == PDL_LATE:
+        gdc_launch_dependents()
 
     rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc_layout))
     offs_m = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))

@@ -70,12 +70,14 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .cache_keys import settle_cache_keys
 from .gemm_gluon import (
     _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
 )
 from .gemm_triton import tile_position
+from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -107,9 +109,15 @@ def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SWIZZ
 @gluon.jit
 def _loader(x_desc, c_desc, ring, work, M, N,
             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
-            STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr):
+            STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr, PDL: gl.constexpr):
     """The loader warp: the program's K-blocks into the ring, STAGES ahead (with
-    ``STREAM_K``, those of each of its work items in turn, ``_item``)."""
+    ``STREAM_K``, those of each of its work items in turn, ``_item``).  As a programmatic
+    dependent (PDL) it first waits for the kernel before it, and lets the next one launch
+    right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE)."""
+    if PDL != PDL_OFF:
+        gdc_wait()
+    if PDL == PDL_EARLY:
+        gdc_launch_dependents()
     x_bufs, c_bufs, ready, empty = ring
     if STREAM_K:
         base = 0
@@ -123,6 +131,8 @@ def _loader(x_desc, c_desc, ring, work, M, N,
         tile, kb0, n_blocks, _ = work
         m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
         _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS)
+    if PDL == PDL_LATE:
+        gdc_launch_dependents()
 
 
 @gluon.jit
@@ -398,10 +408,13 @@ def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr, V
 def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr,
               MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
               SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
-              SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr):
+              SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr, PDL: gl.constexpr):
     """Consumer warpgroup WG: for each of the program's tiles, rows pid_n * BLOCK_N + WG *
     WG_ROWS .. + WG_ROWS of W against the tile's x rows; writes its rows of y (or its
-    partial).  ``ops``: the ring and the operands, as the kernel builds them."""
+    partial).  ``ops``: the ring and the operands, as the kernel builds them.  As a
+    programmatic dependent (PDL) it first waits for the kernel before it."""
+    if PDL != PDL_OFF:
+        gdc_wait()
     (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
      M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
     BLOCK_N: gl.constexpr = WG_ROWS * NUM_WG
@@ -498,19 +511,24 @@ def gemm_gluon_ws_kernel(
     SPLIT_K: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
+    PDL: gl.constexpr = PDL_OFF,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
     x_desc: TMA descriptor of x (M, K) fp16, block [BLOCK_M, BLOCK_K]; c_desc: of the
-    codes (N, words_per_row) int32, block [BLOCK_N, BLOCK_K * BITS / 32] (BITS: 4 or 8).  Other operands as
-    ``gemm_gluon_kernel``'s; ``counter`` holds tiles * NUM_WG int32 zeros.
+    codes (N, words_per_row) int32, block [BLOCK_N, BLOCK_K * BITS / 32] (BITS: 4 or 8).
+    Other operands as ``gemm_gluon_kernel``'s; ``counter`` holds tiles * NUM_WG int32 zeros.
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
     taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
     floats and ``counter`` (tiles % programs) * NUM_WG zeros.  Split s runs K-blocks
     s * ceil(k_blocks / SPLIT_K) on, at most that many: k_blocks is a runtime value, so a
-    plan compiles once for every K (a model's layers, ``anybit tune``'s shapes).  num_warps = 4 (the first consumer warpgroup; the others and the loader warp
-    are added by the warp specialization).  VECTOR_STORE: y in 16-byte stores (``_store``, where
-    ``gemm.ws_vector_store``)."""
+    plan compiles once for every K (a model's layers, ``anybit tune``'s shapes).
+    num_warps = 4 (the loader's; the consumer warpgroups are added by the warp
+    specialization).  VECTOR_STORE: y in 16-byte stores (``_store``, where
+    ``gemm.ws_vector_store``).  PDL (``gemv.Trigger``'s ids): launched as a programmatic
+    dependent, every partition waits for the kernel before it first (nothing before the
+    partitions touches global memory), and the loader lets the next kernel launch after
+    that wait (PDL_EARLY) or after its last copy (PDL_LATE)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
@@ -538,30 +556,33 @@ def gemm_gluon_ws_kernel(
     # turns its constexprs into runtime values.)
     if NUM_WG == 1:
         gl.warp_specialize([
-            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
+            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
+                       PDL)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
-            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
+            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
+                       PDL)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
         gl.warp_specialize([
-            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS)),
+            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
+                       PDL)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
 
 

@@ -38,8 +38,8 @@ import triton.language as tl
 
 from .cache_keys import settle_cache_keys
 from .gemv_triton import (
-    TABLE, ROW_TABLE, ZERO_POINT, SYMMETRIC, _codes_per_element, _integer_or_table, _interleave, _load_codes,
-    _ptx_values, _split_k_sum, _table_words,
+    PDL_EARLY, PDL_LATE, PDL_OFF, TABLE, ROW_TABLE, ZERO_POINT, SYMMETRIC, _codes_per_element, _integer_or_table,
+    _interleave, _load_codes, _ptx_values, _split_k_sum, _table_words,
 )
 
 
@@ -130,13 +130,20 @@ def gemm_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SWIZZLE: tl.constexpr,
     SPLIT_K: tl.constexpr, BLOCKS_PER_SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr, INTERPRET: tl.constexpr,
     EVEN_K: tl.constexpr = False, PTX: tl.constexpr = False, PTX_ASM: tl.constexpr = "",
-    PTX_CONSTRAINTS: tl.constexpr = "", SYNC_MMA: tl.constexpr = True,
+    PTX_CONSTRAINTS: tl.constexpr = "", SYNC_MMA: tl.constexpr = True, PDL: tl.constexpr = PDL_OFF,
 ):
     """out (M, N) in x's dtype = x (M, K) @ W^T (+ bias); arguments as ``gemv_kernel``'s.
 
     Grid: (tiles, SPLIT_K).  PTX: the inline-asm decode (never in the interpreter).
-    SYNC_MMA: see ``GemmConfig.sync_mma`` (compiled kernels only).
+    SYNC_MMA: see ``GemmConfig.sync_mma`` (compiled kernels only).  PDL: as the decode
+    kernel's (``gemv_kernel``): launched as a programmatic dependent, it waits for the
+    kernel before it first and lets the next one launch after that wait (PDL_EARLY) or
+    after the K loop (PDL_LATE).
     """
+    if PDL != PDL_OFF:
+        tl.extra.cuda.gdc_wait()
+    if PDL == PDL_EARLY:
+        tl.extra.cuda.gdc_launch_dependents()
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_n, pid_m = tile_position(pid, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
@@ -181,6 +188,8 @@ def gemm_kernel(
         else:
             acc = tl.dot(w, x_t, acc)
         k0 += BLOCK_K
+    if PDL == PDL_LATE:
+        tl.extra.cuda.gdc_launch_dependents()
 
     # y is (M, N) row-major: store the transposed tile, each thread along a row of y
     acc = tl.trans(acc)

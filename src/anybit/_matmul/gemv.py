@@ -99,23 +99,26 @@ def capability(device: torch.device) -> tuple[int, int]:
     return _capability(cuda_index(device))
 
 
-#: Environment variable setting programmatic dependent launch of the decode kernel
-#: (``programmatic_launch``): ``on`` (the default: ``DEFAULT_TRIGGER``), ``off``, or
-#: ``early`` / ``late`` to force one ``Trigger``; read at every launch.
+#: Environment variable setting programmatic dependent launch of the decode kernel and the
+#: GEMM kernels (``programmatic_launch``): ``on`` (the default: ``DEFAULT_TRIGGER``), ``off``,
+#: or ``early`` / ``late`` to force one ``Trigger``; read at every launch.
 PDL_ENV = "ANYBIT_PDL"
 PDL_SETTINGS = ("on", "off", "early", "late")
 
 
 class Trigger(enum.Enum):
-    """Where a decode kernel launched as a programmatic dependent lets the next kernel
-    in the stream launch (``griddepcontrol.launch_dependents``).  Either way it first
-    waits for the kernel before it (``griddepcontrol.wait``), and the next kernel waits
-    for it in turn before touching anything it writes, so results do not depend on it."""
+    """Where a kernel launched as a programmatic dependent (the decode kernel, the GEMM
+    kernels) lets the next kernel in the stream launch (``griddepcontrol.launch_dependents``).
+    Either way it first waits for the kernel before it (``griddepcontrol.wait``; in the
+    warp-specialized GEMM each partition waits before it touches memory), and the next
+    kernel waits for it in turn before touching anything it writes, so results do not
+    depend on it."""
 
     #: right after the wait, before the K loop: the next kernel's programs may be
     #: placed on the SMs while this one streams its weights
     EARLY = "early"
-    #: after the K loop, before the split-K fix-up and the store
+    #: after the K loop, before the split-K fix-up and the store (the warp-specialized
+    #: GEMM: once its loader has issued the last copy)
     LATE = "late"
 
 
@@ -132,15 +135,15 @@ DEFAULT_TRIGGER = Trigger.LATE
 
 
 def programmatic_launch(device: torch.device) -> Trigger | None:
-    """How the decode kernel is launched on ``device``: as a
+    """How the decode kernel and the GEMM kernels are launched on ``device``: as a
     programmatic dependent with the given ``Trigger``, or plainly (None).  Programmatic
     launch is used on Hopper and later GPUs (sm_90+), unless ``ANYBIT_PDL=off``;
     ``ANYBIT_PDL=early`` or ``late`` forces the trigger, ``on`` (the default) takes
     ``DEFAULT_TRIGGER``.
 
     Such a launch may start while the kernel before it in the stream still runs, once
-    that kernel lets it (``griddepcontrol.launch_dependents``); the decode kernel waits
-    for it to finish (``griddepcontrol.wait``) before reading or writing anything.  Results
+    that kernel lets it (``griddepcontrol.launch_dependents``); the kernel waits for it to
+    finish (``griddepcontrol.wait``) before reading or writing anything.  Results
     are the same either way.  What it saves is the launch latency between kernels that
     launch this way (in a CUDA graph: those of Inductor with
     ``torch._inductor.config.triton.enable_pdl``): on the H200 a decoding step of a
@@ -561,7 +564,7 @@ def launch_gemv_multi(
         PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
-        UNROLL=config.unroll, HAS_ADDEND=addend is not None, **_pdl_arguments(programmatic_launch(x.device)),
+        UNROLL=config.unroll, HAS_ADDEND=addend is not None, **pdl_arguments(programmatic_launch(x.device)),
         **_norm_arguments(norm_out, norm_in), GLU=glu,
     )
     return written
@@ -653,7 +656,7 @@ def launch_gemv_norm_parts(
     return h, scaled, sums
 
 
-def _pdl_arguments(trigger: Trigger | None) -> dict:
+def pdl_arguments(trigger: Trigger | None) -> dict:
     """The kernel's PDL constexpr and the launch option for ``trigger`` (none without one)."""
     from .gemv_triton import TRIGGER_IDS
 
