@@ -30,6 +30,7 @@ from anybit.formats._base import Decode
 #: The K loop's copies: cp.async (Triton, Gluon) or TMA (the warp-specialized kernel)
 COPY = re.compile(r"^\s*(@%p\d+\s+)?cp\.async\.(c|bulk\.tensor)")
 LABEL = re.compile(r"^(\$L__\w+):")
+BRANCH = re.compile(r"^(@!?%p\d+\s+)?bra(\.uni)?\s")
 
 
 def _signature(kernel, constants: dict) -> tuple[dict, dict]:
@@ -63,17 +64,20 @@ def compile_kernel(kernel: str, pdl: str, split_k: int):
 
 
 def part_starts(lines: list[str]) -> list[int]:
-    """Line numbers where the warp-specialized kernel's parts begin: the labels whose first
-    instruction takes the part's registers (``setmaxnreg.inc``), the default warps' at the
-    start of the kernel and each worker partition's.  A part's code before its wait is the
-    straight line after its label, whatever the order of the blocks after it."""
-    starts = []
+    """Line numbers where the warp-specialized kernel's parts begin: each ``setmaxnreg.inc``
+    (a part taking its registers) that follows a label or a branch, i.e. that begins a
+    block: the default warps' at the start of the kernel (a label or the fall-through of
+    the first branch, by Triton version) and each worker partition's (the ``setmaxnreg.inc``
+    that ends the default partition follows its last instructions).  A part's code before
+    its wait is the straight line after its start, whatever the order of the blocks after it."""
+    starts, previous = [], ""
     for i, line in enumerate(lines):
-        if LABEL.match(line):
-            body = (text.strip() for text in lines[i + 1:])
-            instruction = next(text for text in body if text and not text.startswith(("//", ".loc", "$L__tmp")))
-            if instruction.startswith("setmaxnreg.inc"):
-                starts.append(i)
+        text = line.strip()
+        if not text or text.startswith(("//", ".loc", "$L__tmp")):
+            continue
+        if text.startswith("setmaxnreg.inc") and (LABEL.match(previous) or BRANCH.match(previous)):
+            starts.append(i)
+        previous = text
     return starts
 
 

@@ -60,6 +60,10 @@ from .cache_keys import settle_cache_keys
 from .gemm_triton import tile_position
 from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
 
+#: cp.async global -> shared: ``async_load`` from the Tritons that have it (3.9 removed the
+#: older name, 3.6 has only that)
+_cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
+
 #: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
 ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
 
@@ -198,10 +202,10 @@ def _issue_loads(x_ptr, codes_ptr, x_buf, c_buf, x_rows, x_cols, c_rows, c_cols,
                  x_ok, valid):
     """cp.async the K-block at k0: x [BLOCK_M, BLOCK_K] and the code words [BLOCK_N, BLOCK_K / 8]."""
     kx = k0 + x_cols
-    async_copy.async_copy_global_to_shared(
+    _cp_async(
         x_buf, x_ptr + x_rows[:, None] * stride_xm + kx[None, :], mask=x_ok & (kx < K)[None, :] & valid)
     word = k0 // 8 + c_cols
-    async_copy.async_copy_global_to_shared(
+    _cp_async(
         c_buf, codes_ptr + c_rows[:, None] * words_per_row + word[None, :],
         mask=(c_rows >= 0)[:, None] & (word < words_per_row)[None, :] & valid)
     async_copy.commit_group()
