@@ -31,7 +31,8 @@ import triton
 import triton.language as tl
 
 from .._matmul.cache_keys import settle_cache_keys
-from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, _dot, last_to_arrive, reset
+from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, _dot
+from .._matmul.split_k_triton import last_to_arrive, reset_counter
 
 #: constexpr ids of the mask argument
 MASK_NONE: tl.constexpr = tl.constexpr(0)
@@ -137,7 +138,7 @@ def decode_attention_kernel(
                 part_acc = tl.load(ws_ptr + ((first + s) * GROUP_PAD + rows[:, None]) * DIM + dims[None, :],
                                    cache_modifier=".cg")
                 acc += weight[:, None] * part_acc
-            reset(counter_ptr + group_id)
+            reset_counter(counter_ptr + group_id)
     if write:
         out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
         tl.store(out_ptr + b * stride_ob + (h * GROUP + rows)[:, None] * stride_oh + dims[None, :],

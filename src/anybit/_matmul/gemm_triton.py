@@ -39,8 +39,9 @@ import triton.language as tl
 from .cache_keys import settle_cache_keys
 from .gemv_triton import (
     PDL_EARLY, PDL_LATE, PDL_OFF, TABLE, ROW_TABLE, ZERO_POINT, SYMMETRIC, _codes_per_element, _integer_or_table,
-    _interleave, _load_codes, _ptx_values, _split_k_sum, _table_words,
+    _interleave, _load_codes, _ptx_values, _table_words,
 )
+from .split_k_triton import split_k_sum
 
 
 @triton.jit
@@ -195,7 +196,7 @@ def gemm_kernel(
     acc = tl.trans(acc)
     out_mask = (offs_m < M)[:, None] & (rows < N)[None, :]
     tile_out = offs_m[:, None] * N + rows[None, :]
-    acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, pid, pid_k, tile_out, out_mask, M, N, SPLIT_K)
+    acc, last = split_k_sum(acc, ws_ptr, counter_ptr, pid, pid_k, tile_out, out_mask, M, N, SPLIT_K)
     if last:
         if HAS_BIAS:
             acc += tl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)[None, :]

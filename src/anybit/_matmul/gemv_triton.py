@@ -41,7 +41,8 @@ inside the iteration cost up to 13% at one row of x.
 
 Split-K: every split writes its fp32 partial to a workspace and counts
 itself in on a per-tile counter; the last split to arrive adds the partials
-in split order (deterministic), adds the bias and writes y, all in one launch.
+in split order (deterministic), adds the bias and writes y, all in one launch
+(``split_k_triton``).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from ..formats._base import Decode
 from . import decode_ptx
 from .cache_keys import settle_cache_keys
 from .gemv import Trigger
+from .split_k_triton import glu_split_k_sums, split_k_sum
 
 #: constexpr ids of the decode modes (Triton constexprs are ints), the same as decode_ptx's.
 SYMMETRIC: tl.constexpr = tl.constexpr(decode_ptx.SYMMETRIC)
@@ -495,44 +497,6 @@ def _dot(a, b, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def last_to_arrive(counter, SPLITS: tl.constexpr):
-    """After this program stored its partial result: count it in on ``counter`` (int32,
-    zero at launch); whether it is the last of the SPLITS programs sharing the counter.
-    That one reads every partial (the acquire makes the others' stores visible), then
-    calls ``reset`` so the counter is zero again for the next launch."""
-    tl.debug_barrier()
-    return tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu") == SPLITS - 1
-
-
-@triton.jit
-def reset(counter):
-    tl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-
-
-@triton.jit
-def _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N, SPLIT_K: tl.constexpr):
-    """Split-K fix-up in the launch itself: (the output tile's full fp32 sum, whether
-    this program writes it).
-
-    With SPLIT_K > 1 every split stores its partial ``acc`` at ``ws + pid_k*M*N +
-    tile_out`` (fp32 (SPLIT_K, M, N) scratch) and counts itself in on
-    ``counter[tile]``; the last to arrive sums the partials in split order
-    (deterministic, whatever the arrival order), resets the counter to 0 (so the
-    counters are zero between launches) and writes the tile.
-    """
-    last = True
-    if SPLIT_K > 1:
-        tl.store(ws_ptr + pid_k * M * N + tile_out, acc, mask=out_mask)
-        last = last_to_arrive(counter_ptr + tile, SPLIT_K)
-        if last:
-            acc = tl.zeros(acc.shape, dtype=tl.float32)
-            for s in range(0, SPLIT_K):
-                acc += tl.load(ws_ptr + s * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
-            reset(counter_ptr + tile)
-    return acc, last
-
-
-@triton.jit
 def _norm_parts(h, rows, row_ok, offs_m, m_ok, gamma_ptr, scaled_ptr, parts_ptr, tile, tiles, tile_out, out_mask):
     """For an RMSNorm of h (M, N) read by later products (``NORM_PARTS``): this program's
     tile of h (fp32 [BLOCK_N, BLOCK_M], already rounded to x's dtype) gives
@@ -567,28 +531,6 @@ def _past_weight(pid_n, ws_ptr, ws_per_row, weight, following, BLOCK_N: tl.const
         ws_ptr += ws_per_row * weight[5]
         weight = following
     return pid_n, ws_ptr, weight
-
-
-@triton.jit
-def _glu_sums(gate, up, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N, SPLIT_K: tl.constexpr):
-    """GLU's split-K fix-up: (gate sum, up sum, whether this program writes the tile).  With
-    SPLIT_K > 1 every split stores both partials (``ws``: the gate's (SPLIT_K, M, N) block,
-    then the up weight's) and counts itself in on ``counter[tile]``; the last to arrive
-    sums each weight's partials in split order (deterministic) and resets the counter."""
-    last = True
-    if SPLIT_K > 1:
-        tl.store(ws_ptr + pid_k * M * N + tile_out, gate, mask=out_mask)
-        tl.store(ws_ptr + (SPLIT_K + pid_k) * M * N + tile_out, up, mask=out_mask)
-        last = last_to_arrive(counter_ptr + tile, SPLIT_K)
-        if last:
-            gate = tl.zeros(gate.shape, dtype=tl.float32)
-            up = tl.zeros(up.shape, dtype=tl.float32)
-            for s in range(0, SPLIT_K):
-                gate += tl.load(ws_ptr + s * M * N + tile_out, mask=out_mask, other=0.0, cache_modifier=".cg")
-                up += tl.load(ws_ptr + (SPLIT_K + s) * M * N + tile_out, mask=out_mask, other=0.0,
-                              cache_modifier=".cg")
-            reset(counter_ptr + tile)
-    return gate, up, last
 
 
 @triton.jit
@@ -661,7 +603,7 @@ def gemv_kernel(
     nothing else.  Axis 0 has the tiles of one weight: each program reads tile t of both
     weights in its K loop, into two accumulators (the grid has half the programs, each
     twice the bytes), and writes silu(gate) * up (``_silu_times``); with SPLIT_K > 1,
-    ``ws`` holds SPLIT_K * M * 2N elements (``_glu_sums``).
+    ``ws`` holds SPLIT_K * M * 2N elements (``split_k_triton.glu_split_k_sums``).
     """
     tl.static_assert(not HAS_ADDEND or WEIGHTS == 1)
     tl.static_assert(not NORM_PARTS or WEIGHTS == 1)
@@ -785,13 +727,14 @@ def gemv_kernel(
     out_mask = row_ok[:, None] & m_ok[None, :]
     tile_out = offs_m[None, :] * N + rows[:, None]
     if GLU:
-        gate, up, last = _glu_sums(acc, up_acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N, SPLIT_K)
+        gate, up, last = glu_split_k_sums(acc, up_acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask, M, N,
+                                          SPLIT_K)
         if last:
             gate = _scaled_plus_bias(gate, row_scale, bias_ptr, rows, row_ok, ROW_SCALE, HAS_BIAS)
             up = _scaled_plus_bias(up, row_scale, bias1_ptr, rows, row_ok, ROW_SCALE, HAS_BIAS)
             tl.store(out_ptr + tile_out, _silu_times(gate, up, dtype), mask=out_mask)
     else:
-        acc, last = _split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask,
+        acc, last = split_k_sum(acc, ws_ptr, counter_ptr, tile, pid_k, tile_out, out_mask,
                                  M, N, SPLIT_K)
         if last:
             acc = _scaled_plus_bias(acc, row_scale, bias_ptr, rows, row_ok, ROW_SCALE, HAS_BIAS)
