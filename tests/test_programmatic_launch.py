@@ -57,29 +57,41 @@ def test_an_unknown_setting_is_refused(monkeypatch):
         g.programmatic_launch(CUDA)
 
 
-@pytest.mark.parametrize("trigger", [g.Trigger.EARLY, g.Trigger.LATE, None])
-def test_the_launch_asks_for_it_and_the_kernel_waits(monkeypatch, trigger):
-    """With programmatic launch the kernel gets PDL (its wait and where it triggers) and the
-    launch ``launch_pdl``; without, neither."""
+def _record_launches(monkeypatch, module, name: str) -> list[dict]:
+    """Replace ``module.name`` (a jitted kernel) by one that records each launch's keyword
+    arguments instead of launching."""
     launches = []
 
     class Kernel:
         def __getitem__(self, grid):
             return lambda *args, **kwargs: launches.append(kwargs)
 
-    monkeypatch.setattr(gemv_triton, "gemv_kernel", Kernel())
-    monkeypatch.setattr(g, "programmatic_launch", lambda device: trigger)
-    codes = torch.zeros(64, 16, dtype=torch.int32)
-    scales = torch.ones(64, 1, dtype=torch.float16)
-    config = g.GemvConfig(block_m=1, block_n=32, block_k=128, split_k=1)
-    g.launch_gemv(torch.zeros(1, 128, dtype=torch.float16), codes, scales, None, None, None, 64, 128, 4, 128,
-                  Decode.SYMMETRIC, config)
+    monkeypatch.setattr(module, name, Kernel())
+    return launches
+
+
+def _assert_pdl_arguments(launches: list[dict], trigger) -> None:
+    """One launch, with PDL and ``launch_pdl`` for ``trigger``, or neither without one."""
     (kwargs,) = launches
     if trigger is None:
         assert "PDL" not in kwargs and "launch_pdl" not in kwargs
     else:
         assert kwargs["PDL"] == gemv_triton.TRIGGER_IDS[trigger] != gemv_triton.PDL_OFF.value
         assert kwargs["launch_pdl"] is True
+
+
+@pytest.mark.parametrize("trigger", [g.Trigger.EARLY, g.Trigger.LATE, None])
+def test_the_launch_asks_for_it_and_the_kernel_waits(monkeypatch, trigger):
+    """With programmatic launch the kernel gets PDL (its wait and where it triggers) and the
+    launch ``launch_pdl``; without, neither."""
+    launches = _record_launches(monkeypatch, gemv_triton, "gemv_kernel")
+    monkeypatch.setattr(g, "programmatic_launch", lambda device: trigger)
+    codes = torch.zeros(64, 16, dtype=torch.int32)
+    scales = torch.ones(64, 1, dtype=torch.float16)
+    config = g.GemvConfig(block_m=1, block_n=32, block_k=128, split_k=1)
+    g.launch_gemv(torch.zeros(1, 128, dtype=torch.float16), codes, scales, None, None, None, 64, 128, 4, 128,
+                  Decode.SYMMETRIC, config)
+    _assert_pdl_arguments(launches, trigger)
 
 
 @pytest.mark.parametrize("bits, weights, norm", [(4, 1, False), (3, 2, False), (8, 3, False), (4, 1, True),
@@ -139,36 +151,21 @@ def test_the_gemm_launches_ask_for_it(monkeypatch, launcher, trigger):
     """Each GEMM launcher passes the kernel its PDL and the launch ``launch_pdl`` as
     ``programmatic_launch`` says (the same switch as the decode kernel's)."""
     from anybit._matmul import gemm as gm
-    from anybit._matmul import gemm_triton
-
-    launches = []
-
-    class Kernel:
-        def __getitem__(self, grid):
-            return lambda *args, **kwargs: launches.append(kwargs)
+    from anybit._matmul import gemm_gluon, gemm_gluon_ws, gemm_triton
 
     monkeypatch.setattr(gm, "programmatic_launch", lambda device: trigger)
     codes = torch.zeros(128, 16, dtype=torch.int32)
     scales = torch.ones(128, 1, dtype=torch.float16)
     x = torch.zeros(64, 128, dtype=torch.float16)
+    operands = (x, codes, scales, None, None, 128, 128, 4, 128, Decode.SYMMETRIC)
     if launcher == "gemm":
-        monkeypatch.setattr(gemm_triton, "gemm_kernel", Kernel())
-        gm.launch_gemm(x, codes, scales, None, None, None, 128, 128, 4, 128, Decode.SYMMETRIC,
+        launches = _record_launches(monkeypatch, gemm_triton, "gemm_kernel")
+        gm.launch_gemm(x, codes, scales, None, None, None, 128, 128, 4, 128, Decode.SYMMETRIC,  # no table
                        gm.GemmConfig(64, 64, 64, 1, 4, 2))
+    elif launcher == "gluon":
+        launches = _record_launches(monkeypatch, gemm_gluon, "gemm_gluon_kernel")
+        gm.launch_gemm_gluon(*operands, gm.GemmConfig(64, 64, 64, 1, 4, 2))
     else:
-        if launcher == "gluon":
-            from anybit._matmul import gemm_gluon
-            monkeypatch.setattr(gemm_gluon, "gemm_gluon_kernel", Kernel())
-            gm.launch_gemm_gluon(x, codes, scales, None, None, 128, 128, 4, 128, Decode.SYMMETRIC,
-                                 gm.GemmConfig(64, 64, 64, 1, 4, 2))
-        else:
-            from anybit._matmul import gemm_gluon_ws
-            monkeypatch.setattr(gemm_gluon_ws, "gemm_gluon_ws_kernel", Kernel())
-            gm.launch_gemm_gluon_ws(x, codes, scales, None, None, 128, 128, 4, 128, Decode.SYMMETRIC,
-                                    gm.ws_config(64, 128, 64, 1, 6))
-    (kwargs,) = launches
-    if trigger is None:
-        assert "PDL" not in kwargs and "launch_pdl" not in kwargs
-    else:
-        assert kwargs["PDL"] == gemv_triton.TRIGGER_IDS[trigger] != gemv_triton.PDL_OFF.value
-        assert kwargs["launch_pdl"] is True
+        launches = _record_launches(monkeypatch, gemm_gluon_ws, "gemm_gluon_ws_kernel")
+        gm.launch_gemm_gluon_ws(*operands, gm.ws_config(64, 128, 64, 1, 6))
+    _assert_pdl_arguments(launches, trigger)
