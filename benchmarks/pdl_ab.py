@@ -17,6 +17,7 @@ import argparse
 import json
 import math
 import os
+from unittest import mock
 
 import torch
 
@@ -28,16 +29,10 @@ SETTINGS = ("off", "late", "early")
 
 
 def _with_pdl(setting: str, call):
+    """``call`` made with ANYBIT_PDL set to ``setting`` (read at its launches)."""
     def run():
-        before = os.environ.get("ANYBIT_PDL")
-        os.environ["ANYBIT_PDL"] = setting
-        try:
+        with mock.patch.dict(os.environ, {"ANYBIT_PDL": setting}):
             return call()
-        finally:
-            if before is None:
-                del os.environ["ANYBIT_PDL"]
-            else:
-                os.environ["ANYBIT_PDL"] = before
     return run
 
 

@@ -153,7 +153,7 @@ def test_the_gemm_launches_ask_for_it(monkeypatch, launcher, trigger):
     from anybit._matmul import gemm as gm
     from anybit._matmul import gemm_gluon, gemm_gluon_ws, gemm_triton
 
-    monkeypatch.setattr(gm, "programmatic_launch", lambda device: trigger)
+    monkeypatch.setattr(g, "programmatic_launch", lambda device: trigger)
     codes = torch.zeros(128, 16, dtype=torch.int32)
     scales = torch.ones(128, 1, dtype=torch.float16)
     x = torch.zeros(64, 128, dtype=torch.float16)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ._matmul.gemv import TRITON_INSTALLED, interpreting, pdl_arguments, programmatic_launch, sm_count, split_counters
+from ._matmul.gemv import TRITON_INSTALLED, interpreting, pdl_arguments, sm_count, split_counters
 
 DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 #: head dimensions the kernel takes (a power of two, one tile wide)
@@ -184,7 +184,7 @@ def decode_attention_op(query: Tensor, key: Tensor, value: Tensor, mask: Tensor 
         value.stride(0), value.stride(1), value.stride(2), stride_mb, stride_ms, out.stride(0), out.stride(1),
         KV_HEADS=kv_heads, GROUP=group, GROUP_PAD=group_pad, DIM=dim, BLOCK_S=block_s, BLOCKS_PER_SPLIT=per_split,
         SPLITS=splits, MASK=kind, INTERPRET=interpreting(), num_warps=num_warps, num_stages=num_stages,
-        **pdl_arguments(programmatic_launch(query.device)),
+        **pdl_arguments(query.device),
     )
     return out
 

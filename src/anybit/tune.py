@@ -255,8 +255,9 @@ def precompile(launches: Sequence[Launch], device: torch.device,
     whether n, k and m are multiples of 16 and (the Triton and Gluon GEMMs) for the K-blocks
     of each split, so the launches of one plan go to one worker, which compiles the kernel
     once per such key (the warp-specialized kernel's K is a runtime value) and launches it
-    for every shape.  Nothing timed runs meanwhile.  The workers are fresh interpreters (``python -c``, this ``anybit`` first on
-    their path), so a caller's script needs no ``__main__`` guard.  Returns the seconds taken."""
+    for every shape.  Nothing timed runs meanwhile.  The workers are fresh interpreters
+    (``python -c``, this ``anybit`` first on their path), so a caller's script needs no
+    ``__main__`` guard.  Returns the seconds taken."""
     workers = compile_workers() if workers is None else workers
     if workers < 0:
         raise ValueError(f"workers={workers}; accepted: >= 0 (0: compile at first launch)")

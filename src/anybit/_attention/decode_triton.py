@@ -31,7 +31,7 @@ import triton
 import triton.language as tl
 
 from .._matmul.cache_keys import settle_cache_keys
-from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, _dot
+from .._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, _dot, pdl_trigger, pdl_wait
 from .._matmul.split_k_triton import last_to_arrive, reset_counter
 
 #: constexpr ids of the mask argument
@@ -89,10 +89,8 @@ def decode_attention_kernel(
     rows = tl.arange(0, GROUP_PAD)
     dims = tl.arange(0, DIM)
     real = rows < GROUP
-    if PDL != PDL_OFF:
-        tl.extra.cuda.gdc_wait()
-    if PDL == PDL_EARLY:
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
+    pdl_trigger(PDL, PDL_EARLY)
     q = tl.load(q_ptr + b * stride_qb + (h * GROUP + rows)[:, None] * stride_qh + dims[None, :],
                 mask=real[:, None], other=0.0)
     k_base = k_ptr + b * stride_kb + h * stride_kh
@@ -114,8 +112,7 @@ def decode_attention_kernel(
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, INTERPRET)
         m_i = m_new
-    if PDL == PDL_LATE:
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_trigger(PDL, PDL_LATE)
     write = True
     if SPLITS > 1:
         part = group_id * SPLITS + split

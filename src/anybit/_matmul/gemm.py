@@ -18,8 +18,8 @@ from ..formats._base import Decode
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
-    MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, pdl_arguments, programmatic_launch,
-    sm_count, split_for, split_counters, split_k_buffers, weight_operands,
+    MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, pdl_arguments, sm_count,
+    split_for, split_counters, split_k_buffers, weight_operands,
 )
 
 
@@ -345,7 +345,7 @@ def launch_gemm(
         SPLIT_K=split_k, BLOCKS_PER_SPLIT=-(-k_blocks // split_k), HAS_BIAS=bias is not None,
         INTERPRET=interpreting(), EVEN_K=k % config.block_k == 0 and k_blocks % split_k == 0,
         SYNC_MMA=config.sync_mma, num_warps=config.num_warps, num_stages=config.num_stages,
-        **_decode_constexprs(bits, mode, config.block_k, x.dtype), **pdl_arguments(programmatic_launch(x.device)),
+        **_decode_constexprs(bits, mode, config.block_k, x.dtype), **pdl_arguments(x.device),
     )
     return out
 
@@ -482,7 +482,7 @@ def launch_gemm_gluon(
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
         STAGES=config.num_stages, HAS_BIAS=bias is not None, num_warps=4 * (config.block_n // 64), OVERLAP=overlap,
-        **pdl_arguments(programmatic_launch(x.device)),
+        **pdl_arguments(x.device),
     )
     return out
 
@@ -561,7 +561,7 @@ def launch_gemm_gluon_ws(
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
-        VECTOR_STORE=ws_vector_store(config, bits), **pdl_arguments(programmatic_launch(x.device)),
+        VECTOR_STORE=ws_vector_store(config, bits), **pdl_arguments(x.device),
     )
     return out
 

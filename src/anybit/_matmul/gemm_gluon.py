@@ -53,12 +53,11 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     async_copy, fence_async_shared, warpgroup_mma, warpgroup_mma_wait,
 )
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from . import decode_ptx
 from .cache_keys import settle_cache_keys
 from .gemm_triton import tile_position
-from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
+from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
 
 #: cp.async global -> shared: ``async_load`` from the Tritons that have it (3.9 removed the
 #: older name, 3.6 has only that)
@@ -263,10 +262,8 @@ def gemm_gluon_kernel(
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias), W of 4-bit codes (symmetric or with
     zero points, fp16 scales); operands and PDL as ``gemm_triton.gemm_kernel``'s.
     Grid: (tiles, SPLIT_K); num_warps = 4 * (BLOCK_N // 64)."""
-    if PDL != PDL_OFF:
-        gdc_wait()
-    if PDL == PDL_EARLY:
-        gdc_launch_dependents()
+    pdl_wait(PDL)
+    pdl_trigger(PDL, PDL_EARLY)
     W: gl.constexpr = BLOCK_K // 8  # code words of a row per K-block
 
     pid = gl.program_id(0)
@@ -340,8 +337,7 @@ def gemm_gluon_kernel(
         scale = next_scale
     acc, a_prev = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_prev))
     async_copy.wait_group(0)
-    if PDL == PDL_LATE:
-        gdc_launch_dependents()
+    pdl_trigger(PDL, PDL_LATE)
 
     rows = pid_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, acc_layout))
     offs_m = pid_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))

@@ -70,14 +70,13 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait,
 )
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from .cache_keys import settle_cache_keys
 from .gemm_gluon import (
     _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
 )
 from .gemm_triton import tile_position
-from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
+from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -114,10 +113,8 @@ def _loader(x_desc, c_desc, ring, work, M, N,
     ``STREAM_K``, those of each of its work items in turn, ``_item``).  As a programmatic
     dependent (PDL) it first waits for the kernel before it, and lets the next one launch
     right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE)."""
-    if PDL != PDL_OFF:
-        gdc_wait()
-    if PDL == PDL_EARLY:
-        gdc_launch_dependents()
+    pdl_wait(PDL)
+    pdl_trigger(PDL, PDL_EARLY)
     x_bufs, c_bufs, ready, empty = ring
     if STREAM_K:
         base = 0
@@ -131,8 +128,7 @@ def _loader(x_desc, c_desc, ring, work, M, N,
         tile, kb0, n_blocks, _ = work
         m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
         _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS)
-    if PDL == PDL_LATE:
-        gdc_launch_dependents()
+    pdl_trigger(PDL, PDL_LATE)
 
 
 @gluon.jit
@@ -413,8 +409,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     WG_ROWS .. + WG_ROWS of W against the tile's x rows; writes its rows of y (or its
     partial).  ``ops``: the ring and the operands, as the kernel builds them.  As a
     programmatic dependent (PDL) it first waits for the kernel before it."""
-    if PDL != PDL_OFF:
-        gdc_wait()
+    pdl_wait(PDL)
     (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
      M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
     BLOCK_N: gl.constexpr = WG_ROWS * NUM_WG

@@ -39,7 +39,7 @@ import triton.language as tl
 from .cache_keys import settle_cache_keys
 from .gemv_triton import (
     PDL_EARLY, PDL_LATE, PDL_OFF, TABLE, ROW_TABLE, ZERO_POINT, SYMMETRIC, _codes_per_element, _integer_or_table,
-    _interleave, _load_codes, _ptx_values, _table_words,
+    _interleave, _load_codes, _ptx_values, _table_words, pdl_trigger, pdl_wait,
 )
 from .split_k_triton import split_k_sum
 
@@ -141,10 +141,8 @@ def gemm_kernel(
     kernel before it first and lets the next one launch after that wait (PDL_EARLY) or
     after the K loop (PDL_LATE).
     """
-    if PDL != PDL_OFF:
-        tl.extra.cuda.gdc_wait()
-    if PDL == PDL_EARLY:
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_wait(PDL)
+    pdl_trigger(PDL, PDL_EARLY)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     pid_n, pid_m = tile_position(pid, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
@@ -189,8 +187,7 @@ def gemm_kernel(
         else:
             acc = tl.dot(w, x_t, acc)
         k0 += BLOCK_K
-    if PDL == PDL_LATE:
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_trigger(PDL, PDL_LATE)
 
     # y is (M, N) row-major: store the transposed tile, each thread along a row of y
     acc = tl.trans(acc)

@@ -564,7 +564,7 @@ def launch_gemv_multi(
         PTX_GROUPS=ptx, PTX_ASM=decode_asm(bits, MODE_IDS[mode], x.dtype == torch.bfloat16) if ptx else "",
         PTX_CONSTRAINTS=constraints(bits, MODE_IDS[mode]) if ptx else "", PTX_NATURAL=bool(ptx) and ptx_natural(bits),
         WEIGHTS=len(parts), num_warps=config.num_warps, num_stages=config.num_stages,
-        UNROLL=config.unroll, HAS_ADDEND=addend is not None, **pdl_arguments(programmatic_launch(x.device)),
+        UNROLL=config.unroll, HAS_ADDEND=addend is not None, **pdl_arguments(x.device),
         **_norm_arguments(norm_out, norm_in), GLU=glu,
     )
     return written
@@ -656,10 +656,12 @@ def launch_gemv_norm_parts(
     return h, scaled, sums
 
 
-def pdl_arguments(trigger: Trigger | None) -> dict:
-    """The kernel's PDL constexpr and the launch option for ``trigger`` (none without one)."""
+def pdl_arguments(device: torch.device) -> dict:
+    """A launch's PDL constexpr and ``launch_pdl`` option on ``device``, as
+    ``programmatic_launch`` says (none where it says to launch plainly)."""
     from .gemv_triton import TRIGGER_IDS
 
+    trigger = programmatic_launch(device)
     return {} if trigger is None else {"PDL": TRIGGER_IDS[trigger], "launch_pdl": True}
 
 

@@ -72,6 +72,23 @@ TRIGGER_IDS = {Trigger.EARLY: PDL_EARLY.value, Trigger.LATE: PDL_LATE.value}
 
 
 @triton.jit
+def pdl_wait(PDL: tl.constexpr):
+    """Launched as a programmatic dependent (PDL not PDL_OFF): wait until the kernel before
+    this one has finished and its writes are visible (a kernel does this before it touches
+    global memory)."""
+    if PDL != PDL_OFF:
+        tl.extra.cuda.gdc_wait()
+
+
+@triton.jit
+def pdl_trigger(PDL: tl.constexpr, AT: tl.constexpr):
+    """Let the next kernel launch, if this is the point PDL names (AT: PDL_EARLY right
+    after the wait, PDL_LATE after the K loop)."""
+    if PDL == AT:
+        tl.extra.cuda.gdc_launch_dependents()
+
+
+@triton.jit
 def _load_piece(codes_ptr, rows, k0, words_per_row, kpad_words, EVEN_K: tl.constexpr, WIDTH: tl.constexpr,
                 LOW: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """One piece's bits, already shifted to code bit LOW: int32 [BLOCK_N, BLOCK_K]."""
@@ -630,16 +647,14 @@ def gemv_kernel(
     w_rows = tl.minimum(rows, N - 1)
     x_rows = tl.minimum(offs_m, M - 1)
     dtype = x_ptr.dtype.element_ty
-    if PDL != PDL_OFF:
-        # Launched as a programmatic dependent (``gemv.programmatic_launch``): this program
-        # may start while the kernel before it still runs.  Nothing is read or written
-        # before that kernel has finished (x, the split-K counters and workspace, and
-        # buffers it may still read are all touched after the wait); then the next
-        # kernel may launch (here or after the K loop), and it waits in turn before
-        # touching what this one writes.
-        tl.extra.cuda.gdc_wait()
-    if PDL == PDL_EARLY:
-        tl.extra.cuda.gdc_launch_dependents()
+    # Launched as a programmatic dependent (``gemv.programmatic_launch``): this program
+    # may start while the kernel before it still runs.  Nothing is read or written
+    # before that kernel has finished (x, the split-K counters and workspace, and
+    # buffers it may still read are all touched after the wait); then the next
+    # kernel may launch (here or after the K loop), and it waits in turn before
+    # touching what this one writes.
+    pdl_wait(PDL)
+    pdl_trigger(PDL, PDL_EARLY)
     row_scale = 1.0  # (unused without ROW_SCALE)
     if ROW_SCALE > 0:  # read first: the producer has finished (the wait above), and the sums are small
         row_scale = _row_scale(parts_in_ptr, n_parts, norm_n, eps, x_rows, ROW_SCALE)
@@ -718,8 +733,7 @@ def gemv_kernel(
                                              k0, K, words_per_row, kpad_words, num_groups, stride_xm, stride_sn,
                                              stride_sg, stride_zn, stride_zg, BITS, MODE, GROUP, BLOCK_M, BLOCK_N,
                                              BLOCK_K, EVEN_K, INTERPRET, dtype)
-    if PDL == PDL_LATE:
-        tl.extra.cuda.gdc_launch_dependents()
+    pdl_trigger(PDL, PDL_LATE)
     if SUB > 1:
         acc = tl.sum(tl.reshape(acc, [BLOCK_N, SUB, BLOCK_M]), axis=1)
         if GLU:
