@@ -175,8 +175,11 @@ WGMMA_REGISTER_A = re.compile(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32
 
 def test_tma_loads_and_register_operand_mma():
     """The compiled kernel loads by TMA (UTMALDG), sets per-partition register counts
-    (USETMAXREG) and multiplies with the decoded weights as wgmma's register operand,
-    with no ldmatrix: the weights never pass through shared memory after decoding."""
+    (USETMAXREG) and multiplies with the decoded weights as wgmma's register operand: the
+    weights never pass through shared memory after decoding.  ldmatrix (LDSM) reads only
+    the 4-bit code words out of the TMA ring (v28's pair-transposed layout): a 64 x 16 A
+    tile's codes are 512 bytes, a quarter of one x4 ldmatrix per warp of the warpgroup, so
+    at most one LDSM per four HGMMA; fp16 weights read that way would need one per HGMMA."""
     from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
 
     qw = quantized_cuda("int4-g128", 4096, 4096, torch.Generator(device="cuda").manual_seed(0))
@@ -188,7 +191,8 @@ def test_tma_loads_and_register_operand_mma():
     for kernel in kernels:
         assert WGMMA_REGISTER_A.search(kernel.asm["ptx"])
         sass = kernel.asm["sass"]
-        assert "UTMALDG" in sass and "USETMAXREG" in sass and "HGMMA" in sass and "LDSM" not in sass
+        assert "UTMALDG" in sass and "USETMAXREG" in sass and "HGMMA" in sass
+        assert 4 * sass.count("LDSM") <= sass.count("HGMMA"), (sass.count("LDSM"), sass.count("HGMMA"))
 
 
 def test_plans_run_through_the_dispatcher(monkeypatch):
