@@ -1,8 +1,9 @@
 """How many kernels ``anybit tune`` compiles for a set of points, without a GPU: the
 launches its ``_choose`` selects (as on a Hopper GPU with ``--sms`` SMs and the shipped table
 of ``--gpu``), grouped by what Triton compiles a kernel for (the kernel, the code width
-and decode, the plan's settings, the kernel GROUP and, for the Triton and Gluon GEMMs, the
-K-blocks per split; all the shapes here are multiples of 16).  docs/NOTES-gemm.md v29.
+and decode, the plan's settings, the kernel GROUP and the K-blocks per split, which the warp-specialized
+kernel's stream-K plans leave out; all the shapes here are multiples of 16).
+docs/NOTES-gemm.md v29, v31.
 
 Usage::
 
@@ -32,9 +33,10 @@ def compile_key(launch: tune.Launch) -> tuple:
     if plan.kernel is gm.Kernel.DEQUANT:
         return plan.kernel, fmt.bits, mode, group, launch.k % gm.DEQUANT_BLOCK_K == 0
     config = plan.config
-    per_split = None  # the warp-specialized kernel takes K at run time
-    if plan.kernel is not gm.Kernel.GLUON_WS:
-        k_blocks = -(-launch.k // config.block_k)
+    k_blocks = -(-launch.k // config.block_k)
+    if plan.kernel is gm.Kernel.GLUON_WS:
+        per_split = gm.ws_blocks_per_split(config, k_blocks)
+    else:
         per_split = -(-k_blocks // config.split_k)
     return plan.kernel, fmt.bits, mode, config, group, per_split
 

@@ -108,7 +108,7 @@ def diagnostic_kernel(diag: int):
     if diag & 64:  # the output's stores issued with every lane masked off
         s = _replace(s, "y, mask=out_mask)", "y, mask=out_mask & (offs_m < 0)[None, :])", 1)
     if diag & 128:  # no K-blocks: each program starts, stores zeros and ends
-        s = _replace(s, "gl.minimum(k_blocks - kb0, per_split), pid_k)", "kb0 * 0, pid_k)", 1)
+        s = _replace(s, "gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)", "kb0 * 0, pid_k)", 1)
     if diag & 768:  # shared-memory reads added by the loader partition, results unchanged
         s = _extra_reads(s, 16 * bool(diag & 256) + 32 * bool(diag & 512))
     if diag & 2:

@@ -4,7 +4,7 @@ needed: Triton emits the PTX, then its ptxas compiles it).
 Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]]
 [--sass] [--ptx] [--pdl early|late]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
-128, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
+128, K of 64 K-blocks, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
 ``--sass``, the machine code (cuobjdump -sass) follows the report, with ``--ptx`` the PTX;
 ``--pdl`` compiles the kernel as a programmatic dependent with that trigger.  The report ends with the
@@ -35,12 +35,12 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                stream_k: bool = False, split_k: int = 1, pdl: str = "off"):
     """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
     kernel: ``asm["ptx"]``, ``metadata``)."""
-    config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages)
+    config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k))
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k * bits // 32], gl.int32)
     constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
-                     STAGES=stages, HAS_BIAS=False,
+                     BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
                      VECTOR_STORE=gm.ws_vector_store(config, bits), PDL=PDL_IDS[pdl])

@@ -128,9 +128,10 @@ def test_supported_products():
     # the warp-specialized kernel also decodes 8-bit codes (int8), K-blocks of 64 or 128, k a multiple of 8
     ws = dict(ok, k=4096)
     assert gm.gluon_ws_supported(**ws) and gm.gluon_ws_supported(**dict(ws, bits=8, group=gv.ROW_GROUP))
-    # and finds a K-block's group by a shift: a power-of-two number of K-blocks per group
+    # any whole number of K-blocks per group, as the Gluon kernel
+    assert gm.gluon_ws_supported(**dict(ws, group=192))
     for change in [dict(bits=3), dict(bits=2), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.TABLE),
-                   dict(group=192)]:
+                   dict(group=96)]:
         assert not gm.gluon_ws_supported(**dict(ws, **change)), change
 
 

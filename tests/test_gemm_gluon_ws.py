@@ -209,11 +209,14 @@ def test_the_deepest_ring_that_fits():
 
 
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc"])
-@pytest.mark.parametrize("split_k", [1, 2])
-def test_one_compiled_kernel_serves_every_k(monkeypatch, spec, split_k):
-    """A plan launches the kernel with the same constexprs (Triton's compile key) for every
-    layer shape: K reaches the kernel as the runtime k_blocks, per-row groups as
-    ``gemv.ROW_GROUP``; so a model's layers, or ``anybit tune``'s shapes, compile it once."""
+@pytest.mark.parametrize("config", [gm.ws_config(64, 128, 64, 1, 6), gm.ws_config(64, 128, 64, 2, 6),
+                                    gm.ws_config(128, 128, 64, 1, 4, stream_k=True)],
+                         ids=["split1", "split2", "stream-k"])
+def test_compile_key_depends_on_k_only_through_blocks_per_split(monkeypatch, spec, config):
+    """What a plan compiles the kernel for (its constexprs, Triton's compile key) across
+    layer shapes: the same but for BLOCKS_PER_SPLIT, which is each split's ceil(k_blocks /
+    split_k); a stream-K plan passes 0 there and compiles once for every K; per-row groups
+    compile as ``gemv.ROW_GROUP`` whatever k."""
     seen = []
     signature = inspect.signature(gw.gemm_gluon_ws_kernel.fn)
 
@@ -223,7 +226,6 @@ def test_one_compiled_kernel_serves_every_k(monkeypatch, spec, split_k):
                 (signature.bind_partial(*args).arguments["k_blocks"], constexprs))
 
     monkeypatch.setattr(gw, "gemm_gluon_ws_kernel", Recorder())
-    config = gm.ws_config(64, 128, 64, split_k, 6)
     for n, k in ((128, 256), (128, 1024), (256, 3072)):
         qw = anybit.quantize(torch.randn(n, k), spec)
         x = torch.randn(64, k, dtype=torch.float16)
@@ -231,7 +233,10 @@ def test_one_compiled_kernel_serves_every_k(monkeypatch, spec, split_k):
         gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, n, k,
                                 qw.format.bits, group, qw.format.kernel_decode().mode, config)
     assert [k_blocks for k_blocks, _ in seen] == [4, 16, 48]
+    per_split = [constexprs.pop("BLOCKS_PER_SPLIT") for _, constexprs in seen]
+    assert per_split == ([0, 0, 0] if config.stream_k else [-(-kb // config.split_k) for kb in (4, 16, 48)])
     assert all(constexprs == seen[0][1] for _, constexprs in seen)
+    assert seen[0][1]["GROUP"] == (g.ROW_GROUP if spec.endswith("-gc") else 128)
 
 
 @pytest.mark.skipif(not gm.interpreting(), reason="runs the fallback on the CPU in Triton's interpreter "

@@ -414,15 +414,20 @@ def ws_vector_store(config: GemmConfig, bits: int) -> bool:
         and ws_fits(config, bits, WS_STORE_SCRATCH * config.block_n // 64)
 
 
+def ws_blocks_per_split(config: GemmConfig, k_blocks: int) -> int:
+    """The warp-specialized kernel's BLOCKS_PER_SPLIT for ``k_blocks`` K-blocks: each split's
+    share, ceil(k_blocks / split_k), or 0 for stream-K (which shares K-blocks out at run
+    time, so its kernel compiles once for every K)."""
+    return 0 if config.stream_k else -(-k_blocks // config.split_k)
+
+
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
                        scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
     """Whether the warp-specialized Gluon kernel (``gemm_gluon_ws``) computes this product:
     as ``gluon_supported`` but for 4- or 8-bit codes (GLUON_WS_BITS), with K-blocks of 64
-    or 128, a power-of-two number of them per group (the kernel finds a block's group by a
-    shift) and k a multiple of 8 (TMA reads rows whose strides are multiples of 16 bytes)."""
-    blocks = group // block_k
+    or 128 and k a multiple of 8 (TMA reads rows whose strides are multiples of 16 bytes)."""
     return bits in GLUON_WS_BITS and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device) \
-        and block_k in (64, 128) and blocks & (blocks - 1) == 0 and k % 8 == 0
+        and block_k in (64, 128) and k % 8 == 0
 
 
 def _tma_readable(*tensors: Tensor) -> bool:
@@ -480,7 +485,7 @@ def launch_gemm_gluon(
         x, *pointers[:3], scales if bias is None else bias, out, workspace, counters,
         x.shape[0], n, k, stride_xm=x.stride(0), **scalars,
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
+        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
         STAGES=config.num_stages, HAS_BIAS=bias is not None, num_warps=4 * (config.block_n // 64), OVERLAP=overlap,
         **pdl_arguments(x.device),
     )
@@ -557,7 +562,8 @@ def launch_gemm_gluon_ws(
         workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
         scalars["stride_zn"], scalars["stride_zg"],
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, STAGES=config.num_stages, HAS_BIAS=bias is not None,
+        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
+        STAGES=config.num_stages, HAS_BIAS=bias is not None,
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,

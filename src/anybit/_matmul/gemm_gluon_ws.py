@@ -64,7 +64,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -223,23 +222,11 @@ def stream_k_items(tiles: int, k_blocks: int, programs: int) -> list[list[Stream
     return work
 
 
-@triton.constexpr_function
-def _blocks_per_group_log2(group, block_k):
-    """log2(GROUP / BLOCK_K): K-block kb lies in group kb >> it (group lengths and K-blocks
-    are powers of two, ``gemm.gluon_ws_supported``; per-row groups ``gemv.ROW_GROUP``)."""
-    blocks = group // block_k
-    if group % block_k or blocks & (blocks - 1):
-        raise ValueError(f"GROUP={group}, BLOCK_K={block_k}: a group must be a power-of-two number of K-blocks")
-    return blocks.bit_length() - 1
-
-
 @gluon.jit
 def _block_params(params, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr, BITS: gl.constexpr):
-    """The loads of K-block kb's scales and zero points ([64] each, ``group_params``).
-    The group by a shift (kb >= 0): the compiler cannot tell that a K-block number from the
-    runtime k_blocks is not negative, and would correct ``//``'s sign at every block."""
+    """The loads of K-block kb's scales and zero points ([64] each, ``group_params``)."""
     scales_ptr, zeros_ptr, rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg = params
-    return group_params(scales_ptr, zeros_ptr, rows, kb >> _blocks_per_group_log2(GROUP, BLOCK_K), num_groups,
+    return group_params(scales_ptr, zeros_ptr, rows, (kb * BLOCK_K) // GROUP, num_groups,
                         stride_sn, stride_sg, stride_zn, stride_zg, MODE, BITS)
 
 
@@ -503,7 +490,7 @@ def gemm_gluon_ws_kernel(
     M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg,
     GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
-    SPLIT_K: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
+    SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
     PDL: gl.constexpr = PDL_OFF,
@@ -516,8 +503,10 @@ def gemm_gluon_ws_kernel(
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
     taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
     floats and ``counter`` (tiles % programs) * NUM_WG zeros.  Split s runs K-blocks
-    s * ceil(k_blocks / SPLIT_K) on, at most that many: k_blocks is a runtime value, so a
-    plan compiles once for every K (a model's layers, ``anybit tune``'s shapes).
+    s * BLOCKS_PER_SPLIT on, at most that many (BLOCKS_PER_SPLIT = ceil(k_blocks / SPLIT_K)
+    as a constexpr: taken from the runtime k_blocks instead, the large layers ran 2-8%
+    slower, docs/NOTES-gemm.md v31); with STREAM_K it is unused (0) and the K-blocks are
+    shared out at run time, so a stream-K plan compiles once for every K.
     num_warps = 4 (the loader's; the consumer warpgroups are added by the warp
     specialization).  VECTOR_STORE: y in 16-byte stores (``_store``, where
     ``gemm.ws_vector_store``).  PDL (``gemv.Trigger``'s ids): launched as a programmatic
@@ -539,9 +528,8 @@ def gemm_gluon_ws_kernel(
         work = _stream_k_work(M, N, k_blocks, BLOCK_M, BLOCK_N)
     else:
         pid_k = gl.program_id(1)
-        per_split = gl.cdiv(k_blocks, SPLIT_K)
-        kb0 = pid_k * per_split
-        work = (gl.program_id(0), kb0, gl.minimum(k_blocks - kb0, per_split), pid_k)
+        kb0 = pid_k * BLOCKS_PER_SPLIT
+        work = (gl.program_id(0), kb0, gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)
     ring = (x_bufs, c_bufs, ready, empty)
     ops = (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
            M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work)
