@@ -252,10 +252,9 @@ def precompile(launches: Sequence[Launch], device: torch.device,
     (default ``compile_workers()``; 0 or 1: none, each kernel compiles at its first launch),
     so that the tuner's launches load them from Triton's on-disk cache instead of compiling
     one after another.  Triton compiles a kernel for each plan's tile settings, for
-    whether n, k and m are multiples of 16 and (the Triton and Gluon GEMMs) for the K-blocks
-    of each split, so the launches of one plan go to one worker, which compiles the kernel
-    once per such key (the warp-specialized kernel's K is a runtime value) and launches it
-    for every shape.  Nothing timed runs meanwhile.  The workers are fresh interpreters
+    whether n, k and m are multiples of 16 and for the K-blocks of each split (but for the
+    warp-specialized kernel's stream-K plans), so the launches of one plan go to one worker,
+    which compiles the kernel once per such key and launches it for every shape.  Nothing timed runs meanwhile.  The workers are fresh interpreters
     (``python -c``, this ``anybit`` first on their path), so a caller's script needs no
     ``__main__`` guard.  Returns the seconds taken."""
     workers = compile_workers() if workers is None else workers

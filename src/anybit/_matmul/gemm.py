@@ -485,7 +485,7 @@ def launch_gemm_gluon(
         x, *pointers[:3], scales if bias is None else bias, out, workspace, counters,
         x.shape[0], n, k, stride_xm=x.stride(0), **scalars,
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
-        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
+        SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=-(-k_blocks // config.split_k),
         STAGES=config.num_stages, HAS_BIAS=bias is not None, num_warps=4 * (config.block_n // 64), OVERLAP=overlap,
         **pdl_arguments(x.device),
     )

@@ -343,9 +343,7 @@ ROW_GROUP = 1 << 30
 def kernel_group(group: int, k: int) -> int:
     """The GROUP a kernel is compiled with: ``group``, or ``ROW_GROUP`` for a per-row
     group (``group == k``), so the kernel takes one scale per row for every K-block."""
-    if group == k:
-        return ROW_GROUP
-    return group
+    return ROW_GROUP if group == k else group
 
 
 def launch_settings(qw: QuantizedWeight, m: int, device: torch.device,
