@@ -17,7 +17,8 @@ above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
 ``gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]``: the Gluon GEMM (gemm_gluon;
 overlap 1: measurement only, unsafe), or
 ``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]``:
-the warp-specialized Gluon GEMM (gemm_gluon_ws; split_k ``sk``: stream-K; regs, maxnreg 0: the defaults; overlap 0-2,
+the warp-specialized Gluon GEMM (gemm_gluon_ws; split_k ``sk``: stream-K, ``c<n>``: n splits summed through a
+cluster's shared memory; regs, maxnreg 0: the defaults; overlap 0-2,
 ``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup,
 64 or 128).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
@@ -57,10 +58,12 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
     if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows]]]]]
         fields = text.split(",")[1:]
         stream_k = fields[3] == "sk"  # stream-K instead of a split count (and split 1)
-        bm, bn, bk, split, stages, *extra = (int(v) for v in fields[:3] + ["1" if stream_k else fields[3]] + fields[4:])
+        cluster = fields[3].startswith("c")  # c<n>: n splits summed through a cluster's shared memory
+        split_text = "1" if stream_k else fields[3].lstrip("c")
+        bm, bn, bk, split, stages, *extra = (int(v) for v in fields[:3] + [split_text] + fields[4:])
         regs, maxnreg, overlap, wg_rows = (extra[1:] + [0, 0, -1, 64][len(extra[1:]):])[:4]
         config = gm.ws_config(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), stages, wg_rows, *extra[:1],
-                              stream_k=stream_k)
+                              stream_k=stream_k, cluster_sum=cluster)
         return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap))
     if text == "auto":  # the decode kernel's heuristic (M <= 32), whatever --kernel says
         return None

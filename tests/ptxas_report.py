@@ -2,12 +2,13 @@
 needed: Triton emits the PTX, then its ptxas compiles it).
 
 Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]]
-[--sass] [--ptx] [--pdl early|late]
+[--sass] [--ptx] [--pdl early|late] [--cluster]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
 128, K of 64 K-blocks, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
 ``--sass``, the machine code (cuobjdump -sass) follows the report, with ``--ptx`` the PTX;
-``--pdl`` compiles the kernel as a programmatic dependent with that trigger.  The report ends with the
+``--pdl`` compiles the kernel as a programmatic dependent with that trigger, ``--cluster`` with the
+split-K sum through a cluster's shared memory (``GemmConfig.cluster_sum``).  The report ends with the
 shared memory the kernel takes (Triton's count), and the output store is vectorized where
 the launcher would vectorize it.  Run in a
 process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
@@ -32,10 +33,11 @@ PDL_IDS = {"off": PDL_OFF.value, "early": PDL_EARLY.value, "late": PDL_LATE.valu
 
 
 def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
-               stream_k: bool = False, split_k: int = 1, pdl: str = "off"):
+               stream_k: bool = False, split_k: int = 1, pdl: str = "off", cluster: bool = False):
     """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
     kernel: ``asm["ptx"]``, ``metadata``)."""
-    config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k))
+    config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k),
+                           cluster_sum=cluster)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k * bits // 32], gl.int32)
@@ -43,7 +45,8 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
-                     VECTOR_STORE=gm.ws_vector_store(config, bits), PDL=PDL_IDS[pdl])
+                     VECTOR_STORE=gm.ws_vector_store(config, bits) and not cluster, PDL=PDL_IDS[pdl],
+                     CLUSTER=cluster)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{block_n}, {block_k * bits // 32}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
@@ -59,8 +62,9 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
 
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
            stream_k: bool = False, split_k: int = 1, sass: bool = False, ptx: bool = False,
-           pdl: str = "off") -> str:
-    compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl)
+           pdl: str = "off", cluster: bool = False) -> str:
+    compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl,
+                          cluster)
     text = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
@@ -80,4 +84,5 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     pdl = argv.pop(argv.index("--pdl") + 1) if "--pdl" in argv else "off"
     args = [arg for arg in argv if not arg.startswith("--")]
-    print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl))
+    print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl,
+                 cluster="--cluster" in argv))

@@ -1,10 +1,12 @@
 """The warp-specialized Gluon GEMM (gemm_gluon_ws) on a Hopper GPU: the M sweep on odd
 and standard shapes, forced tiles with bias and split-K, repeated launches, the compiled
-kernel's TMA loads and register-operand MMA, and plans through the dispatcher (with its
-fallbacks for bf16 and for x that TMA cannot read in place)."""
+kernel's TMA loads and register-operand MMA, the split-K sum through a cluster's shared
+memory, and plans through the dispatcher (with its fallbacks for bf16 and for x that TMA
+cannot read in place)."""
 
 import functools
 import re
+from dataclasses import replace
 
 import pytest
 import torch
@@ -25,7 +27,7 @@ _ws = gm.ws_config
 
 
 def _ids(c):
-    sk = "-stream-k" if c.stream_k else ""
+    sk = "-stream-k" if c.stream_k else "-cluster" if c.cluster_sum else ""
     return f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-{c.num_stages}s-wg{gm.ws_wg_rows(c)}{sk}"
 
 
@@ -135,6 +137,39 @@ def test_stream_k_whole_tiles_match_the_tile_kernel():
     for tile in whole:
         assert torch.equal(y[:, tile * 128:(tile + 1) * 128], y_tiles[:, tile * 128:(tile + 1) * 128])
     assert_matmul_close(y, x, qw, None, weight_roundoff=unit_roundoff(x.dtype))
+
+
+CLUSTER = [_ws(64, 128, 64, 2, 6, cluster_sum=True), _ws(64, 128, 64, 4, 6, cluster_sum=True),
+           _ws(64, 128, 64, 8, 4, cluster_sum=True), _ws(64, 64, 64, 4, 6, cluster_sum=True),
+           _ws(64, 128, 64, 2, 4, 128, cluster_sum=True)]
+
+
+@pytest.mark.parametrize("config", CLUSTER, ids=_ids)
+@pytest.mark.parametrize("spec", ["int4-g128", "int8-gc"])
+@pytest.mark.parametrize("n, k, m", [(1000, 4160, 33), (4096, 4096, 64), (192, 320, 100)])
+def test_cluster_sum(config, spec, n, k, m):
+    """The split-K sum through the cluster's shared memory (``GemmConfig.cluster_sum``): on a
+    NaN-poisoned output every element is written and the bias added once, within the float64
+    tolerance; the bits are those of the same plan summed through global memory (the same
+    split order), again in repeated launches and replayed from a CUDA graph.  320 columns are
+    5 K-blocks: with 8 splits, some have none."""
+    gen = torch.Generator(device="cuda").manual_seed(n + m)
+    qw = quantized_cuda(spec, n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    bias = torch.randn(n, device="cuda", generator=gen)
+    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
+    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    assert torch.equal(y, _run(x, qw, replace(config, cluster_sum=False), bias))
+    for _ in range(3):
+        assert torch.equal(_run(x, qw, config, bias), y)
+    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        _run(x, qw, config, bias, out=out)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, y)
 
 
 @pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])

@@ -49,6 +49,9 @@ class GemmConfig:
         K-blocks of the last partial wave's tiles shared equally, so no SM idles in that
         wave (``gemm_gluon_ws.stream_k_items``); a shared tile's partials are summed in
         program order.
+    cluster_sum: the split_k splits of a tile as the CTAs of one cluster, their partials
+        summed through the cluster's shared memory instead of global memory (the
+        warp-specialized Gluon kernel only; split_k 2, 4 or 8; ``ws_cluster_bytes``).
     """
 
     block_m: int
@@ -60,6 +63,7 @@ class GemmConfig:
     swizzle: int = 8
     sync_mma: bool = True
     stream_k: bool = False
+    cluster_sum: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -76,6 +80,9 @@ class GemmConfig:
         if self.stream_k and self.split_k != 1:
             raise ValueError(f"GemmConfig split_k={self.split_k} with stream_k: accepted: split_k 1 (stream-K "
                              f"shares the K-blocks itself)")
+        if self.cluster_sum and self.split_k not in (2, 4, 8):
+            raise ValueError(f"GemmConfig split_k={self.split_k} with cluster_sum: accepted: 2, 4 or 8 (the splits "
+                             f"of a tile are the CTAs of a cluster)")
 
 
 #: From this many rows of x on, the dispatcher (``anybit.matmul``) dequantizes W into
@@ -167,7 +174,7 @@ class Plan:
         c = self.config
         kind = {Kernel.GLUON: "gluon ", Kernel.GLUON_WS: "gluon-ws "}.get(self.kernel, "")
         swizzle = "" if c.swizzle == 8 else f" sw{c.swizzle}"
-        stream_k = " stream-k" if c.stream_k else ""
+        stream_k = " stream-k" if c.stream_k else " cluster" if c.cluster_sum else ""
         return (f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s{swizzle}"
                 f"{stream_k}")
 
@@ -192,11 +199,11 @@ def ws_warps(block_n: int, wg_rows: int = 64) -> int:
 
 
 def ws_config(block_m: int, block_n: int, block_k: int, split_k: int, stages: int, wg_rows: int = 64,
-              swizzle: int = 8, stream_k: bool = False) -> GemmConfig:
+              swizzle: int = 8, stream_k: bool = False, cluster_sum: bool = False) -> GemmConfig:
     """A GemmConfig for the warp-specialized Gluon kernel, its warps from ``wg_rows`` rows
     of W per consumer warpgroup (``ws_warps``)."""
     return GemmConfig(block_m, block_n, block_k, split_k, ws_warps(block_n, wg_rows), stages, swizzle,
-                      stream_k=stream_k)
+                      stream_k=stream_k, cluster_sum=cluster_sum)
 
 
 def ws_wg_rows(config: GemmConfig) -> int:
@@ -369,6 +376,10 @@ def check_gluon_ws_config(config: GemmConfig) -> None:
         raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128 or "
                          f"256, block_k 64 or 128, num_warps = 4 + 4 per 64 or 128 rows of W (1, 2 or 4 consumer "
                          f"warpgroups), num_stages >= 2")
+    if config.cluster_sum and ws_cluster_bytes(config) > WS_CLUSTER_STATIC_BYTES:
+        raise ValueError(f"GemmConfig {config} with cluster_sum: the tile's fp32 partial takes "
+                         f"{ws_cluster_bytes(config)} bytes of static shared memory; accepted: at most "
+                         f"{WS_CLUSTER_STATIC_BYTES} (block_n x block_m at most 12288, e.g. 64 x 128)")
 
 
 #: Code widths the warp-specialized Gluon kernel decodes (its BITS).
@@ -381,6 +392,20 @@ WS_SMEM_EXTRA = 1024
 #: Shared memory the vectorized output store's layout conversion may take per 64 rows of W
 #: (sm_90, Triton 3.6: 2.1-2.6 KB compiled on the tuner's tiles).
 WS_STORE_SCRATCH = 3072
+
+
+#: Static shared memory a kernel may declare (ptxas refuses more): the cluster sum's buffer
+#: (``ws_cluster_bytes``) is declared so, beside Triton's dynamic shared memory.
+WS_CLUSTER_STATIC_BYTES = 49152
+
+
+def ws_cluster_bytes(config: GemmConfig) -> int:
+    """Static shared memory of the cluster sum (``GemmConfig.cluster_sum``): each CTA receives
+    its slice of every split's partial, block_n x block_m fp32 in all, and one mbarrier per
+    consumer warpgroup; 0 without it."""
+    if not config.cluster_sum:
+        return 0
+    return config.block_n * config.block_m * 4 + 8 * config.block_n // ws_wg_rows(config)
 
 
 def ws_ring_bytes(config: GemmConfig, bits: int) -> int:
@@ -501,7 +526,8 @@ def launch_gemm_gluon_ws(
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
     ``config``: tiles (block_n 64, 128 or 256: one consumer warpgroup per 64 or 128 rows
-    of W, as num_warps = ``ws_warps(block_n, rows)`` says; block_k 64 or 128), split-K or
+    of W, as num_warps = ``ws_warps(block_n, rows)`` says; block_k 64 or 128), split-K (its
+    sum through global memory, or with ``cluster_sum`` through a cluster's shared memory) or
     stream-K (one program per SM of x's device), stages and swizzle.
     ``consumer_regs``: registers per consumer thread (default ``ws_consumer_regs``);
     ``maxnreg``: the launch's register limit (default: Triton's); ``overlap``: of decode
@@ -513,6 +539,7 @@ def launch_gemm_gluon_ws(
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+    from .cluster import launch_clustered
     from .gemm_gluon_ws import gemm_gluon_ws_kernel
     from .gemv_triton import MODE_IDS
 
@@ -522,10 +549,11 @@ def launch_gemm_gluon_ws(
                          f"k={k}; accepted: 4 or 8 bits, symmetric or zero-point codes, fp16 x and scales, block_k "
                          f"64 or 128 <= group, k a multiple of 8")
     check_gluon_ws_config(config)
-    if not ws_fits(config, bits):
+    if not ws_fits(config, bits, cluster_bytes := ws_cluster_bytes(config)):
+        beside = f" beside the cluster sum's {cluster_bytes}" if cluster_bytes else ""
         raise ValueError(f"GemmConfig {config} for {bits}-bit codes: its ring of {config.num_stages} stages takes "
                          f"{ws_ring_bytes(config, bits)} bytes of shared memory; accepted: at most "
-                         f"{HOPPER_SMEM_BYTES - WS_SMEM_EXTRA} (fewer stages or smaller tiles)")
+                         f"{HOPPER_SMEM_BYTES - WS_SMEM_EXTRA - cluster_bytes}{beside} (fewer stages or smaller tiles)")
     x = x.contiguous()
     if not _tma_readable(x, codes):
         raise ValueError(f"the warp-specialized Gluon GEMM reads x and the codes by TMA: both need 16-byte aligned "
@@ -533,7 +561,7 @@ def launch_gemm_gluon_ws(
                          f"{codes.data_ptr() % 16}, codes row stride {codes.stride(0)} words)")
     groups = config.block_n // ws_wg_rows(config)  # one counter per consumer warpgroup of each tile
     programs = sm_count(x.device) if config.stream_k else 0
-    if config.split_k > 1 or config.stream_k:  # its partials are whole tiles, not (split_k, M, n)
+    if (config.split_k > 1 and not config.cluster_sum) or config.stream_k:  # partials as whole tiles
         size = ws_workspace_size(config, x.shape[0], n, programs)
         if workspace is None:
             workspace = torch.empty(max(1, size), dtype=torch.float32, device=x.device)
@@ -541,11 +569,13 @@ def launch_gemm_gluon_ws(
             raise ValueError(f"workspace: {workspace.dtype} {tuple(workspace.shape)} "
                              f"{'' if workspace.is_contiguous() else 'non-contiguous '}; accepted: contiguous "
                              f"float32 with at least {size} elements (``ws_workspace_size``)")
-    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, groups)
+    # the cluster sum takes no workspace or counters (out stands in for both, never read)
+    x, out, launch = _tiled_launch(x, n, k, replace(config, split_k=1, cluster_sum=False) if config.cluster_sum
+                                   else config, out, workspace, groups)
     if launch is None:
         return out
     tiles, split_workspace, counters, k_blocks = launch
-    grid = (tiles, config.split_k)
+    grid = (tiles,) if config.cluster_sum else (tiles, config.split_k)
     if config.stream_k:  # counters for the shared tiles only
         grid = (programs,)
         counters = split_counters(x.device, max(1, tiles % programs * groups))
@@ -557,7 +587,9 @@ def launch_gemm_gluon_ws(
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
-    gemm_gluon_ws_kernel[grid](
+    run = functools.partial(launch_clustered, gemm_gluon_ws_kernel, grid, config.split_k) if config.cluster_sum \
+        else gemm_gluon_ws_kernel[grid]
+    run(
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
         workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
         scalars["stride_zn"], scalars["stride_zg"],
@@ -567,7 +599,8 @@ def launch_gemm_gluon_ws(
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
-        VECTOR_STORE=ws_vector_store(config, bits), **pdl_arguments(x.device),
+        VECTOR_STORE=ws_vector_store(config, bits) and not config.cluster_sum, CLUSTER=config.cluster_sum,
+        **pdl_arguments(x.device),
     )
     return out
 

@@ -71,6 +71,9 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 )
 
 from .cache_keys import settle_cache_keys
+from .cluster import (
+    cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, load_shared, push, shared_buffer, wait_bytes,
+)
 from .gemm_gluon import (
     _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
 )
@@ -107,11 +110,15 @@ def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SWIZZ
 @gluon.jit
 def _loader(x_desc, c_desc, ring, work, M, N,
             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
-            STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr, PDL: gl.constexpr):
+            STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr, PDL: gl.constexpr,
+            CLUSTER: gl.constexpr):
     """The loader warp: the program's K-blocks into the ring, STAGES ahead (with
     ``STREAM_K``, those of each of its work items in turn, ``_item``).  As a programmatic
     dependent (PDL) it first waits for the kernel before it, and lets the next one launch
-    right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE)."""
+    right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE).  With
+    CLUSTER it passes the cluster barriers every partition passes (start and end)."""
+    if CLUSTER:
+        cluster_barrier()
     pdl_wait(PDL)
     pdl_trigger(PDL, PDL_EARLY)
     x_bufs, c_bufs, ready, empty = ring
@@ -128,6 +135,8 @@ def _loader(x_desc, c_desc, ring, work, M, N,
         m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
         _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS)
     pdl_trigger(PDL, PDL_LATE)
+    if CLUSTER:
+        cluster_barrier_relaxed()
 
 
 @gluon.jit
@@ -367,6 +376,41 @@ def _split_partial(mine, own, part, pid_k, split_stride, RELOAD: gl.constexpr):
 
 
 @gluon.jit
+def _cluster_sum(acc, base, pid_k, out_ptr, bias_ptr, row, col, row0, m0, M, N, WG: gl.constexpr,
+                 NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr, SPLIT_K: gl.constexpr,
+                 HAS_BIAS: gl.constexpr):
+    """The split-K sum through the cluster's shared memory (the tile's SPLIT_K splits are the
+    cluster's CTAs, ``pid_k`` this one's rank).  The warpgroup's partial ``acc`` [WG_ROWS,
+    BLOCK_M] (wgmma's layout; ``row``, ``col`` its element's row of W and of x in the tile) is
+    taken in ``_vectors``' rows, each thread's 4 registers of an 8-column block: row v goes to
+    CTA v // SLICE, into its buffer [NUM_WG, SPLIT_K, SLICE, 4] fp32 at (WG, pid_k, v % SLICE)
+    (``push``: the bytes counted on that CTA's barrier WG).  Once all SPLIT_K partials' rows
+    of its slice have arrived, their sum in split order (the bits of the global sum's) is
+    stored as y, with the bias, at each element's (row of W, row of x)."""
+    V: gl.constexpr = WG_ROWS * BLOCK_M // 4
+    SLICE: gl.constexpr = V // SPLIT_K
+    J: gl.constexpr = BLOCK_M // 8
+    # _vectors' order [s, j, w, l, q | h, e] for row 64 s + 16 w + 8 h + l, column 8 j + 2 q + e
+    v = ((((row // 64) * J + col // 8) * 4 + (row // 16) % 4) * 8 + row % 8) * 4 + (col // 2) % 4
+    element = 2 * ((row // 8) % 2) + col % 2
+    bar = base + NUM_WG * V * 16 + WG * 8
+    push(acc, base + ((WG * SPLIT_K + pid_k) * SLICE + v % SLICE) * 16 + element * 4, v // SLICE, bar)
+    wait_bytes(bar)
+    layout: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [4, 1], [1, 0])
+    i = gl.arange(0, SLICE, layout=gl.SliceLayout(1, layout))[:, None]
+    c = gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :]
+    total = load_shared(base + (WG * SPLIT_K * SLICE + i) * 16 + c * 4)
+    for r in gl.static_range(1, SPLIT_K):
+        total += load_shared(base + ((WG * SPLIT_K + r) * SLICE + i) * 16 + c * 4)
+    v = pid_k * SLICE + i
+    rows = row0 + 64 * (v // (128 * J)) + 16 * ((v // 32) % 4) + 8 * (c // 2) + (v // 4) % 8
+    cols = m0 + 8 * ((v // 128) % J) + 2 * (v % 4) + c % 2
+    if HAS_BIAS:
+        total += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)
+    gl.store(out_ptr + cols * N + rows, total.to(gl.float16), mask=(rows < N) & (cols < M))
+
+
+@gluon.jit
 def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr, VECTOR: gl.constexpr):
     """y[offs_m, rows] = acc (+ bias[rows]) as fp16; acc [WG_ROWS, BLOCK_M] fp32.
 
@@ -391,11 +435,15 @@ def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr, V
 def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, GROUP: gl.constexpr,
               MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
               SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
-              SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr, PDL: gl.constexpr):
+              SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr, PDL: gl.constexpr,
+              base, CLUSTER: gl.constexpr):
     """Consumer warpgroup WG: for each of the program's tiles, rows pid_n * BLOCK_N + WG *
     WG_ROWS .. + WG_ROWS of W against the tile's x rows; writes its rows of y (or its
     partial).  ``ops``: the ring and the operands, as the kernel builds them.  As a
-    programmatic dependent (PDL) it first waits for the kernel before it."""
+    programmatic dependent (PDL) it first waits for the kernel before it.  With CLUSTER the
+    splits are summed through the cluster's shared memory at ``base`` (``_cluster_sum``)."""
+    if CLUSTER:
+        cluster_barrier()
     pdl_wait(PDL)
     (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
      M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
@@ -462,7 +510,14 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         acc = _mma_blocks(ring, params, kb0, n_blocks, 0, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES,
                           OVERLAP, BITS)
         last = True
-        if SPLIT_K > 1:
+        rows_of_x = M
+        if CLUSTER:
+            _cluster_sum(acc, base, pid_k, out_ptr, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
+                         NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS)
+            # y is stored; the tile's own store below stays in the code, with no row of x: without it
+            # Triton 3.6 fails to lower the partition (an assertion in ConvertTritonGPUToLLVM)
+            rows_of_x = gl.minimum(M, 0)
+        elif SPLIT_K > 1:
             # each split's partial per (split, tile, warpgroup); the last split sums them in order
             split_stride = gl.num_programs(0) * NUM_WG * PART
             mine, vectors = _vectors(acc, WG_ROWS, BLOCK_M)
@@ -481,7 +536,9 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
-            _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS, VECTOR_STORE)
+            _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, rows_of_x, N, HAS_BIAS, VECTOR_STORE)
+    if CLUSTER:
+        cluster_barrier_relaxed()  # no CTA leaves while another may still push into it
 
 
 @gluon.jit
@@ -493,7 +550,7 @@ def gemm_gluon_ws_kernel(
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
-    PDL: gl.constexpr = PDL_OFF,
+    PDL: gl.constexpr = PDL_OFF, CLUSTER: gl.constexpr = False,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -512,7 +569,10 @@ def gemm_gluon_ws_kernel(
     ``gemm.ws_vector_store``).  PDL (``gemv.Trigger``'s ids): launched as a programmatic
     dependent, every partition waits for the kernel before it first (nothing before the
     partitions touches global memory), and the loader lets the next kernel launch after
-    that wait (PDL_EARLY) or after its last copy (PDL_LATE)."""
+    that wait (PDL_EARLY) or after its last copy (PDL_LATE).  CLUSTER (split-K only): launched
+    as clusters of SPLIT_K CTAs (``cluster.launch_clustered``, grid (tiles,): program p is
+    split p % SPLIT_K of tile p // SPLIT_K), the splits summed through the cluster's shared
+    memory (``_cluster_sum``; no workspace or counters)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
@@ -523,13 +583,21 @@ def gemm_gluon_ws_kernel(
         mbarrier.init(empty.index(s), count=NUM_WG)
     fence_async_shared()
 
+    base = 0
+    if CLUSTER:
+        # each consumer warpgroup's [SPLIT_K, slice, 4] fp32 receiving buffer, then its barrier
+        gl.static_assert(SPLIT_K > 1 and not STREAM_K, "the cluster sums split-K partials: SPLIT_K > 1, no stream-K")
+        base = shared_buffer(NUM_WG * WG_ROWS * BLOCK_M * 4 + NUM_WG * 8)
+        for g in gl.static_range(NUM_WG):
+            init_byte_barrier(base + NUM_WG * WG_ROWS * BLOCK_M * 4 + g * 8, gl.to_tensor(WG_ROWS * BLOCK_M * 4))
     if STREAM_K:
         gl.static_assert(SPLIT_K == 1, "stream-K shares K-blocks itself: SPLIT_K 1")
         work = _stream_k_work(M, N, k_blocks, BLOCK_M, BLOCK_N)
     else:
-        pid_k = gl.program_id(1)
+        pid_k = gl.program_id(0) % SPLIT_K if CLUSTER else gl.program_id(1)
         kb0 = pid_k * BLOCKS_PER_SPLIT
-        work = (gl.program_id(0), kb0, gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)
+        tile = gl.program_id(0) // SPLIT_K if CLUSTER else gl.program_id(0)
+        work = (tile, kb0, gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)
     ring = (x_bufs, c_bufs, ready, empty)
     ops = (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
            M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work)
@@ -540,32 +608,32 @@ def gemm_gluon_ws_kernel(
     if NUM_WG == 1:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL)),
+                       PDL, CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL)),
+                       PDL, CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL)),
+                       PDL, CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
 
 

@@ -1,0 +1,119 @@
+"""Thread-block clusters for the Gluon kernels on Hopper: launching a kernel compiled for one
+CTA as clusters, and the cluster instructions (by inline PTX) that a split-K sum through
+distributed shared memory needs.
+
+Why: the warp-specialized GEMM's split plans summed their partials through global memory,
+2-4 us a launch on the small layers (docs/NOTES-gemm.md v32); with the S splits of a tile as
+the S CTAs of one cluster, each CTA pushes slice q of its partial into CTA q's shared memory
+(``st.async``, whose bytes an mbarrier there counts) and sums its own slice: 0.5-1.1 us in
+``benchmarks/cluster_probe.py``.
+
+Triton 3.6's Gluon compiles ``num_ctas`` > 1 only for layouts split across CTAs, so the
+kernel is compiled for one CTA (``%ctaid.x`` runs over the whole grid) and
+``launch_clustered`` sets the compiled kernel's packed ``num_ctas``, from which Triton's
+launcher takes the cluster's size (and multiplies the grid's x by it).
+
+Shared memory: Triton's is dynamic and its buffers' offsets are not known to the kernel's
+code, so ``shared_buffer`` declares a static buffer by PTX (it adds to the dynamic one).
+"""
+
+from __future__ import annotations
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+
+#: Most CTAs in a cluster that every Hopper GPU runs (16 needs an opt-in).
+MAX_CLUSTER = 8
+
+
+@triton.constexpr_function
+def _declare(nbytes):
+    return f".shared .align 16 .b8 anybit_cluster_buffer[{nbytes}];\n\tmov.u32 $0, anybit_cluster_buffer;"
+
+
+@gluon.jit
+def shared_buffer(NBYTES: gl.constexpr):
+    """The shared address (32 bits) of a static buffer of NBYTES bytes, 16-byte aligned; one per
+    kernel (call it once, outside loops)."""
+    return gl.inline_asm_elementwise(_declare(NBYTES), "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def init_byte_barrier(bar, nbytes):
+    """Thread 0 of the CTA: the mbarrier at shared address ``bar`` waits for ``nbytes`` bytes
+    (one arrival, its own, with the byte count), made visible to the cluster.  Before any
+    partition starts; ``cluster_barrier`` at each partition's start then orders it before
+    every other CTA's ``push``."""
+    gl.inline_asm_elementwise(
+        "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tmov.u32 t, %tid.x;\n\tsetp.eq.u32 p, t, 0;\n\t"
+        "@p mbarrier.init.shared::cta.b64 [$1], 1;\n\t"
+        "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [$1], $2;\n\t"
+        "@p fence.mbarrier_init.release.cluster;\n\t}\n\tmov.u32 $0, 0;",
+        "=r,r,r", [bar, nbytes], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def cluster_barrier():
+    """Every thread of every CTA of the cluster arrives (release) and waits (acquire).  Every
+    partition of a warp-specialized kernel must call it the same number of times."""
+    gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;\n\t"
+                              "mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def cluster_barrier_relaxed():
+    """``cluster_barrier`` without ordering: before exit, so that no CTA leaves while another
+    may still write into its shared memory."""
+    gl.inline_asm_elementwise("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;\n\t"
+                              "mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def wait_bytes(bar):
+    """Wait until the mbarrier at shared address ``bar`` has completed its first phase (every
+    byte ``init_byte_barrier`` expects has arrived); acquire at cluster scope."""
+    done = gl.to_tensor(0)
+    while done == 0:
+        done = gl.inline_asm_elementwise(
+            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [$1], 0;\n\t"
+            "selp.u32 $0, 1, 0, p;\n\t}", "=r,r", [bar], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def push(values, addr, rank, bar):
+    """values [V, 4] fp32 (4 consecutive elements a thread per row): row v stored at shared
+    address ``addr`` [V, 4] (its first element's) of CTA ``rank`` [V, 4] of the cluster, by
+    ``st.async`` counting 16 bytes on the mbarrier at ``bar`` (an address in each CTA, scalar)
+    of that CTA."""
+    gl.inline_asm_elementwise(
+        "{\n\t.reg .b32 a, b;\n\tmapa.shared::cluster.u32 a, $4, $8;\n\tmapa.shared::cluster.u32 b, $12, $8;\n\t"
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32 [a], {$16, $17, $18, $19}, [b];\n\t}\n\t"
+        "mov.u32 $0, 0;\n\tmov.u32 $1, 0;\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;",
+        "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
+        [addr, rank, addr * 0 + bar, values.to(gl.int32, bitcast=True)], dtype=gl.int32, is_pure=False, pack=4)
+
+
+@gluon.jit
+def load_shared(addr):
+    """[V, 4] fp32 from this CTA's shared memory, row v at shared address ``addr`` [V, 4]
+    (its first element's), 16 bytes a load."""
+    return gl.inline_asm_elementwise("ld.shared.v4.f32 {$0, $1, $2, $3}, [$4];", "=f,=f,=f,=f,r,r,r,r", [addr],
+                                     dtype=gl.float32, is_pure=False, pack=4)
+
+
+def launch_clustered(kernel, grid: tuple[int, ...], cluster: int, *args, **kwargs) -> None:
+    """Launch the Gluon ``kernel`` (compiled for one CTA) on ``grid`` with its x multiplied by
+    ``cluster``, as clusters of ``cluster`` consecutive CTAs along x.  The compiled kernel's
+    packed metadata (num_warps, num_ctas, shared memory) gets num_ctas = ``cluster``, which
+    Triton's launcher turns into the cluster's size; compile and launch take the same
+    arguments, so every launch of that compiled kernel is clustered."""
+    if not 1 <= cluster <= MAX_CLUSTER:
+        raise ValueError(f"cluster={cluster}: accepted: 1 to {MAX_CLUSTER} CTAs")
+    compiled = kernel.warmup(*args, grid=grid, **kwargs)
+    packed = getattr(compiled, "packed_metadata", None)
+    if not (isinstance(packed, tuple) and len(packed) == 3):
+        raise RuntimeError(f"this Triton ({triton.__version__}) packs a compiled kernel's launch metadata as "
+                           f"{packed!r}; launching as clusters needs (num_warps, num_ctas, shared) as in Triton 3.6")
+    compiled.packed_metadata = (packed[0], cluster, packed[2])
+    kernel[grid](*args, **kwargs)
