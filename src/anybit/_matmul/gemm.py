@@ -51,7 +51,8 @@ class GemmConfig:
         program order.
     cluster_sum: the split_k splits of a tile as the CTAs of one cluster, their partials
         summed through the cluster's shared memory instead of global memory (the
-        warp-specialized Gluon kernel only; split_k 2, 4 or 8; ``ws_cluster_bytes``).
+        warp-specialized Gluon kernel only; split_k 2, 4 or 8; ``ws_cluster_bytes``).  Not in
+        the tuner's candidates: its GPU tests have not passed yet (docs/NOTES-gemm.md v33).
     """
 
     block_m: int
@@ -402,10 +403,11 @@ WS_CLUSTER_STATIC_BYTES = 49152
 def ws_cluster_bytes(config: GemmConfig) -> int:
     """Static shared memory of the cluster sum (``GemmConfig.cluster_sum``): each CTA receives
     its slice of every split's partial, block_n x block_m fp32 in all, and one mbarrier per
-    consumer warpgroup; 0 without it."""
+    consumer warpgroup, rounded up to whole KB (Triton's dynamic shared memory follows it, and
+    its TMA destinations need that alignment); 0 without it."""
     if not config.cluster_sum:
         return 0
-    return config.block_n * config.block_m * 4 + 8 * config.block_n // ws_wg_rows(config)
+    return -(-(config.block_n * config.block_m * 4 + 8 * config.block_n // ws_wg_rows(config)) // 1024) * 1024
 
 
 def ws_ring_bytes(config: GemmConfig, bits: int) -> int:

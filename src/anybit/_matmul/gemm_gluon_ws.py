@@ -587,7 +587,9 @@ def gemm_gluon_ws_kernel(
     if CLUSTER:
         # each consumer warpgroup's [SPLIT_K, slice, 4] fp32 receiving buffer, then its barrier
         gl.static_assert(SPLIT_K > 1 and not STREAM_K, "the cluster sums split-K partials: SPLIT_K > 1, no stream-K")
-        base = shared_buffer(NUM_WG * WG_ROWS * BLOCK_M * 4 + NUM_WG * 8)
+        # (a whole number of KB, so that Triton's dynamic shared memory after it keeps the
+        # alignment its TMA destinations need: 16 bytes more than the partial faulted)
+        base = shared_buffer((NUM_WG * WG_ROWS * BLOCK_M * 4 + NUM_WG * 8 + 1023) // 1024 * 1024)
         for g in gl.static_range(NUM_WG):
             init_byte_barrier(base + NUM_WG * WG_ROWS * BLOCK_M * 4 + g * 8, gl.to_tensor(WG_ROWS * BLOCK_M * 4))
     if STREAM_K:
