@@ -41,34 +41,13 @@ from __future__ import annotations
 import argparse
 
 import torch
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from anybit._matmul.cluster import (
+    cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, shared_buffer, wait_bytes,
+)
 from anybit._matmul.gemm_gluon import cta_barrier
-
-
-@triton.constexpr_function
-def _declare(nbytes):
-    """PTX: a static shared buffer of ``nbytes`` bytes; its shared address into $0."""
-    return f".shared .align 16 .b8 ab_cluster_sum[{nbytes}];\n\tmov.u32 $0, ab_cluster_sum;"
-
-
-@gluon.jit
-def _cluster_barrier():
-    """Every thread of every CTA of the cluster (release, then acquire)."""
-    gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;\n\t"
-                              "mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
-def _wait(bar):
-    """Wait for phase 0 of the mbarrier at shared address ``bar`` (acquire, cluster scope)."""
-    done = gl.to_tensor(0)
-    while done == 0:
-        done = gl.inline_asm_elementwise(
-            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [$1], 0;\n\t"
-            "selp.u32 $0, 1, 0, p;\n\t}", "=r,r", [bar], dtype=gl.int32, is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -94,23 +73,15 @@ def _remote_arrive(bar, rank):
 
 @gluon.jit
 def _idle(base, END: gl.constexpr):
-    _cluster_barrier()
+    cluster_barrier()
     if END:
-        _cluster_barrier_end()
-
-
-@gluon.jit
-def _cluster_barrier_end():
-    """A cluster barrier before exit, without ordering (no CTA leaves while another may still
-    write into its shared memory)."""
-    gl.inline_asm_elementwise("barrier.cluster.arrive.relaxed.aligned;\n\tbarrier.cluster.wait.aligned;\n\t"
-                              "mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+        cluster_barrier_relaxed()
 
 
 @gluon.jit
 def _consumer(parts_ptr, out_ptr, base, WG: gl.constexpr, NUM_WG: gl.constexpr, S: gl.constexpr,
               PART: gl.constexpr, NO_SUM: gl.constexpr, PUSH: gl.constexpr):
-    _cluster_barrier()
+    cluster_barrier()
     layout: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [4, 1], [1, 0])
     rank = gl.inline_asm_elementwise("mov.u32 $0, %cluster_ctarank;", "=r", [], dtype=gl.int32, is_pure=True,
                                      pack=1)
@@ -141,7 +112,7 @@ def _consumer(parts_ptr, out_ptr, base, WG: gl.constexpr, NUM_WG: gl.constexpr, 
                 "mov.u32 $0, 0;\n\tmov.u32 $1, 0;\n\tmov.u32 $2, 0;\n\tmov.u32 $3, 0;",
                 "=r,=r,=r,=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r", [slot, slot * 0 + q, slot * 0 + sum_bar, value.to(gl.int32, bitcast=True)],
                 dtype=gl.int32, is_pure=False, pack=4)
-        _wait(sum_bar)
+        wait_bytes(sum_bar)
         own = gl.load(parts_ptr + ((tile * S + rank) * NUM_WG + WG) * PART + rank * SLICE + piece)
         total = gl.zeros([SLICE // 4, 4], gl.float32, layout)
         for r in gl.static_range(S):
@@ -150,7 +121,7 @@ def _consumer(parts_ptr, out_ptr, base, WG: gl.constexpr, NUM_WG: gl.constexpr, 
                                                is_pure=False, pack=4)
             total += gl.where(rank == r, own, theirs)
         gl.store(out_ptr + (tile * NUM_WG + WG) * PART + rank * SLICE + piece, total)
-        _cluster_barrier_end()
+        cluster_barrier_relaxed()
     else:
         # every rank: its partial into its shared memory, then each rank sums slice r (of S) of
         # the warpgroup's partial over all ranks, in rank order, from their shared memory
@@ -162,7 +133,7 @@ def _consumer(parts_ptr, out_ptr, base, WG: gl.constexpr, NUM_WG: gl.constexpr, 
         _fence_cluster()
         for r in gl.static_range(S):
             _remote_arrive(sum_bar, (rank + r) % S)
-        _wait(sum_bar)
+        wait_bytes(sum_bar)
         SLICE: gl.constexpr = PART // S
         piece = (gl.arange(0, SLICE // 4, layout=gl.SliceLayout(1, layout))[:, None] * 4
                  + gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :]) + rank * SLICE
@@ -179,7 +150,7 @@ def _consumer(parts_ptr, out_ptr, base, WG: gl.constexpr, NUM_WG: gl.constexpr, 
         for r in gl.static_range(S):
             _remote_arrive(done_bar, (rank + r) % S)
         gl.store(out_ptr + (tile * NUM_WG + WG) * PART + piece, total)
-        _wait(done_bar)  # the others have read this CTA's shared memory
+        wait_bytes(done_bar)  # the others have read this CTA's shared memory
 
 
 @gluon.jit
@@ -187,19 +158,12 @@ def cluster_sum_kernel(parts_ptr, out_ptr, S: gl.constexpr, NUM_WG: gl.constexpr
                        NO_SUM: gl.constexpr, PUSH: gl.constexpr, num_warps: gl.constexpr):
     """out[tile, g] = sum over ranks r of parts[tile, r, g] (rank order); grid (tiles,), launched
     as clusters of S CTAs (``launch``).  NO_SUM: out = parts (each rank its own)."""
-    base = gl.inline_asm_elementwise(_declare(NUM_WG * PART * 4 + 2 * NUM_WG * 8), "=r", [], dtype=gl.int32,
-                                     is_pure=False, pack=1)
+    base = shared_buffer(NUM_WG * PART * 4 + 2 * NUM_WG * 8)
     # thread 0 initializes the barriers: sum g and done g count one arrival per rank's warpgroup g
     # (PUSH: sum g one arrival, its own, expecting the other ranks' slices in bytes)
     if PUSH:
         for g in gl.static_range(NUM_WG):
-            gl.inline_asm_elementwise(
-                "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tmov.u32 t, %tid.x;\n\tsetp.eq.u32 p, t, 0;\n\t"
-                "@p mbarrier.init.shared::cta.b64 [$1], 1;\n\t"
-                "@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [$1], $2;\n\t"
-                "@p fence.mbarrier_init.release.cluster;\n\t}\n\tmov.u32 $0, 0;", "=r,r,r",
-                [base + NUM_WG * PART * 4 + g * 8, gl.to_tensor((S - 1) * (PART // S) * 4)],
-                dtype=gl.int32, is_pure=False, pack=1)
+            init_byte_barrier(base + NUM_WG * PART * 4 + g * 8, gl.to_tensor((S - 1) * (PART // S) * 4))
     else:
         for g in gl.static_range(NUM_WG):
             gl.inline_asm_elementwise(
