@@ -28,6 +28,15 @@ MAX_CLUSTER = 8
 
 
 @triton.constexpr_function
+def buffer_bytes(partial_bytes, barriers):
+    """Static shared memory of a cluster sum: the receiving buffer of ``partial_bytes`` and
+    ``barriers`` mbarriers (8 bytes each) after it, rounded up to whole KB: Triton's dynamic
+    shared memory follows a kernel's static, and its TMA destinations need that alignment (16
+    bytes past a whole KB faulted).  Also callable outside kernels."""
+    return (partial_bytes + 8 * barriers + 1023) // 1024 * 1024
+
+
+@triton.constexpr_function
 def _declare(nbytes):
     return f".shared .align 16 .b8 anybit_cluster_buffer[{nbytes}];\n\tmov.u32 $0, anybit_cluster_buffer;"
 

@@ -405,9 +405,10 @@ def ws_cluster_bytes(config: GemmConfig) -> int:
     its slice of every split's partial, block_n x block_m fp32 in all, and one mbarrier per
     consumer warpgroup, rounded up to whole KB (Triton's dynamic shared memory follows it, and
     its TMA destinations need that alignment); 0 without it."""
-    if not config.cluster_sum:
-        return 0
-    return -(-(config.block_n * config.block_m * 4 + 8 * config.block_n // ws_wg_rows(config)) // 1024) * 1024
+    from .cluster import buffer_bytes
+
+    return buffer_bytes(config.block_n * config.block_m * 4, config.block_n // ws_wg_rows(config)) \
+        if config.cluster_sum else 0
 
 
 def ws_ring_bytes(config: GemmConfig, bits: int) -> int:

@@ -72,7 +72,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .cache_keys import settle_cache_keys
 from .cluster import (
-    cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, load_shared, push, shared_buffer, wait_bytes,
+    buffer_bytes, cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, load_shared, push, shared_buffer,
+    wait_bytes,
 )
 from .gemm_gluon import (
     _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
@@ -376,6 +377,14 @@ def _split_partial(mine, own, part, pid_k, split_stride, RELOAD: gl.constexpr):
 
 
 @gluon.jit
+def _cluster_bar(base, g, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr):
+    """The shared address of consumer warpgroup g's mbarrier of the cluster sum: after the
+    NUM_WG warpgroups' receiving buffers ([SPLIT_K, slice, 4] fp32, WG_ROWS x BLOCK_M floats
+    each) in the buffer at ``base``."""
+    return base + NUM_WG * WG_ROWS * BLOCK_M * 4 + g * 8
+
+
+@gluon.jit
 def _cluster_sum(acc, base, pid_k, out_ptr, bias_ptr, row, col, row0, m0, M, N, WG: gl.constexpr,
                  NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr, SPLIT_K: gl.constexpr,
                  HAS_BIAS: gl.constexpr):
@@ -393,7 +402,7 @@ def _cluster_sum(acc, base, pid_k, out_ptr, bias_ptr, row, col, row0, m0, M, N, 
     # _vectors' order [s, j, w, l, q | h, e] for row 64 s + 16 w + 8 h + l, column 8 j + 2 q + e
     v = ((((row // 64) * J + col // 8) * 4 + (row // 16) % 4) * 8 + row % 8) * 4 + (col // 2) % 4
     element = 2 * ((row // 8) % 2) + col % 2
-    bar = base + NUM_WG * V * 16 + WG * 8
+    bar = _cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M)
     push(acc, base + ((WG * SPLIT_K + pid_k) * SLICE + v % SLICE) * 16 + element * 4, v // SLICE, bar)
     wait_bytes(bar)
     layout: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [4, 1], [1, 0])
@@ -587,11 +596,9 @@ def gemm_gluon_ws_kernel(
     if CLUSTER:
         # each consumer warpgroup's [SPLIT_K, slice, 4] fp32 receiving buffer, then its barrier
         gl.static_assert(SPLIT_K > 1 and not STREAM_K, "the cluster sums split-K partials: SPLIT_K > 1, no stream-K")
-        # (a whole number of KB, so that Triton's dynamic shared memory after it keeps the
-        # alignment its TMA destinations need: 16 bytes more than the partial faulted)
-        base = shared_buffer((NUM_WG * WG_ROWS * BLOCK_M * 4 + NUM_WG * 8 + 1023) // 1024 * 1024)
+        base = shared_buffer(buffer_bytes(NUM_WG * WG_ROWS * BLOCK_M * 4, NUM_WG))
         for g in gl.static_range(NUM_WG):
-            init_byte_barrier(base + NUM_WG * WG_ROWS * BLOCK_M * 4 + g * 8, gl.to_tensor(WG_ROWS * BLOCK_M * 4))
+            init_byte_barrier(_cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_ROWS * BLOCK_M * 4))
     if STREAM_K:
         gl.static_assert(SPLIT_K == 1, "stream-K shares K-blocks itself: SPLIT_K 1")
         work = _stream_k_work(M, N, k_blocks, BLOCK_M, BLOCK_N)
