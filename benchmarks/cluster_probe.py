@@ -10,7 +10,8 @@ What it checks, with Triton's Gluon compiled for one CTA and launched as cluster
 launcher's cluster comes from the compiled kernel's packed ``num_ctas``, set here after
 compiling):
 
-* a static shared buffer declared by inline PTX (Triton's own shared memory is dynamic);
+* a shared buffer after Triton's own dynamic shared memory (``cluster.tail_buffer``; the
+  probe's v32 run declared a static one by inline PTX instead);
 * mbarriers in it, initialized by thread 0 before the partitions start, each partition's
   threads then passing a cluster barrier (so no remote arrive meets an uninitialized barrier);
 * two ways to sum, each rank summing slice r (of S) of every warpgroup's partial over all
@@ -45,7 +46,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from anybit._matmul.cluster import (
-    cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, shared_buffer, wait_bytes,
+    buffer_bytes, cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, launch_clustered, tail_buffer, wait_bytes,
 )
 from anybit._matmul.gemm_gluon import cta_barrier
 
@@ -158,7 +159,7 @@ def cluster_sum_kernel(parts_ptr, out_ptr, S: gl.constexpr, NUM_WG: gl.constexpr
                        NO_SUM: gl.constexpr, PUSH: gl.constexpr, num_warps: gl.constexpr):
     """out[tile, g] = sum over ranks r of parts[tile, r, g] (rank order); grid (tiles,), launched
     as clusters of S CTAs (``launch``).  NO_SUM: out = parts (each rank its own)."""
-    base = shared_buffer(NUM_WG * PART * 4 + 2 * NUM_WG * 8)
+    base = tail_buffer(buffer_bytes(NUM_WG * PART * 4, 2 * NUM_WG))
     # thread 0 initializes the barriers: sum g and done g count one arrival per rank's warpgroup g
     # (PUSH: sum g one arrival, its own, expecting the other ranks' slices in bytes)
     if PUSH:
@@ -186,10 +187,8 @@ def launch(parts: torch.Tensor, out: torch.Tensor, splits: int, num_wg: int, par
            push: bool = False):
     """Compile for one CTA, then launch (tiles,) programs as clusters of ``splits``."""
     tiles = parts.shape[0]
-    compiled = cluster_sum_kernel.warmup(parts, out, splits, num_wg, part, no_sum, push, num_warps=4, grid=(tiles,))
-    warps, _, shared = compiled.packed_metadata
-    compiled.packed_metadata = (warps, splits, shared)  # the launcher's cluster and grid x multiplier
-    cluster_sum_kernel[(tiles,)](parts, out, splits, num_wg, part, no_sum, push, num_warps=4)
+    launch_clustered(cluster_sum_kernel, (tiles,), splits, buffer_bytes(num_wg * part * 4, 2 * num_wg), parts, out,
+                     splits, num_wg, part, no_sum, push, num_warps=4)
 
 
 def main() -> None:

@@ -161,6 +161,30 @@ def test_stream_k_candidates(n, m, stream_k):
     assert bool(sk) == stream_k and all(p.config.split_k == 1 for p in sk)
 
 
+@pytest.mark.parametrize("m, k, bits", [(64, 4096, 4), (128, 4096, 8), (1024, 4096, 4), (64, 320, 4)])
+def test_cluster_sum_candidates(m, k, bits):
+    """Each warp-specialized tile whose partial fits beside a ring of two stages or more is
+    also a candidate with 2, 4 and 8 splits summed in a cluster (not more splits than
+    K-blocks), with the stages ``ws_fit_stages`` leaves beside the sum's buffer, each swizzle."""
+    plans = [p.config for p in cand.candidate_plans(m, 4096, k, bits, 132, gluon=True)
+             if p.kernel is gm.Kernel.GLUON_WS]
+    clustered = [c for c in plans if c.cluster_sum]
+    for block_m, block_n, block_k, stages in cand.GLUON_WS_TILES:
+        if block_m > 64 and m <= block_m // 2:
+            continue
+        swizzles = cand.GLUON_WS_SWIZZLES if m > block_m else cand.GLUON_WS_SWIZZLES[:1]
+        for split in cand.CLUSTER_SPLITS:
+            config = gm.ws_config(block_m, block_n, block_k, split, stages, cluster_sum=True)
+            fit = gm.ws_fit_stages(config, bits)
+            expected = [replace(config, num_stages=fit, swizzle=s) for s in swizzles] \
+                if fit and split <= -(-k // block_k) else []
+            assert [c for c in clustered if (c.block_m, c.block_n, c.block_k, c.split_k)
+                    == (block_m, block_n, block_k, split)] == expected
+            for c in expected:
+                assert gm.ws_fits(c, bits, gm.ws_cluster_bytes(c))
+    assert clustered and all(c.split_k in cand.CLUSTER_SPLITS for c in clustered)
+
+
 def test_one_wave_split():
     """The largest divisor of the K-blocks whose programs fit one wave: 64 tiles of 32 blocks on 132
     SMs split in 2 (split_for's nearest divisor gives 4: two waves); never below 1."""
@@ -173,9 +197,10 @@ def test_one_wave_split():
 @pytest.mark.parametrize("m", [64, 200, 1024])
 def test_tuner_candidates(m):
     """Tiles whose x rows are at least half real; both swizzles where there is more than
-    one tile of x, swizzle 8 alone where there is one."""
+    one tile of x, swizzle 8 alone where there is one (the cluster-sum plans, with their own
+    stages: test_cluster_sum_candidates)."""
     plans = cand.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
-    ws = [p for p in plans if p.kernel is gm.Kernel.GLUON_WS]
+    ws = [p for p in plans if p.kernel is gm.Kernel.GLUON_WS and not p.config.cluster_sum]
     tiles = {(p.config.block_m, p.config.block_n, p.config.block_k, p.config.num_stages) for p in ws}
     assert tiles == {t for t in cand.GLUON_WS_TILES if t[0] == 64 or m > t[0] // 2}
     assert (256, 128, 64, 4) in tiles if m > 128 else (256, 128, 64, 4) not in tiles
@@ -193,7 +218,7 @@ def test_tuner_candidates(m):
     # shared memory (256 x 128 x 128: 2 stages, not 3), with no Gluon (4-bit) plans
     plans8 = cand.candidate_plans(m, 4096, 4096, 8, 132, gluon=False, ws=True)
     tiles8 = {(p.config.block_m, p.config.block_n, p.config.block_k, p.config.num_stages) for p in plans8
-              if p.kernel is gm.Kernel.GLUON_WS}
+              if p.kernel is gm.Kernel.GLUON_WS and not p.config.cluster_sum}
     assert tiles8 == {(*t[:3], gm.ws_fit_stages(gm.ws_config(*t[:3], 1, t[3]), 8)) for t in tiles}
     assert all(gm.ws_fits(gm.ws_config(*t[:3], 1, t[3]), 8) for t in tiles8)
     assert ((256, 128, 128, 2) in tiles8) == (m > 128) and (256, 128, 128, 3) not in tiles8

@@ -140,6 +140,8 @@ def test_stream_k_whole_tiles_match_the_tile_kernel():
 
 
 CLUSTER = [_ws(64, 128, 64, 2, 6, cluster_sum=True), _ws(64, 128, 64, 4, 6, cluster_sum=True),
+           _ws(128, 128, 128, 2, 3, cluster_sum=True), _ws(128, 128, 128, 4, 3, cluster_sum=True),
+           _ws(64, 256, 128, 2, 3, cluster_sum=True),
            _ws(64, 128, 64, 8, 4, cluster_sum=True), _ws(64, 64, 64, 4, 6, cluster_sum=True),
            _ws(64, 128, 64, 2, 4, 128, cluster_sum=True)]
 

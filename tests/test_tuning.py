@@ -3,6 +3,7 @@ lookup, and the dispatcher following a table (CPU; the interpreter for the kerne
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import warnings
@@ -107,6 +108,34 @@ def test_stream_k_terms():
     assert pm.gemm_us(whole, stream_k.config, HW, p) == pytest.approx(pm.gemm_us(whole, tiled.config, HW, p))
     assert pm.plan_class(partial, stream_k) == "gluon_ws 128x128x128 12w3s stream-k m256"
     assert pm.plan_class(partial, tiled) == "gluon_ws 128x128x128 12w3s m256"
+
+
+def test_cluster_sum_terms():
+    """The cluster sum keeps CLUSTER_FIXUP_SHARE of the global split-K fix-up; its clusters
+    run in waves of whole clusters on CLUSTER_SM_SHARE of the SMs (4096 x 4096 at M=64 in 64
+    x 128 tiles: 64 clusters of 2 fill one wave of 132 SMs, 32 clusters of 4 two); it has its
+    own correction class."""
+    p = pm.ModelParams()
+    problem = pm.Problem(64, 4096, 4096, 4, 128)
+    us = functools.partial(pm.gemm_us, problem, hw=HW, params=p, one_per_sm=True)
+    two, four = gm.ws_config(64, 128, 64, 2, 6), gm.ws_config(64, 128, 64, 4, 6)
+    fixup = p.fixup * 8 * 64 * 4096 * 2 / (HW.copy_tbps * 1e6)  # 2 splits' fp32 partials written and read
+    assert us(config=two) - us(config=replace(two, cluster_sum=True)) \
+        == pytest.approx(fixup * (1 - pm.CLUSTER_FIXUP_SHARE))
+    assert us(config=replace(four, cluster_sum=True)) > 1.5 * us(config=four)  # two waves against one
+    summed = gm.Plan(gm.Kernel.GLUON_WS, replace(four, cluster_sum=True))
+    assert pm.plan_class(problem, summed) == "gluon_ws 64x128x64 12w6s cluster m64"
+
+
+def test_the_warp_specialized_kernel_runs_one_program_per_sm():
+    """Its registers fill the SM: the model runs its programs one per SM, where the register
+    count of the other kernels (_resident) would allow two of a 64 x 128 x 64 tile."""
+    problem = pm.Problem(64, 28672, 4096, 4, 128)  # 224 tiles: two waves of one program per SM
+    config = gm.ws_config(64, 128, 64, 1, 6)
+    p = pm.ModelParams()
+    assert pm._resident(config, 4, HW, p) == 2
+    assert pm.analytic_us(problem, gm.Plan(gm.Kernel.GLUON_WS, config), HW, p) \
+        == pm.gemm_us(problem, config, HW, p, one_per_sm=True) > pm.gemm_us(problem, config, HW, p)
 
 
 def test_rank_is_deterministic_and_sorted():
@@ -445,3 +474,58 @@ def test_refit_learns_the_measured_classes_and_keeps_the_others():
     assert corrections["gemm 64x64x64 4w4s m64"] != 9.0  # measured: learned anew
     assert pm.log_error(tune._observations(points), HW, fitted) < pm.log_error(tune._observations(points), HW, start)
 
+
+
+def _report_points():
+    def point(n, m, times):
+        p = tune.Point("int4-g128", n, 4096, m, 10.0)
+        p.candidates = [tune.Measured(plan, model_us=float(i), us=t) for i, (plan, t) in enumerate(times)]
+        return p
+
+    cluster = gm.Plan(gm.Kernel.GLUON_WS, gm.ws_config(64, 128, 64, 2, 6, cluster_sum=True))
+    points = [point(n, m, [(GEMM_64, 3.0 * m), (GEMM_128, 2.0 * m), (cluster, 1.5 * m), (DEQUANT, None)])
+              for n in (4096, 8192) for m in (64, 128)]
+    points[0].candidates[1].us, points[0].candidates[1].error = float("nan"), "wrong result"
+    return points
+
+
+def test_a_tune_report_reads_back(tmp_path):
+    """``read_report`` gives back the points a report holds (plans, model and measured times,
+    errors) and the GPU's rates, for refitting the model offline."""
+    table = replace(_table(sms=HW.sms), hw={"copy_TBps": HW.copy_tbps, "fp16_TFLOPs": HW.fp16_tflops})
+    points = _report_points()
+    path = tmp_path / "report.json"
+    path.write_text(tune.TuneReport(table, points, exhaustive=False, seconds=1.0).to_json())
+    read, hw = tune.read_report(path)
+    assert (hw.sms, hw.copy_tbps, hw.fp16_tflops) == (HW.sms, HW.copy_tbps, HW.fp16_tflops)
+    assert [(p.format, p.n, p.k, p.m, p.fp16_us) for p in read] == [(p.format, p.n, p.k, p.m, p.fp16_us) for p in points]
+    for got, want in zip(read, points):
+        assert [(c.plan, c.model_us, c.error) for c in got.candidates] \
+            == [(c.plan, c.model_us, c.error) for c in want.candidates]
+        assert [c.us for c in got.measured()] == [c.us for c in want.measured()]
+    assert math.isnan(read[0].candidates[1].us) and read[0].candidates[3].us is None
+
+
+def test_refit_model_script_writes_only_the_model(tmp_path):
+    """benchmarks/refit_model.py refits a table's model from reports and, with --write,
+    stores it there, leaving the table's plans and header as they were."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    table = replace(_table(sms=HW.sms, entries=[_entry(64, GEMM_64)]),
+                    hw={"copy_TBps": HW.copy_tbps, "fp16_TFLOPs": HW.fp16_tflops})
+    table_path, report_path = tmp_path / "table.json", tmp_path / "report.json"
+    tuning.write_table(table, table_path, merge=False)
+    report_path.write_text(tune.TuneReport(table, _report_points(), exhaustive=False, seconds=1.0).to_json())
+    env = {**os.environ, "PYTHONPATH": str(root / "src")}
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "refit_model.py"), "--table", str(table_path),
+                           "--reports", str(report_path), "--write"], capture_output=True, text=True, env=env,
+                          check=True)
+    assert "4 points, 11 measurements" in done.stdout and "fitted on the other layer shapes: " in done.stdout
+    written = tuning.read_table(table_path)
+    assert written.entries == table.entries and written.gpu == table.gpu and written.hw == table.hw
+    assert written.model != table.model
+    assert "gluon_ws 64x128x64 12w6s cluster m64" in dict(written.model.corrections)

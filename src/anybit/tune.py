@@ -8,7 +8,8 @@ For every (format, layer shape, m) point:
    integer formats the two Gluon kernels', for 8-bit ones the warp-specialized one's)
    are ranked by the performance model (``perf_model``);
 2. the model's first ``top``, its first Gluon plan, its first ``WS_MEASURED``
-   warp-specialized Gluon plans, its first stream-K plan, the heuristic's plan and the
+   warp-specialized Gluon plans, its first stream-K plan, its first ``CLUSTER_MEASURED``
+   cluster-sum plans, the heuristic's plan and the
    plan this GPU's tables already hold for the point
    (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
@@ -64,6 +65,10 @@ HIT_FACTOR = 1.10
 #: overall top (the model has no correction for them until an exhaustive tune; two swizzles
 #: of a tile rank alike, ``candidates.GLUON_WS_SWIZZLES``).
 WS_MEASURED = 4
+#: The model's first this many plans that sum split-K partials in a cluster are measured at
+#: every point: whether a cluster of 2, 4 or 8 CTAs fits a wave depends on how the GPU's SMs
+#: group, which the model does not know (docs/NOTES-gemm.md v34).
+CLUSTER_MEASURED = 2
 #: Most processes ``precompile`` starts by default.  Each holds a CUDA context and one launch's
 #: operands (up to 2 GB: a 57344 x 8192 weight's fp16 scratch copy with its x and output).
 MAX_COMPILE_WORKERS = 16
@@ -170,6 +175,22 @@ class TuneReport:
             "points": [{"format": p.format, "n": p.n, "k": p.k, "m": p.m, "fp16_us": p.fp16_us,
                         "candidates": [c.to_dict() for c in p.candidates]} for p in self.points],
         }, indent=1)
+
+
+def read_report(path: str | Path) -> tuple[list[Point], pm.Hardware]:
+    """The points (every candidate: model time, measured time or error) and the GPU's
+    measured rates of a report ``TuneReport.to_json`` wrote, for refitting the model
+    offline (``benchmarks/refit_model.py``)."""
+    data = json.loads(Path(path).read_text())
+    points = []
+    for p in data["points"]:
+        candidates = []
+        for c in p["candidates"]:
+            fields = {key: value for key, value in c.items() if key not in ("model_us", "us", "error")}
+            candidates.append(Measured(gm.Plan.from_dict(fields), c["model_us"], c["us"], c["error"]))
+        points.append(Point(p["format"], p["n"], p["k"], p["m"], p["fp16_us"], candidates))
+    hw = pm.Hardware(data["env"]["sms"], data["hw"]["fp16_TFLOPs"], data["hw"]["copy_TBps"])
+    return points, hw
 
 
 def _runner(plan: gm.Plan, x: torch.Tensor, qw) -> Callable[[], torch.Tensor]:
@@ -361,8 +382,8 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
             params: pm.ModelParams, tables: Sequence[tuning.TunedTable], top: int,
             exhaustive: bool) -> tuple[Point, list[Measured]]:
     """A point's candidates ranked by the model, and those to measure: the model's first
-    ``top``, its first Gluon plan, first WS_MEASURED warp-specialized plans and first
-    stream-K plan, the heuristic's plan and the plan this GPU's tables hold (every
+    ``top``, its first Gluon plan, first WS_MEASURED warp-specialized plans, first stream-K
+    plan and first CLUSTER_MEASURED cluster-sum plans, the heuristic's plan and the plan this GPU's tables hold (every
     candidate with ``exhaustive``)."""
     fmt = parse_format(spec)
     mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
@@ -381,6 +402,7 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]
     also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:WS_MEASURED]
     also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.stream_k][:1]
+    also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.cluster_sum][:CLUSTER_MEASURED]
     # and the plan this GPU's tables hold for the point, so that a ranking the
     # model gets wrong cannot lose a plan measured best before
     incumbent = _incumbent(tables, spec, n, k, m)

@@ -38,6 +38,14 @@ GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 2
 GLUON_WS_SWIZZLES = (8, 16)
 
 
+#: Split counts whose partials ``anybit tune`` also tries summed through a cluster's shared
+#: memory (``GemmConfig.cluster_sum``; the splits are a cluster's CTAs).  On the H100, 64 x
+#: 128 x 64 at M=64: 6144 x 4096 14.5 against 15.8 us with 2 splits, 1024 x 4096 6.7 against
+#: 9.2 us with 8; 4096 x 4096 with 4 splits 18.1 against 11.6 us (clusters of 4 do not all fit
+#: one wave; docs/NOTES-gemm.md v34).
+CLUSTER_SPLITS = (2, 4, 8)
+
+
 def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = False,
                     ws: bool | None = None) -> list[Plan]:
     """Every plan ``anybit tune`` may measure for an (m, n, k) product, in a fixed
@@ -49,7 +57,8 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
     ``ws`` (``gluon_ws_supported``; default: ``gluon``), the warp-specialized one over
     GLUON_WS_TILES with the deepest ring up to the tile's stages that fits shared memory
     (``ws_fit_stages``: two stages for 8-bit codes at 256 x 128 x 128) without a split, about
-    one program per SM, the most in one wave (``one_wave_split``) and, where the last wave is
+    one program per SM, the most in one wave (``one_wave_split``), CLUSTER_SPLITS summed in a
+    cluster (with the stages that fit beside the sum's buffer) and, where the last wave is
     partial, stream-K, each with the GLUON_WS_SWIZZLES where there is more than one tile of x
     (where K is a multiple of 8)."""
     ws = gluon if ws is None else ws
@@ -92,6 +101,12 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages,
                                                                  swizzle=swizzle)))
+            for split in (split for split in CLUSTER_SPLITS if split <= ws_k_blocks):
+                cluster_stages = ws_fit_stages(ws_config(block_m, block_n, ws_block_k, split, stages,
+                                                         cluster_sum=True), bits)
+                for swizzle in swizzles if cluster_stages else ():
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, cluster_stages,
+                                                                 swizzle=swizzle, cluster_sum=True)))
             if tiles % sms:  # a partial last wave
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages,

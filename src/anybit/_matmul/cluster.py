@@ -13,8 +13,12 @@ kernel is compiled for one CTA (``%ctaid.x`` runs over the whole grid) and
 ``launch_clustered`` sets the compiled kernel's packed ``num_ctas``, from which Triton's
 launcher takes the cluster's size (and multiplies the grid's x by it).
 
-Shared memory: Triton's is dynamic and its buffers' offsets are not known to the kernel's
-code, so ``shared_buffer`` declares a static buffer by PTX (it adds to the dynamic one).
+Shared memory: Triton's is dynamic (its ``global_smem``) and its buffers' offsets are not
+known to the kernel's code, so the cluster sum's buffer is a tail that ``launch_clustered``
+adds to the dynamic shared memory of the launch, after Triton's (``tail_buffer`` finds it
+from ``%dynamic_smem_size``).  A static buffer declared by PTX would be capped at 48 KB by
+ptxas (and would move Triton's dynamic memory, whose TMA destinations need 1024-byte
+alignment).
 """
 
 from __future__ import annotations
@@ -25,27 +29,33 @@ from triton.experimental.gluon import language as gl
 
 #: Most CTAs in a cluster that every Hopper GPU runs (16 needs an opt-in).
 MAX_CLUSTER = 8
+#: Alignment of the tail buffer's start after Triton's dynamic shared memory (``launch_clustered``).
+TAIL_ALIGN = 128
+#: Dynamic shared memory a kernel may take without the opt-in that Triton's loader makes
+#: only for kernels whose own count exceeds it.
+DEFAULT_DYNAMIC_LIMIT = 49152
 
 
 @triton.constexpr_function
 def buffer_bytes(partial_bytes, barriers):
-    """Static shared memory of a cluster sum: the receiving buffer of ``partial_bytes`` and
-    ``barriers`` mbarriers (8 bytes each) after it, rounded up to whole KB: Triton's dynamic
-    shared memory follows a kernel's static, and its TMA destinations need that alignment (16
-    bytes past a whole KB faulted).  Also callable outside kernels."""
-    return (partial_bytes + 8 * barriers + 1023) // 1024 * 1024
+    """Shared memory of a cluster sum's tail buffer: the receiving buffer of ``partial_bytes``
+    and ``barriers`` mbarriers (8 bytes each) after it, rounded up to TAIL_ALIGN.  Also
+    callable outside kernels."""
+    return (partial_bytes + 8 * barriers + TAIL_ALIGN - 1) // TAIL_ALIGN * TAIL_ALIGN
 
 
 @triton.constexpr_function
-def _declare(nbytes):
-    return f".shared .align 16 .b8 anybit_cluster_buffer[{nbytes}];\n\tmov.u32 $0, anybit_cluster_buffer;"
+def _tail(nbytes):
+    return ("{\n\t.reg .b32 d;\n\tmov.u32 d, %dynamic_smem_size;\n\tmov.u32 $0, global_smem;\n\t"
+            f"add.u32 $0, $0, d;\n\tsub.u32 $0, $0, {nbytes};\n\t}}")
 
 
 @gluon.jit
-def shared_buffer(NBYTES: gl.constexpr):
-    """The shared address (32 bits) of a static buffer of NBYTES bytes, 16-byte aligned; one per
-    kernel (call it once, outside loops)."""
-    return gl.inline_asm_elementwise(_declare(NBYTES), "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+def tail_buffer(NBYTES: gl.constexpr):
+    """The shared address (32 bits) of the last NBYTES bytes of the launch's dynamic shared
+    memory: the tail ``launch_clustered`` adds after Triton's own (``global_smem``, whose
+    start the launch aligns to 1 KB at least), TAIL_ALIGN-byte aligned."""
+    return gl.inline_asm_elementwise(_tail(NBYTES), "=r", [], dtype=gl.int32, is_pure=True, pack=1)
 
 
 @gluon.jit
@@ -111,12 +121,20 @@ def load_shared(addr):
                                      dtype=gl.float32, is_pure=False, pack=4)
 
 
-def launch_clustered(kernel, grid: tuple[int, ...], cluster: int, *args, **kwargs) -> None:
+def tail_offset(shared: int) -> int:
+    """Where the tail buffer starts in a launch's dynamic shared memory, after Triton's
+    ``shared`` bytes."""
+    return -(-shared // TAIL_ALIGN) * TAIL_ALIGN
+
+
+def launch_clustered(kernel, grid: tuple[int, ...], cluster: int, tail: int, *args, **kwargs) -> None:
     """Launch the Gluon ``kernel`` (compiled for one CTA) on ``grid`` with its x multiplied by
-    ``cluster``, as clusters of ``cluster`` consecutive CTAs along x.  The compiled kernel's
-    packed metadata (num_warps, num_ctas, shared memory) gets num_ctas = ``cluster``, which
-    Triton's launcher turns into the cluster's size; compile and launch take the same
-    arguments, so every launch of that compiled kernel is clustered."""
+    ``cluster``, as clusters of ``cluster`` consecutive CTAs along x, with ``tail`` bytes of
+    dynamic shared memory after Triton's (``tail_offset``; the kernel finds them by
+    ``tail_buffer``).  The compiled kernel's packed metadata (num_warps, num_ctas, shared
+    memory) gets num_ctas = ``cluster``, which Triton's launcher turns into the cluster's
+    size, and the larger shared memory; compile and launch take the same arguments, so every
+    launch of that compiled kernel is so."""
     if not 1 <= cluster <= MAX_CLUSTER:
         raise ValueError(f"cluster={cluster}: accepted: 1 to {MAX_CLUSTER} CTAs")
     compiled = kernel.warmup(*args, grid=grid, **kwargs)
@@ -124,5 +142,11 @@ def launch_clustered(kernel, grid: tuple[int, ...], cluster: int, *args, **kwarg
     if not (isinstance(packed, tuple) and len(packed) == 3):
         raise RuntimeError(f"this Triton ({triton.__version__}) packs a compiled kernel's launch metadata as "
                            f"{packed!r}; launching as clusters needs (num_warps, num_ctas, shared) as in Triton 3.6")
-    compiled.packed_metadata = (packed[0], cluster, packed[2])
+    shared = compiled.metadata.shared
+    total = tail_offset(shared) + tail
+    if tail and shared <= DEFAULT_DYNAMIC_LIMIT < total:
+        raise ValueError(f"tail={tail}: the kernel takes {shared} bytes of shared memory, so Triton's loader leaves "
+                         f"its limit at {DEFAULT_DYNAMIC_LIMIT}; accepted: a tail up to "
+                         f"{DEFAULT_DYNAMIC_LIMIT - tail_offset(shared)} bytes")
+    compiled.packed_metadata = (packed[0], cluster, total)
     kernel[grid](*args, **kwargs)

@@ -51,8 +51,8 @@ class GemmConfig:
         program order.
     cluster_sum: the split_k splits of a tile as the CTAs of one cluster, their partials
         summed through the cluster's shared memory instead of global memory (the
-        warp-specialized Gluon kernel only; split_k 2, 4 or 8; ``ws_cluster_bytes``).  Not in
-        the tuner's candidates: its GPU tests have not passed yet (docs/NOTES-gemm.md v33).
+        warp-specialized Gluon kernel only; split_k 2, 4 or 8; its buffer ``ws_cluster_bytes``
+        after the ring; docs/NOTES-gemm.md v33-v35).
     """
 
     block_m: int
@@ -377,10 +377,6 @@ def check_gluon_ws_config(config: GemmConfig) -> None:
         raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128 or "
                          f"256, block_k 64 or 128, num_warps = 4 + 4 per 64 or 128 rows of W (1, 2 or 4 consumer "
                          f"warpgroups), num_stages >= 2")
-    if config.cluster_sum and ws_cluster_bytes(config) > WS_CLUSTER_STATIC_BYTES:
-        raise ValueError(f"GemmConfig {config} with cluster_sum: the tile's fp32 partial takes "
-                         f"{ws_cluster_bytes(config)} bytes of static shared memory; accepted: at most "
-                         f"{WS_CLUSTER_STATIC_BYTES} (block_n x block_m at most 12288, e.g. 64 x 128)")
 
 
 #: Code widths the warp-specialized Gluon kernel decodes (its BITS).
@@ -395,16 +391,10 @@ WS_SMEM_EXTRA = 1024
 WS_STORE_SCRATCH = 3072
 
 
-#: Static shared memory a kernel may declare (ptxas refuses more): the cluster sum's buffer
-#: (``ws_cluster_bytes``) is declared so, beside Triton's dynamic shared memory.
-WS_CLUSTER_STATIC_BYTES = 49152
-
-
 def ws_cluster_bytes(config: GemmConfig) -> int:
-    """Static shared memory of the cluster sum (``GemmConfig.cluster_sum``): each CTA receives
-    its slice of every split's partial, block_n x block_m fp32 in all, and one mbarrier per
-    consumer warpgroup, rounded up to whole KB (Triton's dynamic shared memory follows it, and
-    its TMA destinations need that alignment); 0 without it."""
+    """Shared memory of the cluster sum (``GemmConfig.cluster_sum``), a tail after Triton's
+    (``cluster.launch_clustered``): each CTA receives its slice of every split's partial,
+    block_n x block_m fp32 in all, and one mbarrier per consumer warpgroup; 0 without it."""
     from .cluster import buffer_bytes
 
     return buffer_bytes(config.block_n * config.block_m * 4, config.block_n // ws_wg_rows(config)) \
@@ -427,7 +417,7 @@ def ws_fit_stages(config: GemmConfig, bits: int) -> int | None:
     """The most stages, at most ``config``'s and at least 2, whose ring fits for ``bits``-bit
     codes (None: not even 2): 256 x 128 x 128 fits 3 at 4 bits, 2 at 8 (docs/NOTES-gemm.md v25)."""
     for stages in range(config.num_stages, 1, -1):
-        if ws_fits(replace(config, num_stages=stages), bits):
+        if ws_fits(replace(config, num_stages=stages), bits, ws_cluster_bytes(config)):
             return stages
     return None
 
@@ -590,7 +580,8 @@ def launch_gemm_gluon_ws(
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
-    run = functools.partial(launch_clustered, gemm_gluon_ws_kernel, grid, config.split_k) if config.cluster_sum \
+    run = functools.partial(launch_clustered, gemm_gluon_ws_kernel, grid, config.split_k, cluster_bytes) \
+        if config.cluster_sum \
         else gemm_gluon_ws_kernel[grid]
     run(
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,

@@ -72,7 +72,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .cache_keys import settle_cache_keys
 from .cluster import (
-    buffer_bytes, cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, load_shared, push, shared_buffer,
+    buffer_bytes, cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, load_shared, push, tail_buffer,
     wait_bytes,
 )
 from .gemm_gluon import (
@@ -596,7 +596,7 @@ def gemm_gluon_ws_kernel(
     if CLUSTER:
         # each consumer warpgroup's [SPLIT_K, slice, 4] fp32 receiving buffer, then its barrier
         gl.static_assert(SPLIT_K > 1 and not STREAM_K, "the cluster sums split-K partials: SPLIT_K > 1, no stream-K")
-        base = shared_buffer(buffer_bytes(NUM_WG * WG_ROWS * BLOCK_M * 4, NUM_WG))
+        base = tail_buffer(buffer_bytes(NUM_WG * WG_ROWS * BLOCK_M * 4, NUM_WG))
         for g in gl.static_range(NUM_WG):
             init_byte_barrier(_cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_ROWS * BLOCK_M * 4))
     if STREAM_K:

@@ -7,7 +7,9 @@ dequantize kernel followed by cuBLAS.  For a product of x (m, k) and W (n, k)
 of ``bits``-bit codes, the GEMM kernel's time is modelled as::
 
     programs   = ceil(m / bm) * ceil(n / bn) * split
-    resident   = CTAs per SM (registers, shared memory, warps; see _resident)
+    (cluster sum: waves of whole clusters on CLUSTER_SM_SHARE of the SMs)
+    resident   = CTAs per SM (registers, shared memory, warps; see _resident; the
+                 warp-specialized kernel: 1, its registers fill the SM)
     (stream-K: one program per SM, one wave, each with ceil(tiles * K-blocks / SMs) K-blocks)
     per K-block of one program, in SM cycles:
         mma    = bn * bm * bk / (fp16 FMA per SM per cycle)        tensor cores
@@ -17,8 +19,9 @@ of ``bits``-bit codes, the GEMM kernel's time is modelled as::
         max(resident * max(mma, issue), latency + mma + issue,
             load_latency / (stages - 1))                          cycles each
     time = waves * K-blocks per program * that / clock
-           + split-K fix-up (fp32 partials written and read; stream-K: two tiles a
-             program where the last wave is partial) + launch
+           + split-K fix-up (fp32 partials written and read; through a cluster's shared
+             memory CLUSTER_FIXUP_SHARE of that; stream-K: two tiles a program where the
+             last wave is partial) + launch
     and never less than the bytes moved / copy bandwidth.
 
 The dequantize path costs its bytes (codes read, W written in x's dtype) at
@@ -43,6 +46,15 @@ from .gemm import GemmConfig, Kernel, Plan
 
 #: Fallback clock for the cycle terms (SM clock under load on H100/H200-class parts).
 DEFAULT_CLOCK_GHZ = 1.75
+#: The split-K fix-up's share left when the partials are summed through a cluster's shared
+#: memory (``GemmConfig.cluster_sum``): 0.5-1.1 against 1.4-4 us a launch in the probe
+#: (docs/NOTES-gemm.md v32); a plan class's correction learns the rest.
+CLUSTER_FIXUP_SHARE = 0.25
+#: Share of the SMs that clusters of 2, 4 or 8 CTAs (one a SM) fill at once: a cluster's CTAs
+#: run in one GPC, and GPCs of SM counts not a multiple of 4 leave SMs over.  Fitted to the
+#: v35 tunes (132 SMs: 32 clusters of 4 ran in two waves, 64 of 2 in one; 4 of 8 on 120 SMs
+#: give the cross-validated hits the most); docs/NOTES-gemm.md v35.
+CLUSTER_SM_SHARE = {2: 1.0, 4: 120 / 132, 8: 120 / 132}
 
 
 @dataclass(frozen=True)
@@ -129,14 +141,20 @@ def _resident(config: GemmConfig, bits: int, hw: Hardware, params: ModelParams) 
     return max(1, min(by_regs, by_smem, hw.max_warps_per_sm // config.num_warps))
 
 
-def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelParams) -> float:
-    """Modelled time of the GEMM kernel with ``config``, in microseconds."""
+def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelParams,
+            one_per_sm: bool = False) -> float:
+    """Modelled time of the GEMM kernel with ``config``, in microseconds; ``one_per_sm``:
+    the kernel's registers fill an SM, so one program runs on it at a time."""
     m, n, k = problem.m, problem.n, problem.k
     tiles = -(-m // config.block_m) * -(-n // config.block_n)
     programs = tiles * config.split_k
     k_blocks = -(-(-(-k // config.block_k)) // config.split_k)
-    resident = min(_resident(config, problem.bits, hw, params), -(-programs // hw.sms))
+    resident = 1 if one_per_sm else _resident(config, problem.bits, hw, params)
+    resident = min(resident, -(-programs // hw.sms))
     waves = -(-programs // (hw.sms * resident))
+    if config.cluster_sum:  # whole clusters of split_k programs, on the SMs such clusters can use
+        per_wave = max(1, int(hw.sms * resident * CLUSTER_SM_SHARE.get(config.split_k, 1.0)) // config.split_k)
+        waves = -(-tiles // per_wave)
     if config.stream_k:  # one program per SM, an equal share of all the K-blocks each
         resident, waves, k_blocks = 1, 1, -(-tiles * k_blocks // hw.sms)
     mma = config.block_n * config.block_m * config.block_k / hw.fma_per_sm_cycle
@@ -150,6 +168,8 @@ def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelPar
     fixup_us = 0.0
     if config.split_k > 1:
         fixup_us = params.fixup * 8 * m * n * config.split_k / (hw.copy_tbps * 1e6)
+        if config.cluster_sum:
+            fixup_us *= CLUSTER_FIXUP_SHARE
     elif config.stream_k and tiles % hw.sms:  # two partial tiles per program, written and read
         fixup_us = params.fixup * 8 * 2 * hw.sms * config.block_m * config.block_n / (hw.copy_tbps * 1e6)
     return max(compute_us, memory_us) + fixup_us + params.launch_us
@@ -165,14 +185,14 @@ def dequant_us(problem: Problem, hw: Hardware, params: ModelParams) -> float:
 
 def plan_class(problem: Problem, plan: Plan) -> str:
     """What a correction is learned per: the kernel, its tiles, warps and stages (not
-    split-K, which the analytic terms model), stream-K, and m's power-of-two bucket;
-    e.g. ``gemm 64x64x64 4w4s m64``, ``gluon_ws 256x128x128 12w3s stream-k m256``,
-    ``dequant m1024``."""
+    split-K, which the analytic terms model), stream-K or the cluster sum, and m's
+    power-of-two bucket; e.g. ``gemm 64x64x64 4w4s m64``, ``gluon_ws 256x128x128 12w3s
+    stream-k m256``, ``gluon_ws 64x128x64 12w6s cluster m64``, ``dequant m1024``."""
     bucket = f"m{1 << max(0, problem.m - 1).bit_length()}"
     if plan.config is None:
         return f"{plan.kernel.value} {bucket}"
     c = plan.config
-    stream_k = " stream-k" if c.stream_k else ""
+    stream_k = " stream-k" if c.stream_k else " cluster" if c.cluster_sum else ""
     return f"{plan.kernel.value} {c.block_m}x{c.block_n}x{c.block_k} {c.num_warps}w{c.num_stages}s{stream_k} {bucket}"
 
 
@@ -180,7 +200,10 @@ def analytic_us(problem: Problem, plan: Plan, hw: Hardware, params: ModelParams)
     """The analytic terms alone (no learned correction)."""
     if plan.kernel is Kernel.DEQUANT:
         return dequant_us(problem, hw, params)
-    return gemm_us(problem, plan.config, hw, params)
+    # the warp-specialized kernel sets its warpgroups' registers (setmaxnreg) to fill the SM's
+    # 64K: one program per SM (docs/NOTES-gemm.md v31's profile; v35: cross-validated hits of
+    # the v35 tunes 25 -> 41 of 60 on the H100, 27 -> 50 on the H200 against _resident's count)
+    return gemm_us(problem, plan.config, hw, params, one_per_sm=plan.kernel is Kernel.GLUON_WS)
 
 
 def predict_us(problem: Problem, plan: Plan, hw: Hardware, params: ModelParams) -> float:
