@@ -45,7 +45,7 @@ COMPILED = [(replace(CLUSTER, split_k=2), 4), (CLUSTER, 4), (replace(CLUSTER, sp
 def test_the_cluster_sum_compiles_to_pushes_and_cluster_barriers(config, bits):
     """Each consumer warpgroup pushes its partial by ``st.async``, one 16-byte vector a
     thread per 512 elements (8 for a 64 x 64 partial), every partition passes a cluster
-    barrier at its start and its end, there is no split-K counter (no atomics), the kernel
+    barrier at its start and one at its end, there is no split-K counter (no atomics), the kernel
     compiles without spills or serialized wgmma, and it declares no shared memory of its own:
     the cluster sum's buffer is at the end of the launch's dynamic shared memory."""
     text = compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
@@ -55,7 +55,11 @@ def test_the_cluster_sum_compiles_to_pushes_and_cluster_barriers(config, bits):
     groups = config.block_n // rows
     assert text.count("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.b32") \
         == groups * rows * config.block_m // 512
-    assert text.count("barrier.cluster.arrive") == 2 * (1 + groups)
+    # each partition's start barrier (release) is its own; the end barriers (relaxed) of
+    # partitions whose last blocks are alike may be one block that LLVM merged (Triton 3.9)
+    assert text.count("barrier.cluster.arrive.release") == 1 + groups
+    assert 1 <= text.count("barrier.cluster.arrive.relaxed") <= 1 + groups
+    assert text.count("barrier.cluster.arrive") == text.count("barrier.cluster.wait")
     assert "atom." not in text
     assert " 0 bytes spill stores" in text and "wgmma.mma_async instructions are serialized" not in text
     assert "%dynamic_smem_size" in text and "bytes smem" not in text  # ptxas reports no static shared memory
