@@ -234,6 +234,28 @@ def test_tune_measures_the_models_top_the_heuristics_plan_and_the_incumbent():
     assert len(every[1]) == len(every[0].candidates) > 4
 
 
+def test_tune_measures_the_models_first_kernel_variants(monkeypatch):
+    """Besides the model's top: its first Gluon plan, first WS_MEASURED warp-specialized
+    plans, first stream-K plan and first CLUSTER_MEASURED cluster-sum plans (where the
+    kernels run: here made to, as on a Hopper GPU)."""
+    monkeypatch.setattr(gm, "gluon_supported", lambda *args: True)
+    monkeypatch.setattr(gm, "gluon_ws_supported", lambda *args: True)
+    point, selected = tune._choose("int4-g128", 4096, 4096, 64, HW.sms, torch.device("cpu"), HW, pm.ModelParams(),
+                                   (), 1, False)
+    plans = [c.plan for c in selected]
+    ranked = [c.plan for c in point.candidates]
+    ws = [p for p in ranked if p.kernel is gm.Kernel.GLUON_WS]
+    clusters = [p for p in ws if p.config.cluster_sum]
+    assert len(clusters) > tune.CLUSTER_MEASURED and set(clusters[:tune.CLUSTER_MEASURED]) <= set(plans)
+    assert set(ws[:tune.WS_MEASURED]) <= set(plans)
+    assert next(p for p in ranked if p.kernel is gm.Kernel.GLUON) in plans
+    assert next(p for p in ws if p.config.stream_k) in plans
+    assert ranked[0] in plans and len(plans) == len(set(plans))
+    # no other cluster plan than those (and one that the top or the first WS_MEASURED hold)
+    measured_clusters = {p for p in plans if p.kernel is gm.Kernel.GLUON_WS and p.config.cluster_sum}
+    assert measured_clusters <= set(clusters[:tune.CLUSTER_MEASURED]) | set(ws[:tune.WS_MEASURED]) | {ranked[0]}
+
+
 @pytest.mark.parametrize("spec", KERNEL_SPECS)
 def test_placeholder_weight_is_a_valid_zero_weight(spec):
     qw = tune.placeholder_weight(spec, 40, 300, torch.device("cpu"))
