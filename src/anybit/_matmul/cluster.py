@@ -53,8 +53,9 @@ def _tail(nbytes):
 @gluon.jit
 def tail_buffer(NBYTES: gl.constexpr):
     """The shared address (32 bits) of the last NBYTES bytes of the launch's dynamic shared
-    memory: the tail ``launch_clustered`` adds after Triton's own (``global_smem``, whose
-    start the launch aligns to 1 KB at least), TAIL_ALIGN-byte aligned."""
+    memory: the tail ``launch_clustered`` adds after Triton's own (``global_smem``, the start
+    of the dynamic shared memory, on whose alignment Triton's TMA buffers already rely), so
+    TAIL_ALIGN-byte aligned."""
     return gl.inline_asm_elementwise(_tail(NBYTES), "=r", [], dtype=gl.int32, is_pure=True, pack=1)
 
 
