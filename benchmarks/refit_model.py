@@ -20,25 +20,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from collections.abc import Sequence
-
 from anybit import tune
 from anybit._matmul import perf_model as pm
 from anybit._matmul import tuning
-
-
-def first_choice_hits(points: Sequence[tune.Point], hw: pm.Hardware, params: pm.ModelParams) -> tuple[int, int]:
-    """(hits, points): the model's first choice among each point's measured candidates within
-    ``tune.HIT_FACTOR`` of the fastest of them."""
-    hits = counted = 0
-    for point in points:
-        measured = point.measured()
-        if not measured:
-            continue
-        pick = min(measured, key=lambda c: pm.predict_us(tune._problem(point), c.plan, hw, params))
-        hits += pick.us <= tune.HIT_FACTOR * min(c.us for c in measured)
-        counted += 1
-    return hits, counted
 
 
 def main() -> None:
@@ -59,7 +43,7 @@ def main() -> None:
     print(f"{len(points)} points, {sum(len(p.measured()) for p in points)} measurements, {table.gpu}")
     stored = table.model or pm.ModelParams()
     for label, params in (("the table's stored model", stored), ("refitted (in sample)", fitted)):
-        hits, counted = first_choice_hits(points, hw, params)
+        hits, counted = tune.measured_pick_hits(points, hw, params)
         print(f"{label}: first choice within 10% of the fastest measured at {hits}/{counted} points")
     hits, counted = tune.cross_validated_hits(points, hw, pm.ModelParams())
     print(f"fitted on the other layer shapes: {hits}/{counted}")

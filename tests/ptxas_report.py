@@ -45,7 +45,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
-                     VECTOR_STORE=gm.ws_vector_store(config, bits) and not cluster, PDL=PDL_IDS[pdl],
+                     VECTOR_STORE=gm.ws_vector_store(config, bits), PDL=PDL_IDS[pdl],
                      CLUSTER=cluster)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{block_n}, {block_k * bits // 32}],{c_layout!r}>", scales_ptr="*fp16",

@@ -118,6 +118,12 @@ class Measured:
     def to_dict(self) -> dict:
         return {**self.plan.to_dict(), "model_us": self.model_us, "us": self.us, "error": self.error}
 
+    @classmethod
+    def from_dict(cls, data: dict) -> Measured:
+        """Inverse of ``to_dict``."""
+        plan = gm.Plan.from_dict({key: value for key, value in data.items() if key not in ("model_us", "us", "error")})
+        return cls(plan, data["model_us"], data["us"], data["error"])
+
 
 @dataclass
 class Point:
@@ -184,10 +190,7 @@ def read_report(path: str | Path) -> tuple[list[Point], pm.Hardware]:
     data = json.loads(Path(path).read_text())
     points = []
     for p in data["points"]:
-        candidates = []
-        for c in p["candidates"]:
-            fields = {key: value for key, value in c.items() if key not in ("model_us", "us", "error")}
-            candidates.append(Measured(gm.Plan.from_dict(fields), c["model_us"], c["us"], c["error"]))
+        candidates = [Measured.from_dict(c) for c in p["candidates"]]
         points.append(Point(p["format"], p["n"], p["k"], p["m"], p["fp16_us"], candidates))
     hw = pm.Hardware(data["env"]["sms"], data["hw"]["fp16_TFLOPs"], data["hw"]["copy_TBps"])
     return points, hw
@@ -538,6 +541,20 @@ def refit(points: Sequence[Point], hw: pm.Hardware, start: pm.ModelParams) -> pm
     return fitted.replace(corrections=tuple(sorted(corrections.items())))
 
 
+def measured_pick_hits(points: Sequence[Point], hw: pm.Hardware, params: pm.ModelParams) -> tuple[int, int]:
+    """(hits, points with measurements): the model with ``params`` picks among each point's
+    measured candidates, a hit within HIT_FACTOR of the fastest of them."""
+    hits = counted = 0
+    for point in points:
+        measured = point.measured()
+        if not measured:
+            continue
+        pick = min(measured, key=lambda c: pm.predict_us(_problem(point), c.plan, hw, params))
+        hits += pick.us <= HIT_FACTOR * min(c.us for c in measured)
+        counted += 1
+    return hits, counted
+
+
 def cross_validated_hits(points: Sequence[Point], hw: pm.Hardware, start: pm.ModelParams) -> tuple[int, int]:
     """(hits, points) where the model is fitted on the other layer shapes' measurements
     and then picks among this point's measured candidates: how well a fitted model
@@ -547,13 +564,8 @@ def cross_validated_hits(points: Sequence[Point], hw: pm.Hardware, start: pm.Mod
         train = [p for p in points if (p.n, p.k) != shape]
         if not train:
             continue
-        params = pm.fit(_observations(train), hw, start)
-        for point in (p for p in points if (p.n, p.k) == shape):
-            measured = point.measured()
-            if not measured:
-                continue
-            pick = min(measured, key=lambda c: pm.predict_us(_problem(point), c.plan, hw, params))
-            hits += pick.us <= HIT_FACTOR * min(c.us for c in measured)
-            counted += 1
+        shape_hits, shape_counted = measured_pick_hits([p for p in points if (p.n, p.k) == shape], hw,
+                                                       pm.fit(_observations(train), hw, start))
+        hits, counted = hits + shape_hits, counted + shape_counted
     return hits, counted
 

@@ -4,6 +4,8 @@ over the settings below, in a fixed order.  The launchers and the dispatcher are
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from .gemm import GemmConfig, Kernel, Plan, heuristic_block_k, ws_config, ws_fit_stages
 from .gemv import one_wave_split, split_for
 
@@ -101,12 +103,12 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages,
                                                                  swizzle=swizzle)))
-            for split in (split for split in CLUSTER_SPLITS if split <= ws_k_blocks):
-                cluster_stages = ws_fit_stages(ws_config(block_m, block_n, ws_block_k, split, stages,
-                                                         cluster_sum=True), bits)
-                for swizzle in swizzles if cluster_stages else ():
-                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, cluster_stages,
-                                                                 swizzle=swizzle, cluster_sum=True)))
+            for split in CLUSTER_SPLITS:
+                config = ws_config(block_m, block_n, ws_block_k, split, stages, cluster_sum=True)
+                fit = ws_fit_stages(config, bits)  # the sum's buffer may leave room for fewer stages
+                if split <= ws_k_blocks and fit:
+                    plans += [Plan(Kernel.GLUON_WS, replace(config, num_stages=fit, swizzle=swizzle))
+                              for swizzle in swizzles]
             if tiles % sms:  # a partial last wave
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages,

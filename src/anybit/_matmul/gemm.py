@@ -304,7 +304,8 @@ def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | N
                   counters_per_tile: int = 1):
     """What the GEMM kernels' launches share: (x contiguous, out (M, n) allocated unless
     given, and (tiles, workspace, counters, K-blocks), or None when x has no rows);
-    ``counters_per_tile`` split-K counters per output tile."""
+    ``counters_per_tile`` split-K counters per output tile (none, and no workspace, where the
+    splits are summed in a cluster: ``GemmConfig.cluster_sum``)."""
     x = x.contiguous()
     m = x.shape[0]
     if out is None:
@@ -312,7 +313,8 @@ def _tiled_launch(x: Tensor, n: int, k: int, config: GemmConfig, out: Tensor | N
     if m == 0:
         return x, out, None
     tiles = -(-n // config.block_n) * -(-m // config.block_m)
-    workspace, counters = split_k_buffers(out, config.split_k, tiles * counters_per_tile, workspace)
+    splits = 1 if config.cluster_sum else config.split_k
+    workspace, counters = split_k_buffers(out, splits, tiles * counters_per_tile, workspace)
     return x, out, (tiles, workspace, counters, -(-k // config.block_k))
 
 
@@ -426,9 +428,10 @@ def ws_vector_store(config: GemmConfig, bits: int) -> bool:
     """Whether the warp-specialized kernel stores y in 16-byte vectors (its VECTOR_STORE): where
     the ring leaves room for the conversion, with split-K only where the last split's loads
     (ws_wg_rows x block_m / 128 registers a split) take at most 3/5 of the consumer's registers:
-    beyond, ptxas spills around the conversion (docs/NOTES-gemm.md v25)."""
+    beyond, ptxas spills around the conversion (docs/NOTES-gemm.md v25); never with the cluster
+    sum, which stores its slices itself (``gemm_gluon_ws._cluster_sum``)."""
     loads = config.split_k * ws_wg_rows(config) * config.block_m // 128
-    return (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \
+    return not config.cluster_sum and (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \
         and ws_fits(config, bits, WS_STORE_SCRATCH * config.block_n // 64)
 
 
@@ -562,9 +565,7 @@ def launch_gemm_gluon_ws(
             raise ValueError(f"workspace: {workspace.dtype} {tuple(workspace.shape)} "
                              f"{'' if workspace.is_contiguous() else 'non-contiguous '}; accepted: contiguous "
                              f"float32 with at least {size} elements (``ws_workspace_size``)")
-    # the cluster sum takes no workspace or counters (out stands in for both, never read)
-    x, out, launch = _tiled_launch(x, n, k, replace(config, split_k=1, cluster_sum=False) if config.cluster_sum
-                                   else config, out, workspace, groups)
+    x, out, launch = _tiled_launch(x, n, k, config, out, workspace, groups)
     if launch is None:
         return out
     tiles, split_workspace, counters, k_blocks = launch
@@ -593,7 +594,7 @@ def launch_gemm_gluon_ws(
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
-        VECTOR_STORE=ws_vector_store(config, bits) and not config.cluster_sum, CLUSTER=config.cluster_sum,
+        VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=config.cluster_sum,
         **pdl_arguments(x.device),
     )
     return out
