@@ -298,11 +298,11 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
     """Each tile that ``ws_overlap`` overlaps compiles with its MMAs left in flight: where
     the two register operands do not fit, ptxas waits for every wgmma (its note C7512),
     slower than no overlap at all.  The controls, CARRY at 256 rows of W (4 x 64 rows at
-    112 registers, 2 x 128 at 240) and at 256 rows of x (a 128-register accumulator), show
-    the check sees that."""
+    112 registers, 2 x 128 at 240), at 256 rows of x (a 128-register accumulator) and at
+    K-blocks of 128 (64 x 128 x 128 at 160 registers), show the check sees that."""
     assert "Used" in (notes := _ptxas_notes(config, gm.ws_overlap(config))) and SERIALIZED not in notes
     assert _shared_bytes(notes) <= gm.HOPPER_SMEM_BYTES
-    if (config.block_n == 256 and config.block_m == 64) or config.block_m == 256:
+    if (config.block_n == 256 and config.block_m == 64) or config.block_m == 256 or config.block_k == 128:
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
 
 
@@ -397,6 +397,7 @@ def test_overlap_by_tile(monkeypatch):
     assert gm.ws_overlap(ws(128, 128, 64)) == gm.ws_overlap(ws(256, 128, 64)) == gm.WsOverlap.PAIRS
     assert {gm.ws_overlap(ws(128, 256, 64)), gm.ws_overlap(ws(64, 256, 128)), gm.ws_overlap(ws(256, 128, 128)),
             gm.ws_overlap(ws(128, 128, 128))} == {gm.WsOverlap.NONE}
+    assert gm.ws_overlap(ws(64, 128, 128)) == gm.WsOverlap.PAIRS  # K-blocks of 128: two operands at 64 x 128 only
     assert [gm.ws_consumer_regs(ws(64, bn, 64)) for bn in (64, 128, 256)] == [232, 160, 112]
     # more than 64 rows of x: a 64 x 256 accumulator alone is 128 registers a thread
     assert gm.ws_consumer_regs(ws(128, 128, 64)) == gm.ws_consumer_regs(ws(256, 128, 128)) == 240

@@ -28,9 +28,10 @@ GLUON_STAGES = (3, 4)
 #: (docs/NOTES-gemm.md v14, v15, v18): 256 rows of W per program for the large layers at small
 #: M, 128 for the small ones (4096 x 4096 at M = 64: 15 against 27 us), about one program per
 #: SM; 256 rows of x against 128 of W from M = 1024 (each decoded weight serves twice the
-#: rows of x of a 128 x 256 tile: 8192 x 8192 at M = 1024 183 against 215 us).
-GLUON_WS_TILES = ((64, 128, 64, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4), (128, 128, 128, 3),
-                  (256, 128, 64, 4), (256, 128, 128, 3))
+#: rows of x of a 128 x 256 tile: 8192 x 8192 at M = 1024 183 against 215 us); 64 x 128 x 128
+#: with PAIRS at M = 64-128 (4096 x 4096 at M=64 10.9 against 11.6 us for 64 x 128 x 64; v36).
+GLUON_WS_TILES = ((64, 128, 64, 6), (64, 128, 128, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4),
+                  (128, 128, 128, 3), (256, 128, 64, 4), (256, 128, 128, 3))
 
 
 #: Swizzles (``GemmConfig.swizzle``) ``anybit tune`` tries for the warp-specialized kernel

@@ -247,8 +247,11 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
     the overlapped tiles of GLUON_WS_TILES and 64 x 64 x 64).  At 64 rows of W per
     warpgroup: CARRY for 64 x 64 and 64 x 128 x 64 tiles (PAIRS outside CARRY_TRITON),
     PAIRS for 64 x 256 x 64 and for 128 or 256 rows of x against 128 of W (two warpgroups at
-    240 registers; CARRY serializes there), NONE for 128 rows of x against 256 of W or
-    K-blocks of 128.  At 128 rows per
+    240 registers; CARRY serializes there), NONE for 128 rows of x against 256 of W.  At
+    K-blocks of 128 PAIRS for 64 x 128 only (two warpgroups at 160 registers; CARRY
+    serializes), NONE for the others: PAIRS compiles clean at 128 x 128 x 128 and 256 x 128
+    x 128 too but measured 3-13% slower there, while 64 x 128 x 128 with PAIRS ran 4-9%
+    faster than 64 x 128 x 64 with CARRY (H100, docs/NOTES-gemm.md v36).  At 128 rows per
     warpgroup: CARRY for one warpgroup (64 x 128 x 64; PAIRS outside CARRY_TRITON), PAIRS
     for two (64 or 128 rows of x), NONE for K-blocks of 128."""
     from . import tuning  # (it imports this module)
@@ -258,7 +261,9 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
         if config.block_k != 64:
             return WsOverlap.NONE
         return WsOverlap.CARRY if carry and config.block_n == 128 else WsOverlap.PAIRS
-    if config.block_k != 64 or (config.block_m != 64 and config.block_n != 128):
+    if config.block_k != 64:
+        return WsOverlap.PAIRS if (config.block_m, config.block_n) == (64, 128) else WsOverlap.NONE
+    if config.block_m != 64 and config.block_n != 128:
         return WsOverlap.NONE
     if config.block_m != 64:
         return WsOverlap.PAIRS

@@ -1,0 +1,87 @@
+"""Time the warp-specialized plans of a shipped table against the same plans with the
+decode / MMA overlap or the rows of W per consumer warpgroup changed (an A/B of one field
+over every point where it applies).
+
+Usage on a CUDA machine::
+
+    PYTHONPATH=src python benchmarks/table_variants.py --table src/anybit/_matmul/tuned/T.json \
+        --format int4-g128 --m 128 1024 --overlap 1 [--block-k 128] [--wg-rows 128] [--out F.json]
+
+For each standard shape and M whose table entry is a warp-specialized plan with K-blocks of
+``--block-k`` (default: any), the plan and its variant (``--overlap`` as ``gemm.WsOverlap``,
+``--wg-rows`` rows of W per consumer warpgroup, ``--block-k`` replaced by ``--to-block-k``)
+are timed by ``gemv_variants.py`` (each first checked against float64, then replayed in turn
+with fp16 cuBLAS: graph-launched, cold L2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+
+import gemv_variants
+
+from anybit import bench
+
+
+def _ws_text(config: dict, overlap: int = -1, wg_rows: int = 0, block_k: int = 0) -> str:
+    """gemv_variants' ``ws,...`` string of a table config (its fields: ``GemmConfig``'s)."""
+    split = "sk" if config["stream_k"] else f"c{config['split_k']}" if config["cluster_sum"] else str(config["split_k"])
+    rows = wg_rows or 4 * config["block_n"] // (config["num_warps"] - 4)
+    return (f"ws,{config['block_m']},{config['block_n']},{block_k or config['block_k']},{split},"
+            f"{config['num_stages']},{config['swizzle']},0,0,{overlap},{rows}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--format", default="int4-g128")
+    parser.add_argument("--m", type=int, nargs="+", required=True)
+    parser.add_argument("--block-k", type=int, default=0, help="only plans with these K-blocks (0: any)")
+    parser.add_argument("--overlap", type=int, default=-1, help="the variant's overlap (-1: ws_overlap's)")
+    parser.add_argument("--wg-rows", type=int, default=0, help="the variant's rows of W per warpgroup (0: the plan's)")
+    parser.add_argument("--to-block-k", type=int, default=0, help="the variant's K-blocks (0: the plan's)")
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    with open(args.table) as f:
+        entries = json.load(f)["entries"]
+    rows = []
+    for n, k in bench.STANDARD_SHAPES:
+        for m in args.m:
+            entry = next((e for e in entries if (e["format"], e["n"], e["k"], e["m"]) == (args.format, n, k, m)), None)
+            if entry is None or entry["kernel"] != "gluon_ws":
+                continue
+            config = entry["config"]
+            if args.block_k and config["block_k"] != args.block_k:
+                continue
+            plan = _ws_text(config)
+            variant = _ws_text(config, args.overlap, args.wg_rows, args.to_block_k)
+            out = f"/tmp/table_variants_{n}x{k}_{m}.json"
+            sys.argv = ["gemv_variants.py", "--kernel", "gemm", "--format", args.format, "--m", str(m),
+                        "--shapes", f"{n}x{k}", "--variants", plan, variant, "--replays", str(args.replays),
+                        "--out", out]
+            gemv_variants.main()
+            with open(out) as f:
+                rows += json.load(f)["rows"]
+    print("variant / plan time per point, and their geomean per M:")
+    for m in args.m:
+        ratios = []
+        for n, k in bench.STANDARD_SHAPES:
+            pair = [r for r in rows if (r["N"], r["K"], r["M"]) == (n, k, m)]
+            if len(pair) == 2 and all(math.isfinite(r["us"]) for r in pair):
+                ratios.append(pair[1]["us"] / pair[0]["us"])
+                print(f"  {n:6d}x{k:<6d} M={m:4d} {pair[0]['variant']:>32} {pair[0]['us']:9.2f} us -> "
+                      f"{pair[1]['us']:9.2f} us ({ratios[-1]:.3f})")
+        if ratios:
+            print(f"  M={m}: geomean {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f} over {len(ratios)} points")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"table": args.table, "format": args.format, "overlap": args.overlap, "wg_rows": args.wg_rows,
+                       "to_block_k": args.to_block_k, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
