@@ -169,17 +169,17 @@ def test_cluster_sum_candidates(m, k, bits):
     plans = [p.config for p in cand.candidate_plans(m, 4096, k, bits, 132, gluon=True)
              if p.kernel is gm.Kernel.GLUON_WS]
     clustered = [c for c in plans if c.cluster_sum]
-    for block_m, block_n, block_k, stages in cand.GLUON_WS_TILES:
+    for block_m, block_n, block_k, stages, *rows in cand.GLUON_WS_TILES:
         if block_m > 64 and m <= block_m // 2:
             continue
         swizzles = cand.GLUON_WS_SWIZZLES if m > block_m else cand.GLUON_WS_SWIZZLES[:1]
         for split in cand.CLUSTER_SPLITS:
-            config = gm.ws_config(block_m, block_n, block_k, split, stages, cluster_sum=True)
+            config = gm.ws_config(block_m, block_n, block_k, split, stages, *rows, cluster_sum=True)
             fit = gm.ws_fit_stages(config, bits)
             expected = [replace(config, num_stages=fit, swizzle=s) for s in swizzles] \
                 if fit and split <= -(-k // block_k) else []
-            assert [c for c in clustered if (c.block_m, c.block_n, c.block_k, c.split_k)
-                    == (block_m, block_n, block_k, split)] == expected
+            assert [c for c in clustered if (c.block_m, c.block_n, c.block_k, c.split_k, c.num_warps)
+                    == (block_m, block_n, block_k, split, config.num_warps)] == expected
             for c in expected:
                 assert gm.ws_fits(c, bits, gm.ws_cluster_bytes(c))
     assert clustered and all(c.split_k in cand.CLUSTER_SPLITS for c in clustered)
@@ -201,7 +201,9 @@ def test_tuner_candidates(m):
     stages: test_cluster_sum_candidates)."""
     plans = cand.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
     ws = [p for p in plans if p.kernel is gm.Kernel.GLUON_WS and not p.config.cluster_sum]
-    tiles = {(p.config.block_m, p.config.block_n, p.config.block_k, p.config.num_stages) for p in ws}
+    # GLUON_WS_TILES' form: rows of W per warpgroup written only where not 64
+    rows = lambda c: (gm.ws_wg_rows(c),) if gm.ws_wg_rows(c) != 64 else ()  # noqa: E731
+    tiles = {(c.block_m, c.block_n, c.block_k, c.num_stages, *rows(c)) for c in (p.config for p in ws)}
     assert tiles == {t for t in cand.GLUON_WS_TILES if t[0] == 64 or m > t[0] // 2}
     assert (256, 128, 64, 4) in tiles if m > 128 else (256, 128, 64, 4) not in tiles
     for p in ws:

@@ -186,13 +186,15 @@ def test_repeated_launches_agree(n, k, m):
                             (_ws(128, 256, 64, 2, 4, 128), gm.WsOverlap.PAIRS),
                             (_ws(256, 128, 64, 1, 4, swizzle=16), gm.WsOverlap.PAIRS),
                             (_ws(128, 128, 64, 2, 4), gm.WsOverlap.PAIRS),
-                            (_ws(64, 128, 128, 2, 6), gm.WsOverlap.PAIRS)):
+                            (_ws(64, 128, 128, 2, 6), gm.WsOverlap.PAIRS),
+                            (_ws(128, 256, 128, 1, 3, 128), gm.WsOverlap.NONE)):
         check_repeated_launches(functools.partial(_run, overlap=overlap), (config,), n, k, m)
 
 
 @pytest.mark.parametrize("overlap", list(gm.WsOverlap), ids=lambda o: o.name)
 @pytest.mark.parametrize("config", [_ws(64, 64, 64, 1, 2), _ws(64, 128, 64, 3, 4), _ws(128, 256, 64, 2, 3),
-                                    _ws(64, 256, 64, 2, 3, 128), _ws(256, 128, 64, 2, 3), _ws(64, 128, 128, 2, 4)],
+                                    _ws(64, 256, 64, 2, 3, 128), _ws(256, 128, 64, 2, 3), _ws(64, 128, 128, 2, 4),
+                                    _ws(128, 256, 128, 2, 3, 128)],
                          ids=_ids)
 @pytest.mark.parametrize("k", [40, 136, 1608])
 def test_every_overlap_mode(overlap, config, k):

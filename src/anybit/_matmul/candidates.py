@@ -24,14 +24,17 @@ GLUON_STAGES = (3, 4)
 
 
 #: The warp-specialized Gluon kernel's settings that ``anybit tune`` tries, as (block_m, block_n,
-#: block_k, stages); those with more than 64 rows of x only where m > block_m / 2.  From sweeps
+#: block_k, stages[, rows of W per consumer warpgroup, 64 if not given]); those with more than 64
+#: rows of x only where m > block_m / 2.  From sweeps
 #: (docs/NOTES-gemm.md v14, v15, v18): 256 rows of W per program for the large layers at small
 #: M, 128 for the small ones (4096 x 4096 at M = 64: 15 against 27 us), about one program per
 #: SM; 256 rows of x against 128 of W from M = 1024 (each decoded weight serves twice the
 #: rows of x of a 128 x 256 tile: 8192 x 8192 at M = 1024 183 against 215 us); 64 x 128 x 128
-#: with PAIRS at M = 64-128 (4096 x 4096 at M=64 10.9 against 11.6 us for 64 x 128 x 64; v36).
+#: with PAIRS at M = 64-128 (4096 x 4096 at M=64 10.9 against 11.6 us for 64 x 128 x 64) and
+#: 128 x 256 x 128 as two warpgroups of 128 rows at M=128 (57344 x 8192 201 against 209 us for
+#: 128 x 256 x 64; four warpgroups at 112 registers cannot hold it; v36).
 GLUON_WS_TILES = ((64, 128, 64, 6), (64, 128, 128, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4),
-                  (128, 128, 128, 3), (256, 128, 64, 4), (256, 128, 128, 3))
+                  (128, 256, 128, 3, 128), (128, 128, 128, 3), (256, 128, 64, 4), (256, 128, 128, 3))
 
 
 #: Swizzles (``GemmConfig.swizzle``) ``anybit tune`` tries for the warp-specialized kernel
@@ -90,10 +93,11 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                 for split in splits:
                     plans.append(Plan(Kernel.GLUON, GemmConfig(block_m, 64, block_k, split, 4, stages)))
     if ws:
-        for block_m, block_n, ws_block_k, stages in GLUON_WS_TILES if k % 8 == 0 else ():
+        for block_m, block_n, ws_block_k, stages, *rows in GLUON_WS_TILES if k % 8 == 0 else ():
             if block_m > 64 and m <= block_m // 2:  # at least half the tile's rows of x are real
                 continue
-            stages = ws_fit_stages(ws_config(block_m, block_n, ws_block_k, 1, stages), bits)
+            wg_rows = rows[0] if rows else 64
+            stages = ws_fit_stages(ws_config(block_m, block_n, ws_block_k, 1, stages, wg_rows), bits)
             if stages is None:
                 continue
             ws_k_blocks = -(-k // ws_block_k)
@@ -102,16 +106,16 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
             fill = (split_for(ws_k_blocks, tiles, 1, sms), one_wave_split(ws_k_blocks, tiles, sms))
             for split in sorted({1, *fill}):
                 for swizzle in swizzles:
-                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages,
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages, wg_rows,
                                                                  swizzle=swizzle)))
             for split in CLUSTER_SPLITS:
-                config = ws_config(block_m, block_n, ws_block_k, split, stages, cluster_sum=True)
+                config = ws_config(block_m, block_n, ws_block_k, split, stages, wg_rows, cluster_sum=True)
                 fit = ws_fit_stages(config, bits)  # the sum's buffer may leave room for fewer stages
                 if split <= ws_k_blocks and fit:
                     plans += [Plan(Kernel.GLUON_WS, replace(config, num_stages=fit, swizzle=swizzle))
                               for swizzle in swizzles]
             if tiles % sms:  # a partial last wave
                 for swizzle in swizzles:
-                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages,
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages, wg_rows,
                                                                  swizzle=swizzle, stream_k=True)))
     return plans
