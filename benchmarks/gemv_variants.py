@@ -116,7 +116,8 @@ def _moves_only(bits: int, mode: int, bf16: bool) -> str:
     return "\n".join(f"mov.b32 ${i}, ${outputs};" for i in range(outputs))
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run the command line ``argv`` (default: the process's); the timed rows."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--kernel", choices=("gemv", "gemm"), default="gemv")
     parser.add_argument("--format", default="int4-g128")
@@ -131,7 +132,7 @@ def main() -> None:
                         help="diagnostic: the PTX decode replaced by register moves (wrong values, not checked): "
                              "times the kernel's loads, x handling and dots without the decode")
     parser.add_argument("--out")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.natural != "auto":
         g.ptx_natural = lambda bits: args.natural == "1"
     if args.no_decode:
@@ -187,6 +188,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"hw": hw, "gpu": torch.cuda.get_device_name(), "format": args.format, "rows": rows}, f, indent=1)
+    return rows
 
 
 if __name__ == "__main__":

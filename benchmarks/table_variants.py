@@ -19,17 +19,17 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import sys
 
 import gemv_variants
 
 from anybit import bench
+from anybit._matmul import gemm as gm
 
 
 def _ws_text(config: dict, overlap: int = -1, wg_rows: int = 0, block_k: int = 0) -> str:
     """gemv_variants' ``ws,...`` string of a table config (its fields: ``GemmConfig``'s)."""
     split = "sk" if config["stream_k"] else f"c{config['split_k']}" if config["cluster_sum"] else str(config["split_k"])
-    rows = wg_rows or 4 * config["block_n"] // (config["num_warps"] - 4)
+    rows = wg_rows or gm.ws_wg_rows(gm.GemmConfig(**config))
     return (f"ws,{config['block_m']},{config['block_n']},{block_k or config['block_k']},{split},"
             f"{config['num_stages']},{config['swizzle']},0,0,{overlap},{rows}")
 
@@ -59,13 +59,8 @@ def main() -> None:
                 continue
             plan = _ws_text(config)
             variant = _ws_text(config, args.overlap, args.wg_rows, args.to_block_k)
-            out = f"/tmp/table_variants_{n}x{k}_{m}.json"
-            sys.argv = ["gemv_variants.py", "--kernel", "gemm", "--format", args.format, "--m", str(m),
-                        "--shapes", f"{n}x{k}", "--variants", plan, variant, "--replays", str(args.replays),
-                        "--out", out]
-            gemv_variants.main()
-            with open(out) as f:
-                rows += json.load(f)["rows"]
+            rows += gemv_variants.main(["--kernel", "gemm", "--format", args.format, "--m", str(m), "--shapes",
+                                        f"{n}x{k}", "--variants", plan, variant, "--replays", str(args.replays)])
     print("variant / plan time per point, and their geomean per M:")
     for m in args.m:
         ratios = []

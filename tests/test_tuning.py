@@ -497,7 +497,6 @@ def test_refit_learns_the_measured_classes_and_keeps_the_others():
     assert pm.log_error(tune._observations(points), HW, fitted) < pm.log_error(tune._observations(points), HW, start)
 
 
-
 def _report_points():
     def point(n, m, times):
         p = tune.Point("int4-g128", n, 4096, m, 10.0)

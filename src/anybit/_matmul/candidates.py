@@ -96,8 +96,7 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
         for block_m, block_n, ws_block_k, stages, *rows in GLUON_WS_TILES if k % 8 == 0 else ():
             if block_m > 64 and m <= block_m // 2:  # at least half the tile's rows of x are real
                 continue
-            wg_rows = rows[0] if rows else 64
-            stages = ws_fit_stages(ws_config(block_m, block_n, ws_block_k, 1, stages, wg_rows), bits)
+            stages = ws_fit_stages(ws_config(block_m, block_n, ws_block_k, 1, stages, *rows), bits)
             if stages is None:
                 continue
             ws_k_blocks = -(-k // ws_block_k)
@@ -106,16 +105,16 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
             fill = (split_for(ws_k_blocks, tiles, 1, sms), one_wave_split(ws_k_blocks, tiles, sms))
             for split in sorted({1, *fill}):
                 for swizzle in swizzles:
-                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages, wg_rows,
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages, *rows,
                                                                  swizzle=swizzle)))
             for split in CLUSTER_SPLITS:
-                config = ws_config(block_m, block_n, ws_block_k, split, stages, wg_rows, cluster_sum=True)
+                config = ws_config(block_m, block_n, ws_block_k, split, stages, *rows, cluster_sum=True)
                 fit = ws_fit_stages(config, bits)  # the sum's buffer may leave room for fewer stages
                 if split <= ws_k_blocks and fit:
                     plans += [Plan(Kernel.GLUON_WS, replace(config, num_stages=fit, swizzle=swizzle))
                               for swizzle in swizzles]
             if tiles % sms:  # a partial last wave
                 for swizzle in swizzles:
-                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages, wg_rows,
+                    plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages, *rows,
                                                                  swizzle=swizzle, stream_k=True)))
     return plans
