@@ -1,15 +1,16 @@
 """Time the warp-specialized plans of a shipped table against the same plans with the
-decode / MMA overlap or the rows of W per consumer warpgroup changed (an A/B of one field
-over every point where it applies).
+decode / MMA overlap, the rows of W per consumer warpgroup, the K-blocks or where the scale is
+applied changed (an A/B of one field over every point where it applies).
 
 Usage on a CUDA machine::
 
     PYTHONPATH=src python benchmarks/table_variants.py --table src/anybit/_matmul/tuned/T.json \
-        --format int4-g128 --m 128 1024 --overlap 1 [--block-k 128] [--wg-rows 128] [--out F.json]
+        --format int4-g128 --m 128 1024 --overlap 1 [--block-k 128] [--wg-rows 128] [--scale-after 0] [--out F.json]
 
 For each standard shape and M whose table entry is a warp-specialized plan with K-blocks of
 ``--block-k`` (default: any), the plan and its variant (``--overlap`` as ``gemm.WsOverlap``,
-``--wg-rows`` rows of W per consumer warpgroup, ``--block-k`` replaced by ``--to-block-k``)
+``--wg-rows`` rows of W per consumer warpgroup, ``--block-k`` replaced by ``--to-block-k``,
+``--scale-after`` 0 / 1 as ``launch_gemm_gluon_ws``'s ``scale_after``)
 are timed by ``gemv_variants.py`` (each first checked against float64, then replayed in turn
 with fp16 cuBLAS: graph-launched, cold L2).
 """
@@ -26,12 +27,12 @@ from anybit import bench
 from anybit._matmul import gemm as gm
 
 
-def _ws_text(config: dict, overlap: int = -1, wg_rows: int = 0, block_k: int = 0) -> str:
+def _ws_text(config: dict, overlap: int = -1, wg_rows: int = 0, block_k: int = 0, scale_after: int = -1) -> str:
     """gemv_variants' ``ws,...`` string of a table config (its fields: ``GemmConfig``'s)."""
     split = "sk" if config["stream_k"] else f"c{config['split_k']}" if config["cluster_sum"] else str(config["split_k"])
     rows = wg_rows or gm.ws_wg_rows(gm.GemmConfig(**config))
     return (f"ws,{config['block_m']},{config['block_n']},{block_k or config['block_k']},{split},"
-            f"{config['num_stages']},{config['swizzle']},0,0,{overlap},{rows}")
+            f"{config['num_stages']},{config['swizzle']},0,0,{overlap},{rows},{scale_after}")
 
 
 def main() -> None:
@@ -43,6 +44,8 @@ def main() -> None:
     parser.add_argument("--overlap", type=int, default=-1, help="the variant's overlap (-1: ws_overlap's)")
     parser.add_argument("--wg-rows", type=int, default=0, help="the variant's rows of W per warpgroup (0: the plan's)")
     parser.add_argument("--to-block-k", type=int, default=0, help="the variant's K-blocks (0: the plan's)")
+    parser.add_argument("--scale-after", type=int, default=-1,
+                        help="the variant's scale_after, 0 or 1 (-1: ws_scale_after's)")
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--out")
     args = parser.parse_args()
@@ -58,7 +61,7 @@ def main() -> None:
             if args.block_k and config["block_k"] != args.block_k:
                 continue
             plan = _ws_text(config)
-            variant = _ws_text(config, args.overlap, args.wg_rows, args.to_block_k)
+            variant = _ws_text(config, args.overlap, args.wg_rows, args.to_block_k, args.scale_after)
             rows += gemv_variants.main(["--kernel", "gemm", "--format", args.format, "--m", str(m), "--shapes",
                                         f"{n}x{k}", "--variants", plan, variant, "--replays", str(args.replays)])
     print("variant / plan time per point, and their geomean per M:")
@@ -75,7 +78,7 @@ def main() -> None:
     if args.out:
         with open(args.out, "w") as f:
             json.dump({"table": args.table, "format": args.format, "overlap": args.overlap, "wg_rows": args.wg_rows,
-                       "to_block_k": args.to_block_k, "rows": rows}, f, indent=1)
+                       "to_block_k": args.to_block_k, "scale_after": args.scale_after, "rows": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

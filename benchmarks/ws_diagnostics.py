@@ -37,6 +37,9 @@ import _weights  # noqa: E402
 import gemv_variants  # noqa: E402
 
 SOURCE = os.path.join(os.path.dirname(gemm_gluon_ws.__file__), "gemm_gluon_ws.py")
+#: The consumers' decode call in the kernel's source (what diags 4 and 8 replace)
+DECODE_CALL = ("    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS, "
+               "not SCALE_AFTER)")
 
 
 def _replace(text: str, old: str, new: str, count: int | None = None) -> str:
@@ -82,7 +85,7 @@ def diagnostic_kernel(diag: int):
         constant = "    return (rows * 0).to(gl.float16) + 0.01, (rows * 0).to(gl.float32) + 8.0\n"
         s = _replace(s, "    return group_params(", constant + "    return group_params(", 1)
     if diag & 4:
-        s = _replace(s, "    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS)",
+        s = _replace(s, DECODE_CALL,
                      "    return gl.full([WG_ROWS, BLOCK_K], 1.0, gl.float16, a_layout)")
     if diag & 8:  # the consumers' decode of a chunk-permuted layout (benchmarks/_chunk_decode.py)
         s = _replace(s, "from anybit._matmul.gemm_gluon import (", "from _chunk_decode import SIXTEENTH, chunk_word_layout, chunk_words, "
@@ -91,7 +94,7 @@ def diagnostic_kernel(diag: int):
                      "    bias_lo, bias_hi, scale_words = chunk_words(scale, zero)\n", 1)
         s = _replace(s, ".load(word_layout)\n",
                      ".load(chunk_word_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K])))\n", 1)
-        s = _replace(s, "    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS)",
+        s = _replace(s, DECODE_CALL,
                      "    return decode_chunks(words, bias_lo, bias_hi, scale_words, mul, WG_ROWS, BLOCK_K, a_layout)", 1)
         s = _replace(s, "    mul = nibble_multiplier(params[3])", "    mul = SIXTEENTH + (params[3] >> 31)", 1)
     if diag & 48:  # split-K: the last split's loads of the others' partials left out (it stores its own)

@@ -61,6 +61,29 @@ def test_byte_pair_decode_matches_the_exact_weights(zero):
                 assert np.array([got], dtype=np.uint16).view(np.float16)[0] == want, (byte, position, s)
 
 
+@pytest.mark.parametrize("bits, zero", [(4, 0), (4, 8), (4, 15), (8, 0), (8, 128), (8, 200)])
+def test_unscaled_pair_decode_gives_the_exact_codes_less_the_zero(bits, zero):
+    """The decode for one scale per row (``decode_operand`` without SCALED): code - zero,
+    exact in fp16, for every byte value in each position; the scale operand is not read."""
+    high = 64.0 if bits == 4 else 1024.0
+    bias = emu.pair(-1024.0 - zero, -high - zero, bf16=False)
+    asm = gg._NIBBLE_PAIR_UNSCALED_ASM.value if bits == 4 else gg._BYTE_PAIR_UNSCALED_ASM.value
+    assert "mul" not in asm
+    rng = np.random.default_rng(bits + zero)
+    for byte, position in itertools.product(range(256), range(4)):
+        word = int(rng.integers(0, 2**32)) & ~(0xFF << 8 * position) | byte << 8 * position
+        scale = int(rng.integers(0, 2**32))  # any bits: unused
+        if bits == 4:
+            lo, hi = emu.run(asm, [word, 0x4040 | position * 0x101, bias, scale, gg.NIBBLE_MUL.value], outputs=2)
+            codes = (byte & 15, byte >> 4)
+        else:
+            half = position // 2
+            lo, hi = emu.run(asm, [word, 0x4140 + half * 0x202, bias, scale], outputs=2)
+            codes = (word >> 16 * half & 0xFF, word >> 16 * half + 8 & 0xFF)
+        for got, code in zip((lo, hi), codes):
+            assert np.array([got], dtype=np.uint16).view(np.float16)[0] == code - zero, (byte, position)
+
+
 def _coordinates(layout, dims):
     """(register, lane, warp) -> coordinate tuple, for every index of a linear layout
     with single-bit bases (the coordinate is the sum of the bases of the set bits)."""

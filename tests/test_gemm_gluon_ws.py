@@ -264,6 +264,17 @@ def test_compile_key_depends_on_k_only_through_blocks_per_split(monkeypatch, spe
     assert per_split == ([0, 0, 0] if config.stream_k else [-(-kb // config.split_k) for kb in (4, 16, 48)])
     assert all(constexprs == seen[0][1] for _, constexprs in seen)
     assert seen[0][1]["GROUP"] == (g.ROW_GROUP if spec.endswith("-gc") else 128)
+    assert seen[0][1]["SCALE_AFTER"] == spec.endswith("-gc")  # one scale per row: each sum scaled once
+
+
+def test_scale_after_is_refused_where_rows_have_several_scales():
+    """Forcing SCALE_AFTER on a weight with several groups per row would scale whole rows by
+    one group's scale: refused, naming what is accepted."""
+    qw = anybit.quantize(torch.randn(128, 256), "int4-g128")
+    x = torch.randn(64, 256, dtype=torch.float16)
+    with pytest.raises(ValueError, match="one scale per row; got 2 groups"):
+        gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], None, None, 128, 256, 4, 128, Decode.SYMMETRIC,
+                                gm.ws_config(64, 128, 64, 1, 6), scale_after=True)
 
 
 @pytest.mark.skipif(not gm.interpreting(), reason="runs the fallback on the CPU in Triton's interpreter "
@@ -316,6 +327,18 @@ def test_stream_k_keeps_the_mmas_asynchronous(config):
     notes = _ptxas_notes(config, gm.ws_overlap(config))
     assert "Used" in notes and SERIALIZED not in notes
     assert _shared_bytes(notes) <= gm.HOPPER_SMEM_BYTES
+
+
+@pytest.mark.parametrize("tile", [(64, 128, 128, 6), (64, 256, 128, 3), (128, 256, 64, 4), (256, 128, 64, 4)],
+                         ids=lambda t: "x".join(map(str, t[:3])))
+def test_scale_after_drops_the_per_weight_multiply(tile):
+    """With one scale per row (SCALE_AFTER) the 8-bit decode has no fp16 multiply, the MMAs
+    stay asynchronous at the tile's overlap, and the control (a scale per weight) has one."""
+    config = gm.ws_config(*tile[:3], 1, tile[3])
+    args = (*tile[:3], tile[3], int(gm.ws_overlap(config)), config.num_warps, 8, 0)
+    after = compile_script("ptxas_report.py", *args, "--scale-after", "--ptx")
+    assert "wgmma.mma_async" in after and "mul.rn.f16x2" not in after and SERIALIZED not in after
+    assert "mul.rn.f16x2" in compile_script("ptxas_report.py", *args, "--ptx")
 
 
 def _shared_bytes(notes: str) -> int:

@@ -210,6 +210,29 @@ def test_every_overlap_mode(overlap, config, k):
     assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
 
 
+@pytest.mark.parametrize("spec", ["int8-gc", "int4-gc", "uint8-gc"])
+@pytest.mark.parametrize("config", [_ws(64, 128, 128, 2, 6), _ws(128, 256, 64, 1, 4), _ws(64, 256, 128, 1, 3),
+                                    _ws(64, 128, 128, 1, 6, stream_k=True), _ws(64, 128, 128, 2, 6, cluster_sum=True),
+                                    _ws(128, 256, 128, 1, 3, 128)],
+                         ids=_ids)
+def test_one_scale_per_row_scales_each_sum_once(spec, config):
+    """Per-channel formats (one scale per row, ``ws_scale_after``): the exact codes less the
+    zero enter the MMA and each row's fp32 sum is scaled once (every split and stream-K share
+    alike), so y is within the float64 bound with no allowance for weights rounded to fp16;
+    forced to scale every weight instead, within the bound that allows for it."""
+    gen = torch.Generator(device="cuda").manual_seed(7)
+    qw = quantized_cuda(spec, 1000, 4160, gen)
+    x = torch.randn(100, 4160, device="cuda", generator=gen).half()
+    bias = torch.randn(1000, device="cuda", generator=gen)
+
+    def run(**options):
+        return _run(x, qw, config, bias, out=torch.full((100, 1000), float("nan"), device="cuda",
+                                                       dtype=torch.float16), **options)
+
+    assert_matmul_close(run(), x, qw, bias)
+    assert_matmul_close(run(scale_after=False), x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+
+
 #: wgmma with the weights as a register list and x's tile as a descriptor.
 WGMMA_REGISTER_A = re.compile(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.f16\.f16\s*\{[^}]*\},\s*\{%r")
 

@@ -440,6 +440,16 @@ def ws_vector_store(config: GemmConfig, bits: int) -> bool:
         and ws_fits(config, bits, WS_STORE_SCRATCH * config.block_n // 64)
 
 
+def ws_scale_after(num_groups: int) -> bool:
+    """Whether the warp-specialized kernel scales each row's sum once instead of every weight
+    (its SCALE_AFTER): where each row of W has one scale (one group along K, as in the
+    per-channel formats), so that the decode of a weight is one instruction shorter.  The
+    product is then sum_k (q - z) x times s in fp32, the exact weights s (q - z) rather than
+    their fp16 roundings: within the matmul tests' tolerance of the float64 reference, not
+    bit for bit the per-weight kernels' (docs/NOTES-gemm.md v37)."""
+    return num_groups == 1
+
+
 def ws_blocks_per_split(config: GemmConfig, k_blocks: int) -> int:
     """The warp-specialized kernel's BLOCKS_PER_SPLIT for ``k_blocks`` K-blocks: each split's
     share, ceil(k_blocks / split_k), or 0 for stream-K (which shares K-blocks out at run
@@ -522,7 +532,7 @@ def launch_gemm_gluon_ws(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, bias: Tensor | None, n: int, k: int,
     bits: int, group: int, mode: Decode, config: GemmConfig, out: Tensor | None = None,
     workspace: Tensor | None = None, consumer_regs: int | None = None, maxnreg: int | None = None,
-    overlap: WsOverlap | None = None,
+    overlap: WsOverlap | None = None, scale_after: bool | None = None,
 ) -> Tensor:
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
@@ -533,7 +543,8 @@ def launch_gemm_gluon_ws(
     ``consumer_regs``: registers per consumer thread (default ``ws_consumer_regs``);
     ``maxnreg``: the launch's register limit (default: Triton's); ``overlap``: of decode
     and MMA (default ``ws_overlap``; a deeper one than the registers hold runs correctly
-    but slowly).  Operands as
+    but slowly); ``scale_after``: each row's sum scaled once instead of every weight (default
+    ``ws_scale_after``; True needs one group per row).  Operands as
     ``launch_gemm``'s, but ``workspace`` (with split-K or stream-K) is fp32 with at least
     ``ws_workspace_size`` elements; k a multiple of 8 and x, codes readable by TMA
     (``_tma_readable``)."""
@@ -550,6 +561,10 @@ def launch_gemm_gluon_ws(
                          f"k={k}; accepted: 4 or 8 bits, symmetric or zero-point codes, fp16 x and scales, block_k "
                          f"64 or 128 <= group, k a multiple of 8")
     check_gluon_ws_config(config)
+    if scale_after and scales.shape[1] != 1:
+        raise ValueError(f"scale_after=True scales each row's sum once, which needs one scale per row; got "
+                         f"{scales.shape[1]} groups per row (scales {tuple(scales.shape)}); accepted: None or False "
+                         f"here")
     if not ws_fits(config, bits, cluster_bytes := ws_cluster_bytes(config)):
         beside = f" beside the cluster sum's {cluster_bytes}" if cluster_bytes else ""
         raise ValueError(f"GemmConfig {config} for {bits}-bit codes: its ring of {config.num_stages} stages takes "
@@ -600,6 +615,7 @@ def launch_gemm_gluon_ws(
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
         VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=config.cluster_sum,
+        SCALE_AFTER=ws_scale_after(scalars["num_groups"]) if scale_after is None else scale_after,
         **pdl_arguments(x.device),
     )
     return out

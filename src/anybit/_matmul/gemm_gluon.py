@@ -132,6 +132,10 @@ mul.rn.f16x2 t, t, $5;
 mov.b32 {$0, $1}, t;
 }""")
 
+#: ``_NIBBLE_PAIR_ASM`` without the scale: the exact pair (low nibble - zero, high nibble - zero),
+#: for formats with one scale per row, applied to the fp32 sum instead (``decode_operand``).
+_NIBBLE_PAIR_UNSCALED_ASM = gl.constexpr(_NIBBLE_PAIR_ASM.value.replace("mul.rn.f16x2 t, t, $5;\n", ""))
+
 #: The fp16 pair {1.0, 1/16} that ``_NIBBLE_PAIR_ASM``'s fma multiplies by (high half 0x2c00).
 NIBBLE_MUL = gl.constexpr(0x2C003C00)
 
@@ -158,6 +162,9 @@ mul.rn.f16x2 t, t, $5;
 mov.b32 {$0, $1}, t;
 }""")
 
+#: ``_BYTE_PAIR_ASM`` without the scale: the exact pair (code 2h - zero, code 2h+1 - zero).
+_BYTE_PAIR_UNSCALED_ASM = gl.constexpr(_BYTE_PAIR_ASM.value.replace("mul.rn.f16x2 t, t, $5;\n", ""))
+
 
 @gluon.jit
 def pair_select(pair, BITS: gl.constexpr = 4):
@@ -171,24 +178,28 @@ def pair_select(pair, BITS: gl.constexpr = 4):
 
 @gluon.jit
 def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K: gl.constexpr,
-                   a_layout: gl.constexpr, BITS: gl.constexpr = 4):
+                   a_layout: gl.constexpr, BITS: gl.constexpr = 4, SCALED: gl.constexpr = True):
     """Code words [ROWS, BLOCK_K * BITS / 32] (int32, in ``_byte_layout``'s word layout)
     -> wgmma's register operand [ROWS, BLOCK_K] fp16 (``a_layout``): pair ``select``
     (``pair_select``) of each word by ``_NIBBLE_PAIR_ASM`` (4 bits; ``mul``: int32 scalar,
     ``nibble_multiplier``) or ``_BYTE_PAIR_ASM`` (8 bits; ``mul`` unused) with each row's
     ``bias`` and ``scale`` words (``group_words``).  4-bit pairs come in the stored order
     (byte i of word s of a chunk: k = 8 i + 2 s) and are permuted to k order, which
-    moves no data (``_byte_layout`` put each value where the MMA wants it)."""
+    moves no data (``_byte_layout`` put each value where the MMA wants it).  Without SCALED
+    the operand is the exact code - zero (``_BYTE_PAIR_UNSCALED_ASM``, ``_NIBBLE_PAIR_UNSCALED_ASM``;
+    ``scale`` unused): for one scale per row, applied to the product's fp32 sum."""
     words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
     sel3 = gl.broadcast(words3, select)[1]
     bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
     scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
     if BITS == 8:
-        lo, hi = gl.inline_asm_elementwise(_BYTE_PAIR_ASM, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+        asm: gl.constexpr = _BYTE_PAIR_ASM if SCALED else _BYTE_PAIR_UNSCALED_ASM
+        lo, hi = gl.inline_asm_elementwise(asm, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
                                            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     else:
         mul3 = words3 * 0 + mul
-        lo, hi = gl.inline_asm_elementwise(_NIBBLE_PAIR_ASM, "=h,=h,r,r,r,r,r", [words3, sel3, bias3, scale3, mul3],
+        asm: gl.constexpr = _NIBBLE_PAIR_ASM if SCALED else _NIBBLE_PAIR_UNSCALED_ASM
+        lo, hi = gl.inline_asm_elementwise(asm, "=h,=h,r,r,r,r,r", [words3, sel3, bias3, scale3, mul3],
                                            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     pairs = gl.join(lo, hi)  # [ROWS, words, pairs, 2]
     if BITS == 4:  # [ROWS, chunk, s, i, h] -> [ROWS, chunk, i, s, h]: k = 32 chunk + 8 i + 2 s + h

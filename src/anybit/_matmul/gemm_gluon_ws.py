@@ -252,24 +252,27 @@ def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MOD
 
 @gluon.jit
 def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, mul,
-            scale, zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr):
+            scale, zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr,
+            SCALE_AFTER: gl.constexpr):
     """The operand of the ring's u-th block for consumer warpgroup WG: wait for its stage,
     read the warpgroup's WG_ROWS rows of code words, decode them with the group's ``scale``
-    and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s)."""
+    and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s; SCALE_AFTER: without the scale)."""
     s = u % STAGES
     bias, scale_words = group_words(scale, zero, BITS)
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
     words = c_bufs.index(s).slice(WG * WG_ROWS, WG_ROWS, dim=0).load(word_layout)
-    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS)
+    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER)
 
 
 @gluon.jit
 def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl.constexpr, select,
                 GROUP: gl.constexpr, MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr,
-                STAGES: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr):
+                STAGES: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr, SCALE_AFTER: gl.constexpr):
     """Consumer warpgroup WG's product over K-blocks kb0 .. kb0 + n_blocks of one tile, the
     ring's blocks base .. base + n_blocks: its rows of W (``params``' rows) against the x
-    tile, fp32 [WG_ROWS, BLOCK_M] in the MMA's layout.  Every block's stage is released."""
+    tile, fp32 [WG_ROWS, BLOCK_M] in the MMA's layout.  Every block's stage is released.
+    SCALE_AFTER (one scale per row): the weights enter the MMA unscaled (code - zero, exact)
+    and the sum is not yet scaled (``_scaled``)."""
     x_bufs, c_bufs, ready, empty = ring
     mul = nibble_multiplier(params[3])  # num_groups
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -298,7 +301,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     first = n_blocks % 2
     if first == 1:
         a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
-                    a_layout, BITS)
+                    a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(base % STAGES), count=1)
         window = _advance(params, window, kb0 + 3, BLOCK_K, GROUP, MODE, BITS)
@@ -306,7 +309,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     for i in range(first, n_blocks, 2):
         u = base + i
         a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
-                     a_layout, BITS)
+                     a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
@@ -316,7 +319,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
             mbarrier.arrive(empty.index((u + STAGES - 1) % STAGES), count=1, pred=i > first)
         window = _advance(params, window, kb0 + i + 3, BLOCK_K, GROUP, MODE, BITS)
         a0 = _decode(c_bufs, ready, u + 1, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K,
-                     STAGES, a_layout, BITS)
+                     STAGES, a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a0, x_bufs.index((u + 1) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
@@ -332,6 +335,16 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
     if OVERLAP == CARRY:  # the last block's MMA is only now done
         mbarrier.arrive(empty.index((base + n_blocks - 1) % STAGES), count=1, pred=n_blocks > first)
+    return acc
+
+
+@gluon.jit
+def _scaled(acc, scales_ptr, rows, N, stride_sn, SCALE_AFTER: gl.constexpr):
+    """With SCALE_AFTER, the unscaled sum ``acc`` [WG_ROWS, BLOCK_M] fp32 times each row's one
+    scale (``rows``: the rows of W, ``acc``'s row layout), in fp32: y = s * sum_k (q - z) x,
+    where the per-weight scale gives sum_k fp16(s (q - z)) x (one rounding fewer)."""
+    if SCALE_AFTER:
+        acc = acc * gl.load(scales_ptr + rows * stride_sn, mask=rows < N, other=0).to(gl.float32)[:, None]
     return acc
 
 
@@ -445,7 +458,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
               MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
               SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
               SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr, PDL: gl.constexpr,
-              base, CLUSTER: gl.constexpr):
+              base, CLUSTER: gl.constexpr, SCALE_AFTER: gl.constexpr):
     """Consumer warpgroup WG: for each of the program's tiles, rows pid_n * BLOCK_N + WG *
     WG_ROWS .. + WG_ROWS of W against the tile's x rows; writes its rows of y (or its
     partial).  ``ops``: the ring and the operands, as the kernel builds them.  As a
@@ -477,7 +490,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
             params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
             acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K,
-                              STAGES, OVERLAP, BITS)
+                              STAGES, OVERLAP, BITS, SCALE_AFTER)
             base += n_blocks
             # the schedule again, not held in registers through the MMAs
             work = _stream_k_work(M, N, work[7], BLOCK_M, BLOCK_N)
@@ -485,6 +498,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             tile, _, _, slot, shared = _item(work, j)
             m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
             row0 = n0 + WG * WG_ROWS
+            acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
             done = ~shared  # a whole tile is stored at once
             if shared:
                 # the partials of a shared tile, one per program and slot: [programs, 2,
@@ -517,7 +531,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
         params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
         acc = _mma_blocks(ring, params, kb0, n_blocks, 0, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES,
-                          OVERLAP, BITS)
+                          OVERLAP, BITS, SCALE_AFTER)
+        acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
         last = True
         rows_of_x = M
         if CLUSTER:
@@ -559,7 +574,7 @@ def gemm_gluon_ws_kernel(
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
-    PDL: gl.constexpr = PDL_OFF, CLUSTER: gl.constexpr = False,
+    PDL: gl.constexpr = PDL_OFF, CLUSTER: gl.constexpr = False, SCALE_AFTER: gl.constexpr = False,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -581,7 +596,11 @@ def gemm_gluon_ws_kernel(
     that wait (PDL_EARLY) or after its last copy (PDL_LATE).  CLUSTER (split-K only): launched
     as clusters of SPLIT_K CTAs (``cluster.launch_clustered``, grid (tiles,): program p is
     split p % SPLIT_K of tile p // SPLIT_K), the splits summed through the cluster's shared
-    memory (``_cluster_sum``; no workspace or counters)."""
+    memory (``_cluster_sum``; no workspace or counters).  SCALE_AFTER (only where each row of
+    W has one scale, ``gemm.ws_scale_after``): the MMA takes the exact code - zero and each
+    row's sum is scaled once in fp32 (``_scaled``), a third of the 8-bit decode's instructions
+    fewer; the weights are then not rounded to fp16 one by one (y is closer to the exact
+    product with s (q - z) than to the product with fp16(s (q - z)))."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
@@ -619,16 +638,16 @@ def gemm_gluon_ws_kernel(
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
@@ -636,13 +655,13 @@ def gemm_gluon_ws_kernel(
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
 
 
