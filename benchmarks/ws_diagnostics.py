@@ -82,7 +82,7 @@ def diagnostic_kernel(diag: int):
     """A copy of ``gemm_gluon_ws_kernel`` without the parts ``diag`` names."""
     s = _weights.absolute_imports(open(SOURCE).read())
     if diag & 1:
-        constant = "    return (rows * 0).to(gl.float16) + 0.01, (rows * 0).to(gl.float32) + 8.0\n"
+        constant = "    return (rows * 0).to(gl.float16) + 0.01, rows * 0 + 8\n"
         s = _replace(s, "    return group_params(", constant + "    return group_params(", 1)
     if diag & 4:
         s = _replace(s, DECODE_CALL,

@@ -61,6 +61,18 @@ def test_byte_pair_decode_matches_the_exact_weights(zero):
                 assert np.array([got], dtype=np.uint16).view(np.float16)[0] == want, (byte, position, s)
 
 
+@pytest.mark.parametrize("bits", [4, 8])
+def test_the_bias_word_of_each_zero_point(bits):
+    """``group_words``' integer bias word BIAS_BASE + z * BIAS_STEP (int32) is, for every zero
+    point of the format's range, the fp16 pair the decode adds: (-(1024 + z), -(64 + z)) for
+    4-bit codes, (-(1024 + z), -(1024 + z)) for 8-bit ones."""
+    high = 64.0 if bits == 4 else 1024.0
+    for z in range(1 << bits):
+        word = gg.BIAS_BASE[bits] + z * gg.BIAS_STEP[bits]
+        assert -(1 << 31) <= word < 1 << 31  # no int32 overflow in the kernel
+        assert word % (1 << 32) == emu.pair(-1024.0 - z, -high - z, bf16=False), z
+
+
 @pytest.mark.parametrize("bits, zero", [(4, 0), (4, 8), (4, 15), (8, 0), (8, 128), (8, 200)])
 def test_unscaled_pair_decode_gives_the_exact_codes_less_the_zero(bits, zero):
     """The decode for one scale per row (``decode_operand`` without SCALED): code - zero,

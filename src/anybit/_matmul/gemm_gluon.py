@@ -229,27 +229,42 @@ def _pair_words(lo, hi):
     return lo | (hi << 16)
 
 
+#: The decode's bias word of an integer zero point z (``group_words``): BIAS_BASE + z * BIAS_STEP
+#: holds the fp16 pair (-(1024 + z), -(64 + z)) for 4-bit codes, z < 16 (low half 0xE400 + z:
+#: fp16's ulp at 1024 is 1; high half 0xD400 + 16 z: its ulp at 64 is 1/16), and (-(1024 + z),
+#: -(1024 + z)) for 8-bit codes, z < 256; as int32 (the bases' top bit set: negative).
+BIAS_BASE = {4: 0xD400E400 - (1 << 32), 8: 0xE400E400 - (1 << 32)}
+BIAS_STEP = {4: 0x00100001, 8: 0x00010001}
+
+
+@triton.constexpr_function
+def _bias_word(bits, part):
+    """``BIAS_BASE[bits]`` (part "base") or ``BIAS_STEP[bits]`` (part "step"), for the kernels."""
+    return (BIAS_BASE if part == "base" else BIAS_STEP)[bits]
+
+
 @gluon.jit
 def group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
                  MODE: gl.constexpr, BITS: gl.constexpr = 4):
-    """The loads of ``group``'s parameters per row: (scale fp16 [R], zero point fp32 [R];
-    2^(BITS-1) when symmetric, 0 past the last group)."""
+    """The loads of ``group``'s parameters per row: (scale fp16 [R], zero point int32 [R]:
+    the format's uint8 zero point, 2^(BITS-1) when symmetric, 0 past the last group)."""
     ok = (rows >= 0) & (group < num_groups)
     scale = gl.load(scales_ptr + rows * stride_sn + group * stride_sg, mask=ok, other=0).to(gl.float16)
     if MODE == ZERO_POINT:
-        zero = gl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(gl.float32)
+        zero = gl.load(zeros_ptr + rows * stride_zn + group * stride_zg, mask=ok, other=0).to(gl.int32)
     else:
-        zero = (rows * 0).to(gl.float32) + (1 << (BITS - 1))  # symmetric: offset-binary codes
+        zero = rows * 0 + (1 << (BITS - 1))  # symmetric: offset-binary codes
     return scale, zero
 
 
 @gluon.jit
 def group_words(scale, zero, BITS: gl.constexpr = 4):
     """The decode's per-row words from ``group_params``' values: (bias pair -(1024 + z),
-    -(64 + z) for 4 bits, -(1024 + z) twice for 8; scale pair), int32 [R]."""
-    HIGH: gl.constexpr = 1024.0 if BITS == 8 else 64.0  # what the high code of a pair sits on
-    bias = _pair_words((-1024.0 - zero).to(gl.float16), (-HIGH - zero).to(gl.float16))
-    return bias, _pair_words(scale, scale)
+    -(64 + z) for 4 bits, -(1024 + z) twice for 8, one integer multiply-add from the zero
+    point (``BIAS_BASE``; through fp32 and two conversions it took ~9% more instructions in
+    the zero-point kernel, docs/NOTES-gemm.md v37); scale pair), int32 [R]."""
+    bias = zero * _bias_word(BITS, "step") + _bias_word(BITS, "base")
+    return bias, (scale.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
 
 
 @gluon.jit
