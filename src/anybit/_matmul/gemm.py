@@ -561,7 +561,7 @@ def launch_gemm_gluon_ws(
                          f"k={k}; accepted: 4 or 8 bits, symmetric or zero-point codes, fp16 x and scales, block_k "
                          f"64 or 128 <= group, k a multiple of 8")
     check_gluon_ws_config(config)
-    if scale_after and scales.shape[1] != 1:
+    if scale_after and not ws_scale_after(scales.shape[1]):
         raise ValueError(f"scale_after=True scales each row's sum once, which needs one scale per row; got "
                          f"{scales.shape[1]} groups per row (scales {tuple(scales.shape)}); accepted: None or False "
                          f"here")

@@ -264,7 +264,7 @@ def group_words(scale, zero, BITS: gl.constexpr = 4):
     point (``BIAS_BASE``; through fp32 and two conversions it took ~9% more instructions in
     the zero-point kernel, docs/NOTES-gemm.md v37); scale pair), int32 [R]."""
     bias = zero * _bias_word(BITS, "step") + _bias_word(BITS, "base")
-    return bias, (scale.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF) * 0x10001
+    return bias, _pair_words(scale, scale)
 
 
 @gluon.jit
