@@ -32,7 +32,8 @@ def _ws_text(config: dict, overlap: int = -1, wg_rows: int = 0, block_k: int = 0
     split = "sk" if config["stream_k"] else f"c{config['split_k']}" if config["cluster_sum"] else str(config["split_k"])
     rows = wg_rows or gm.ws_wg_rows(gm.GemmConfig(**config))
     return (f"ws,{config['block_m']},{config['block_n']},{block_k or config['block_k']},{split},"
-            f"{config['num_stages']},{config['swizzle']},0,0,{overlap},{rows},{scale_after}")
+            f"{config['num_stages']},{config['swizzle']},0,0,{overlap},{rows},{scale_after},"
+            f"{config.get('k_warpgroups', 1)}")
 
 
 def main() -> None:

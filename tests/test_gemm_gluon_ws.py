@@ -155,7 +155,7 @@ def test_stream_k_candidates(n, m, stream_k):
     sk = [p for p in plans if p.config.stream_k]
     for p in plans:
         tiles = -(-m // p.config.block_m) * -(-n // p.config.block_n)
-        if p.config.split_k == 1 and not p.config.stream_k:
+        if p.config.split_k == 1 and not p.config.stream_k and p.config.k_warpgroups == 1:
             twin = gm.Plan(gm.Kernel.GLUON_WS, replace(p.config, stream_k=True))
             assert (twin in sk) == bool(tiles % 132), p.label()
     assert bool(sk) == stream_k and all(p.config.split_k == 1 for p in sk)
@@ -201,8 +201,10 @@ def test_tuner_candidates(m):
     stages: test_cluster_sum_candidates)."""
     plans = cand.candidate_plans(m, 4096, 4096, 4, 132, gluon=True)
     ws = [p for p in plans if p.kernel is gm.Kernel.GLUON_WS and not p.config.cluster_sum]
-    # GLUON_WS_TILES' form: rows of W per warpgroup written only where not 64
-    rows = lambda c: (gm.ws_wg_rows(c),) if gm.ws_wg_rows(c) != 64 else ()  # noqa: E731
+    # GLUON_WS_TILES' form: rows of W per warpgroup written only where not 64 or where
+    # warpgroups share K, then their count
+    rows = lambda c: (gm.ws_wg_rows(c), c.k_warpgroups) if c.k_warpgroups > 1 else (  # noqa: E731
+        (gm.ws_wg_rows(c),) if gm.ws_wg_rows(c) != 64 else ())
     tiles = {(c.block_m, c.block_n, c.block_k, c.num_stages, *rows(c)) for c in (p.config for p in ws)}
     assert tiles == {t for t in cand.GLUON_WS_TILES if t[0] == 64 or m > t[0] // 2}
     assert (256, 128, 64, 4) in tiles if m > 128 else (256, 128, 64, 4) not in tiles
@@ -210,19 +212,20 @@ def test_tuner_candidates(m):
         swizzles = {q.config.swizzle for q in ws if replace(q.config, swizzle=8) == replace(p.config, swizzle=8)}
         assert swizzles == (set(cand.GLUON_WS_SWIZZLES) if m > p.config.block_m else {8}), p.label()
     assert {p.config.split_k for p in ws} >= {1} and max(p.config.split_k for p in ws) > 1
-    for p in ws:  # each split-1 tile also split as far as one wave holds
+    for p in ws:  # each split-1 tile also split as far as one wave holds (warpgroups sharing K: in clusters only)
         tiles_, k_blocks = -(-m // p.config.block_m) * -(-4096 // p.config.block_n), 4096 // p.config.block_k
-        if p.config.split_k == 1 and not p.config.stream_k:
+        assert p.config.k_warpgroups == 1 or (p.config.split_k == 1 and not p.config.stream_k), p.label()
+        if p.config.split_k == 1 and not p.config.stream_k and p.config.k_warpgroups == 1:
             assert replace(p.config, split_k=g.one_wave_split(k_blocks, tiles_, 132)) in {q.config for q in ws}
     assert len(set(plans)) == len(plans)
     assert not any(p.kernel is gm.Kernel.GLUON_WS for p in cand.candidate_plans(m, 4096, 4100, 4, 132, gluon=True))
     # 8-bit codes: each warp-specialized tile at the deepest ring up to its stages that fits
     # shared memory (256 x 128 x 128: 2 stages, not 3), with no Gluon (4-bit) plans
     plans8 = cand.candidate_plans(m, 4096, 4096, 8, 132, gluon=False, ws=True)
-    tiles8 = {(p.config.block_m, p.config.block_n, p.config.block_k, p.config.num_stages) for p in plans8
-              if p.kernel is gm.Kernel.GLUON_WS and not p.config.cluster_sum}
-    assert tiles8 == {(*t[:3], gm.ws_fit_stages(gm.ws_config(*t[:3], 1, t[3]), 8)) for t in tiles}
-    assert all(gm.ws_fits(gm.ws_config(*t[:3], 1, t[3]), 8) for t in tiles8)
+    tiles8 = {(p.config.block_m, p.config.block_n, p.config.block_k, p.config.num_stages, *rows(p.config))
+              for p in plans8 if p.kernel is gm.Kernel.GLUON_WS and not p.config.cluster_sum}
+    assert tiles8 == {(*t[:3], gm.ws_fit_stages(gm.ws_config(*t[:3], 1, *t[3:]), 8), *t[4:]) for t in tiles}
+    assert all(gm.ws_fits(c := gm.ws_config(*t[:3], 1, *t[3:]), 8, gm.ws_cluster_bytes(c)) for t in tiles8)
     assert ((256, 128, 128, 2) in tiles8) == (m > 128) and (256, 128, 128, 3) not in tiles8
     assert not any(p.kernel is gm.Kernel.GLUON for p in plans8)
 
@@ -295,10 +298,12 @@ def test_a_ws_plan_falls_back_to_the_heuristic_where_it_does_not_apply(monkeypat
 
 
 def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap, bits: int = 4) -> str:
-    """ptxas's report (-v) on the kernel for ``config`` (stream-K or not), ``overlap`` and
-    codes of ``bits``, compiled for sm_90 without a GPU (tests/ptxas_report.py)."""
+    """ptxas's report (-v) on the kernel for ``config`` (stream-K or not, warpgroups sharing K
+    or not), ``overlap`` and codes of ``bits``, compiled for sm_90 without a GPU
+    (tests/ptxas_report.py)."""
     return compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
-                          int(overlap), config.num_warps, bits, int(config.stream_k))
+                          int(overlap), config.num_warps, bits, int(config.stream_k), "--k-warpgroups",
+                          config.k_warpgroups)
 
 
 SERIALIZED = "wgmma.mma_async instructions are serialized"
@@ -319,7 +324,8 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
 
 
-@pytest.mark.parametrize("config", [gm.ws_config(*t[:3], 1, *t[3:], stream_k=True) for t in cand.GLUON_WS_TILES],
+@pytest.mark.parametrize("config", [gm.ws_config(*t[:3], 1, *t[3:], stream_k=True) for t in cand.GLUON_WS_TILES
+                                    if t[5:] in ((), (1,))],
                          ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
 def test_stream_k_keeps_the_mmas_asynchronous(config):
     """The stream-K loop over work items (its schedule recomputed after the MMAs rather than

@@ -9,7 +9,8 @@ For every (format, layer shape, m) point:
    are ranked by the performance model (``perf_model``);
 2. the model's first ``top``, its first Gluon plan, its first ``WS_MEASURED``
    warp-specialized Gluon plans, its first stream-K plan, its first ``CLUSTER_MEASURED``
-   cluster-sum plans, the heuristic's plan and the
+   cluster-sum plans, its first ``SHARED_K_MEASURED`` plans of warpgroups sharing K
+   (``GemmConfig.k_warpgroups``), the heuristic's plan and the
    plan this GPU's tables already hold for the point
    (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
@@ -69,6 +70,9 @@ WS_MEASURED = 4
 #: every point: whether a cluster of 2, 4 or 8 CTAs fits a wave depends on how the GPU's SMs
 #: group, which the model does not know (docs/NOTES-gemm.md v34).
 CLUSTER_MEASURED = 2
+#: The model's first this many plans whose warpgroups share K (``GemmConfig.k_warpgroups``)
+#: are measured at every point (their class corrections start at 1).
+SHARED_K_MEASURED = 2
 #: Most processes ``precompile`` starts by default.  Each holds a CUDA context and one launch's
 #: operands (up to 2 GB: a 57344 x 8192 weight's fp16 scratch copy with its x and output).
 MAX_COMPILE_WORKERS = 16
@@ -386,8 +390,9 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
             exhaustive: bool) -> tuple[Point, list[Measured]]:
     """A point's candidates ranked by the model, and those to measure: the model's first
     ``top``, its first Gluon plan, first WS_MEASURED warp-specialized plans, first stream-K
-    plan and first CLUSTER_MEASURED cluster-sum plans, the heuristic's plan and the plan this GPU's tables hold (every
-    candidate with ``exhaustive``)."""
+    plan, first CLUSTER_MEASURED cluster-sum plans and first SHARED_K_MEASURED plans of warpgroups
+    sharing K, the heuristic's plan and the plan this GPU's tables hold (every candidate with
+    ``exhaustive``)."""
     fmt = parse_format(spec)
     mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
     scale_dtype = fmt.param_specs(n, k, torch.float16)["scales"].dtype
@@ -406,6 +411,7 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:WS_MEASURED]
     also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.stream_k][:1]
     also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.cluster_sum][:CLUSTER_MEASURED]
+    also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.k_warpgroups > 1][:SHARED_K_MEASURED]
     # and the plan this GPU's tables hold for the point, so that a ranking the
     # model gets wrong cannot lose a plan measured best before
     incumbent = _incumbent(tables, spec, n, k, m)

@@ -24,17 +24,21 @@ GLUON_STAGES = (3, 4)
 
 
 #: The warp-specialized Gluon kernel's settings that ``anybit tune`` tries, as (block_m, block_n,
-#: block_k, stages[, rows of W per consumer warpgroup, 64 if not given]); those with more than 64
-#: rows of x only where m > block_m / 2.  From sweeps
+#: block_k, stages[, rows of W per consumer warpgroup, 64 if not given[, consumer warpgroups per
+#: row set, ``GemmConfig.k_warpgroups``, 1 if not given]]); those with more than 64 rows of x only
+#: where m > block_m / 2.  From sweeps
 #: (docs/NOTES-gemm.md v14, v15, v18): 256 rows of W per program for the large layers at small
 #: M, 128 for the small ones (4096 x 4096 at M = 64: 15 against 27 us), about one program per
 #: SM; 256 rows of x against 128 of W from M = 1024 (each decoded weight serves twice the
 #: rows of x of a 128 x 256 tile: 8192 x 8192 at M = 1024 183 against 215 us); 64 x 128 x 128
 #: with PAIRS at M = 64-128 (4096 x 4096 at M=64 10.9 against 11.6 us for 64 x 128 x 64) and
 #: 128 x 256 x 128 as two warpgroups of 128 rows at M=128 (57344 x 8192 201 against 209 us for
-#: 128 x 256 x 64; four warpgroups at 112 registers cannot hold it; v36).
+#: 128 x 256 x 64; four warpgroups at 112 registers cannot hold it; v36); 64 rows of W with two
+#: warpgroups sharing K where the small layers needed a split across programs to fill the SMs
+#: (v38).
 GLUON_WS_TILES = ((64, 128, 64, 6), (64, 128, 128, 6), (64, 256, 64, 4), (64, 256, 128, 3), (128, 256, 64, 4),
-                  (128, 256, 128, 3, 128), (128, 128, 128, 3), (256, 128, 64, 4), (256, 128, 128, 3))
+                  (128, 256, 128, 3, 128), (128, 128, 128, 3), (256, 128, 64, 4), (256, 128, 128, 3),
+                  (64, 64, 128, 6, 64, 2), (128, 64, 128, 4, 64, 2), (64, 128, 128, 6, 64, 2))
 
 
 #: Swizzles (``GemmConfig.swizzle``) ``anybit tune`` tries for the warp-specialized kernel
@@ -51,6 +55,10 @@ GLUON_WS_SWIZZLES = (8, 16)
 #: one wave; docs/NOTES-gemm.md v34).
 CLUSTER_SPLITS = (2, 4, 8)
 
+#: Most splits of a warp-specialized candidate that does not divide the K-blocks (its last
+#: split takes the rest): the most that one wave of programs holds, up to this.
+WS_MAX_UNEVEN_SPLIT = 8
+
 
 def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = False,
                     ws: bool | None = None) -> list[Plan]:
@@ -63,7 +71,8 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
     ``ws`` (``gluon_ws_supported``; default: ``gluon``), the warp-specialized one over
     GLUON_WS_TILES with the deepest ring up to the tile's stages that fits shared memory
     (``ws_fit_stages``: two stages for 8-bit codes at 256 x 128 x 128) without a split, about
-    one program per SM, the most in one wave (``one_wave_split``), CLUSTER_SPLITS summed in a
+    one program per SM, the most in one wave (``one_wave_split``; and, up to
+    WS_MAX_UNEVEN_SPLIT, whether or not it divides the K-blocks), CLUSTER_SPLITS summed in a
     cluster (with the stages that fit beside the sum's buffer) and, where the last wave is
     partial, stream-K, each with the GLUON_WS_SWIZZLES where there is more than one tile of x
     (where K is a multiple of 8)."""
@@ -102,8 +111,10 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
             ws_k_blocks = -(-k // ws_block_k)
             tiles = -(-n // block_n) * -(-m // block_m)
             swizzles = GLUON_WS_SWIZZLES if m > block_m else GLUON_WS_SWIZZLES[:1]
-            fill = (split_for(ws_k_blocks, tiles, 1, sms), one_wave_split(ws_k_blocks, tiles, sms))
-            for split in sorted({1, *fill}):
+            fill = (split_for(ws_k_blocks, tiles, 1, sms), one_wave_split(ws_k_blocks, tiles, sms),
+                    min(ws_k_blocks, WS_MAX_UNEVEN_SPLIT, max(1, sms // tiles)))
+            shared_k = len(rows) > 1 and rows[1] > 1  # warpgroups sharing K: splits only as clusters
+            for split in sorted({1} if shared_k else {1, *fill}):
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, split, stages, *rows,
                                                                  swizzle=swizzle)))
@@ -113,7 +124,7 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                 if split <= ws_k_blocks and fit:
                     plans += [Plan(Kernel.GLUON_WS, replace(config, num_stages=fit, swizzle=swizzle))
                               for swizzle in swizzles]
-            if tiles % sms:  # a partial last wave
+            if tiles % sms and not shared_k:  # a partial last wave
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages, *rows,
                                                                  swizzle=swizzle, stream_k=True)))

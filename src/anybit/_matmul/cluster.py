@@ -115,6 +115,48 @@ def push(values, addr, rank, bar):
 
 
 @gluon.jit
+def init_count_barrier(bar, count):
+    """Thread 0 of the CTA: the mbarrier at shared address ``bar`` waits for ``count`` arrivals
+    (``store_and_arrive``), for a sum within one CTA launched without a cluster, where the
+    cluster instructions of ``init_byte_barrier`` and ``push`` are illegal (a CTA alone is not a
+    cluster of one to them).  Before any partition starts, whose start orders it before every
+    arrival."""
+    gl.inline_asm_elementwise(
+        "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tmov.u32 t, %tid.x;\n\tsetp.eq.u32 p, t, 0;\n\t"
+        "@p mbarrier.init.shared::cta.b64 [$1], $2;\n\t}\n\tmov.u32 $0, 0;",
+        "=r,r,r", [bar, count], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def store_shared(values, addr):
+    """values [V, 4] fp32 (4 consecutive elements a thread per row): row v stored at this CTA's
+    shared address ``addr`` [V, 4] (its first element's), 16 bytes a store."""
+    gl.inline_asm_elementwise(
+        "st.shared.v4.b32 [$4], {$8, $9, $10, $11};\n\tmov.u32 $0, 0;\n\tmov.u32 $1, 0;\n\tmov.u32 $2, 0;\n\t"
+        "mov.u32 $3, 0;", "=r,=r,=r,=r,r,r,r,r,r,r,r,r", [addr, values.to(gl.int32, bitcast=True)], dtype=gl.int32,
+        is_pure=False, pack=4)
+
+
+@gluon.jit
+def arrive(bar):
+    """This thread arrives (release, CTA scope) on the mbarrier at shared address ``bar``
+    (a scalar: every thread of the partition arrives once), after its stores before it."""
+    gl.inline_asm_elementwise("mbarrier.arrive.release.cta.shared::cta.b64 _, [$1];\n\tmov.u32 $0, 0;", "=r,r",
+                              [bar], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def wait_arrivals(bar):
+    """Wait until the mbarrier at shared address ``bar`` has completed its first phase (every
+    arrival ``init_count_barrier`` expects); acquire at CTA scope."""
+    done = gl.to_tensor(0)
+    while done == 0:
+        done = gl.inline_asm_elementwise(
+            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [$1], 0;\n\t"
+            "selp.u32 $0, 1, 0, p;\n\t}", "=r,r", [bar], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
 def load_shared(addr):
     """[V, 4] fp32 from this CTA's shared memory, row v at shared address ``addr`` [V, 4]
     (its first element's), 16 bytes a load."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import Tensor
@@ -20,6 +20,11 @@ from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
     MMA_K, capability, has_ptx_decode, interpreting, kernel_group, kernel_table, pdl_arguments, sm_count,
     split_for, split_counters, split_k_buffers, weight_operands,
+)
+from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests use them as gemm.*)
+    CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS, WsOverlap,
+    check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_config, ws_consumer_regs, ws_fit_stages,
+    ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after, ws_vector_store, ws_warps, ws_wg_rows,
 )
 
 
@@ -53,6 +58,12 @@ class GemmConfig:
         summed through the cluster's shared memory instead of global memory (the
         warp-specialized Gluon kernel only; split_k 2, 4 or 8; its buffer ``ws_cluster_bytes``
         after the ring; docs/NOTES-gemm.md v33-v35).
+    k_warpgroups: consumer warpgroups of the warp-specialized Gluon kernel that share each
+        row set's K-blocks (1 or 2): warpgroup j takes the tile's K-blocks j, j + 2, ..., and
+        the partials are summed through shared memory as the cluster sum's are (with split_k 1,
+        or split_k 2, 4 or 8 with ``cluster_sum``), so a tile of 64 rows of W keeps two
+        warpgroups busy without a split across programs; num_stages a multiple of it, so that
+        each warpgroup has stages of its own (docs/NOTES-gemm.md v38).
     """
 
     block_m: int
@@ -65,6 +76,7 @@ class GemmConfig:
     sync_mma: bool = True
     stream_k: bool = False
     cluster_sum: bool = False
+    k_warpgroups: int = 1
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -84,6 +96,18 @@ class GemmConfig:
         if self.cluster_sum and self.split_k not in (2, 4, 8):
             raise ValueError(f"GemmConfig split_k={self.split_k} with cluster_sum: accepted: 2, 4 or 8 (the splits "
                              f"of a tile are the CTAs of a cluster)")
+        if self.k_warpgroups not in (1, 2):
+            raise ValueError(f"GemmConfig k_warpgroups={self.k_warpgroups}: accepted: 1 or 2")
+        if self.num_stages % self.k_warpgroups:
+            raise ValueError(f"GemmConfig num_stages={self.num_stages} with k_warpgroups={self.k_warpgroups}: accepted: "
+                             f"a multiple of k_warpgroups (each warpgroup keeps to its own stages: with an odd ring "
+                             f"a stage's barrier can be a phase behind a warpgroup's wait, whose parity then passes "
+                             f"on stale data)")
+        if self.k_warpgroups > 1 and (self.stream_k or (self.split_k > 1 and not self.cluster_sum)):
+            raise ValueError(f"GemmConfig k_warpgroups={self.k_warpgroups} with split_k={self.split_k}, "
+                             f"stream_k={self.stream_k}, cluster_sum={self.cluster_sum}: accepted: split_k 1, or "
+                             f"split_k 2, 4 or 8 with cluster_sum (the warpgroups' partials are summed in shared "
+                             f"memory as the cluster's are), no stream_k")
 
 
 #: From this many rows of x on, the dispatcher (``anybit.matmul``) dequantizes W into
@@ -169,15 +193,17 @@ class Plan:
     def label(self) -> str:
         """Short text: ``dequant``, ``64x64x64 split4 4w4s``, ``gluon 64x64x64 split2 4w4s`` or
         ``gluon-ws 64x256x128 split1 20w3s`` (`` sw16`` added for a swizzle other than 8, ``
-        stream-k`` for stream-K)."""
+        stream-k`` for stream-K, `` cluster`` for the cluster sum, `` kwg2`` for two
+        warpgroups per row set)."""
         if self.config is None:
             return self.kernel.value
         c = self.config
         kind = {Kernel.GLUON: "gluon ", Kernel.GLUON_WS: "gluon-ws "}.get(self.kernel, "")
         swizzle = "" if c.swizzle == 8 else f" sw{c.swizzle}"
         stream_k = " stream-k" if c.stream_k else " cluster" if c.cluster_sum else ""
+        k_wg = f" kwg{c.k_warpgroups}" if c.k_warpgroups > 1 else ""
         return (f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s{swizzle}"
-                f"{stream_k}")
+                f"{stream_k}{k_wg}")
 
 
 def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Plan:
@@ -186,88 +212,6 @@ def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Pla
     if m >= DEQUANT_MIN_M:
         return Plan(Kernel.DEQUANT)
     return Plan(Kernel.GEMM, gemm_config(m, n, k, group, bits, sms))
-
-
-#: Rows of W per consumer warpgroup of the warp-specialized Gluon kernel (the MMA's M is
-#: 64 per instruction; 128 rows are two MMAs per K-step of one warpgroup).
-WS_WG_ROWS = (64, 128)
-
-
-def ws_warps(block_n: int, wg_rows: int = 64) -> int:
-    """Warps of the warp-specialized Gluon kernel: 4 loader warps and 4 per consumer
-    warpgroup, one per ``wg_rows`` rows of W."""
-    return 4 + 4 * (block_n // wg_rows)
-
-
-def ws_config(block_m: int, block_n: int, block_k: int, split_k: int, stages: int, wg_rows: int = 64,
-              swizzle: int = 8, stream_k: bool = False, cluster_sum: bool = False) -> GemmConfig:
-    """A GemmConfig for the warp-specialized Gluon kernel, its warps from ``wg_rows`` rows
-    of W per consumer warpgroup (``ws_warps``)."""
-    return GemmConfig(block_m, block_n, block_k, split_k, ws_warps(block_n, wg_rows), stages, swizzle,
-                      stream_k=stream_k, cluster_sum=cluster_sum)
-
-
-def ws_wg_rows(config: GemmConfig) -> int:
-    """Rows of W per consumer warpgroup of a (checked) warp-specialized config: read off
-    its warps, ``ws_warps``."""
-    return 4 * config.block_n // (config.num_warps - 4)
-
-
-class WsOverlap(enum.IntEnum):
-    """How far each consumer warpgroup of the warp-specialized kernel overlaps its decode
-    with its MMAs (the kernel's ``OVERLAP``; K-blocks taken in pairs)."""
-
-    NONE = 0  #: each MMA waited for before the next decode
-    PAIRS = 1  #: a pair's second block decoded while its first block's MMA runs
-    CARRY = 2  #: every block decoded while the previous block's MMA runs
-
-
-def ws_consumer_regs(config: GemmConfig) -> int:
-    """Registers per consumer thread of the warp-specialized kernel with 1, 2 and 4
-    consumer warpgroups: 232, 160 (240 at 128 rows of W per warpgroup or more than 64 rows
-    of x) and 112.  Triton's split of 64K registers with 4 loader warps (at least 24
-    registers) allows up to 256, 240 and 112; 160 is what CARRY was compiled and measured
-    with at 2 x 64 rows of W and 64 of x; a 64 x 256 accumulator alone takes 128."""
-    groups = (config.num_warps - 4) // 4
-    if groups == 2 and (ws_wg_rows(config) == 128 or config.block_m > 64):
-        return 240
-    return {1: 232, 2: 160}.get(groups, 112)
-
-
-#: Triton versions (major.minor) whose compile of CARRY keeps the MMAs asynchronous; under
-#: Triton 3.9 ptxas serializes it (note C7515: other instructions write the accumulator
-#: between the wgmma), so ``ws_overlap`` stops at PAIRS there.
-CARRY_TRITON = ("3.6",)
-
-
-def ws_overlap(config: GemmConfig) -> WsOverlap:
-    """The deepest overlap of ``config`` whose two register operands fit the consumer's
-    registers (``ws_consumer_regs``).  Where they do not, ptxas serializes every wgmma
-    of the kernel (its note C7512), so this is read off compiled kernels (the tests check
-    the overlapped tiles of GLUON_WS_TILES and 64 x 64 x 64).  At 64 rows of W per
-    warpgroup: CARRY for 64 x 64 and 64 x 128 x 64 tiles (PAIRS outside CARRY_TRITON),
-    PAIRS for 64 x 256 x 64 and for 128 or 256 rows of x against 128 of W (two warpgroups at
-    240 registers; CARRY serializes there), NONE for 128 rows of x against 256 of W.  At
-    K-blocks of 128 PAIRS for 64 x 128 only (two warpgroups at 160 registers; CARRY
-    serializes), NONE for the others: PAIRS compiles clean at 128 x 128 x 128 and 256 x 128
-    x 128 too but measured 3-13% slower there, while 64 x 128 x 128 with PAIRS ran 4-9%
-    faster than 64 x 128 x 64 with CARRY (H100, docs/NOTES-gemm.md v36).  At 128 rows per
-    warpgroup: CARRY for one warpgroup (64 x 128 x 64; PAIRS outside CARRY_TRITON), PAIRS
-    for two (64 or 128 rows of x), NONE for K-blocks of 128."""
-    from . import tuning  # (it imports this module)
-
-    carry = tuning.installed_triton() in CARRY_TRITON
-    if ws_wg_rows(config) == 128:
-        if config.block_k != 64:
-            return WsOverlap.NONE
-        return WsOverlap.CARRY if carry and config.block_n == 128 else WsOverlap.PAIRS
-    if config.block_k != 64:
-        return WsOverlap.PAIRS if (config.block_m, config.block_n) == (64, 128) else WsOverlap.NONE
-    if config.block_m != 64 and config.block_n != 128:
-        return WsOverlap.NONE
-    if config.block_m != 64:
-        return WsOverlap.PAIRS
-    return WsOverlap.CARRY if carry and config.block_n <= 128 else WsOverlap.PAIRS
 
 
 def racy(config: GemmConfig) -> bool:
@@ -372,89 +316,6 @@ def check_gluon_config(config: GemmConfig) -> None:
             or config.stream_k):
         raise ValueError(f"GemmConfig for the Gluon GEMM: {config}: accepted: block_n a multiple of 64, "
                          f"num_warps = 4 per 64 rows of W, num_stages >= 2, no stream_k")
-
-
-def check_gluon_ws_config(config: GemmConfig) -> None:
-    """ValueError unless the warp-specialized Gluon kernel runs ``config``: block_n 64, 128
-    or 256, block_k 64 or 128, num_warps ``ws_warps(block_n, rows)`` for 64 or 128 rows of W
-    per consumer warpgroup (1, 2 or 4 warpgroups), a ring of at least 2 stages."""
-    warps = {ws_warps(config.block_n, rows) for rows in WS_WG_ROWS if config.block_n // rows in (1, 2, 4)}
-    if (config.block_n not in (64, 128, 256) or config.block_k not in (64, 128) or config.num_stages < 2
-            or config.num_warps not in warps):
-        raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128 or "
-                         f"256, block_k 64 or 128, num_warps = 4 + 4 per 64 or 128 rows of W (1, 2 or 4 consumer "
-                         f"warpgroups), num_stages >= 2")
-
-
-#: Code widths the warp-specialized Gluon kernel decodes (its BITS).
-GLUON_WS_BITS = (4, 8)
-
-#: Shared memory one program may use on Hopper (227 KB, the opt-in maximum), and what the
-#: warp-specialized kernel needs besides its ring (barriers, alignment; measured 192 bytes).
-HOPPER_SMEM_BYTES = 232448
-WS_SMEM_EXTRA = 1024
-#: Shared memory the vectorized output store's layout conversion may take per 64 rows of W
-#: (sm_90, Triton 3.6: 2.1-2.6 KB compiled on the tuner's tiles).
-WS_STORE_SCRATCH = 3072
-
-
-def ws_cluster_bytes(config: GemmConfig) -> int:
-    """Shared memory of the cluster sum (``GemmConfig.cluster_sum``), a tail after Triton's
-    (``cluster.launch_clustered``): each CTA receives its slice of every split's partial,
-    block_n x block_m fp32 in all, and one mbarrier per consumer warpgroup; 0 without it."""
-    from .cluster import buffer_bytes
-
-    return buffer_bytes(config.block_n * config.block_m * 4, config.block_n // ws_wg_rows(config)) \
-        if config.cluster_sum else 0
-
-
-def ws_ring_bytes(config: GemmConfig, bits: int) -> int:
-    """Shared memory of the warp-specialized kernel's ring: per stage an x tile
-    [block_m, block_k] fp16 and a code tile [block_n, block_k] of ``bits``-bit codes."""
-    return config.num_stages * (config.block_m * config.block_k * 2 + config.block_n * config.block_k * bits // 8)
-
-
-def ws_fits(config: GemmConfig, bits: int, scratch: int = 0) -> bool:
-    """Whether the ring of ``config`` for ``bits``-bit codes (and ``scratch`` bytes besides)
-    fits one program's shared memory."""
-    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + scratch <= HOPPER_SMEM_BYTES
-
-
-def ws_fit_stages(config: GemmConfig, bits: int) -> int | None:
-    """The most stages, at most ``config``'s and at least 2, whose ring fits for ``bits``-bit
-    codes (None: not even 2): 256 x 128 x 128 fits 3 at 4 bits, 2 at 8 (docs/NOTES-gemm.md v25)."""
-    for stages in range(config.num_stages, 1, -1):
-        if ws_fits(replace(config, num_stages=stages), bits, ws_cluster_bytes(config)):
-            return stages
-    return None
-
-
-def ws_vector_store(config: GemmConfig, bits: int) -> bool:
-    """Whether the warp-specialized kernel stores y in 16-byte vectors (its VECTOR_STORE): where
-    the ring leaves room for the conversion, with split-K only where the last split's loads
-    (ws_wg_rows x block_m / 128 registers a split) take at most 3/5 of the consumer's registers:
-    beyond, ptxas spills around the conversion (docs/NOTES-gemm.md v25); never with the cluster
-    sum, which stores its slices itself (``gemm_gluon_ws._cluster_sum``)."""
-    loads = config.split_k * ws_wg_rows(config) * config.block_m // 128
-    return not config.cluster_sum and (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \
-        and ws_fits(config, bits, WS_STORE_SCRATCH * config.block_n // 64)
-
-
-def ws_scale_after(num_groups: int) -> bool:
-    """Whether the warp-specialized kernel scales each row's sum once instead of every weight
-    (its SCALE_AFTER): where each row of W has one scale (one group along K, as in the
-    per-channel formats), so that the decode of a weight is one instruction shorter.  The
-    product is then sum_k (q - z) x times s in fp32, the exact weights s (q - z) rather than
-    their fp16 roundings: within the matmul tests' tolerance of the float64 reference, not
-    bit for bit the per-weight kernels' (docs/NOTES-gemm.md v37)."""
-    return num_groups == 1
-
-
-def ws_blocks_per_split(config: GemmConfig, k_blocks: int) -> int:
-    """The warp-specialized kernel's BLOCKS_PER_SPLIT for ``k_blocks`` K-blocks: each split's
-    share, ceil(k_blocks / split_k), or 0 for stream-K (which shares K-blocks out at run
-    time, so its kernel compiles once for every K)."""
-    return 0 if config.stream_k else -(-k_blocks // config.split_k)
 
 
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
@@ -589,7 +450,7 @@ def launch_gemm_gluon_ws(
     if launch is None:
         return out
     tiles, split_workspace, counters, k_blocks = launch
-    grid = (tiles,) if config.cluster_sum else (tiles, config.split_k)
+    grid = (tiles,) if ws_push_sum(config) else (tiles, config.split_k)
     if config.stream_k:  # counters for the shared tiles only
         grid = (programs,)
         counters = split_counters(x.device, max(1, tiles % programs * groups))
@@ -601,9 +462,8 @@ def launch_gemm_gluon_ws(
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
-    run = functools.partial(launch_clustered, gemm_gluon_ws_kernel, grid, config.split_k, cluster_bytes) \
-        if config.cluster_sum \
-        else gemm_gluon_ws_kernel[grid]
+    run = functools.partial(launch_clustered, gemm_gluon_ws_kernel, grid, config.split_k if config.cluster_sum else 1,
+                            cluster_bytes) if ws_push_sum(config) else gemm_gluon_ws_kernel[grid]
     run(
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
         workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
@@ -614,7 +474,7 @@ def launch_gemm_gluon_ws(
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
-        VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=config.cluster_sum,
+        VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=ws_push_sum(config), WG_K=config.k_warpgroups,
         SCALE_AFTER=ws_scale_after(scalars["num_groups"]) if scale_after is None else scale_after,
         **pdl_arguments(x.device),
     )

@@ -72,8 +72,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .cache_keys import settle_cache_keys
 from .cluster import (
-    buffer_bytes, cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, load_shared, push, tail_buffer,
-    wait_bytes,
+    arrive, buffer_bytes, cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, init_count_barrier, load_shared,
+    push, store_shared, tail_buffer, wait_arrivals, wait_bytes,
 )
 from .gemm_gluon import (
     _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
@@ -267,12 +267,14 @@ def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layo
 @gluon.jit
 def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl.constexpr, select,
                 GROUP: gl.constexpr, MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr,
-                STAGES: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr, SCALE_AFTER: gl.constexpr):
-    """Consumer warpgroup WG's product over K-blocks kb0 .. kb0 + n_blocks of one tile, the
-    ring's blocks base .. base + n_blocks: its rows of W (``params``' rows) against the x
-    tile, fp32 [WG_ROWS, BLOCK_M] in the MMA's layout.  Every block's stage is released.
-    SCALE_AFTER (one scale per row): the weights enter the MMA unscaled (code - zero, exact)
-    and the sum is not yet scaled (``_scaled``)."""
+                STAGES: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr, SCALE_AFTER: gl.constexpr,
+                STEP: gl.constexpr = 1):
+    """A consumer warpgroup's product over n_blocks K-blocks kb0, kb0 + STEP, ... of one tile,
+    the ring's blocks base, base + STEP, ...: rows WG * WG_ROWS .. of the stage's codes (W's
+    rows ``params``' rows) against the x tile, fp32 [WG_ROWS, BLOCK_M] in the MMA's layout.
+    Every block's stage is released (STEP 2: the warpgroups sharing K take every other
+    block).  SCALE_AFTER (one scale per row): the weights enter the MMA unscaled (code - zero,
+    exact) and the sum is not yet scaled (``_scaled``)."""
     x_bufs, c_bufs, ready, empty = ring
     mul = nibble_multiplier(params[3])  # num_groups
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -283,8 +285,8 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     # ahead measured the same, docs/NOTES-gemm.md v14b: the rotation of the loaded values
     # waits for each load, v15b)
     s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE, BITS)
-    s2, z2 = _block_params(params, kb0 + 1, BLOCK_K, GROUP, MODE, BITS)
-    s3, z3 = _block_params(params, kb0 + 2, BLOCK_K, GROUP, MODE, BITS)
+    s2, z2 = _block_params(params, kb0 + STEP, BLOCK_K, GROUP, MODE, BITS)
+    s3, z3 = _block_params(params, kb0 + 2 * STEP, BLOCK_K, GROUP, MODE, BITS)
     window = (s1, z1, s2, z2, s3, z3)
     # The K-blocks in pairs, a1 holding the first block's register operand and a0 the
     # second's.  OVERLAP (``gemm.WsOverlap``) says which MMA may still run while the next
@@ -304,10 +306,10 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
                     a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(base % STAGES), count=1)
-        window = _advance(params, window, kb0 + 3, BLOCK_K, GROUP, MODE, BITS)
+        window = _advance(params, window, kb0 + 3 * STEP, BLOCK_K, GROUP, MODE, BITS)
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
-        u = base + i
+        u = base + i * STEP
         a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
                      a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
@@ -316,25 +318,25 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
             mbarrier.arrive(empty.index(u % STAGES), count=1)
         elif OVERLAP == CARRY:  # MMA u - 1 (the last pair's second) done
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
-            mbarrier.arrive(empty.index((u + STAGES - 1) % STAGES), count=1, pred=i > first)
-        window = _advance(params, window, kb0 + i + 3, BLOCK_K, GROUP, MODE, BITS)
-        a0 = _decode(c_bufs, ready, u + 1, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K,
+            mbarrier.arrive(empty.index((u + STAGES * STEP - STEP) % STAGES), count=1, pred=i > first)
+        window = _advance(params, window, kb0 + (i + 3) * STEP, BLOCK_K, GROUP, MODE, BITS)
+        a0 = _decode(c_bufs, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K,
                      STAGES, a_layout, BITS, SCALE_AFTER)
-        acc = warpgroup_mma(a0, x_bufs.index((u + 1) % STAGES).permute((1, 0)), acc, is_async=True)
+        acc = warpgroup_mma(a0, x_bufs.index((u + STEP) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
-            mbarrier.arrive(empty.index((u + 1) % STAGES), count=1)
+            mbarrier.arrive(empty.index((u + STEP) % STAGES), count=1)
         elif OVERLAP == PAIRS:
             acc, a1, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1, a0))
             mbarrier.arrive(empty.index(u % STAGES), count=1)
-            mbarrier.arrive(empty.index((u + 1) % STAGES), count=1)
+            mbarrier.arrive(empty.index((u + STEP) % STAGES), count=1)
         else:  # MMA u done, u + 1 in flight
             acc, a1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a1))
             mbarrier.arrive(empty.index(u % STAGES), count=1)
-        window = _advance(params, window, kb0 + i + 4, BLOCK_K, GROUP, MODE, BITS)
+        window = _advance(params, window, kb0 + (i + 4) * STEP, BLOCK_K, GROUP, MODE, BITS)
     acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
     if OVERLAP == CARRY:  # the last block's MMA is only now done
-        mbarrier.arrive(empty.index((base + n_blocks - 1) % STAGES), count=1, pred=n_blocks > first)
+        mbarrier.arrive(empty.index((base + (n_blocks - 1) * STEP) % STAGES), count=1, pred=n_blocks > first)
     return acc
 
 
@@ -400,31 +402,47 @@ def _cluster_bar(base, g, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: 
 @gluon.jit
 def _cluster_sum(acc, base, pid_k, out_ptr, bias_ptr, row, col, row0, m0, M, N, WG: gl.constexpr,
                  NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr, SPLIT_K: gl.constexpr,
-                 HAS_BIAS: gl.constexpr):
-    """The split-K sum through the cluster's shared memory (the tile's SPLIT_K splits are the
-    cluster's CTAs, ``pid_k`` this one's rank).  The warpgroup's partial ``acc`` [WG_ROWS,
-    BLOCK_M] (wgmma's layout; ``row``, ``col`` its element's row of W and of x in the tile) is
-    taken in ``_vectors``' rows, each thread's 4 registers of an 8-column block: row v goes to
-    CTA v // SLICE, into its buffer [NUM_WG, SPLIT_K, SLICE, 4] fp32 at (WG, pid_k, v % SLICE)
-    (``push``: the bytes counted on that CTA's barrier WG).  Once all SPLIT_K partials' rows
-    of its slice have arrived, their sum in split order (the bits of the global sum's) is
-    stored as y, with the bias, at each element's (row of W, row of x)."""
+                 HAS_BIAS: gl.constexpr, WG_K: gl.constexpr = 1):
+    """The sum of a tile's T = SPLIT_K x WG_K partials through shared memory: the tile's
+    SPLIT_K splits are the cluster's CTAs (``pid_k`` this one's rank), and in each the WG_K
+    warpgroups of a row set (consumer WG = kj * R + rw, R = NUM_WG / WG_K row sets) took
+    every WG_K-th K-block from kj on.  The warpgroup's partial ``acc`` [WG_ROWS, BLOCK_M]
+    (wgmma's layout; ``row``, ``col`` its element's row of W and of x in the tile) is taken
+    in ``_vectors``' rows, each thread's 4 registers of an 8-column block: row v belongs to
+    slice q = v // SLICE, which consumer (q % WG_K) * R + rw of CTA q // WG_K sums; it goes
+    into that consumer's buffer [T, SLICE, 4] fp32 at (pid_k * WG_K + kj, v % SLICE)
+    (``push``: the bytes counted on that consumer's barrier there; the buffers [NUM_WG, T,
+    SLICE, 4]; with SPLIT_K 1 the CTA is launched alone, not as a cluster, where the cluster
+    instructions are illegal: plain shared stores, each thread then arriving on each receiver's
+    barrier).  Once all T partials' rows of its slice have arrived, their sum in the order
+    (split, warpgroup) (with WG_K 1 the bits of the global sum's) is stored as y, with the
+    bias, at each element's (row of W, row of x)."""
+    R: gl.constexpr = NUM_WG // WG_K
+    T: gl.constexpr = SPLIT_K * WG_K
     V: gl.constexpr = WG_ROWS * BLOCK_M // 4
-    SLICE: gl.constexpr = V // SPLIT_K
+    SLICE: gl.constexpr = V // T
     J: gl.constexpr = BLOCK_M // 8
     # _vectors' order [s, j, w, l, q | h, e] for row 64 s + 16 w + 8 h + l, column 8 j + 2 q + e
     v = ((((row // 64) * J + col // 8) * 4 + (row // 16) % 4) * 8 + row % 8) * 4 + (col // 2) % 4
     element = 2 * ((row // 8) % 2) + col % 2
-    bar = _cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M)
-    push(acc, base + ((WG * SPLIT_K + pid_k) * SLICE + v % SLICE) * 16 + element * 4, v // SLICE, bar)
-    wait_bytes(bar)
+    q = v // SLICE
+    region = (q % WG_K) * R + WG % R
+    addr = base + ((region * T + pid_k * WG_K + WG // R) * SLICE + v % SLICE) * 16 + element * 4
+    if SPLIT_K > 1:
+        push(acc, addr, q // WG_K, _cluster_bar(base, region, NUM_WG, WG_ROWS, BLOCK_M))
+        wait_bytes(_cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M))
+    else:  # one CTA, launched alone: plain shared stores, then one arrival per thread on each receiver
+        store_shared(acc, addr)
+        for r in gl.static_range(WG_K):
+            arrive(_cluster_bar(base, r * R + WG % R, NUM_WG, WG_ROWS, BLOCK_M))
+        wait_arrivals(_cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M))
     layout: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [4, 1], [1, 0])
     i = gl.arange(0, SLICE, layout=gl.SliceLayout(1, layout))[:, None]
     c = gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :]
-    total = load_shared(base + (WG * SPLIT_K * SLICE + i) * 16 + c * 4)
-    for r in gl.static_range(1, SPLIT_K):
-        total += load_shared(base + ((WG * SPLIT_K + r) * SLICE + i) * 16 + c * 4)
-    v = pid_k * SLICE + i
+    total = load_shared(base + (WG * T * SLICE + i) * 16 + c * 4)
+    for r in gl.static_range(1, T):
+        total += load_shared(base + ((WG * T + r) * SLICE + i) * 16 + c * 4)
+    v = (pid_k * WG_K + WG // R) * SLICE + i
     rows = row0 + 64 * (v // (128 * J)) + 16 * ((v // 32) % 4) + 8 * (c // 2) + (v // 4) % 8
     cols = m0 + 8 * ((v // 128) % J) + 2 * (v % 4) + c % 2
     if HAS_BIAS:
@@ -458,18 +476,22 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
               MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
               SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
               SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr, PDL: gl.constexpr,
-              base, CLUSTER: gl.constexpr, SCALE_AFTER: gl.constexpr):
-    """Consumer warpgroup WG: for each of the program's tiles, rows pid_n * BLOCK_N + WG *
-    WG_ROWS .. + WG_ROWS of W against the tile's x rows; writes its rows of y (or its
-    partial).  ``ops``: the ring and the operands, as the kernel builds them.  As a
-    programmatic dependent (PDL) it first waits for the kernel before it.  With CLUSTER the
-    splits are summed through the cluster's shared memory at ``base`` (``_cluster_sum``)."""
-    if CLUSTER:
+              base, CLUSTER: gl.constexpr, SCALE_AFTER: gl.constexpr, WG_K: gl.constexpr):
+    """Consumer warpgroup WG = kj * R + rw (R = NUM_WG / WG_K row sets): for each of the
+    program's tiles, rows pid_n * BLOCK_N + rw * WG_ROWS .. + WG_ROWS of W against the tile's
+    x rows, over every WG_K-th K-block from kj on; writes its rows of y (or its partial).
+    ``ops``: the ring and the operands, as the kernel builds them.  As a programmatic
+    dependent (PDL) it first waits for the kernel before it.  With CLUSTER the splits' and
+    the warpgroups' partials are summed through shared memory at ``base`` (``_cluster_sum``)."""
+    if CLUSTER and SPLIT_K > 1:
         cluster_barrier()
     pdl_wait(PDL)
     (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
      M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
-    BLOCK_N: gl.constexpr = WG_ROWS * NUM_WG
+    R: gl.constexpr = NUM_WG // WG_K
+    RW: gl.constexpr = WG % R  # the warpgroup's row set
+    KJ: gl.constexpr = WG // R  # its first K-block of the split's
+    BLOCK_N: gl.constexpr = WG_ROWS * R
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
@@ -527,17 +549,17 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     else:
         tile, kb0, n_blocks, pid_k = work
         m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-        row0 = n0 + WG * WG_ROWS
+        row0 = n0 + RW * WG_ROWS
         w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
         params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
-        acc = _mma_blocks(ring, params, kb0, n_blocks, 0, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES,
-                          OVERLAP, BITS, SCALE_AFTER)
+        acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select, GROUP,
+                          MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K)
         acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
         last = True
         rows_of_x = M
         if CLUSTER:
             _cluster_sum(acc, base, pid_k, out_ptr, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
-                         NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS)
+                         NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS, WG_K)
             # y is stored; the tile's own store below stays in the code, with no row of x: without it
             # Triton 3.6 fails to lower the partition (an assertion in ConvertTritonGPUToLLVM)
             rows_of_x = gl.minimum(M, 0)
@@ -561,7 +583,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
             _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, rows_of_x, N, HAS_BIAS, VECTOR_STORE)
-    if CLUSTER:
+    if CLUSTER and SPLIT_K > 1:
         cluster_barrier_relaxed()  # no CTA leaves while another may still push into it
 
 
@@ -575,6 +597,7 @@ def gemm_gluon_ws_kernel(
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
     PDL: gl.constexpr = PDL_OFF, CLUSTER: gl.constexpr = False, SCALE_AFTER: gl.constexpr = False,
+    WG_K: gl.constexpr = 1,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -600,24 +623,36 @@ def gemm_gluon_ws_kernel(
     W has one scale, ``gemm.ws_scale_after``): the MMA takes the exact code - zero and each
     row's sum is scaled once in fp32 (``_scaled``), a third of the 8-bit decode's instructions
     fewer; the weights are then not rounded to fp16 one by one (y is closer to the exact
-    product with s (q - z) than to the product with fp16(s (q - z)))."""
-    NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS
+    product with s (q - z) than to the product with fp16(s (q - z))).  WG_K (``GemmConfig.
+    k_warpgroups``, with CLUSTER): WG_K consumer warpgroups per WG_ROWS rows of W, each taking
+    every WG_K-th K-block of the program's; their partials summed with the splits' (launched
+    as clusters of SPLIT_K CTAs, 1 where SPLIT_K is 1)."""
+    NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS * WG_K
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=NUM_WG)
+        mbarrier.init(empty.index(s), count=NUM_WG // WG_K)  # each row set's warpgroup taking the block
     fence_async_shared()
 
     base = 0
     if CLUSTER:
         # each consumer warpgroup's [SPLIT_K, slice, 4] fp32 receiving buffer, then its barrier
-        gl.static_assert(SPLIT_K > 1 and not STREAM_K, "the cluster sums split-K partials: SPLIT_K > 1, no stream-K")
+        gl.static_assert((SPLIT_K > 1 or WG_K > 1) and not STREAM_K,
+                         "the cluster sums split-K or warpgroups' partials: SPLIT_K or WG_K > 1, no stream-K")
         base = tail_buffer(buffer_bytes(NUM_WG * WG_ROWS * BLOCK_M * 4, NUM_WG))
         for g in gl.static_range(NUM_WG):
-            init_byte_barrier(_cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_ROWS * BLOCK_M * 4))
+            if SPLIT_K > 1:  # the bytes of st.async from the cluster's CTAs
+                init_byte_barrier(_cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_ROWS * BLOCK_M * 4))
+            else:  # one arrival per thread of the WG_K warpgroups of its row set (one CTA, no cluster)
+                init_count_barrier(_cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_K * 128))
+    gl.static_assert(WG_K == 1 or CLUSTER, "warpgroups sharing K sum their partials through shared memory: CLUSTER")
+    # each warpgroup sharing K keeps to its own stages: were a stage's uses to alternate between
+    # them, its ready barrier could still be a phase behind (the other's block in flight) when a
+    # warpgroup waits, and the parity of that wait would pass on the stale stage
+    gl.static_assert(STAGES % WG_K == 0, "STAGES a multiple of WG_K")
     if STREAM_K:
         gl.static_assert(SPLIT_K == 1, "stream-K shares K-blocks itself: SPLIT_K 1")
         work = _stream_k_work(M, N, k_blocks, BLOCK_M, BLOCK_N)
@@ -626,6 +661,7 @@ def gemm_gluon_ws_kernel(
         kb0 = pid_k * BLOCKS_PER_SPLIT
         tile = gl.program_id(0) // SPLIT_K if CLUSTER else gl.program_id(0)
         work = (tile, kb0, gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)
+    IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     ring = (x_bufs, c_bufs, ready, empty)
     ops = (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
            M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work)
@@ -636,32 +672,32 @@ def gemm_gluon_ws_kernel(
     if NUM_WG == 1:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, CLUSTER)),
+                       PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, CLUSTER)),
+                       PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, CLUSTER)),
+                       PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
 
 

@@ -16,8 +16,10 @@ of ``bits``-bit codes, the GEMM kernel's time is modelled as::
         issue  = (bn * bk * instr_per_weight + bm * bk * instr_per_x) / 128
                  (thread instructions; 4 schedulers x 32 lanes per cycle)
     a wave of `resident` programs per SM runs its K-blocks at
-        max(resident * max(mma, issue), latency + mma + issue,
+        max(resident * max(mma, issue), (latency + mma + issue) / k_warpgroups,
             load_latency / (stages - 1))                          cycles each
+        (k_warpgroups: warpgroups of a row set taking turns at its K-blocks, so that
+        many blocks' chains in flight at once)
     time = waves * K-blocks per program * that / clock
            + split-K fix-up (fp32 partials written and read; through a cluster's shared
              memory CLUSTER_FIXUP_SHARE of that; stream-K: two tiles a program where the
@@ -160,15 +162,15 @@ def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelPar
     mma = config.block_n * config.block_m * config.block_k / hw.fma_per_sm_cycle
     issue = (config.block_n * config.block_k * params.instr_per_weight
              + config.block_m * config.block_k * params.instr_per_x) / 128
-    per_block = max(resident * max(mma, issue), params.latency + mma + issue,
+    per_block = max(resident * max(mma, issue), (params.latency + mma + issue) / config.k_warpgroups,
                     params.load_latency / max(1, config.num_stages - 1))
     compute_us = waves * k_blocks * per_block / (hw.clock_ghz * 1e3)
     moved = problem.weight_bytes() + 2 * m * k + 2 * m * n
     memory_us = moved / (hw.copy_tbps * 1e6)
     fixup_us = 0.0
-    if config.split_k > 1:
-        fixup_us = params.fixup * 8 * m * n * config.split_k / (hw.copy_tbps * 1e6)
-        if config.cluster_sum:
+    if config.split_k > 1 or config.k_warpgroups > 1:  # each partial written and read once
+        fixup_us = params.fixup * 8 * m * n * config.split_k * config.k_warpgroups / (hw.copy_tbps * 1e6)
+        if config.cluster_sum or config.k_warpgroups > 1:  # through shared memory
             fixup_us *= CLUSTER_FIXUP_SHARE
     elif config.stream_k and tiles % hw.sms:  # two partial tiles per program, written and read
         fixup_us = params.fixup * 8 * 2 * hw.sms * config.block_m * config.block_n / (hw.copy_tbps * 1e6)
@@ -187,12 +189,14 @@ def plan_class(problem: Problem, plan: Plan) -> str:
     """What a correction is learned per: the kernel, its tiles, warps and stages (not
     split-K, which the analytic terms model), stream-K or the cluster sum, and m's
     power-of-two bucket; e.g. ``gemm 64x64x64 4w4s m64``, ``gluon_ws 256x128x128 12w3s
-    stream-k m256``, ``gluon_ws 64x128x64 12w6s cluster m64``, ``dequant m1024``."""
+    stream-k m256``, ``gluon_ws 64x128x64 12w6s cluster m64``, ``gluon_ws 64x64x128 12w6s
+    kwg2 m64`` (warpgroups sharing K), ``dequant m1024``."""
     bucket = f"m{1 << max(0, problem.m - 1).bit_length()}"
     if plan.config is None:
         return f"{plan.kernel.value} {bucket}"
     c = plan.config
     stream_k = " stream-k" if c.stream_k else " cluster" if c.cluster_sum else ""
+    stream_k += f" kwg{c.k_warpgroups}" if c.k_warpgroups > 1 else ""
     return f"{plan.kernel.value} {c.block_m}x{c.block_n}x{c.block_k} {c.num_warps}w{c.num_stages}s{stream_k} {bucket}"
 
 

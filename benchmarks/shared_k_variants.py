@@ -1,0 +1,100 @@
+"""Time each standard shape's table plan against the warp-specialized plans whose warpgroups share
+each row set's K-blocks (``GemmConfig.k_warpgroups`` 2) and that fill most of one wave.
+
+Usage on a CUDA machine::
+
+    PYTHONPATH=src python benchmarks/shared_k_variants.py --table src/anybit/_matmul/tuned/T.json \
+        --format int4-g128 --m 64 128 [--out F.json]
+
+For each standard shape and M whose table entry is a warp-specialized plan: that plan, and every
+tile of ``candidates.GLUON_WS_TILES`` with two warpgroups sharing K (those with more rows of x
+than 64 only where M > block_m / 2) without a split or with 2 or 4 splits summed in a cluster,
+where its programs fill more than half of one wave (clusters of 4: on 120 of 132 SMs,
+``perf_model.CLUSTER_SM_SHARE``),
+each at the stages that fit (``ws_fit_stages``) and the plan's swizzle; all timed by
+``gemv_variants.py`` (each first checked against float64, then replayed in turn with fp16
+cuBLAS: graph-launched, cold L2).  Prints per point the fastest such plan against the table's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, replace
+
+import gemv_variants
+import torch
+from table_variants import _ws_text
+
+import anybit
+from anybit import bench
+from anybit._matmul import candidates as cand
+from anybit._matmul import gemm as gm
+from anybit._matmul.perf_model import CLUSTER_SM_SHARE
+
+
+def shared_k_plans(m: int, n: int, k: int, bits: int, sms: int, swizzle: int) -> list[gm.GemmConfig]:
+    """The plans of warpgroups sharing K that this script times at one point (see the module)."""
+    plans = []
+    for block_m, block_n, block_k, stages, *rows in cand.GLUON_WS_TILES:
+        if len(rows) < 2 or rows[1] == 1 or (block_m > 64 and m <= block_m // 2):
+            continue
+        tiles = -(-m // block_m) * -(-n // block_n)
+        for split in (1, 2, 4):
+            config = gm.ws_config(block_m, block_n, block_k, split, stages, *rows, swizzle=swizzle,
+                                  cluster_sum=split > 1)
+            fit = gm.ws_fit_stages(config, bits)
+            programs = tiles * split
+            if fit and sms // 2 < programs <= int(sms * CLUSTER_SM_SHARE.get(split, 1.0)) and split <= -(-k // block_k):
+                plans.append(replace(config, num_stages=fit))
+    return plans
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--table", required=True)
+    parser.add_argument("--format", default="int4-g128")
+    parser.add_argument("--m", type=int, nargs="+", required=True)
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    with open(args.table) as f:
+        entries = json.load(f)["entries"]
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    bits = anybit.parse_format(args.format).bits
+    rows, best = [], {}
+    for n, k in bench.STANDARD_SHAPES:
+        for m in args.m:
+            entry = next((e for e in entries if (e["format"], e["n"], e["k"], e["m"]) == (args.format, n, k, m)), None)
+            if entry is None or entry["kernel"] != "gluon_ws":
+                continue
+            plan = _ws_text(entry["config"])
+            others = [_ws_text(asdict(c)) for c in shared_k_plans(m, n, k, bits, sms, entry["config"]["swizzle"])]
+            if not others:
+                continue
+            point = gemv_variants.main(["--kernel", "gemm", "--format", args.format, "--m", str(m), "--shapes",
+                                        f"{n}x{k}", "--variants", plan, *others, "--replays", str(args.replays)])
+            rows += point
+            timed = [r for r in point[1:] if math.isfinite(r["us"])]
+            if math.isfinite(point[0]["us"]) and timed:
+                fastest = min(timed, key=lambda r: r["us"])
+                best[n, k, m] = (point[0], fastest)
+    print("fastest plan of warpgroups sharing K / the table's plan, per point, and the geomean per M of "
+          "min(that, table) / table:")
+    for m in args.m:
+        ratios = []
+        for (n, k, mm), (table, fastest) in best.items():
+            if mm == m:
+                ratios.append(min(1.0, fastest["us"] / table["us"]))
+                print(f"  {n:6d}x{k:<6d} M={m:4d} {table['variant']:>36} {table['us']:8.2f} us  "
+                      f"{fastest['variant']:>40} {fastest['us']:8.2f} us ({fastest['us'] / table['us']:.3f})")
+        if ratios:
+            print(f"  M={m}: geomean {math.exp(sum(map(math.log, ratios)) / len(ratios)):.3f} over {len(ratios)} points")
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump({"table": args.table, "format": args.format, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

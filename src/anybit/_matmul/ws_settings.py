@@ -1,0 +1,195 @@
+"""The warp-specialized Gluon GEMM's settings as functions of a ``GemmConfig``: its warps and
+warpgroups, the overlap of decode and MMA its registers allow, the shared memory its ring and
+its partial sums take, and the checks of a config (the kernel: ``gemm_gluon_ws``; its launcher
+and the other GEMM paths: ``gemm``, which re-exports these names)."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import replace
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .gemm import GemmConfig
+
+
+#: Rows of W per consumer warpgroup of the warp-specialized Gluon kernel (the MMA's M is
+#: 64 per instruction; 128 rows are two MMAs per K-step of one warpgroup).
+WS_WG_ROWS = (64, 128)
+
+
+def ws_warps(block_n: int, wg_rows: int = 64, k_warpgroups: int = 1) -> int:
+    """Warps of the warp-specialized Gluon kernel: 4 loader warps and 4 per consumer
+    warpgroup, ``k_warpgroups`` per ``wg_rows`` rows of W."""
+    return 4 + 4 * (block_n // wg_rows) * k_warpgroups
+
+
+def ws_config(block_m: int, block_n: int, block_k: int, split_k: int, stages: int, wg_rows: int = 64,
+              k_warpgroups: int = 1, *, swizzle: int = 8, stream_k: bool = False,
+              cluster_sum: bool = False) -> GemmConfig:
+    """A GemmConfig for the warp-specialized Gluon kernel, its warps from ``wg_rows`` rows
+    of W per consumer warpgroup and ``k_warpgroups`` warpgroups per row set (``ws_warps``)."""
+    from .gemm import GemmConfig  # (it imports this module)
+
+    return GemmConfig(block_m, block_n, block_k, split_k, ws_warps(block_n, wg_rows, k_warpgroups), stages, swizzle,
+                      stream_k=stream_k, cluster_sum=cluster_sum, k_warpgroups=k_warpgroups)
+
+
+def ws_wg_rows(config: GemmConfig) -> int:
+    """Rows of W per consumer warpgroup of a (checked) warp-specialized config: read off
+    its warps, ``ws_warps``."""
+    return 4 * config.block_n * config.k_warpgroups // (config.num_warps - 4)
+
+
+def ws_push_sum(config: GemmConfig) -> bool:
+    """Whether the warp-specialized kernel sums partials through shared memory (its CLUSTER):
+    the splits of a cluster (``cluster_sum``) or the warpgroups sharing K (``k_warpgroups``),
+    launched as clusters of split_k CTAs (1 without ``cluster_sum``)."""
+    return config.cluster_sum or config.k_warpgroups > 1
+
+
+class WsOverlap(enum.IntEnum):
+    """How far each consumer warpgroup of the warp-specialized kernel overlaps its decode
+    with its MMAs (the kernel's ``OVERLAP``; K-blocks taken in pairs)."""
+
+    NONE = 0  #: each MMA waited for before the next decode
+    PAIRS = 1  #: a pair's second block decoded while its first block's MMA runs
+    CARRY = 2  #: every block decoded while the previous block's MMA runs
+
+
+def ws_consumer_regs(config: GemmConfig) -> int:
+    """Registers per consumer thread of the warp-specialized kernel with 1, 2 and 4
+    consumer warpgroups: 232, 160 (240 at 128 rows of W per warpgroup or more than 64 rows
+    of x) and 112.  Triton's split of 64K registers with 4 loader warps (at least 24
+    registers) allows up to 256, 240 and 112; 160 is what CARRY was compiled and measured
+    with at 2 x 64 rows of W and 64 of x; a 64 x 256 accumulator alone takes 128."""
+    groups = (config.num_warps - 4) // 4
+    if groups == 2 and (ws_wg_rows(config) == 128 or config.block_m > 64):
+        return 240
+    return {1: 232, 2: 160}.get(groups, 112)
+
+
+#: Triton versions (major.minor) whose compile of CARRY keeps the MMAs asynchronous; under
+#: Triton 3.9 ptxas serializes it (note C7515: other instructions write the accumulator
+#: between the wgmma), so ``ws_overlap`` stops at PAIRS there.
+CARRY_TRITON = ("3.6",)
+
+
+def ws_overlap(config: GemmConfig) -> WsOverlap:
+    """The deepest overlap of ``config`` whose two register operands fit the consumer's
+    registers (``ws_consumer_regs``).  Where they do not, ptxas serializes every wgmma
+    of the kernel (its note C7512), so this is read off compiled kernels (the tests check
+    the overlapped tiles of GLUON_WS_TILES and 64 x 64 x 64).  At 64 rows of W per
+    warpgroup: CARRY for 64 x 64 and 64 x 128 x 64 tiles (PAIRS outside CARRY_TRITON),
+    PAIRS for 64 x 256 x 64 and for 128 or 256 rows of x against 128 of W (two warpgroups at
+    240 registers; CARRY serializes there), NONE for 128 rows of x against 256 of W.  At
+    K-blocks of 128 PAIRS for two warpgroups against 64 rows of x only (64 x 128, or 64 x 64
+    with ``k_warpgroups`` 2; 160 registers; CARRY serializes), NONE for the others: PAIRS
+    compiles clean at 128 x 128 x 128 and 256 x 128 x 128 too but measured 3-13% slower
+    there, while 64 x 128 x 128 with PAIRS ran 4-9% faster than 64 x 128 x 64 with CARRY
+    (H100, docs/NOTES-gemm.md v36).  At 128 rows per
+    warpgroup: CARRY for one warpgroup (64 x 128 x 64; PAIRS outside CARRY_TRITON), PAIRS
+    for two (64 or 128 rows of x), NONE for K-blocks of 128."""
+    from . import tuning  # (it imports this module)
+
+    carry = tuning.installed_triton() in CARRY_TRITON
+    if ws_wg_rows(config) == 128:
+        if config.block_k != 64:
+            return WsOverlap.NONE
+        return WsOverlap.CARRY if carry and config.block_n == 128 else WsOverlap.PAIRS
+    if config.block_k != 64:  # PAIRS where two warpgroups of 64 rows meet 64 rows of x
+        groups = (config.num_warps - 4) // 4
+        return WsOverlap.PAIRS if (config.block_m, groups) == (64, 2) else WsOverlap.NONE
+    if config.block_m != 64 and config.block_n != 128:
+        return WsOverlap.NONE
+    if config.block_m != 64:
+        return WsOverlap.PAIRS
+    return WsOverlap.CARRY if carry and config.block_n <= 128 else WsOverlap.PAIRS
+
+
+def check_gluon_ws_config(config: GemmConfig) -> None:
+    """ValueError unless the warp-specialized Gluon kernel runs ``config``: block_n 64, 128
+    or 256, block_k 64 or 128, num_warps ``ws_warps(block_n, rows)`` for 64 or 128 rows of W
+    per consumer warpgroup (1, 2 or 4 warpgroups), a ring of at least 2 stages."""
+    k_wg = config.k_warpgroups
+    warps = {ws_warps(config.block_n, rows, k_wg) for rows in WS_WG_ROWS if config.block_n // rows * k_wg in (1, 2, 4)}
+    if (config.block_n not in (64, 128, 256) or config.block_k not in (64, 128) or config.num_stages < 2
+            or config.num_warps not in warps):
+        raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128 or "
+                         f"256, block_k 64 or 128, num_warps = 4 + 4 x k_warpgroups per 64 or 128 rows of W (1, 2 "
+                         f"or 4 consumer warpgroups), num_stages >= 2")
+
+
+#: Code widths the warp-specialized Gluon kernel decodes (its BITS).
+GLUON_WS_BITS = (4, 8)
+
+#: Shared memory one program may use on Hopper (227 KB, the opt-in maximum), and what the
+#: warp-specialized kernel needs besides its ring (barriers, alignment; measured 192 bytes).
+HOPPER_SMEM_BYTES = 232448
+WS_SMEM_EXTRA = 1024
+#: Shared memory the vectorized output store's layout conversion may take per 64 rows of W
+#: (sm_90, Triton 3.6: 2.1-2.6 KB compiled on the tuner's tiles).
+WS_STORE_SCRATCH = 3072
+
+
+def ws_cluster_bytes(config: GemmConfig) -> int:
+    """Shared memory of the sum through shared memory (``ws_push_sum``), a tail after Triton's
+    (``cluster.launch_clustered``): each consumer warpgroup receives its slice of every
+    partial of its rows (the splits' and the warpgroups' sharing K), block_n x block_m fp32 per
+    warpgroup sharing K, and one mbarrier per consumer warpgroup; 0 without it."""
+    from .cluster import buffer_bytes
+
+    groups = config.block_n // ws_wg_rows(config) * config.k_warpgroups
+    return buffer_bytes(config.block_n * config.k_warpgroups * config.block_m * 4, groups) \
+        if ws_push_sum(config) else 0
+
+
+def ws_ring_bytes(config: GemmConfig, bits: int) -> int:
+    """Shared memory of the warp-specialized kernel's ring: per stage an x tile
+    [block_m, block_k] fp16 and a code tile [block_n, block_k] of ``bits``-bit codes."""
+    return config.num_stages * (config.block_m * config.block_k * 2 + config.block_n * config.block_k * bits // 8)
+
+
+def ws_fits(config: GemmConfig, bits: int, scratch: int = 0) -> bool:
+    """Whether the ring of ``config`` for ``bits``-bit codes (and ``scratch`` bytes besides)
+    fits one program's shared memory."""
+    return ws_ring_bytes(config, bits) + WS_SMEM_EXTRA + scratch <= HOPPER_SMEM_BYTES
+
+
+def ws_fit_stages(config: GemmConfig, bits: int) -> int | None:
+    """The most stages, at most ``config``'s and at least 2 (a multiple of its ``k_warpgroups``),
+    whose ring fits for ``bits``-bit codes (None: not even 2): 256 x 128 x 128 fits 3 at 4 bits,
+    2 at 8 (docs/NOTES-gemm.md v25)."""
+    step = config.k_warpgroups
+    for stages in range(config.num_stages // step * step, 1, -step):
+        if ws_fits(replace(config, num_stages=stages), bits, ws_cluster_bytes(config)):
+            return stages
+    return None
+
+
+def ws_vector_store(config: GemmConfig, bits: int) -> bool:
+    """Whether the warp-specialized kernel stores y in 16-byte vectors (its VECTOR_STORE): where
+    the ring leaves room for the conversion, with split-K only where the last split's loads
+    (ws_wg_rows x block_m / 128 registers a split) take at most 3/5 of the consumer's registers:
+    beyond, ptxas spills around the conversion (docs/NOTES-gemm.md v25); never with the cluster
+    sum, which stores its slices itself (``gemm_gluon_ws._cluster_sum``)."""
+    loads = config.split_k * ws_wg_rows(config) * config.block_m // 128
+    return not ws_push_sum(config) and (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \
+        and ws_fits(config, bits, WS_STORE_SCRATCH * config.block_n // 64)
+
+
+def ws_scale_after(num_groups: int) -> bool:
+    """Whether the warp-specialized kernel scales each row's sum once instead of every weight
+    (its SCALE_AFTER): where each row of W has one scale (one group along K, as in the
+    per-channel formats), so that the decode of a weight is one instruction shorter.  The
+    product is then sum_k (q - z) x times s in fp32, the exact weights s (q - z) rather than
+    their fp16 roundings: within the matmul tests' tolerance of the float64 reference, not
+    bit for bit the per-weight kernels' (docs/NOTES-gemm.md v37)."""
+    return num_groups == 1
+
+
+def ws_blocks_per_split(config: GemmConfig, k_blocks: int) -> int:
+    """The warp-specialized kernel's BLOCKS_PER_SPLIT for ``k_blocks`` K-blocks: each split's
+    share, ceil(k_blocks / split_k), or 0 for stream-K (which shares K-blocks out at run
+    time, so its kernel compiles once for every K)."""
+    return 0 if config.stream_k else -(-k_blocks // config.split_k)
