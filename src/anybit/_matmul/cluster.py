@@ -93,11 +93,25 @@ def cluster_barrier_relaxed():
 def wait_bytes(bar):
     """Wait until the mbarrier at shared address ``bar`` has completed its first phase (every
     byte ``init_byte_barrier`` expects has arrived); acquire at cluster scope."""
+    _wait_first_phase(bar, "cluster")
+
+
+@triton.constexpr_function
+def _first_phase_asm(scope):
+    """PTX: $0 = whether the mbarrier at shared address $1 has completed its first phase
+    (acquire at ``scope``)."""
+    return ("{\n\t.reg .pred p;\n\t"
+            f"mbarrier.try_wait.parity.acquire.{scope}.shared::cta.b64 p, [$1], 0;\n\t"
+            "selp.u32 $0, 1, 0, p;\n\t}")
+
+
+@gluon.jit
+def _wait_first_phase(bar, SCOPE: gl.constexpr):
+    """Spin until the mbarrier at shared address ``bar`` has completed its first phase."""
     done = gl.to_tensor(0)
     while done == 0:
-        done = gl.inline_asm_elementwise(
-            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [$1], 0;\n\t"
-            "selp.u32 $0, 1, 0, p;\n\t}", "=r,r", [bar], dtype=gl.int32, is_pure=False, pack=1)
+        done = gl.inline_asm_elementwise(_first_phase_asm(SCOPE), "=r,r", [bar], dtype=gl.int32, is_pure=False,
+                                         pack=1)
 
 
 @gluon.jit
@@ -117,7 +131,7 @@ def push(values, addr, rank, bar):
 @gluon.jit
 def init_count_barrier(bar, count):
     """Thread 0 of the CTA: the mbarrier at shared address ``bar`` waits for ``count`` arrivals
-    (``store_and_arrive``), for a sum within one CTA launched without a cluster, where the
+    (``arrive``, after ``store_shared``), for a sum within one CTA launched without a cluster, where the
     cluster instructions of ``init_byte_barrier`` and ``push`` are illegal (a CTA alone is not a
     cluster of one to them).  Before any partition starts, whose start orders it before every
     arrival."""
@@ -149,11 +163,7 @@ def arrive(bar):
 def wait_arrivals(bar):
     """Wait until the mbarrier at shared address ``bar`` has completed its first phase (every
     arrival ``init_count_barrier`` expects); acquire at CTA scope."""
-    done = gl.to_tensor(0)
-    while done == 0:
-        done = gl.inline_asm_elementwise(
-            "{\n\t.reg .pred p;\n\tmbarrier.try_wait.parity.acquire.cta.shared::cta.b64 p, [$1], 0;\n\t"
-            "selp.u32 $0, 1, 0, p;\n\t}", "=r,r", [bar], dtype=gl.int32, is_pure=False, pack=1)
+    _wait_first_phase(bar, "cta")
 
 
 @gluon.jit

@@ -483,7 +483,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     ``ops``: the ring and the operands, as the kernel builds them.  As a programmatic
     dependent (PDL) it first waits for the kernel before it.  With CLUSTER the splits' and
     the warpgroups' partials are summed through shared memory at ``base`` (``_cluster_sum``)."""
-    if CLUSTER and SPLIT_K > 1:
+    IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
+    if IN_CLUSTER:
         cluster_barrier()
     pdl_wait(PDL)
     (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
@@ -583,7 +584,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
             _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, rows_of_x, N, HAS_BIAS, VECTOR_STORE)
-    if CLUSTER and SPLIT_K > 1:
+    if IN_CLUSTER:
         cluster_barrier_relaxed()  # no CTA leaves while another may still push into it
 
 

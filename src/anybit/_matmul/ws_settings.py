@@ -41,6 +41,12 @@ def ws_wg_rows(config: GemmConfig) -> int:
     return 4 * config.block_n * config.k_warpgroups // (config.num_warps - 4)
 
 
+def ws_consumer_groups(config: GemmConfig) -> int:
+    """Consumer warpgroups of a (checked) warp-specialized config: its warps less the loader's 4,
+    4 a warpgroup (``ws_warps``)."""
+    return (config.num_warps - 4) // 4
+
+
 def ws_push_sum(config: GemmConfig) -> bool:
     """Whether the warp-specialized kernel sums partials through shared memory (its CLUSTER):
     the splits of a cluster (``cluster_sum``) or the warpgroups sharing K (``k_warpgroups``),
@@ -63,7 +69,7 @@ def ws_consumer_regs(config: GemmConfig) -> int:
     of x) and 112.  Triton's split of 64K registers with 4 loader warps (at least 24
     registers) allows up to 256, 240 and 112; 160 is what CARRY was compiled and measured
     with at 2 x 64 rows of W and 64 of x; a 64 x 256 accumulator alone takes 128."""
-    groups = (config.num_warps - 4) // 4
+    groups = ws_consumer_groups(config)
     if groups == 2 and (ws_wg_rows(config) == 128 or config.block_m > 64):
         return 240
     return {1: 232, 2: 160}.get(groups, 112)
@@ -98,8 +104,7 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
             return WsOverlap.NONE
         return WsOverlap.CARRY if carry and config.block_n == 128 else WsOverlap.PAIRS
     if config.block_k != 64:  # PAIRS where two warpgroups of 64 rows meet 64 rows of x
-        groups = (config.num_warps - 4) // 4
-        return WsOverlap.PAIRS if (config.block_m, groups) == (64, 2) else WsOverlap.NONE
+        return WsOverlap.PAIRS if (config.block_m, ws_consumer_groups(config)) == (64, 2) else WsOverlap.NONE
     if config.block_m != 64 and config.block_n != 128:
         return WsOverlap.NONE
     if config.block_m != 64:
@@ -139,8 +144,7 @@ def ws_cluster_bytes(config: GemmConfig) -> int:
     warpgroup sharing K, and one mbarrier per consumer warpgroup; 0 without it."""
     from .cluster import buffer_bytes
 
-    groups = config.block_n // ws_wg_rows(config) * config.k_warpgroups
-    return buffer_bytes(config.block_n * config.k_warpgroups * config.block_m * 4, groups) \
+    return buffer_bytes(config.block_n * config.k_warpgroups * config.block_m * 4, ws_consumer_groups(config)) \
         if ws_push_sum(config) else 0
 
 
