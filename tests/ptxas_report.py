@@ -43,7 +43,8 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                            cluster_sum=cluster, k_warpgroups=k_warpgroups)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
-    c_layout = gl.NVMMASharedLayout.get_default_for([block_n, block_k * bits // 32], gl.int32)
+    c_box = [gm.ws_code_rows(block_n), block_k * bits // 32]
+    c_layout = gl.NVMMASharedLayout.get_default_for(c_box, gl.int32)
     constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
@@ -51,7 +52,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                      VECTOR_STORE=gm.ws_vector_store(config, bits), PDL=PDL_IDS[pdl],
                      CLUSTER=gm.ws_push_sum(config), SCALE_AFTER=scale_after, WG_K=k_warpgroups)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
-                    c_desc=f"tensordesc<i32[{block_n}, {block_k * bits // 32}],{c_layout!r}>", scales_ptr="*fp16",
+                    c_desc=f"tensordesc<i32[{c_box[0]}, {c_box[1]}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
     names = list(inspect.signature(gemm_gluon_ws_kernel.fn).parameters)
     signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}

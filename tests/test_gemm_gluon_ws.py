@@ -34,8 +34,16 @@ def test_launch_refuses_what_it_does_not_compute():
         launch(torch.randn(64, 256, dtype=torch.bfloat16), 256, WS)
     with pytest.raises(ValueError, match="k=250; .* k a multiple of 8"):
         launch(torch.randn(64, 250, dtype=torch.float16), 250, WS)
-    with pytest.raises(ValueError, match="block_n 64, 128 or 256"):
+    with pytest.raises(ValueError, match="block_n 64, 128, 192 or 256"):
         launch(torch.randn(64, 256, dtype=torch.float16), 256, replace(WS, num_warps=16))
+    with pytest.raises(ValueError, match=r"block_n=96: accepted: a power of two >= 16, or block_n 192"):
+        replace(WS, block_n=96)
+    three = gm.ws_config(128, 192, 128, 1, 4)  # three warpgroups of 64 rows; the other kernels refuse 192 rows
+    assert three.num_warps == 16 and gm.ws_wg_rows(three) == 64 and gm.ws_code_rows(192) == 64
+    assert gm.ws_consumer_regs(three) == 160 and gm.ws_code_rows(256) == 256
+    for kernel in (gm.Kernel.GEMM, gm.Kernel.GLUON):
+        with pytest.raises(ValueError, match="block_n"):
+            gm.Plan(kernel, replace(three, num_warps=12))
     # a ring that does not fit shared memory: 3 stages of 256 x 128 (x) and 128 x 128 8-bit codes
     q8 = anybit.quantize(torch.randn(128, 256), "int8-gc")
     big = gm.ws_config(256, 128, 128, 1, 3)
@@ -128,11 +136,11 @@ def test_stream_k_settings():
     with pytest.raises(ValueError, match="split_k=2 with stream_k: accepted: split_k 1"):
         replace(config, split_k=2)
     elsewhere = gm.GemmConfig(64, 64, 64, 1, 4, 3, stream_k=True)
-    with pytest.raises(ValueError, match="with stream_k: accepted: stream-K in the gluon_ws kernel only"):
+    with pytest.raises(ValueError, match="with stream_k=True, .*accepted: stream-K .* in the gluon_ws kernel only"):
         gm.Plan(gm.Kernel.GEMM, elsewhere)
     with pytest.raises(ValueError, match="Gluon GEMM: .*stream_k=True.*accepted: .* no stream_k"):
         gm.Plan(gm.Kernel.GLUON, elsewhere)
-    with pytest.raises(ValueError, match="no stream-K; accepted: stream_k=False"):
+    with pytest.raises(ValueError, match="no stream-K, .*; accepted: stream_k=False"):
         qw = anybit.quantize(torch.randn(64, 128), "int4-g128")
         gm.launch_gemm(torch.randn(64, 128), qw.codes, qw.params["scales"], None, None, None, 64, 128, 4, 128,
                        Decode.SYMMETRIC, elsewhere)
@@ -147,7 +155,7 @@ def test_stream_k_settings():
                                 workspace=torch.empty(100))
 
 
-@pytest.mark.parametrize("n, m, stream_k", [(4096, 256, True), (33792, 128, False), (10240, 64, True)])
+@pytest.mark.parametrize("n, m, stream_k", [(4096, 256, True), (101376, 128, False), (10240, 64, True)])
 def test_stream_k_candidates(n, m, stream_k):
     """Stream-K variants of the split-1 warp-specialized plans, each swizzle, only where the
     tiles leave a partial last wave on the SMs."""

@@ -209,6 +209,32 @@ def test_warpgroups_sharing_k(config, spec, n, k, m):
     _check_replays(x, qw, config, bias, y)
 
 
+THREE_WARPGROUPS = [_ws(128, 192, 128, 1, 4), _ws(64, 192, 128, 1, 4), _ws(128, 192, 128, 3, 4),
+                    _ws(128, 192, 128, 2, 4, cluster_sum=True), _ws(64, 192, 128, 4, 4, cluster_sum=True),
+                    _ws(128, 192, 128, 1, 4, stream_k=True), _ws(128, 192, 128, 1, 4, swizzle=16)]
+
+
+@pytest.mark.parametrize("config", THREE_WARPGROUPS, ids=_ids)
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc"])
+@pytest.mark.parametrize("n, k, m", [(1000, 4160, 33), (4096, 4096, 64), (192, 320, 100), (6144, 4096, 1024),
+                                     (16384, 2048, 128)])
+def test_three_warpgroups(config, spec, n, k, m):
+    """192 rows of W per program as three consumer warpgroups of 64 (their codes copied in
+    three TMA boxes of 64 rows a stage), at the most stages that fit for the codes' width,
+    without a split, split through global memory (3 splits: a short last one), in a cluster
+    and stream-K: on a NaN-poisoned output every element written and the bias added once,
+    within the float64 tolerance, the same bits in repeated launches and replayed from a CUDA
+    graph.  1000 and 4096 rows of W end inside a tile, 16384 take several waves."""
+    config = replace(config, num_stages=gm.ws_fit_stages(config, anybit.formats.parse_format(spec).bits))
+    gen = torch.Generator(device="cuda").manual_seed(n + m + k)
+    qw = quantized_cuda(spec, n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    bias = torch.randn(n, device="cuda", generator=gen)
+    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
+    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    _check_replays(x, qw, config, bias, y)
+
+
 @pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])
 def test_repeated_launches_agree(n, k, m):
     """Each MMA is waited for before its registers or its ring stage are reused, with each

@@ -23,9 +23,8 @@ from .gemv import (
 )
 from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests use them as gemm.*)
     CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS, WsOverlap,
-    check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_config, ws_consumer_groups, ws_consumer_regs,
-    ws_fit_stages,
-    ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after, ws_vector_store, ws_warps, ws_wg_rows,
+    check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_code_rows, ws_config, ws_consumer_groups,
+    ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after, ws_vector_store, ws_warps, ws_wg_rows,
 )
 
 
@@ -34,13 +33,19 @@ from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests
 #: H200 without the wait, right ones with it.
 MAX_BLOCK_M, MAX_BLOCK_M_NO_SYNC = 256, 128
 
+#: Rows of W per program that are not a power of two: three consumer warpgroups of 64 rows
+#: of the warp-specialized Gluon kernel (its code tiles come in TMA boxes of 64 rows); the
+#: other kernels take powers of two (their tensors span the tile).
+WS_ONLY_BLOCK_N = (192,)
+
 
 @dataclass(frozen=True)
 class GemmConfig:
     """Launch settings of the GEMM kernel (see gemm_triton for the tiles).
 
     block_m: rows of x per program (the MMA's N: 16 .. 256).
-    block_n: rows of W per program (the MMA's M: 64 per warpgroup on Hopper).
+    block_n: rows of W per program (the MMA's M: 64 per warpgroup on Hopper); a power of
+        two, or 192 (three warpgroups of 64 rows: the warp-specialized Gluon kernel only).
     block_k: codes per K-block; a power of two >= 32.
     split_k: K ranges summed by the in-launch fix-up (1: none).
     swizzle: W tiles walked by consecutive programs that share an x tile.
@@ -82,8 +87,9 @@ class GemmConfig:
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
             value = getattr(self, name)
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"GemmConfig.{name}={value}: accepted: a power of two >= 16")
+            if (value < 16 or value & (value - 1)) and not (name == "block_n" and value in WS_ONLY_BLOCK_N):
+                also = f", or block_n {' or '.join(map(str, WS_ONLY_BLOCK_N))}" if name == "block_n" else ""
+                raise ValueError(f"GemmConfig.{name}={value}: accepted: a power of two >= 16{also}")
         if self.block_m > MAX_BLOCK_M:
             raise ValueError(f"GemmConfig.block_m={self.block_m}: accepted: at most {MAX_BLOCK_M}")
         if self.block_m > MAX_BLOCK_M_NO_SYNC and not self.sync_mma:
@@ -178,8 +184,9 @@ class Plan:
             check_gluon_config(self.config)
         if self.kernel is Kernel.GLUON_WS:
             check_gluon_ws_config(self.config)
-        elif self.config is not None and self.config.stream_k:
-            raise ValueError(f"Plan({self.kernel.value}) with stream_k: accepted: stream-K in the "
+        elif self.config is not None and (self.config.stream_k or self.config.block_n in WS_ONLY_BLOCK_N):
+            raise ValueError(f"Plan({self.kernel.value}) with stream_k={self.config.stream_k}, block_n="
+                             f"{self.config.block_n}: accepted: stream-K and block_n {WS_ONLY_BLOCK_N} in the "
                              f"{Kernel.GLUON_WS.value} kernel only")
 
     def to_dict(self) -> dict:
@@ -289,9 +296,10 @@ def launch_gemm(
     """
     from .gemm_triton import gemm_kernel
 
-    if config.stream_k:
-        raise ValueError(f"GemmConfig {config}: the Triton GEMM has no stream-K; accepted: stream_k=False "
-                         f"(stream-K runs in the warp-specialized Gluon kernel)")
+    if config.stream_k or config.block_n in WS_ONLY_BLOCK_N:
+        raise ValueError(f"GemmConfig {config}: the Triton GEMM has no stream-K, and takes block_n a power of "
+                         f"two; accepted: stream_k=False, block_n not {WS_ONLY_BLOCK_N} (those run in the "
+                         f"warp-specialized Gluon kernel)")
     x, out, launch = _tiled_launch(x, n, k, config, out, workspace)
     if launch is None:
         return out
@@ -313,9 +321,9 @@ def launch_gemm(
 def check_gluon_config(config: GemmConfig) -> None:
     """ValueError unless the Gluon kernel runs ``config``: 64 rows of W per warpgroup
     (num_warps = 4 per 64 rows) and a ring of at least 2 stages."""
-    if (config.block_n % 64 or config.num_stages < 2 or config.num_warps != 4 * (config.block_n // 64)
-            or config.stream_k):
-        raise ValueError(f"GemmConfig for the Gluon GEMM: {config}: accepted: block_n a multiple of 64, "
+    if (config.block_n % 64 or config.block_n in WS_ONLY_BLOCK_N or config.num_stages < 2
+            or config.num_warps != 4 * (config.block_n // 64) or config.stream_k):
+        raise ValueError(f"GemmConfig for the Gluon GEMM: {config}: accepted: block_n 64, 128 or 256, "
                          f"num_warps = 4 per 64 rows of W, num_stages >= 2, no stream_k")
 
 
@@ -398,7 +406,7 @@ def launch_gemm_gluon_ws(
 ) -> Tensor:
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
-    ``config``: tiles (block_n 64, 128 or 256: one consumer warpgroup per 64 or 128 rows
+    ``config``: tiles (block_n 64, 128, 192 or 256: one consumer warpgroup per 64 or 128 rows
     of W, as num_warps = ``ws_warps(block_n, rows)`` says; block_k 64 or 128), split-K (its
     sum through global memory, or with ``cluster_sum`` through a cluster's shared memory) or
     stream-K (one program per SM of x's device), stages and swizzle.
@@ -459,7 +467,7 @@ def launch_gemm_gluon_ws(
         workspace = split_workspace
     m = x.shape[0]
     _, scalars = weight_operands(codes, scales, zeros, None, k)
-    x_block, c_block = [config.block_m, config.block_k], [config.block_n, config.block_k * bits // 32]
+    x_block, c_block = [config.block_m, config.block_k], [ws_code_rows(config.block_n), config.block_k * bits // 32]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}

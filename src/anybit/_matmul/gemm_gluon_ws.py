@@ -7,8 +7,8 @@ once per 64 rows of W, which at M = 64 moves about 4x the bytes of the codes; an
 the single-program kernels (``gemm_gluon``, ``gemm_triton``) wait on a CTA-wide
 barrier every K-block, so their warpgroups decode and multiply in lockstep.  Here
 
-* a program covers ``BLOCK_N`` = WG_ROWS x NUM_WG rows of W (NUM_WG consumer warpgroups
-  of WG_ROWS = 64 or 128 rows; 128 rows are two m64 MMAs per K-step) against ``BLOCK_M``
+* a program covers ``BLOCK_N`` = WG_ROWS x NUM_WG rows of W (NUM_WG = 1 to 4 consumer
+  warpgroups of WG_ROWS = 64 or 128 rows; 128 rows are two m64 MMAs per K-step) against ``BLOCK_M``
   rows of x, so one x tile serves up to 256 rows of W;
 * the loader partition (the kernel's 4 warps, one thread issuing) copies each K-block's
   x tile [BLOCK_M, BLOCK_K] (fp16) and code words [BLOCK_N, BLOCK_K * BITS / 32] (int32) by TMA
@@ -92,13 +92,31 @@ NO_OVERLAP, PAIRS, CARRY = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base,
                  BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr):
     """K-blocks kb0 .. kb0 + n_blocks of one tile into the ring, as its uses base .. base + n_blocks."""
+    BOXES: gl.constexpr = c_bufs.shape[0] // STAGES  # copies of codes a stage takes (``_stage_codes``)
     for i in range(n_blocks):
         s = (base + i) % STAGES
         mbarrier.wait(empty.index(s), (((base + i) // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
-        mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + c_desc.block_type.nbytes)
+        mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + BOXES * c_desc.block_type.nbytes)
         k = (kb0 + i) * BLOCK_K
         _tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
-        _tma_load(c_desc, [n0, k // (32 // BITS)], ready.index(s), c_bufs.index(s))
+        for b in gl.static_range(BOXES):
+            _tma_load(c_desc, [n0 + b * c_desc.block_type.shape[0], k // (32 // BITS)], ready.index(s),
+                      c_bufs.index(s * BOXES + b))
+
+
+@gluon.jit
+def _stage_codes(c_bufs, s, RW: gl.constexpr, WG_ROWS: gl.constexpr, STAGES: gl.constexpr):
+    """Row set RW's WG_ROWS rows of code words in stage s of the ring.  ``c_bufs``: [STAGES x
+    BOXES, BOX, words] int32, a stage's BLOCK_N rows in BOXES copies of BOX rows
+    (``gemm.ws_code_rows``: one copy of BLOCK_N rows where it is a power of two, else copies
+    of WG_ROWS, which Triton's shared memory then takes as one buffer each)."""
+    BOXES: gl.constexpr = c_bufs.shape[0] // STAGES
+    if BOXES == 1:
+        codes = c_bufs.index(s).slice(RW * WG_ROWS, WG_ROWS, dim=0)
+    else:
+        gl.static_assert(c_bufs.shape[1] == WG_ROWS, "copies of more rows than a warpgroup's: one copy a stage")
+        codes = c_bufs.index(s * BOXES + RW)
+    return codes
 
 
 @gluon.jit
@@ -260,7 +278,7 @@ def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layo
     s = u % STAGES
     bias, scale_words = group_words(scale, zero, BITS)
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
-    words = c_bufs.index(s).slice(WG * WG_ROWS, WG_ROWS, dim=0).load(word_layout)
+    words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
     return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER)
 
 
@@ -603,7 +621,8 @@ def gemm_gluon_ws_kernel(
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
     x_desc: TMA descriptor of x (M, K) fp16, block [BLOCK_M, BLOCK_K]; c_desc: of the
-    codes (N, words_per_row) int32, block [BLOCK_N, BLOCK_K * BITS / 32] (BITS: 4 or 8).
+    codes (N, words_per_row) int32, block [``gemm.ws_code_rows(BLOCK_N)``, BLOCK_K * BITS / 32]
+    (BITS: 4 or 8; TMA boxes are powers of two: 192 rows are three copies of 64).
     Other operands as ``gemm_gluon_kernel``'s; ``counter`` holds tiles * NUM_WG int32 zeros.
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
     taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
@@ -630,7 +649,9 @@ def gemm_gluon_ws_kernel(
     as clusters of SPLIT_K CTAs, 1 where SPLIT_K is 1)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS * WG_K
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
-    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES, BLOCK_N, BLOCK_K * BITS // 32], c_desc.layout)
+    CODE_ROWS: gl.constexpr = c_desc.block_type.shape[0]  # a copy's (``gemm.ws_code_rows``)
+    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES * (BLOCK_N // CODE_ROWS), CODE_ROWS, BLOCK_K * BITS // 32],
+                                       c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
@@ -686,8 +707,19 @@ def gemm_gluon_ws_kernel(
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
+    elif NUM_WG == 3:
+        gl.warp_specialize([
+            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
+                       PDL, IN_CLUSTER)),
+            (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
+            (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
+            (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
+            [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
     else:
-        gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1, 2 or 4 consumer warpgroups")
+        gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1 to 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER)),

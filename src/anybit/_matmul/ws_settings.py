@@ -64,15 +64,22 @@ class WsOverlap(enum.IntEnum):
 
 
 def ws_consumer_regs(config: GemmConfig) -> int:
-    """Registers per consumer thread of the warp-specialized kernel with 1, 2 and 4
+    """Registers per consumer thread of the warp-specialized kernel with 1, 2, 3 and 4
     consumer warpgroups: 232, 160 (240 at 128 rows of W per warpgroup or more than 64 rows
-    of x) and 112.  Triton's split of 64K registers with 4 loader warps (at least 24
-    registers) allows up to 256, 240 and 112; 160 is what CARRY was compiled and measured
+    of x), 160 and 112.  Triton's split of 64K registers with 4 loader warps (at least 24
+    registers) allows up to 256, 240, 160 and 112; 160 is what CARRY was compiled and measured
     with at 2 x 64 rows of W and 64 of x; a 64 x 256 accumulator alone takes 128."""
     groups = ws_consumer_groups(config)
     if groups == 2 and (ws_wg_rows(config) == 128 or config.block_m > 64):
         return 240
-    return {1: 232, 2: 160}.get(groups, 112)
+    return {1: 232, 2: 160, 3: 160}.get(groups, 112)
+
+
+def ws_code_rows(block_n: int) -> int:
+    """Rows of codes one TMA copy of the warp-specialized kernel's ring takes: TMA boxes are
+    powers of two, so a tile of 192 rows of W (three consumer warpgroups) is three copies of
+    64; others one copy of block_n."""
+    return block_n if block_n & (block_n - 1) == 0 else 64
 
 
 #: Triton versions (major.minor) whose compile of CARRY keeps the MMAs asynchronous; under
@@ -103,8 +110,8 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
         if config.block_k != 64:
             return WsOverlap.NONE
         return WsOverlap.CARRY if carry and config.block_n == 128 else WsOverlap.PAIRS
-    if config.block_k != 64:  # PAIRS where two warpgroups of 64 rows meet 64 rows of x
-        return WsOverlap.PAIRS if (config.block_m, ws_consumer_groups(config)) == (64, 2) else WsOverlap.NONE
+    if config.block_k != 64:  # PAIRS where two or three warpgroups of 64 rows meet 64 rows of x
+        return WsOverlap.PAIRS if config.block_m == 64 and ws_consumer_groups(config) in (2, 3) else WsOverlap.NONE
     if config.block_m != 64 and config.block_n != 128:
         return WsOverlap.NONE
     if config.block_m != 64:
@@ -113,16 +120,18 @@ def ws_overlap(config: GemmConfig) -> WsOverlap:
 
 
 def check_gluon_ws_config(config: GemmConfig) -> None:
-    """ValueError unless the warp-specialized Gluon kernel runs ``config``: block_n 64, 128
-    or 256, block_k 64 or 128, num_warps ``ws_warps(block_n, rows)`` for 64 or 128 rows of W
-    per consumer warpgroup (1, 2 or 4 warpgroups), a ring of at least 2 stages."""
+    """ValueError unless the warp-specialized Gluon kernel runs ``config``: block_n 64, 128,
+    192 or 256, block_k 64 or 128, num_warps ``ws_warps(block_n, rows)`` for 64 or 128 rows
+    of W per consumer warpgroup (1 to 4 warpgroups; 192 rows as three of 64), a ring of at
+    least 2 stages."""
     k_wg = config.k_warpgroups
-    warps = {ws_warps(config.block_n, rows, k_wg) for rows in WS_WG_ROWS if config.block_n // rows * k_wg in (1, 2, 4)}
-    if (config.block_n not in (64, 128, 256) or config.block_k not in (64, 128) or config.num_stages < 2
+    warps = {ws_warps(config.block_n, rows, k_wg) for rows in WS_WG_ROWS
+             if config.block_n % rows == 0 and config.block_n // rows * k_wg in (1, 2, 3, 4)}
+    if (config.block_n not in (64, 128, 192, 256) or config.block_k not in (64, 128) or config.num_stages < 2
             or config.num_warps not in warps):
-        raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128 or "
-                         f"256, block_k 64 or 128, num_warps = 4 + 4 x k_warpgroups per 64 or 128 rows of W (1, 2 "
-                         f"or 4 consumer warpgroups), num_stages >= 2")
+        raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128, "
+                         f"192 or 256, block_k 64 or 128, num_warps = 4 + 4 x k_warpgroups per 64 or 128 rows of W "
+                         f"(1 to 4 consumer warpgroups), num_stages >= 2")
 
 
 #: Code widths the warp-specialized Gluon kernel decodes (its BITS).
