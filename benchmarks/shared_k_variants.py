@@ -27,10 +27,9 @@ from dataclasses import asdict, replace
 
 import gemv_variants
 import torch
-from table_variants import _ws_text
+from table_variants import _ws_text, ws_points
 
 import anybit
-from anybit import bench
 from anybit._matmul import candidates as cand
 from anybit._matmul import gemm as gm
 from anybit._matmul import gemv as gv
@@ -50,18 +49,17 @@ def shared_k_plans(m: int, n: int, k: int, bits: int, sms: int, swizzle: int, ro
         for split in (1, 2, 4):
             config = gm.ws_config(block_m, block_n, block_k, split, stages, *rows, swizzle=swizzle,
                                   cluster_sum=split > 1)
-            fit = gm.ws_fit_stages(config, bits)
             programs = tiles * split
-            if fit and sms // 2 < programs and (split == 1 or programs <= int(sms * CLUSTER_SM_SHARE.get(split, 1.0))) \
+            if sms // 2 < programs and (split == 1 or programs <= int(sms * CLUSTER_SM_SHARE.get(split, 1.0))) \
                     and split <= k_blocks:
-                plans.append(replace(config, num_stages=fit))
+                plans.append(config)
         if rows_of_w:
             split = gv.one_wave_split(k_blocks, tiles, sms)
             if split > 1:
                 plans.append(gm.ws_config(block_m, block_n, block_k, split, stages, *rows, swizzle=swizzle))
             if tiles % sms and tiles > sms // 2:
                 plans.append(gm.ws_config(block_m, block_n, block_k, 1, stages, *rows, swizzle=swizzle, stream_k=True))
-    return [replace(c, num_stages=gm.ws_fit_stages(c, bits)) for c in plans if gm.ws_fit_stages(c, bits)]
+    return [replace(c, num_stages=fit) for c in plans if (fit := gm.ws_fit_stages(c, bits))]
 
 
 def main() -> None:
@@ -73,28 +71,21 @@ def main() -> None:
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--out")
     args = parser.parse_args()
-    with open(args.table) as f:
-        entries = json.load(f)["entries"]
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     bits = anybit.parse_format(args.format).bits
     rows, best = [], {}
-    for n, k in bench.STANDARD_SHAPES:
-        for m in args.m:
-            entry = next((e for e in entries if (e["format"], e["n"], e["k"], e["m"]) == (args.format, n, k, m)), None)
-            if entry is None or entry["kernel"] != "gluon_ws":
-                continue
-            plan = _ws_text(entry["config"])
-            others = [_ws_text(asdict(c)) for c in shared_k_plans(m, n, k, bits, sms, entry["config"]["swizzle"],
-                                                                 args.block_n)]
-            if not others:
-                continue
-            point = gemv_variants.main(["--kernel", "gemm", "--format", args.format, "--m", str(m), "--shapes",
-                                        f"{n}x{k}", "--variants", plan, *others, "--replays", str(args.replays)])
-            rows += point
-            timed = [r for r in point[1:] if math.isfinite(r["us"])]
-            if math.isfinite(point[0]["us"]) and timed:
-                fastest = min(timed, key=lambda r: r["us"])
-                best[n, k, m] = (point[0], fastest)
+    for n, k, m, config in ws_points(args.table, args.format, args.m):
+        plan = _ws_text(config)
+        others = [_ws_text(asdict(c)) for c in shared_k_plans(m, n, k, bits, sms, config["swizzle"], args.block_n)]
+        if not others:
+            continue
+        point = gemv_variants.main(["--kernel", "gemm", "--format", args.format, "--m", str(m), "--shapes",
+                                    f"{n}x{k}", "--variants", plan, *others, "--replays", str(args.replays)])
+        rows += point
+        timed = [r for r in point[1:] if math.isfinite(r["us"])]
+        if math.isfinite(point[0]["us"]) and timed:
+            fastest = min(timed, key=lambda r: r["us"])
+            best[n, k, m] = (point[0], fastest)
     print("fastest plan of those tiles / the table's plan, per point, and the geomean per M of "
           "min(that, table) / table:")
     for m in args.m:

@@ -36,6 +36,18 @@ def _ws_text(config: dict, overlap: int = -1, wg_rows: int = 0, block_k: int = 0
             f"{config.get('k_warpgroups', 1)}")
 
 
+def ws_points(table: str, spec: str, ms: list[int]):
+    """(n, k, m, config) of each standard shape and M whose entry in the table at path ``table``
+    for format ``spec`` is a warp-specialized plan (config: its ``GemmConfig`` fields)."""
+    with open(table) as f:
+        entries = {(e["format"], e["n"], e["k"], e["m"]): e for e in json.load(f)["entries"]}
+    for n, k in bench.STANDARD_SHAPES:
+        for m in ms:
+            entry = entries.get((spec, n, k, m))
+            if entry is not None and entry["kernel"] == "gluon_ws":
+                yield n, k, m, entry["config"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--table", required=True)
@@ -50,21 +62,14 @@ def main() -> None:
     parser.add_argument("--replays", type=int, default=20)
     parser.add_argument("--out")
     args = parser.parse_args()
-    with open(args.table) as f:
-        entries = json.load(f)["entries"]
     rows = []
-    for n, k in bench.STANDARD_SHAPES:
-        for m in args.m:
-            entry = next((e for e in entries if (e["format"], e["n"], e["k"], e["m"]) == (args.format, n, k, m)), None)
-            if entry is None or entry["kernel"] != "gluon_ws":
-                continue
-            config = entry["config"]
-            if args.block_k and config["block_k"] != args.block_k:
-                continue
-            plan = _ws_text(config)
-            variant = _ws_text(config, args.overlap, args.wg_rows, args.to_block_k, args.scale_after)
-            rows += gemv_variants.main(["--kernel", "gemm", "--format", args.format, "--m", str(m), "--shapes",
-                                        f"{n}x{k}", "--variants", plan, variant, "--replays", str(args.replays)])
+    for n, k, m, config in ws_points(args.table, args.format, args.m):
+        if args.block_k and config["block_k"] != args.block_k:
+            continue
+        plan = _ws_text(config)
+        variant = _ws_text(config, args.overlap, args.wg_rows, args.to_block_k, args.scale_after)
+        rows += gemv_variants.main(["--kernel", "gemm", "--format", args.format, "--m", str(m), "--shapes",
+                                    f"{n}x{k}", "--variants", plan, variant, "--replays", str(args.replays)])
     print("variant / plan time per point, and their geomean per M:")
     for m in args.m:
         ratios = []

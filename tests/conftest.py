@@ -128,15 +128,17 @@ def check_sweep(run, config_for, spec: str, n: int, k: int):
         assert_matmul_close(run(x, qw, config_for(m)), x, qw, weight_roundoff=unit_roundoff(x.dtype))
 
 
-def check_poisoned_with_bias(run, config, spec: str, m: int, n: int, k: int):
+def check_poisoned_with_bias(run, config, spec: str, m: int, n: int, k: int, seed: int | None = None):
     """``run(x, qw, config, bias, out)`` on a NaN-poisoned output: every element written,
-    the bias added once, within the float64 tolerance (fp16 x, GPU)."""
-    gen = torch.Generator(device="cuda").manual_seed(m)
+    the bias added once, within the float64 tolerance (fp16 x, GPU; random operands from
+    ``seed``, default m).  Returns (x, qw, bias, y) for further checks."""
+    gen = torch.Generator(device="cuda").manual_seed(m if seed is None else seed)
     qw = quantized_cuda(spec, n, k, gen)
     x = torch.randn(m, k, device="cuda", generator=gen).half()
     bias = torch.randn(n, device="cuda", generator=gen)
     y = run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
     assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    return x, qw, bias, y
 
 
 def check_repeated_launches(run, configs, n: int, k: int, m: int, launches: int = 20):

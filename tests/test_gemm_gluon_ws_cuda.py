@@ -171,12 +171,7 @@ def test_cluster_sum(config, spec, n, k, m):
     tolerance; the bits are those of the same plan summed through global memory (the same
     split order), again in repeated launches and replayed from a CUDA graph.  320 columns are
     5 K-blocks: with 8 splits, some have none."""
-    gen = torch.Generator(device="cuda").manual_seed(n + m)
-    qw = quantized_cuda(spec, n, k, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen).half()
-    bias = torch.randn(n, device="cuda", generator=gen)
-    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
-    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m)
     assert torch.equal(y, _run(x, qw, replace(config, cluster_sum=False), bias))
     _check_replays(x, qw, config, bias, y)
 
@@ -200,12 +195,7 @@ def test_warpgroups_sharing_k(config, spec, n, k, m):
     4 splits some warpgroups have none), 128 one or two; 16384 rows of W take several waves of
     programs (with a ring of 5 stages shared in turn by the two warpgroups, int8-gc gave wrong
     results and graph replays faulted there)."""
-    gen = torch.Generator(device="cuda").manual_seed(n + m + k)
-    qw = quantized_cuda(spec, n, k, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen).half()
-    bias = torch.randn(n, device="cuda", generator=gen)
-    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
-    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
     _check_replays(x, qw, config, bias, y)
 
 
@@ -226,12 +216,7 @@ def test_three_warpgroups(config, spec, n, k, m):
     within the float64 tolerance, the same bits in repeated launches and replayed from a CUDA
     graph.  1000 and 4096 rows of W end inside a tile, 16384 take several waves."""
     config = replace(config, num_stages=gm.ws_fit_stages(config, anybit.formats.parse_format(spec).bits))
-    gen = torch.Generator(device="cuda").manual_seed(n + m + k)
-    qw = quantized_cuda(spec, n, k, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen).half()
-    bias = torch.randn(n, device="cuda", generator=gen)
-    y = _run(x, qw, config, bias, out=torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16))
-    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
     _check_replays(x, qw, config, bias, y)
 
 
