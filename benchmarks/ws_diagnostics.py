@@ -123,9 +123,9 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "    first = n_blocks % 2\n",
                      "    first = n_blocks % 2\n"
                      "    sink = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.int16, layout=a_layout)\n", 1)
-        s = _replace(s, "    return acc\n\n\n@gluon.jit\ndef _vectors(",
+        s = _replace(s, "    return acc\n\n\n@gluon.jit\ndef _scaled(",
                      "    acc += gl.sum(gl.sum(sink.to(gl.float32), 1), 0)\n"
-                     "    return acc\n\n\n@gluon.jit\ndef _vectors(", 1)
+                     "    return acc\n\n\n@gluon.jit\ndef _scaled(", 1)
     return _weights.load_source(f"gemm_gluon_ws_diag{diag}", s).gemm_gluon_ws_kernel
 
 
