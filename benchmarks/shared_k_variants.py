@@ -20,14 +20,13 @@ cuBLAS: graph-launched, cold L2).  Prints per point the fastest such plan agains
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 from dataclasses import asdict, replace
 
 import gemv_variants
 import torch
-from table_variants import _ws_text, ws_points
+from table_variants import _ws_text, point_parser, ws_points
 
 import anybit
 from anybit._matmul import candidates as cand
@@ -63,13 +62,8 @@ def shared_k_plans(m: int, n: int, k: int, bits: int, sms: int, swizzle: int, ro
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--table", required=True)
-    parser.add_argument("--format", default="int4-g128")
-    parser.add_argument("--m", type=int, nargs="+", required=True)
+    parser = point_parser(__doc__)
     parser.add_argument("--block-n", type=int, default=0, help="the tiles of this many rows of W (0: sharing K)")
-    parser.add_argument("--replays", type=int, default=20)
-    parser.add_argument("--out")
     args = parser.parse_args()
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     bits = anybit.parse_format(args.format).bits

@@ -48,19 +48,26 @@ def ws_points(table: str, spec: str, ms: list[int]):
                 yield n, k, m, entry["config"]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def point_parser(doc: str) -> argparse.ArgumentParser:
+    """The arguments both variant scripts take: the points (``ws_points``: --table, --format,
+    --m), --replays and --out; a script adds its own with ``add_argument`` before parsing."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
     parser.add_argument("--table", required=True)
     parser.add_argument("--format", default="int4-g128")
     parser.add_argument("--m", type=int, nargs="+", required=True)
+    parser.add_argument("--replays", type=int, default=20)
+    parser.add_argument("--out")
+    return parser
+
+
+def main() -> None:
+    parser = point_parser(__doc__)
     parser.add_argument("--block-k", type=int, default=0, help="only plans with these K-blocks (0: any)")
     parser.add_argument("--overlap", type=int, default=-1, help="the variant's overlap (-1: ws_overlap's)")
     parser.add_argument("--wg-rows", type=int, default=0, help="the variant's rows of W per warpgroup (0: the plan's)")
     parser.add_argument("--to-block-k", type=int, default=0, help="the variant's K-blocks (0: the plan's)")
     parser.add_argument("--scale-after", type=int, default=-1,
                         help="the variant's scale_after, 0 or 1 (-1: ws_scale_after's)")
-    parser.add_argument("--replays", type=int, default=20)
-    parser.add_argument("--out")
     args = parser.parse_args()
     rows = []
     for n, k, m, config in ws_points(args.table, args.format, args.m):
