@@ -24,7 +24,8 @@ from .gemv import (
 from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests use them as gemm.*)
     CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS, WsOverlap,
     check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_code_rows, ws_config, ws_consumer_groups,
-    ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after, ws_vector_store, ws_warps, ws_wg_rows,
+    ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after,
+    ws_vector_store, ws_warps, ws_wg_rows,
 )
 
 
