@@ -117,6 +117,12 @@ class GemmConfig:
                              f"split_k 2, 4 or 8 with cluster_sum (the warpgroups' partials are summed in shared "
                              f"memory as the cluster's are), no stream_k")
 
+    @property
+    def ws_only(self) -> bool:
+        """Whether only the warp-specialized Gluon kernel runs these settings (stream-K, or
+        block_n in ``WS_ONLY_BLOCK_N``)."""
+        return self.stream_k or self.block_n in WS_ONLY_BLOCK_N
+
 
 #: From this many rows of x on, the dispatcher (``anybit.matmul``) dequantizes W into
 #: a scratch buffer (x's dtype, N x K) and multiplies with cuBLAS: faster than the GEMM kernel there
@@ -185,7 +191,7 @@ class Plan:
             check_gluon_config(self.config)
         if self.kernel is Kernel.GLUON_WS:
             check_gluon_ws_config(self.config)
-        elif self.config is not None and (self.config.stream_k or self.config.block_n in WS_ONLY_BLOCK_N):
+        elif self.config is not None and self.config.ws_only:
             raise ValueError(f"Plan({self.kernel.value}) with stream_k={self.config.stream_k}, block_n="
                              f"{self.config.block_n}: accepted: stream-K and block_n {WS_ONLY_BLOCK_N} in the "
                              f"{Kernel.GLUON_WS.value} kernel only")
@@ -297,7 +303,7 @@ def launch_gemm(
     """
     from .gemm_triton import gemm_kernel
 
-    if config.stream_k or config.block_n in WS_ONLY_BLOCK_N:
+    if config.ws_only:
         raise ValueError(f"GemmConfig {config}: the Triton GEMM has no stream-K, and takes block_n a power of "
                          f"two; accepted: stream_k=False, block_n not {WS_ONLY_BLOCK_N} (those run in the "
                          f"warp-specialized Gluon kernel)")
@@ -322,8 +328,8 @@ def launch_gemm(
 def check_gluon_config(config: GemmConfig) -> None:
     """ValueError unless the Gluon kernel runs ``config``: 64 rows of W per warpgroup
     (num_warps = 4 per 64 rows) and a ring of at least 2 stages."""
-    if (config.block_n % 64 or config.block_n in WS_ONLY_BLOCK_N or config.num_stages < 2
-            or config.num_warps != 4 * (config.block_n // 64) or config.stream_k):
+    if (config.block_n % 64 or config.ws_only or config.num_stages < 2
+            or config.num_warps != 4 * (config.block_n // 64)):
         raise ValueError(f"GemmConfig for the Gluon GEMM: {config}: accepted: block_n 64, 128 or 256, "
                          f"num_warps = 4 per 64 rows of W, num_stages >= 2, no stream_k")
 
