@@ -10,8 +10,7 @@ Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_W
 ``--pdl`` compiles the kernel as a programmatic dependent with that trigger, ``--cluster`` with the
 split-K sum through a cluster's shared memory (``GemmConfig.cluster_sum``), ``--scale-after`` with each
 row's sum scaled once (one scale per row), ``--k-warpgroups 2`` with two consumer warpgroups per row set
-sharing its K-blocks (``GemmConfig.k_warpgroups``; NUM_WARPS counts them), ``--permute-x on|off`` with
-or without the nibble-pair decode and x permuted to match (default ``gemm.ws_permute_x``).  The report ends with the
+sharing its K-blocks (``GemmConfig.k_warpgroups``; NUM_WARPS counts them).  The report ends with the
 shared memory the kernel takes (Triton's count), and the output store is vectorized where
 the launcher would vectorize it.  Run in a
 process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
@@ -37,10 +36,9 @@ PDL_IDS = {"off": PDL_OFF.value, "early": PDL_EARLY.value, "late": PDL_LATE.valu
 
 def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
                stream_k: bool = False, split_k: int = 1, pdl: str = "off", cluster: bool = False,
-               scale_after: bool = False, k_warpgroups: int = 1, permute_x: bool | None = None):
+               scale_after: bool = False, k_warpgroups: int = 1):
     """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
-    kernel: ``asm["ptx"]``, ``metadata``); ``scale_after``: its SCALE_AFTER (one scale per row);
-    ``permute_x``: its PERMUTE_X (default ``gemm.ws_permute_x``)."""
+    kernel: ``asm["ptx"]``, ``metadata``); ``scale_after``: its SCALE_AFTER (one scale per row)."""
     config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k),
                            cluster_sum=cluster, k_warpgroups=k_warpgroups)
     gm.check_gluon_ws_config(config)
@@ -52,8 +50,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
                      VECTOR_STORE=gm.ws_vector_store(config, bits), PDL=PDL_IDS[pdl],
-                     CLUSTER=gm.ws_push_sum(config), SCALE_AFTER=scale_after, WG_K=k_warpgroups,
-                     PERMUTE_X=gm.ws_permute_x(config, bits) if permute_x is None else permute_x)
+                     CLUSTER=gm.ws_push_sum(config), SCALE_AFTER=scale_after, WG_K=k_warpgroups)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{c_box[0]}, {c_box[1]}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
@@ -69,10 +66,9 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
 
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
            stream_k: bool = False, split_k: int = 1, sass: bool = False, ptx: bool = False,
-           pdl: str = "off", cluster: bool = False, scale_after: bool = False, k_warpgroups: int = 1,
-           permute_x: bool | None = None) -> str:
+           pdl: str = "off", cluster: bool = False, scale_after: bool = False, k_warpgroups: int = 1) -> str:
     compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl,
-                          cluster, scale_after, k_warpgroups, permute_x)
+                          cluster, scale_after, k_warpgroups)
     text = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
@@ -92,8 +88,6 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     pdl = argv.pop(argv.index("--pdl") + 1) if "--pdl" in argv else "off"
     k_warpgroups = int(argv.pop(argv.index("--k-warpgroups") + 1)) if "--k-warpgroups" in argv else 1
-    permute_x = {"on": True, "off": False}[argv.pop(argv.index("--permute-x") + 1)] if "--permute-x" in argv else None
     args = [arg for arg in argv if not arg.startswith("--")]
     print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl,
-                 cluster="--cluster" in argv, scale_after="--scale-after" in argv, k_warpgroups=k_warpgroups,
-                 permute_x=permute_x))
+                 cluster="--cluster" in argv, scale_after="--scale-after" in argv, k_warpgroups=k_warpgroups))

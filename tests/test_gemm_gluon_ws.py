@@ -20,7 +20,6 @@ from anybit._matmul import gemm as gm
 from anybit._matmul import gemm_gluon as gg
 from anybit._matmul import gemm_gluon_ws as gw
 from anybit._matmul import gemv as g
-from anybit._matmul import nibble_pairs as npairs
 from anybit._matmul import tuning
 from anybit.formats._base import Decode
 
@@ -402,46 +401,18 @@ def test_split_k_plans_store_vectors_where_the_sum_compiles_without_spills(confi
     assert ("STG.E.U16" in sass) != vector  # y's stores (the partials' are 16-byte either way)
 
 
-@pytest.mark.parametrize("permute_x", ["on", "off"])
 @pytest.mark.parametrize("config", [gm.ws_config(64, 256, 128, 1, 3), gm.ws_config(128, 128, 128, 1, 3)],
                          ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
-def test_the_nibble_decode_keeps_its_multiplier_in_a_register(config, permute_x):
+def test_the_nibble_decode_keeps_its_multiplier_in_a_register(config):
     """Symmetric 4-bit codes: the decode's fma takes the bias as its immediate, and the
-    multiplier ({1, 1/16}, ``gemm_gluon.NIBBLE_MUL``, by bytes; {1/16, 1/16},
-    ``nibble_pairs.SIXTEENTH``, by nibble pairs) comes from one register; as a constant ptxas
-    would move it into a register before every fma (docs/NOTES-gemm.md v22)."""
+    multiplier {1, 1/16} (``gemm_gluon.NIBBLE_MUL``) comes from one register; as a constant
+    ptxas would move it into a register before every fma (docs/NOTES-gemm.md v22)."""
     sass = compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
-                          int(gm.ws_overlap(config)), config.num_warps, 4, 0, "--sass", "--permute-x", permute_x)
+                          int(gm.ws_overlap(config)), config.num_warps, 4, 0, "--sass")
     fmas = [line for line in sass.splitlines() if " HFMA2 " in line]
-    pairs = config.block_n * config.block_k // 128 // 2  # a K-block's pairs, per thread
-    assert len(fmas) >= (pairs if permute_x == "off" else pairs // 2)  # by nibble pairs, half are adds
-    mul = gg.NIBBLE_MUL.value if permute_x == "off" else npairs.SIXTEENTH.value
-    moves = [line for line in sass.lower().splitlines() if "mov" in line and f"{mul:#x}" in line]
+    assert len(fmas) >= config.block_n * config.block_k // 128 // 2  # a K-block's pairs, per thread
+    moves = [line for line in sass.lower().splitlines() if "mov" in line and f"{gg.NIBBLE_MUL.value:#x}" in line]
     assert not moves, moves[:3]
-
-
-@pytest.mark.parametrize("config", [gm.ws_config(64, 128, 128, 2, 6, cluster_sum=True),
-                                    gm.ws_config(64, 256, 128, 1, 3), gm.ws_config(128, 256, 128, 1, 3, 128),
-                                    gm.ws_config(256, 128, 64, 1, 4), gm.ws_config(64, 64, 128, 2, 6, 64, 2,
-                                                                                   cluster_sum=True)],
-                         ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
-def test_the_nibble_pair_decode_drops_a_prmt_per_pair(config):
-    """4-bit codes by nibble pairs (PERMUTE_X, the default): the consumers' prmt per code pair
-    is gone (one shr per word instead), the loader permutes x in 16-byte shared loads and
-    stores with a prmt per output word, the MMAs stay asynchronous, and at most 8 bytes more
-    are spilled than without it (128 x 256 x 128 in two warpgroups leaves the loader 24
-    registers: its last blocks' permutation keeps addresses in local memory)."""
-    def sass(permute_x):
-        return compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
-                              int(gm.ws_overlap(config)), config.num_warps, 4, 0, config.split_k,
-                              *(["--cluster"] if config.cluster_sum else []), "--k-warpgroups",
-                              config.k_warpgroups, "--sass", "--permute-x", permute_x)
-    on, off = sass("on"), sass("off")
-    count = lambda text, op: sum(f" {op} " in line or f" {op}." in line for line in text.splitlines())  # noqa: E731
-    spilled = lambda text: int(re.search(r"(\d+) bytes spill stores", text).group(1))  # noqa: E731
-    assert SERIALIZED not in on and spilled(on) <= spilled(off) + 8
-    assert count(on, "STS") > count(off, "STS") and count(on, "PRMT") < count(off, "PRMT")
-    assert count(on, "SHF") > count(off, "SHF")  # the word >> 8
 
 
 @pytest.mark.parametrize("config", [gm.ws_config(64, 128, 64, 1, 6), gm.ws_config(256, 128, 64, 1, 4)],

@@ -279,32 +279,6 @@ def test_one_scale_per_row_scales_each_sum_once(spec, config):
     assert_matmul_close(run(scale_after=False), x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
 
 
-NIBBLE_PAIRS = [_ws(64, 128, 128, 2, 6, cluster_sum=True), _ws(64, 256, 128, 1, 3), _ws(128, 256, 128, 2, 3, 128),
-                _ws(64, 64, 128, 2, 6, 64, 2, cluster_sum=True), _ws(256, 128, 64, 3, 4), _ws(64, 192, 128, 1, 4),
-                _ws(64, 128, 64, 1, 6, stream_k=True), _ws(128, 128, 128, 1, 3)]
-
-
-@pytest.mark.parametrize("permute_x", [True, False], ids=["pairs", "bytes"])
-@pytest.mark.parametrize("config", NIBBLE_PAIRS, ids=_ids)
-@pytest.mark.parametrize("spec, m, k", [("int4-g128", 33, 1608), ("uint4-g128", 100, 4160), ("int4-gc", 64, 320)])
-def test_both_4_bit_decodes(config, permute_x, spec, m, k):
-    """4-bit codes decoded by nibble pairs with x permuted to match (``nibble_pairs``) and by
-    bytes, each forced on every tile family (stream-K, clusters, warpgroups sharing K, 128 and
-    192 rows of W, 256 rows of x): NaN-poisoned output, bias, K past the last K-block, a
-    scale per weight and one per row, against float64; then repeated launches agree bit for bit."""
-    gen = torch.Generator(device="cuda").manual_seed(m + k)
-    qw = quantized_cuda(spec, 1000, k, gen)
-    x = torch.randn(m, k, device="cuda", generator=gen).half()
-    bias = torch.randn(1000, device="cuda", generator=gen)
-
-    def run():
-        return _run(x, qw, config, bias, out=torch.full((m, 1000), float("nan"), device="cuda", dtype=torch.float16),
-                    permute_x=permute_x)
-    y = run()
-    assert_matmul_close(y, x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
-    assert all(torch.equal(y, run()) for _ in range(3))
-
-
 #: wgmma with the weights as a register list and x's tile as a descriptor.
 WGMMA_REGISTER_A = re.compile(r"wgmma\.mma_async\.sync\.aligned\.m64n\d+k16\.f32\.f16\.f16\s*\{[^}]*\},\s*\{%r")
 

@@ -24,7 +24,7 @@ from .gemv import (
 from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests use them as gemm.*)
     CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS, WsOverlap,
     check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_code_rows, ws_config, ws_consumer_groups,
-    ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_permute_x, ws_push_sum, ws_ring_bytes, ws_scale_after,
+    ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after,
     ws_vector_store, ws_warps, ws_wg_rows,
 )
 
@@ -409,7 +409,7 @@ def launch_gemm_gluon_ws(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, bias: Tensor | None, n: int, k: int,
     bits: int, group: int, mode: Decode, config: GemmConfig, out: Tensor | None = None,
     workspace: Tensor | None = None, consumer_regs: int | None = None, maxnreg: int | None = None,
-    overlap: WsOverlap | None = None, scale_after: bool | None = None, permute_x: bool | None = None,
+    overlap: WsOverlap | None = None, scale_after: bool | None = None,
 ) -> Tensor:
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
@@ -421,8 +421,7 @@ def launch_gemm_gluon_ws(
     ``maxnreg``: the launch's register limit (default: Triton's); ``overlap``: of decode
     and MMA (default ``ws_overlap``; a deeper one than the registers hold runs correctly
     but slowly); ``scale_after``: each row's sum scaled once instead of every weight (default
-    ``ws_scale_after``; True needs one group per row); ``permute_x``: the 4-bit decode by
-    nibble pairs with x permuted to match (default ``ws_permute_x``; 4-bit codes only).  Operands as
+    ``ws_scale_after``; True needs one group per row).  Operands as
     ``launch_gemm``'s, but ``workspace`` (with split-K or stream-K) is fp32 with at least
     ``ws_workspace_size`` elements; k a multiple of 8 and x, codes readable by TMA
     (``_tma_readable``)."""
@@ -439,9 +438,6 @@ def launch_gemm_gluon_ws(
                          f"k={k}; accepted: 4 or 8 bits, symmetric or zero-point codes, fp16 x and scales, block_k "
                          f"64 or 128 <= group, k a multiple of 8")
     check_gluon_ws_config(config)
-    if permute_x and bits != 4:
-        raise ValueError(f"permute_x=True decodes 4-bit codes by nibble pairs; got {bits}-bit codes; accepted: None "
-                         f"or False here")
     if scale_after and not ws_scale_after(scales.shape[1]):
         raise ValueError(f"scale_after=True scales each row's sum once, which needs one scale per row; got "
                          f"{scales.shape[1]} groups per row (scales {tuple(scales.shape)}); accepted: None or False "
@@ -496,7 +492,7 @@ def launch_gemm_gluon_ws(
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
         VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=ws_push_sum(config), WG_K=config.k_warpgroups,
         SCALE_AFTER=ws_scale_after(scalars["num_groups"]) if scale_after is None else scale_after,
-        PERMUTE_X=ws_permute_x(config, bits) if permute_x is None else permute_x, **pdl_arguments(x.device),
+        **pdl_arguments(x.device),
     )
     return out
 

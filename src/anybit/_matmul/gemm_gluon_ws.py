@@ -79,7 +79,6 @@ from .gemm_gluon import (
     _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
 )
 from .gemm_triton import tile_position
-from .nibble_pairs import SIXTEENTH, decode_pairs, pair_bias_words, pair_word_layout, permute_x
 from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
@@ -90,13 +89,10 @@ NO_OVERLAP, PAIRS, CARRY = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 
 
 @gluon.jit
-def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, xready, m0, n0, kb0, n_blocks, base,
-                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr, PERMUTE_X: gl.constexpr):
-    """K-blocks kb0 .. kb0 + n_blocks of one tile into the ring, as its uses base .. base + n_blocks.
-    PERMUTE_X: each x tile is also permuted to the operand order of ``nibble_pairs`` (in place,
-    then ``xready``), LAG blocks behind the copies, so that its copy has landed by then."""
+def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base,
+                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr):
+    """K-blocks kb0 .. kb0 + n_blocks of one tile into the ring, as its uses base .. base + n_blocks."""
     BOXES: gl.constexpr = c_bufs.shape[0] // STAGES  # copies of codes a stage takes (``_stage_codes``)
-    LAG: gl.constexpr = STAGES // 2
     for i in range(n_blocks):
         s = (base + i) % STAGES
         mbarrier.wait(empty.index(s), (((base + i) // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
@@ -106,22 +102,6 @@ def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, xready, m0, n0, k
         for b in gl.static_range(BOXES):
             _tma_load(c_desc, [n0 + b * c_desc.block_type.shape[0], k // (32 // BITS)], ready.index(s),
                       c_bufs.index(s * BOXES + b))
-        if PERMUTE_X and i >= LAG:
-            _permute_stage(x_bufs, ready, xready, base + i - LAG, STAGES)
-    if PERMUTE_X:
-        for i in range(gl.maximum(n_blocks - LAG, 0), n_blocks):
-            _permute_stage(x_bufs, ready, xready, base + i, STAGES)
-
-
-@gluon.jit
-def _permute_stage(x_bufs, ready, xready, u, STAGES: gl.constexpr):
-    """The x tile of the ring's u-th block permuted in place once its copy landed (``nibble_pairs.
-    permute_x``), made visible to the MMAs' reads and signalled on ``xready``."""
-    s = u % STAGES
-    mbarrier.wait(ready.index(s), (u // STAGES) & 1)
-    permute_x(x_bufs.index(s), x_bufs.shape[1], x_bufs.shape[2], 4)  # the loader's 4 warps
-    fence_async_shared()
-    mbarrier.arrive(xready.index(s), count=1)
 
 
 @gluon.jit
@@ -150,31 +130,29 @@ def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SWIZZ
 def _loader(x_desc, c_desc, ring, work, M, N,
             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
             STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr, PDL: gl.constexpr,
-            CLUSTER: gl.constexpr, PERMUTE_X: gl.constexpr):
+            CLUSTER: gl.constexpr):
     """The loader warp: the program's K-blocks into the ring, STAGES ahead (with
     ``STREAM_K``, those of each of its work items in turn, ``_item``).  As a programmatic
     dependent (PDL) it first waits for the kernel before it, and lets the next one launch
     right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE).  With
-    CLUSTER it passes the cluster barriers every partition passes (start and end).  PERMUTE_X: it
-    also permutes each x tile for the consumers (``_load_blocks``)."""
+    CLUSTER it passes the cluster barriers every partition passes (start and end)."""
     if CLUSTER:
         cluster_barrier()
     pdl_wait(PDL)
     pdl_trigger(PDL, PDL_EARLY)
-    x_bufs, c_bufs, ready, empty, xready = ring
+    x_bufs, c_bufs, ready, empty = ring
     if STREAM_K:
         base = 0
         for j in range(_items(work)):
             tile, kb0, n_blocks, _, _ = _item(work, j)
             m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-            _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, xready, m0, n0, kb0, n_blocks, base, BLOCK_K,
-                         STAGES, BITS, PERMUTE_X)
+            _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base, BLOCK_K, STAGES,
+                         BITS)
             base += n_blocks
     else:
         tile, kb0, n_blocks, _ = work
         m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, xready, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES,
-                     BITS, PERMUTE_X)
+        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS)
     pdl_trigger(PDL, PDL_LATE)
     if CLUSTER:
         cluster_barrier_relaxed()
@@ -291,51 +269,36 @@ def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MOD
 
 
 @gluon.jit
-def _decode(c_bufs, ready, xready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, mul,
+def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, mul,
             scale, zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr,
-            SCALE_AFTER: gl.constexpr, PERMUTE_X: gl.constexpr):
+            SCALE_AFTER: gl.constexpr):
     """The operand of the ring's u-th block for consumer warpgroup WG: wait for its stage,
     read the warpgroup's WG_ROWS rows of code words, decode them with the group's ``scale``
-    and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s; SCALE_AFTER: without the scale).
-    PERMUTE_X (4 bits): by nibble pairs (``nibble_pairs.decode_pairs``), once the loader has
-    also permuted the stage's x tile to match."""
+    and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s; SCALE_AFTER: without the scale)."""
     s = u % STAGES
+    bias, scale_words = group_words(scale, zero, BITS)
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
-    if PERMUTE_X:
-        even_bias, odd_bias = pair_bias_words(zero)
-        scale_words = group_words(scale, zero, BITS)[1]
-        mbarrier.wait(xready.index(s), (u // STAGES) & 1)
-        words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
-        return decode_pairs(words, even_bias, odd_bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, not SCALE_AFTER)
-    else:
-        bias, scale_words = group_words(scale, zero, BITS)
-        words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
-        return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS,
-                              not SCALE_AFTER)
+    words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
+    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER)
 
 
 @gluon.jit
 def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl.constexpr, select,
                 GROUP: gl.constexpr, MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr,
                 STAGES: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr, SCALE_AFTER: gl.constexpr,
-                PERMUTE_X: gl.constexpr, STEP: gl.constexpr = 1):
+                STEP: gl.constexpr = 1):
     """A consumer warpgroup's product over n_blocks K-blocks kb0, kb0 + STEP, ... of one tile,
     the ring's blocks base, base + STEP, ...: rows WG * WG_ROWS .. of the stage's codes (W's
     rows ``params``' rows) against the x tile, fp32 [WG_ROWS, BLOCK_M] in the MMA's layout.
     Every block's stage is released (STEP 2: the warpgroups sharing K take every other
     block).  SCALE_AFTER (one scale per row): the weights enter the MMA unscaled (code - zero,
-    exact) and the sum is not yet scaled (``_scaled``).  PERMUTE_X: decoded by nibble pairs."""
-    x_bufs, c_bufs, ready, empty, xready = ring
+    exact) and the sum is not yet scaled (``_scaled``)."""
+    x_bufs, c_bufs, ready, empty = ring
+    mul = nibble_multiplier(params[3])  # num_groups
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    if PERMUTE_X:
-        mul = SIXTEENTH + (params[3] >> 31)  # num_groups >> 31 is 0: a value ptxas keeps in a register
-        word_layout: gl.constexpr = pair_word_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]))
-    else:
-        mul = nibble_multiplier(params[3])  # num_groups
-        word_layout: gl.constexpr = gl.SliceLayout(2, _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]),
-                                                                   BITS))
+    word_layout: gl.constexpr = gl.SliceLayout(2, _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]), BITS))
     # each K-block's scales (and zero points) are loaded three K-blocks ahead (one block
     # ahead measured the same, docs/NOTES-gemm.md v14b: the rotation of the loaded values
     # waits for each load, v15b)
@@ -357,16 +320,16 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        a = _decode(c_bufs, ready, xready, base, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K,
-                    STAGES, a_layout, BITS, SCALE_AFTER, PERMUTE_X)
+        a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
+                    a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(base % STAGES), count=1)
         window = _advance(params, window, kb0 + 3 * STEP, BLOCK_K, GROUP, MODE, BITS)
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
         u = base + i * STEP
-        a1 = _decode(c_bufs, ready, xready, u, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K,
-                     STAGES, a_layout, BITS, SCALE_AFTER, PERMUTE_X)
+        a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
+                     a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
@@ -375,8 +338,8 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
             mbarrier.arrive(empty.index((u + STAGES * STEP - STEP) % STAGES), count=1, pred=i > first)
         window = _advance(params, window, kb0 + (i + 3) * STEP, BLOCK_K, GROUP, MODE, BITS)
-        a0 = _decode(c_bufs, ready, xready, u + STEP, WG, WG_ROWS, word_layout, select, mul, window[0], window[1],
-                     BLOCK_K, STAGES, a_layout, BITS, SCALE_AFTER, PERMUTE_X)
+        a0 = _decode(c_bufs, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K,
+                     STAGES, a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a0, x_bufs.index((u + STEP) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
@@ -531,7 +494,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
               MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
               SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
               SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr, PDL: gl.constexpr,
-              base, CLUSTER: gl.constexpr, SCALE_AFTER: gl.constexpr, WG_K: gl.constexpr, PERMUTE_X: gl.constexpr):
+              base, CLUSTER: gl.constexpr, SCALE_AFTER: gl.constexpr, WG_K: gl.constexpr):
     """Consumer warpgroup WG = kj * R + rw (R = NUM_WG / WG_K row sets): for each of the
     program's tiles, rows pid_n * BLOCK_N + rw * WG_ROWS .. + WG_ROWS of W against the tile's
     x rows, over every WG_K-th K-block from kj on; writes its rows of y (or its partial).
@@ -568,7 +531,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
             params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
             acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K,
-                              STAGES, OVERLAP, BITS, SCALE_AFTER, PERMUTE_X)
+                              STAGES, OVERLAP, BITS, SCALE_AFTER)
             base += n_blocks
             # the schedule again, not held in registers through the MMAs
             work = _stream_k_work(M, N, work[7], BLOCK_M, BLOCK_N)
@@ -609,7 +572,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
         params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
         acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select, GROUP,
-                          MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, PERMUTE_X, WG_K)
+                          MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K)
         acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
         last = True
         rows_of_x = M
@@ -653,7 +616,7 @@ def gemm_gluon_ws_kernel(
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
     PDL: gl.constexpr = PDL_OFF, CLUSTER: gl.constexpr = False, SCALE_AFTER: gl.constexpr = False,
-    WG_K: gl.constexpr = 1, PERMUTE_X: gl.constexpr = False,
+    WG_K: gl.constexpr = 1,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -683,9 +646,7 @@ def gemm_gluon_ws_kernel(
     product with s (q - z) than to the product with fp16(s (q - z))).  WG_K (``GemmConfig.
     k_warpgroups``, with CLUSTER): WG_K consumer warpgroups per WG_ROWS rows of W, each taking
     every WG_K-th K-block of the program's; their partials summed with the splits' (launched
-    as clusters of SPLIT_K CTAs, 1 where SPLIT_K is 1).  PERMUTE_X (4-bit codes, ``gemm.ws_permute_x``):
-    the consumers decode by nibble pairs (``nibble_pairs``) and the loader permutes each x
-    tile to match before they read it (``xready``: one barrier a stage)."""
+    as clusters of SPLIT_K CTAs, 1 where SPLIT_K is 1)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS * WG_K
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     CODE_ROWS: gl.constexpr = c_desc.block_type.shape[0]  # a copy's (``gemm.ws_code_rows``)
@@ -693,16 +654,9 @@ def gemm_gluon_ws_kernel(
                                        c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    gl.static_assert(not PERMUTE_X or BITS == 4, "x is permuted for the 4-bit nibble-pair decode only")
-    if PERMUTE_X:
-        xready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    else:
-        xready = ready  # unused
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=NUM_WG // WG_K)  # each row set's warpgroup taking the block
-        if PERMUTE_X:
-            mbarrier.init(xready.index(s), count=1)
     fence_async_shared()
 
     base = 0
@@ -730,7 +684,7 @@ def gemm_gluon_ws_kernel(
         tile = gl.program_id(0) // SPLIT_K if CLUSTER else gl.program_id(0)
         work = (tile, kb0, gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
-    ring = (x_bufs, c_bufs, ready, empty, xready)
+    ring = (x_bufs, c_bufs, ready, empty)
     ops = (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
            M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work)
     # the loader is the default partition (the kernel's 4 warps; one issues the copies), so
@@ -740,43 +694,43 @@ def gemm_gluon_ws_kernel(
     if NUM_WG == 1:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER, PERMUTE_X)),
+                       PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER, PERMUTE_X)),
+                       PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     elif NUM_WG == 3:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER, PERMUTE_X)),
+                       PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
             [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1 to 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER, PERMUTE_X)),
+                       PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, PERMUTE_X))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
 
 

@@ -206,12 +206,3 @@ def ws_blocks_per_split(config: GemmConfig, k_blocks: int) -> int:
     share, ceil(k_blocks / split_k), or 0 for stream-K (which shares K-blocks out at run
     time, so its kernel compiles once for every K)."""
     return 0 if config.stream_k else -(-k_blocks // config.split_k)
-
-
-def ws_permute_x(config: GemmConfig, bits: int) -> bool:
-    """Whether the warp-specialized kernel decodes 4-bit codes by nibble pairs, with each x tile
-    permuted to match by the loader partition (its PERMUTE_X, ``nibble_pairs``): three
-    instructions fewer per 8 weights on the consumers' path, for a permutation of each x
-    tile in shared memory off it.  For every 4-bit plan (docs/NOTES-gemm.md v44)."""
-    del config  # every tile alike so far
-    return bits == 4
