@@ -5,7 +5,7 @@ the coefficients and per-class corrections a table stores match the terms that u
 Usage::
 
     PYTHONPATH=src python benchmarks/refit_model.py --table src/anybit/_matmul/tuned/nvidia-h200.json \
-        --reports benchmarks/results/h200-2026-11-23-tune-v35-standard.json ... [--write]
+        --reports benchmarks/results/h200-2026-11-23-tune-v35-standard.json.gz ... [--write]
 
 The fit starts from the default coefficients (``perf_model.ModelParams``) and learns from
 every measured candidate of every report (``tune.refit``; a point measured in two reports

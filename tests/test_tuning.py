@@ -4,6 +4,7 @@ lookup, and the dispatcher following a table (CPU; the interpreter for the kerne
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import math
 import warnings
@@ -510,13 +511,15 @@ def _report_points():
     return points
 
 
-def test_a_tune_report_reads_back(tmp_path):
+@pytest.mark.parametrize("name", ["report.json", "report.json.gz"])
+def test_a_tune_report_reads_back(tmp_path, name):
     """``read_report`` gives back the points a report holds (plans, model and measured times,
-    errors) and the GPU's rates, for refitting the model offline."""
+    errors) and the GPU's rates, for refitting the model offline, from plain or gzip JSON."""
     table = replace(_table(sms=HW.sms), hw={"copy_TBps": HW.copy_tbps, "fp16_TFLOPs": HW.fp16_tflops})
     points = _report_points()
-    path = tmp_path / "report.json"
-    path.write_text(tune.TuneReport(table, points, exhaustive=False, seconds=1.0).to_json())
+    path = tmp_path / name
+    text = tune.TuneReport(table, points, exhaustive=False, seconds=1.0).to_json().encode()
+    path.write_bytes(gzip.compress(text) if name.endswith(".gz") else text)
     read, hw = tune.read_report(path)
     assert (hw.sms, hw.copy_tbps, hw.fp16_tflops) == (HW.sms, HW.copy_tbps, HW.fp16_tflops)
     assert [(p.format, p.n, p.k, p.m, p.fp16_us) for p in read] == [(p.format, p.n, p.k, p.m, p.fp16_us) for p in points]

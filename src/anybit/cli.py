@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gzip
 import sys
 from pathlib import Path
 
@@ -395,7 +396,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print(f"refused {c.plan.label()} at {p.format} {p.n}x{p.k} M={p.m}: {c.error}")
     if args.report:
         Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.report).write_text(report.to_json() + "\n")
+        text = (report.to_json() + "\n").encode()
+        Path(args.report).write_bytes(gzip.compress(text, mtime=0) if args.report.endswith(".gz") else text)
         print(f"report: {args.report}")
     print(f"table: {out}")
     return 0
@@ -501,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--jobs", type=int, help="processes compiling the kernels before timing (default: one per CPU "
                                             "core, at most 16; 0: compile each at its first launch)")
     t.add_argument("--out", help="table path (default: the user's cache, see anybit._matmul.tuning)")
-    t.add_argument("--report", help="also write every measurement as JSON here")
+    t.add_argument("--report", help="also write every measurement as JSON here (gzip where the path ends in .gz)")
     t.set_defaults(func=cmd_tune)
     return parser
 

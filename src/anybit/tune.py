@@ -34,6 +34,7 @@ this GPU.
 from __future__ import annotations
 
 import datetime
+import gzip
 import json
 import os
 import pickle
@@ -190,8 +191,9 @@ class TuneReport:
 def read_report(path: str | Path) -> tuple[list[Point], pm.Hardware]:
     """The points (every candidate: model time, measured time or error) and the GPU's
     measured rates of a report ``TuneReport.to_json`` wrote, for refitting the model
-    offline (``benchmarks/refit_model.py``)."""
-    data = json.loads(Path(path).read_text())
+    offline (``benchmarks/refit_model.py``); a path ending in ``.gz`` is read as gzip."""
+    raw = Path(path).read_bytes()
+    data = json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
     points = []
     for p in data["points"]:
         candidates = [Measured.from_dict(c) for c in p["candidates"]]
