@@ -16,7 +16,9 @@ sum), 32 that and the partials' stores and the count (each split stores its own 
 64 the output's stores (issued, every lane masked off), 128 every K-block (each program
 loads and multiplies nothing and stores zeros: what launching, setting up and ending a
 program cost), 256 and 512 the loader's extra shared-memory reads of 32 and 64 KB a K-block
-(``_extra_reads``; results right).  The copy is made by text substitutions of the
+(``_extra_reads``; results right); 1024 adds (results right) halves of the consumer
+warpgroups taking turns at the MMAs, a half's turn passed once its MMAs are done, 2048 the
+same passed once they are issued (``_turns``; plans with overlap NONE, no shared K).  The copy is made by text substitutions of the
 kernel's source, each asserted, so a change of the kernel that breaks one fails loudly.
 Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
 """
@@ -78,6 +80,45 @@ def _extra_reads(s: str, reads: int) -> str:
     return s
 
 
+def _turns(s: str, issued: bool) -> str:
+    """Halves of the consumer warpgroups (NUM_WG // 2 each; rows sets 0.. and ..NUM_WG - 1)
+    take turns at the MMAs of each K-block: a half waits for its turn barrier (two more
+    barriers after the ring's ``empty`` ones, counted NUM_WG // 2), issues the block's MMAs
+    and passes the turn to the other half once they are done (``issued``: once issued).  Half
+    0's turn of its first block is open from the start.  Overlap NONE only, no shared K."""
+    s = _replace(s, "    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())\n",
+                 "    empty = gl.allocate_shared_memory(gl.int64, [STAGES + 2, 1], mbarrier.MBarrierLayout())\n", 1)
+    s = _replace(s, "        mbarrier.init(empty.index(s), count=NUM_WG // WG_K)  # each row set's warpgroup taking the block\n"
+                 "    fence_async_shared()\n",
+                 "        mbarrier.init(empty.index(s), count=NUM_WG // WG_K)  # each row set's warpgroup taking the block\n"
+                 "    gl.static_assert(WG_K == 1 and NUM_WG % 2 == 0 and OVERLAP == NO_OVERLAP, 'turns: halves, NONE')\n"
+                 "    mbarrier.init(empty.index(STAGES), count=NUM_WG // 2)\n"
+                 "    mbarrier.init(empty.index(STAGES + 1), count=NUM_WG // 2)\n"
+                 "    mbarrier.arrive(empty.index(STAGES), count=NUM_WG // 2)\n"
+                 "    fence_async_shared()\n", 1)
+    s = _replace(s, "                STEP: gl.constexpr = 1):", "                STEP: gl.constexpr = 1, HALF: gl.constexpr = 1):", 1)
+    s = _replace(s, "STAGES, OVERLAP, BITS, SCALE_AFTER)\n", "STAGES, OVERLAP, BITS, SCALE_AFTER, 1, NUM_WG // 2)\n", 1)
+    s = _replace(s, "MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K)\n",
+                 "MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, NUM_WG // 2)\n", 1)
+    mine, other = "empty.index(STAGES + WG // HALF)", "empty.index(STAGES + 1 - WG // HALF)"
+    give = f"mbarrier.arrive({other}, count=1)"
+    # the first block of an odd count (MMA waited for at once)
+    s = _replace(s, "        acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)\n",
+                 f"        mbarrier.wait({mine}, 0)\n"
+                 "        acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)\n"
+                 f"        {give}\n", 1)
+    for op, t in (("a1", "i"), ("a0", "i + 1")):
+        stage = "u % STAGES" if op == "a1" else "(u + STEP) % STAGES"
+        call = f"        acc = warpgroup_mma({op}, x_bufs.index({stage}).permute((1, 0)), acc, is_async=True)\n"
+        wait = f"            acc, {op} = warpgroup_mma_wait(num_outstanding=0, deps=(acc, {op}))\n"
+        s = _replace(s, call, f"        mbarrier.wait({mine}, ({t}) & 1)\n" + call
+                     + (f"        {give}\n" if issued else ""), 1)
+        if not issued:
+            s = _replace(s, "        if OVERLAP == NO_OVERLAP:\n" + wait,
+                         "        if OVERLAP == NO_OVERLAP:\n" + wait + f"            {give}\n", 1)
+    return s
+
+
 def diagnostic_kernel(diag: int):
     """A copy of ``gemm_gluon_ws_kernel`` without the parts ``diag`` names."""
     s = _weights.absolute_imports(open(SOURCE).read())
@@ -114,6 +155,8 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)", "kb0 * 0, pid_k)", 1)
     if diag & 768:  # shared-memory reads added by the loader partition, results unchanged
         s = _extra_reads(s, 16 * bool(diag & 256) + 32 * bool(diag & 512))
+    if diag & 3072:  # halves of the consumer warpgroups taking turns at the MMAs (NONE plans; results right)
+        s = _turns(s, issued=bool(diag & 2048))
     if diag & 2:
         for a in ("a", "a1", "a0"):
             s = _replace(s, f"acc = warpgroup_mma({a}, x_bufs.index(",
