@@ -23,6 +23,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from anybit import bench
+
 
 @gluon.jit
 def _alu(out_ptr, iters):
@@ -100,17 +102,7 @@ def main() -> None:
                     _probe[(grid,)](out, alu, mma, N=n, SS=ss, num_warps=4)
 
                 def timed(alu, mma):
-                    launch(alu, mma)
-                    torch.cuda.synchronize()
-                    times = []
-                    for _ in range(5):
-                        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                        start.record()
-                        launch(alu, mma)
-                        end.record()
-                        torch.cuda.synchronize()
-                        times.append(start.elapsed_time(end) * 1e3)
-                    return sorted(times)[2]
+                    return bench._eager_us(lambda: launch(alu, mma), repeats=5)
                 mma_iters = 2000
                 mma_us = timed(0, mma_iters)
                 alu_one = timed(200, 0) / 200

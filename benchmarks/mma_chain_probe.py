@@ -29,6 +29,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma, warpgroup_mma_wait
 
+from anybit import bench
+
 
 @gluon.jit
 def _mma_chain(out_ptr, iters, N: gl.constexpr, CHAINS: gl.constexpr, STEPS: gl.constexpr, SS: gl.constexpr,
@@ -95,15 +97,7 @@ def run(n: int, chains: int, ctas_per_sm: int, ss: bool, iters: int, steps: int,
     torch.cuda.synchronize()
     if not torch.isfinite(out).all() or out.abs().max() > expect:
         raise SystemExit(f"N={n} chains={chains}: wrong sums")
-    times = []
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        launch(iters)
-        end.record()
-        torch.cuda.synchronize()
-        times.append(start.elapsed_time(end) * 1e3)
-    us = sorted(times)[2]
+    us = bench._eager_us(lambda: launch(iters), repeats=5)
     fma = grid * iters * steps * 64 * n * 16
     per_cycle = fma / sms / (us * 1e-6 * clock_mhz * 1e6)
     return dict(N=n, chains=chains, ctas_per_sm=ctas_per_sm, ss=ss, grouped=grouped, us=us, fma_per_cycle_sm=per_cycle,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import gzip
 import sys
 from pathlib import Path
 
@@ -395,9 +394,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for p, c in refused[:10]:
         print(f"refused {c.plan.label()} at {p.format} {p.n}x{p.k} M={p.m}: {c.error}")
     if args.report:
-        Path(args.report).parent.mkdir(parents=True, exist_ok=True)
-        text = (report.to_json() + "\n").encode()
-        Path(args.report).write_bytes(gzip.compress(text, mtime=0) if args.report.endswith(".gz") else text)
+        tune.write_report(report, args.report)
         print(f"report: {args.report}")
     print(f"table: {out}")
     return 0

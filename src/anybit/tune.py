@@ -188,12 +188,20 @@ class TuneReport:
         }, indent=1)
 
 
+def write_report(report: TuneReport, path: str | Path) -> None:
+    """``report`` as JSON at ``path`` (gzip where the path ends in ``.gz``), for ``read_report``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = (report.to_json() + "\n").encode()
+    path.write_bytes(gzip.compress(text, mtime=0) if path.name.endswith(".gz") else text)
+
+
 def read_report(path: str | Path) -> tuple[list[Point], pm.Hardware]:
     """The points (every candidate: model time, measured time or error) and the GPU's
     measured rates of a report ``TuneReport.to_json`` wrote, for refitting the model
     offline (``benchmarks/refit_model.py``); a path ending in ``.gz`` is read as gzip."""
     raw = Path(path).read_bytes()
-    data = json.loads(gzip.decompress(raw) if str(path).endswith(".gz") else raw)
+    data = json.loads(gzip.decompress(raw) if Path(path).name.endswith(".gz") else raw)
     points = []
     for p in data["points"]:
         candidates = [Measured.from_dict(c) for c in p["candidates"]]
