@@ -96,10 +96,10 @@ def _turns(s: str, issued: bool) -> str:
                  "    mbarrier.init(empty.index(STAGES + 1), count=NUM_WG // 2)\n"
                  "    mbarrier.arrive(empty.index(STAGES), count=NUM_WG // 2)\n"
                  "    fence_async_shared()\n", 1)
-    s = _replace(s, "                STEP: gl.constexpr = 1):", "                STEP: gl.constexpr = 1, HALF: gl.constexpr = 1):", 1)
-    s = _replace(s, "STAGES, OVERLAP, BITS, SCALE_AFTER)\n", "STAGES, OVERLAP, BITS, SCALE_AFTER, 1, NUM_WG // 2)\n", 1)
-    s = _replace(s, "MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K)\n",
-                 "MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, NUM_WG // 2)\n", 1)
+    s = _replace(s, "staged=None, STAGED: gl.constexpr = False):",
+                 "staged=None, STAGED: gl.constexpr = False, HALF: gl.constexpr = 1):", 1)
+    s = _replace(s, "SCALE_AFTER, 1, staged, STAGED)\n", "SCALE_AFTER, 1, staged, STAGED, NUM_WG // 2)\n", 1)
+    s = _replace(s, "SCALE_AFTER, WG_K, staged, STAGED)\n", "SCALE_AFTER, WG_K, staged, STAGED, NUM_WG // 2)\n", 1)
     mine, other = "empty.index(STAGES + WG // HALF)", "empty.index(STAGES + 1 - WG // HALF)"
     give = f"mbarrier.arrive({other}, count=1)"
     # the first block of an odd count (MMA waited for at once)
@@ -125,6 +125,7 @@ def diagnostic_kernel(diag: int):
     if diag & 1:
         constant = "    return (rows * 0).to(gl.float16) + 0.01, rows * 0 + 8\n"
         s = _replace(s, "    return group_params(", constant + "    return group_params(", 1)
+        s = _replace(s, "    region, rows, g0, srow = staged\n", "    region, rows, g0, srow = staged\n" + constant, 1)
     if diag & 4:
         s = _replace(s, DECODE_CALL,
                      "    return gl.full([WG_ROWS, BLOCK_K], 1.0, gl.float16, a_layout)")

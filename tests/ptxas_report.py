@@ -2,7 +2,7 @@
 needed: Triton emits the PTX, then its ptxas compiles it).
 
 Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]]
-[--sass] [--ptx] [--pdl early|late] [--cluster] [--scale-after] [--k-warpgroups N]
+[--sass] [--ptx] [--pdl early|late] [--cluster] [--scale-after] [--k-warpgroups N] [--staged] [--zero-point]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
 128, K of 64 K-blocks, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
@@ -36,16 +36,17 @@ PDL_IDS = {"off": PDL_OFF.value, "early": PDL_EARLY.value, "late": PDL_LATE.valu
 
 def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
                stream_k: bool = False, split_k: int = 1, pdl: str = "off", cluster: bool = False,
-               scale_after: bool = False, k_warpgroups: int = 1):
+               scale_after: bool = False, k_warpgroups: int = 1, staged: bool = False, zero_point: bool = False):
     """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
-    kernel: ``asm["ptx"]``, ``metadata``); ``scale_after``: its SCALE_AFTER (one scale per row)."""
+    kernel: ``asm["ptx"]``, ``metadata``); ``scale_after``: its SCALE_AFTER (one scale per row);
+    ``staged``: its STAGED (scales staged in shared memory); ``zero_point``: zero-point codes."""
     config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k),
                            cluster_sum=cluster, k_warpgroups=k_warpgroups)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_box = [gm.ws_code_rows(block_n), block_k * bits // 32]
     c_layout = gl.NVMMASharedLayout.get_default_for(c_box, gl.int32)
-    constants = dict(GROUP=128, MODE=0, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
+    constants = dict(GROUP=128, MODE=2 if zero_point else 0, STAGED=staged, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
@@ -57,7 +58,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
     names = list(inspect.signature(gemm_gluon_ws_kernel.fn).parameters)
     signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
     # 16-byte aligned pointers and row counts, as the launches on real weights see them
-    aligned = [name for name in names if name.endswith("_ptr") or name in ("N", "stride_sn")]
+    aligned = [name for name in names if name.endswith("_ptr") or name in ("N", "stride_sn", "srow")]
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     source = GluonASTSource(fn=gemm_gluon_ws_kernel, signature=signature, constexprs=constants, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),
@@ -66,9 +67,10 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
 
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
            stream_k: bool = False, split_k: int = 1, sass: bool = False, ptx: bool = False,
-           pdl: str = "off", cluster: bool = False, scale_after: bool = False, k_warpgroups: int = 1) -> str:
+           pdl: str = "off", cluster: bool = False, scale_after: bool = False, k_warpgroups: int = 1,
+           staged: bool = False, zero_point: bool = False) -> str:
     compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl,
-                          cluster, scale_after, k_warpgroups)
+                          cluster, scale_after, k_warpgroups, staged, zero_point)
     text = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
@@ -90,4 +92,5 @@ if __name__ == "__main__":
     k_warpgroups = int(argv.pop(argv.index("--k-warpgroups") + 1)) if "--k-warpgroups" in argv else 1
     args = [arg for arg in argv if not arg.startswith("--")]
     print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl,
-                 cluster="--cluster" in argv, scale_after="--scale-after" in argv, k_warpgroups=k_warpgroups))
+                 cluster="--cluster" in argv, scale_after="--scale-after" in argv, k_warpgroups=k_warpgroups,
+                 staged="--staged" in argv, zero_point="--zero-point" in argv))

@@ -254,16 +254,23 @@ def test_compile_key_depends_on_k_only_through_blocks_per_split(monkeypatch, spe
     """What a plan compiles the kernel for (its constexprs, Triton's compile key) across
     layer shapes: the same but for BLOCKS_PER_SPLIT, which is each split's ceil(k_blocks /
     split_k); a stream-K plan passes 0 there and compiles once for every K; per-row groups
-    compile as ``gemv.ROW_GROUP`` whatever k."""
+    compile as ``gemv.ROW_GROUP`` whatever k; STAGED where a row's groups are a multiple of 8
+    (``ws_staged``: not at k = 256, 2 groups), launched with the staged regions' tail."""
+    from anybit._matmul import cluster
+
     seen = []
     signature = inspect.signature(gw.gemm_gluon_ws_kernel.fn)
 
+    def record(*args, **constexprs):
+        seen.append((signature.bind_partial(*args).arguments["k_blocks"], constexprs))
+
     class Recorder:
         def __getitem__(self, grid):
-            return lambda *args, **constexprs: seen.append(
-                (signature.bind_partial(*args).arguments["k_blocks"], constexprs))
+            return record
 
     monkeypatch.setattr(gw, "gemm_gluon_ws_kernel", Recorder())
+    monkeypatch.setattr(cluster, "launch_clustered", lambda kernel, grid, size, tail, *args, **constexprs: record(
+        *args, **constexprs))
     for n, k in ((128, 256), (128, 1024), (256, 3072)):
         qw = anybit.quantize(torch.randn(n, k), spec)
         x = torch.randn(64, k, dtype=torch.float16)
@@ -273,6 +280,8 @@ def test_compile_key_depends_on_k_only_through_blocks_per_split(monkeypatch, spe
     assert [k_blocks for k_blocks, _ in seen] == [4, 16, 48]
     per_split = [constexprs.pop("BLOCKS_PER_SPLIT") for _, constexprs in seen]
     assert per_split == ([0, 0, 0] if config.stream_k else [-(-kb // config.split_k) for kb in (4, 16, 48)])
+    staged = [constexprs.pop("STAGED") for _, constexprs in seen]
+    assert staged == [False, not spec.endswith("-gc"), not spec.endswith("-gc")]
     assert all(constexprs == seen[0][1] for _, constexprs in seen)
     assert seen[0][1]["GROUP"] == (g.ROW_GROUP if spec.endswith("-gc") else 128)
     assert seen[0][1]["SCALE_AFTER"] == spec.endswith("-gc")  # one scale per row: each sum scaled once
@@ -460,3 +469,79 @@ def test_the_kernels_overlap_constants_are_the_enums():
     from anybit._matmul import gemm_gluon_ws as gw
 
     assert [gw.NO_OVERLAP.value, gw.PAIRS.value, gw.CARRY.value] == [int(o) for o in gm.WsOverlap]
+
+
+@pytest.mark.parametrize("first, blocks, block_k, group, chunks", [
+    (0, 32, 128, 128, 4),   # 32 groups from 0: chunks 0-3
+    (11, 11, 128, 128, 2),  # groups 11-21: chunks 1-2
+    (7, 2, 128, 128, 2),    # groups 7-8 straddle a chunk boundary
+    (8, 8, 128, 128, 1),    # one whole chunk
+    (13, 13, 64, 128, 2),   # 64-column blocks, two to a group: groups 6-12
+    (0, 1, 128, 4096, 1),
+])
+def test_staged_chunks(first, blocks, block_k, group, chunks):
+    from anybit._matmul import staged_params as sp
+
+    assert sp.staged_chunks(first, blocks, block_k, group) == chunks
+
+
+@given(st.integers(0, 200), st.integers(1, 200), st.sampled_from([(64, 64), (64, 128), (128, 128), (64, 256)]))
+def test_staged_chunks_cover_every_group_of_the_blocks(first, blocks, tile):
+    """The chunks ``staged_chunks`` counts, from the first group's chunk on, hold every group the
+    K-blocks touch, and no chunk past the last."""
+    from anybit._matmul import staged_params as sp
+
+    block_k, group = tile
+    chunks = sp.staged_chunks(first, blocks, block_k, group)
+    groups = {c // group for kb in range(first, first + blocks) for c in (kb * block_k, (kb + 1) * block_k - 1)}
+    g0 = min(groups) // sp.CHUNK_GROUPS * sp.CHUNK_GROUPS
+    assert max(groups) < g0 + sp.CHUNK_GROUPS * chunks and max(groups) >= g0 + sp.CHUNK_GROUPS * (chunks - 1)
+
+
+def test_what_the_kernel_stages():
+    """Scales (and zero points) are staged in shared memory where a row's groups come in whole
+    16-byte chunks and fit beside the ring; not where a row has one scale (applied to the sum),
+    a row's groups are not a multiple of 8, the scales are strided or a tail would take a ring
+    that fits Triton's default 48 KB past it.  The tail's size: block_n rows of 16 bytes of
+    scales (and 8 of zero points) a chunk."""
+    sym = anybit.quantize(torch.randn(256, 4096), "int4-g128")
+    zp = anybit.quantize(torch.randn(256, 4096), "uint4-g128")
+    config = gm.ws_config(64, 256, 128, 1, 3)
+    assert gm.ws_staged(config, 4, 32, 128, sym.params["scales"], None, False)
+    assert not gm.ws_staged(config, 4, 32, 128, sym.params["scales"], None, True)  # scale_after
+    assert gm.ws_staged(config, 4, 32, 128, zp.params["scales"], zp.params["zeros"], False)
+    assert gm.ws_staged_bytes(config, 32, 128, False) == 256 * 4 * 16
+    assert gm.ws_staged_bytes(config, 32, 128, True) == 256 * 4 * 24
+    split = gm.ws_config(64, 128, 128, 3, 6)  # 11, 11 and 10 K-blocks: two chunks each
+    assert gm.ws_staged_chunks(split, 32, 128) == 2
+    assert gm.ws_staged_chunks(replace(split, split_k=1, stream_k=True), 32, 128) == 4
+    odd = anybit.quantize(torch.randn(256, 4224), "int4-g128")  # 33 groups a row
+    assert not gm.ws_staged(config, 4, 33, 128, odd.params["scales"], None, False)
+    strided = sym.params["scales"].t().contiguous().t()
+    assert not gm.ws_staged(config, 4, 32, 128, strided, None, False)
+    small = gm.ws_config(64, 64, 64, 1, 2)  # a 20 KB ring: within 48 KB with its tail
+    assert gm.ws_staged(small, 4, 64, 128, sym.params["scales"], None, False)
+    long = anybit.quantize(torch.randn(64, 65536), "int4-g128")  # 512 groups: 64 chunks, 64 KB of tail
+    assert not gm.ws_staged(small, 4, 1024, 128, long.params["scales"], None, False)
+    x = torch.randn(64, 4224, dtype=torch.float16)
+    with pytest.raises(ValueError, match="staged=True: the scales"):
+        gm.launch_gemm_gluon_ws(x, odd.codes, odd.params["scales"], None, None, 256, 4224, 4, 128, Decode.SYMMETRIC,
+                                config, staged=True)
+
+
+@pytest.mark.parametrize("tile, flags", [((64, 256, 128, 3, 0, 20), ()), ((128, 128, 128, 3, 0, 12), ("--zero-point",)),
+                                         ((64, 128, 128, 6, 1, 12, 4, 0, 2), ("--cluster",)),
+                                         ((64, 128, 128, 6, 0, 20, 4, 0, 2), ("--cluster", "--k-warpgroups", 2)),
+                                         ((128, 192, 128, 4, 0, 16, 4, 1), ())],
+                         ids=["64x256x128", "128x128x128-zero-point", "64x128x128-cluster", "kwg2", "192-stream-k"])
+def test_staged_scales_leave_the_loop_without_global_loads(tile, flags):
+    """With the scales staged (STAGED) the kernel loads no 2-byte value from global memory (each
+    K-block's scales and zero points come by ld.shared), keeps its MMAs asynchronous and does
+    not spill more than 32 bytes; the control loads them from global memory."""
+    staged = compile_script("ptxas_report.py", *tile, *flags, "--staged", "--ptx")
+    assert "cp.async.cg.shared.global" in staged and "ld.shared.b16" in staged
+    assert not re.search(r"ld\.global(\.\w+)*\.(b16|u16|u8)", staged)
+    assert SERIALIZED not in staged
+    spill = re.search(r"(\d+) bytes spill stores", staged)
+    assert spill and int(spill.group(1)) <= 32
+    assert re.search(r"ld\.global(\.\w+)*\.b16", compile_script("ptxas_report.py", *tile, *flags, "--ptx"))

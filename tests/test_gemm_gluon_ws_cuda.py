@@ -220,6 +220,40 @@ def test_three_warpgroups(config, spec, n, k, m):
     _check_replays(x, qw, config, bias, y)
 
 
+STAGED = [_ws(64, 256, 128, 1, 3), _ws(128, 128, 128, 3, 3), _ws(64, 128, 128, 2, 6, cluster_sum=True),
+          _ws(64, 64, 128, 2, 6, 64, 2, cluster_sum=True), _ws(64, 192, 128, 1, 4), _ws(128, 256, 128, 1, 3, 128),
+          _ws(128, 128, 128, 1, 3, stream_k=True), _ws(64, 128, 64, 5, 6), _ws(64, 128, 128, 1, 6, 64, 2)]
+
+
+@pytest.mark.parametrize("config", STAGED, ids=_ids)
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128"])
+@pytest.mark.parametrize("n, k, m", [(1000, 4096, 64), (4096, 5120, 100)])
+def test_staged_scales_give_the_same_bits(config, spec, n, k, m):
+    """Scales and zero points staged in shared memory (``ws_staged``; the default where they
+    can be): on a NaN-poisoned output every element written and the bias added once, within
+    the float64 tolerance, and the bits of the same plan with each K-block's loaded from global
+    memory; the same bits in repeated launches and replayed from a CUDA graph.  3 and 5 splits
+    of 32 or 40 K-blocks start inside an 8-group chunk; 1000 rows end inside a tile."""
+    x, qw, bias, y = check_poisoned_with_bias(functools.partial(_run, staged=True), config, spec, m, n, k,
+                                              seed=n + m + k)
+    assert gm.ws_staged(config, 4, -(-k // config.block_k), 128, qw.params["scales"], qw.params.get("zeros"), False)
+    assert torch.equal(y, _run(x, qw, config, bias, staged=False))
+    _check_replays(x, qw, config, bias, y)
+
+
+def test_staging_is_refused_where_the_scales_do_not_come_in_chunks():
+    """4160 columns are 33 groups of 128 a row: not whole 8-group chunks, so the default loads
+    each K-block's scales, and staged=True is refused."""
+    gen = torch.Generator(device="cuda").manual_seed(3)
+    qw = quantized_cuda("int4-g128", 256, 4160, gen)
+    x = torch.randn(64, 4160, device="cuda", generator=gen).half()
+    config = _ws(64, 128, 128, 1, 6)
+    assert not gm.ws_staged(config, 4, 33, 128, qw.params["scales"], None, False)
+    assert_matmul_close(_run(x, qw, config), x, qw, None, weight_roundoff=unit_roundoff(x.dtype))
+    with pytest.raises(ValueError, match="staged=True"):
+        _run(x, qw, config, staged=True)
+
+
 @pytest.mark.parametrize("n, k, m", [(28672, 4096, 256), (4096, 4096, 1024), (6144, 4096, 64)])
 def test_repeated_launches_agree(n, k, m):
     """Each MMA is waited for before its registers or its ring stage are reused, with each

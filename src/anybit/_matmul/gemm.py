@@ -25,7 +25,7 @@ from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests
     CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS, WsOverlap,
     check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_code_rows, ws_config, ws_consumer_groups,
     ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after,
-    ws_vector_store, ws_warps, ws_wg_rows,
+    ws_staged, ws_staged_bytes, ws_staged_chunks, ws_vector_store, ws_warps, ws_wg_rows,
 )
 
 
@@ -409,7 +409,7 @@ def launch_gemm_gluon_ws(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, bias: Tensor | None, n: int, k: int,
     bits: int, group: int, mode: Decode, config: GemmConfig, out: Tensor | None = None,
     workspace: Tensor | None = None, consumer_regs: int | None = None, maxnreg: int | None = None,
-    overlap: WsOverlap | None = None, scale_after: bool | None = None,
+    overlap: WsOverlap | None = None, scale_after: bool | None = None, staged: bool | None = None,
 ) -> Tensor:
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
@@ -421,7 +421,8 @@ def launch_gemm_gluon_ws(
     ``maxnreg``: the launch's register limit (default: Triton's); ``overlap``: of decode
     and MMA (default ``ws_overlap``; a deeper one than the registers hold runs correctly
     but slowly); ``scale_after``: each row's sum scaled once instead of every weight (default
-    ``ws_scale_after``; True needs one group per row).  Operands as
+    ``ws_scale_after``; True needs one group per row); ``staged``: scales and zero points
+    staged in shared memory (default ``ws_staged``; True where it cannot is a ValueError).  Operands as
     ``launch_gemm``'s, but ``workspace`` (with split-K or stream-K) is fp32 with at least
     ``ws_workspace_size`` elements; k a multiple of 8 and x, codes readable by TMA
     (``_tma_readable``)."""
@@ -474,16 +475,27 @@ def launch_gemm_gluon_ws(
         workspace = split_workspace
     m = x.shape[0]
     _, scalars = weight_operands(codes, scales, zeros, None, k)
+    scale_after = ws_scale_after(scalars["num_groups"]) if scale_after is None else scale_after
+    can_stage = ws_staged(config, bits, k_blocks, group, scales, zeros, scale_after)
+    if staged and not can_stage:
+        raise ValueError(f"staged=True: the scales {tuple(scales.shape)} (strides {scales.stride()}) of {config} "
+                         f"cannot be staged in shared memory (``ws_staged``: rows of a multiple of 8 groups, "
+                         f"16-byte aligned, room beside the ring, no scale_after); accepted: None or False here")
+    staged = can_stage if staged is None else staged
+    srow, tail = 0, cluster_bytes
+    if staged:
+        srow = 16 * ws_staged_chunks(config, k_blocks, group)
+        tail += ws_staged_bytes(config, k_blocks, group, zeros is not None)
     x_block, c_block = [config.block_m, config.block_k], [ws_code_rows(config.block_n), config.block_k * bits // 32]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
     run = functools.partial(launch_clustered, gemm_gluon_ws_kernel, grid, config.split_k if config.cluster_sum else 1,
-                            cluster_bytes) if ws_push_sum(config) else gemm_gluon_ws_kernel[grid]
+                            tail) if ws_push_sum(config) or staged else gemm_gluon_ws_kernel[grid]
     run(
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
         workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
-        scalars["stride_zn"], scalars["stride_zg"],
+        scalars["stride_zn"], scalars["stride_zg"], srow,
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
         STAGES=config.num_stages, HAS_BIAS=bias is not None,
@@ -491,8 +503,7 @@ def launch_gemm_gluon_ws(
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
         VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=ws_push_sum(config), WG_K=config.k_warpgroups,
-        SCALE_AFTER=ws_scale_after(scalars["num_groups"]) if scale_after is None else scale_after,
-        **pdl_arguments(x.device),
+        SCALE_AFTER=scale_after, STAGED=staged, **pdl_arguments(x.device),
     )
     return out
 

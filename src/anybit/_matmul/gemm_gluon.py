@@ -136,6 +136,17 @@ mov.b32 {$0, $1}, t;
 #: for formats with one scale per row, applied to the fp32 sum instead (``decode_operand``).
 _NIBBLE_PAIR_UNSCALED_ASM = gl.constexpr(_NIBBLE_PAIR_ASM.value.replace("mul.rn.f16x2 t, t, $5;\n", ""))
 
+
+
+@triton.constexpr_function
+def _half_scale(asm):
+    """``asm`` with its scale operand $5 an fp16 value (constraint "h") instead of the pair word
+    {s, s}: the pair made in the asm, which ptxas folds into the multiply's operand (HMUL2 ...,
+    R.H0_H0), so the kernel needs no integer multiply a row and block to build the word
+    (docs/NOTES-gemm.md v48)."""
+    return asm.replace(".reg .b32 t;", ".reg .b32 t, sc;").replace(
+        "mul.rn.f16x2 t, t, $5;", "mov.b32 sc, {$5, $5};\nmul.rn.f16x2 t, t, sc;")
+
 #: The fp16 pair {1.0, 1/16} that ``_NIBBLE_PAIR_ASM``'s fma multiplies by (high half 0x2c00).
 NIBBLE_MUL = gl.constexpr(0x2C003C00)
 
@@ -183,7 +194,8 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
     -> wgmma's register operand [ROWS, BLOCK_K] fp16 (``a_layout``): pair ``select``
     (``pair_select``) of each word by ``_NIBBLE_PAIR_ASM`` (4 bits; ``mul``: int32 scalar,
     ``nibble_multiplier``) or ``_BYTE_PAIR_ASM`` (8 bits; ``mul`` unused) with each row's
-    ``bias`` and ``scale`` words (``group_words``).  4-bit pairs come in the stored order
+    ``bias`` and ``scale`` words (``group_words``; ``scale`` may instead be each row's fp16
+    scale itself, ``_half_scale``).  4-bit pairs come in the stored order
     (byte i of word s of a chunk: k = 8 i + 2 s) and are permuted to k order, which
     moves no data (``_byte_layout`` put each value where the MMA wants it).  Without SCALED
     the operand is the exact code - zero (``_BYTE_PAIR_UNSCALED_ASM``, ``_NIBBLE_PAIR_UNSCALED_ASM``;
@@ -192,14 +204,18 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
     sel3 = gl.broadcast(words3, select)[1]
     bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
     scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
+    HALF: gl.constexpr = SCALED and scale.dtype == gl.float16
+    S: gl.constexpr = "h" if HALF else "r"  # the scale's constraint
     if BITS == 8:
         asm: gl.constexpr = _BYTE_PAIR_ASM if SCALED else _BYTE_PAIR_UNSCALED_ASM
-        lo, hi = gl.inline_asm_elementwise(asm, "=h,=h,r,r,r,r", [words3, sel3, bias3, scale3],
+        asm2: gl.constexpr = _half_scale(asm) if HALF else asm
+        lo, hi = gl.inline_asm_elementwise(asm2, "=h,=h,r,r,r," + S, [words3, sel3, bias3, scale3],
                                            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     else:
         mul3 = words3 * 0 + mul
         asm: gl.constexpr = _NIBBLE_PAIR_ASM if SCALED else _NIBBLE_PAIR_UNSCALED_ASM
-        lo, hi = gl.inline_asm_elementwise(asm, "=h,=h,r,r,r,r,r", [words3, sel3, bias3, scale3, mul3],
+        asm2: gl.constexpr = _half_scale(asm) if HALF else asm
+        lo, hi = gl.inline_asm_elementwise(asm2, "=h,=h,r,r,r," + S + ",r", [words3, sel3, bias3, scale3, mul3],
                                            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     pairs = gl.join(lo, hi)  # [ROWS, words, pairs, 2]
     if BITS == 4:  # [ROWS, chunk, s, i, h] -> [ROWS, chunk, i, s, h]: k = 32 chunk + 8 i + 2 s + h

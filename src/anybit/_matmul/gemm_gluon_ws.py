@@ -76,10 +76,11 @@ from .cluster import (
     push, store_shared, tail_buffer, wait_arrivals, wait_bytes,
 )
 from .gemm_gluon import (
-    _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
+    ZERO_POINT, _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
 )
 from .gemm_triton import tile_position
 from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
+from .staged_params import stage_params, staged_base, staged_block_params, staged_wait
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -259,6 +260,36 @@ def _block_params(params, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: 
 
 
 @gluon.jit
+def _stage(scales_ptr, zeros_ptr, region, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn, rows,
+           BLOCK_K: gl.constexpr, GROUP: gl.constexpr, WG_ROWS: gl.constexpr, MODE: gl.constexpr):
+    """Stage the scales (and zero points) of K-blocks kb0 .. kb0 + n_blocks - 1 of rows row0 ..
+    in the row set's region (``staged_params``); returns what ``_staged_params`` reads them by."""
+    g_first = (kb0 * BLOCK_K) // GROUP
+    chunks = (((kb0 + n_blocks) * BLOCK_K - 1) // GROUP) // 8 - g_first // 8 + 1
+    g0 = g_first // 8 * 8
+    stage_params(scales_ptr, zeros_ptr, region, row0, N, g0, chunks, srow, srow // 2, stride_sn, stride_zn, WG_ROWS,
+                 MODE == ZERO_POINT)
+    return region, rows, g0, srow
+
+
+@gluon.jit
+def _staged_row(srow, MODE: gl.constexpr):
+    """Bytes a row of W takes in the staged regions: ``srow`` of scales, half that of zero points."""
+    if MODE == ZERO_POINT:
+        srow = srow + srow // 2
+    return srow
+
+
+@gluon.jit
+def _staged_params(staged, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr, BITS: gl.constexpr,
+                   WG_ROWS: gl.constexpr):
+    """K-block kb's scales and zero points ([WG_ROWS] each) from the row set's region (``_stage``)."""
+    region, rows, g0, srow = staged
+    return staged_block_params(region, rows, (kb * BLOCK_K) // GROUP - g0, srow, srow // 2, WG_ROWS,
+                               MODE == ZERO_POINT, BITS)
+
+
+@gluon.jit
 def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
              BITS: gl.constexpr):
     """The window (scale, zero of three consecutive K-blocks) one block on: the first
@@ -279,6 +310,8 @@ def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layo
     bias, scale_words = group_words(scale, zero, BITS)
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
     words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
+    if not SCALE_AFTER:
+        scale_words = scale  # the fp16 scale, its pair made in the decode's asm (``decode_operand``)
     return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER)
 
 
@@ -286,13 +319,15 @@ def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layo
 def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl.constexpr, select,
                 GROUP: gl.constexpr, MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr,
                 STAGES: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr, SCALE_AFTER: gl.constexpr,
-                STEP: gl.constexpr = 1):
+                STEP: gl.constexpr = 1, staged=None, STAGED: gl.constexpr = False):
     """A consumer warpgroup's product over n_blocks K-blocks kb0, kb0 + STEP, ... of one tile,
     the ring's blocks base, base + STEP, ...: rows WG * WG_ROWS .. of the stage's codes (W's
     rows ``params``' rows) against the x tile, fp32 [WG_ROWS, BLOCK_M] in the MMA's layout.
     Every block's stage is released (STEP 2: the warpgroups sharing K take every other
     block).  SCALE_AFTER (one scale per row): the weights enter the MMA unscaled (code - zero,
-    exact) and the sum is not yet scaled (``_scaled``)."""
+    exact) and the sum is not yet scaled (``_scaled``).  STAGED: each block's scales and zero
+    points are read from shared memory (``staged``: ``_stage``'s) as the block is decoded, not
+    loaded from global memory ahead (the window)."""
     x_bufs, c_bufs, ready, empty = ring
     mul = nibble_multiplier(params[3])  # num_groups
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -302,10 +337,13 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     # each K-block's scales (and zero points) are loaded three K-blocks ahead (one block
     # ahead measured the same, docs/NOTES-gemm.md v14b: the rotation of the loaded values
     # waits for each load, v15b)
-    s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE, BITS)
-    s2, z2 = _block_params(params, kb0 + STEP, BLOCK_K, GROUP, MODE, BITS)
-    s3, z3 = _block_params(params, kb0 + 2 * STEP, BLOCK_K, GROUP, MODE, BITS)
-    window = (s1, z1, s2, z2, s3, z3)
+    if STAGED:
+        window = (0, 0, 0, 0, 0, 0)  # unused
+    else:
+        s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE, BITS)
+        s2, z2 = _block_params(params, kb0 + STEP, BLOCK_K, GROUP, MODE, BITS)
+        s3, z3 = _block_params(params, kb0 + 2 * STEP, BLOCK_K, GROUP, MODE, BITS)
+        window = (s1, z1, s2, z2, s3, z3)
     # The K-blocks in pairs, a1 holding the first block's register operand and a0 the
     # second's.  OVERLAP (``gemm.WsOverlap``) says which MMA may still run while the next
     # block is decoded:
@@ -320,15 +358,24 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
+        if STAGED:
+            sc, zc = _staged_params(staged, kb0, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
+        else:
+            sc, zc = window[0], window[1]
+        a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
                     a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(base % STAGES), count=1)
-        window = _advance(params, window, kb0 + 3 * STEP, BLOCK_K, GROUP, MODE, BITS)
+        if not STAGED:
+            window = _advance(params, window, kb0 + 3 * STEP, BLOCK_K, GROUP, MODE, BITS)
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
         u = base + i * STEP
-        a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K, STAGES,
+        if STAGED:
+            sc, zc = _staged_params(staged, kb0 + i * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
+        else:
+            sc, zc = window[0], window[1]
+        a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
                      a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
@@ -337,8 +384,12 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
         elif OVERLAP == CARRY:  # MMA u - 1 (the last pair's second) done
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
             mbarrier.arrive(empty.index((u + STAGES * STEP - STEP) % STAGES), count=1, pred=i > first)
-        window = _advance(params, window, kb0 + (i + 3) * STEP, BLOCK_K, GROUP, MODE, BITS)
-        a0 = _decode(c_bufs, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, window[0], window[1], BLOCK_K,
+        if STAGED:
+            sc, zc = _staged_params(staged, kb0 + (i + 1) * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
+        else:
+            window = _advance(params, window, kb0 + (i + 3) * STEP, BLOCK_K, GROUP, MODE, BITS)
+            sc, zc = window[0], window[1]
+        a0 = _decode(c_bufs, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K,
                      STAGES, a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a0, x_bufs.index((u + STEP) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
@@ -351,7 +402,10 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
         else:  # MMA u done, u + 1 in flight
             acc, a1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a1))
             mbarrier.arrive(empty.index(u % STAGES), count=1)
-        window = _advance(params, window, kb0 + (i + 4) * STEP, BLOCK_K, GROUP, MODE, BITS)
+        if STAGED:
+            staged_wait()  # the rest of the staged chunks (they landed long ago but on the first pairs)
+        else:
+            window = _advance(params, window, kb0 + (i + 4) * STEP, BLOCK_K, GROUP, MODE, BITS)
     acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
     if OVERLAP == CARRY:  # the last block's MMA is only now done
         mbarrier.arrive(empty.index((base + (n_blocks - 1) * STEP) % STAGES), count=1, pred=n_blocks > first)
@@ -494,13 +548,16 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
               MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr, STAGES: gl.constexpr,
               SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
               SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr, PDL: gl.constexpr,
-              base, CLUSTER: gl.constexpr, SCALE_AFTER: gl.constexpr, WG_K: gl.constexpr):
+              base, CLUSTER: gl.constexpr, SCALE_AFTER: gl.constexpr, WG_K: gl.constexpr, sbase, srow,
+              STAGED: gl.constexpr):
     """Consumer warpgroup WG = kj * R + rw (R = NUM_WG / WG_K row sets): for each of the
     program's tiles, rows pid_n * BLOCK_N + rw * WG_ROWS .. + WG_ROWS of W against the tile's
     x rows, over every WG_K-th K-block from kj on; writes its rows of y (or its partial).
     ``ops``: the ring and the operands, as the kernel builds them.  As a programmatic
     dependent (PDL) it first waits for the kernel before it.  With CLUSTER the splits' and
-    the warpgroups' partials are summed through shared memory at ``base`` (``_cluster_sum``)."""
+    the warpgroups' partials are summed through shared memory at ``base`` (``_cluster_sum``).
+    STAGED: the scales (and zero points) of each work item are first copied into the row set's
+    region at ``sbase`` (``srow`` bytes of scales a row, ``staged_params``)."""
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     if IN_CLUSTER:
         cluster_barrier()
@@ -530,8 +587,13 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             row0 = n0 + WG * WG_ROWS
             w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
             params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
+            staged = None
+            if STAGED:
+                staged = _stage(scales_ptr, zeros_ptr, sbase + WG * WG_ROWS * _staged_row(srow, MODE), row0, N, kb0,
+                                n_blocks, srow, stride_sn, stride_zn, gl.arange(0, WG_ROWS, layout=row_layout),
+                                BLOCK_K, GROUP, WG_ROWS, MODE)
             acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K,
-                              STAGES, OVERLAP, BITS, SCALE_AFTER)
+                              STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)
             base += n_blocks
             # the schedule again, not held in registers through the MMAs
             work = _stream_k_work(M, N, work[7], BLOCK_M, BLOCK_N)
@@ -571,8 +633,13 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         row0 = n0 + RW * WG_ROWS
         w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
         params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
+        staged = None
+        if STAGED:  # the row set's warpgroups sharing K copy the same bytes: all the split's groups
+            staged = _stage(scales_ptr, zeros_ptr, sbase + RW * WG_ROWS * _staged_row(srow, MODE), row0, N, kb0,
+                            n_blocks, srow, stride_sn, stride_zn, gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K,
+                            GROUP, WG_ROWS, MODE)
         acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select, GROUP,
-                          MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K)
+                          MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, staged, STAGED)
         acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
         last = True
         rows_of_x = M
@@ -609,14 +676,14 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
 @gluon.jit
 def gemm_gluon_ws_kernel(
     x_desc, c_desc, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
-    M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg,
+    M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg, srow,
     GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
     PDL: gl.constexpr = PDL_OFF, CLUSTER: gl.constexpr = False, SCALE_AFTER: gl.constexpr = False,
-    WG_K: gl.constexpr = 1,
+    WG_K: gl.constexpr = 1, STAGED: gl.constexpr = False,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -646,7 +713,11 @@ def gemm_gluon_ws_kernel(
     product with s (q - z) than to the product with fp16(s (q - z))).  WG_K (``GemmConfig.
     k_warpgroups``, with CLUSTER): WG_K consumer warpgroups per WG_ROWS rows of W, each taking
     every WG_K-th K-block of the program's; their partials summed with the splits' (launched
-    as clusters of SPLIT_K CTAs, 1 where SPLIT_K is 1)."""
+    as clusters of SPLIT_K CTAs, 1 where SPLIT_K is 1).  STAGED (``gemm.ws_staged``): each consumer
+    copies its rows' scales (and zero points) into shared memory before its K-blocks and reads
+    them from there (``staged_params``): ``srow`` bytes of scales a row of W, a tail of
+    ``gemm.ws_staged_bytes`` before the cluster sum's (launched by ``cluster.launch_clustered``);
+    ``srow`` is unused (0) without it."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS * WG_K
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     CODE_ROWS: gl.constexpr = c_desc.block_type.shape[0]  # a copy's (``gemm.ws_code_rows``)
@@ -660,6 +731,11 @@ def gemm_gluon_ws_kernel(
     fence_async_shared()
 
     base = 0
+    sbase = 0
+    if STAGED:
+        gl.static_assert(not SCALE_AFTER, "one scale per row is applied to the sum, not staged")
+        CLUSTER_BYTES: gl.constexpr = buffer_bytes(NUM_WG * WG_ROWS * BLOCK_M * 4, NUM_WG) if CLUSTER else 0
+        sbase = staged_base(BLOCK_N * _staged_row(srow, MODE), CLUSTER_BYTES)
     if CLUSTER:
         # each consumer warpgroup's [SPLIT_K, slice, 4] fp32 receiving buffer, then its barrier
         gl.static_assert((SPLIT_K > 1 or WG_K > 1) and not STREAM_K,
@@ -696,27 +772,33 @@ def gemm_gluon_ws_kernel(
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     elif NUM_WG == 3:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED))],
             [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1 to 4 consumer warpgroups")
@@ -724,13 +806,17 @@ def gemm_gluon_ws_kernel(
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K)),
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
-                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K))],
+                         BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
+                         STAGED))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
 
 

@@ -180,6 +180,50 @@ def ws_fit_stages(config: GemmConfig, bits: int) -> int | None:
     return None
 
 
+def ws_staged_chunks(config: GemmConfig, k_blocks: int, group: int) -> int:
+    """The most 8-group chunks of scales one work item of the warp-specialized kernel stages
+    (``staged_params``): the split's K-blocks (their first group rounded down to a chunk), or a
+    whole tile's for stream-K, whose items are parts of one tile."""
+    from .staged_params import staged_chunks
+
+    if config.stream_k or config.split_k == 1:
+        return staged_chunks(0, k_blocks, config.block_k, group)
+    share = ws_blocks_per_split(config, k_blocks)
+    return max(staged_chunks(s * share, min(share, k_blocks - s * share), config.block_k, group)
+               for s in range(config.split_k) if s * share < k_blocks)
+
+
+def ws_staged_bytes(config: GemmConfig, k_blocks: int, group: int, zero_points: bool) -> int:
+    """Shared memory the staged scales (and zero points) of ``config`` take (``staged_params``)."""
+    from .staged_params import staged_bytes
+
+    return staged_bytes(config.block_n, ws_staged_chunks(config, k_blocks, group), zero_points)
+
+
+def ws_staged(config: GemmConfig, bits: int, k_blocks: int, group: int, scales, zeros, scale_after: bool) -> bool:
+    """Whether the warp-specialized kernel stages each work item's scales (and zero points) in
+    shared memory (its STAGED, ``staged_params``) rather than loading each K-block's from global
+    memory: where they come in whole 16-byte chunks of 8 groups (a row's groups contiguous, a
+    multiple of 8 of them, rows 16-byte aligned; zero points 8-byte), where the regions fit
+    beside the ring and the cluster sum's buffer, and never where the scale is applied to the
+    sum (``scale_after``).  A tail that would take a kernel whose ring fits Triton's default
+    48 KB past it is not staged either (``cluster.launch_clustered`` refuses it).  The
+    scales and zero points read are the same either way (the results are bit for bit equal)."""
+    from .cluster import DEFAULT_DYNAMIC_LIMIT
+
+    num_groups = scales.shape[1]
+    if scale_after or num_groups % 8 or scales.stride(1) != 1 or scales.stride(0) % 8 or scales.data_ptr() % 16:
+        return False
+    if zeros is not None and (zeros.stride(1) != 1 or zeros.stride(0) % 8 or zeros.data_ptr() % 8):
+        return False
+    tail = ws_staged_bytes(config, k_blocks, group, zeros is not None) + ws_cluster_bytes(config)
+    ring = ws_ring_bytes(config, bits)
+    if ring <= DEFAULT_DYNAMIC_LIMIT < ring + WS_SMEM_EXTRA + tail:
+        return False
+    scratch = WS_STORE_SCRATCH * config.block_n // 64 if ws_vector_store(config, bits) else 0
+    return ws_fits(config, bits, tail + scratch)
+
+
 def ws_vector_store(config: GemmConfig, bits: int) -> bool:
     """Whether the warp-specialized kernel stores y in 16-byte vectors (its VECTOR_STORE): where
     the ring leaves room for the conversion, with split-K only where the last split's loads
