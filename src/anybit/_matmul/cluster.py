@@ -46,6 +46,8 @@ def buffer_bytes(partial_bytes, barriers):
 
 @triton.constexpr_function
 def _tail(nbytes):
+    """PTX: $0 = the shared address ``nbytes`` (an immediate, or an operand such as "$1") before
+    the end of the launch's dynamic shared memory."""
     return ("{\n\t.reg .b32 d;\n\tmov.u32 d, %dynamic_smem_size;\n\tmov.u32 $0, global_smem;\n\t"
             f"add.u32 $0, $0, d;\n\tsub.u32 $0, $0, {nbytes};\n\t}}")
 
@@ -57,6 +59,12 @@ def tail_buffer(NBYTES: gl.constexpr):
     of the dynamic shared memory, on whose alignment Triton's TMA buffers already rely), so
     TAIL_ALIGN-byte aligned."""
     return gl.inline_asm_elementwise(_tail(NBYTES), "=r", [], dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def tail_at(nbytes):
+    """``tail_buffer`` for a byte count known only at run time (int32 ``nbytes``)."""
+    return gl.inline_asm_elementwise(_tail("$1"), "=r,r", [nbytes], dtype=gl.int32, is_pure=True, pack=1)
 
 
 @gluon.jit

@@ -32,6 +32,8 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from .cluster import tail_at
+
 #: Groups a chunk holds: 16 bytes of fp16 scales (one cp.async.cg), 8 bytes of zero points.
 CHUNK_GROUPS = 8
 #: Chunks waited for before the first K-block (``stage_params``): at least the groups of a
@@ -60,19 +62,11 @@ def staged_chunks(first_block: int, blocks: int, block_k: int, group: int) -> in
     return g1 // CHUNK_GROUPS - g0 // CHUNK_GROUPS + 1
 
 
-@triton.constexpr_function
-def _tail_at_asm():
-    return ("{\n\t.reg .b32 d;\n\tmov.u32 d, %dynamic_smem_size;\n\tmov.u32 $0, global_smem;\n\t"
-            "add.u32 $0, $0, d;\n\tsub.u32 $0, $0, $1;\n\t}")
-
-
 @gluon.jit
 def staged_base(tail_bytes, CLUSTER_BYTES: gl.constexpr):
-    """The shared address of the staged regions: ``tail_bytes`` (runtime) before the end of
-    the launch's dynamic shared memory, CLUSTER_BYTES of which (the cluster sum's buffer) come
-    after the regions."""
-    return gl.inline_asm_elementwise(_tail_at_asm(), "=r,r", [tail_bytes + CLUSTER_BYTES], dtype=gl.int32,
-                                     is_pure=True, pack=1)
+    """The shared address of the staged regions: ``tail_bytes`` (runtime) before the cluster
+    sum's buffer of CLUSTER_BYTES at the end of the launch's dynamic shared memory."""
+    return tail_at(tail_bytes + CLUSTER_BYTES)
 
 
 @triton.constexpr_function
