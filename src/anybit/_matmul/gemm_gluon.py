@@ -137,7 +137,6 @@ mov.b32 {$0, $1}, t;
 _NIBBLE_PAIR_UNSCALED_ASM = gl.constexpr(_NIBBLE_PAIR_ASM.value.replace("mul.rn.f16x2 t, t, $5;\n", ""))
 
 
-
 @triton.constexpr_function
 def _half_scale(asm):
     """``asm`` with its scale operand $5 an fp16 value (constraint "h") instead of the pair word
@@ -146,6 +145,7 @@ def _half_scale(asm):
     (docs/NOTES-gemm.md v48)."""
     return asm.replace(".reg .b32 t;", ".reg .b32 t, sc;").replace(
         "mul.rn.f16x2 t, t, $5;", "mov.b32 sc, {$5, $5};\nmul.rn.f16x2 t, t, sc;")
+
 
 #: The fp16 pair {1.0, 1/16} that ``_NIBBLE_PAIR_ASM``'s fma multiplies by (high half 0x2c00).
 NIBBLE_MUL = gl.constexpr(0x2C003C00)
@@ -204,17 +204,17 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
     sel3 = gl.broadcast(words3, select)[1]
     bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
     scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
-    HALF: gl.constexpr = SCALED and scale.dtype == gl.float16
-    S: gl.constexpr = "h" if HALF else "r"  # the scale's constraint
+    HALF: gl.constexpr = scale.dtype == gl.float16
+    S: gl.constexpr = "h" if HALF else "r"  # the scale's constraint (no asm reads it unscaled)
     if BITS == 8:
         asm: gl.constexpr = _BYTE_PAIR_ASM if SCALED else _BYTE_PAIR_UNSCALED_ASM
-        asm2: gl.constexpr = _half_scale(asm) if HALF else asm
+        asm2: gl.constexpr = _half_scale(asm) if HALF and SCALED else asm
         lo, hi = gl.inline_asm_elementwise(asm2, "=h,=h,r,r,r," + S, [words3, sel3, bias3, scale3],
                                            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     else:
         mul3 = words3 * 0 + mul
         asm: gl.constexpr = _NIBBLE_PAIR_ASM if SCALED else _NIBBLE_PAIR_UNSCALED_ASM
-        asm2: gl.constexpr = _half_scale(asm) if HALF else asm
+        asm2: gl.constexpr = _half_scale(asm) if HALF and SCALED else asm
         lo, hi = gl.inline_asm_elementwise(asm2, "=h,=h,r,r,r," + S + ",r", [words3, sel3, bias3, scale3, mul3],
                                            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     pairs = gl.join(lo, hi)  # [ROWS, words, pairs, 2]
@@ -274,13 +274,19 @@ def group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stri
 
 
 @gluon.jit
+def bias_word(zero, BITS: gl.constexpr = 4):
+    """The decode's bias word of each row's zero point (``group_params``' int32 [R]): the pair
+    -(1024 + z), -(64 + z) for 4 bits, -(1024 + z) twice for 8, by one integer multiply-add
+    (``BIAS_BASE``; through fp32 and two conversions it took ~9% more instructions in the
+    zero-point kernel, docs/NOTES-gemm.md v37)."""
+    return zero * _bias_word(BITS, "step") + _bias_word(BITS, "base")
+
+
+@gluon.jit
 def group_words(scale, zero, BITS: gl.constexpr = 4):
-    """The decode's per-row words from ``group_params``' values: (bias pair -(1024 + z),
-    -(64 + z) for 4 bits, -(1024 + z) twice for 8, one integer multiply-add from the zero
-    point (``BIAS_BASE``; through fp32 and two conversions it took ~9% more instructions in
-    the zero-point kernel, docs/NOTES-gemm.md v37); scale pair), int32 [R]."""
-    bias = zero * _bias_word(BITS, "step") + _bias_word(BITS, "base")
-    return bias, _pair_words(scale, scale)
+    """The decode's per-row words from ``group_params``' values: (``bias_word``, scale pair),
+    int32 [R]."""
+    return bias_word(zero, BITS), _pair_words(scale, scale)
 
 
 @gluon.jit

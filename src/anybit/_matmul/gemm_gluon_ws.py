@@ -76,11 +76,11 @@ from .cluster import (
     push, store_shared, tail_buffer, wait_arrivals, wait_bytes,
 )
 from .gemm_gluon import (
-    ZERO_POINT, _byte_layout, cta_barrier, decode_operand, group_params, group_words, nibble_multiplier, pair_select,
+    ZERO_POINT, _byte_layout, bias_word, cta_barrier, decode_operand, group_params, nibble_multiplier, pair_select,
 )
 from .gemm_triton import tile_position
 from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
-from .staged_params import stage_params, staged_base, staged_block_params, staged_wait
+from .staged_params import region_row_bytes, stage_params, staged_base, staged_block_params, staged_wait
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -260,24 +260,15 @@ def _block_params(params, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: 
 
 
 @gluon.jit
-def _stage(scales_ptr, zeros_ptr, region, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn, rows,
-           BLOCK_K: gl.constexpr, GROUP: gl.constexpr, WG_ROWS: gl.constexpr, MODE: gl.constexpr):
+def _stage(scales_ptr, zeros_ptr, sbase, RS: gl.constexpr, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
+           rows, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, WG_ROWS: gl.constexpr, MODE: gl.constexpr):
     """Stage the scales (and zero points) of K-blocks kb0 .. kb0 + n_blocks - 1 of rows row0 ..
-    in the row set's region (``staged_params``); returns what ``_staged_params`` reads them by."""
-    g_first = (kb0 * BLOCK_K) // GROUP
-    chunks = (((kb0 + n_blocks) * BLOCK_K - 1) // GROUP) // 8 - g_first // 8 + 1
-    g0 = g_first // 8 * 8
-    stage_params(scales_ptr, zeros_ptr, region, row0, N, g0, chunks, srow, srow // 2, stride_sn, stride_zn, WG_ROWS,
-                 MODE == ZERO_POINT)
+    in row set RS's region of those at ``sbase`` (``staged_params``); returns what
+    ``_staged_params`` reads them by (``rows``: their places in the region)."""
+    region = sbase + RS * WG_ROWS * region_row_bytes(srow, MODE == ZERO_POINT)
+    g0 = stage_params(scales_ptr, zeros_ptr, region, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn, BLOCK_K,
+                      GROUP, WG_ROWS, MODE == ZERO_POINT)
     return region, rows, g0, srow
-
-
-@gluon.jit
-def _staged_row(srow, MODE: gl.constexpr):
-    """Bytes a row of W takes in the staged regions: ``srow`` of scales, half that of zero points."""
-    if MODE == ZERO_POINT:
-        srow = srow + srow // 2
-    return srow
 
 
 @gluon.jit
@@ -285,8 +276,7 @@ def _staged_params(staged, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE:
                    WG_ROWS: gl.constexpr):
     """K-block kb's scales and zero points ([WG_ROWS] each) from the row set's region (``_stage``)."""
     region, rows, g0, srow = staged
-    return staged_block_params(region, rows, (kb * BLOCK_K) // GROUP - g0, srow, srow // 2, WG_ROWS,
-                               MODE == ZERO_POINT, BITS)
+    return staged_block_params(region, rows, (kb * BLOCK_K) // GROUP - g0, srow, WG_ROWS, MODE == ZERO_POINT, BITS)
 
 
 @gluon.jit
@@ -307,12 +297,11 @@ def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layo
     read the warpgroup's WG_ROWS rows of code words, decode them with the group's ``scale``
     and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s; SCALE_AFTER: without the scale)."""
     s = u % STAGES
-    bias, scale_words = group_words(scale, zero, BITS)
+    bias = bias_word(zero, BITS)
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
     words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
-    if not SCALE_AFTER:
-        scale_words = scale  # the fp16 scale, its pair made in the decode's asm (``decode_operand``)
-    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER)
+    # the fp16 scale itself: its pair is made in the decode's asm (``decode_operand``)
+    return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER)
 
 
 @gluon.jit
@@ -589,9 +578,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
             staged = None
             if STAGED:
-                staged = _stage(scales_ptr, zeros_ptr, sbase + WG * WG_ROWS * _staged_row(srow, MODE), row0, N, kb0,
-                                n_blocks, srow, stride_sn, stride_zn, gl.arange(0, WG_ROWS, layout=row_layout),
-                                BLOCK_K, GROUP, WG_ROWS, MODE)
+                staged = _stage(scales_ptr, zeros_ptr, sbase, WG, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
+                                gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
             acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K,
                               STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)
             base += n_blocks
@@ -635,9 +623,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
         staged = None
         if STAGED:  # the row set's warpgroups sharing K copy the same bytes: all the split's groups
-            staged = _stage(scales_ptr, zeros_ptr, sbase + RW * WG_ROWS * _staged_row(srow, MODE), row0, N, kb0,
-                            n_blocks, srow, stride_sn, stride_zn, gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K,
-                            GROUP, WG_ROWS, MODE)
+            staged = _stage(scales_ptr, zeros_ptr, sbase, RW, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
+                            gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
         acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select, GROUP,
                           MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, staged, STAGED)
         acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
@@ -732,15 +719,15 @@ def gemm_gluon_ws_kernel(
 
     base = 0
     sbase = 0
+    CLUSTER_BYTES: gl.constexpr = buffer_bytes(NUM_WG * WG_ROWS * BLOCK_M * 4, NUM_WG) if CLUSTER else 0
     if STAGED:
         gl.static_assert(not SCALE_AFTER, "one scale per row is applied to the sum, not staged")
-        CLUSTER_BYTES: gl.constexpr = buffer_bytes(NUM_WG * WG_ROWS * BLOCK_M * 4, NUM_WG) if CLUSTER else 0
-        sbase = staged_base(BLOCK_N * _staged_row(srow, MODE), CLUSTER_BYTES)
+        sbase = staged_base(BLOCK_N * region_row_bytes(srow, MODE == ZERO_POINT), CLUSTER_BYTES)
     if CLUSTER:
         # each consumer warpgroup's [SPLIT_K, slice, 4] fp32 receiving buffer, then its barrier
         gl.static_assert((SPLIT_K > 1 or WG_K > 1) and not STREAM_K,
                          "the cluster sums split-K or warpgroups' partials: SPLIT_K or WG_K > 1, no stream-K")
-        base = tail_buffer(buffer_bytes(NUM_WG * WG_ROWS * BLOCK_M * 4, NUM_WG))
+        base = tail_buffer(CLUSTER_BYTES)
         for g in gl.static_range(NUM_WG):
             if SPLIT_K > 1:  # the bytes of st.async from the cluster's CTAs
                 init_byte_barrier(_cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_ROWS * BLOCK_M * 4))

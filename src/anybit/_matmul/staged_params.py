@@ -36,6 +36,7 @@ from .cluster import tail_at
 
 #: Groups a chunk holds: 16 bytes of fp16 scales (one cp.async.cg), 8 bytes of zero points.
 CHUNK_GROUPS = 8
+_CHUNK = gl.constexpr(CHUNK_GROUPS)  # (for the kernels)
 #: Chunks waited for before the first K-block (``stage_params``): at least the groups of a
 #: consumer's first three K-blocks (its first block alone and its first pair; every other
 #: block where two warpgroups share K), K-blocks being at most a group.
@@ -60,6 +61,15 @@ def staged_chunks(first_block: int, blocks: int, block_k: int, group: int) -> in
     g0 = first_block * block_k // group
     g1 = ((first_block + blocks) * block_k - 1) // group
     return g1 // CHUNK_GROUPS - g0 // CHUNK_GROUPS + 1
+
+
+@gluon.jit
+def region_row_bytes(srow, ZERO_POINT: gl.constexpr):
+    """In a kernel: bytes a row of W takes in a region, ``srow`` of scales and half that of zero
+    points (``staged_row_bytes``)."""
+    if ZERO_POINT:
+        srow = srow + srow // 2
+    return srow
 
 
 @gluon.jit
@@ -92,13 +102,19 @@ def _copy_chunks(dst, src, ok, SIZE: gl.constexpr):
 
 
 @gluon.jit
-def stage_params(scales_ptr, zeros_ptr, region, row0, N, g0, chunks, srow, zrow, stride_sn, stride_zn,
-                 WG_ROWS: gl.constexpr, ZERO_POINT: gl.constexpr):
-    """Copy rows row0 .. row0 + WG_ROWS - 1 of W's scales (and zero points) for groups
-    g0 .. g0 + 8 chunks - 1 into the region at shared address ``region`` (rows past N take row
-    N - 1's), then wait for the first FIRST_CHUNKS chunks: every lane of the warpgroup may read
-    its rows' values of those after it, of the others after ``staged_wait``.  g0 a multiple of
-    8; the scales' and zero points' rows 16-byte and 8-byte aligned."""
+def stage_params(scales_ptr, zeros_ptr, region, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
+                 BLOCK_K: gl.constexpr, GROUP: gl.constexpr, WG_ROWS: gl.constexpr, ZERO_POINT: gl.constexpr):
+    """Copy rows row0 .. row0 + WG_ROWS - 1 of W's scales (and zero points) for the groups of
+    K-blocks kb0 .. kb0 + n_blocks - 1 (the chunks ``staged_chunks`` counts) into the region at
+    shared address ``region`` (``srow`` bytes of scales a row; rows past N take row N - 1's),
+    then wait for the first FIRST_CHUNKS chunks: every lane of the warpgroup may read its rows'
+    values of those after it, of the others after ``staged_wait``.  The scales' and zero
+    points' rows 16-byte and 8-byte aligned.  Returns g0, the region's first group (a multiple
+    of 8), for ``staged_block_params``."""
+    g_first = (kb0 * BLOCK_K) // GROUP
+    chunks = (((kb0 + n_blocks) * BLOCK_K - 1) // GROUP) // _CHUNK - g_first // _CHUNK + 1
+    g0 = g_first // _CHUNK * _CHUNK
+    zrow = srow // 2
     layout: gl.constexpr = _copy_layout(WG_ROWS)
     r = gl.arange(0, WG_ROWS, layout=gl.SliceLayout(1, layout))[:, None]
     q = gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :]
@@ -116,6 +132,7 @@ def stage_params(scales_ptr, zeros_ptr, region, row0, N, g0, chunks, srow, zrow,
     _commit()
     gl.inline_asm_elementwise("cp.async.wait_group 1;\n\tbar.warp.sync -1;\n\tmov.u32 $0, 0;", "=r", [],
                               dtype=gl.int32, is_pure=False, pack=1)
+    return g0
 
 
 @gluon.jit
@@ -146,16 +163,16 @@ def staged_wait():
 
 
 @gluon.jit
-def staged_block_params(region, rows, group, srow, zrow, WG_ROWS: gl.constexpr, ZERO_POINT: gl.constexpr,
+def staged_block_params(region, rows, group, srow, WG_ROWS: gl.constexpr, ZERO_POINT: gl.constexpr,
                         BITS: gl.constexpr):
     """Group ``group`` (relative to the region's g0) of each row: (scale fp16 [R], zero point
     int32 [R], 2^(BITS-1) when symmetric), ``rows`` [R] the rows' places 0 .. WG_ROWS - 1 in the
-    region, in the caller's layout."""
+    region, in the caller's layout; ``srow`` as ``stage_params``'."""
     scale = gl.inline_asm_elementwise("ld.shared.b16 $0, [$1];", "=h,r", [region + rows * srow + group * 2],
                                       dtype=gl.float16, is_pure=False, pack=1)
     if ZERO_POINT:
         zero = gl.inline_asm_elementwise("ld.shared.u8 $0, [$1];", "=r,r",
-                                         [region + WG_ROWS * srow + rows * zrow + group], dtype=gl.int32,
+                                         [region + WG_ROWS * srow + rows * (srow // 2) + group], dtype=gl.int32,
                                          is_pure=False, pack=1)
     else:
         zero = rows * 0 + (1 << (BITS - 1))
