@@ -280,6 +280,18 @@ def _staged_params(staged, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE:
 
 
 @gluon.jit
+def _block_scales(staged, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
+                  BITS: gl.constexpr, WG_ROWS: gl.constexpr, STAGED: gl.constexpr):
+    """K-block kb's scales and zero points: from the staged region (STAGED, ``_staged_params``),
+    else the window's first (``_advance`` keeps it at kb)."""
+    if STAGED:
+        sc, zc = _staged_params(staged, kb, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
+    else:
+        sc, zc = window[0], window[1]
+    return sc, zc
+
+
+@gluon.jit
 def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
              BITS: gl.constexpr):
     """The window (scale, zero of three consecutive K-blocks) one block on: the first
@@ -347,10 +359,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        if STAGED:
-            sc, zc = _staged_params(staged, kb0, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
-        else:
-            sc, zc = window[0], window[1]
+        sc, zc = _block_scales(staged, window, kb0, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
         a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
                     a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
@@ -360,10 +369,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
         u = base + i * STEP
-        if STAGED:
-            sc, zc = _staged_params(staged, kb0 + i * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
-        else:
-            sc, zc = window[0], window[1]
+        sc, zc = _block_scales(staged, window, kb0 + i * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
         a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
                      a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
@@ -373,11 +379,9 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
         elif OVERLAP == CARRY:  # MMA u - 1 (the last pair's second) done
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
             mbarrier.arrive(empty.index((u + STAGES * STEP - STEP) % STAGES), count=1, pred=i > first)
-        if STAGED:
-            sc, zc = _staged_params(staged, kb0 + (i + 1) * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
-        else:
+        if not STAGED:
             window = _advance(params, window, kb0 + (i + 3) * STEP, BLOCK_K, GROUP, MODE, BITS)
-            sc, zc = window[0], window[1]
+        sc, zc = _block_scales(staged, window, kb0 + (i + 1) * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
         a0 = _decode(c_bufs, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K,
                      STAGES, a_layout, BITS, SCALE_AFTER)
         acc = warpgroup_mma(a0, x_bufs.index((u + STEP) % STAGES).permute((1, 0)), acc, is_async=True)

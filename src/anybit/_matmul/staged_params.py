@@ -139,12 +139,12 @@ def stage_params(scales_ptr, zeros_ptr, region, row0, N, kb0, n_blocks, srow, st
 def _copy_row_chunks(scales_ptr, zeros_ptr, region, row, r, g0, c, ok, srow, zrow, stride_sn, stride_zn,
                      WG_ROWS: gl.constexpr, ZERO_POINT: gl.constexpr):
     """Chunk c [WG_ROWS, 4] of rows ``row`` (their places r in the region) where ``ok``."""
-    group = g0 + c * 8
-    _copy_chunks(region + r * srow + c * 16, (scales_ptr + row * stride_sn + group).to(gl.int64, bitcast=True), ok,
-                 16)
+    group = g0 + c * _CHUNK
+    _copy_chunks(region + r * srow + c * (2 * _CHUNK),
+                 (scales_ptr + row * stride_sn + group).to(gl.int64, bitcast=True), ok, 2 * _CHUNK)
     if ZERO_POINT:
-        _copy_chunks(region + WG_ROWS * srow + r * zrow + c * 8,
-                     (zeros_ptr + row * stride_zn + group).to(gl.int64, bitcast=True), ok, 8)
+        _copy_chunks(region + WG_ROWS * srow + r * zrow + c * _CHUNK,
+                     (zeros_ptr + row * stride_zn + group).to(gl.int64, bitcast=True), ok, _CHUNK)
 
 
 @gluon.jit

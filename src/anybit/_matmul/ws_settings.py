@@ -6,6 +6,7 @@ and the other GEMM paths: ``gemm``, which re-exports these names)."""
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import replace
 from typing import TYPE_CHECKING
 
@@ -180,10 +181,12 @@ def ws_fit_stages(config: GemmConfig, bits: int) -> int | None:
     return None
 
 
+@functools.lru_cache(maxsize=1024)
 def ws_staged_chunks(config: GemmConfig, k_blocks: int, group: int) -> int:
     """The most 8-group chunks of scales one work item of the warp-specialized kernel stages
     (``staged_params``): the split's K-blocks (their first group rounded down to a chunk), or a
-    whole tile's for stream-K, whose items are parts of one tile."""
+    whole tile's for stream-K, whose items are parts of one tile.  Cached: every launch asks
+    it twice (``ws_staged``'s room, then the kernel's row bytes)."""
     from .staged_params import staged_chunks
 
     if config.stream_k or config.split_k == 1:
