@@ -40,7 +40,7 @@ import gemv_variants  # noqa: E402
 
 SOURCE = os.path.join(os.path.dirname(gemm_gluon_ws.__file__), "gemm_gluon_ws.py")
 #: The consumers' decode call in the kernel's source (what diags 4 and 8 replace)
-DECODE_CALL = ("    return decode_operand(words, select, bias, scale_words, mul, WG_ROWS, BLOCK_K, a_layout, BITS, "
+DECODE_CALL = ("    return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, "
                "not SCALE_AFTER)")
 
 
@@ -61,22 +61,22 @@ def _extra_reads(s: str, reads: int) -> str:
                  "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, dummy,", 3)
     s = _replace(s, "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, c_bufs, ready, empty = ring\n",
                  "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, c_bufs, ready, empty, dummy = ring\n", 1)
-    s = _replace(s, "(_loader, (x_desc, c_desc, ring, work,", "(_loader, (x_desc, c_desc, (x_bufs, c_bufs, ready, empty, dummy), work,", 3)
+    s = _replace(s, "(_loader, (x_desc, c_desc, ring, work,", "(_loader, (x_desc, c_desc, (x_bufs, c_bufs, ready, empty, dummy), work,", 4)
     s = _replace(s, "    for i in range(n_blocks):\n        s = (base + i) % STAGES\n",
                  "    sink = n_blocks * 0\n    for i in range(n_blocks):\n        s = (base + i) % STAGES\n", 1)
     s = _replace(s, "_tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))",
                  "_tma_load(x_desc, [m0, k + sink], ready.index(s), x_bufs.index(s))", 1)
-    s = _replace(s, "        _tma_load(c_desc, [n0, k // (32 // BITS)], ready.index(s), c_bufs.index(s))\n",
-                 "        _tma_load(c_desc, [n0, k // (32 // BITS)], ready.index(s), c_bufs.index(s))\n"
+    s = _replace(s, "                      c_bufs.index(s * BOXES + b))\n",
+                 "                      c_bufs.index(s * BOXES + b))\n"
                  f"        t = gl.zeros([16, 32], gl.int32, {layout})\n"
                  f"        for r in gl.static_range({reads}):\n"
                  f"            t = t ^ dummy.index(r).load({layout})\n"
                  "        sink = gl.sum(gl.sum(t, 1), 0)\n", 1)
-    s = _replace(s, "    fence_async_shared()\n\n    if STREAM_K:",
+    s = _replace(s, "    fence_async_shared()\n\n    base = 0\n",
                  f"    dummy = gl.allocate_shared_memory(gl.int32, [{reads}, 16, 32], gl.SwizzledSharedLayout(1, 1, 1, [1, 0]))\n"
                  f"    for r in gl.static_range({reads}):\n"
                  f"        dummy.index(r).store(gl.zeros([16, 32], gl.int32, {layout}))\n"
-                 "    fence_async_shared()\n\n    if STREAM_K:", 1)
+                 "    fence_async_shared()\n\n    base = 0\n", 1)
     return s
 
 
@@ -132,7 +132,7 @@ def diagnostic_kernel(diag: int):
     if diag & 8:  # the consumers' decode of a chunk-permuted layout (benchmarks/_chunk_decode.py)
         s = _replace(s, "from anybit._matmul.gemm_gluon import (", "from _chunk_decode import SIXTEENTH, chunk_word_layout, chunk_words, "
                      "decode_chunks\nfrom anybit._matmul.gemm_gluon import (", 1)
-        s = _replace(s, "    bias, scale_words = group_words(scale, zero, BITS)\n",
+        s = _replace(s, "    bias = bias_word(zero, BITS)\n",
                      "    bias_lo, bias_hi, scale_words = chunk_words(scale, zero)\n", 1)
         s = _replace(s, ".load(word_layout)\n",
                      ".load(chunk_word_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K])))\n", 1)

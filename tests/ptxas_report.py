@@ -46,7 +46,8 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_box = [gm.ws_code_rows(block_n), block_k * bits // 32]
     c_layout = gl.NVMMASharedLayout.get_default_for(c_box, gl.int32)
-    constants = dict(GROUP=128, MODE=2 if zero_point else 0, STAGED=staged, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
+    constants = dict(GROUP=128, MODE=2 if zero_point else 0, STAGED=staged, BLOCK_M=block_m, BLOCK_N=block_n,
+                     BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,

@@ -545,3 +545,15 @@ def test_staged_scales_leave_the_loop_without_global_loads(tile, flags):
     spill = re.search(r"(\d+) bytes spill stores", staged)
     assert spill and int(spill.group(1)) <= 32
     assert re.search(r"ld\.global(\.\w+)*\.b16", compile_script("ptxas_report.py", *tile, *flags, "--ptx"))
+
+
+@pytest.mark.parametrize("diag", [1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024, 2048])
+def test_the_diagnostic_kernels_still_find_what_they_replace(monkeypatch, diag):
+    """``benchmarks/ws_diagnostics.py`` builds its kernels by editing this kernel's source text;
+    each diagnostic still finds every piece it replaces (it exits naming the piece otherwise)."""
+    import pathlib
+
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import ws_diagnostics
+
+    assert ws_diagnostics.diagnostic_kernel(diag).fn.__name__ == "gemm_gluon_ws_kernel"

@@ -432,7 +432,7 @@ def launch_gemm_gluon_ws(
     from .cluster import launch_clustered
     from .gemm_gluon_ws import gemm_gluon_ws_kernel
     from .gemv_triton import MODE_IDS
-    from .staged_params import staged_bytes, staged_row_bytes
+    from .staged_params import staged_row_bytes
 
     if not gluon_ws_supported(bits, mode, group, config.block_k, k, x.dtype, scales.dtype):
         raise ValueError(f"the warp-specialized Gluon GEMM does not compute {bits}-bit {mode.value} codes in groups "
@@ -485,9 +485,8 @@ def launch_gemm_gluon_ws(
     staged = can_stage if staged is None else staged
     srow, tail = 0, cluster_bytes
     if staged:
-        chunks = ws_staged_chunks(config, k_blocks, group)
-        srow = staged_row_bytes(chunks, zeros is not None)[0]
-        tail += staged_bytes(config.block_n, chunks, zeros is not None)
+        srow = staged_row_bytes(ws_staged_chunks(config, k_blocks, group), zeros is not None)[0]
+        tail += ws_staged_bytes(config, k_blocks, group, zeros is not None)
     x_block, c_block = [config.block_m, config.block_k], [ws_code_rows(config.block_n), config.block_k * bits // 32]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))

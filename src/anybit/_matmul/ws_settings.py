@@ -186,7 +186,7 @@ def ws_staged_chunks(config: GemmConfig, k_blocks: int, group: int) -> int:
     """The most 8-group chunks of scales one work item of the warp-specialized kernel stages
     (``staged_params``): the split's K-blocks (their first group rounded down to a chunk), or a
     whole tile's for stream-K, whose items are parts of one tile.  Cached: every launch asks
-    it twice (``ws_staged``'s room, then the kernel's row bytes)."""
+    it three times (``ws_staged``'s room, then the kernel's row bytes and tail)."""
     from .staged_params import staged_chunks
 
     if config.stream_k or config.split_k == 1:
@@ -223,8 +223,7 @@ def ws_staged(config: GemmConfig, bits: int, k_blocks: int, group: int, scales, 
     ring = ws_ring_bytes(config, bits)
     if ring <= DEFAULT_DYNAMIC_LIMIT < ring + WS_SMEM_EXTRA + tail:
         return False
-    scratch = WS_STORE_SCRATCH * config.block_n // 64 if ws_vector_store(config, bits) else 0
-    return ws_fits(config, bits, tail + scratch)
+    return ws_fits(config, bits, tail + (_store_scratch(config) if ws_vector_store(config, bits) else 0))
 
 
 def ws_vector_store(config: GemmConfig, bits: int) -> bool:
@@ -235,7 +234,12 @@ def ws_vector_store(config: GemmConfig, bits: int) -> bool:
     sum, which stores its slices itself (``gemm_gluon_ws._cluster_sum``)."""
     loads = config.split_k * ws_wg_rows(config) * config.block_m // 128
     return not ws_push_sum(config) and (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \
-        and ws_fits(config, bits, WS_STORE_SCRATCH * config.block_n // 64)
+        and ws_fits(config, bits, _store_scratch(config))
+
+
+def _store_scratch(config: GemmConfig) -> int:
+    """Shared memory the vector store's conversion of a tile takes (``ws_vector_store``)."""
+    return WS_STORE_SCRATCH * config.block_n // 64
 
 
 def ws_scale_after(num_groups: int) -> bool:
