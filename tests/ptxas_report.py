@@ -59,7 +59,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
     names = list(inspect.signature(gemm_gluon_ws_kernel.fn).parameters)
     signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
     # 16-byte aligned pointers and row counts, as the launches on real weights see them
-    aligned = [name for name in names if name.endswith("_ptr") or name in ("N", "stride_sn", "srow")]
+    aligned = [name for name in names if name.endswith("_ptr") or name in ("N", "stride_sn", "srow", "stride_ym")]
     attrs = {(names.index(name),): [["tt.divisibility", 16]] for name in aligned}
     source = GluonASTSource(fn=gemm_gluon_ws_kernel, signature=signature, constexprs=constants, attrs=attrs)
     return triton.compile(source, target=GPUTarget("cuda", 90, 32),

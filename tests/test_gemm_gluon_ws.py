@@ -69,6 +69,21 @@ def test_split_k_workspace_holds_whole_tiles():
                                     Decode.SYMMETRIC, config, workspace=bad)
 
 
+def test_launch_refuses_an_output_it_cannot_write():
+    """``out`` may be a slice of a wider y's columns (rows further apart than n), but not one
+    whose columns are not contiguous, whose rows overlap, or of another shape or dtype."""
+    qw = anybit.quantize(torch.randn(128, 256), "int4-g128")
+    x = torch.randn(64, 256, dtype=torch.float16)
+    launch = lambda out: gm.launch_gemm_gluon_ws(  # noqa: E731
+        x, qw.codes, qw.params["scales"], None, None, 128, 256, 4, 128, Decode.SYMMETRIC, WS, out=out)
+    wide = torch.empty(64, 200, dtype=torch.float16)
+    for bad in (torch.empty(128, 64, dtype=torch.float16).t(), wide.as_strided((64, 128), (100, 1)),
+                wide[:, :100], wide[:, :128].float(), wide[:32, :128]):
+        with pytest.raises(ValueError, match=r"out: .* accepted: torch.float16 \(64, 128\) on cpu, columns "
+                                             r"contiguous \(stride 1\) and rows at least 128 elements apart"):
+            launch(bad)
+
+
 def test_plans_need_the_kernels_warps():
     assert gm.ws_warps(64) == 8 and gm.ws_warps(256) == 20
     plan = gm.Plan(gm.Kernel.GLUON_WS, WS)
@@ -547,7 +562,7 @@ def test_staged_scales_leave_the_loop_without_global_loads(tile, flags):
     assert re.search(r"ld\.global(\.\w+)*\.b16", compile_script("ptxas_report.py", *tile, *flags, "--ptx"))
 
 
-@pytest.mark.parametrize("diag", [1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024, 2048])
+@pytest.mark.parametrize("diag", [1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384])
 def test_the_diagnostic_kernels_still_find_what_they_replace(monkeypatch, diag):
     """``benchmarks/ws_diagnostics.py`` builds its kernels by editing this kernel's source text;
     each diagnostic still finds every piece it replaces (it exits naming the piece otherwise)."""

@@ -140,6 +140,33 @@ def test_stream_k_whole_tiles_match_the_tile_kernel():
     assert_matmul_close(y, x, qw, None, weight_roundoff=unit_roundoff(x.dtype))
 
 
+ROW_RANGES = [_ws(64, 256, 128, 1, 3), _ws(64, 192, 128, 1, 4), _ws(64, 128, 64, 3, 4), _ws(128, 128, 128, 2, 3),
+              _ws(64, 128, 128, 2, 6, cluster_sum=True), _ws(64, 256, 128, 1, 3, stream_k=True)]
+
+
+@pytest.mark.parametrize("config", ROW_RANGES, ids=_ids)
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128"])
+def test_row_ranges_write_their_columns_of_a_wider_y(config, spec):
+    """W's rows in two launches (0 .. 512 and 512 .. 1000, neither a whole number of tiles),
+    each writing its columns of one NaN-poisoned y (M, 1024): both right with the bias, the
+    columns past 1000 untouched, and (but for stream-K, whose shares depend on the tile count)
+    the bits of the launch over all rows."""
+    gen = torch.Generator(device="cuda").manual_seed(11)
+    n, k, m, cut = 1000, 4096, 100, 512
+    qw = quantized_cuda(spec, n, k, gen)
+    x = torch.randn(m, k, device="cuda", generator=gen).half()
+    bias = torch.randn(n, device="cuda", generator=gen)
+    wide = torch.full((m, 1024), float("nan"), device="cuda", dtype=torch.float16)
+    for r0, r1 in ((0, cut), (cut, n)):
+        part = anybit.QuantizedWeight(qw.format, (r1 - r0, k), qw.codes[r0:r1],
+                                      {name: p[r0:r1] for name, p in qw.params.items()}, qw.dtype)
+        _run(x, part, config, bias[r0:r1], out=wide[:, r0:r1])
+    assert wide[:, n:].isnan().all()
+    assert_matmul_close(wide[:, :n], x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
+    if not config.stream_k:
+        assert torch.equal(wide[:, :n], _run(x, qw, config, bias))
+
+
 def _check_replays(x, qw, config, bias, y):
     """Three more launches and a CUDA graph's replay (into a NaN-poisoned output) give y's bits."""
     m, n = y.shape

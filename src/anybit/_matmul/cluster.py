@@ -1,6 +1,6 @@
 """Thread-block clusters for the Gluon kernels on Hopper: launching a kernel compiled for one
 CTA as clusters, and the cluster instructions (by inline PTX) that a split-K sum through
-distributed shared memory needs.
+distributed shared memory needs, and that sum for the warp-specialized GEMM (``cluster_sum``).
 
 Why: the warp-specialized GEMM's split plans summed their partials through global memory,
 2-4 us a launch on the small layers (docs/NOTES-gemm.md v32); with the S splits of a tile as
@@ -180,6 +180,66 @@ def load_shared(addr):
     (its first element's), 16 bytes a load."""
     return gl.inline_asm_elementwise("ld.shared.v4.f32 {$0, $1, $2, $3}, [$4];", "=f,=f,=f,=f,r,r,r,r", [addr],
                                      dtype=gl.float32, is_pure=False, pack=4)
+
+
+@gluon.jit
+def cluster_bar(base, g, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr):
+    """The shared address of consumer warpgroup g's mbarrier of the cluster sum: after the
+    NUM_WG warpgroups' receiving buffers ([SPLIT_K, slice, 4] fp32, WG_ROWS x BLOCK_M floats
+    each) in the buffer at ``base``."""
+    return base + NUM_WG * WG_ROWS * BLOCK_M * 4 + g * 8
+
+
+@gluon.jit
+def cluster_sum(acc, base, pid_k, out, bias_ptr, row, col, row0, m0, M, N, WG: gl.constexpr,
+                NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr, SPLIT_K: gl.constexpr,
+                HAS_BIAS: gl.constexpr, WG_K: gl.constexpr = 1):
+    """The sum of a tile's T = SPLIT_K x WG_K partials through shared memory: the tile's
+    SPLIT_K splits are the cluster's CTAs (``pid_k`` this one's rank), and in each the WG_K
+    warpgroups of a row set (consumer WG = kj * R + rw, R = NUM_WG / WG_K row sets) took
+    every WG_K-th K-block from kj on.  The warpgroup's partial ``acc`` [WG_ROWS, BLOCK_M]
+    (wgmma's layout; ``row``, ``col`` its element's row of W and of x in the tile) is taken
+    in ``gemm_gluon_ws._vectors``' rows, each thread's 4 registers of an 8-column block: row v belongs to
+    slice q = v // SLICE, which consumer (q % WG_K) * R + rw of CTA q // WG_K sums; it goes
+    into that consumer's buffer [T, SLICE, 4] fp32 at (pid_k * WG_K + kj, v % SLICE)
+    (``push``: the bytes counted on that consumer's barrier there; the buffers [NUM_WG, T,
+    SLICE, 4]; with SPLIT_K 1 the CTA is launched alone, not as a cluster, where the cluster
+    instructions are illegal: plain shared stores, each thread then arriving on each receiver's
+    barrier).  Once all T partials' rows of its slice have arrived, their sum in the order
+    (split, warpgroup) (with WG_K 1 the bits of the global sum's) is stored as y, with the
+    bias, at each element's (row of W, row of x) of ``out`` (y's pointer and its row stride)."""
+    R: gl.constexpr = NUM_WG // WG_K
+    T: gl.constexpr = SPLIT_K * WG_K
+    V: gl.constexpr = WG_ROWS * BLOCK_M // 4
+    SLICE: gl.constexpr = V // T
+    J: gl.constexpr = BLOCK_M // 8
+    # _vectors' order [s, j, w, l, q | h, e] for row 64 s + 16 w + 8 h + l, column 8 j + 2 q + e
+    v = ((((row // 64) * J + col // 8) * 4 + (row // 16) % 4) * 8 + row % 8) * 4 + (col // 2) % 4
+    element = 2 * ((row // 8) % 2) + col % 2
+    q = v // SLICE
+    region = (q % WG_K) * R + WG % R
+    addr = base + ((region * T + pid_k * WG_K + WG // R) * SLICE + v % SLICE) * 16 + element * 4
+    if SPLIT_K > 1:
+        push(acc, addr, q // WG_K, cluster_bar(base, region, NUM_WG, WG_ROWS, BLOCK_M))
+        wait_bytes(cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M))
+    else:  # one CTA, launched alone: plain shared stores, then one arrival per thread on each receiver
+        store_shared(acc, addr)
+        for r in gl.static_range(WG_K):
+            arrive(cluster_bar(base, r * R + WG % R, NUM_WG, WG_ROWS, BLOCK_M))
+        wait_arrivals(cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M))
+    layout: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [4, 1], [1, 0])
+    i = gl.arange(0, SLICE, layout=gl.SliceLayout(1, layout))[:, None]
+    c = gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :]
+    total = load_shared(base + (WG * T * SLICE + i) * 16 + c * 4)
+    for r in gl.static_range(1, T):
+        total += load_shared(base + ((WG * T + r) * SLICE + i) * 16 + c * 4)
+    v = (pid_k * WG_K + WG // R) * SLICE + i
+    rows = row0 + 64 * (v // (128 * J)) + 16 * ((v // 32) % 4) + 8 * (c // 2) + (v // 4) % 8
+    cols = m0 + 8 * ((v // 128) % J) + 2 * (v % 4) + c % 2
+    if HAS_BIAS:
+        total += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)
+    out_ptr, stride_ym = out
+    gl.store(out_ptr + cols * stride_ym + rows, total.to(gl.float16), mask=(rows < N) & (cols < M))
 
 
 def tail_offset(shared: int) -> int:

@@ -425,7 +425,10 @@ def launch_gemm_gluon_ws(
     staged in shared memory (default ``ws_staged``; True where it cannot is a ValueError).  Operands as
     ``launch_gemm``'s, but ``workspace`` (with split-K or stream-K) is fp32 with at least
     ``ws_workspace_size`` elements; k a multiple of 8 and x, codes readable by TMA
-    (``_tma_readable``)."""
+    (``_tma_readable``).  ``out`` (M, n) fp16 may be a slice of a wider y's columns (rows
+    ``out.stride(0)`` >= n elements apart, columns contiguous): a launch over rows r0 .. r0 + n
+    of W (``codes``, ``scales``, ``zeros`` and ``bias`` sliced alike) writes y[:, r0 : r0 + n]
+    and nothing else."""
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -450,6 +453,11 @@ def launch_gemm_gluon_ws(
                          f"{ws_ring_bytes(config, bits)} bytes of shared memory; accepted: at most "
                          f"{HOPPER_SMEM_BYTES - WS_SMEM_EXTRA - cluster_bytes}{beside} (fewer stages or smaller tiles)")
     x = x.contiguous()
+    if out is not None and (out.shape != (x.shape[0], n) or out.dtype != x.dtype or out.device != x.device
+                            or out.stride(1) != 1 or out.stride(0) < n):
+        raise ValueError(f"out: {out.dtype} {tuple(out.shape)} on {out.device} with strides {out.stride()}; accepted: "
+                         f"{x.dtype} ({x.shape[0]}, {n}) on {x.device}, columns contiguous (stride 1) and rows at "
+                         f"least {n} elements apart")
     if not _tma_readable(x, codes):
         raise ValueError(f"the warp-specialized Gluon GEMM reads x and the codes by TMA: both need 16-byte aligned "
                          f"starts and row strides (x at {x.data_ptr() % 16} bytes past 16, codes at "
@@ -496,7 +504,7 @@ def launch_gemm_gluon_ws(
     run(
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
         workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
-        scalars["stride_zn"], scalars["stride_zg"], srow,
+        scalars["stride_zn"], scalars["stride_zg"], srow, out.stride(0),
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
         STAGES=config.num_stages, HAS_BIAS=bias is not None,

@@ -72,8 +72,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .cache_keys import settle_cache_keys
 from .cluster import (
-    arrive, buffer_bytes, cluster_barrier, cluster_barrier_relaxed, init_byte_barrier, init_count_barrier, load_shared,
-    push, store_shared, tail_buffer, wait_arrivals, wait_bytes,
+    buffer_bytes, cluster_bar, cluster_barrier, cluster_barrier_relaxed, cluster_sum, init_byte_barrier,
+    init_count_barrier, tail_buffer,
 )
 from .gemm_gluon import (
     ZERO_POINT, _byte_layout, bias_word, cta_barrier, decode_operand, group_params, nibble_multiplier, pair_select,
@@ -457,67 +457,9 @@ def _split_partial(mine, own, part, pid_k, split_stride, RELOAD: gl.constexpr):
 
 
 @gluon.jit
-def _cluster_bar(base, g, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr):
-    """The shared address of consumer warpgroup g's mbarrier of the cluster sum: after the
-    NUM_WG warpgroups' receiving buffers ([SPLIT_K, slice, 4] fp32, WG_ROWS x BLOCK_M floats
-    each) in the buffer at ``base``."""
-    return base + NUM_WG * WG_ROWS * BLOCK_M * 4 + g * 8
-
-
-@gluon.jit
-def _cluster_sum(acc, base, pid_k, out_ptr, bias_ptr, row, col, row0, m0, M, N, WG: gl.constexpr,
-                 NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr, BLOCK_M: gl.constexpr, SPLIT_K: gl.constexpr,
-                 HAS_BIAS: gl.constexpr, WG_K: gl.constexpr = 1):
-    """The sum of a tile's T = SPLIT_K x WG_K partials through shared memory: the tile's
-    SPLIT_K splits are the cluster's CTAs (``pid_k`` this one's rank), and in each the WG_K
-    warpgroups of a row set (consumer WG = kj * R + rw, R = NUM_WG / WG_K row sets) took
-    every WG_K-th K-block from kj on.  The warpgroup's partial ``acc`` [WG_ROWS, BLOCK_M]
-    (wgmma's layout; ``row``, ``col`` its element's row of W and of x in the tile) is taken
-    in ``_vectors``' rows, each thread's 4 registers of an 8-column block: row v belongs to
-    slice q = v // SLICE, which consumer (q % WG_K) * R + rw of CTA q // WG_K sums; it goes
-    into that consumer's buffer [T, SLICE, 4] fp32 at (pid_k * WG_K + kj, v % SLICE)
-    (``push``: the bytes counted on that consumer's barrier there; the buffers [NUM_WG, T,
-    SLICE, 4]; with SPLIT_K 1 the CTA is launched alone, not as a cluster, where the cluster
-    instructions are illegal: plain shared stores, each thread then arriving on each receiver's
-    barrier).  Once all T partials' rows of its slice have arrived, their sum in the order
-    (split, warpgroup) (with WG_K 1 the bits of the global sum's) is stored as y, with the
-    bias, at each element's (row of W, row of x)."""
-    R: gl.constexpr = NUM_WG // WG_K
-    T: gl.constexpr = SPLIT_K * WG_K
-    V: gl.constexpr = WG_ROWS * BLOCK_M // 4
-    SLICE: gl.constexpr = V // T
-    J: gl.constexpr = BLOCK_M // 8
-    # _vectors' order [s, j, w, l, q | h, e] for row 64 s + 16 w + 8 h + l, column 8 j + 2 q + e
-    v = ((((row // 64) * J + col // 8) * 4 + (row // 16) % 4) * 8 + row % 8) * 4 + (col // 2) % 4
-    element = 2 * ((row // 8) % 2) + col % 2
-    q = v // SLICE
-    region = (q % WG_K) * R + WG % R
-    addr = base + ((region * T + pid_k * WG_K + WG // R) * SLICE + v % SLICE) * 16 + element * 4
-    if SPLIT_K > 1:
-        push(acc, addr, q // WG_K, _cluster_bar(base, region, NUM_WG, WG_ROWS, BLOCK_M))
-        wait_bytes(_cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M))
-    else:  # one CTA, launched alone: plain shared stores, then one arrival per thread on each receiver
-        store_shared(acc, addr)
-        for r in gl.static_range(WG_K):
-            arrive(_cluster_bar(base, r * R + WG % R, NUM_WG, WG_ROWS, BLOCK_M))
-        wait_arrivals(_cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M))
-    layout: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [4, 1], [1, 0])
-    i = gl.arange(0, SLICE, layout=gl.SliceLayout(1, layout))[:, None]
-    c = gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :]
-    total = load_shared(base + (WG * T * SLICE + i) * 16 + c * 4)
-    for r in gl.static_range(1, T):
-        total += load_shared(base + ((WG * T + r) * SLICE + i) * 16 + c * 4)
-    v = (pid_k * WG_K + WG // R) * SLICE + i
-    rows = row0 + 64 * (v // (128 * J)) + 16 * ((v // 32) % 4) + 8 * (c // 2) + (v // 4) % 8
-    cols = m0 + 8 * ((v // 128) % J) + 2 * (v % 4) + c % 2
-    if HAS_BIAS:
-        total += gl.load(bias_ptr + rows, mask=rows < N, other=0.0).to(gl.float32)
-    gl.store(out_ptr + cols * N + rows, total.to(gl.float16), mask=(rows < N) & (cols < M))
-
-
-@gluon.jit
-def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr, VECTOR: gl.constexpr):
-    """y[offs_m, rows] = acc (+ bias[rows]) as fp16; acc [WG_ROWS, BLOCK_M] fp32.
+def _store(acc, out, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr, VECTOR: gl.constexpr):
+    """y[offs_m, rows] = acc (+ bias[rows]) as fp16; acc [WG_ROWS, BLOCK_M] fp32; ``out``: y's pointer
+    and its row stride (elements).
 
     VECTOR: the tile is first moved (through shared memory) to a layout in which each thread
     holds 8 consecutive rows of W at one row of x, so that y is written in 16-byte vectors
@@ -533,7 +475,8 @@ def _store(acc, out_ptr, bias_ptr, rows, offs_m, M, N, HAS_BIAS: gl.constexpr, V
         rows = gl.convert_layout(rows, gl.SliceLayout(1, layout))
         offs_m = gl.convert_layout(offs_m, gl.SliceLayout(0, layout))
     out_mask = (rows < N)[:, None] & (offs_m < M)[None, :]
-    gl.store(out_ptr + offs_m[None, :] * N + rows[:, None], y, mask=out_mask)
+    out_ptr, stride_ym = out
+    gl.store(out_ptr + offs_m[None, :] * stride_ym + rows[:, None], y, mask=out_mask)
 
 
 @gluon.jit
@@ -548,14 +491,14 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     x rows, over every WG_K-th K-block from kj on; writes its rows of y (or its partial).
     ``ops``: the ring and the operands, as the kernel builds them.  As a programmatic
     dependent (PDL) it first waits for the kernel before it.  With CLUSTER the splits' and
-    the warpgroups' partials are summed through shared memory at ``base`` (``_cluster_sum``).
+    the warpgroups' partials are summed through shared memory at ``base`` (``cluster.cluster_sum``).
     STAGED: the scales (and zero points) of each work item are first copied into the row set's
     region at ``sbase`` (``srow`` bytes of scales a row, ``staged_params``)."""
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     if IN_CLUSTER:
         cluster_barrier()
     pdl_wait(PDL)
-    (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    (ring, scales_ptr, zeros_ptr, bias_ptr, out, ws_ptr, counter_ptr,
      M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
     R: gl.constexpr = NUM_WG // WG_K
     RW: gl.constexpr = WG % R  # the warpgroup's row set
@@ -618,7 +561,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                     acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                     gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
             if done:
-                _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS, VECTOR_STORE)
+                _store(acc, out, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS, VECTOR_STORE)
     else:
         tile, kb0, n_blocks, pid_k = work
         m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
@@ -635,7 +578,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         last = True
         rows_of_x = M
         if CLUSTER:
-            _cluster_sum(acc, base, pid_k, out_ptr, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
+            cluster_sum(acc, base, pid_k, out, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
                          NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS, WG_K)
             # y is stored; the tile's own store below stays in the code, with no row of x: without it
             # Triton 3.6 fails to lower the partition (an assertion in ConvertTritonGPUToLLVM)
@@ -659,7 +602,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
-            _store(acc, out_ptr, bias_ptr, row0 + tile_row, m0 + tile_col, rows_of_x, N, HAS_BIAS, VECTOR_STORE)
+            _store(acc, out, bias_ptr, row0 + tile_row, m0 + tile_col, rows_of_x, N, HAS_BIAS, VECTOR_STORE)
     if IN_CLUSTER:
         cluster_barrier_relaxed()  # no CTA leaves while another may still push into it
 
@@ -667,7 +610,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
 @gluon.jit
 def gemm_gluon_ws_kernel(
     x_desc, c_desc, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
-    M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg, srow,
+    M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg, srow, stride_ym,
     GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
@@ -681,7 +624,8 @@ def gemm_gluon_ws_kernel(
     x_desc: TMA descriptor of x (M, K) fp16, block [BLOCK_M, BLOCK_K]; c_desc: of the
     codes (N, words_per_row) int32, block [``gemm.ws_code_rows(BLOCK_N)``, BLOCK_K * BITS / 32]
     (BITS: 4 or 8; TMA boxes are powers of two: 192 rows are three copies of 64).
-    Other operands as ``gemm_gluon_kernel``'s; ``counter`` holds tiles * NUM_WG int32 zeros.
+    Other operands as ``gemm_gluon_kernel``'s, but y's rows lie ``stride_ym`` >= N elements apart
+    (a slice of a wider y's columns); ``counter`` holds tiles * NUM_WG int32 zeros.
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
     taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
     floats and ``counter`` (tiles % programs) * NUM_WG zeros.  Split s runs K-blocks
@@ -697,7 +641,7 @@ def gemm_gluon_ws_kernel(
     that wait (PDL_EARLY) or after its last copy (PDL_LATE).  CLUSTER (split-K only): launched
     as clusters of SPLIT_K CTAs (``cluster.launch_clustered``, grid (tiles,): program p is
     split p % SPLIT_K of tile p // SPLIT_K), the splits summed through the cluster's shared
-    memory (``_cluster_sum``; no workspace or counters).  SCALE_AFTER (only where each row of
+    memory (``cluster.cluster_sum``; no workspace or counters).  SCALE_AFTER (only where each row of
     W has one scale, ``gemm.ws_scale_after``): the MMA takes the exact code - zero and each
     row's sum is scaled once in fp32 (``_scaled``), a third of the 8-bit decode's instructions
     fewer; the weights are then not rounded to fp16 one by one (y is closer to the exact
@@ -734,9 +678,9 @@ def gemm_gluon_ws_kernel(
         base = tail_buffer(CLUSTER_BYTES)
         for g in gl.static_range(NUM_WG):
             if SPLIT_K > 1:  # the bytes of st.async from the cluster's CTAs
-                init_byte_barrier(_cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_ROWS * BLOCK_M * 4))
+                init_byte_barrier(cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_ROWS * BLOCK_M * 4))
             else:  # one arrival per thread of the WG_K warpgroups of its row set (one CTA, no cluster)
-                init_count_barrier(_cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_K * 128))
+                init_count_barrier(cluster_bar(base, g, NUM_WG, WG_ROWS, BLOCK_M), gl.to_tensor(WG_K * 128))
     gl.static_assert(WG_K == 1 or CLUSTER, "warpgroups sharing K sum their partials through shared memory: CLUSTER")
     # each warpgroup sharing K keeps to its own stages: were a stage's uses to alternate between
     # them, its ready barrier could still be a phase behind (the other's block in flight) when a
@@ -752,7 +696,7 @@ def gemm_gluon_ws_kernel(
         work = (tile, kb0, gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     ring = (x_bufs, c_bufs, ready, empty)
-    ops = (ring, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    ops = (ring, scales_ptr, zeros_ptr, bias_ptr, (out_ptr, stride_ym), ws_ptr, counter_ptr,
            M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work)
     # the loader is the default partition (the kernel's 4 warps; one issues the copies), so
     # each consumer warpgroup starts on a warpgroup boundary and gets CONSUMER_REGS registers.
