@@ -18,7 +18,11 @@ loads and multiplies nothing and stores zeros: what launching, setting up and en
 program cost), 256 and 512 the loader's extra shared-memory reads of 32 and 64 KB a K-block
 (``_extra_reads``; results right); 1024 adds (results right) halves of the consumer
 warpgroups taking turns at the MMAs, a half's turn passed once its MMAs are done, 2048 the
-same passed once they are issued (``_turns``; plans with overlap NONE, no shared K).  The copy is made by text substitutions of the
+same passed once they are issued (``_turns``; plans with overlap NONE, no shared K); for
+stream-K plans, 4096 the shared tiles' fix-up (no partial stored, no count, no loads: each
+item stores its own sum, racing), 8192 every work item's K-blocks (each item loads and
+multiplies nothing; its fix-up and stores stay), 16384 the staging of each item's scales
+(each block's loaded from global memory as unstaged plans do; results right).  The copy is made by text substitutions of the
 kernel's source, each asserted, so a change of the kernel that breaks one fails loudly.
 Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
 """
@@ -156,6 +160,17 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)", "kb0 * 0, pid_k)", 1)
     if diag & 768:  # shared-memory reads added by the loader partition, results unchanged
         s = _extra_reads(s, 16 * bool(diag & 256) + 32 * bool(diag & 512))
+    if diag & 4096:  # stream-K: no fix-up of the shared tiles, each item stores its own sum (racy)
+        s = _replace(s, "            done = ~shared  # a whole tile is stored at once\n            if shared:\n",
+                     "            done = shared | ~shared\n            if shared & (pid < 0):\n", 1)
+    if diag & 8192:  # stream-K: every item without its K-blocks (the fix-up and the stores stay)
+        s = _replace(s, "    return tile, kb0, n_blocks, slot, n_blocks < k_blocks\n",
+                     "    return tile, kb0, n_blocks * 0, slot, n_blocks < k_blocks\n", 1)
+    if diag & 16384:  # stream-K: the items' scales not staged (each block's from global memory)
+        s = _replace(s, "            if STAGED:\n                staged = _stage(scales_ptr, zeros_ptr, sbase, WG, row0,",
+                     "            if False:\n                staged = _stage(scales_ptr, zeros_ptr, sbase, WG, row0,", 1)
+        s = _replace(s, "STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)\n",
+                     "STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, False)\n", 1)
     if diag & 3072:  # halves of the consumer warpgroups taking turns at the MMAs (NONE plans; results right)
         s = _turns(s, issued=bool(diag & 2048))
     if diag & 2:
