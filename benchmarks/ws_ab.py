@@ -1,7 +1,9 @@
 """Time the plan anybit.matmul picks with this tree's Gluon GEMM kernels against a baseline
 tree's, in one process and alternating (the measure-predict loop's A/B tool for a kernel
 change that keeps the plans and the launchers' arguments: the baseline kernels are launched
-by this tree's launchers; for a change beyond the kernels, ``tree_ab.py``).
+by this tree's launchers; for a change beyond the kernels, ``tree_ab.py``, and for a baseline
+from before the warp-specialized kernel took y's row stride, ``stride_ym``, which its
+kernel lacks).
 
 Usage on a CUDA machine::
 
