@@ -40,11 +40,11 @@ def _rows(qw, r0: int, r1: int):
 
 
 def _ws_launch(x, qw, text: str, out):
-    """gemv_variants' ``ws,...`` variant on ``qw`` into ``out`` (a column slice of y)."""
+    """A call running gemv_variants' ``ws,...`` variant on ``qw`` into ``out`` (a column slice of y)."""
     n, k = qw.shape
     _, config, regs, maxnreg, overlap, after = gemv_variants._config(text, x.shape[0], n, k, "gemm")
-    return gm.on_weight(gm.launch_gemm_gluon_ws, x, qw, None, config, out=out, consumer_regs=regs, maxnreg=maxnreg,
-                        overlap=overlap, scale_after=after)
+    return lambda: gm.on_weight(gm.launch_gemm_gluon_ws, x, qw, None, config, out=out, consumer_regs=regs,
+                                maxnreg=maxnreg, overlap=overlap, scale_after=after)
 
 
 def first_rows(n: int, text: str, m: int, k: int, sms: int) -> int:
@@ -56,12 +56,13 @@ def first_rows(n: int, text: str, m: int, k: int, sms: int) -> int:
 
 
 def split_call(x, qw, cut: int, first: str, rest: str, y):
+    """A call running rows 0 .. cut of ``qw`` with ``first`` and the rest with ``rest``, into y."""
     n = qw.shape[0]
-    parts = ((_rows(qw, 0, cut), first, y[:, :cut]), (_rows(qw, cut, n), rest, y[:, cut:]))
+    launches = (_ws_launch(x, _rows(qw, 0, cut), first, y[:, :cut]), _ws_launch(x, _rows(qw, cut, n), rest, y[:, cut:]))
 
     def call():
-        for part, text, out in parts:
-            _ws_launch(x, part, text, out)
+        for launch in launches:
+            launch()
         return y
     return call
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
             outs = [torch.empty(m, n, device="cuda", dtype=torch.float16) for _ in copies]
             sets = [[(lambda i: lambda: x @ w16[i].t())(i) for i in range(len(w16))],
                     [(lambda i: lambda: anybit.matmul(x, copies[i]))(i) for i in range(len(copies))],
-                    [(lambda i: lambda: _ws_launch(x, copies[i], args.first, outs[i]))(i) for i in range(len(copies))]]
+                    [_ws_launch(x, copies[i], args.first, outs[i]) for i in range(len(copies))]]
             sets += [[split_call(x, copies[i], cut, args.first, rest, outs[i]) for i in range(len(copies))]
                      for rest in timed]
             times = bench._median_replays_us(sets, args.replays)

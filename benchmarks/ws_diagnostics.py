@@ -22,8 +22,9 @@ same passed once they are issued (``_turns``; plans with overlap NONE, no shared
 stream-K plans, 4096 the shared tiles' fix-up (no partial stored, no count, no loads: each
 item stores its own sum, racing), 8192 every work item's K-blocks (each item loads and
 multiplies nothing; its fix-up and stores stay), 16384 the staging of each item's scales
-(each block's loaded from global memory as unstaged plans do; results right).  The copy is made by text substitutions of the
-kernel's source, each asserted, so a change of the kernel that breaks one fails loudly.
+(each block's loaded from global memory as unstaged plans do; results right).  The copy is
+made by text substitutions of the kernel's source, each asserted, so a change of the kernel
+that breaks one fails loudly.
 Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
 """
 

@@ -199,8 +199,8 @@ def cluster_sum(acc, base, pid_k, out, bias_ptr, row, col, row0, m0, M, N, WG: g
     warpgroups of a row set (consumer WG = kj * R + rw, R = NUM_WG / WG_K row sets) took
     every WG_K-th K-block from kj on.  The warpgroup's partial ``acc`` [WG_ROWS, BLOCK_M]
     (wgmma's layout; ``row``, ``col`` its element's row of W and of x in the tile) is taken
-    in ``gemm_gluon_ws._vectors``' rows, each thread's 4 registers of an 8-column block: row v belongs to
-    slice q = v // SLICE, which consumer (q % WG_K) * R + rw of CTA q // WG_K sums; it goes
+    in ``gemm_gluon_ws._vectors``' rows, each thread's 4 registers of an 8-column block: row v
+    belongs to slice q = v // SLICE, which consumer (q % WG_K) * R + rw of CTA q // WG_K sums; it goes
     into that consumer's buffer [T, SLICE, 4] fp32 at (pid_k * WG_K + kj, v % SLICE)
     (``push``: the bytes counted on that consumer's barrier there; the buffers [NUM_WG, T,
     SLICE, 4]; with SPLIT_K 1 the CTA is launched alone, not as a cluster, where the cluster

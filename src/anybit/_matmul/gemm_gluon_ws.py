@@ -579,7 +579,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         rows_of_x = M
         if CLUSTER:
             cluster_sum(acc, base, pid_k, out, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
-                         NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS, WG_K)
+                        NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS, WG_K)
             # y is stored; the tile's own store below stays in the code, with no row of x: without it
             # Triton 3.6 fails to lower the partition (an assertion in ConvertTritonGPUToLLVM)
             rows_of_x = gl.minimum(M, 0)

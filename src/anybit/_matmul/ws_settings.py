@@ -231,7 +231,7 @@ def ws_vector_store(config: GemmConfig, bits: int) -> bool:
     the ring leaves room for the conversion, with split-K only where the last split's loads
     (ws_wg_rows x block_m / 128 registers a split) take at most 3/5 of the consumer's registers:
     beyond, ptxas spills around the conversion (docs/NOTES-gemm.md v25); never with the cluster
-    sum, which stores its slices itself (``gemm_gluon_ws._cluster_sum``)."""
+    sum, which stores its slices itself (``cluster.cluster_sum``)."""
     loads = config.split_k * ws_wg_rows(config) * config.block_m // 128
     return not ws_push_sum(config) and (config.split_k == 1 or 5 * loads <= 3 * ws_consumer_regs(config)) \
         and ws_fits(config, bits, _store_scratch(config))
