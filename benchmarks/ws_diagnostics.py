@@ -22,8 +22,11 @@ same passed once they are issued (``_turns``; plans with overlap NONE, no shared
 stream-K plans, 4096 the shared tiles' fix-up (no partial stored, no count, no loads: each
 item stores its own sum, racing), 8192 every work item's K-blocks (each item loads and
 multiplies nothing; its fix-up and stores stay), 16384 the staging of each item's scales
-(each block's loaded from global memory as unstaged plans do; results right).  The copy is
-made by text substitutions of the kernel's source, each asserted, so a change of the kernel
+(each block's loaded from global memory as unstaged plans do; results right), 32768 x's copies
+(the loader copies only the codes, so the MMAs read whatever x a stage held: what x's traffic
+from L2 costs).  (Diags 65536 and 131072 left out the cluster barriers at the partitions'
+start and before exit until v52 split the first and dropped the second; docs/NOTES-gemm.md.)
+The copy is made by text substitutions of the kernel's source, each asserted, so a change of the kernel
 that breaks one fails loudly.
 Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
 """
@@ -172,6 +175,10 @@ def diagnostic_kernel(diag: int):
                      "            if False:\n                staged = _stage(scales_ptr, zeros_ptr, sbase, WG, row0,", 1)
         s = _replace(s, "STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)\n",
                      "STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, False)\n", 1)
+    if diag & 32768:  # no x copies: each stage expects and gets only its codes' bytes
+        s = _replace(s, "mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + BOXES * c_desc.block_type.nbytes)",
+                     "mbarrier.expect(ready.index(s), BOXES * c_desc.block_type.nbytes)", 1)
+        s = _replace(s, "        _tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))\n", "", 1)
     if diag & 3072:  # halves of the consumer warpgroups taking turns at the MMAs (NONE plans; results right)
         s = _turns(s, issued=bool(diag & 2048))
     if diag & 2:

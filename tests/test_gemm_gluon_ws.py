@@ -562,7 +562,7 @@ def test_staged_scales_leave_the_loop_without_global_loads(tile, flags):
     assert re.search(r"ld\.global(\.\w+)*\.b16", compile_script("ptxas_report.py", *tile, *flags, "--ptx"))
 
 
-@pytest.mark.parametrize("diag", [1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384])
+@pytest.mark.parametrize("diag", [1, 2, 4, 8, 16, 32, 48, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384, 32768])
 def test_the_diagnostic_kernels_still_find_what_they_replace(monkeypatch, diag):
     """``benchmarks/ws_diagnostics.py`` builds its kernels by editing this kernel's source text;
     each diagnostic still finds every piece it replaces (it exits naming the piece otherwise)."""

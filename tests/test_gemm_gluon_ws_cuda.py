@@ -206,7 +206,8 @@ def test_cluster_sum(config, spec, n, k, m):
 SHARED_K = [_ws(64, 64, 128, 1, 6, 64, 2), _ws(64, 64, 128, 2, 6, 64, 2, cluster_sum=True),
             _ws(64, 64, 128, 4, 6, 64, 2, cluster_sum=True), _ws(128, 64, 128, 1, 4, 64, 2),
             _ws(128, 64, 128, 2, 4, 64, 2, cluster_sum=True), _ws(64, 128, 128, 2, 4, 64, 2, cluster_sum=True),
-            _ws(64, 64, 64, 1, 6, 64, 2), _ws(64, 128, 64, 1, 6, 128, 2), _ws(64, 128, 128, 1, 4, 64, 2)]
+            _ws(64, 64, 64, 1, 6, 64, 2), _ws(64, 128, 64, 1, 6, 128, 2), _ws(64, 128, 128, 1, 4, 64, 2),
+            _ws(64, 64, 128, 1, 8, 64, 4), _ws(64, 64, 128, 2, 8, 64, 4, cluster_sum=True), _ws(64, 64, 64, 1, 8, 64, 4)]
 
 
 @pytest.mark.parametrize("config", SHARED_K, ids=_ids)
@@ -214,14 +215,16 @@ SHARED_K = [_ws(64, 64, 128, 1, 6, 64, 2), _ws(64, 64, 128, 2, 6, 64, 2, cluster
 @pytest.mark.parametrize("n, k, m", [(1000, 4160, 33), (4096, 4096, 64), (192, 320, 100), (320, 128, 64),
                                      (16384, 2048, 64)])
 def test_warpgroups_sharing_k(config, spec, n, k, m):
-    """Two consumer warpgroups per row set taking every other K-block
+    """Two or four consumer warpgroups per row set taking every second or fourth K-block
     (``GemmConfig.k_warpgroups``), their partials summed with the splits' through shared
-    memory: on a NaN-poisoned output every element written and the bias added once, within
-    the float64 tolerance, the same bits in repeated launches and replayed from a CUDA graph.
-    4160 columns are 33 or 65 K-blocks (the warpgroups' counts differ), 320 are 3 or 5 (with
-    4 splits some warpgroups have none), 128 one or two; 16384 rows of W take several waves of
-    programs (with a ring of 5 stages shared in turn by the two warpgroups, int8-gc gave wrong
-    results and graph replays faulted there)."""
+    memory, at the most stages that fit for the codes' width: on a NaN-poisoned output every
+    element written and the bias added once, within the float64 tolerance, the same bits in
+    repeated launches and replayed from a CUDA graph.  4160 columns are 33 or 65 K-blocks (the
+    warpgroups' counts differ), 320 are 3 or 5 (with 4 splits, or four warpgroups, some
+    warpgroups have none), 128 one or two; 16384 rows of W take several waves of programs (with
+    a ring of 5 stages shared in turn by the two warpgroups, int8-gc gave wrong results and
+    graph replays faulted there)."""
+    config = replace(config, num_stages=gm.ws_fit_stages(config, anybit.formats.parse_format(spec).bits))
     x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
     _check_replays(x, qw, config, bias, y)
 

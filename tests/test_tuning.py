@@ -236,8 +236,9 @@ def test_tune_measures_the_models_top_the_heuristics_plan_and_the_incumbent():
 
 def test_tune_measures_the_models_first_kernel_variants(monkeypatch):
     """Besides the model's top: its first Gluon plan, first WS_MEASURED warp-specialized
-    plans, first stream-K plan and first CLUSTER_MEASURED cluster-sum plans (where the
-    kernels run: here made to, as on a Hopper GPU)."""
+    plans, first stream-K plan, first CLUSTER_MEASURED cluster-sum plans and first
+    SHARED_K_MEASURED plans of two and of four warpgroups sharing K (where the kernels run:
+    here made to, as on a Hopper GPU)."""
     monkeypatch.setattr(gm, "gluon_supported", lambda *args: True)
     monkeypatch.setattr(gm, "gluon_ws_supported", lambda *args: True)
     point, selected = tune._choose("int4-g128", 4096, 4096, 64, HW.sms, torch.device("cpu"), HW, pm.ModelParams(),
@@ -251,9 +252,15 @@ def test_tune_measures_the_models_first_kernel_variants(monkeypatch):
     assert next(p for p in ranked if p.kernel is gm.Kernel.GLUON) in plans
     assert next(p for p in ws if p.config.stream_k) in plans
     assert ranked[0] in plans and len(plans) == len(set(plans))
+    shared_k = set()
+    for k_wg in (2, 4):
+        first = [p for p in ws if p.config.k_warpgroups == k_wg][:tune.SHARED_K_MEASURED]
+        assert len(first) == tune.SHARED_K_MEASURED and set(first) <= set(plans)
+        shared_k |= set(first)
     # no other cluster plan than those (and one that the top or the first WS_MEASURED hold)
     measured_clusters = {p for p in plans if p.kernel is gm.Kernel.GLUON_WS and p.config.cluster_sum}
-    assert measured_clusters <= set(clusters[:tune.CLUSTER_MEASURED]) | set(ws[:tune.WS_MEASURED]) | {ranked[0]}
+    assert measured_clusters <= (set(clusters[:tune.CLUSTER_MEASURED]) | set(ws[:tune.WS_MEASURED]) | {ranked[0]}
+                                 | shared_k)
 
 
 @pytest.mark.parametrize("spec", KERNEL_SPECS)

@@ -72,7 +72,8 @@ WS_MEASURED = 4
 #: group, which the model does not know (docs/NOTES-gemm.md v34).
 CLUSTER_MEASURED = 2
 #: The model's first this many plans whose warpgroups share K (``GemmConfig.k_warpgroups``)
-#: are measured at every point (their class corrections start at 1).
+#: are measured at every point, for each count of such warpgroups (their class corrections
+#: start at 1).
 SHARED_K_MEASURED = 2
 #: Most processes ``precompile`` starts by default.  Each holds a CUDA context and one launch's
 #: operands (up to 2 GB: a 57344 x 8192 weight's fp16 scratch copy with its x and output).
@@ -401,7 +402,7 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     """A point's candidates ranked by the model, and those to measure: the model's first
     ``top``, its first Gluon plan, first WS_MEASURED warp-specialized plans, first stream-K
     plan, first CLUSTER_MEASURED cluster-sum plans and first SHARED_K_MEASURED plans of warpgroups
-    sharing K, the heuristic's plan and the plan this GPU's tables hold (every candidate with
+    sharing K for each count of them, the heuristic's plan and the plan this GPU's tables hold (every candidate with
     ``exhaustive``)."""
     fmt = parse_format(spec)
     mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
@@ -421,7 +422,9 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:WS_MEASURED]
     also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.stream_k][:1]
     also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.cluster_sum][:CLUSTER_MEASURED]
-    also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.k_warpgroups > 1][:SHARED_K_MEASURED]
+    for k_wg in sorted({c.plan.config.k_warpgroups for c in point.candidates if c.plan.config} - {1}):
+        also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.k_warpgroups == k_wg
+                 ][:SHARED_K_MEASURED]
     # and the plan this GPU's tables hold for the point, so that a ranking the
     # model gets wrong cannot lose a plan measured best before
     incumbent = _incumbent(tables, spec, n, k, m)

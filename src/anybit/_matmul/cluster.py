@@ -71,8 +71,8 @@ def tail_at(nbytes):
 def init_byte_barrier(bar, nbytes):
     """Thread 0 of the CTA: the mbarrier at shared address ``bar`` waits for ``nbytes`` bytes
     (one arrival, its own, with the byte count), made visible to the cluster.  Before any
-    partition starts; ``cluster_barrier`` at each partition's start then orders it before
-    every other CTA's ``push``."""
+    partition starts; each partition's ``cluster_arrive`` at its start, and the pushing
+    consumers' ``cluster_wait``, then order it before every other CTA's ``push``."""
     gl.inline_asm_elementwise(
         "{\n\t.reg .pred p;\n\t.reg .b32 t;\n\tmov.u32 t, %tid.x;\n\tsetp.eq.u32 p, t, 0;\n\t"
         "@p mbarrier.init.shared::cta.b64 [$1], 1;\n\t"
@@ -87,6 +87,25 @@ def cluster_barrier():
     partition of a warp-specialized kernel must call it the same number of times."""
     gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;\n\t"
                               "mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+
+@gluon.jit
+def cluster_arrive():
+    """This thread's arrival (release) at the cluster barrier, without waiting: a partition
+    arrives at its start, after thread 0 initialized the mbarriers, and waits
+    (``cluster_wait``) only where it needs the other CTAs' initialization, before its first
+    ``push``, so that no partition waits at its start for the whole cluster (0.5 us of a
+    4096 x 4096 launch at M=64, docs/NOTES-gemm.md v52).  Every partition of a
+    warp-specialized kernel arrives and waits the same number of times, in turn."""
+    gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned;\n\tmov.u32 $0, 0;", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
+
+
+@gluon.jit
+def cluster_wait():
+    """Wait (acquire) until every thread of the cluster has passed its ``cluster_arrive``."""
+    gl.inline_asm_elementwise("barrier.cluster.wait.acquire.aligned;\n\tmov.u32 $0, 0;", "=r", [], dtype=gl.int32,
+                              is_pure=False, pack=1)
 
 
 @gluon.jit
@@ -207,7 +226,11 @@ def cluster_sum(acc, base, pid_k, out, bias_ptr, row, col, row0, m0, M, N, WG: g
     instructions are illegal: plain shared stores, each thread then arriving on each receiver's
     barrier).  Once all T partials' rows of its slice have arrived, their sum in the order
     (split, warpgroup) (with WG_K 1 the bits of the global sum's) is stored as y, with the
-    bias, at each element's (row of W, row of x) of ``out`` (y's pointer and its row stride)."""
+    bias, at each element's (row of W, row of x) of ``out`` (y's pointer and its row stride).
+    In a cluster the caller has waited for the cluster barrier (``cluster_wait``) first.  No
+    barrier is needed before exit: every push into a CTA is counted on a barrier there that
+    one of its consumers waits for before it leaves, and a push, once issued, does not need
+    the CTA that issued it (its values come from registers)."""
     R: gl.constexpr = NUM_WG // WG_K
     T: gl.constexpr = SPLIT_K * WG_K
     V: gl.constexpr = WG_ROWS * BLOCK_M // 4

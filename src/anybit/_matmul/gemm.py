@@ -66,11 +66,12 @@ class GemmConfig:
         warp-specialized Gluon kernel only; split_k 2, 4 or 8; its buffer ``ws_cluster_bytes``
         after the ring; docs/NOTES-gemm.md v33-v35).
     k_warpgroups: consumer warpgroups of the warp-specialized Gluon kernel that share each
-        row set's K-blocks (1 or 2): warpgroup j takes the tile's K-blocks j, j + 2, ..., and
-        the partials are summed through shared memory as the cluster sum's are (with split_k 1,
-        or split_k 2, 4 or 8 with ``cluster_sum``), so a tile of 64 rows of W keeps two
-        warpgroups busy without a split across programs; num_stages a multiple of it, so that
-        each warpgroup has stages of its own (docs/NOTES-gemm.md v38).
+        row set's K-blocks (1, 2 or 4): warpgroup j takes the tile's K-blocks j, j +
+        k_warpgroups, ..., and the partials are summed through shared memory as the cluster
+        sum's are (with split_k 1, or split_k 2, 4 or 8 with ``cluster_sum``), so a tile of 64
+        rows of W keeps two or four warpgroups busy without a split across programs;
+        num_stages a multiple of it, so that each warpgroup has stages of its own
+        (docs/NOTES-gemm.md v38, v52).
     """
 
     block_m: int
@@ -104,8 +105,8 @@ class GemmConfig:
         if self.cluster_sum and self.split_k not in (2, 4, 8):
             raise ValueError(f"GemmConfig split_k={self.split_k} with cluster_sum: accepted: 2, 4 or 8 (the splits "
                              f"of a tile are the CTAs of a cluster)")
-        if self.k_warpgroups not in (1, 2):
-            raise ValueError(f"GemmConfig k_warpgroups={self.k_warpgroups}: accepted: 1 or 2")
+        if self.k_warpgroups not in (1, 2, 4):
+            raise ValueError(f"GemmConfig k_warpgroups={self.k_warpgroups}: accepted: 1, 2 or 4")
         if self.num_stages % self.k_warpgroups:
             raise ValueError(f"GemmConfig num_stages={self.num_stages} with k_warpgroups={self.k_warpgroups}: accepted: "
                              f"a multiple of k_warpgroups (each warpgroup keeps to its own stages: with an odd ring "

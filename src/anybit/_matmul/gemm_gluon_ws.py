@@ -72,7 +72,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from .cache_keys import settle_cache_keys
 from .cluster import (
-    buffer_bytes, cluster_bar, cluster_barrier, cluster_barrier_relaxed, cluster_sum, init_byte_barrier,
+    buffer_bytes, cluster_arrive, cluster_bar, cluster_sum, cluster_wait, init_byte_barrier,
     init_count_barrier, tail_buffer,
 )
 from .gemm_gluon import (
@@ -136,9 +136,10 @@ def _loader(x_desc, c_desc, ring, work, M, N,
     ``STREAM_K``, those of each of its work items in turn, ``_item``).  As a programmatic
     dependent (PDL) it first waits for the kernel before it, and lets the next one launch
     right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE).  With
-    CLUSTER it passes the cluster barriers every partition passes (start and end)."""
+    CLUSTER it arrives at the cluster barrier at its start and waits for it after its last copy
+    (each partition passes it once; the consumers wait before their first push)."""
     if CLUSTER:
-        cluster_barrier()
+        cluster_arrive()
     pdl_wait(PDL)
     pdl_trigger(PDL, PDL_EARLY)
     x_bufs, c_bufs, ready, empty = ring
@@ -156,7 +157,7 @@ def _loader(x_desc, c_desc, ring, work, M, N,
         _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS)
     pdl_trigger(PDL, PDL_LATE)
     if CLUSTER:
-        cluster_barrier_relaxed()
+        cluster_wait()
 
 
 @gluon.jit
@@ -496,7 +497,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     region at ``sbase`` (``srow`` bytes of scales a row, ``staged_params``)."""
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     if IN_CLUSTER:
-        cluster_barrier()
+        cluster_arrive()  # waited for before the first push: every CTA's mbarriers are initialized by then
     pdl_wait(PDL)
     (ring, scales_ptr, zeros_ptr, bias_ptr, out, ws_ptr, counter_ptr,
      M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
@@ -578,6 +579,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         last = True
         rows_of_x = M
         if CLUSTER:
+            if IN_CLUSTER:
+                cluster_wait()
             cluster_sum(acc, base, pid_k, out, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
                         NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS, WG_K)
             # y is stored; the tile's own store below stays in the code, with no row of x: without it
@@ -603,8 +606,6 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
         if last:
             _store(acc, out, bias_ptr, row0 + tile_row, m0 + tile_col, rows_of_x, N, HAS_BIAS, VECTOR_STORE)
-    if IN_CLUSTER:
-        cluster_barrier_relaxed()  # no CTA leaves while another may still push into it
 
 
 @gluon.jit
