@@ -29,14 +29,11 @@ import anybit
 from anybit import bench
 from anybit._matmul import gemm as gm
 
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.dirname(__file__))
+import _weights  # noqa: E402
 import gemv_variants  # noqa: E402
-
-
-def _rows(qw, r0: int, r1: int):
-    """Rows r0 .. r1 of a quantized weight (views of its codes and parameters)."""
-    return anybit.QuantizedWeight(qw.format, (r1 - r0, qw.shape[1]), qw.codes[r0:r1],
-                                  {name: p[r0:r1] for name, p in qw.params.items()}, qw.dtype)
+from conftest import weight_rows  # noqa: E402
 
 
 def _ws_launch(x, qw, text: str, out):
@@ -58,7 +55,8 @@ def first_rows(n: int, text: str, m: int, k: int, sms: int) -> int:
 def split_call(x, qw, cut: int, first: str, rest: str, y):
     """A call running rows 0 .. cut of ``qw`` with ``first`` and the rest with ``rest``, into y."""
     n = qw.shape[0]
-    launches = (_ws_launch(x, _rows(qw, 0, cut), first, y[:, :cut]), _ws_launch(x, _rows(qw, cut, n), rest, y[:, cut:]))
+    launches = (_ws_launch(x, weight_rows(qw, 0, cut), first, y[:, :cut]),
+                _ws_launch(x, weight_rows(qw, cut, n), rest, y[:, cut:]))
 
     def call():
         for launch in launches:
@@ -79,14 +77,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     args = parser.parse_args(argv)
     device = torch.device("cuda")
     sms = gm.sm_count(device)
-    l2 = torch.cuda.get_device_properties(0).L2_cache_size
     rows = []
     for shape in args.shapes:
-        n, k = (int(v) for v in shape.split("x"))
-        w = torch.randn(n, k, device="cuda", dtype=torch.float16) * 0.02
-        qw = anybit.quantize(w, args.format)
-        copies = [qw] + [bench._clone(qw) for _ in range(bench._copies(qw.nbytes, l2) - 1)]
-        w16 = [w.clone() for _ in range(bench._copies(2 * n * k, l2))]
+        n, k, qw, copies, w16 = _weights.weights(shape, args.format)
         for m in args.m:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             ref = x.double() @ qw.dequantize(torch.float64).t()

@@ -99,6 +99,13 @@ def quantized_cuda(spec: str, n: int, k: int, gen: torch.Generator):
     return anybit.quantize(torch.randn(n, k, device="cuda", generator=gen) * 0.02, spec)
 
 
+def weight_rows(qw, r0: int, r1: int):
+    """Rows r0 .. r1 of a quantized weight whose parameters all have a row per row of W (the
+    integer formats): views of its codes and parameters."""
+    return anybit.QuantizedWeight(qw.format, (r1 - r0, qw.shape[1]), qw.codes[r0:r1],
+                                  {name: p[r0:r1] for name, p in qw.params.items()}, qw.dtype)
+
+
 #: Rows of x the GEMM kernels' GPU sweeps cover (issue: batched and prefill kernels).
 SWEEP_M = (33, 64, 100, 256, 1024, 4096)
 

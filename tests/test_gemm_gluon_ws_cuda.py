@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 import torch
 from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches, check_sweep,
-                      hopper_only, launch_on_weight, quantized_cuda, unit_roundoff)
+                      hopper_only, launch_on_weight, quantized_cuda, unit_roundoff, weight_rows)
 
 import anybit
 from anybit._matmul import gemm as gm
@@ -158,9 +158,7 @@ def test_row_ranges_write_their_columns_of_a_wider_y(config, spec):
     bias = torch.randn(n, device="cuda", generator=gen)
     wide = torch.full((m, 1024), float("nan"), device="cuda", dtype=torch.float16)
     for r0, r1 in ((0, cut), (cut, n)):
-        part = anybit.QuantizedWeight(qw.format, (r1 - r0, k), qw.codes[r0:r1],
-                                      {name: p[r0:r1] for name, p in qw.params.items()}, qw.dtype)
-        _run(x, part, config, bias[r0:r1], out=wide[:, r0:r1])
+        _run(x, weight_rows(qw, r0, r1), config, bias[r0:r1], out=wide[:, r0:r1])
     assert wide[:, n:].isnan().all()
     assert_matmul_close(wide[:, :n], x, qw, bias, weight_roundoff=unit_roundoff(x.dtype))
     if not config.stream_k:

@@ -82,21 +82,13 @@ def init_byte_barrier(bar, nbytes):
 
 
 @gluon.jit
-def cluster_barrier():
-    """Every thread of every CTA of the cluster arrives (release) and waits (acquire).  Every
-    partition of a warp-specialized kernel must call it the same number of times."""
-    gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned;\n\tbarrier.cluster.wait.acquire.aligned;\n\t"
-                              "mov.u32 $0, 0;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
-
-
-@gluon.jit
 def cluster_arrive():
     """This thread's arrival (release) at the cluster barrier, without waiting: a partition
     arrives at its start, after thread 0 initialized the mbarriers, and waits
     (``cluster_wait``) only where it needs the other CTAs' initialization, before its first
-    ``push``, so that no partition waits at its start for the whole cluster (0.5 us of a
-    4096 x 4096 launch at M=64, docs/NOTES-gemm.md v52).  Every partition of a
-    warp-specialized kernel arrives and waits the same number of times, in turn."""
+    ``push`` (in ``cluster_sum``), so that no partition waits at its start for the whole
+    cluster (docs/NOTES-gemm.md v52).  Every partition of a warp-specialized kernel arrives
+    and waits the same number of times, in turn."""
     gl.inline_asm_elementwise("barrier.cluster.arrive.release.aligned;\n\tmov.u32 $0, 0;", "=r", [], dtype=gl.int32,
                               is_pure=False, pack=1)
 
@@ -106,6 +98,14 @@ def cluster_wait():
     """Wait (acquire) until every thread of the cluster has passed its ``cluster_arrive``."""
     gl.inline_asm_elementwise("barrier.cluster.wait.acquire.aligned;\n\tmov.u32 $0, 0;", "=r", [], dtype=gl.int32,
                               is_pure=False, pack=1)
+
+
+@gluon.jit
+def cluster_barrier():
+    """Every thread of every CTA of the cluster arrives (release) and waits (acquire).  Every
+    partition of a warp-specialized kernel must call it the same number of times."""
+    cluster_arrive()
+    cluster_wait()
 
 
 @gluon.jit
@@ -227,7 +227,8 @@ def cluster_sum(acc, base, pid_k, out, bias_ptr, row, col, row0, m0, M, N, WG: g
     barrier).  Once all T partials' rows of its slice have arrived, their sum in the order
     (split, warpgroup) (with WG_K 1 the bits of the global sum's) is stored as y, with the
     bias, at each element's (row of W, row of x) of ``out`` (y's pointer and its row stride).
-    In a cluster the caller has waited for the cluster barrier (``cluster_wait``) first.  No
+    In a cluster it first waits for the cluster barrier (``cluster_wait``) at which every
+    partition arrived at its start, so that every CTA's mbarriers are initialized.  No
     barrier is needed before exit: every push into a CTA is counted on a barrier there that
     one of its consumers waits for before it leaves, and a push, once issued, does not need
     the CTA that issued it (its values come from registers)."""
@@ -243,6 +244,7 @@ def cluster_sum(acc, base, pid_k, out, bias_ptr, row, col, row0, m0, M, N, WG: g
     region = (q % WG_K) * R + WG % R
     addr = base + ((region * T + pid_k * WG_K + WG // R) * SLICE + v % SLICE) * 16 + element * 4
     if SPLIT_K > 1:
+        cluster_wait()
         push(acc, addr, q // WG_K, cluster_bar(base, region, NUM_WG, WG_ROWS, BLOCK_M))
         wait_bytes(cluster_bar(base, WG, NUM_WG, WG_ROWS, BLOCK_M))
     else:  # one CTA, launched alone: plain shared stores, then one arrival per thread on each receiver

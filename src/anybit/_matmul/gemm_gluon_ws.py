@@ -497,7 +497,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     region at ``sbase`` (``srow`` bytes of scales a row, ``staged_params``)."""
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     if IN_CLUSTER:
-        cluster_arrive()  # waited for before the first push: every CTA's mbarriers are initialized by then
+        cluster_arrive()  # waited for in cluster_sum, before the first push
     pdl_wait(PDL)
     (ring, scales_ptr, zeros_ptr, bias_ptr, out, ws_ptr, counter_ptr,
      M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
@@ -579,8 +579,6 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         last = True
         rows_of_x = M
         if CLUSTER:
-            if IN_CLUSTER:
-                cluster_wait()
             cluster_sum(acc, base, pid_k, out, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
                         NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS, WG_K)
             # y is stored; the tile's own store below stays in the code, with no row of x: without it
