@@ -57,15 +57,15 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         return ("gluon", gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4 * (bn // 64), stages,
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
-    if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,after[,kwg]]]]]]]
+    if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,after[,kwg[,tail]]]]]]]]
         fields = text.split(",")[1:]
         stream_k = fields[3] == "sk"  # stream-K instead of a split count (and split 1)
         cluster = fields[3].startswith("c")  # c<n>: n splits summed through a cluster's shared memory
         split_text = "1" if stream_k else fields[3].lstrip("c")
         bm, bn, bk, split, stages, *extra = (int(v) for v in fields[:3] + [split_text] + fields[4:])
-        regs, maxnreg, overlap, wg_rows, after, k_wg = (extra[1:] + [0, 0, -1, 64, -1, 1][len(extra[1:]):])[:6]
+        regs, maxnreg, overlap, wg_rows, after, k_wg, tail = (extra[1:] + [0, 0, -1, 64, -1, 1, 0][len(extra[1:]):])[:7]
         config = gm.ws_config(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), stages, wg_rows, k_wg,
-                              swizzle=(extra[:1] or [8])[0], stream_k=stream_k, cluster_sum=cluster)
+                              swizzle=(extra[:1] or [8])[0], stream_k=stream_k, cluster_sum=cluster, tail_rows=tail)
         return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap),
                 None if after < 0 else bool(after))
     if text == "auto":  # the decode kernel's heuristic (M <= 32), whatever --kernel says

@@ -66,7 +66,7 @@ def _extra_reads(s: str, reads: int) -> str:
     bandwidth bound the consumers (then they slow down by about what the bytes add)?"""
     layout = "gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])"
     s = _replace(s, "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty,",
-                 "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, dummy,", 3)
+                 "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, dummy,", 4)
     s = _replace(s, "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, c_bufs, ready, empty = ring\n",
                  "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, c_bufs, ready, empty, dummy = ring\n", 1)
     s = _replace(s, "(_loader, (x_desc, c_desc, ring, work,", "(_loader, (x_desc, c_desc, (x_bufs, c_bufs, ready, empty, dummy), work,", 4)
@@ -74,8 +74,9 @@ def _extra_reads(s: str, reads: int) -> str:
                  "    sink = n_blocks * 0\n    for i in range(n_blocks):\n        s = (base + i) % STAGES\n", 1)
     s = _replace(s, "_tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))",
                  "_tma_load(x_desc, [m0, k + sink], ready.index(s), x_bufs.index(s))", 1)
-    s = _replace(s, "                      c_bufs.index(s * BOXES + b))\n",
-                 "                      c_bufs.index(s * BOXES + b))\n"
+    copies = "                      c_bufs.index(s * BOXES + b), pred=b < sets if TAIL_SETS > 0 else True)\n"
+    s = _replace(s, copies,
+                 copies +
                  f"        t = gl.zeros([16, 32], gl.int32, {layout})\n"
                  f"        for r in gl.static_range({reads}):\n"
                  f"            t = t ^ dummy.index(r).load({layout})\n"
@@ -148,15 +149,15 @@ def diagnostic_kernel(diag: int):
                      "    return decode_chunks(words, bias_lo, bias_hi, scale_words, mul, WG_ROWS, BLOCK_K, a_layout)", 1)
         s = _replace(s, "    mul = nibble_multiplier(params[3])", "    mul = SIXTEENTH + (params[3] >> 31)", 1)
     if diag & 48:  # split-K: the last split's loads of the others' partials left out (it stores its own)
-        s = _replace(s, """                total = _split_partial(mine, own, 0, pid_k, split_stride, VECTOR_STORE)
-                for part in gl.static_range(1, SPLIT_K):
-                    total += _split_partial(mine, own, part, pid_k, split_stride, VECTOR_STORE)
-""", "                total = mine\n", 1)
+        s = _replace(s, """                    total = _split_partial(mine, own, 0, pid_k, split_stride, VECTOR_STORE)
+                    for part in gl.static_range(1, SPLIT_K):
+                        total += _split_partial(mine, own, part, pid_k, split_stride, VECTOR_STORE)
+""", "                    total = mine\n", 1)
     if diag & 32:  # split-K: no partial stored, no count: every split stores its own sum (racy)
-        s = _replace(s, """            gl.store(own + pid_k * split_stride, mine)
-            cta_barrier()
-            arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            last = arrived == SPLIT_K - 1
+        s = _replace(s, """                gl.store(own + pid_k * split_stride, mine)
+                cta_barrier()
+                arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                last = arrived == SPLIT_K - 1
 """, "", 1)
     if diag & 64:  # the output's stores issued with every lane masked off
         s = _replace(s, "y, mask=out_mask)", "y, mask=out_mask & (offs_m < 0)[None, :])", 1)
@@ -176,8 +177,8 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)\n",
                      "STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, False)\n", 1)
     if diag & 32768:  # no x copies: each stage expects and gets only its codes' bytes
-        s = _replace(s, "mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + BOXES * c_desc.block_type.nbytes)",
-                     "mbarrier.expect(ready.index(s), BOXES * c_desc.block_type.nbytes)", 1)
+        s = _replace(s, "mbarrier.expect(ready.index(s), X_BYTES + BOXES * C_BYTES)",
+                     "mbarrier.expect(ready.index(s), BOXES * C_BYTES)", 1)
         s = _replace(s, "        _tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))\n", "", 1)
     if diag & 3072:  # halves of the consumer warpgroups taking turns at the MMAs (NONE plans; results right)
         s = _turns(s, issued=bool(diag & 2048))

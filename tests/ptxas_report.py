@@ -36,15 +36,17 @@ PDL_IDS = {"off": PDL_OFF.value, "early": PDL_EARLY.value, "late": PDL_LATE.valu
 
 def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
                stream_k: bool = False, split_k: int = 1, pdl: str = "off", cluster: bool = False,
-               scale_after: bool = False, k_warpgroups: int = 1, staged: bool = False, zero_point: bool = False):
+               scale_after: bool = False, k_warpgroups: int = 1, staged: bool = False, zero_point: bool = False,
+               tail_rows: int = 0):
     """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
     kernel: ``asm["ptx"]``, ``metadata``); ``scale_after``: its SCALE_AFTER (one scale per row);
-    ``staged``: its STAGED (scales staged in shared memory); ``zero_point``: zero-point codes."""
+    ``staged``: its STAGED (scales staged in shared memory); ``zero_point``: zero-point codes;
+    ``tail_rows``: ``GemmConfig.tail_rows`` (its TAIL_SETS)."""
     config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k),
-                           cluster_sum=cluster, k_warpgroups=k_warpgroups)
+                           cluster_sum=cluster, k_warpgroups=k_warpgroups, tail_rows=tail_rows)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
-    c_box = [gm.ws_code_rows(block_n), block_k * bits // 32]
+    c_box = [gm.ws_code_rows(block_n, gm.ws_wg_rows(config) if tail_rows else None), block_k * bits // 32]
     c_layout = gl.NVMMASharedLayout.get_default_for(c_box, gl.int32)
     constants = dict(GROUP=128, MODE=2 if zero_point else 0, STAGED=staged, BLOCK_M=block_m, BLOCK_N=block_n,
                      BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
@@ -52,7 +54,8 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
                      VECTOR_STORE=gm.ws_vector_store(config, bits), PDL=PDL_IDS[pdl],
-                     CLUSTER=gm.ws_push_sum(config), SCALE_AFTER=scale_after, WG_K=k_warpgroups)
+                     CLUSTER=gm.ws_push_sum(config), SCALE_AFTER=scale_after, WG_K=k_warpgroups,
+                     TAIL_SETS=tail_rows // gm.ws_wg_rows(config))
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{c_box[0]}, {c_box[1]}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
@@ -69,9 +72,9 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
            stream_k: bool = False, split_k: int = 1, sass: bool = False, ptx: bool = False,
            pdl: str = "off", cluster: bool = False, scale_after: bool = False, k_warpgroups: int = 1,
-           staged: bool = False, zero_point: bool = False) -> str:
+           staged: bool = False, zero_point: bool = False, tail_rows: int = 0) -> str:
     compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl,
-                          cluster, scale_after, k_warpgroups, staged, zero_point)
+                          cluster, scale_after, k_warpgroups, staged, zero_point, tail_rows)
     text = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
@@ -91,7 +94,8 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     pdl = argv.pop(argv.index("--pdl") + 1) if "--pdl" in argv else "off"
     k_warpgroups = int(argv.pop(argv.index("--k-warpgroups") + 1)) if "--k-warpgroups" in argv else 1
+    tail_rows = int(argv.pop(argv.index("--tail-rows") + 1)) if "--tail-rows" in argv else 0
     args = [arg for arg in argv if not arg.startswith("--")]
     print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl,
                  cluster="--cluster" in argv, scale_after="--scale-after" in argv, k_warpgroups=k_warpgroups,
-                 staged="--staged" in argv, zero_point="--zero-point" in argv))
+                 staged="--staged" in argv, zero_point="--zero-point" in argv, tail_rows=tail_rows))

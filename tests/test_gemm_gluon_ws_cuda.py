@@ -15,8 +15,7 @@ from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repea
 
 import anybit
 from anybit._matmul import gemm as gm
-from anybit._matmul import gemm_gluon_ws as gw
-from anybit._matmul import tuning
+from anybit._matmul import tuning, ws_settings
 
 pytestmark = hopper_only("the kernel uses TMA and warpgroup MMA, Hopper (sm_90) instructions")
 
@@ -29,6 +28,7 @@ _ws = gm.ws_config
 def _ids(c):
     sk = "-stream-k" if c.stream_k else "-cluster" if c.cluster_sum else ""
     sk += f"-kwg{c.k_warpgroups}" if c.k_warpgroups > 1 else ""
+    sk += f"-tail{c.tail_rows}" if c.tail_rows else ""
     return f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-{c.num_stages}s-wg{gm.ws_wg_rows(c)}{sk}"
 
 
@@ -132,7 +132,7 @@ def test_stream_k_whole_tiles_match_the_tile_kernel():
     y = _run(x, qw, _ws(256, 128, 128, 1, 3, stream_k=True))
     y_tiles = _run(x, qw, _ws(256, 128, 128, 1, 3))
     tiles = n // 128  # one tile of x: with swizzle 8, tile t holds rows t * 128 .. of W
-    items = gw.stream_k_items(tiles, k // 128, gm.sm_count(x.device))
+    items = ws_settings.stream_k_items(tiles, k // 128, gm.sm_count(x.device))
     whole = {item.tile for work in items for item in work if not item.shared}
     assert whole and len(whole) < tiles, "the check needs whole and shared tiles: a GPU of 113 to 223 SMs"
     for tile in whole:
@@ -224,6 +224,33 @@ def test_warpgroups_sharing_k(config, spec, n, k, m):
     graph replays faulted there)."""
     config = replace(config, num_stages=gm.ws_fit_stages(config, anybit.formats.parse_format(spec).bits))
     x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
+    _check_replays(x, qw, config, bias, y)
+
+
+TAIL = [_ws(64, 256, 128, 1, 3, tail_rows=192), _ws(64, 256, 128, 1, 3, tail_rows=64),
+        _ws(64, 192, 128, 1, 4, tail_rows=128), _ws(128, 256, 64, 1, 4, 128, tail_rows=128),
+        _ws(128, 256, 64, 1, 4, tail_rows=192)]
+
+
+@pytest.mark.parametrize("config", TAIL, ids=_ids)
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc"])
+@pytest.mark.parametrize("n, k, m, gpu_sms", [(1000, 4160, 33, False), (1000, 320, 100, False),
+                                              (4096, 1024, 64, False), (57344, 1024, 64, True)])
+def test_tail_rows(monkeypatch, config, spec, n, k, m, gpu_sms):
+    """Tail rows (``GemmConfig.tail_rows``): whole tiles for the full waves, the rest of W's
+    rows in tiles of fewer warpgroups, the others idle.  On a NaN-poisoned output every
+    element written and the bias added once, within the float64 tolerance; the bits of the
+    same plan without tail rows (each row's K-blocks in the same order); the same in repeated
+    launches and graph replays.  Small layers take a tail from a launch that sees about half
+    their tiles' count of SMs (``sm_count`` replaced); 57344 rows take one on the GPU's own."""
+    bits = anybit.formats.parse_format(spec).bits
+    config = replace(config, num_stages=gm.ws_fit_stages(config, bits))
+    m_tiles, w_tiles = -(-m // config.block_m), -(-n // config.block_n)
+    if not gpu_sms:
+        monkeypatch.setattr(gm, "sm_count", lambda device: m_tiles * (w_tiles // 2 + 1))
+    assert gm.ws_tail_layout(config, m, n, gm.sm_count(torch.device("cuda")))[0] < w_tiles  # tail programs run
+    x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
+    assert torch.equal(y, _run(x, qw, replace(config, tail_rows=0), bias))
     _check_replays(x, qw, config, bias, y)
 
 

@@ -10,7 +10,8 @@ For every (format, layer shape, m) point:
 2. the model's first ``top``, its first Gluon plan, its first ``WS_MEASURED``
    warp-specialized Gluon plans, its first stream-K plan, its first ``CLUSTER_MEASURED``
    cluster-sum plans, its first ``SHARED_K_MEASURED`` plans of warpgroups sharing K
-   (``GemmConfig.k_warpgroups``), the heuristic's plan and the
+   (``GemmConfig.k_warpgroups``), its first ``TAIL_MEASURED`` with tail rows
+   (``GemmConfig.tail_rows``), the heuristic's plan and the
    plan this GPU's tables already hold for the point
    (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
@@ -75,6 +76,9 @@ CLUSTER_MEASURED = 2
 #: are measured at every point, for each count of such warpgroups (their class corrections
 #: start at 1).
 SHARED_K_MEASURED = 2
+#: The model's first this many plans with tail rows (``GemmConfig.tail_rows``) are measured at
+#: every point that has them (their class corrections start at 1).
+TAIL_MEASURED = 1
 #: Most processes ``precompile`` starts by default.  Each holds a CUDA context and one launch's
 #: operands (up to 2 GB: a 57344 x 8192 weight's fp16 scratch copy with its x and output).
 MAX_COMPILE_WORKERS = 16
@@ -402,7 +406,8 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     """A point's candidates ranked by the model, and those to measure: the model's first
     ``top``, its first Gluon plan, first WS_MEASURED warp-specialized plans, first stream-K
     plan, first CLUSTER_MEASURED cluster-sum plans and first SHARED_K_MEASURED plans of warpgroups
-    sharing K for each count of them, the heuristic's plan and the plan this GPU's tables hold
+    sharing K for each count of them, first TAIL_MEASURED with tail rows, the heuristic's plan and
+    the plan this GPU's tables hold
     (every candidate with ``exhaustive``)."""
     fmt = parse_format(spec)
     mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
@@ -422,6 +427,7 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     also += [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS][:WS_MEASURED]
     also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.stream_k][:1]
     also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.cluster_sum][:CLUSTER_MEASURED]
+    also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.tail_rows][:TAIL_MEASURED]
     for k_wg in sorted({c.plan.config.k_warpgroups for c in point.candidates if c.plan.config} - {1}):
         also += [c.plan for c in point.candidates if c.plan.config and c.plan.config.k_warpgroups == k_wg
                  ][:SHARED_K_MEASURED]

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .gemm import GemmConfig, Kernel, Plan, heuristic_block_k, ws_config, ws_fit_stages
+from .gemm import GemmConfig, Kernel, Plan, heuristic_block_k, ws_config, ws_fit_stages, ws_tail_layout
 from .gemv import one_wave_split, split_for
 
 #: What ``anybit tune`` tries (``candidate_plans``): tile rows of x and W, warps, stages,
@@ -78,8 +78,9 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
     one program per SM, the most in one wave (``one_wave_split``; and, up to
     WS_MAX_UNEVEN_SPLIT, whether or not it divides the K-blocks), CLUSTER_SPLITS summed in a
     cluster (with the stages that fit beside the sum's buffer) and, where the last wave is
-    partial, stream-K, each with the GLUON_WS_SWIZZLES where there is more than one tile of x
-    (where K is a multiple of 8)."""
+    partial, stream-K, each with the GLUON_WS_SWIZZLES where there is more than one tile of x,
+    and tail rows one warpgroup's rows short of the tile where whole waves leave W's rows
+    over (``ws_tail_layout``) (where K is a multiple of 8)."""
     ws = gluon if ws is None else ws
     block_k = heuristic_block_k(bits)
     k_blocks = -(-k // block_k)
@@ -132,4 +133,8 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages, *rows,
                                                                  swizzle=swizzle, stream_k=True)))
+                wg_rows = (rows or [64])[0]
+                tail = ws_config(block_m, block_n, ws_block_k, 1, stages, *rows, tail_rows=block_n - wg_rows)
+                if block_n > wg_rows and ws_tail_layout(tail, m, n, sms)[0] < -(-n // block_n):
+                    plans.append(Plan(Kernel.GLUON_WS, tail))  # the last wave's rows spread thinner
     return plans

@@ -25,7 +25,8 @@ from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests
     CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS, WsOverlap,
     check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_code_rows, ws_config, ws_consumer_groups,
     ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after,
-    ws_staged, ws_staged_bytes, ws_staged_chunks, ws_vector_store, ws_warps, ws_wg_rows,
+    ws_staged, ws_staged_bytes, ws_staged_chunks, ws_tail_layout, ws_tail_tiles, ws_vector_store, ws_warps,
+    ws_wg_rows,
 )
 
 
@@ -59,7 +60,7 @@ class GemmConfig:
     stream_k: one program per SM instead of one per tile and split (the warp-specialized
         Gluon kernel only, with split_k 1): the tiles of the full waves whole, then the
         K-blocks of the last partial wave's tiles shared equally, so no SM idles in that
-        wave (``gemm_gluon_ws.stream_k_items``); a shared tile's partials are summed in
+        wave (``ws_settings.stream_k_items``); a shared tile's partials are summed in
         program order.
     cluster_sum: the split_k splits of a tile as the CTAs of one cluster, their partials
         summed through the cluster's shared memory instead of global memory (the
@@ -72,6 +73,13 @@ class GemmConfig:
         rows of W keeps two or four warpgroups busy without a split across programs;
         num_stages a multiple of it, so that each warpgroup has stages of its own
         (docs/NOTES-gemm.md v38, v52).
+    tail_rows: rows of W in each program after the full waves (the warp-specialized Gluon
+        kernel only, split_k 1, k_warpgroups 1, no cluster_sum or stream_k; 0: every program
+        takes block_n).  The programs of whole waves (``ws_tail_layout``) take block_n rows
+        each, the rest of W's rows go to programs of tail_rows (a multiple of the consumer
+        warpgroups' rows, below block_n) whose other warpgroups stay idle, so a last wave
+        that would leave SMs idle is spread over more of them with fewer rows each
+        (57344 x 8192 at M=64: 224 tiles of 256 rows are 132 + 123 x 192 rows; docs/NOTES-gemm.md v51, v53).
     """
 
     block_m: int
@@ -85,6 +93,7 @@ class GemmConfig:
     stream_k: bool = False
     cluster_sum: bool = False
     k_warpgroups: int = 1
+    tail_rows: int = 0
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -117,12 +126,18 @@ class GemmConfig:
                              f"stream_k={self.stream_k}, cluster_sum={self.cluster_sum}: accepted: split_k 1, or "
                              f"split_k 2, 4 or 8 with cluster_sum (the warpgroups' partials are summed in shared "
                              f"memory as the cluster's are), no stream_k")
+        if self.tail_rows and (self.tail_rows < 0 or self.tail_rows >= self.block_n or self.split_k != 1
+                               or self.stream_k or self.cluster_sum or self.k_warpgroups != 1):
+            raise ValueError(f"GemmConfig tail_rows={self.tail_rows} with block_n={self.block_n}, split_k="
+                             f"{self.split_k}, stream_k={self.stream_k}, cluster_sum={self.cluster_sum}, "
+                             f"k_warpgroups={self.k_warpgroups}: accepted: 0, or 0 < tail_rows < block_n with "
+                             f"split_k 1, k_warpgroups 1, no stream_k or cluster_sum")
 
     @property
     def ws_only(self) -> bool:
-        """Whether only the warp-specialized Gluon kernel runs these settings (stream-K, or
-        block_n in ``WS_ONLY_BLOCK_N``)."""
-        return self.stream_k or self.block_n in WS_ONLY_BLOCK_N
+        """Whether only the warp-specialized Gluon kernel runs these settings (stream-K, tail
+        rows, or block_n in ``WS_ONLY_BLOCK_N``)."""
+        return self.stream_k or self.tail_rows > 0 or self.block_n in WS_ONLY_BLOCK_N
 
 
 #: From this many rows of x on, the dispatcher (``anybit.matmul``) dequantizes W into
@@ -193,9 +208,9 @@ class Plan:
         if self.kernel is Kernel.GLUON_WS:
             check_gluon_ws_config(self.config)
         elif self.config is not None and self.config.ws_only:
-            raise ValueError(f"Plan({self.kernel.value}) with stream_k={self.config.stream_k}, block_n="
-                             f"{self.config.block_n}: accepted: stream-K and block_n {WS_ONLY_BLOCK_N} in the "
-                             f"{Kernel.GLUON_WS.value} kernel only")
+            raise ValueError(f"Plan({self.kernel.value}) with stream_k={self.config.stream_k}, tail_rows="
+                             f"{self.config.tail_rows}, block_n={self.config.block_n}: accepted: stream-K, tail "
+                             f"rows and block_n {WS_ONLY_BLOCK_N} in the {Kernel.GLUON_WS.value} kernel only")
 
     def to_dict(self) -> dict:
         """``{"kernel": ..., "config": {GemmConfig fields} or None}`` (tables, reports)."""
@@ -218,8 +233,9 @@ class Plan:
         swizzle = "" if c.swizzle == 8 else f" sw{c.swizzle}"
         stream_k = " stream-k" if c.stream_k else " cluster" if c.cluster_sum else ""
         k_wg = f" kwg{c.k_warpgroups}" if c.k_warpgroups > 1 else ""
+        tail = f" tail{c.tail_rows}" if c.tail_rows else ""
         return (f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s{swizzle}"
-                f"{stream_k}{k_wg}")
+                f"{stream_k}{k_wg}{tail}")
 
 
 def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Plan:
@@ -305,9 +321,9 @@ def launch_gemm(
     from .gemm_triton import gemm_kernel
 
     if config.ws_only:
-        raise ValueError(f"GemmConfig {config}: the Triton GEMM has no stream-K, and takes block_n a power of "
-                         f"two; accepted: stream_k=False, block_n not {WS_ONLY_BLOCK_N} (those run in the "
-                         f"warp-specialized Gluon kernel)")
+        raise ValueError(f"GemmConfig {config}: the Triton GEMM has no stream-K or tail rows, and takes block_n a "
+                         f"power of two; accepted: stream_k=False, tail_rows=0, block_n not {WS_ONLY_BLOCK_N} (those "
+                         f"run in the warp-specialized Gluon kernel)")
     x, out, launch = _tiled_launch(x, n, k, config, out, workspace)
     if launch is None:
         return out
@@ -417,7 +433,8 @@ def launch_gemm_gluon_ws(
     ``config``: tiles (block_n 64, 128, 192 or 256: one consumer warpgroup per 64 or 128 rows
     of W, as num_warps = ``ws_warps(block_n, rows)`` says; block_k 64 or 128), split-K (its
     sum through global memory, or with ``cluster_sum`` through a cluster's shared memory) or
-    stream-K (one program per SM of x's device), stages and swizzle.
+    stream-K (one program per SM of x's device), tail rows (``ws_tail_layout`` on x's device's
+    SMs), stages and swizzle.
     ``consumer_regs``: registers per consumer thread (default ``ws_consumer_regs``);
     ``maxnreg``: the launch's register limit (default: Triton's); ``overlap``: of decode
     and MMA (default ``ws_overlap``; a deeper one than the registers hold runs correctly
@@ -478,6 +495,10 @@ def launch_gemm_gluon_ws(
         return out
     tiles, split_workspace, counters, k_blocks = launch
     grid = (tiles,) if ws_push_sum(config) else (tiles, config.split_k)
+    full_tiles, tail_sets = 0, config.tail_rows // ws_wg_rows(config)
+    if tail_sets:  # whole tiles for the full waves, then tiles of tail_rows (``ws_tail_layout``)
+        full_tiles, programs = ws_tail_layout(config, x.shape[0], n, sm_count(x.device))
+        grid = (programs, 1)
     if config.stream_k:  # counters for the shared tiles only
         grid = (programs,)
         counters = split_counters(x.device, max(1, tiles % programs * groups))
@@ -496,7 +517,8 @@ def launch_gemm_gluon_ws(
     if staged:
         srow = staged_row_bytes(ws_staged_chunks(config, k_blocks, group), zeros is not None)[0]
         tail += ws_staged_bytes(config, k_blocks, group, zeros is not None)
-    x_block, c_block = [config.block_m, config.block_k], [ws_code_rows(config.block_n), config.block_k * bits // 32]
+    code_rows = ws_code_rows(config.block_n, ws_wg_rows(config) if tail_sets else None)
+    x_block, c_block = [config.block_m, config.block_k], [code_rows, config.block_k * bits // 32]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
@@ -505,7 +527,7 @@ def launch_gemm_gluon_ws(
     run(
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
         workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
-        scalars["stride_zn"], scalars["stride_zg"], srow, out.stride(0),
+        scalars["stride_zn"], scalars["stride_zg"], srow, out.stride(0), full_tiles,
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
         STAGES=config.num_stages, HAS_BIAS=bias is not None,
@@ -513,7 +535,7 @@ def launch_gemm_gluon_ws(
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
         VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=ws_push_sum(config), WG_K=config.k_warpgroups,
-        SCALE_AFTER=scale_after, STAGED=staged, **pdl_arguments(x.device),
+        SCALE_AFTER=scale_after, STAGED=staged, TAIL_SETS=tail_sets, **pdl_arguments(x.device),
     )
     return out
 

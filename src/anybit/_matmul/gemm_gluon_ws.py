@@ -62,8 +62,6 @@ strides are multiples of 16 bytes), a ring that fits shared memory (``gemm.ws_fi
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
@@ -91,18 +89,29 @@ NO_OVERLAP, PAIRS, CARRY = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 
 @gluon.jit
 def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base,
-                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr):
-    """K-blocks kb0 .. kb0 + n_blocks of one tile into the ring, as its uses base .. base + n_blocks."""
+                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr, sets=0, TAIL_SETS: gl.constexpr = 0):
+    """K-blocks kb0 .. kb0 + n_blocks of one tile into the ring, as its uses base .. base + n_blocks.
+    With TAIL_SETS (a plan with tail rows; a copy of codes per row set): the first ``sets`` row
+    sets' codes only, and where that is TAIL_SETS the idle row sets' releases of each stage
+    are arrived for here, as the stage is filled (the ring's phases stay those of every row set)."""
     BOXES: gl.constexpr = c_bufs.shape[0] // STAGES  # copies of codes a stage takes (``_stage_codes``)
+    X_BYTES: gl.constexpr = x_desc.block_type.nbytes
+    C_BYTES: gl.constexpr = c_desc.block_type.nbytes
     for i in range(n_blocks):
         s = (base + i) % STAGES
         mbarrier.wait(empty.index(s), (((base + i) // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
-        mbarrier.expect(ready.index(s), x_desc.block_type.nbytes + BOXES * c_desc.block_type.nbytes)
+        if TAIL_SETS > 0:
+            mbarrier.expect(ready.index(s), X_BYTES + BOXES * C_BYTES, pred=sets == BOXES)
+            mbarrier.expect(ready.index(s), X_BYTES + TAIL_SETS * C_BYTES, pred=sets < BOXES)
+        else:
+            mbarrier.expect(ready.index(s), X_BYTES + BOXES * C_BYTES)
         k = (kb0 + i) * BLOCK_K
         _tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
         for b in gl.static_range(BOXES):
             _tma_load(c_desc, [n0 + b * c_desc.block_type.shape[0], k // (32 // BITS)], ready.index(s),
-                      c_bufs.index(s * BOXES + b))
+                      c_bufs.index(s * BOXES + b), pred=b < sets if TAIL_SETS > 0 else True)
+        if TAIL_SETS > 0:
+            mbarrier.arrive(empty.index(s), count=BOXES - TAIL_SETS, pred=sets < BOXES)
 
 
 @gluon.jit
@@ -128,16 +137,32 @@ def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SWIZZ
 
 
 @gluon.jit
+def _tail_origin(tile, M, full, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SET_ROWS: gl.constexpr,
+                 TAIL_SETS: gl.constexpr):
+    """(first row of x, first row of W, row sets of SET_ROWS rows at work) of program ``tile``
+    of a launch with tail rows (``ws_tail_layout``): programs below ``full`` x (x's tiles) take
+    whole tiles of BLOCK_N rows, the rest tiles of TAIL_SETS row sets after them; x's tile
+    fastest in both."""
+    m_tiles = gl.cdiv(M, BLOCK_M)
+    is_tail = (tile >= full * m_tiles).to(gl.int32)
+    q = tile - is_tail * full * m_tiles
+    rows = BLOCK_N - is_tail * (BLOCK_N - TAIL_SETS * SET_ROWS)
+    n0 = is_tail * full * BLOCK_N + (q // m_tiles) * rows
+    return (q % m_tiles) * BLOCK_M, n0, BLOCK_N // SET_ROWS - is_tail * (BLOCK_N // SET_ROWS - TAIL_SETS)
+
+
+@gluon.jit
 def _loader(x_desc, c_desc, ring, work, M, N,
             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
             STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr, PDL: gl.constexpr,
-            CLUSTER: gl.constexpr):
+            CLUSTER: gl.constexpr, full=0, TAIL_SETS: gl.constexpr = 0):
     """The loader warp: the program's K-blocks into the ring, STAGES ahead (with
     ``STREAM_K``, those of each of its work items in turn, ``_item``).  As a programmatic
     dependent (PDL) it first waits for the kernel before it, and lets the next one launch
     right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE).  With
     CLUSTER it arrives at the cluster barrier at its start and waits for it after its last copy
-    (each partition passes it once; the consumers wait before their first push)."""
+    (each partition passes it once; the consumers wait before their first push).  TAIL_SETS:
+    a launch with tail rows (``_tail_origin``, ``full`` whole tiles of W per tile of x)."""
     if CLUSTER:
         cluster_arrive()
     pdl_wait(PDL)
@@ -151,6 +176,11 @@ def _loader(x_desc, c_desc, ring, work, M, N,
             _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base, BLOCK_K, STAGES,
                          BITS)
             base += n_blocks
+    elif TAIL_SETS > 0:
+        tile, kb0, n_blocks, _ = work
+        m0, n0, sets = _tail_origin(tile, M, full, BLOCK_M, BLOCK_N, c_desc.block_type.shape[0], TAIL_SETS)
+        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS,
+                     sets, TAIL_SETS)
     else:
         tile, kb0, n_blocks, _ = work
         m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
@@ -210,46 +240,6 @@ def _item(work, j):
 def _owner(block, sk_blocks, sharers):
     """The stream-K program whose share holds shared K-block ``block``."""
     return ((block + 1) * sharers - 1) // sk_blocks
-
-
-@dataclass(frozen=True)
-class StreamKItem:
-    """One stretch of a stream-K program's work: K-blocks ``first`` .. ``first + blocks``
-    of output tile ``tile``; ``shared`` when other programs add to that tile, then ``slot``
-    (0 or 1) is the partial's place among the program's two in the workspace."""
-
-    tile: int
-    first: int
-    blocks: int
-    slot: int
-    shared: bool
-
-
-def stream_k_items(tiles: int, k_blocks: int, programs: int) -> list[list[StreamKItem]]:
-    """Each program's work in a stream-K launch (``GemmConfig.stream_k``), as the kernel
-    (``_stream_k_work``, ``_item``) computes it::
-
-        tiles 0 .. waves * programs - 1     whole: program p takes tiles p, p + programs, ...
-        the last tiles % programs tiles     shared: their K-blocks in one row, tile by tile,
-
-            tile t  |<----- k_blocks ----->|<----- k_blocks ----->|  ...
-                    | p0 ..... | p1 ...... | ...  | p2 ....... |     (cut at i * S // Q)
-
-    S = the shared tiles' K-blocks, Q = min(programs, S) programs share them (none gets
-    an empty stretch); a share is shorter than a tile, so it touches at most two tiles."""
-    waves = tiles // programs
-    sk_blocks = (tiles - waves * programs) * k_blocks
-    sharers = max(1, min(programs, sk_blocks))
-    work = []
-    for pid in range(programs):
-        items = [StreamKItem(w * programs + pid, 0, k_blocks, 0, False) for w in range(waves)]
-        lo, hi = (pid * sk_blocks // sharers, (pid + 1) * sk_blocks // sharers) if pid < sharers else (0, 0)
-        for slot, local in enumerate(range(lo // k_blocks, (hi - 1) // k_blocks + 1) if hi > lo else ()):
-            start, end = max(lo, local * k_blocks), min(hi, (local + 1) * k_blocks)
-            items.append(StreamKItem(waves * programs + local, start - local * k_blocks, end - start, slot,
-                                     end - start < k_blocks))
-        work.append(items)
-    return work
 
 
 @gluon.jit
@@ -486,7 +476,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
               SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr,
               SWIZZLE: gl.constexpr, STREAM_K: gl.constexpr, VECTOR_STORE: gl.constexpr, PDL: gl.constexpr,
               base, CLUSTER: gl.constexpr, SCALE_AFTER: gl.constexpr, WG_K: gl.constexpr, sbase, srow,
-              STAGED: gl.constexpr):
+              STAGED: gl.constexpr, full=0, TAIL_SETS: gl.constexpr = 0):
     """Consumer warpgroup WG = kj * R + rw (R = NUM_WG / WG_K row sets): for each of the
     program's tiles, rows pid_n * BLOCK_N + rw * WG_ROWS .. + WG_ROWS of W against the tile's
     x rows, over every WG_K-th K-block from kj on; writes its rows of y (or its partial).
@@ -494,7 +484,9 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     dependent (PDL) it first waits for the kernel before it.  With CLUSTER the splits' and
     the warpgroups' partials are summed through shared memory at ``base`` (``cluster.cluster_sum``).
     STAGED: the scales (and zero points) of each work item are first copied into the row set's
-    region at ``sbase`` (``srow`` bytes of scales a row, ``staged_params``)."""
+    region at ``sbase`` (``srow`` bytes of scales a row, ``staged_params``).  TAIL_SETS: a launch
+    with tail rows (``_tail_origin``), where a tail program's row sets past TAIL_SETS do nothing
+    (the loader releases their stages)."""
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     if IN_CLUSTER:
         cluster_arrive()  # waited for in cluster_sum, before the first push
@@ -565,58 +557,64 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 _store(acc, out, bias_ptr, row0 + tile_row, m0 + tile_col, M, N, HAS_BIAS, VECTOR_STORE)
     else:
         tile, kb0, n_blocks, pid_k = work
-        m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-        row0 = n0 + RW * WG_ROWS
-        w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
-        params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
-        staged = None
-        if STAGED:  # the row set's warpgroups sharing K copy the same bytes: all the split's groups
-            staged = _stage(scales_ptr, zeros_ptr, sbase, RW, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
-                            gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
-        acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select, GROUP,
-                          MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, staged, STAGED)
-        acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
-        last = True
-        rows_of_x = M
-        if CLUSTER:
-            cluster_sum(acc, base, pid_k, out, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
-                        NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS, WG_K)
-            # y is stored; the tile's own store below stays in the code, with no row of x: without it
-            # Triton 3.6 fails to lower the partition (an assertion in ConvertTritonGPUToLLVM)
-            rows_of_x = gl.minimum(M, 0)
-        elif SPLIT_K > 1:
-            # each split's partial per (split, tile, warpgroup); the last split sums them in order
-            split_stride = gl.num_programs(0) * NUM_WG * PART
-            mine, vectors = _vectors(acc, WG_ROWS, BLOCK_M)
-            own = ws_ptr + (tile * NUM_WG + WG) * PART + vectors
-            counter = counter_ptr + tile * NUM_WG + WG
-            gl.store(own + pid_k * split_stride, mine)
-            cta_barrier()
-            arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
-            last = arrived == SPLIT_K - 1
+        if TAIL_SETS > 0:
+            m0, n0, sets = _tail_origin(tile, M, full, BLOCK_M, BLOCK_N, WG_ROWS, TAIL_SETS)
+            working = RW < sets
+        else:
+            m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            working = True
+        if working:
+            row0 = n0 + RW * WG_ROWS
+            w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
+            params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
+            staged = None
+            if STAGED:  # the row set's warpgroups sharing K copy the same bytes: all the split's groups
+                staged = _stage(scales_ptr, zeros_ptr, sbase, RW, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
+                                gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
+            acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select, GROUP,
+                              MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, staged, STAGED)
+            acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
+            last = True
+            rows_of_x = M
+            if CLUSTER:
+                cluster_sum(acc, base, pid_k, out, bias_ptr, tile_row[:, None], tile_col[None, :], row0, m0, M, N, WG,
+                            NUM_WG, WG_ROWS, BLOCK_M, SPLIT_K, HAS_BIAS, WG_K)
+                # y is stored; the tile's own store below stays in the code, with no row of x: without it
+                # Triton 3.6 fails to lower the partition (an assertion in ConvertTritonGPUToLLVM)
+                rows_of_x = gl.minimum(M, 0)
+            elif SPLIT_K > 1:
+                # each split's partial per (split, tile, warpgroup); the last split sums them in order
+                split_stride = gl.num_programs(0) * NUM_WG * PART
+                mine, vectors = _vectors(acc, WG_ROWS, BLOCK_M)
+                own = ws_ptr + (tile * NUM_WG + WG) * PART + vectors
+                counter = counter_ptr + tile * NUM_WG + WG
+                gl.store(own + pid_k * split_stride, mine)
+                cta_barrier()
+                arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+                last = arrived == SPLIT_K - 1
+                if last:
+                    # the sum in split order whichever split is last, the loads unrolled so
+                    # that they are in flight at once
+                    total = _split_partial(mine, own, 0, pid_k, split_stride, VECTOR_STORE)
+                    for part in gl.static_range(1, SPLIT_K):
+                        total += _split_partial(mine, own, part, pid_k, split_stride, VECTOR_STORE)
+                    acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
+                    gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
             if last:
-                # the sum in split order whichever split is last, the loads unrolled so
-                # that they are in flight at once
-                total = _split_partial(mine, own, 0, pid_k, split_stride, VECTOR_STORE)
-                for part in gl.static_range(1, SPLIT_K):
-                    total += _split_partial(mine, own, part, pid_k, split_stride, VECTOR_STORE)
-                acc = _from_vectors(total, WG_ROWS, BLOCK_M, acc_layout)
-                gl.atomic_xchg(counter, 0, sem="relaxed", scope="gpu")
-        if last:
-            _store(acc, out, bias_ptr, row0 + tile_row, m0 + tile_col, rows_of_x, N, HAS_BIAS, VECTOR_STORE)
+                _store(acc, out, bias_ptr, row0 + tile_row, m0 + tile_col, rows_of_x, N, HAS_BIAS, VECTOR_STORE)
 
 
 @gluon.jit
 def gemm_gluon_ws_kernel(
     x_desc, c_desc, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
-    M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg, srow, stride_ym,
+    M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg, srow, stride_ym, full_tiles,
     GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
     PDL: gl.constexpr = PDL_OFF, CLUSTER: gl.constexpr = False, SCALE_AFTER: gl.constexpr = False,
-    WG_K: gl.constexpr = 1, STAGED: gl.constexpr = False,
+    WG_K: gl.constexpr = 1, STAGED: gl.constexpr = False, TAIL_SETS: gl.constexpr = 0,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -651,7 +649,10 @@ def gemm_gluon_ws_kernel(
     copies its rows' scales (and zero points) into shared memory before its K-blocks and reads
     them from there (``staged_params``): ``srow`` bytes of scales a row of W, a tail of
     ``gemm.ws_staged_bytes`` before the cluster sum's (launched by ``cluster.launch_clustered``);
-    ``srow`` is unused (0) without it."""
+    ``srow`` is unused (0) without it.  TAIL_SETS (``GemmConfig.tail_rows`` over WG_ROWS; 0: off):
+    grid (``ws_tail_layout``'s programs,), the first ``full_tiles`` x (x's tiles) whole tiles,
+    the rest tiles of TAIL_SETS row sets after them (``_tail_origin``); c_desc's block is then
+    WG_ROWS rows, one copy per row set; ``full_tiles`` is unused (0) without it."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS * WG_K
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     CODE_ROWS: gl.constexpr = c_desc.block_type.shape[0]  # a copy's (``gemm.ws_code_rows``)
@@ -685,6 +686,9 @@ def gemm_gluon_ws_kernel(
     # them, its ready barrier could still be a phase behind (the other's block in flight) when a
     # warpgroup waits, and the parity of that wait would pass on the stale stage
     gl.static_assert(STAGES % WG_K == 0, "STAGES a multiple of WG_K")
+    gl.static_assert(TAIL_SETS == 0 or (SPLIT_K == 1 and WG_K == 1 and not STREAM_K and not CLUSTER
+                                        and TAIL_SETS < BLOCK_N // WG_ROWS and CODE_ROWS == WG_ROWS),
+                     "tail rows: SPLIT_K 1, WG_K 1, no stream-K or cluster, fewer row sets, a copy per row set")
     if STREAM_K:
         gl.static_assert(SPLIT_K == 1, "stream-K shares K-blocks itself: SPLIT_K 1")
         work = _stream_k_work(M, N, k_blocks, BLOCK_M, BLOCK_N)
@@ -704,53 +708,53 @@ def gemm_gluon_ws_kernel(
     if NUM_WG == 1:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER)),
+                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED))],
+                         STAGED, full_tiles, TAIL_SETS))],
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER)),
+                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED)),
+                         STAGED, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED))],
+                         STAGED, full_tiles, TAIL_SETS))],
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     elif NUM_WG == 3:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER)),
+                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED)),
+                         STAGED, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED)),
+                         STAGED, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED))],
+                         STAGED, full_tiles, TAIL_SETS))],
             [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1 to 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER)),
+                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED)),
+                         STAGED, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 1, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED)),
+                         STAGED, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 2, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED)),
+                         STAGED, full_tiles, TAIL_SETS)),
             (_consumer, (ops, 3, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
-                         STAGED))],
+                         STAGED, full_tiles, TAIL_SETS))],
             [4, 4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS, CONSUMER_REGS])
 
 

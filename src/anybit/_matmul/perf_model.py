@@ -11,6 +11,7 @@ of ``bits``-bit codes, the GEMM kernel's time is modelled as::
     resident   = CTAs per SM (registers, shared memory, warps; see _resident; the
                  warp-specialized kernel: 1, its registers fill the SM)
     (stream-K: one program per SM, one wave, each with ceil(tiles * K-blocks / SMs) K-blocks)
+    (tail rows: the whole waves, then the tail programs' waves at tail_rows / bn of a wave's time)
     per K-block of one program, in SM cycles:
         mma    = bn * bm * bk / (fp16 FMA per SM per cycle)        tensor cores
         issue  = (bn * bk * instr_per_weight + bm * bk * instr_per_x) / 128
@@ -44,7 +45,7 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from .gemm import GemmConfig, Kernel, Plan
+from .gemm import GemmConfig, Kernel, Plan, ws_tail_layout
 
 #: Fallback clock for the cycle terms (SM clock under load on H100/H200-class parts).
 DEFAULT_CLOCK_GHZ = 1.75
@@ -159,6 +160,11 @@ def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelPar
         waves = -(-tiles // per_wave)
     if config.stream_k:  # one program per SM, an equal share of all the K-blocks each
         resident, waves, k_blocks = 1, 1, -(-tiles * k_blocks // hw.sms)
+    if config.tail_rows:  # the whole waves, then the tail programs' wave(s) at their share of the rows
+        full, programs = ws_tail_layout(config, m, n, hw.sms)
+        whole = full * -(-m // config.block_m)
+        per_wave = hw.sms * resident
+        waves = -(-whole // per_wave) + -(-(programs - whole) // per_wave) * config.tail_rows / config.block_n
     mma = config.block_n * config.block_m * config.block_k / hw.fma_per_sm_cycle
     issue = (config.block_n * config.block_k * params.instr_per_weight
              + config.block_m * config.block_k * params.instr_per_x) / 128
@@ -190,13 +196,15 @@ def plan_class(problem: Problem, plan: Plan) -> str:
     split-K, which the analytic terms model), stream-K or the cluster sum, and m's
     power-of-two bucket; e.g. ``gemm 64x64x64 4w4s m64``, ``gluon_ws 256x128x128 12w3s
     stream-k m256``, ``gluon_ws 64x128x64 12w6s cluster m64``, ``gluon_ws 64x64x128 12w6s
-    kwg2 m64`` (warpgroups sharing K), ``dequant m1024``."""
+    kwg2 m64`` (warpgroups sharing K), ``gluon_ws 64x256x128 20w3s tail m64`` (tail rows),
+    ``dequant m1024``."""
     bucket = f"m{1 << max(0, problem.m - 1).bit_length()}"
     if plan.config is None:
         return f"{plan.kernel.value} {bucket}"
     c = plan.config
     stream_k = " stream-k" if c.stream_k else " cluster" if c.cluster_sum else ""
     stream_k += f" kwg{c.k_warpgroups}" if c.k_warpgroups > 1 else ""
+    stream_k += " tail" if c.tail_rows else ""
     return f"{plan.kernel.value} {c.block_m}x{c.block_n}x{c.block_k} {c.num_warps}w{c.num_stages}s{stream_k} {bucket}"
 
 

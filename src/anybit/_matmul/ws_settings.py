@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,13 +27,13 @@ def ws_warps(block_n: int, wg_rows: int = 64, k_warpgroups: int = 1) -> int:
 
 def ws_config(block_m: int, block_n: int, block_k: int, split_k: int, stages: int, wg_rows: int = 64,
               k_warpgroups: int = 1, *, swizzle: int = 8, stream_k: bool = False,
-              cluster_sum: bool = False) -> GemmConfig:
+              cluster_sum: bool = False, tail_rows: int = 0) -> GemmConfig:
     """A GemmConfig for the warp-specialized Gluon kernel, its warps from ``wg_rows`` rows
     of W per consumer warpgroup and ``k_warpgroups`` warpgroups per row set (``ws_warps``)."""
     from .gemm import GemmConfig  # (it imports this module)
 
     return GemmConfig(block_m, block_n, block_k, split_k, ws_warps(block_n, wg_rows, k_warpgroups), stages, swizzle,
-                      stream_k=stream_k, cluster_sum=cluster_sum, k_warpgroups=k_warpgroups)
+                      stream_k=stream_k, cluster_sum=cluster_sum, k_warpgroups=k_warpgroups, tail_rows=tail_rows)
 
 
 def ws_wg_rows(config: GemmConfig) -> int:
@@ -76,12 +76,47 @@ def ws_consumer_regs(config: GemmConfig) -> int:
     return {1: 232, 2: 160, 3: 160}.get(groups, 112)
 
 
-def ws_code_rows(block_n: int) -> int:
+def ws_code_rows(block_n: int, wg_rows: int | None = None) -> int:
     """Rows of codes one TMA copy of the warp-specialized kernel's ring takes: TMA boxes are
     powers of two, so a tile of 192 rows of W (three consumer warpgroups) is three copies of
-    64; others one copy of block_n."""
+    64; others one copy of block_n.  With ``wg_rows`` (a plan with tail rows, whose tail
+    programs copy only their working warpgroups' rows): one copy per warpgroup's rows."""
+    if wg_rows:
+        return wg_rows
     return block_n if block_n & (block_n - 1) == 0 else 64
 
+
+def ws_tail_layout(config: GemmConfig, m: int, n: int, sms: int) -> tuple[int, int]:
+    """(full, programs) of a warp-specialized launch with ``tail_rows``: ``full`` tiles of
+    block_n rows of W per tile of x's rows (all of W's tiles if no wave is left partial or they
+    do not fill one wave, else the most that fill whole waves of ``sms`` programs), then tiles
+    of tail_rows for the rest of W's rows; ``programs`` of both for every tile of x.  Programs
+    0 .. full x m_tiles - 1 take the whole tiles, x's tile fastest, the rest the tail tiles
+    in the same order (the kernel's ``_tail_origin``)."""
+    m_tiles, w_tiles = -(-m // config.block_m), -(-n // config.block_n)
+    per_wave = max(1, sms // m_tiles)  # whole tiles of W of one wave, every tile of x each
+    full = w_tiles if w_tiles % per_wave == 0 or w_tiles < per_wave else w_tiles // per_wave * per_wave
+    tail = -(-(n - full * config.block_n) // config.tail_rows) if full < w_tiles else 0
+    return full, (full + tail) * m_tiles
+
+
+def ws_tail_tiles(config: GemmConfig, m: int, n: int, sms: int) -> list[tuple[int, int, int]]:
+    """(first row of x, first row of W, rows of W) of each program of a launch with tail rows,
+    as the kernel's ``_tail_origin`` computes them from ``ws_tail_layout``'s ``full``::
+
+        programs 0 .. full*T-1:   whole tiles    W rows  j*bn .. +bn,                    x tile p % T
+        the rest (q = p - full*T): tail tiles     W rows  full*bn + j*tail .. +tail,      x tile q % T
+
+    (T = x's tiles, j = p // T or q // T); rows past n are read as zeros and not stored."""
+    full, programs = ws_tail_layout(config, m, n, sms)
+    m_tiles = -(-m // config.block_m)
+    tiles = []
+    for p in range(programs):
+        tail = p >= full * m_tiles
+        q = p - full * m_tiles if tail else p
+        rows = config.tail_rows if tail else config.block_n
+        tiles.append(((q % m_tiles) * config.block_m, full * config.block_n * tail + (q // m_tiles) * rows, rows))
+    return tiles
 
 #: Triton versions (major.minor) whose compile of CARRY keeps the MMAs asynchronous; under
 #: Triton 3.9 ptxas serializes it (note C7515: other instructions write the accumulator
@@ -133,6 +168,10 @@ def check_gluon_ws_config(config: GemmConfig) -> None:
         raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128, "
                          f"192 or 256, block_k 64 or 128, num_warps = 4 + 4 x k_warpgroups per 64 or 128 rows of W "
                          f"(1 to 4 consumer warpgroups), num_stages >= 2")
+    if config.tail_rows % ws_wg_rows(config):
+        raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: tail_rows={config.tail_rows} with "
+                         f"{ws_wg_rows(config)} rows of W per consumer warpgroup: accepted: a multiple of "
+                         f"{ws_wg_rows(config)}")
 
 
 #: Code widths the warp-specialized Gluon kernel decodes (its BITS).
@@ -257,3 +296,43 @@ def ws_blocks_per_split(config: GemmConfig, k_blocks: int) -> int:
     share, ceil(k_blocks / split_k), or 0 for stream-K (which shares K-blocks out at run
     time, so its kernel compiles once for every K)."""
     return 0 if config.stream_k else -(-k_blocks // config.split_k)
+
+
+@dataclass(frozen=True)
+class StreamKItem:
+    """One stretch of a stream-K program's work: K-blocks ``first`` .. ``first + blocks``
+    of output tile ``tile``; ``shared`` when other programs add to that tile, then ``slot``
+    (0 or 1) is the partial's place among the program's two in the workspace."""
+
+    tile: int
+    first: int
+    blocks: int
+    slot: int
+    shared: bool
+
+
+def stream_k_items(tiles: int, k_blocks: int, programs: int) -> list[list[StreamKItem]]:
+    """Each program's work in a stream-K launch (``GemmConfig.stream_k``), as the kernel
+    (``_stream_k_work``, ``_item``) computes it::
+
+        tiles 0 .. waves * programs - 1     whole: program p takes tiles p, p + programs, ...
+        the last tiles % programs tiles     shared: their K-blocks in one row, tile by tile,
+
+            tile t  |<----- k_blocks ----->|<----- k_blocks ----->|  ...
+                    | p0 ..... | p1 ...... | ...  | p2 ....... |     (cut at i * S // Q)
+
+    S = the shared tiles' K-blocks, Q = min(programs, S) programs share them (none gets
+    an empty stretch); a share is shorter than a tile, so it touches at most two tiles."""
+    waves = tiles // programs
+    sk_blocks = (tiles - waves * programs) * k_blocks
+    sharers = max(1, min(programs, sk_blocks))
+    work = []
+    for pid in range(programs):
+        items = [StreamKItem(w * programs + pid, 0, k_blocks, 0, False) for w in range(waves)]
+        lo, hi = (pid * sk_blocks // sharers, (pid + 1) * sk_blocks // sharers) if pid < sharers else (0, 0)
+        for slot, local in enumerate(range(lo // k_blocks, (hi - 1) // k_blocks + 1) if hi > lo else ()):
+            start, end = max(lo, local * k_blocks), min(hi, (local + 1) * k_blocks)
+            items.append(StreamKItem(waves * programs + local, start - local * k_blocks, end - start, slot,
+                                     end - start < k_blocks))
+        work.append(items)
+    return work
