@@ -57,7 +57,8 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         return ("gluon", gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4 * (bn // 64), stages,
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
-    if text.startswith("ws,"):  # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,after[,kwg[,tail]]]]]]]]
+    # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,after[,kwg[,tail]]]]]]]]
+    if text.startswith("ws,"):
         fields = text.split(",")[1:]
         stream_k = fields[3] == "sk"  # stream-K instead of a split count (and split 1)
         cluster = fields[3].startswith("c")  # c<n>: n splits summed through a cluster's shared memory

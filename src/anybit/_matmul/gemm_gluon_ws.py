@@ -571,8 +571,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             if STAGED:  # the row set's warpgroups sharing K copy the same bytes: all the split's groups
                 staged = _stage(scales_ptr, zeros_ptr, sbase, RW, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
                                 gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
-            acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select, GROUP,
-                              MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, staged, STAGED)
+            acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select,
+                              GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, staged, STAGED)
             acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
             last = True
             rows_of_x = M
