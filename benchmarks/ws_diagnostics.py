@@ -66,7 +66,7 @@ def _extra_reads(s: str, reads: int) -> str:
     bandwidth bound the consumers (then they slow down by about what the bytes add)?"""
     layout = "gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])"
     s = _replace(s, "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty,",
-                 "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, dummy,", 4)
+                 "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, dummy,", 3)
     s = _replace(s, "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, c_bufs, ready, empty = ring\n",
                  "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, c_bufs, ready, empty, dummy = ring\n", 1)
     s = _replace(s, "(_loader, (x_desc, c_desc, ring, work,", "(_loader, (x_desc, c_desc, (x_bufs, c_bufs, ready, empty, dummy), work,", 4)

@@ -407,8 +407,7 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     ``top``, its first Gluon plan, first WS_MEASURED warp-specialized plans, first stream-K
     plan, first CLUSTER_MEASURED cluster-sum plans and first SHARED_K_MEASURED plans of warpgroups
     sharing K for each count of them, first TAIL_MEASURED with tail rows, the heuristic's plan and
-    the plan this GPU's tables hold
-    (every candidate with ``exhaustive``)."""
+    the plan this GPU's tables hold (every candidate with ``exhaustive``)."""
     fmt = parse_format(spec)
     mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
     scale_dtype = fmt.param_specs(n, k, torch.float16)["scales"].dtype

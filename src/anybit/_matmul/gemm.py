@@ -480,7 +480,8 @@ def launch_gemm_gluon_ws(
         raise ValueError(f"the warp-specialized Gluon GEMM reads x and the codes by TMA: both need 16-byte aligned "
                          f"starts and row strides (x at {x.data_ptr() % 16} bytes past 16, codes at "
                          f"{codes.data_ptr() % 16}, codes row stride {codes.stride(0)} words)")
-    groups = config.block_n // ws_wg_rows(config)  # one counter per consumer warpgroup of each tile
+    wg_rows = ws_wg_rows(config)
+    groups = config.block_n // wg_rows  # one counter per consumer warpgroup of each tile
     programs = sm_count(x.device) if config.stream_k else 0
     if (config.split_k > 1 and not config.cluster_sum) or config.stream_k:  # partials as whole tiles
         size = ws_workspace_size(config, x.shape[0], n, programs)
@@ -495,7 +496,7 @@ def launch_gemm_gluon_ws(
         return out
     tiles, split_workspace, counters, k_blocks = launch
     grid = (tiles,) if ws_push_sum(config) else (tiles, config.split_k)
-    full_tiles, tail_sets = 0, config.tail_rows // ws_wg_rows(config)
+    full_tiles, tail_sets = 0, config.tail_rows // wg_rows
     if tail_sets:  # whole tiles for the full waves, then tiles of tail_rows (``ws_tail_layout``)
         full_tiles, programs = ws_tail_layout(config, x.shape[0], n, sm_count(x.device))
         grid = (programs, 1)
@@ -517,7 +518,7 @@ def launch_gemm_gluon_ws(
     if staged:
         srow = staged_row_bytes(ws_staged_chunks(config, k_blocks, group), zeros is not None)[0]
         tail += ws_staged_bytes(config, k_blocks, group, zeros is not None)
-    code_rows = ws_code_rows(config.block_n, ws_wg_rows(config) if tail_sets else None)
+    code_rows = ws_code_rows(config.block_n, wg_rows if tail_sets else None)
     x_block, c_block = [config.block_m, config.block_k], [code_rows, config.block_k * bits // 32]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
     c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
@@ -532,7 +533,7 @@ def launch_gemm_gluon_ws(
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
         STAGES=config.num_stages, HAS_BIAS=bias is not None,
         CONSUMER_REGS=ws_consumer_regs(config) if consumer_regs is None else consumer_regs,
-        OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=ws_wg_rows(config),
+        OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=wg_rows,
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
         VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=ws_push_sum(config), WG_K=config.k_warpgroups,
         SCALE_AFTER=scale_after, STAGED=staged, TAIL_SETS=tail_sets, **pdl_arguments(x.device),

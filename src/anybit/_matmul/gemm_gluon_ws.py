@@ -176,15 +176,15 @@ def _loader(x_desc, c_desc, ring, work, M, N,
             _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base, BLOCK_K, STAGES,
                          BITS)
             base += n_blocks
-    elif TAIL_SETS > 0:
-        tile, kb0, n_blocks, _ = work
-        m0, n0, sets = _tail_origin(tile, M, full, BLOCK_M, BLOCK_N, c_desc.block_type.shape[0], TAIL_SETS)
-        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS,
-                     sets, TAIL_SETS)
     else:
         tile, kb0, n_blocks, _ = work
-        m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS)
+        if TAIL_SETS > 0:
+            m0, n0, sets = _tail_origin(tile, M, full, BLOCK_M, BLOCK_N, c_desc.block_type.shape[0], TAIL_SETS)
+        else:
+            m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            sets = 0  # unused
+        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS,
+                     sets, TAIL_SETS)
     pdl_trigger(PDL, PDL_LATE)
     if CLUSTER:
         cluster_wait()
