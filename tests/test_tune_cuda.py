@@ -43,6 +43,44 @@ def test_tune_writes_a_table_the_dispatcher_follows(tables_env, tmp_path):
         assert_matmul_close(anybit.matmul(x, qw), x, qw, weight_roundoff=unit_roundoff(x.dtype))
 
 
+def test_tune_checkpoints_the_points_measured_so_far():
+    """With ``checkpoint_s`` 0 the checkpoint gets a partial report after every point: the
+    points so far, their table entries, the model not refitted; the returned report is whole."""
+    seen = []
+    final = tune.tune([(1024, 512)], ["int4-g128"], [64, 300], top=1, replays=3, jobs=0,
+                      checkpoint=seen.append, checkpoint_s=0)
+    assert [len(r.points) for r in seen] == [1, 2] and not any(r.complete for r in seen)
+    assert [(e.m, e.plan) for e in seen[0].table.entries] == [(final.table.entries[0].m, final.table.entries[0].plan)]
+    assert seen[-1].fitted is None and final.complete and final.fitted is not None
+    assert [(p.m, p.best().plan) for p in seen[-1].points] == [(p.m, p.best().plan) for p in final.points]
+
+
+def test_a_tune_stopped_early_keeps_its_table_and_report(tables_env, tmp_path, monkeypatch):
+    """``anybit tune`` interrupted at its second point has written the first point's entry to
+    its table and report (checkpoints every point here)."""
+    from anybit import bench
+
+    monkeypatch.setattr(tune, "CHECKPOINT_SECONDS", 0.0)
+    timings = []
+    real = bench._median_replays_us
+
+    def interrupted(groups, replays):
+        if len(groups) > 1:  # a point's timing (fp16 and its candidates), not measure_hw's
+            if timings:
+                raise KeyboardInterrupt
+            timings.append(1)
+        return real(groups, replays)
+
+    monkeypatch.setattr(bench, "_median_replays_us", interrupted)
+    out, report = tables_env / "tuned.json", tmp_path / "report.json"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["tune", "--shapes", "1024x512", "--formats", "int4-g128", "--m", "64", "300", "--top", "1",
+                  "--replays", "3", "--jobs", "0", "--out", str(out), "--report", str(report)])
+    assert [(e.format, e.n, e.k, e.m) for e in tuning.read_table(out).entries] == [("int4-g128", 1024, 512, 64)]
+    data = json.loads(report.read_text())
+    assert data["complete"] is False and [p["m"] for p in data["points"]] == [64]
+
+
 def test_shipped_table_plans_are_right_and_repeatable():
     """Every GEMM plan of the tables for this GPU (each distinct format, M and plan, under
     whichever Triton is installed), on its own kernel as the tuner runs it, with the entry's

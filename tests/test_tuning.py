@@ -535,6 +535,19 @@ def test_a_tune_report_reads_back(tmp_path, name):
     assert math.isnan(read[0].candidates[1].us) and read[0].candidates[3].us is None
 
 
+def test_a_partial_tune_report_says_so(tmp_path):
+    """A checkpoint's report (``complete`` False) is marked in its JSON and reads back like a
+    whole one (``benchmarks/apply_tune.py`` takes either)."""
+    table = replace(_table(sms=HW.sms), hw={"copy_TBps": HW.copy_tbps, "fp16_TFLOPs": HW.fp16_tflops})
+    points = _report_points()[:1]
+    for complete in (False, True):
+        path = tmp_path / f"report-{complete}.json"
+        tune.write_report(tune.TuneReport(table, points, exhaustive=False, seconds=1.0, complete=complete), path)
+        assert json.loads(path.read_text())["complete"] is complete
+        read, _ = tune.read_report(path)
+        assert [(p.format, p.n, p.k, p.m) for p in read] == [(p.format, p.n, p.k, p.m) for p in points]
+
+
 def test_refit_model_script_writes_only_the_model(tmp_path):
     """benchmarks/refit_model.py refits a table's model from reports and, with --write,
     stores it there, leaving the table's plans and header as they were."""

@@ -366,10 +366,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
     shapes = list(dict.fromkeys(list(args.shapes or []) + (tune.model_shapes(model) if model else [])))
     print(f"tuning {len(shapes)} shapes{f' of {model}' if model else ''}: "
           + ", ".join(f"{n}x{k}" for n, k in shapes))
+    outs: dict[str, Path] = {}
+
+    def save(report: tune.TuneReport) -> Path:
+        # the table (merged into one there) and the report, rewritten by each partial report
+        out = outs.setdefault("table", Path(args.out) if args.out
+                              else tuning.user_dir() / tuning.table_file_name(report.table.gpu))
+        tuning.write_table(report.table, out)
+        if args.report:
+            tune.write_report(report, args.report)
+        return out
+
+    print(f"the table{' and the report' if args.report else ''} are rewritten with the points measured so far "
+          f"every {tune.CHECKPOINT_SECONDS:.0f} s, so a tune stopped early keeps them")
     report = tune.tune(shapes, args.formats, args.m or list(tune.DEFAULT_M), top=args.top,
-                       exhaustive=args.exhaustive, replays=args.replays, jobs=args.jobs)
-    out = Path(args.out) if args.out else tuning.user_dir() / tuning.table_file_name(report.table.gpu)
-    tuning.write_table(report.table, out)
+                       exhaustive=args.exhaustive, replays=args.replays, jobs=args.jobs, checkpoint=save)
+    out = save(report)
     tuning.clear_caches()
     table = Table(title=f"tuned on {report.table.gpu} in {report.seconds:.0f} s: best plan per point")
     for col in ("format", "N x K", "M", "plan", "us", "vs fp16", "model's pick"):
@@ -394,7 +406,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
     for p, c in refused[:10]:
         print(f"refused {c.plan.label()} at {p.format} {p.n}x{p.k} M={p.m}: {c.error}")
     if args.report:
-        tune.write_report(report, args.report)
         print(f"report: {args.report}")
     print(f"table: {out}")
     return 0

@@ -21,6 +21,10 @@ For every (format, layer shape, m) point:
    replay; ``anybit.bench``), fp16 cuBLAS in the same run;
 3. the fastest verified plan becomes the point's table entry.
 
+A tune stopped early keeps what it measured: ``checkpoint`` receives a report of the points
+done so far (``TuneReport.complete`` False, the model not refitted) at most every
+``CHECKPOINT_SECONDS``; ``anybit tune`` writes its table and report from it.
+
 Before any point is timed, the kernels of every plan to measure are compiled by a pool of
 processes (``precompile``), so the tuning process loads them from Triton's on-disk cache.
 
@@ -82,6 +86,8 @@ TAIL_MEASURED = 1
 #: Most processes ``precompile`` starts by default.  Each holds a CUDA context and one launch's
 #: operands (up to 2 GB: a 57344 x 8192 weight's fp16 scratch copy with its x and output).
 MAX_COMPILE_WORKERS = 16
+#: Least time between two of ``tune``'s partial reports (each rewrites the table and the report).
+CHECKPOINT_SECONDS = 10.0
 
 DEFAULT_MODEL = "llama-3.1-8b"
 #: Linear-layer shapes (out_features, in_features) of known models, without lm_head.
@@ -172,6 +178,8 @@ class TuneReport:
     #: (hits, points) of a model fitted without each point's layer shape, picking among the
     #: point's measured candidates (all of them when exhaustive)
     cross_validated: tuple[int, int] | None = None
+    #: False for a partial report of the points measured so far (``tune``'s ``checkpoint``)
+    complete: bool = True
 
     def hit_rate(self) -> tuple[int, int]:
         """(hits, points): the ranking model's first choice within HIT_FACTOR of the
@@ -183,7 +191,7 @@ class TuneReport:
         return json.dumps({
             "env": {"gpu": self.table.gpu, "sms": self.table.sms, "triton": self.table.triton,
                     "torch": self.table.torch, "anybit": self.table.anybit, "date": self.table.date},
-            "hw": self.table.hw, "exhaustive": self.exhaustive, "seconds": self.seconds,
+            "hw": self.table.hw, "exhaustive": self.exhaustive, "complete": self.complete, "seconds": self.seconds,
             "model": None if self.table.model is None else self.table.model.to_dict(),
             "fitted": None if self.fitted is None else self.fitted.to_dict(),
             "hit_rate": list(self.hit_rate()),
@@ -452,6 +460,8 @@ def tune(
     replays: int = 10,
     jobs: int | None = None,
     log: Callable[[str], None] = print,
+    checkpoint: Callable[[TuneReport], None] | None = None,
+    checkpoint_s: float | None = None,
 ) -> TuneReport:
     """Measure the candidates for every (format, shape, m) on the current CUDA device.
 
@@ -465,6 +475,10 @@ def tune(
         jobs: processes compiling the plans to measure before any is timed
             (``precompile``; default: one per CPU core, at most MAX_COMPILE_WORKERS; 0: none,
             each plan compiles when first launched).
+        checkpoint: called with a partial report (``complete`` False: the points measured so
+            far, the table of their entries, the model as tuning started) after a point once
+            ``checkpoint_s`` seconds (default ``CHECKPOINT_SECONDS``) passed since the last call
+            or since timing began.
 
     Returns a ``TuneReport`` whose ``table`` is ready for ``tuning.write_table``.
     """
@@ -497,6 +511,21 @@ def tune(
 
     gen = torch.Generator(device=device).manual_seed(0)
     points: list[Point] = []
+
+    def report(complete: bool) -> TuneReport:
+        entries = tuple(tuning.TunedEntry(p.format, p.n, p.k, p.m, p.best().plan, p.best().us, p.fp16_us)
+                        for p in points if p.best() is not None)
+        fitted = cross_validated = None
+        if complete and _observations(points):
+            fitted = refit(points, hw, params)
+            cross_validated = cross_validated_hits(points, hw, params)
+        table = tuning.TunedTable(gpu, sms, tuning._triton_version() or "", torch.__version__, __version__,
+                                  datetime.date.today().isoformat(), measured_hw, fitted or params, entries, arch)
+        return TuneReport(table, list(points), exhaustive, time.perf_counter() - start, fitted, cross_validated,
+                          complete)
+
+    last_checkpoint = time.perf_counter()
+    checkpoint_s = CHECKPOINT_SECONDS if checkpoint_s is None else checkpoint_s
     total = len(formats) * len(shapes) * len(ms)
     with tqdm(total=total, desc="tuning", unit="point") as progress:
         for n, k in shapes:
@@ -528,21 +557,16 @@ def tune(
                     points.append(point)
                     best = point.best()
                     progress.update()
+                    if checkpoint is not None and time.perf_counter() - last_checkpoint >= checkpoint_s:
+                        checkpoint(report(False))
+                        last_checkpoint = time.perf_counter()
                     if best is not None:
                         log(f"{spec} {n}x{k} M={m}: best {best.plan.label()} {best.us:.1f} us "
                             f"({fp16_us / best.us:.2f}x fp16), model's pick {point.model_pick().plan.label()}")
                 del x, reference
             del w16, copies
             torch.cuda.empty_cache()
-    entries = tuple(tuning.TunedEntry(p.format, p.n, p.k, p.m, p.best().plan, p.best().us, p.fp16_us)
-                    for p in points if p.best() is not None)
-    fitted = cross_validated = None
-    if _observations(points):
-        fitted = refit(points, hw, params)
-        cross_validated = cross_validated_hits(points, hw, params)
-    table = tuning.TunedTable(gpu, sms, tuning._triton_version() or "", torch.__version__, __version__,
-                              datetime.date.today().isoformat(), measured_hw, fitted or params, entries, arch)
-    return TuneReport(table, points, exhaustive, time.perf_counter() - start, fitted, cross_validated)
+    return report(True)
 
 
 def _problem(point: Point) -> pm.Problem:
