@@ -366,12 +366,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     shapes = list(dict.fromkeys(list(args.shapes or []) + (tune.model_shapes(model) if model else [])))
     print(f"tuning {len(shapes)} shapes{f' of {model}' if model else ''}: "
           + ", ".join(f"{n}x{k}" for n, k in shapes))
-    outs: dict[str, Path] = {}
-
     def save(report: tune.TuneReport) -> Path:
         # the table (merged into one there) and the report, rewritten by each partial report
-        out = outs.setdefault("table", Path(args.out) if args.out
-                              else tuning.user_dir() / tuning.table_file_name(report.table.gpu))
+        out = Path(args.out) if args.out else tuning.user_dir() / tuning.table_file_name(report.table.gpu)
         tuning.write_table(report.table, out)
         if args.report:
             tune.write_report(report, args.report)

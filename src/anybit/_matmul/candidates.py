@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from .gemm import GemmConfig, Kernel, Plan, heuristic_block_k, ws_config, ws_fit_stages, ws_tail_layout
+from .gemm import (
+    GemmConfig, Kernel, Plan, heuristic_block_k, ws_config, ws_fit_stages, ws_tail_layout, ws_wg_rows,
+)
 from .gemv import one_wave_split, split_for
 
 #: What ``anybit tune`` tries (``candidate_plans``): tile rows of x and W, warps, stages,
@@ -133,8 +135,9 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                 for swizzle in swizzles:
                     plans.append(Plan(Kernel.GLUON_WS, ws_config(block_m, block_n, ws_block_k, 1, stages, *rows,
                                                                  swizzle=swizzle, stream_k=True)))
-                wg_rows = (rows or [64])[0]
-                tail = ws_config(block_m, block_n, ws_block_k, 1, stages, *rows, tail_rows=block_n - wg_rows)
-                if block_n > wg_rows and ws_tail_layout(tail, m, n, sms)[0] < -(-n // block_n):
-                    plans.append(Plan(Kernel.GLUON_WS, tail))  # the last wave's rows spread thinner
+                whole = ws_config(block_m, block_n, ws_block_k, 1, stages, *rows)
+                if block_n > ws_wg_rows(whole):  # the last wave's rows spread thinner
+                    tail = replace(whole, tail_rows=block_n - ws_wg_rows(whole))
+                    if ws_tail_layout(tail, m, n, sms)[0] < -(-n // block_n):
+                        plans.append(Plan(Kernel.GLUON_WS, tail))
     return plans
