@@ -3,7 +3,7 @@ removed (results wrong on purpose, reported, not checked).  docs/NOTES-gemm.md v
 
 Usage on a Hopper GPU::
 
-    DIAGS="0 1 2 4 3" PYTHONPATH=src python benchmarks/ws_diagnostics.py 57344x8192 8192x8192 \\
+    [FORMAT=int8-gc] DIAGS="0 1 2 4 3" PYTHONPATH=src python benchmarks/ws_diagnostics.py 57344x8192 8192x8192 \\
         -- 64 ws,64,256,64,-1,4 ws,64,128,64,-1,6 [--out results.json]
 
 Variants as ``gemv_variants.py --kernel gemm``'s ``ws,...``.  DIAGS: bits of what a copy of
@@ -24,7 +24,11 @@ item stores its own sum, racing), 8192 every work item's K-blocks (each item loa
 multiplies nothing; its fix-up and stores stay), 16384 the staging of each item's scales
 (each block's loaded from global memory as unstaged plans do; results right), 32768 x's copies
 (the loader copies only the codes, so the MMAs read whatever x a stage held: what x's traffic
-from L2 costs).  (Diags 65536 and 131072 left out the cluster barriers at the partitions'
+from L2 costs), 262144 / 4194304 / 8388608 / 524288 the loader sleeping 200 / 100 / 400 / 1000
+ns after each K-block's copies, 1048576 / 2097152 / 16777216 at most 2 / 3 / 4 K-blocks' copies
+in flight (the loader waits for block i - n to land before issuing block i; ``GemmConfig.loads_ahead``
+since v55; results right for all of these).  FORMAT (default int4-g128): the weights' format.
+(Diags 65536 and 131072 left out the cluster barriers at the partitions'
 start and before exit until v52 split the first and dropped the second; docs/NOTES-gemm.md.)
 The copy is made by text substitutions of the kernel's source, each asserted, so a change of the kernel
 that breaks one fails loudly.
@@ -163,6 +167,17 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "y, mask=out_mask)", "y, mask=out_mask & (offs_m < 0)[None, :])", 1)
     if diag & 128:  # no K-blocks: each program starts, stores zeros and ends
         s = _replace(s, "gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)", "kb0 * 0, pid_k)", 1)
+    if diag & (262144 | 524288 | 4194304 | 8388608):  # the loader sleeps after each K-block's copies (results right)
+        copies = ("                      c_bufs.index(s * BOXES + b), pred=b < sets if TAIL_SETS > 0 else True)\n")
+        ns = 200 if diag & 262144 else 1000 if diag & 524288 else 100 if diag & 4194304 else 400
+        s = _replace(s, copies, copies + f"        gl.inline_asm_elementwise('nanosleep.u32 {ns};\\n\\tmov.u32 $0, 0;', "
+                     "'=r', [], dtype=gl.int32, is_pure=False, pack=1)\n", 1)
+    if diag & (1048576 | 2097152 | 16777216):  # at most 2 (3, 4) K-blocks' copies in flight (results right)
+        ahead = 2 if diag & 1048576 else 3 if diag & 2097152 else 4
+        wait = "        mbarrier.wait(empty.index(s), (((base + i) // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1\n"
+        s = _replace(s, wait, f"        if i >= {ahead}:\n"
+                     f"            mbarrier.wait(ready.index((base + i - {ahead}) % STAGES), ((base + i - {ahead}) // STAGES) & 1)\n"
+                     + wait, 1)
     if diag & 768:  # shared-memory reads added by the loader partition, results unchanged
         s = _extra_reads(s, 16 * bool(diag & 256) + 32 * bool(diag & 512))
     if diag & 4096:  # stream-K: no fix-up of the shared tiles, each item stores its own sum (racy)
@@ -205,11 +220,12 @@ def main() -> None:
         sys.argv = sys.argv[:sys.argv.index("--out")]
     shapes, m, variants = sys.argv[1:split], int(sys.argv[split + 1]), sys.argv[split + 2:]
     diags = [int(d) for d in os.environ.get("DIAGS", "0 1 2 4 3").split()]
+    fmt = os.environ.get("FORMAT", "int4-g128")
     kernels = {d: diagnostic_kernel(d) for d in diags}
     original = gemm_gluon_ws.gemm_gluon_ws_kernel
     rows = []
     for shape in shapes:
-        n, k, qw, copies, w16 = _weights.weights(shape, "int4-g128")
+        n, k, qw, copies, w16 = _weights.weights(shape, fmt)
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), 20)
         ref = x.double() @ qw.dequantize(torch.float64).t()
@@ -223,9 +239,9 @@ def main() -> None:
                     us = bench._time_per_call(lambda i: gemv_variants._call(x, copies[i], config), len(copies), 20)
                 finally:
                     gemm_gluon_ws.gemm_gluon_ws_kernel = original
-                print(f"{n}x{k} M={m} {text:34s} diag {diag}: {us:8.2f} us ({fp16_us / us:4.2f}x fp16) "
+                print(f"{fmt} {n}x{k} M={m} {text:34s} diag {diag}: {us:8.2f} us ({fp16_us / us:4.2f}x fp16) "
                       f"err {rel:.1e}", flush=True)
-                rows.append(dict(N=n, K=k, M=m, variant=text, diag=diag, us=us, fp16_us=fp16_us, rel_err=rel))
+                rows.append(dict(format=fmt, N=n, K=k, M=m, variant=text, diag=diag, us=us, fp16_us=fp16_us, rel_err=rel))
     if out:
         with open(out, "w") as f:
             json.dump({"gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)

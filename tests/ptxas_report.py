@@ -3,6 +3,7 @@ needed: Triton emits the PTX, then its ptxas compiles it).
 
 Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]]
 [--sass] [--ptx] [--pdl early|late] [--cluster] [--scale-after] [--k-warpgroups N] [--staged] [--zero-point]
+[--tail-rows N] [--loads-ahead N]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
 128, K of 64 K-blocks, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
@@ -10,7 +11,8 @@ Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_W
 ``--pdl`` compiles the kernel as a programmatic dependent with that trigger, ``--cluster`` with the
 split-K sum through a cluster's shared memory (``GemmConfig.cluster_sum``), ``--scale-after`` with each
 row's sum scaled once (one scale per row), ``--k-warpgroups 2`` with two consumer warpgroups per row set
-sharing its K-blocks (``GemmConfig.k_warpgroups``; NUM_WARPS counts them).  The report ends with the
+sharing its K-blocks (``GemmConfig.k_warpgroups``; NUM_WARPS counts them), ``--tail-rows`` and
+``--loads-ahead`` with those ``GemmConfig`` fields.  The report ends with the
 shared memory the kernel takes (Triton's count), and the output store is vectorized where
 the launcher would vectorize it.  Run in a
 process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
@@ -37,13 +39,14 @@ PDL_IDS = {"off": PDL_OFF.value, "early": PDL_EARLY.value, "late": PDL_LATE.valu
 def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
                stream_k: bool = False, split_k: int = 1, pdl: str = "off", cluster: bool = False,
                scale_after: bool = False, k_warpgroups: int = 1, staged: bool = False, zero_point: bool = False,
-               tail_rows: int = 0):
+               tail_rows: int = 0, loads_ahead: int = 0):
     """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
     kernel: ``asm["ptx"]``, ``metadata``); ``scale_after``: its SCALE_AFTER (one scale per row);
     ``staged``: its STAGED (scales staged in shared memory); ``zero_point``: zero-point codes;
-    ``tail_rows``: ``GemmConfig.tail_rows`` (its TAIL_SETS)."""
+    ``tail_rows``: ``GemmConfig.tail_rows`` (its TAIL_SETS); ``loads_ahead``: its LOADS_AHEAD."""
     config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k),
-                           cluster_sum=cluster, k_warpgroups=k_warpgroups, tail_rows=tail_rows)
+                           cluster_sum=cluster, k_warpgroups=k_warpgroups, tail_rows=tail_rows,
+                           loads_ahead=loads_ahead)
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_box = [gm.ws_code_rows(block_n, gm.ws_wg_rows(config) if tail_rows else None), block_k * bits // 32]
@@ -55,7 +58,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
                      VECTOR_STORE=gm.ws_vector_store(config, bits), PDL=PDL_IDS[pdl],
                      CLUSTER=gm.ws_push_sum(config), SCALE_AFTER=scale_after, WG_K=k_warpgroups,
-                     TAIL_SETS=tail_rows // gm.ws_wg_rows(config))
+                     TAIL_SETS=tail_rows // gm.ws_wg_rows(config), LOADS_AHEAD=loads_ahead)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{c_box[0]}, {c_box[1]}],{c_layout!r}>", scales_ptr="*fp16",
                     zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
@@ -72,9 +75,9 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
            stream_k: bool = False, split_k: int = 1, sass: bool = False, ptx: bool = False,
            pdl: str = "off", cluster: bool = False, scale_after: bool = False, k_warpgroups: int = 1,
-           staged: bool = False, zero_point: bool = False, tail_rows: int = 0) -> str:
+           staged: bool = False, zero_point: bool = False, tail_rows: int = 0, loads_ahead: int = 0) -> str:
     compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl,
-                          cluster, scale_after, k_warpgroups, staged, zero_point, tail_rows)
+                          cluster, scale_after, k_warpgroups, staged, zero_point, tail_rows, loads_ahead)
     text = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
@@ -95,7 +98,9 @@ if __name__ == "__main__":
     pdl = argv.pop(argv.index("--pdl") + 1) if "--pdl" in argv else "off"
     k_warpgroups = int(argv.pop(argv.index("--k-warpgroups") + 1)) if "--k-warpgroups" in argv else 1
     tail_rows = int(argv.pop(argv.index("--tail-rows") + 1)) if "--tail-rows" in argv else 0
+    loads_ahead = int(argv.pop(argv.index("--loads-ahead") + 1)) if "--loads-ahead" in argv else 0
     args = [arg for arg in argv if not arg.startswith("--")]
     print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl,
                  cluster="--cluster" in argv, scale_after="--scale-after" in argv, k_warpgroups=k_warpgroups,
-                 staged="--staged" in argv, zero_point="--zero-point" in argv, tail_rows=tail_rows))
+                 staged="--staged" in argv, zero_point="--zero-point" in argv, tail_rows=tail_rows,
+                 loads_ahead=loads_ahead))

@@ -254,6 +254,27 @@ def test_tail_rows(monkeypatch, config, spec, n, k, m, gpu_sms):
     _check_replays(x, qw, config, bias, y)
 
 
+PACED = [(_ws(64, 256, 128, 1, 3), 2), (_ws(64, 128, 128, 2, 6, cluster_sum=True), 4),
+         (_ws(64, 128, 128, 1, 6, stream_k=True), 4), (_ws(64, 64, 128, 2, 6, 64, 2, cluster_sum=True), 2),
+         (_ws(64, 256, 128, 1, 3, tail_rows=192), 2), (_ws(128, 128, 128, 3, 3), 1)]
+
+
+@pytest.mark.parametrize("config, ahead", PACED, ids=lambda c: _ids(c) if isinstance(c, gm.GemmConfig) else f"ahead{c}")
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc"])
+@pytest.mark.parametrize("n, k, m", [(1000, 4160, 33), (4096, 4096, 64), (192, 320, 100), (16384, 2048, 64)])
+def test_loads_ahead(config, ahead, spec, n, k, m):
+    """The loader held to loads_ahead K-blocks in flight (``GemmConfig.loads_ahead``) in each
+    kind of launch (split, cluster sum, stream-K, warpgroups sharing K, tail rows, three
+    splits of a short K): on a NaN-poisoned output every element written and the bias added
+    once, within the float64 tolerance; the bits of the same plan with the ring issued full;
+    the same in repeated launches and graph replays."""
+    stages = gm.ws_fit_stages(config, anybit.formats.parse_format(spec).bits)
+    config = replace(config, num_stages=stages, loads_ahead=min(ahead, stages - 1))
+    x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
+    assert torch.equal(y, _run(x, qw, replace(config, loads_ahead=0), bias))
+    _check_replays(x, qw, config, bias, y)
+
+
 THREE_WARPGROUPS = [_ws(128, 192, 128, 1, 4), _ws(64, 192, 128, 1, 4), _ws(128, 192, 128, 3, 4),
                     _ws(128, 192, 128, 2, 4, cluster_sum=True), _ws(64, 192, 128, 4, 4, cluster_sum=True),
                     _ws(128, 192, 128, 1, 4, stream_k=True), _ws(128, 192, 128, 1, 4, swizzle=16)]

@@ -57,7 +57,8 @@ def test_tail_rows_settings():
         gm.Plan(gm.Kernel.GLUON_WS, replace(TAIL_256, tail_rows=100))
     with pytest.raises(ValueError, match="tail_rows=64 with 128 rows .*a multiple of 128"):
         gm.Plan(gm.Kernel.GLUON_WS, gm.ws_config(128, 256, 64, 1, 4, 128, tail_rows=64))
-    with pytest.raises(ValueError, match="tail_rows=192, block_n=256: accepted: .* in the gluon_ws kernel only"):
+    with pytest.raises(ValueError, match="tail_rows=192, loads_ahead=0, block_n=256: accepted: .* in the gluon_ws "
+                                         "kernel only"):
         gm.Plan(gm.Kernel.GEMM, replace(TAIL_256, num_warps=8))
     qw = anybit.quantize(torch.randn(256, 128), "int4-g128")
     with pytest.raises(ValueError, match="no stream-K or tail rows"):

@@ -13,7 +13,9 @@ For every (format, layer shape, m) point:
    (``GemmConfig.k_warpgroups``), its first ``TAIL_MEASURED`` with tail rows
    (``GemmConfig.tail_rows``), the heuristic's plan and the
    plan this GPU's tables already hold for the point
-   (``gemm.default_plan``) are measured, or every candidate with ``exhaustive``: each is first run
+   (``gemm.default_plan``) are measured, and so are the first ``PACED_MEASURED``
+   warp-specialized plans of those and the table's plan with their loader held to fewer
+   K-blocks in flight (``candidates.paced``, ``GemmConfig.loads_ahead``), or every candidate with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
    the same bits and the result is within ``VERIFY_TOLERANCE`` (relative
    Frobenius norm) of the float32 product with the dequantized weight; then
@@ -83,6 +85,10 @@ SHARED_K_MEASURED = 2
 #: The model's first this many plans with tail rows (``GemmConfig.tail_rows``) are measured at
 #: every point that has them (their class corrections start at 1).
 TAIL_MEASURED = 1
+#: The first this many warp-specialized plans measured at a point, and the table's plan, are
+#: also measured with their loader held to fewer K-blocks in flight (``candidates.paced``; the
+#: model ranks them by their own class correction, which starts at 1).
+PACED_MEASURED = 2
 #: Most processes ``precompile`` starts by default.  Each holds a CUDA context and one launch's
 #: operands (up to 2 GB: a 57344 x 8192 weight's fp16 scratch copy with its x and output).
 MAX_COMPILE_WORKERS = 16
@@ -447,6 +453,15 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
             point.candidates.append(Measured(incumbent, pm.predict_us(problem, incumbent, hw, params)))
     selected = [c for i, c in enumerate(point.candidates)
                 if exhaustive or i < top or c.plan == default or c.plan in also]
+    # the first PACED_MEASURED warp-specialized plans of those (every one with exhaustive) and the
+    # table's plan, each also with its loader held to fewer K-blocks in flight
+    bases = [c.plan for c in selected if c.plan.kernel is gm.Kernel.GLUON_WS][:None if exhaustive else PACED_MEASURED]
+    known = {c.plan for c in point.candidates}
+    for plan in dict.fromkeys(filter(None, map(space.paced, bases + [incumbent] * (incumbent is not None)))):
+        if plan not in known:
+            paced = Measured(plan, pm.predict_us(problem, plan, hw, params))
+            point.candidates.append(paced)
+            selected.append(paced)
     return point, selected
 
 

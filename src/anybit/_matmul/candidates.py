@@ -141,3 +141,15 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                     if ws_tail_layout(tail, m, n, sms)[0] < -(-n // block_n):
                         plans.append(Plan(Kernel.GLUON_WS, tail))
     return plans
+
+
+def paced(plan: Plan) -> Plan | None:
+    """``plan`` with its loader held to fewer K-blocks in flight (``GemmConfig.loads_ahead``):
+    two below the ring's stages, at least 2 and below num_stages (3 or 4 stages: 2; 6: 4);
+    None for plans that are not warp-specialized, already held, or have fewer than 3 stages.
+    (At M=64 on the H100 rings of 3 held to 2 and of 6 held to 4 ran as fast as the best
+    other holds and sleeps tried; docs/NOTES-gemm.md v55.)"""
+    c = plan.config
+    if plan.kernel is not Kernel.GLUON_WS or c.loads_ahead or c.num_stages < 3:
+        return None
+    return Plan(Kernel.GLUON_WS, replace(c, loads_ahead=max(2, c.num_stages - 2)))

@@ -80,6 +80,13 @@ class GemmConfig:
         warpgroups' rows, below block_n) whose other warpgroups stay idle, so a last wave
         that would leave SMs idle is spread over more of them with fewer rows each
         (57344 x 8192 at M=64: 224 tiles of 256 rows are 132 + 123 x 192 rows; docs/NOTES-gemm.md v51, v53).
+    loads_ahead: most K-blocks whose copies are in flight at once (the warp-specialized Gluon
+        kernel only; 0: as many as the ring's stages, else 1 <= loads_ahead < num_stages): the
+        loader issues a K-block's copies only once those of the block loads_ahead before it
+        have landed.  A tuned choice: in one timing harness at M = 64 on the H100 the ring
+        issued full ran 5-14% slower on the large layers than one held to 2-4 blocks in flight,
+        in the tuner's timings the two were alike (unpaced / paced 0.96-1.06, geomean 1.00;
+        docs/NOTES-gemm.md v55).
     """
 
     block_m: int
@@ -94,6 +101,7 @@ class GemmConfig:
     cluster_sum: bool = False
     k_warpgroups: int = 1
     tail_rows: int = 0
+    loads_ahead: int = 0
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -132,12 +140,15 @@ class GemmConfig:
                              f"{self.split_k}, stream_k={self.stream_k}, cluster_sum={self.cluster_sum}, "
                              f"k_warpgroups={self.k_warpgroups}: accepted: 0, or 0 < tail_rows < block_n with "
                              f"split_k 1, k_warpgroups 1, no stream_k or cluster_sum")
+        if self.loads_ahead and not 1 <= self.loads_ahead < self.num_stages:
+            raise ValueError(f"GemmConfig loads_ahead={self.loads_ahead} with num_stages={self.num_stages}: accepted: "
+                             f"0 (as many as the ring holds), or 1 <= loads_ahead < num_stages")
 
     @property
     def ws_only(self) -> bool:
         """Whether only the warp-specialized Gluon kernel runs these settings (stream-K, tail
-        rows, or block_n in ``WS_ONLY_BLOCK_N``)."""
-        return self.stream_k or self.tail_rows > 0 or self.block_n in WS_ONLY_BLOCK_N
+        rows, loads_ahead, or block_n in ``WS_ONLY_BLOCK_N``)."""
+        return self.stream_k or self.tail_rows > 0 or self.loads_ahead > 0 or self.block_n in WS_ONLY_BLOCK_N
 
 
 #: From this many rows of x on, the dispatcher (``anybit.matmul``) dequantizes W into
@@ -209,8 +220,9 @@ class Plan:
             check_gluon_ws_config(self.config)
         elif self.config is not None and self.config.ws_only:
             raise ValueError(f"Plan({self.kernel.value}) with stream_k={self.config.stream_k}, tail_rows="
-                             f"{self.config.tail_rows}, block_n={self.config.block_n}: accepted: stream-K, tail "
-                             f"rows and block_n {WS_ONLY_BLOCK_N} in the {Kernel.GLUON_WS.value} kernel only")
+                             f"{self.config.tail_rows}, loads_ahead={self.config.loads_ahead}, block_n="
+                             f"{self.config.block_n}: accepted: stream-K, tail rows, loads_ahead and block_n "
+                             f"{WS_ONLY_BLOCK_N} in the {Kernel.GLUON_WS.value} kernel only")
 
     def to_dict(self) -> dict:
         """``{"kernel": ..., "config": {GemmConfig fields} or None}`` (tables, reports)."""
@@ -225,7 +237,7 @@ class Plan:
         """Short text: ``dequant``, ``64x64x64 split4 4w4s``, ``gluon 64x64x64 split2 4w4s`` or
         ``gluon-ws 64x256x128 split1 20w3s`` (`` sw16`` added for a swizzle other than 8, ``
         stream-k`` for stream-K, `` cluster`` for the cluster sum, `` kwg2`` for two
-        warpgroups per row set)."""
+        warpgroups per row set, `` tail192`` for tail rows, `` ahead2`` for loads_ahead)."""
         if self.config is None:
             return self.kernel.value
         c = self.config
@@ -234,8 +246,9 @@ class Plan:
         stream_k = " stream-k" if c.stream_k else " cluster" if c.cluster_sum else ""
         k_wg = f" kwg{c.k_warpgroups}" if c.k_warpgroups > 1 else ""
         tail = f" tail{c.tail_rows}" if c.tail_rows else ""
+        ahead = f" ahead{c.loads_ahead}" if c.loads_ahead else ""
         return (f"{kind}{c.block_m}x{c.block_n}x{c.block_k} split{c.split_k} {c.num_warps}w{c.num_stages}s{swizzle}"
-                f"{stream_k}{k_wg}{tail}")
+                f"{stream_k}{k_wg}{tail}{ahead}")
 
 
 def default_plan(m: int, n: int, k: int, group: int, bits: int, sms: int) -> Plan:
@@ -536,7 +549,8 @@ def launch_gemm_gluon_ws(
         OVERLAP=int(ws_overlap(config) if overlap is None else WsOverlap(overlap)), WG_ROWS=wg_rows,
         BITS=bits, STREAM_K=config.stream_k, num_warps=4, **extra,
         VECTOR_STORE=ws_vector_store(config, bits), CLUSTER=ws_push_sum(config), WG_K=config.k_warpgroups,
-        SCALE_AFTER=scale_after, STAGED=staged, TAIL_SETS=tail_sets, **pdl_arguments(x.device),
+        SCALE_AFTER=scale_after, STAGED=staged, TAIL_SETS=tail_sets, LOADS_AHEAD=config.loads_ahead,
+        **pdl_arguments(x.device),
     )
     return out
 

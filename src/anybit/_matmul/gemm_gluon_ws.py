@@ -89,16 +89,26 @@ NO_OVERLAP, PAIRS, CARRY = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 
 @gluon.jit
 def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base,
-                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr, sets=0, TAIL_SETS: gl.constexpr = 0):
+                 BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr, sets=0, TAIL_SETS: gl.constexpr = 0,
+                 AHEAD: gl.constexpr = 0):
     """K-blocks kb0 .. kb0 + n_blocks of one tile into the ring, as its uses base .. base + n_blocks.
     With TAIL_SETS (a plan with tail rows; a copy of codes per row set): the first ``sets`` row
     sets' codes only, and where that is TAIL_SETS the idle row sets' releases of each stage
-    are arrived for here, as the stage is filled (the ring's phases stay those of every row set)."""
+    are arrived for here, as the stage is filled (the ring's phases stay those of every row set).
+    AHEAD (``GemmConfig.loads_ahead``, 0: off, else below STAGES): use u's copies are issued
+    only once those of use u - AHEAD have landed, so at most AHEAD K-blocks are in flight.
+    (The wait's parity is that of use u - AHEAD's phase: the stage's next use, u - AHEAD +
+    STAGES > u, is not issued yet, so its barrier cannot be a phase further on.)"""
     BOXES: gl.constexpr = c_bufs.shape[0] // STAGES  # copies of codes a stage takes (``_stage_codes``)
     X_BYTES: gl.constexpr = x_desc.block_type.nbytes
     C_BYTES: gl.constexpr = c_desc.block_type.nbytes
+    gl.static_assert(AHEAD < STAGES, "loads_ahead: below the ring's stages")
     for i in range(n_blocks):
         s = (base + i) % STAGES
+        if AHEAD > 0:
+            if base + i >= AHEAD:
+                landed = base + i - AHEAD
+                mbarrier.wait(ready.index(landed % STAGES), (landed // STAGES) & 1)
         mbarrier.wait(empty.index(s), (((base + i) // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1
         if TAIL_SETS > 0:
             mbarrier.expect(ready.index(s), X_BYTES + BOXES * C_BYTES, pred=sets == BOXES)
@@ -155,14 +165,15 @@ def _tail_origin(tile, M, full, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SE
 def _loader(x_desc, c_desc, ring, work, M, N,
             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
             STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr, PDL: gl.constexpr,
-            CLUSTER: gl.constexpr, full=0, TAIL_SETS: gl.constexpr = 0):
+            CLUSTER: gl.constexpr, full=0, TAIL_SETS: gl.constexpr = 0, AHEAD: gl.constexpr = 0):
     """The loader warp: the program's K-blocks into the ring, STAGES ahead (with
     ``STREAM_K``, those of each of its work items in turn, ``_item``).  As a programmatic
     dependent (PDL) it first waits for the kernel before it, and lets the next one launch
     right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE).  With
     CLUSTER it arrives at the cluster barrier at its start and waits for it after its last copy
     (each partition passes it once; the consumers wait before their first push).  TAIL_SETS:
-    a launch with tail rows (``_tail_origin``, ``full`` whole tiles of W per tile of x)."""
+    a launch with tail rows (``_tail_origin``, ``full`` whole tiles of W per tile of x).  AHEAD:
+    at most this many K-blocks' copies in flight (``_load_blocks``; 0: as many as the ring holds)."""
     if CLUSTER:
         cluster_arrive()
     pdl_wait(PDL)
@@ -174,7 +185,7 @@ def _loader(x_desc, c_desc, ring, work, M, N,
             tile, kb0, n_blocks, _, _ = _item(work, j)
             m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
             _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base, BLOCK_K, STAGES,
-                         BITS)
+                         BITS, 0, 0, AHEAD)
             base += n_blocks
     else:
         tile, kb0, n_blocks, _ = work
@@ -184,7 +195,7 @@ def _loader(x_desc, c_desc, ring, work, M, N,
             m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
             sets = 0  # unused
         _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS,
-                     sets, TAIL_SETS)
+                     sets, TAIL_SETS, AHEAD)
     pdl_trigger(PDL, PDL_LATE)
     if CLUSTER:
         cluster_wait()
@@ -614,7 +625,7 @@ def gemm_gluon_ws_kernel(
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
     BITS: gl.constexpr = 4, STREAM_K: gl.constexpr = False, VECTOR_STORE: gl.constexpr = False,
     PDL: gl.constexpr = PDL_OFF, CLUSTER: gl.constexpr = False, SCALE_AFTER: gl.constexpr = False,
-    WG_K: gl.constexpr = 1, STAGED: gl.constexpr = False, TAIL_SETS: gl.constexpr = 0,
+    WG_K: gl.constexpr = 1, STAGED: gl.constexpr = False, TAIL_SETS: gl.constexpr = 0, LOADS_AHEAD: gl.constexpr = 0,
 ):
     """out (M, N) fp16 = x (M, K) fp16 @ W^T (+ bias).
 
@@ -652,7 +663,8 @@ def gemm_gluon_ws_kernel(
     ``srow`` is unused (0) without it.  TAIL_SETS (``GemmConfig.tail_rows`` over WG_ROWS; 0: off):
     grid (``ws_tail_layout``'s programs,), the first ``full_tiles`` x (x's tiles) whole tiles,
     the rest tiles of TAIL_SETS row sets after them (``_tail_origin``); c_desc's block is then
-    WG_ROWS rows, one copy per row set; ``full_tiles`` is unused (0) without it."""
+    WG_ROWS rows, one copy per row set; ``full_tiles`` is unused (0) without it.  LOADS_AHEAD
+    (``GemmConfig.loads_ahead``; 0: off): at most this many K-blocks' copies in flight (``_load_blocks``)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS * WG_K
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     CODE_ROWS: gl.constexpr = c_desc.block_type.shape[0]  # a copy's (``gemm.ws_code_rows``)
@@ -708,7 +720,7 @@ def gemm_gluon_ws_kernel(
     if NUM_WG == 1:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS)),
+                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS, LOADS_AHEAD)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
                          STAGED, full_tiles, TAIL_SETS))],
@@ -716,7 +728,7 @@ def gemm_gluon_ws_kernel(
     elif NUM_WG == 2:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS)),
+                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS, LOADS_AHEAD)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
                          STAGED, full_tiles, TAIL_SETS)),
@@ -727,7 +739,7 @@ def gemm_gluon_ws_kernel(
     elif NUM_WG == 3:
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS)),
+                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS, LOADS_AHEAD)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
                          STAGED, full_tiles, TAIL_SETS)),
@@ -742,7 +754,7 @@ def gemm_gluon_ws_kernel(
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1 to 4 consumer warpgroups")
         gl.warp_specialize([
             (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
-                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS)),
+                       PDL, IN_CLUSTER, full_tiles, TAIL_SETS, LOADS_AHEAD)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
                          STAGED, full_tiles, TAIL_SETS)),

@@ -197,7 +197,7 @@ def plan_class(problem: Problem, plan: Plan) -> str:
     power-of-two bucket; e.g. ``gemm 64x64x64 4w4s m64``, ``gluon_ws 256x128x128 12w3s
     stream-k m256``, ``gluon_ws 64x128x64 12w6s cluster m64``, ``gluon_ws 64x64x128 12w6s
     kwg2 m64`` (warpgroups sharing K), ``gluon_ws 64x256x128 20w3s tail m64`` (tail rows),
-    ``dequant m1024``."""
+    ``gluon_ws 64x128x128 12w6s cluster ahead4 m64`` (loads_ahead), ``dequant m1024``."""
     bucket = f"m{1 << max(0, problem.m - 1).bit_length()}"
     if plan.config is None:
         return f"{plan.kernel.value} {bucket}"
@@ -205,6 +205,7 @@ def plan_class(problem: Problem, plan: Plan) -> str:
     stream_k = " stream-k" if c.stream_k else " cluster" if c.cluster_sum else ""
     stream_k += f" kwg{c.k_warpgroups}" if c.k_warpgroups > 1 else ""
     stream_k += " tail" if c.tail_rows else ""
+    stream_k += f" ahead{c.loads_ahead}" if c.loads_ahead else ""
     return f"{plan.kernel.value} {c.block_m}x{c.block_n}x{c.block_k} {c.num_warps}w{c.num_stages}s{stream_k} {bucket}"
 
 

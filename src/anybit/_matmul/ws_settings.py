@@ -27,13 +27,14 @@ def ws_warps(block_n: int, wg_rows: int = 64, k_warpgroups: int = 1) -> int:
 
 def ws_config(block_m: int, block_n: int, block_k: int, split_k: int, stages: int, wg_rows: int = 64,
               k_warpgroups: int = 1, *, swizzle: int = 8, stream_k: bool = False,
-              cluster_sum: bool = False, tail_rows: int = 0) -> GemmConfig:
+              cluster_sum: bool = False, tail_rows: int = 0, loads_ahead: int = 0) -> GemmConfig:
     """A GemmConfig for the warp-specialized Gluon kernel, its warps from ``wg_rows`` rows
     of W per consumer warpgroup and ``k_warpgroups`` warpgroups per row set (``ws_warps``)."""
     from .gemm import GemmConfig  # (it imports this module)
 
     return GemmConfig(block_m, block_n, block_k, split_k, ws_warps(block_n, wg_rows, k_warpgroups), stages, swizzle,
-                      stream_k=stream_k, cluster_sum=cluster_sum, k_warpgroups=k_warpgroups, tail_rows=tail_rows)
+                      stream_k=stream_k, cluster_sum=cluster_sum, k_warpgroups=k_warpgroups, tail_rows=tail_rows,
+                      loads_ahead=loads_ahead)
 
 
 def ws_wg_rows(config: GemmConfig) -> int:
@@ -215,7 +216,7 @@ def ws_fit_stages(config: GemmConfig, bits: int) -> int | None:
     2 at 8 (docs/NOTES-gemm.md v25)."""
     step = config.k_warpgroups
     for stages in range(config.num_stages // step * step, 1, -step):
-        if ws_fits(replace(config, num_stages=stages), bits, ws_cluster_bytes(config)):
+        if ws_fits(replace(config, num_stages=stages, loads_ahead=0), bits, ws_cluster_bytes(config)):
             return stages
     return None
 
