@@ -1,4 +1,5 @@
 import os
+from dataclasses import dataclass
 
 import torch
 
@@ -10,6 +11,18 @@ if not torch.cuda.is_available():
 import pytest  # noqa: E402
 
 import anybit  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Refused:
+    """Settings (``dataclasses.replace`` keywords) a config is refused with, and a regex of what
+    the error says."""
+
+    config: dict
+    match: str
+
+    def label(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in self.config.items())
 
 
 @pytest.fixture(autouse=True)

@@ -2,10 +2,10 @@
 without a GPU: the settings it is accepted with, the tuner's paced twins, and the sm_90 compile.
 On a GPU: tests/test_gemm_gluon_ws_cuda.py::test_loads_ahead."""
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
-from conftest import compile_script
+from conftest import Refused, compile_script
 
 from anybit import tune
 from anybit._matmul import candidates as cand
@@ -15,14 +15,6 @@ from anybit._matmul import perf_model as pm
 SIX = gm.ws_config(64, 128, 128, 2, 6, cluster_sum=True)
 
 
-@dataclass(frozen=True)
-class Refused:
-    """Settings loads_ahead is refused with, and what the error says."""
-
-    config: dict
-    match: str
-
-
 REFUSED = [
     Refused(dict(loads_ahead=6), "loads_ahead=6 with num_stages=6: accepted: 0 .*or 1 <= loads_ahead < num_stages"),
     Refused(dict(loads_ahead=-1), "loads_ahead=-1"),
@@ -30,7 +22,7 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("case", REFUSED, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.config.items()))
+@pytest.mark.parametrize("case", REFUSED, ids=Refused.label)
 def test_loads_ahead_is_refused_outside_its_settings(case):
     with pytest.raises(ValueError, match=case.match):
         replace(SIX, **case.config)

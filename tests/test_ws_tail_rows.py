@@ -3,11 +3,11 @@ settings it is accepted with, the launch layout (``ws_tail_layout`` / ``ws_tail_
 the kernel's ``_tail_origin`` computes), the tuner's candidates and model, and the sm_90
 compile.  On a GPU: tests/test_gemm_gluon_ws_cuda.py::test_tail_rows."""
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import pytest
 import torch
-from conftest import compile_script
+from conftest import Refused, compile_script
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -20,14 +20,6 @@ from anybit.formats._base import Decode
 TAIL_256 = gm.ws_config(64, 256, 128, 1, 3, tail_rows=192)
 
 
-@dataclass(frozen=True)
-class Refused:
-    """Settings a tail is refused with, and what the error says."""
-
-    config: dict
-    match: str
-
-
 REFUSED = [
     Refused(dict(tail_rows=256), "tail_rows=256 with block_n=256.*accepted: 0, or 0 < tail_rows < block_n"),
     Refused(dict(tail_rows=-64), "tail_rows=-64"),
@@ -38,7 +30,7 @@ REFUSED = [
 ]
 
 
-@pytest.mark.parametrize("case", REFUSED, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.config.items()))
+@pytest.mark.parametrize("case", REFUSED, ids=Refused.label)
 def test_tail_rows_are_refused_outside_their_settings(case):
     with pytest.raises(ValueError, match=case.match):
         replace(TAIL_256, **case.config)
