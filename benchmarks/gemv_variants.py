@@ -16,13 +16,13 @@ the wait per K-block, wrong results possible; split_k as
 above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
 ``gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]``: the Gluon GEMM (gemm_gluon;
 overlap 1: measurement only, unsafe), or
-``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,scale_after[,k_wg]]]]]]]``:
+``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,scale_after[,k_wg[,tail[,ahead]]]]]]]]]``:
 the warp-specialized Gluon GEMM (gemm_gluon_ws; split_k ``sk``: stream-K, ``c<n>``: n splits summed through a
 cluster's shared memory; regs, maxnreg 0: the defaults; overlap 0-2,
 ``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup,
 64 or 128; scale_after 0 / 1: each weight scaled / each row's sum (one scale per row only), -1 or
 absent: ``ws_scale_after``; k_wg: consumer warpgroups sharing each row set's K-blocks, 1, 2 or 4,
-``GemmConfig.k_warpgroups``).  Each variant is first checked against the float64 reference on fresh random
+``GemmConfig.k_warpgroups``; tail, ahead: ``GemmConfig.tail_rows`` and ``loads_ahead``).  Each variant is first checked against the float64 reference on fresh random
 data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run): fp16 and every right variant of a point replayed in turn, so
 that all run under the same clocks (``bench._median_replays_us``).
@@ -57,16 +57,18 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         return ("gluon", gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4 * (bn // 64), stages,
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
-    # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,after[,kwg[,tail]]]]]]]]
+    # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,after[,kwg[,tail[,ahead]]]]]]]]]
     if text.startswith("ws,"):
         fields = text.split(",")[1:]
         stream_k = fields[3] == "sk"  # stream-K instead of a split count (and split 1)
         cluster = fields[3].startswith("c")  # c<n>: n splits summed through a cluster's shared memory
         split_text = "1" if stream_k else fields[3].lstrip("c")
         bm, bn, bk, split, stages, *extra = (int(v) for v in fields[:3] + [split_text] + fields[4:])
-        regs, maxnreg, overlap, wg_rows, after, k_wg, tail = (extra[1:] + [0, 0, -1, 64, -1, 1, 0][len(extra[1:]):])[:7]
+        regs, maxnreg, overlap, wg_rows, after, k_wg, tail, ahead = (
+            extra[1:] + [0, 0, -1, 64, -1, 1, 0, 0][len(extra[1:]):])[:8]
         config = gm.ws_config(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), stages, wg_rows, k_wg,
-                              swizzle=(extra[:1] or [8])[0], stream_k=stream_k, cluster_sum=cluster, tail_rows=tail)
+                              swizzle=(extra[:1] or [8])[0], stream_k=stream_k, cluster_sum=cluster, tail_rows=tail,
+                              loads_ahead=ahead)
         return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap),
                 None if after < 0 else bool(after))
     if text == "auto":  # the decode kernel's heuristic (M <= 32), whatever --kernel says

@@ -32,7 +32,9 @@ since v55; results right for all of these).  FORMAT (default int4-g128): the wei
 start and before exit until v52 split the first and dropped the second; docs/NOTES-gemm.md.)
 The copy is made by text substitutions of the kernel's source, each asserted, so a change of the kernel
 that breaks one fails loudly.
-Timing as ``gemv_variants``' (graph-launched, cold L2, fp16 cuBLAS in the same run).
+Timing as ``anybit bench``'s (graph-launched, cold L2): fp16 cuBLAS and every diag of a variant
+take turns (until v55 each was timed alone, fp16 and then the kernel as it is first after a
+shape's weights were made, and v55 found the first timing after that up to 15% slow).
 """
 
 from __future__ import annotations
@@ -54,6 +56,11 @@ SOURCE = os.path.join(os.path.dirname(gemm_gluon_ws.__file__), "gemm_gluon_ws.py
 #: The consumers' decode call in the kernel's source (what diags 4 and 8 replace)
 DECODE_CALL = ("    return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, "
                "not SCALE_AFTER)")
+
+
+#: Seconds each shape's fp16 product runs before its timings: without it, the first timings after
+#: a shape's weights were made, on a GPU that had been idle, ran up to 15% slow (v55).
+WARM_UP_SECONDS = 2.0
 
 
 def _replace(text: str, old: str, new: str, count: int | None = None) -> str:
@@ -212,6 +219,18 @@ def diagnostic_kernel(diag: int):
     return _weights.load_source(f"gemm_gluon_ws_diag{diag}", s).gemm_gluon_ws_kernel
 
 
+def _warm_up(call, seconds: float = WARM_UP_SECONDS) -> None:
+    """Run ``call`` for about ``seconds`` first (what ``anybit bench``'s bandwidth and matmul
+    rate measurements do before its timings)."""
+    import time
+
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(20):
+            call()
+        torch.cuda.synchronize()
+
+
 def main() -> None:
     split = sys.argv.index("--")
     out = None
@@ -224,24 +243,40 @@ def main() -> None:
     kernels = {d: diagnostic_kernel(d) for d in diags}
     original = gemm_gluon_ws.gemm_gluon_ws_kernel
     rows = []
+    def with_kernel(diag, launch):
+        """``launch`` with diag's kernel swapped in (the launcher imports it per call)."""
+        def call():
+            gemm_gluon_ws.gemm_gluon_ws_kernel = kernels[diag]
+            try:
+                return launch()
+            finally:
+                gemm_gluon_ws.gemm_gluon_ws_kernel = original
+        return call
+
     for shape in shapes:
         n, k, qw, copies, w16 = _weights.weights(shape, fmt)
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-        fp16_us = bench._time_per_call(lambda i: lambda: x @ w16[i].t(), len(w16), 20)
         ref = x.double() @ qw.dequantize(torch.float64).t()
+        _warm_up(lambda: x @ w16[0].t())
         for text in variants:
             config = gemv_variants._config(text, m, n, k, "gemm")
+            errs = {}
             for diag in diags:
-                gemm_gluon_ws.gemm_gluon_ws_kernel = kernels[diag]  # the launcher imports it per call
-                try:
-                    y = gemv_variants._call(x, qw, config)().double()
-                    rel = ((y - ref).norm() / ref.norm()).item()
-                    us = bench._time_per_call(lambda i: gemv_variants._call(x, copies[i], config), len(copies), 20)
-                finally:
-                    gemm_gluon_ws.gemm_gluon_ws_kernel = original
+                y = with_kernel(diag, gemv_variants._call(x, qw, config))().double()
+                errs[diag] = ((y - ref).norm() / ref.norm()).item()
+            # fp16 and every diag's graph take turns (``bench._median_replays_us``), so that none is
+            # timed alone right after the weights are made (the first timing after that ran up to
+            # 15% slow: docs/NOTES-gemm.md v55)
+            sets = [[lambda i=i: x @ w16[i].t() for i in range(len(w16))]]
+            sets += [[with_kernel(diag, gemv_variants._call(x, c, config)) for c in copies] for diag in diags]
+            times = bench._median_replays_us(sets, 20)
+            fp16_us = times[0] / len(w16)
+            for diag, total in zip(diags, times[1:]):
+                us = total / len(copies)
                 print(f"{fmt} {n}x{k} M={m} {text:34s} diag {diag}: {us:8.2f} us ({fp16_us / us:4.2f}x fp16) "
-                      f"err {rel:.1e}", flush=True)
-                rows.append(dict(format=fmt, N=n, K=k, M=m, variant=text, diag=diag, us=us, fp16_us=fp16_us, rel_err=rel))
+                      f"err {errs[diag]:.1e}", flush=True)
+                rows.append(dict(format=fmt, N=n, K=k, M=m, variant=text, diag=diag, us=us, fp16_us=fp16_us,
+                                 rel_err=errs[diag]))
     if out:
         with open(out, "w") as f:
             json.dump({"gpu": torch.cuda.get_device_name(), "rows": rows}, f, indent=1)

@@ -88,7 +88,7 @@ TAIL_MEASURED = 1
 #: The first this many warp-specialized plans measured at a point, and the table's plan, are
 #: also measured with their loader held to fewer K-blocks in flight (``candidates.paced``; the
 #: model ranks them by their own class correction, which starts at 1).
-PACED_MEASURED = 2
+PACED_MEASURED = 1
 #: Most processes ``precompile`` starts by default.  Each holds a CUDA context and one launch's
 #: operands (up to 2 GB: a 57344 x 8192 weight's fp16 scratch copy with its x and output).
 MAX_COMPILE_WORKERS = 16

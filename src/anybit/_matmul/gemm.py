@@ -83,10 +83,9 @@ class GemmConfig:
     loads_ahead: most K-blocks whose copies are in flight at once (the warp-specialized Gluon
         kernel only; 0: as many as the ring's stages, else 1 <= loads_ahead < num_stages): the
         loader issues a K-block's copies only once those of the block loads_ahead before it
-        have landed.  A tuned choice: in one timing harness at M = 64 on the H100 the ring
-        issued full ran 5-14% slower on the large layers than one held to 2-4 blocks in flight,
-        in the tuner's timings the two were alike (unpaced / paced 0.96-1.06, geomean 1.00;
-        docs/NOTES-gemm.md v55).
+        have landed.  A tuned choice, worth little on average: in the tuner's timings on the
+        H100 at M = 64 and 128, unpaced / paced 0.90-1.06, geomean 1.00 (131 pairs), the table
+        holding it where it measured 3% faster (docs/NOTES-gemm.md v55).
     """
 
     block_m: int
