@@ -456,8 +456,10 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     # the first PACED_MEASURED warp-specialized plans of those (every one with exhaustive) and the
     # table's plan, each also with its loader held to fewer K-blocks in flight
     bases = [c.plan for c in selected if c.plan.kernel is gm.Kernel.GLUON_WS][:None if exhaustive else PACED_MEASURED]
+    if incumbent is not None:
+        bases.append(incumbent)
     known = {c.plan for c in point.candidates}
-    for plan in dict.fromkeys(filter(None, map(space.paced, bases + [incumbent] * (incumbent is not None)))):
+    for plan in dict.fromkeys(filter(None, map(space.paced, bases))):
         if plan not in known:
             paced = Measured(plan, pm.predict_us(problem, plan, hw, params))
             point.candidates.append(paced)
