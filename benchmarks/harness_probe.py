@@ -1,9 +1,8 @@
 """Whether a product's time depends on what else its timing harness replays: each graph
-replayed alone (``bench._time_per_call``, as ws_diagnostics and gemv_variants time a variant)
-against the graphs of fp16 cuBLAS and the variants taking turns (``bench._median_replays_us``,
-as ``anybit bench`` and ``anybit tune`` time them), in one process on the same weights
-(docs/NOTES-gemm.md v55: under ws_diagnostics fp16 and the unpaced kernel ran ~15% slower than
-under the tuner).
+replayed alone (``bench._time_per_call``, as ws_diagnostics timed a diag until v55) against the
+graphs of fp16 cuBLAS and the variants taking turns (``bench._median_replays_us``, as ``anybit
+bench``, ``anybit tune`` and gemv_variants time them), in one process on the same weights, twice
+(docs/NOTES-gemm.md v55: the first timing after a shape's weights were made ran up to 15% slow).
 
 Usage on a CUDA machine: PYTHONPATH=src python benchmarks/harness_probe.py FORMAT NxK M VARIANT..."""
 

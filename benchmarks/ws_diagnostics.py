@@ -25,9 +25,9 @@ multiplies nothing; its fix-up and stores stay), 16384 the staging of each item'
 (each block's loaded from global memory as unstaged plans do; results right), 32768 x's copies
 (the loader copies only the codes, so the MMAs read whatever x a stage held: what x's traffic
 from L2 costs), 262144 / 4194304 / 8388608 / 524288 the loader sleeping 200 / 100 / 400 / 1000
-ns after each K-block's copies, 1048576 / 2097152 / 16777216 at most 2 / 3 / 4 K-blocks' copies
-in flight (the loader waits for block i - n to land before issuing block i; ``GemmConfig.loads_ahead``
-since v55; results right for all of these).  FORMAT (default int4-g128): the weights' format.
+ns after each K-block's copies (results right).  A loader held to n K-blocks in flight is the
+kernel's own ``GemmConfig.loads_ahead``, a variant's ``ahead`` field (v55's diags 1048576 /
+2097152 / 16777216 did the same for 2 / 3 / 4).  FORMAT (default int4-g128): the weights' format.
 (Diags 65536 and 131072 left out the cluster barriers at the partitions'
 start and before exit until v52 split the first and dropped the second; docs/NOTES-gemm.md.)
 The copy is made by text substitutions of the kernel's source, each asserted, so a change of the kernel
@@ -42,6 +42,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import torch
 
@@ -179,12 +180,6 @@ def diagnostic_kernel(diag: int):
         ns = 200 if diag & 262144 else 1000 if diag & 524288 else 100 if diag & 4194304 else 400
         s = _replace(s, copies, copies + f"        gl.inline_asm_elementwise('nanosleep.u32 {ns};\\n\\tmov.u32 $0, 0;', "
                      "'=r', [], dtype=gl.int32, is_pure=False, pack=1)\n", 1)
-    if diag & (1048576 | 2097152 | 16777216):  # at most 2 (3, 4) K-blocks' copies in flight (results right)
-        ahead = 2 if diag & 1048576 else 3 if diag & 2097152 else 4
-        wait = "        mbarrier.wait(empty.index(s), (((base + i) // STAGES) & 1) ^ 1)  # a fresh barrier passes phase 1\n"
-        s = _replace(s, wait, f"        if i >= {ahead}:\n"
-                     f"            mbarrier.wait(ready.index((base + i - {ahead}) % STAGES), ((base + i - {ahead}) // STAGES) & 1)\n"
-                     + wait, 1)
     if diag & 768:  # shared-memory reads added by the loader partition, results unchanged
         s = _extra_reads(s, 16 * bool(diag & 256) + 32 * bool(diag & 512))
     if diag & 4096:  # stream-K: no fix-up of the shared tiles, each item stores its own sum (racy)
@@ -222,8 +217,6 @@ def diagnostic_kernel(diag: int):
 def _warm_up(call, seconds: float = WARM_UP_SECONDS) -> None:
     """Run ``call`` for about ``seconds`` first (what ``anybit bench``'s bandwidth and matmul
     rate measurements do before its timings)."""
-    import time
-
     start = time.perf_counter()
     while time.perf_counter() - start < seconds:
         for _ in range(20):
@@ -243,6 +236,7 @@ def main() -> None:
     kernels = {d: diagnostic_kernel(d) for d in diags}
     original = gemm_gluon_ws.gemm_gluon_ws_kernel
     rows = []
+
     def with_kernel(diag, launch):
         """``launch`` with diag's kernel swapped in (the launcher imports it per call)."""
         def call():
