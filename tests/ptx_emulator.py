@@ -112,7 +112,7 @@ def run(asm: str, operands: list[int], outputs: int) -> list[int]:
         elif op == "add.rn.f16x2":
             store(args[0], _fma2(vals[0], 0x3C003C00, vals[1], bf16=False))  # a * 1 + b: one rounding
         elif op == "mul.rn.f16x2":
-            store(args[0], _fma2(vals[0], vals[1], 0, bf16=False))
+            store(args[0], _fma2(vals[0], vals[1], 0x80008000, bf16=False))  # a * b + (-0): a * b, signed zeros too
         else:
             raise NotImplementedError(f"PTX instruction {op!r} is not emulated")
     return slots[:outputs]

@@ -3,7 +3,7 @@ needed: Triton emits the PTX, then its ptxas compiles it).
 
 Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]]
 [--sass] [--ptx] [--pdl early|late] [--cluster] [--scale-after] [--k-warpgroups N] [--staged] [--zero-point]
-[--tail-rows N] [--loads-ahead N]
+[--tail-rows N] [--loads-ahead N] [--table | --row-table]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
 128, K of 64 K-blocks, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
@@ -12,7 +12,8 @@ Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_W
 split-K sum through a cluster's shared memory (``GemmConfig.cluster_sum``), ``--scale-after`` with each
 row's sum scaled once (one scale per row), ``--k-warpgroups 2`` with two consumer warpgroups per row set
 sharing its K-blocks (``GemmConfig.k_warpgroups``; NUM_WARPS counts them), ``--tail-rows`` and
-``--loads-ahead`` with those ``GemmConfig`` fields.  The report ends with the
+``--loads-ahead`` with those ``GemmConfig`` fields, ``--table`` / ``--row-table`` for 4-bit codes
+looked up in one table (NF4) / a table per row (lut4).  The report ends with the
 shared memory the kernel takes (Triton's count), and the output store is vectorized where
 the launcher would vectorize it.  Run in a
 process of its own: Triton's interpreter (TRITON_INTERPRET=1) cannot compile kernels."""
@@ -31,19 +32,22 @@ from triton.experimental.gluon._runtime import GluonASTSource
 
 from anybit._matmul import gemm as gm
 from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
+from anybit._matmul.decode_ptx import ROW_TABLE, TABLE
 from anybit._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
 
 PDL_IDS = {"off": PDL_OFF.value, "early": PDL_EARLY.value, "late": PDL_LATE.value}
+MODES = {"table": TABLE, "row_table": ROW_TABLE}
 
 
 def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
                stream_k: bool = False, split_k: int = 1, pdl: str = "off", cluster: bool = False,
                scale_after: bool = False, k_warpgroups: int = 1, staged: bool = False, zero_point: bool = False,
-               tail_rows: int = 0, loads_ahead: int = 0):
+               tail_rows: int = 0, loads_ahead: int = 0, table: str = ""):
     """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
     kernel: ``asm["ptx"]``, ``metadata``); ``scale_after``: its SCALE_AFTER (one scale per row);
     ``staged``: its STAGED (scales staged in shared memory); ``zero_point``: zero-point codes;
-    ``tail_rows``: ``GemmConfig.tail_rows`` (its TAIL_SETS); ``loads_ahead``: its LOADS_AHEAD."""
+    ``tail_rows``: ``GemmConfig.tail_rows`` (its TAIL_SETS); ``loads_ahead``: its LOADS_AHEAD;
+    ``table``: "table" or "row_table" for those decode modes."""
     config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k),
                            cluster_sum=cluster, k_warpgroups=k_warpgroups, tail_rows=tail_rows,
                            loads_ahead=loads_ahead)
@@ -51,7 +55,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_box = [gm.ws_code_rows(block_n, gm.ws_wg_rows(config) if tail_rows else None), block_k * bits // 32]
     c_layout = gl.NVMMASharedLayout.get_default_for(c_box, gl.int32)
-    constants = dict(GROUP=128, MODE=2 if zero_point else 0, STAGED=staged, BLOCK_M=block_m, BLOCK_N=block_n,
+    constants = dict(GROUP=128, MODE=MODES[table] if table else 2 if zero_point else 0, STAGED=staged, BLOCK_M=block_m, BLOCK_N=block_n,
                      BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
@@ -61,7 +65,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                      TAIL_SETS=tail_rows // gm.ws_wg_rows(config), LOADS_AHEAD=loads_ahead)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{c_box[0]}, {c_box[1]}],{c_layout!r}>", scales_ptr="*fp16",
-                    zeros_ptr="*u8", bias_ptr="*fp16", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
+                    zeros_ptr="*u8", bias_ptr="*fp16", table_ptr="*fp32", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
     names = list(inspect.signature(gemm_gluon_ws_kernel.fn).parameters)
     signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
     # 16-byte aligned pointers and row counts, as the launches on real weights see them
@@ -75,9 +79,10 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
 def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
            stream_k: bool = False, split_k: int = 1, sass: bool = False, ptx: bool = False,
            pdl: str = "off", cluster: bool = False, scale_after: bool = False, k_warpgroups: int = 1,
-           staged: bool = False, zero_point: bool = False, tail_rows: int = 0, loads_ahead: int = 0) -> str:
+           staged: bool = False, zero_point: bool = False, tail_rows: int = 0, loads_ahead: int = 0,
+           table: str = "") -> str:
     compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl,
-                          cluster, scale_after, k_warpgroups, staged, zero_point, tail_rows, loads_ahead)
+                          cluster, scale_after, k_warpgroups, staged, zero_point, tail_rows, loads_ahead, table)
     text = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
@@ -103,4 +108,5 @@ if __name__ == "__main__":
     print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl,
                  cluster="--cluster" in argv, scale_after="--scale-after" in argv, k_warpgroups=k_warpgroups,
                  staged="--staged" in argv, zero_point="--zero-point" in argv, tail_rows=tail_rows,
-                 loads_ahead=loads_ahead))
+                 loads_ahead=loads_ahead, table="table" if "--table" in argv else "row_table" if "--row-table" in argv
+                 else ""))

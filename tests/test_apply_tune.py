@@ -44,3 +44,22 @@ def test_only_clear_wins_replace_an_entry(tmp_path, monkeypatch):
     assert tuning.read_table(path).gpu == "GPU" and len(after) == 4
     assert apply_tune.main(["--table", str(path), "--report", str(rep), "--margin", "0.01"]) == [
         ("int4-g128", 57344, 8192, 128)]
+
+
+def test_new_points_are_added_only_when_asked(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(pathlib.Path(__file__).resolve().parents[1] / "benchmarks"))
+    import apply_tune
+
+    entries = (_entry(57344, 64, PLAIN, 146.0),)
+    table = tuning.TunedTable("GPU", 132, "3.6", "2.11", "0.1.0", "2026-11-24", {}, pm.ModelParams(), entries)
+    tuning.write_table(table, path := tmp_path / "table.json", merge=False)
+    report = {"env": {"sms": 132}, "hw": {"fp16_TFLOPs": 760.0, "copy_TBps": 3.0}, "points": [
+        _point(57344, 64, {PLAIN: 146.0, TAIL: 145.0}),  # within the margin: kept
+        _point(8192, 64, {PLAIN: 30.0, TAIL: 29.0}),  # no entry
+    ]}
+    (rep := tmp_path / "report.json").write_text(json.dumps(report))
+    assert apply_tune.main(["--table", str(path), "--report", str(rep)]) == []
+    assert tuning.read_table(path).entries == entries
+    assert apply_tune.main(["--table", str(path), "--report", str(rep), "--add"]) == [("int4-g128", 8192, 8192, 64)]
+    after = {(e.n, e.m): e for e in tuning.read_table(path).entries}
+    assert after == {(57344, 64): entries[0], (8192, 64): _entry(8192, 64, TAIL, 29.0)}

@@ -110,7 +110,7 @@ def test_hopper_uses_wgmma_with_the_weights_in_registers(spec):
     x = torch.randn(256, 4096, device="cuda", dtype=torch.float16)
     cache = gemm_kernel.device_caches[torch.cuda.current_device()][0]
     before = set(cache)
-    anybit.matmul(x, qw)
+    gm.gemm(x, qw, None)  # the Triton kernel itself (the dispatcher may pick another for this format)
     new = [cache[key] for key in cache if key not in before] or list(cache.values())
     assert any(WGMMA_REGISTER_A.search(kernel.asm["ptx"]) for kernel in new)
 

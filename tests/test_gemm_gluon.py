@@ -13,6 +13,7 @@ import torch
 
 from anybit import packing
 from anybit._matmul import candidates as cand
+from anybit._matmul import decode_ptx
 from anybit._matmul import gemm as gm
 from anybit._matmul import gemm_gluon as gg
 from anybit._matmul import gemv as gv
@@ -71,6 +72,43 @@ def test_the_bias_word_of_each_zero_point(bits):
         word = gg.BIAS_BASE[bits] + z * gg.BIAS_STEP[bits]
         assert -(1 << 31) <= word < 1 << 31  # no int32 overflow in the kernel
         assert word % (1 << 32) == emu.pair(-1024.0 - z, -high - z, bf16=False), z
+
+
+def _table_pair_operands(position: int) -> list[int]:
+    """``gemm_gluon.table_pair_operands`` of byte ``position``'s selector, in Python: (shift, sign
+    selector, pair selector)."""
+    half = position // 2
+    return [16 * half, gg.TABLE_SIGNS[half], gg.TABLE_PAIRS[position % 2]]
+
+
+#: NF4's levels, a table of random levels and one of levels at fp16's extremes and signed zeros
+TABLES = [list(__import__("anybit").formats.table.NF4_LEVELS),
+          list(np.random.default_rng(0).normal(size=16)),
+          [65504.0, -65504.0, 6e-8, -6e-8, 0.0, -0.0, 1.0, -1.0, 0.1, 2.0**-14, 3.0, -7.5, 1e4, -1e-3, 0.5, 0.33]]
+
+
+@pytest.mark.parametrize("levels", TABLES, ids=["nf4", "random", "extremes"])
+@pytest.mark.parametrize("scaled", [True, False])
+@pytest.mark.filterwarnings("ignore:overflow encountered:RuntimeWarning")
+def test_table_pair_decode_matches_the_table(levels, scaled):
+    """Byte c of a word -> (T[low nibble] * s, T[high nibble] * s) for the table T rounded to
+    fp16 and then the product rounded once (as the Triton kernels round a table and its scale),
+    for every byte value and position; unscaled, T's entries themselves."""
+    asm = (gg._TABLE_PAIR_ASM if scaled else gg._TABLE_PAIR_UNSCALED_ASM).value
+    assert ("mul" in asm) == scaled
+    words = decode_ptx.table_words(levels, bf16=False)
+    table = np.array(levels, dtype=np.float16)
+    rng = np.random.default_rng(len(levels))
+    for byte, position in itertools.product(range(256), range(4)):
+        word = int(rng.integers(0, 2**32)) & ~(0xFF << 8 * position) | byte << 8 * position
+        for s in [1.0, 0.0137, 900.0] if scaled else [float("nan")]:  # 900 x 65504: inf, as on the GPU
+            scale = emu.pair(s, s, bf16=False) if scaled else int(rng.integers(0, 2**32))
+            shift, signs, place = _table_pair_operands(position)
+            got = emu.run(asm, [word, shift, signs, scale, place, *words], outputs=2)
+            for value, code in zip(got, (byte & 15, byte >> 4)):
+                want = np.float16(np.float64(table[code]) * np.float64(np.float16(s))) if scaled else table[code]
+                got16 = np.array([value], dtype=np.uint16).view(np.float16)[0]
+                assert got16.tobytes() == np.float16(want).tobytes(), (byte, position, s, code)
 
 
 @pytest.mark.parametrize("bits, zero", [(4, 0), (4, 8), (4, 15), (8, 0), (8, 128), (8, 200)])
@@ -165,8 +203,10 @@ def test_supported_products():
     assert gm.gluon_ws_supported(**ws) and gm.gluon_ws_supported(**dict(ws, bits=8, group=gv.ROW_GROUP))
     # any whole number of K-blocks per group, as the Gluon kernel
     assert gm.gluon_ws_supported(**dict(ws, group=192))
-    for change in [dict(bits=3), dict(bits=2), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.TABLE),
-                   dict(group=96)]:
+    # and 4-bit table codes (NF4, lut4), not 8-bit ones
+    assert gm.gluon_ws_supported(**dict(ws, mode=Decode.TABLE)) and gm.gluon_ws_supported(**dict(ws, mode=Decode.ROW_TABLE))
+    for change in [dict(bits=3), dict(bits=2), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.BINARY),
+                   dict(group=96), dict(mode=Decode.TABLE, bits=8), dict(mode=Decode.ROW_TABLE, bits=3)]:
         assert not gm.gluon_ws_supported(**dict(ws, **change)), change
 
 

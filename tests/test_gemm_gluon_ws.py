@@ -330,13 +330,13 @@ def test_a_ws_plan_falls_back_to_the_heuristic_where_it_does_not_apply(monkeypat
     assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(x.dtype))
 
 
-def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap, bits: int = 4) -> str:
+def _ptxas_notes(config: gm.GemmConfig, overlap: gm.WsOverlap, bits: int = 4, *flags: str) -> str:
     """ptxas's report (-v) on the kernel for ``config`` (stream-K or not, warpgroups sharing K
-    or not), ``overlap`` and codes of ``bits``, compiled for sm_90 without a GPU
-    (tests/ptxas_report.py)."""
+    or not), ``overlap`` and codes of ``bits`` (``flags``: ptxas_report's, e.g. ``--table``),
+    compiled for sm_90 without a GPU (tests/ptxas_report.py)."""
     return compile_script("ptxas_report.py", config.block_m, config.block_n, config.block_k, config.num_stages,
                           int(overlap), config.num_warps, bits, int(config.stream_k), "--k-warpgroups",
-                          config.k_warpgroups)
+                          config.k_warpgroups, *flags)
 
 
 SERIALIZED = "wgmma.mma_async instructions are serialized"
@@ -355,6 +355,18 @@ def test_the_chosen_overlap_keeps_the_mmas_asynchronous(config):
     assert _shared_bytes(notes) <= gm.HOPPER_SMEM_BYTES
     if (config.block_n == 256 and config.block_m == 64) or config.block_m == 256 or config.block_k == 128:
         assert SERIALIZED in _ptxas_notes(config, gm.WsOverlap.CARRY)
+
+
+@pytest.mark.parametrize("table", ["--table", "--row-table"])
+@pytest.mark.parametrize("config", [gm.ws_config(64, 128, 64, 1, 6), gm.ws_config(64, 128, 128, 1, 6),
+                                    gm.ws_config(64, 64, 128, 1, 6, k_warpgroups=2)],
+                         ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
+def test_table_codes_keep_the_mmas_asynchronous(config, table):
+    """The table decode (one table, or a table per row: eight more registers per row) compiles
+    with the tile's overlap left in flight and nothing spilled, on tiles the M = 64 tables pick."""
+    notes = _ptxas_notes(config, gm.ws_overlap(config), 4, table)
+    assert "Used" in notes and SERIALIZED not in notes
+    assert re.search(r"\b0 bytes spill stores", notes)
 
 
 @pytest.mark.parametrize("config", [gm.ws_config(*t[:3], 1, *t[3:], stream_k=True) for t in cand.GLUON_WS_TILES

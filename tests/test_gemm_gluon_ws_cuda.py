@@ -32,7 +32,8 @@ def _ids(c):
     return f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-{c.num_stages}s-wg{gm.ws_wg_rows(c)}{sk}"
 
 
-@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64", "int8-gc", "uint8-g128"])
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64", "int8-gc", "uint8-g128",
+                                  "nf4-g128", "nf4-gc", "lut4-g128", "lut4-gc"])
 @pytest.mark.parametrize("n, k", [(1000, 4128), (192, 320), (4096, 4096), (4096, 14336)])
 def test_sweep(spec, n, k):
     check_sweep(_run, lambda m: _ws(64 if m <= 64 else 128, 256, 64, 2, 4), spec, n, k)
@@ -56,7 +57,7 @@ FORCED = [
 
 
 @pytest.mark.parametrize("config", FORCED, ids=_ids)
-@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc"])
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc", "nf4-g128", "lut4-g128"])
 @pytest.mark.parametrize("m", [33, 100, 256])
 def test_forced_tiles_with_bias(config, spec, m):
     """NaN-poisoned output: every element written; bias added once; K not a multiple of
@@ -273,6 +274,40 @@ def test_loads_ahead(config, ahead, spec, n, k, m):
     x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
     assert torch.equal(y, _run(x, qw, replace(config, loads_ahead=0), bias))
     _check_replays(x, qw, config, bias, y)
+
+
+TABLE_PLANS = [_ws(64, 256, 128, 1, 3), _ws(128, 128, 64, 3, 4), _ws(64, 128, 128, 2, 6, cluster_sum=True),
+               _ws(64, 128, 128, 1, 6, stream_k=True), _ws(64, 64, 128, 2, 6, 64, 2, cluster_sum=True),
+               _ws(64, 256, 128, 1, 3, tail_rows=192), _ws(128, 192, 128, 1, 4), _ws(64, 256, 64, 1, 4, 128),
+               _ws(256, 128, 64, 2, 4)]
+
+
+@pytest.mark.parametrize("config", TABLE_PLANS, ids=_ids)
+@pytest.mark.parametrize("spec", ["nf4-g128", "lut4-g128", "nf4-gc", "lut4-gc"])
+@pytest.mark.parametrize("n, k, m", [(1000, 4160, 33), (4096, 4096, 64), (16384, 2048, 256)])
+def test_table_codes(config, spec, n, k, m):
+    """4-bit table codes (NF4's levels; lut4, a table per row of W) in each kind of launch
+    (one wave, three splits, cluster sum, stream-K, warpgroups sharing K, tail rows, three
+    warpgroups, 128 rows a warpgroup, 256 rows of x), with a scale per group or per row
+    (scaled once, after the sum): on a NaN-poisoned output every element written and the
+    bias added once, within the float64 tolerance; the same bits in repeated launches and
+    graph replays."""
+    config = replace(config, num_stages=gm.ws_fit_stages(config, 4))
+    x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
+    _check_replays(x, qw, config, bias, y)
+
+
+def test_table_launch_refuses_a_missing_or_misshapen_table():
+    """The launcher checks the table it is given against the codes' mode."""
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    x = torch.randn(64, 256, device="cuda", generator=gen).half()
+    config = _ws(64, 128, 128, 1, 6)
+    for spec, table in [("lut4-g128", None), ("lut4-g128", torch.zeros(16, device="cuda")),
+                        ("nf4-g128", torch.zeros(128, 16, device="cuda")), ("int4-g128", torch.zeros(16, device="cuda"))]:
+        qw = quantized_cuda(spec, 128, 256, gen)
+        with pytest.raises(ValueError, match="table: "):
+            gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], None, None, 128, 256, 4, 128,
+                                    qw.format.kernel_decode().mode, config, table=table)
 
 
 THREE_WARPGROUPS = [_ws(128, 192, 128, 1, 4), _ws(64, 192, 128, 1, 4), _ws(128, 192, 128, 3, 4),

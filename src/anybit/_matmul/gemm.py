@@ -366,10 +366,16 @@ def check_gluon_config(config: GemmConfig) -> None:
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
                        scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
     """Whether the warp-specialized Gluon kernel (``gemm_gluon_ws``) computes this product:
-    as ``gluon_supported`` but for 4- or 8-bit codes (GLUON_WS_BITS), with K-blocks of 64
-    or 128 and k a multiple of 8 (TMA reads rows whose strides are multiples of 16 bytes)."""
-    return bits in GLUON_WS_BITS and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device) \
+    as ``gluon_supported`` but for 4- or 8-bit codes (GLUON_WS_BITS) and also 4-bit table codes
+    (NF4, lut4: ``WS_TABLE_MODES``), with K-blocks of 64 or 128 and k a multiple of 8 (TMA
+    reads rows whose strides are multiples of 16 bytes)."""
+    table = mode in WS_TABLE_MODES and bits == 4
+    return bits in GLUON_WS_BITS and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device, table) \
         and block_k in (64, 128) and k % 8 == 0
+
+
+#: The table modes the warp-specialized kernel decodes (4-bit codes; ``gemm_gluon.decode_operand``).
+WS_TABLE_MODES = (Decode.TABLE, Decode.ROW_TABLE)
 
 
 def _tma_readable(*tensors: Tensor) -> bool:
@@ -388,26 +394,28 @@ def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: to
 
 
 def _gluon_operands(mode: Decode, group: int, block_k: int, dtype: torch.dtype, scale_dtype: torch.dtype,
-                    device: torch.device | None) -> bool:
+                    device: torch.device | None, table: bool = False) -> bool:
     """What both Gluon kernels need besides the code width: integer codes (symmetric or with
-    zero points), fp16 x and scales, K-blocks of a multiple of 64 codes, a whole number of
+    zero points; or, with ``table``, a table mode), fp16 x and scales, K-blocks of a multiple of 64 codes, a whole number of
     them per group, and (where ``device`` is given) a Hopper GPU (sm_90)."""
     if device is not None and (device.type != "cuda" or capability(device)[0] != 9):
         return False
-    return mode in (Decode.SYMMETRIC, Decode.ZERO_POINT) and dtype == torch.float16 \
+    return (table or mode in (Decode.SYMMETRIC, Decode.ZERO_POINT)) and dtype == torch.float16 \
         and scale_dtype == torch.float16 and block_k % 64 == 0 and group % block_k == 0
 
 
 def launch_gemm_gluon(
     x: Tensor, codes: Tensor, scales: Tensor, zeros: Tensor | None, bias: Tensor | None, n: int, k: int,
     bits: int, group: int, mode: Decode, config: GemmConfig, out: Tensor | None = None,
-    workspace: Tensor | None = None, overlap: bool = False,
+    workspace: Tensor | None = None, overlap: bool = False, table: Tensor | None = None,
 ) -> Tensor:
     """Run the Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
     ``config``: tiles, split-K, stages (the x / codes ring) and swizzle; the kernel runs
     4 warps per 64 rows of W (``block_n``).  Operands as ``launch_gemm``'s.
-    ``overlap``: measurement only, unsafe (see gemm_gluon).
+    ``overlap``: measurement only, unsafe (see gemm_gluon).  ``table``: as the other Gluon
+    launcher takes it (``on_weight``); this kernel decodes integer codes only, so a table
+    format is refused before it is read.
     """
     from .gemm_gluon import gemm_gluon_kernel
     from .gemv_triton import MODE_IDS
@@ -439,6 +447,7 @@ def launch_gemm_gluon_ws(
     bits: int, group: int, mode: Decode, config: GemmConfig, out: Tensor | None = None,
     workspace: Tensor | None = None, consumer_regs: int | None = None, maxnreg: int | None = None,
     overlap: WsOverlap | None = None, scale_after: bool | None = None, staged: bool | None = None,
+    table: Tensor | None = None,
 ) -> Tensor:
     """Run the warp-specialized Gluon kernel (Hopper): x (M, k) fp16 -> y (M, n) fp16.
 
@@ -452,7 +461,9 @@ def launch_gemm_gluon_ws(
     and MMA (default ``ws_overlap``; a deeper one than the registers hold runs correctly
     but slowly); ``scale_after``: each row's sum scaled once instead of every weight (default
     ``ws_scale_after``; True needs one group per row); ``staged``: scales and zero points
-    staged in shared memory (default ``ws_staged``; True where it cannot is a ValueError).  Operands as
+    staged in shared memory (default ``ws_staged``; True where it cannot is a ValueError); ``table``:
+    the table modes' levels (``gemv.kernel_table``: (16,) for TABLE, (n, 16) for ROW_TABLE; None
+    for integer codes).  Operands as
     ``launch_gemm``'s, but ``workspace`` (with split-K or stream-K) is fp32 with at least
     ``ws_workspace_size`` elements; k a multiple of 8 and x, codes readable by TMA
     (``_tma_readable``).  ``out`` (M, n) fp16 may be a slice of a wider y's columns (rows
@@ -470,8 +481,9 @@ def launch_gemm_gluon_ws(
     if not gluon_ws_supported(bits, mode, group, config.block_k, k, x.dtype, scales.dtype):
         raise ValueError(f"the warp-specialized Gluon GEMM does not compute {bits}-bit {mode.value} codes in groups "
                          f"of {group} with K-blocks of {config.block_k} for x {x.dtype}, scales {scales.dtype}, "
-                         f"k={k}; accepted: 4 or 8 bits, symmetric or zero-point codes, fp16 x and scales, block_k "
-                         f"64 or 128 <= group, k a multiple of 8")
+                         f"k={k}; accepted: 4 or 8 bits, symmetric or zero-point codes (or 4-bit table codes), fp16 "
+                         f"x and scales, block_k 64 or 128 <= group, k a multiple of 8")
+    _check_ws_table(table, mode, n)
     check_gluon_ws_config(config)
     if scale_after and not ws_scale_after(scales.shape[1]):
         raise ValueError(f"scale_after=True scales each row's sum once, which needs one scale per row; got "
@@ -539,7 +551,7 @@ def launch_gemm_gluon_ws(
                             tail) if ws_push_sum(config) or staged else gemm_gluon_ws_kernel[grid]
     run(
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
-        workspace, counters, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
+        workspace, counters, scales if table is None else table, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
         scalars["stride_zn"], scalars["stride_zg"], srow, out.stride(0), full_tiles,
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
@@ -552,6 +564,19 @@ def launch_gemm_gluon_ws(
         **pdl_arguments(x.device),
     )
     return out
+
+
+def _check_ws_table(table: Tensor | None, mode: Decode, n: int) -> None:
+    """ValueError unless ``table`` is what the warp-specialized kernel reads for ``mode``: None for
+    integer codes, 16 contiguous levels for TABLE, (n, 16) contiguous for ROW_TABLE."""
+    want = {Decode.TABLE: (16,), Decode.ROW_TABLE: (n, 16)}.get(mode)
+    if want is None and table is None:
+        return
+    if want is None or table is None or tuple(table.shape) != want or not table.is_contiguous() \
+            or not table.is_floating_point():
+        got = "None" if table is None else f"{table.dtype} {tuple(table.shape)}"
+        raise ValueError(f"table: {got} for {mode.value} codes; accepted: "
+                         f"{'None' if want is None else f'a contiguous float tensor of shape {want}'}")
 
 
 #: Tiles and warps of the dequantize kernel (the group it takes is ``kernel_group``).
@@ -663,7 +688,8 @@ def planned_matmul_op(
         x = x.contiguous()  # (the launches keep a contiguous x as it is)
         if gluon_ws_supported(bits, Decode(mode), kgroup, config.block_k, k, x.dtype, scales.dtype, x.device) \
                 and _tma_readable(x, codes):
-            return launch_gemm_gluon_ws(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config)
+            return launch_gemm_gluon_ws(x, codes, scales, zeros, bias, n, k, bits, kgroup, Decode(mode), config,
+                                        table=table)
         # elsewhere the Triton kernel with the heuristic's settings (see Kernel.GLUON_WS)
         config = gemm_config(x.shape[0], n, k, group, bits, sm_count(x.device))
     return launch_gemm(x, codes, scales, zeros, table, bias, n, k, bits, kgroup, Decode(mode), config)
@@ -689,10 +715,13 @@ def on_weight(launch, x: Tensor, qw: QuantizedWeight, bias: Tensor | None, confi
               **options) -> Tensor:
     """``launch`` (a Gluon kernel's, operands as ``launch_gemm_gluon``'s) on x (..., K) and ``qw``,
     with ``config`` as the dispatcher adjusts it (``launch_settings``); ``options``: the
-    launch's other keyword arguments (``out``, ``workspace``, ``overlap``, ...)."""
+    launch's other keyword arguments (``out``, ``workspace``, ``overlap``, ...; a table format's
+    ``table``, ``kernel_table``, is added here)."""
     n, k = qw.shape
     x2 = x.reshape(-1, k)
     config, group = launch_settings(qw, x2.shape[0], x.device, config)
+    if (table := kernel_table(qw)) is not None:  # table codes: the warp-specialized kernel's
+        options = {"table": table, **options}
     y = launch(x2, qw.codes, qw.params["scales"], qw.params.get("zeros"), bias, n, k, qw.format.bits, group,
                qw.format.kernel_decode().mode, config, **options)
     return y.reshape(*x.shape[:-1], n)

@@ -63,8 +63,10 @@ from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
 #: older name, 3.6 has only that)
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 
-#: The mode id of codes with zero points (decode_ptx; any other mode here is symmetric).
+#: The mode ids of codes with zero points and of 4-bit table codes, one table or one a row
+#: (decode_ptx; any other mode here is symmetric).
 ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
+TABLE, ROW_TABLE = gl.constexpr(decode_ptx.TABLE), gl.constexpr(decode_ptx.ROW_TABLE)
 
 #: A barrier of all threads of the CTA (bar.sync): ``barrier`` in newer Gluon, which
 #: removed the older name ``thread_barrier``.
@@ -177,6 +179,86 @@ mov.b32 {$0, $1}, t;
 _BYTE_PAIR_UNSCALED_ASM = gl.constexpr(_BYTE_PAIR_ASM.value.replace("mul.rn.f16x2 t, t, $5;\n", ""))
 
 
+#: byte c of a word of 8 4-bit codes -> fp16 pair (T[low nibble], T[high nibble]) * scale, for a
+#: 16-entry table T (NF4's levels, or a row's) given as ``decode_ptx.table_words``' eight words
+#: ($7 .. $14: the low bytes of entries 0-3, 4-7, 8-11, 12-15, then their high bytes)::
+#:
+#:     m  = (word & 0x77777777) >> $3          nibbles of half $3 / 16 of the word, bit 3 cleared
+#:     la = prmt(L0, L1, m), lb = prmt(L2, L3, m)     low bytes of entries (n & 7), (n & 7) + 8
+#:     k  = prmt(word << 4, word, $4)           0xFF where the nibble's bit 3 is set (sign bytes)
+#:     lo = k ? lb : la,  hi likewise from the high bytes          (lop3)
+#:     pair = prmt(lo, hi, $6)                  byte c's two entries as (low, high) halves
+#:
+#: then times the scale $5.  For both bytes of a half everything but the last prmt and the
+#: multiply is the same instructions on the same operands, which ptxas computes once: 25
+#: instructions a word of 8 codes (the integer decode: 16).
+_TABLE_PAIR_ASM = gl.constexpr("""{
+.reg .b32 t;
+.reg .b32 m, u, la, lb, ha, hb, k, lo, hi;
+and.b32 m, $2, 0x77777777;
+shr.b32 m, m, $3;
+shl.b32 u, $2, 4;
+prmt.b32 la, $7, $8, m;
+prmt.b32 lb, $9, $10, m;
+prmt.b32 ha, $11, $12, m;
+prmt.b32 hb, $13, $14, m;
+prmt.b32 k, u, $2, $4;
+lop3.b32 lo, la, lb, k, 0xD8;
+lop3.b32 hi, ha, hb, k, 0xD8;
+prmt.b32 t, lo, hi, $6;
+mul.rn.f16x2 t, t, $5;
+mov.b32 {$0, $1}, t;
+}""")
+
+#: ``_TABLE_PAIR_ASM`` without the scale: the table's entries themselves (rounded to fp16).
+_TABLE_PAIR_UNSCALED_ASM = gl.constexpr(_TABLE_PAIR_ASM.value.replace("mul.rn.f16x2 t, t, $5;\n", ""))
+
+#: ``_TABLE_PAIR_ASM``'s $4 for half h of a word (prmt's sign bytes of nibbles 4h .. 4h + 3) and
+#: its $6 for byte c within its half (c % 2: the entries of bytes 0 and 1 of the lookups).
+_SIGNS0, _SIGNS1, _PAIRS0, _PAIRS1 = (gl.constexpr(v) for v in (0xD9C8, 0xFBEA, 0x5140, 0x7362))
+TABLE_SIGNS = (_SIGNS0.value, _SIGNS1.value)
+TABLE_PAIRS = (_PAIRS0.value, _PAIRS1.value)
+
+
+@gluon.jit
+def table_pair_operands(select):
+    """``_TABLE_PAIR_ASM``'s per-byte operands ($3, $4, $6) from ``pair_select``'s 4-bit
+    selectors (byte c = select & 3): constants the compiler folds."""
+    c = select & 3
+    half = c >> 1
+    return half * 16, _SIGNS0 + half * (_SIGNS1 - _SIGNS0), _PAIRS0 + (c & 1) * (_PAIRS1 - _PAIRS0)
+
+
+@gluon.jit
+def table_words(table_ptr, rows, ROW_TABLE: gl.constexpr):
+    """The eight int32 [R] words of ``decode_ptx.table_words`` for each of ``rows`` (int32 [R]):
+    row r's 16 entries at ``table_ptr + 16 r`` (ROW_TABLE, a (N, 16) table), else the one
+    table of 16 entries for every row; entries rounded to fp16 (round to nearest even)."""
+    lo0, hi0 = _table_word(table_ptr, rows, 0, ROW_TABLE)
+    lo1, hi1 = _table_word(table_ptr, rows, 1, ROW_TABLE)
+    lo2, hi2 = _table_word(table_ptr, rows, 2, ROW_TABLE)
+    lo3, hi3 = _table_word(table_ptr, rows, 3, ROW_TABLE)
+    return lo0, lo1, lo2, lo3, hi0, hi1, hi2, hi3
+
+
+@gluon.jit
+def _table_word(table_ptr, rows, w: gl.constexpr, ROW_TABLE: gl.constexpr):
+    """Entries 4w .. 4w + 3 of each row's table as (low bytes, high bytes), int32 [R] each,
+    entry 4w + i in byte i.  The one table is read by scalar loads, so every row holds the
+    same registers."""
+    lo = rows * 0
+    hi = rows * 0
+    for i in gl.static_range(4):
+        if ROW_TABLE:
+            entry = gl.load(table_ptr + rows * 16 + (4 * w + i))
+        else:
+            entry = gl.load(table_ptr + (4 * w + i))
+        bits = entry.to(gl.float16).to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+        lo = lo | (bits & 0xFF) << (8 * i)
+        hi = hi | (bits >> 8) << (8 * i)
+    return lo, hi
+
+
 @gluon.jit
 def pair_select(pair, BITS: gl.constexpr = 4):
     """The prmt selector of ``decode_operand``'s pair ``pair`` of a word: 4 bits, byte c into
@@ -189,7 +271,8 @@ def pair_select(pair, BITS: gl.constexpr = 4):
 
 @gluon.jit
 def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K: gl.constexpr,
-                   a_layout: gl.constexpr, BITS: gl.constexpr = 4, SCALED: gl.constexpr = True):
+                   a_layout: gl.constexpr, BITS: gl.constexpr = 4, SCALED: gl.constexpr = True, table=None,
+                   TABLE: gl.constexpr = False):
     """Code words [ROWS, BLOCK_K * BITS / 32] (int32, in ``_byte_layout``'s word layout)
     -> wgmma's register operand [ROWS, BLOCK_K] fp16 (``a_layout``): pair ``select``
     (``pair_select``) of each word by ``_NIBBLE_PAIR_ASM`` (4 bits; ``mul``: int32 scalar,
@@ -199,14 +282,27 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
     (byte i of word s of a chunk: k = 8 i + 2 s) and are permuted to k order, which
     moves no data (``_byte_layout`` put each value where the MMA wants it).  Without SCALED
     the operand is the exact code - zero (``_BYTE_PAIR_UNSCALED_ASM``, ``_NIBBLE_PAIR_UNSCALED_ASM``;
-    ``scale`` unused): for one scale per row, applied to the product's fp32 sum."""
+    ``scale`` unused): for one scale per row, applied to the product's fp32 sum.  TABLE (4 bits):
+    each code looked up in its row's table instead (``table``: ``table_words``' eight int32 [ROWS];
+    ``_TABLE_PAIR_ASM``; ``bias`` and ``mul`` unused)."""
     words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
     sel3 = gl.broadcast(words3, select)[1]
-    bias3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(bias, 1), 2))[1]
-    scale3 = gl.broadcast(words3, gl.expand_dims(gl.expand_dims(scale, 1), 2))[1]
+    bias3 = _rows3(words3, bias)
+    scale3 = _rows3(words3, scale)
     HALF: gl.constexpr = scale.dtype == gl.float16
     S: gl.constexpr = "h" if HALF else "r"  # the scale's constraint (no asm reads it unscaled)
-    if BITS == 8:
+    if TABLE:
+        gl.static_assert(BITS == 4, "table codes are 4 bits wide")
+        shift, signs, place = table_pair_operands(sel3)
+        asm: gl.constexpr = _TABLE_PAIR_ASM if SCALED else _TABLE_PAIR_UNSCALED_ASM
+        asm2: gl.constexpr = _half_scale(asm) if HALF and SCALED else asm
+        lo, hi = gl.inline_asm_elementwise(
+            asm2, "=h,=h,r,r,r," + S + ",r,r,r,r,r,r,r,r,r",
+            [words3, shift, signs, scale3, place, _rows3(words3, table[0]), _rows3(words3, table[1]),
+             _rows3(words3, table[2]), _rows3(words3, table[3]), _rows3(words3, table[4]),
+             _rows3(words3, table[5]), _rows3(words3, table[6]), _rows3(words3, table[7])],
+            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
+    elif BITS == 8:
         asm: gl.constexpr = _BYTE_PAIR_ASM if SCALED else _BYTE_PAIR_UNSCALED_ASM
         asm2: gl.constexpr = _half_scale(asm) if HALF and SCALED else asm
         lo, hi = gl.inline_asm_elementwise(asm2, "=h,=h,r,r,r," + S, [words3, sel3, bias3, scale3],
@@ -221,6 +317,12 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
     if BITS == 4:  # [ROWS, chunk, s, i, h] -> [ROWS, chunk, i, s, h]: k = 32 chunk + 8 i + 2 s + h
         pairs = gl.permute(gl.reshape(pairs, [ROWS, BLOCK_K // 32, 4, 4, 2]), (0, 1, 3, 2, 4))
     return gl.convert_layout(gl.reshape(pairs, [ROWS, BLOCK_K]), a_layout)
+
+
+@gluon.jit
+def _rows3(words3, values):
+    """Per-row values [ROWS] broadcast to ``words3``' shape [ROWS, words, pairs]."""
+    return gl.broadcast(words3, gl.expand_dims(gl.expand_dims(values, 1), 2))[1]
 
 
 @gluon.jit

@@ -55,8 +55,8 @@ where removing the MMA, the decode or the scale loads each saves 15-35%: none hi
 the others.  The tuned table picks the kernel only where it measured fastest (mostly the
 large layers at M = 64-256).
 
-Limits (``gemm.gluon_ws_supported``): sm_90, 4- or 8-bit symmetric or zero-point codes,
-fp16 x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
+Limits (``gemm.gluon_ws_supported``): sm_90, 4- or 8-bit symmetric or zero-point codes or 4-bit
+table codes (MODE TABLE: NF4's levels; ROW_TABLE: a table per row of W), fp16 x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
 strides are multiples of 16 bytes), a ring that fits shared memory (``gemm.ws_fits``).
 """
 
@@ -74,7 +74,8 @@ from .cluster import (
     init_count_barrier, tail_buffer,
 )
 from .gemm_gluon import (
-    ZERO_POINT, _byte_layout, bias_word, cta_barrier, decode_operand, group_params, nibble_multiplier, pair_select,
+    ROW_TABLE, TABLE, ZERO_POINT, _byte_layout, bias_word, cta_barrier, decode_operand, group_params,
+    nibble_multiplier, pair_select, table_words,
 )
 from .gemm_triton import tile_position
 from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
@@ -306,20 +307,22 @@ def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MOD
 @gluon.jit
 def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, mul,
             scale, zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr,
-            SCALE_AFTER: gl.constexpr):
+            SCALE_AFTER: gl.constexpr, table, MODE: gl.constexpr):
     """The operand of the ring's u-th block for consumer warpgroup WG: wait for its stage,
     read the warpgroup's WG_ROWS rows of code words, decode them with the group's ``scale``
-    and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s; SCALE_AFTER: without the scale)."""
+    and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s; SCALE_AFTER: without the scale), or in
+    the rows' ``table`` (``table_words``'; MODE TABLE or ROW_TABLE)."""
     s = u % STAGES
     bias = bias_word(zero, BITS)
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
     words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
     # the fp16 scale itself: its pair is made in the decode's asm (``decode_operand``)
-    return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER)
+    return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER, table,
+                          MODE == TABLE or MODE == ROW_TABLE)
 
 
 @gluon.jit
-def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl.constexpr, select,
+def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl.constexpr, select, table,
                 GROUP: gl.constexpr, MODE: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_K: gl.constexpr,
                 STAGES: gl.constexpr, OVERLAP: gl.constexpr, BITS: gl.constexpr, SCALE_AFTER: gl.constexpr,
                 STEP: gl.constexpr = 1, staged=None, STAGED: gl.constexpr = False):
@@ -363,7 +366,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     if first == 1:
         sc, zc = _block_scales(staged, window, kb0, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
         a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
-                    a_layout, BITS, SCALE_AFTER)
+                    a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(base % STAGES), count=1)
         if not STAGED:
@@ -373,7 +376,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
         u = base + i * STEP
         sc, zc = _block_scales(staged, window, kb0 + i * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
         a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
-                     a_layout, BITS, SCALE_AFTER)
+                     a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a1 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a1))
@@ -385,7 +388,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
             window = _advance(params, window, kb0 + (i + 3) * STEP, BLOCK_K, GROUP, MODE, BITS)
         sc, zc = _block_scales(staged, window, kb0 + (i + 1) * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
         a0 = _decode(c_bufs, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K,
-                     STAGES, a_layout, BITS, SCALE_AFTER)
+                     STAGES, a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a0, x_bufs.index((u + STEP) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
             acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
@@ -415,6 +418,16 @@ def _scaled(acc, scales_ptr, rows, N, stride_sn, SCALE_AFTER: gl.constexpr):
     if SCALE_AFTER:
         acc = acc * gl.load(scales_ptr + rows * stride_sn, mask=rows < N, other=0).to(gl.float32)[:, None]
     return acc
+
+
+@gluon.jit
+def _rows_table(table_ptr, rows, MODE: gl.constexpr):
+    """The decode's table words of ``rows`` (``table_words``) for the table modes, else nothing."""
+    if MODE == TABLE or MODE == ROW_TABLE:
+        table = table_words(table_ptr, rows, MODE == ROW_TABLE)
+    else:
+        table = rows
+    return table
 
 
 @gluon.jit
@@ -503,7 +516,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
         cluster_arrive()  # waited for in cluster_sum, before the first push
     pdl_wait(PDL)
     (ring, scales_ptr, zeros_ptr, bias_ptr, out, ws_ptr, counter_ptr,
-     M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work) = ops
+     M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work, table_ptr) = ops
     R: gl.constexpr = NUM_WG // WG_K
     RW: gl.constexpr = WG % R  # the warpgroup's row set
     KJ: gl.constexpr = WG // R  # its first K-block of the split's
@@ -527,12 +540,13 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             row0 = n0 + WG * WG_ROWS
             w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
             params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
+            table = _rows_table(table_ptr, w_rows, MODE)
             staged = None
             if STAGED:
                 staged = _stage(scales_ptr, zeros_ptr, sbase, WG, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
                                 gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
-            acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, GROUP, MODE, BLOCK_M, BLOCK_K,
-                              STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)
+            acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, table, GROUP, MODE, BLOCK_M,
+                              BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)
             base += n_blocks
             # the schedule again, not held in registers through the MMAs
             work = _stream_k_work(M, N, work[7], BLOCK_M, BLOCK_N)
@@ -578,12 +592,14 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             row0 = n0 + RW * WG_ROWS
             w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
             params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
+            table = _rows_table(table_ptr, w_rows, MODE)
             staged = None
             if STAGED:  # the row set's warpgroups sharing K copy the same bytes: all the split's groups
                 staged = _stage(scales_ptr, zeros_ptr, sbase, RW, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
                                 gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
             acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select,
-                              GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, WG_K, staged, STAGED)
+                              table, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS,
+                              SCALE_AFTER, WG_K, staged, STAGED)
             acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
             last = True
             rows_of_x = M
@@ -617,7 +633,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
 
 @gluon.jit
 def gemm_gluon_ws_kernel(
-    x_desc, c_desc, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr,
+    x_desc, c_desc, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, table_ptr,
     M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg, srow, stride_ym, full_tiles,
     GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
@@ -632,7 +648,8 @@ def gemm_gluon_ws_kernel(
     x_desc: TMA descriptor of x (M, K) fp16, block [BLOCK_M, BLOCK_K]; c_desc: of the
     codes (N, words_per_row) int32, block [``gemm.ws_code_rows(BLOCK_N)``, BLOCK_K * BITS / 32]
     (BITS: 4 or 8; TMA boxes are powers of two: 192 rows are three copies of 64).
-    Other operands as ``gemm_gluon_kernel``'s, but y's rows lie ``stride_ym`` >= N elements apart
+    ``table_ptr``: the table modes' entries (16, or (N, 16) for ROW_TABLE; any float dtype, rounded
+    to fp16 once; ``decode_operand``).  Other operands as ``gemm_gluon_kernel``'s, but y's rows lie ``stride_ym`` >= N elements apart
     (a slice of a wider y's columns); ``counter`` holds tiles * NUM_WG int32 zeros.
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
     taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
@@ -712,7 +729,7 @@ def gemm_gluon_ws_kernel(
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     ring = (x_bufs, c_bufs, ready, empty)
     ops = (ring, scales_ptr, zeros_ptr, bias_ptr, (out_ptr, stride_ym), ws_ptr, counter_ptr,
-           M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work)
+           M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work, table_ptr)
     # the loader is the default partition (the kernel's 4 warps; one issues the copies), so
     # each consumer warpgroup starts on a warpgroup boundary and gets CONSUMER_REGS registers.
     # (The partitions' arguments are written out in the call: a tuple assigned to a name
