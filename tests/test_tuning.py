@@ -573,3 +573,18 @@ def test_refit_model_script_writes_only_the_model(tmp_path):
     assert written.entries == table.entries and written.gpu == table.gpu and written.hw == table.hw
     assert written.model != table.model
     assert "gluon_ws 64x128x64 12w6s cluster m64" in dict(written.model.corrections)
+
+
+@pytest.mark.parametrize("spec, block_ks", [("nf4-g64", {64}), ("int4-g64", {64}), ("nf4-g128", {64, 128})])
+def test_the_tuner_measures_only_plans_whose_k_blocks_fit_the_group(monkeypatch, spec, block_ks):
+    """The Gluon kernels take K-blocks inside one group: for groups of 64 the tuner ranks and
+    measures only their plans with K-blocks of 64 (those of 128 fail at launch)."""
+    real_ws, real_gluon = gm.gluon_ws_supported, gm.gluon_supported
+    monkeypatch.setattr(gm, "gluon_ws_supported", lambda *args: real_ws(*args[:7]))  # as on a Hopper GPU
+    monkeypatch.setattr(gm, "gluon_supported", lambda *args: real_gluon(*args[:6]))
+    point, selected = tune._choose(spec, 8192, 8192, 256, 132, torch.device("cpu"), HW, pm.ModelParams(), (), 2,
+                                   False)
+    ws = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS]
+    assert ws and {p.config.block_k for p in ws} == block_ks
+    assert all(c.plan.config.block_k in block_ks for c in selected if c.plan.kernel is not gm.Kernel.DEQUANT
+               and c.plan.kernel is not gm.Kernel.GEMM)
