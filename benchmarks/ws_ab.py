@@ -2,8 +2,8 @@
 tree's, in one process and alternating (the measure-predict loop's A/B tool for a kernel
 change that keeps the plans and the launchers' arguments: the baseline kernels are launched
 by this tree's launchers; for a change beyond the kernels, ``tree_ab.py``, and for a baseline
-from before the warp-specialized kernel took y's row stride, ``stride_ym``, which its
-kernel lacks).
+from before the warp-specialized kernel took y's row stride, ``stride_ym``, or its table
+pointer, ``table_ptr`` (v56), which its kernel lacks).
 
 Usage on a CUDA machine::
 
