@@ -22,8 +22,8 @@ cluster's shared memory; regs, maxnreg 0: the defaults; overlap 0-2,
 ``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup,
 64 or 128; scale_after 0 / 1: each weight scaled / each row's sum (one scale per row only), -1 or
 absent: ``ws_scale_after``; k_wg: consumer warpgroups sharing each row set's K-blocks, 1, 2 or 4,
-``GemmConfig.k_warpgroups``; tail, ahead: ``GemmConfig.tail_rows`` and ``loads_ahead``).  Each variant is first checked against the float64 reference on fresh random
-data, then timed with the project's protocol (graph-launched, cold L2, fp16
+``GemmConfig.k_warpgroups``; tail, ahead: ``GemmConfig.tail_rows`` and ``loads_ahead``).  Each
+variant is first checked against the float64 reference on fresh random data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run): fp16 and every right variant of a point replayed in turn, so
 that all run under the same clocks (``bench._median_replays_us``).
 """

@@ -56,7 +56,7 @@ import gemv_variants  # noqa: E402
 SOURCE = os.path.join(os.path.dirname(gemm_gluon_ws.__file__), "gemm_gluon_ws.py")
 #: The consumers' decode call in the kernel's source (what diags 4 and 8 replace)
 DECODE_CALL = ("    return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, "
-               "not SCALE_AFTER, table,\n                          MODE == TABLE or MODE == ROW_TABLE)")
+               "not SCALE_AFTER, table,\n                          table_mode(MODE))")
 
 
 #: Seconds each shape's fp16 product runs before its timings: without it, the first timings after

@@ -55,8 +55,8 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     c_box = [gm.ws_code_rows(block_n, gm.ws_wg_rows(config) if tail_rows else None), block_k * bits // 32]
     c_layout = gl.NVMMASharedLayout.get_default_for(c_box, gl.int32)
-    constants = dict(GROUP=128, MODE=MODES[table] if table else 2 if zero_point else 0, STAGED=staged, BLOCK_M=block_m, BLOCK_N=block_n,
-                     BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
+    constants = dict(GROUP=128, MODE=MODES[table] if table else 2 if zero_point else 0, STAGED=staged,
+                     BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
                      BITS=bits, STREAM_K=bool(stream_k), num_warps=4,
@@ -65,7 +65,8 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
                      TAIL_SETS=tail_rows // gm.ws_wg_rows(config), LOADS_AHEAD=loads_ahead)
     pointers = dict(x_desc=f"tensordesc<fp16[{block_m}, {block_k}],{x_layout!r}>",
                     c_desc=f"tensordesc<i32[{c_box[0]}, {c_box[1]}],{c_layout!r}>", scales_ptr="*fp16",
-                    zeros_ptr="*u8", bias_ptr="*fp16", table_ptr="*fp32", out_ptr="*fp16", ws_ptr="*fp32", counter_ptr="*i32")
+                    zeros_ptr="*u8", bias_ptr="*fp16", table_ptr="*fp32", out_ptr="*fp16", ws_ptr="*fp32",
+                    counter_ptr="*i32")
     names = list(inspect.signature(gemm_gluon_ws_kernel.fn).parameters)
     signature = {name: "constexpr" if name in constants else pointers.get(name, "i32") for name in names}
     # 16-byte aligned pointers and row counts, as the launches on real weights see them

@@ -303,7 +303,8 @@ def test_table_launch_refuses_a_missing_or_misshapen_table():
     x = torch.randn(64, 256, device="cuda", generator=gen).half()
     config = _ws(64, 128, 128, 1, 6)
     for spec, table in [("lut4-g128", None), ("lut4-g128", torch.zeros(16, device="cuda")),
-                        ("nf4-g128", torch.zeros(128, 16, device="cuda")), ("int4-g128", torch.zeros(16, device="cuda"))]:
+                        ("nf4-g128", torch.zeros(128, 16, device="cuda")),
+                        ("int4-g128", torch.zeros(16, device="cuda"))]:
         qw = quantized_cuda(spec, 128, 256, gen)
         with pytest.raises(ValueError, match="table: "):
             gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], None, None, 128, 256, 4, 128,

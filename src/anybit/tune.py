@@ -15,7 +15,8 @@ For every (format, layer shape, m) point:
    plan this GPU's tables already hold for the point
    (``gemm.default_plan``) are measured, and so are the first ``PACED_MEASURED``
    warp-specialized plans of those and the table's plan with their loader held to fewer
-   K-blocks in flight (``candidates.paced``, ``GemmConfig.loads_ahead``), or every candidate with ``exhaustive``: each is first run
+   K-blocks in flight (``candidates.paced``, ``GemmConfig.loads_ahead``), or every candidate
+   with ``exhaustive``: each is first run
    ``VERIFY_LAUNCHES`` times on one input, and kept only if every launch gives
    the same bits and the result is within ``VERIFY_TOLERANCE`` (relative
    Frobenius norm) of the float32 product with the dequantized weight; then
@@ -436,15 +437,13 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     fmt = parse_format(spec)
     mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
     scale_dtype = fmt.param_specs(n, k, torch.float16)["scales"].dtype
-    block_k = gm.heuristic_block_k(fmt.bits)  # the candidates' K-blocks
-    gluon = gm.gluon_supported(fmt.bits, mode, gm.kernel_group(group, k), block_k, torch.float16,
-                               scale_dtype, device)
-    ws = gm.gluon_ws_supported(fmt.bits, mode, gm.kernel_group(group, k), 64, k, torch.float16, scale_dtype,
-                               device)
+    block_k, kgroup = gm.heuristic_block_k(fmt.bits), gm.kernel_group(group, k)  # the candidates' K-blocks
+    gluon = gm.gluon_supported(fmt.bits, mode, kgroup, block_k, torch.float16, scale_dtype, device)
+    ws = gm.gluon_ws_supported(fmt.bits, mode, kgroup, 64, k, torch.float16, scale_dtype, device)
     problem = pm.Problem(m, n, k, fmt.bits, group)
     # the Gluon kernels' plans only with K-blocks they take for this group (a group of 64: K-blocks of 64)
     plans = [p for p in space.candidate_plans(m, n, k, fmt.bits, sms, gluon, ws)
-             if _applies(p, fmt.bits, mode, gm.kernel_group(group, k), k, scale_dtype, device)]
+             if _applies(p, fmt.bits, mode, kgroup, k, scale_dtype, device)]
     ranked = pm.rank(problem, plans, hw, params)
     point = Point(spec, n, k, m, float("nan"), [Measured(plan, us) for us, plan in ranked])
     default = gm.default_plan(m, n, k, group, fmt.bits, sms)

@@ -396,8 +396,9 @@ def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: to
 def _gluon_operands(mode: Decode, group: int, block_k: int, dtype: torch.dtype, scale_dtype: torch.dtype,
                     device: torch.device | None, table: bool = False) -> bool:
     """What both Gluon kernels need besides the code width: integer codes (symmetric or with
-    zero points; or, with ``table``, a table mode), fp16 x and scales, K-blocks of a multiple of 64 codes, a whole number of
-    them per group, and (where ``device`` is given) a Hopper GPU (sm_90)."""
+    zero points; or, with ``table``, a table mode), fp16 x and scales, K-blocks of a multiple
+    of 64 codes, a whole number of them per group, and (where ``device`` is given) a Hopper
+    GPU (sm_90)."""
     if device is not None and (device.type != "cuda" or capability(device)[0] != 9):
         return False
     return (table or mode in (Decode.SYMMETRIC, Decode.ZERO_POINT)) and dtype == torch.float16 \
@@ -551,8 +552,9 @@ def launch_gemm_gluon_ws(
                             tail) if ws_push_sum(config) or staged else gemm_gluon_ws_kernel[grid]
     run(
         x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
-        workspace, counters, scales if table is None else table, m, n, scalars["num_groups"], k_blocks, scalars["stride_sn"], scalars["stride_sg"],
-        scalars["stride_zn"], scalars["stride_zg"], srow, out.stride(0), full_tiles,
+        workspace, counters, scales if table is None else table, m, n, scalars["num_groups"], k_blocks,
+        scalars["stride_sn"], scalars["stride_sg"], scalars["stride_zn"], scalars["stride_zg"], srow, out.stride(0),
+        full_tiles,
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
         STAGES=config.num_stages, HAS_BIAS=bias is not None,

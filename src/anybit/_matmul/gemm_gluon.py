@@ -63,10 +63,10 @@ from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
 #: older name, 3.6 has only that)
 _cp_async = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
 
-#: The mode ids of codes with zero points and of 4-bit table codes, one table or one a row
-#: (decode_ptx; any other mode here is symmetric).
+#: The mode ids of codes with zero points and of 4-bit codes looked up in a table per row
+#: (decode_ptx; ``table_mode`` tells the table modes; any other mode here is symmetric).
 ZERO_POINT = gl.constexpr(decode_ptx.ZERO_POINT)
-TABLE, ROW_TABLE = gl.constexpr(decode_ptx.TABLE), gl.constexpr(decode_ptx.ROW_TABLE)
+ROW_TABLE = gl.constexpr(decode_ptx.ROW_TABLE)
 
 #: A barrier of all threads of the CTA (bar.sync): ``barrier`` in newer Gluon, which
 #: removed the older name ``thread_barrier``.
@@ -218,6 +218,12 @@ _TABLE_PAIR_UNSCALED_ASM = gl.constexpr(_TABLE_PAIR_ASM.value.replace("mul.rn.f1
 _SIGNS0, _SIGNS1, _PAIRS0, _PAIRS1 = (gl.constexpr(v) for v in (0xD9C8, 0xFBEA, 0x5140, 0x7362))
 TABLE_SIGNS = (_SIGNS0.value, _SIGNS1.value)
 TABLE_PAIRS = (_PAIRS0.value, _PAIRS1.value)
+
+
+@triton.constexpr_function
+def table_mode(mode):
+    """Whether the decode mode id ``mode`` looks 4-bit codes up in a table (``decode_ptx.TABLE_MODES``)."""
+    return mode in decode_ptx.TABLE_MODES
 
 
 @gluon.jit

@@ -56,8 +56,9 @@ the others.  The tuned table picks the kernel only where it measured fastest (mo
 large layers at M = 64-256).
 
 Limits (``gemm.gluon_ws_supported``): sm_90, 4- or 8-bit symmetric or zero-point codes or 4-bit
-table codes (MODE TABLE: NF4's levels; ROW_TABLE: a table per row of W), fp16 x and scales, K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row
-strides are multiples of 16 bytes), a ring that fits shared memory (``gemm.ws_fits``).
+table codes (MODE TABLE: NF4's levels; ROW_TABLE: a table per row of W), fp16 x and scales,
+K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row strides are multiples of
+16 bytes), a ring that fits shared memory (``gemm.ws_fits``).
 """
 
 from __future__ import annotations
@@ -74,8 +75,8 @@ from .cluster import (
     init_count_barrier, tail_buffer,
 )
 from .gemm_gluon import (
-    ROW_TABLE, TABLE, ZERO_POINT, _byte_layout, bias_word, cta_barrier, decode_operand, group_params,
-    nibble_multiplier, pair_select, table_words,
+    ROW_TABLE, ZERO_POINT, _byte_layout, bias_word, cta_barrier, decode_operand, group_params, nibble_multiplier,
+    pair_select, table_mode, table_words,
 )
 from .gemm_triton import tile_position
 from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
@@ -318,7 +319,7 @@ def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layo
     words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
     # the fp16 scale itself: its pair is made in the decode's asm (``decode_operand``)
     return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER, table,
-                          MODE == TABLE or MODE == ROW_TABLE)
+                          table_mode(MODE))
 
 
 @gluon.jit
@@ -423,7 +424,7 @@ def _scaled(acc, scales_ptr, rows, N, stride_sn, SCALE_AFTER: gl.constexpr):
 @gluon.jit
 def _rows_table(table_ptr, rows, MODE: gl.constexpr):
     """The decode's table words of ``rows`` (``table_words``) for the table modes, else nothing."""
-    if MODE == TABLE or MODE == ROW_TABLE:
+    if table_mode(MODE):
         table = table_words(table_ptr, rows, MODE == ROW_TABLE)
     else:
         table = rows
@@ -649,8 +650,9 @@ def gemm_gluon_ws_kernel(
     codes (N, words_per_row) int32, block [``gemm.ws_code_rows(BLOCK_N)``, BLOCK_K * BITS / 32]
     (BITS: 4 or 8; TMA boxes are powers of two: 192 rows are three copies of 64).
     ``table_ptr``: the table modes' entries (16, or (N, 16) for ROW_TABLE; any float dtype, rounded
-    to fp16 once; ``decode_operand``).  Other operands as ``gemm_gluon_kernel``'s, but y's rows lie ``stride_ym`` >= N elements apart
-    (a slice of a wider y's columns); ``counter`` holds tiles * NUM_WG int32 zeros.
+    to fp16 once; ``decode_operand``).  Other operands as ``gemm_gluon_kernel``'s, but y's rows
+    lie ``stride_ym`` >= N elements apart (a slice of a wider y's columns); ``counter`` holds
+    tiles * NUM_WG int32 zeros.
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
     taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
     floats and ``counter`` (tiles % programs) * NUM_WG zeros.  Split s runs K-blocks
