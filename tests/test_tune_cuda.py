@@ -101,3 +101,30 @@ def test_shipped_table_plans_are_right_and_repeatable():
         ys = [run() for _ in range(tune.VERIFY_LAUNCHES * 3)]
         assert all(torch.equal(ys[0], y) for y in ys[1:]), f"{e.format} M={e.m} K={e.k} {e.plan.label()}"
         assert_matmul_close(ys[0], x, qw, weight_roundoff=unit_roundoff(x.dtype))
+
+
+def test_untuned_shapes_run_the_models_plan_right():
+    """Layers of shapes and groups no shipped table holds, through the dispatcher: each
+    product takes ``tuning.model_plan``'s choice (a Hopper GPU with a table) or the
+    heuristic's, and is right against float64."""
+    device = torch.device("cuda")
+    tuning.clear_caches()
+    gpu, sms, arch = tuning.device_name(device), sm_count(device), tuning.device_arch(device)
+    tables = tuning.tables_for(gpu, sms, arch)
+    cases = [(spec, n, k, m) for spec in ("int4-g128", "int8-gc", "nf4-g64", "lut4-g128", "uint4-g64")
+             for n, k in ((4608, 3584), (3584, 18944)) for m in (40, 100, 256, 1000)]
+    planned = {}
+    for spec, n, k, m in cases:
+        assert tuning.lookup(tables, spec, n, k, m) is None
+        model = tuning.model_plan(tables, spec, n, k, m, sms, arch)
+        fmt = anybit.formats.parse_format(spec)
+        chosen = tuning.plan(spec, n, k, m, fmt.group_len(k), fmt.bits, device)
+        assert chosen == (model or tune.gm.default_plan(m, n, k, fmt.group_len(k), fmt.bits, sms))
+        planned[spec, n, k, m] = chosen
+    tune.precompile([tune.Launch(spec, n, k, m, plan) for (spec, n, k, m), plan in planned.items()], device)
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    for (spec, n, k, m), plan in planned.items():
+        qw = anybit.quantize(torch.randn(n, k, device="cuda", generator=gen) * 0.02, spec)
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16, generator=gen)
+        y = anybit.matmul(x, qw)
+        assert_matmul_close(y, x, qw, weight_roundoff=unit_roundoff(x.dtype))

@@ -239,8 +239,7 @@ def test_tune_measures_the_models_first_kernel_variants(monkeypatch):
     plans, first stream-K plan, first CLUSTER_MEASURED cluster-sum plans and first
     SHARED_K_MEASURED plans of two and of four warpgroups sharing K (where the kernels run:
     here made to, as on a Hopper GPU)."""
-    monkeypatch.setattr(gm, "gluon_supported", lambda *args: True)
-    monkeypatch.setattr(gm, "gluon_ws_supported", lambda *args: True)
+    monkeypatch.setattr(gm, "hopper", lambda device: True)
     point, selected = tune._choose("int4-g128", 4096, 4096, 64, HW.sms, torch.device("cpu"), HW, pm.ModelParams(),
                                    (), 1, False)
     plans = [c.plan for c in selected]
@@ -579,12 +578,85 @@ def test_refit_model_script_writes_only_the_model(tmp_path):
 def test_the_tuner_measures_only_plans_whose_k_blocks_fit_the_group(monkeypatch, spec, block_ks):
     """The Gluon kernels take K-blocks inside one group: for groups of 64 the tuner ranks and
     measures only their plans with K-blocks of 64 (those of 128 fail at launch)."""
-    real_ws, real_gluon = gm.gluon_ws_supported, gm.gluon_supported
-    monkeypatch.setattr(gm, "gluon_ws_supported", lambda *args: real_ws(*args[:7]))  # as on a Hopper GPU
-    monkeypatch.setattr(gm, "gluon_supported", lambda *args: real_gluon(*args[:6]))
+    monkeypatch.setattr(gm, "hopper", lambda device: True)  # choose as on a Hopper GPU
     point, selected = tune._choose(spec, 8192, 8192, 256, 132, torch.device("cpu"), HW, pm.ModelParams(), (), 2,
                                    False)
     ws = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS]
     assert ws and {p.config.block_k for p in ws} == block_ks
     assert all(c.plan.config.block_k in block_ks for c in selected if c.plan.kernel is not gm.Kernel.DEQUANT
                and c.plan.kernel is not gm.Kernel.GEMM)
+
+
+def _rated_table(entries=(), gpu="hopper", sms=132, hw=None, model=pm.ModelParams()) -> tuning.TunedTable:
+    """A table of an sm_90 GPU with the rates the model needs."""
+    rates = {"copy_TBps": 2.9, "fp16_TFLOPs": 740.0} if hw is None else hw
+    return tuning.TunedTable(gpu, sms, tuning._triton_version() or "", torch.__version__, anybit.__version__,
+                             "2026-01-01", rates, model, tuple(entries), "sm_90")
+
+
+def test_model_rows_are_powers_of_two_from_64():
+    assert [tuning.model_rows(m) for m in (33, 64, 65, 128, 200, 256, 257, 4096, 5000)] == \
+        [64, 64, 128, 128, 256, 256, 512, 4096, 8192]
+
+
+@pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int8-gc", "nf4-g128", "lut4-g128", "nf4-g64",
+                                  "int4-g64", "int4-g256"])
+@pytest.mark.parametrize("m", [40, 64, 256, 1000, 4096])
+def test_an_untuned_point_takes_the_models_first_choice(tables_env, spec, m):
+    """On a Hopper GPU with a table, a shape the table does not hold gets the model's first
+    choice among the plans its kernels compute for the format (K-blocks inside one group),
+    ranked with the table's rates and coefficients at m rounded up to a power of two."""
+    n, k = 4608, 3584
+    params = pm.ModelParams(instr_per_weight=7.0)
+    table = _rated_table(entries=[_entry(64, GEMM_64, spec=spec, n=4096, k=4096)], model=params)
+    tuning.write_table(table, tables_env / "hopper.json")
+    chosen = tuning._cached_plan(spec, n, k, m, parse_format(spec).group_len(k), parse_format(spec).bits,
+                                 "hopper", 132, "sm_90")
+    problem, plans = cand.format_plans(spec, tuning.model_rows(m), n, k, 132, hopper=True)
+    plans = [p for p in plans if p.kernel in tuning.MODEL_KERNELS]
+    assert chosen == pm.rank(problem, plans, pm.Hardware(132, 740.0, 2.9), params)[0][1]
+    fmt = parse_format(spec)
+    group = gm.kernel_group(fmt.group_len(k), k)
+    if chosen.kernel is gm.Kernel.GLUON_WS:
+        assert gm.gluon_ws_supported(fmt.bits, fmt.kernel_decode().mode, group, chosen.config.block_k, k,
+                                     torch.float16, torch.float16)
+    # the tuned shape keeps its entry
+    assert tuning._cached_plan(spec, 4096, 4096, 64, fmt.group_len(4096), fmt.bits, "hopper", 132, "sm_90") == GEMM_64
+
+
+@pytest.mark.parametrize("table", sorted(p.name for p in tuning.SHIPPED_DIR.glob("*.json")))
+def test_untuned_shapes_take_the_warp_specialized_kernel_at_small_m_with_the_shipped_tables(tables_env, table):
+    """A Qwen2.5-7B layer (no shipped entry) at M = 64-128 gets a warp-specialized plan from
+    either shipped table's model, never the Triton GEMM (not among MODEL_KERNELS)."""
+    shipped = tuning.read_table(tuning.SHIPPED_DIR / table)
+    for n, k in ((4608, 3584), (37888, 3584), (3584, 18944)):
+        for spec in ("int4-g128", "int8-gc", "nf4-g64"):
+            fmt = parse_format(spec)
+            assert tuning.lookup((shipped,), spec, n, k, 64) is None
+            for m in (64, 128, 256, 1024, 4096):
+                plan = tuning.model_plan((shipped,), spec, n, k, m, shipped.sms, "sm_90")
+                assert plan.kernel in tuning.MODEL_KERNELS
+                if m <= 128:
+                    assert plan.kernel is gm.Kernel.GLUON_WS
+                    assert gm.gluon_ws_supported(fmt.bits, fmt.kernel_decode().mode, gm.kernel_group(
+                        fmt.group_len(k), k), plan.config.block_k, k, torch.float16, torch.float16)
+
+
+@pytest.mark.parametrize("case", ["no table", "no rates", "not hopper", "triton-only format", "small groups"])
+def test_the_heuristic_serves_where_the_model_has_nothing_to_rank_with(tables_env, monkeypatch, case):
+    """No table of the GPU (nor of its capability), a table without measured rates, a GPU that is
+    not sm_90, or a format that only the Triton kernels compute: the heuristic's plan."""
+    spec, arch = "int4-g128", "sm_90"
+    if case == "no table":  # (else the shipped sm_90 tables serve)
+        monkeypatch.setenv(tuning.TABLE_ENV, "off")
+    elif case == "no rates":
+        tuning.write_table(_rated_table(hw={"copy_TBps": 2.9}), tables_env / "hopper.json")
+    elif case != "no table":
+        tuning.write_table(_rated_table(), tables_env / "hopper.json")
+    if case == "not hopper":
+        arch = "sm_80"
+    spec = {"triton-only format": "int3-g128", "small groups": "int4-g32"}.get(case, spec)
+    fmt = parse_format(spec)
+    for m in (64, 256, 4096):
+        plan = tuning._cached_plan(spec, 4608, 3584, m, fmt.group_len(3584), fmt.bits, "hopper", 132, arch)
+        assert plan == gm.default_plan(m, 4608, 3584, fmt.group_len(3584), fmt.bits, 132)

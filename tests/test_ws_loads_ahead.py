@@ -64,8 +64,7 @@ def test_the_tuner_measures_paced_twins(monkeypatch):
 
     incumbent = gm.Plan(gm.Kernel.GLUON_WS, gm.ws_config(64, 64, 128, 2, 6, 64, 2, cluster_sum=True))
     monkeypatch.setattr(tune, "_incumbent", lambda *args: incumbent)
-    monkeypatch.setattr(gm, "gluon_supported", lambda *args: True)
-    monkeypatch.setattr(gm, "gluon_ws_supported", lambda *args: True)
+    monkeypatch.setattr(gm, "hopper", lambda device: True)
     hw = pm.Hardware(sms=132, fp16_tflops=764.0, copy_tbps=3.0)
     point, selected = tune._choose("int4-g128", 8192, 8192, 64, 132, torch.device("cpu"), hw, pm.ModelParams(), [],
                                    2, False)

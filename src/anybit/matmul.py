@@ -9,7 +9,9 @@ depends on the inputs and on ``ANYBIT_BACKEND``, read at call time:
     lookup-table formats): the decode kernel (:mod:`anybit._matmul.gemv`) for
     x with at most ``MAX_M`` = 32 rows; above, the plan of
     :func:`anybit._matmul.tuning.plan` (looked up when the op runs): a per-GPU table measured by
-    ``anybit tune`` where one applies, else the heuristic (the GEMM kernel,
+    ``anybit tune`` where one applies, else, for a shape or format that GPU's tables do not
+    hold, the performance model's first choice (Hopper, formats of the warp-specialized
+    kernel), else the heuristic (the GEMM kernel,
     :mod:`anybit._matmul.gemm`, below ``DEQUANT_MIN_M`` = 256 rows, and from
     there W dequantized by a Triton kernel to x's dtype and multiplied by
     cuBLAS, measured faster there); the reference path for everything else.

@@ -415,17 +415,6 @@ def _model_params(tables: Sequence[tuning.TunedTable]) -> pm.ModelParams:
     return pm.ModelParams()
 
 
-def _applies(plan: gm.Plan, bits: int, mode, group: int, k: int, scale_dtype: torch.dtype,
-             device: torch.device) -> bool:
-    """Whether ``plan``'s kernel computes this product with the plan's K-blocks (``group``:
-    the kernel's; fp16 x): the Gluon kernels take K-blocks inside one group only."""
-    if plan.kernel is gm.Kernel.GLUON_WS:
-        return gm.gluon_ws_supported(bits, mode, group, plan.config.block_k, k, torch.float16, scale_dtype, device)
-    if plan.kernel is gm.Kernel.GLUON:
-        return gm.gluon_supported(bits, mode, group, plan.config.block_k, torch.float16, scale_dtype, device)
-    return True
-
-
 def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, hw: pm.Hardware,
             params: pm.ModelParams, tables: Sequence[tuning.TunedTable], top: int,
             exhaustive: bool) -> tuple[Point, list[Measured]]:
@@ -434,19 +423,10 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     plan, first CLUSTER_MEASURED cluster-sum plans and first SHARED_K_MEASURED plans of warpgroups
     sharing K for each count of them, first TAIL_MEASURED with tail rows, the heuristic's plan and
     the plan this GPU's tables hold (every candidate with ``exhaustive``)."""
-    fmt = parse_format(spec)
-    mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
-    scale_dtype = fmt.param_specs(n, k, torch.float16)["scales"].dtype
-    block_k, kgroup = gm.heuristic_block_k(fmt.bits), gm.kernel_group(group, k)  # the candidates' K-blocks
-    gluon = gm.gluon_supported(fmt.bits, mode, kgroup, block_k, torch.float16, scale_dtype, device)
-    ws = gm.gluon_ws_supported(fmt.bits, mode, kgroup, 64, k, torch.float16, scale_dtype, device)
-    problem = pm.Problem(m, n, k, fmt.bits, group)
-    # the Gluon kernels' plans only with K-blocks they take for this group (a group of 64: K-blocks of 64)
-    plans = [p for p in space.candidate_plans(m, n, k, fmt.bits, sms, gluon, ws)
-             if _applies(p, fmt.bits, mode, kgroup, k, scale_dtype, device)]
+    problem, plans = space.format_plans(spec, m, n, k, sms, gm.hopper(device))
     ranked = pm.rank(problem, plans, hw, params)
     point = Point(spec, n, k, m, float("nan"), [Measured(plan, us) for us, plan in ranked])
-    default = gm.default_plan(m, n, k, group, fmt.bits, sms)
+    default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
     # the model's first choice of the Gluon kernel, its first WS_MEASURED of the
     # warp-specialized one and its first stream-K one too (their corrections start at 1)
     also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]

@@ -6,10 +6,15 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import torch
+
+from ..formats import parse_format
 from .gemm import (
-    GemmConfig, Kernel, Plan, heuristic_block_k, ws_config, ws_fit_stages, ws_tail_layout, ws_wg_rows,
+    GemmConfig, Kernel, Plan, gluon_supported, gluon_ws_supported, heuristic_block_k, kernel_group, ws_config,
+    ws_fit_stages, ws_tail_layout, ws_wg_rows,
 )
 from .gemv import one_wave_split, split_for
+from .perf_model import Problem
 
 #: What ``anybit tune`` tries (``candidate_plans``): tile rows of x and W, warps, stages,
 #: and split-K aiming at this many programs per SM (0: no split).
@@ -141,6 +146,36 @@ def candidate_plans(m: int, n: int, k: int, bits: int, sms: int, gluon: bool = F
                     if ws_tail_layout(tail, m, n, sms)[0] < -(-n // block_n):
                         plans.append(Plan(Kernel.GLUON_WS, tail))
     return plans
+
+
+def format_plans(spec: str, m: int, n: int, k: int, sms: int, hopper: bool) -> tuple[Problem, list[Plan]]:
+    """The product of m rows of fp16 x with a (n, k) weight of format ``spec`` as the model
+    sees it, and ``candidate_plans`` for it that its kernels compute: with ``hopper`` (an sm_90
+    GPU) the Gluon kernels' plans where the format's codes and group allow them, each only
+    with K-blocks inside one group (``applies``).  ``anybit tune`` measures from these, and the
+    dispatcher ranks them for points no table holds (``tuning.model_plan``)."""
+    fmt = parse_format(spec)
+    mode, group = fmt.kernel_decode().mode, fmt.group_len(k)
+    scale_dtype = fmt.param_specs(n, k, torch.float16)["scales"].dtype
+    block_k, kgroup = heuristic_block_k(fmt.bits), kernel_group(group, k)  # the candidates' K-blocks
+    gluon = hopper and gluon_supported(fmt.bits, mode, kgroup, block_k, torch.float16, scale_dtype)
+    ws = hopper and gluon_ws_supported(fmt.bits, mode, kgroup, 64, k, torch.float16, scale_dtype)
+    plans = [p for p in candidate_plans(m, n, k, fmt.bits, sms, gluon, ws)
+             if applies(p, fmt.bits, mode, kgroup, k, scale_dtype)]
+    return Problem(m, n, k, fmt.bits, group), plans
+
+
+def applies(plan: Plan, bits: int, mode, group: int, k: int, scale_dtype: torch.dtype,
+            device: torch.device | None = None) -> bool:
+    """Whether ``plan``'s kernel computes this product with the plan's K-blocks (``group``:
+    the kernel's; fp16 x; ``device``: also whether it runs there, None: a Hopper GPU
+    assumed): the Gluon kernels take K-blocks inside one group only (a group of 64:
+    K-blocks of 64)."""
+    if plan.kernel is Kernel.GLUON_WS:
+        return gluon_ws_supported(bits, mode, group, plan.config.block_k, k, torch.float16, scale_dtype, device)
+    if plan.kernel is Kernel.GLUON:
+        return gluon_supported(bits, mode, group, plan.config.block_k, torch.float16, scale_dtype, device)
+    return True
 
 
 def paced(plan: Plan) -> Plan | None:

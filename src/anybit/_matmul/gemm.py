@@ -393,13 +393,18 @@ def gluon_supported(bits: int, mode: Decode, group: int, block_k: int, dtype: to
     return bits == 4 and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device)
 
 
+def hopper(device: torch.device) -> bool:
+    """Whether ``device`` is a Hopper GPU (sm_90), which the Gluon kernels need."""
+    return device.type == "cuda" and capability(device)[0] == 9
+
+
 def _gluon_operands(mode: Decode, group: int, block_k: int, dtype: torch.dtype, scale_dtype: torch.dtype,
                     device: torch.device | None, table: bool = False) -> bool:
     """What both Gluon kernels need besides the code width: integer codes (symmetric or with
     zero points; or, with ``table``, a table mode), fp16 x and scales, K-blocks of a multiple
     of 64 codes, a whole number of them per group, and (where ``device`` is given) a Hopper
     GPU (sm_90)."""
-    if device is not None and (device.type != "cuda" or capability(device)[0] != 9):
+    if device is not None and not hopper(device):
         return False
     return (table or mode in (Decode.SYMMETRIC, Decode.ZERO_POINT)) and dtype == torch.float16 \
         and scale_dtype == torch.float16 and block_k % 64 == 0 and group % block_k == 0

@@ -1,6 +1,6 @@
 """An analytic time model of the GEMM-path plans, used to rank candidates before
-measuring them (``anybit tune``) and nowhere else: the dispatcher never chooses
-by the model, only by the heuristic or a measured table.
+measuring them (``anybit tune``), and by the dispatcher for points that no measured
+table holds on a GPU that has one (``tuning.model_plan``).
 
 Plans (``Plan``): the Triton GEMM kernel with a ``GemmConfig``, or the Triton
 dequantize kernel followed by cuBLAS.  For a product of x (m, k) and W (n, k)

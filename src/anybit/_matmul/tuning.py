@@ -41,9 +41,13 @@ the plans are launch settings any GPU of that capability runs (stream-K sizes
 itself to the GPU's SMs), tuned for another one (the H100 table on an H200:
 docs/NOTES-gemm.md v20).
 
-Fallback (an unknown GPU, a shape or format no table has): ``gemm.default_plan``,
-the deterministic heuristic (the GEMM kernel below ``DEQUANT_MIN_M`` rows with
-``gemm_config``'s settings, dequantize + cuBLAS from there on).
+A point no entry holds (a shape, format or group not tuned) on a Hopper GPU that
+has tables: the performance model's first choice (``model_plan``), ranked with the
+rates and coefficients those tables were measured with, for the formats the
+warp-specialized kernel computes.  Elsewhere (an unknown GPU, formats only the
+Triton kernels compute): ``gemm.default_plan``, the deterministic heuristic (the
+GEMM kernel below ``DEQUANT_MIN_M`` rows with ``gemm_config``'s settings,
+dequantize + cuBLAS from there on).
 
 Tables are read when the first product needs a plan, never at import;
 ``clear_caches`` makes the next product read them again.
@@ -60,9 +64,10 @@ from pathlib import Path
 
 import torch
 
-from .gemm import Plan, default_plan
+from . import candidates
+from .gemm import Kernel, Plan, default_plan
 from .gemv import capability, cuda_index, sm_count
-from .perf_model import ModelParams
+from .perf_model import Hardware, ModelParams, rank
 
 SCHEMA_VERSION = 1
 TABLE_ENV = "ANYBIT_TUNED"
@@ -281,16 +286,58 @@ def lookup(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int) ->
     return None
 
 
+#: The kernels ``model_plan`` chooses among: those that won every point of the shipped tables
+#: (the Triton GEMM's plan classes have few measurements, and where the model has none for a
+#: class it ranked such plans first where they are slow: a 64-row tile at M=4096).
+MODEL_KERNELS = (Kernel.GLUON_WS, Kernel.DEQUANT)
+
+
+def model_rows(m: int) -> int:
+    """The rows of x ``model_plan`` ranks plans for: m rounded up to a power of two, at least
+    64 (so that a process sees few distinct rankings whatever its batch sizes)."""
+    return max(64, 1 << (m - 1).bit_length())
+
+
+def model_plan(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int, sms: int,
+               arch: str) -> Plan | None:
+    """The performance model's first choice for a point no entry of ``tables`` holds (a shape,
+    format or group not tuned on this GPU): the candidates of MODEL_KERNELS its kernels compute
+    on a GPU of ``arch`` with ``sms`` SMs (``candidates.format_plans``) ranked at ``model_rows(m)`` rows
+    with the measured rates and fitted coefficients of the first of ``tables`` that has them;
+    None without such a table or for a format that only the Triton kernels compute (there
+    the model was never checked against measurements; the heuristic serves).
+    (docs/NOTES-gemm.md v57: untuned shapes at 1.6-1.8 / 0.8 / 0.9-1.0x fp16 for M = 64 /
+    256 / 4096 against the heuristic's 1.1-1.2 / 0.5 / 0.9x.)"""
+    rated = next((t for t in tables if {"fp16_TFLOPs", "copy_TBps"} <= set(t.hw)), None)
+    if rated is None or arch != "sm_90":
+        return None
+    hw = Hardware(sms, float(rated.hw["fp16_TFLOPs"]), float(rated.hw["copy_TBps"]))
+    params = next((t.model for t in tables if t.model is not None), ModelParams())
+    problem, plans = candidates.format_plans(spec, model_rows(m), n, k, sms, hopper=True)
+    plans = [p for p in plans if p.kernel in MODEL_KERNELS]
+    if not any(p.kernel is Kernel.GLUON_WS for p in plans):
+        return None
+    return rank(problem, plans, hw, params)[0][1]
+
+
 @functools.lru_cache(maxsize=4096)  # called on every launch; tables are read once (tables_for)
 def _cached_plan(spec: str, n: int, k: int, m: int, group: int, bits: int, gpu: str, sms: int, arch: str) -> Plan:
-    found = lookup(tables_for(gpu, sms, arch), spec, n, k, m)
+    tables = tables_for(gpu, sms, arch)
+    found = lookup(tables, spec, n, k, m)
+    if found is None:
+        found = _cached_model_plan(spec, n, k, model_rows(m), gpu, sms, arch)
     return found if found is not None else default_plan(m, n, k, group, bits, sms)
+
+
+@functools.lru_cache(maxsize=1024)
+def _cached_model_plan(spec: str, n: int, k: int, m: int, gpu: str, sms: int, arch: str) -> Plan | None:
+    return model_plan(tables_for(gpu, sms, arch), spec, n, k, m, sms, arch)
 
 
 def plan(spec: str, n: int, k: int, m: int, group: int, bits: int, device: torch.device) -> Plan:
     """The plan for m (> gemv.MAX_M) rows of x with a (n, k) weight of format ``spec``
     (group length ``group``, ``bits``-bit codes) on ``device``: a tuned table's, else
-    ``gemm.default_plan``.  Runs inside the ``anybit::planned_matmul`` op, never
+    ``model_plan``'s, else ``gemm.default_plan``.  Runs inside the ``anybit::planned_matmul`` op, never
     under torch.compile's tracing."""
     return _cached_plan(spec, n, k, m, group, bits, device_name(device), sm_count(device), device_arch(device))
 
@@ -299,3 +346,4 @@ def clear_caches() -> None:
     """Forget the tables read and the plans chosen (after writing a table, or changing ANYBIT_TUNED)."""
     tables_for.cache_clear()
     _cached_plan.cache_clear()
+    _cached_model_plan.cache_clear()
