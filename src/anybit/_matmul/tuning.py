@@ -306,8 +306,9 @@ def model_plan(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int
     with the measured rates and fitted coefficients of the first of ``tables`` that has them;
     None without such a table or for a format that only the Triton kernels compute (there
     the model was never checked against measurements; the heuristic serves).
-    (docs/NOTES-gemm.md v57: untuned shapes at 1.6-1.8 / 0.8 / 0.9-1.0x fp16 for M = 64 /
-    256 / 4096 against the heuristic's 1.1-1.2 / 0.5 / 0.9x.)"""
+    (docs/NOTES-gemm.md v57: eight untuned layer shapes on the H100, int4-g128 at 1.91 / 0.92 /
+    0.96x fp16 for M = 64 / 256 / 4096 against the heuristic's 1.27 / 0.56 / 0.95x; 9 of 200
+    points slower than with the heuristic, the worst 0.73 -> 0.52x: a tune measures them.)"""
     rated = next((t for t in tables if {"fp16_TFLOPs", "copy_TBps"} <= set(t.hw)), None)
     if rated is None or arch != "sm_90":
         return None
