@@ -9,7 +9,7 @@ from conftest import assert_matmul_close, unit_roundoff
 
 import anybit
 from anybit import cli, tune
-from anybit._matmul import tuning
+from anybit._matmul import gemm, tuning
 from anybit._matmul.gemv import sm_count
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -119,7 +119,7 @@ def test_untuned_shapes_run_the_models_plan_right():
         model = tuning.model_plan(tables, spec, n, k, m, sms, arch)
         fmt = anybit.formats.parse_format(spec)
         chosen = tuning.plan(spec, n, k, m, fmt.group_len(k), fmt.bits, device)
-        assert chosen == (model or tune.gm.default_plan(m, n, k, fmt.group_len(k), fmt.bits, sms))
+        assert chosen == (model or gemm.default_plan(m, n, k, fmt.group_len(k), fmt.bits, sms))
         planned[spec, n, k, m] = chosen
     tune.precompile([tune.Launch(spec, n, k, m, plan) for (spec, n, k, m), plan in planned.items()], device)
     gen = torch.Generator(device="cuda").manual_seed(2)

@@ -165,16 +165,14 @@ def format_plans(spec: str, m: int, n: int, k: int, sms: int, hopper: bool) -> t
     return Problem(m, n, k, fmt.bits, group), plans
 
 
-def applies(plan: Plan, bits: int, mode, group: int, k: int, scale_dtype: torch.dtype,
-            device: torch.device | None = None) -> bool:
-    """Whether ``plan``'s kernel computes this product with the plan's K-blocks (``group``:
-    the kernel's; fp16 x; ``device``: also whether it runs there, None: a Hopper GPU
-    assumed): the Gluon kernels take K-blocks inside one group only (a group of 64:
-    K-blocks of 64)."""
+def applies(plan: Plan, bits: int, mode, group: int, k: int, scale_dtype: torch.dtype) -> bool:
+    """Whether ``plan``'s kernel computes this product with the plan's K-blocks on a Hopper GPU
+    (``group``: the kernel's; fp16 x): the Gluon kernels take K-blocks inside one group only
+    (a group of 64: K-blocks of 64)."""
     if plan.kernel is Kernel.GLUON_WS:
-        return gluon_ws_supported(bits, mode, group, plan.config.block_k, k, torch.float16, scale_dtype, device)
+        return gluon_ws_supported(bits, mode, group, plan.config.block_k, k, torch.float16, scale_dtype)
     if plan.kernel is Kernel.GLUON:
-        return gluon_supported(bits, mode, group, plan.config.block_k, torch.float16, scale_dtype, device)
+        return gluon_supported(bits, mode, group, plan.config.block_k, torch.float16, scale_dtype)
     return True
 
 
