@@ -59,7 +59,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from anybit._matmul.gemm_gluon import (
     _BYTE_PAIR_ASM, _NIBBLE_PAIR_ASM, group_params, group_words, nibble_multiplier, pair_select,
 )
-from anybit._matmul.gemm_gluon_ws import _load_blocks, _tile_origin
+from anybit._matmul.gemm_gluon_ws import _load_blocks
+from anybit._matmul.ws_schedule import tile_origin
 
 #: DIAG values: measurement copies that drop one part of the work (wrong results on purpose).
 FULL, NO_DECODE, NO_MMA = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
@@ -86,8 +87,10 @@ def _ds_loader(x_desc, c_desc, ring, M, N, k_blocks, BLOCK_M: gl.constexpr, BLOC
     x_bufs, c_bufs, ready, empty = ring
     base = 0
     for tile in range(gl.program_id(0), _tiles(M, N, BLOCK_M, BLOCK_N), gl.num_programs(0)):
-        m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, 0, k_blocks, base, BLOCK_K, STAGES, BITS)
+        m0, n0 = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+        # one piece of codes (4 or 8 bits): the descriptor and buffer repeated where the loader takes three
+        _load_blocks(x_desc, (c_desc, c_desc, c_desc, 0), x_bufs, (c_bufs, c_bufs, c_bufs), ready, empty, m0, n0, 0,
+                     k_blocks, base, BLOCK_K, STAGES, BITS)
         base += k_blocks
 
 
@@ -111,7 +114,7 @@ def _ds_decoder(ring, wring, scales_ptr, zeros_ptr, M, N, k_blocks, num_groups, 
     asm: gl.constexpr = _BYTE_PAIR_ASM if BITS == 8 else _NIBBLE_PAIR_ASM
     u = 0
     for tile in range(gl.program_id(0), _tiles(M, N, BLOCK_M, BLOCK_N), gl.num_programs(0)):
-        _, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+        _, n0 = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
         rows = gl.minimum(n0 + J * R + gl.arange(0, R, layout=row_layout), N - 1)
         scale, zero = group_params(scales_ptr, zeros_ptr, rows, 0, num_groups, stride_sn, stride_sg, stride_zn,
                                    stride_zg, MODE, BITS)
@@ -157,7 +160,7 @@ def _ds_mma(ring, wring, bias_ptr, out_ptr, M, N, k_blocks, G: gl.constexpr, BLO
                                                          instr_shape=[16, HALF, 16])
     u = 0
     for tile in range(gl.program_id(0), _tiles(M, N, BLOCK_M, BLOCK_N), gl.num_programs(0)):
-        m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+        m0, n0 = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
         acc = gl.zeros([64, HALF], dtype=gl.float32, layout=acc_layout)
         if MMA_SPLIT:
             acc2 = gl.zeros([64, HALF], dtype=gl.float32, layout=acc_layout)

@@ -55,8 +55,8 @@ import gemv_variants  # noqa: E402
 
 SOURCE = os.path.join(os.path.dirname(gemm_gluon_ws.__file__), "gemm_gluon_ws.py")
 #: The consumers' decode call in the kernel's source (what diags 4 and 8 replace)
-DECODE_CALL = ("    return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, "
-               "not SCALE_AFTER, table,\n                          table_mode(MODE))")
+DECODE_CALL = ("        a = decode_operand(words, select, bias_word(zero, BITS), scale, mul, WG_ROWS, BLOCK_K, a_layout, "
+               "BITS,\n                           not SCALE_AFTER, table, table_mode(MODE))")
 
 
 #: Seconds each shape's fp16 product runs before its timings: without it, the first timings after
@@ -77,16 +77,17 @@ def _extra_reads(s: str, reads: int) -> str:
     their sum (0) to the next block's x coordinate, so none is left out: does shared memory's
     bandwidth bound the consumers (then they slow down by about what the bytes add)?"""
     layout = "gl.BlockedLayout([1, 4], [4, 8], [4, 1], [1, 0])"
-    s = _replace(s, "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty,",
-                 "_load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, dummy,", 3)
-    s = _replace(s, "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, c_bufs, ready, empty = ring\n",
-                 "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, c_bufs, ready, empty, dummy = ring\n", 1)
-    s = _replace(s, "(_loader, (x_desc, c_desc, ring, work,", "(_loader, (x_desc, c_desc, (x_bufs, c_bufs, ready, empty, dummy), work,", 4)
+    s = _replace(s, "_load_blocks(x_desc, code_src, x_bufs, codes, ready, empty,",
+                 "_load_blocks(x_desc, code_src, x_bufs, codes, ready, empty, dummy,", 3)
+    s = _replace(s, "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, codes, ready, empty = ring\n",
+                 "    pdl_trigger(PDL, PDL_EARLY)\n    x_bufs, codes, ready, empty, dummy = ring\n", 1)
+    s = _replace(s, "(_loader, (x_desc, code_src, ring, work,",
+                 "(_loader, (x_desc, code_src, (x_bufs, (c_bufs, c_bufs1, c_bufs2), ready, empty, dummy), work,", 4)
     s = _replace(s, "    for i in range(n_blocks):\n        s = (base + i) % STAGES\n",
                  "    sink = n_blocks * 0\n    for i in range(n_blocks):\n        s = (base + i) % STAGES\n", 1)
     s = _replace(s, "_tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))",
                  "_tma_load(x_desc, [m0, k + sink], ready.index(s), x_bufs.index(s))", 1)
-    copies = "                      c_bufs.index(s * BOXES + b), pred=b < sets if TAIL_SETS > 0 else True)\n"
+    copies = "                          codes[p].index(s * BOXES + b), pred=b < sets if TAIL_SETS > 0 else True)\n"
     s = _replace(s, copies,
                  copies +
                  f"        t = gl.zeros([16, 32], gl.int32, {layout})\n"
@@ -149,16 +150,15 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "    region, rows, g0, srow = staged\n", "    region, rows, g0, srow = staged\n" + constant, 1)
     if diag & 4:
         s = _replace(s, DECODE_CALL,
-                     "    return gl.full([WG_ROWS, BLOCK_K], 1.0, gl.float16, a_layout)")
+                     "        a = gl.full([WG_ROWS, BLOCK_K], 1.0, gl.float16, a_layout)")
     if diag & 8:  # the consumers' decode of a chunk-permuted layout (benchmarks/_chunk_decode.py)
         s = _replace(s, "from anybit._matmul.gemm_gluon import (", "from _chunk_decode import SIXTEENTH, chunk_word_layout, chunk_words, "
                      "decode_chunks\nfrom anybit._matmul.gemm_gluon import (", 1)
-        s = _replace(s, "    bias = bias_word(zero, BITS)\n",
-                     "    bias_lo, bias_hi, scale_words = chunk_words(scale, zero)\n", 1)
         s = _replace(s, ".load(word_layout)\n",
-                     ".load(chunk_word_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K])))\n", 1)
+                     ".load(chunk_word_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K])))\n"
+                     "        bias_lo, bias_hi, scale_words = chunk_words(scale, zero)\n", 1)
         s = _replace(s, DECODE_CALL,
-                     "    return decode_chunks(words, bias_lo, bias_hi, scale_words, mul, WG_ROWS, BLOCK_K, a_layout)", 1)
+                     "        a = decode_chunks(words, bias_lo, bias_hi, scale_words, mul, WG_ROWS, BLOCK_K, a_layout)", 1)
         s = _replace(s, "    mul = nibble_multiplier(params[3])", "    mul = SIXTEENTH + (params[3] >> 31)", 1)
     if diag & 48:  # split-K: the last split's loads of the others' partials left out (it stores its own)
         s = _replace(s, """                    total = _split_partial(mine, own, 0, pid_k, split_stride, VECTOR_STORE)
@@ -186,8 +186,8 @@ def diagnostic_kernel(diag: int):
         s = _replace(s, "            done = ~shared  # a whole tile is stored at once\n            if shared:\n",
                      "            done = shared | ~shared\n            if shared & (pid < 0):\n", 1)
     if diag & 8192:  # stream-K: every item without its K-blocks (the fix-up and the stores stay)
-        s = _replace(s, "    return tile, kb0, n_blocks, slot, n_blocks < k_blocks\n",
-                     "    return tile, kb0, n_blocks * 0, slot, n_blocks < k_blocks\n", 1)
+        s = _replace(s, "            tile, kb0, n_blocks, _, _ = work_item(work, j)\n",
+                     "            tile, kb0, n_blocks, _, _ = work_item(work, j)\n            n_blocks = n_blocks * 0\n", 2)
     if diag & 16384:  # stream-K: the items' scales not staged (each block's from global memory)
         s = _replace(s, "            if STAGED:\n                staged = _stage(scales_ptr, zeros_ptr, sbase, WG, row0,",
                      "            if False:\n                staged = _stage(scales_ptr, zeros_ptr, sbase, WG, row0,", 1)

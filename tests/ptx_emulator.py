@@ -5,7 +5,7 @@ the CPU tests can check the generated decode on the real packed layout;
 the compiled kernel is checked on the GPU by tests/test_gemv_cuda.py.
 Instructions: mov, and, or, shl, shr (.b32), prmt.b32 (default mode, with
 sign replication), lop3.b32, fma.rn.{f16x2, bf16x2}, add.rn.f16x2, mul.rn.f16x2 and the
-unpacking ``mov.b32 {lo, hi}, r`` (16-bit outputs).
+unpacking ``mov.b32 {lo, hi}, r`` (16-bit outputs) and packing ``mov.b32 r, {lo, hi}``.
 """
 
 from __future__ import annotations
@@ -89,6 +89,10 @@ def run(asm: str, operands: list[int], outputs: int) -> list[int]:
             word = value(unpack.group(3))
             store(unpack.group(1), word & 0xFFFF)
             store(unpack.group(2), word >> 16)
+            continue
+        packs = re.fullmatch(r"mov\.b32\s+(\S+)\s*,\s*\{\s*(\S+)\s*,\s*(\S+)\s*\}", line)
+        if packs:
+            store(packs.group(1), value(packs.group(2)) & 0xFFFF | (value(packs.group(3)) & 0xFFFF) << 16)
             continue
         op, rest = line.split(None, 1)
         args = [t.strip() for t in rest.split(",")]

@@ -206,7 +206,9 @@ def test_supported_products():
     # and 4-bit table codes (NF4, lut4), not 8-bit ones
     assert gm.gluon_ws_supported(**dict(ws, mode=Decode.TABLE))
     assert gm.gluon_ws_supported(**dict(ws, mode=Decode.ROW_TABLE))
-    for change in [dict(bits=3), dict(bits=2), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.BINARY),
+    # and integer codes of the other widths, piece by piece (tests/test_ws_pieces.py has the rules)
+    assert gm.gluon_ws_supported(**dict(ws, bits=2)) and gm.gluon_ws_supported(**dict(ws, bits=3, block_k=128))
+    for change in [dict(bits=3), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.BINARY),
                    dict(group=96), dict(mode=Decode.TABLE, bits=8), dict(mode=Decode.ROW_TABLE, bits=3)]:
         assert not gm.gluon_ws_supported(**dict(ws, **change)), change
 

@@ -20,7 +20,7 @@ from anybit._matmul import gemm as gm
 from anybit._matmul import gemm_gluon as gg
 from anybit._matmul import gemm_gluon_ws as gw
 from anybit._matmul import gemv as g
-from anybit._matmul import tuning, ws_settings
+from anybit._matmul import tuning, ws_schedule, ws_settings
 from anybit.formats._base import Decode
 
 WS = gm.GemmConfig(64, 256, 128, 1, 20, 3)
@@ -110,12 +110,12 @@ def _check_stream_k_schedule(tiles: int, k_blocks: int, programs: int) -> None:
         assert all(i.blocks == k_blocks and not i.shared for i in whole)
         assert len(shared) <= 2 and [i.slot for i in shared] == list(range(len(shared)))
         assert all(i.blocks > 0 and i.shared == (i.blocks < k_blocks) for i in shared)
-        # the kernel's sum: owners by _owner, each owner's item for the tile at the slot it computes
+        # the kernel's sum: owners by share_owner, each owner's item for the tile at the slot it computes
         lo = pid * sk_blocks // sharers
         for item in shared:
             local = item.tile - waves * programs
             for b in (item.first, item.first + item.blocks - 1):
-                assert gw._owner.fn(local * k_blocks + b, sk_blocks, sharers) == pid
+                assert ws_schedule.share_owner.fn(local * k_blocks + b, sk_blocks, sharers) == pid
             assert item.slot == (0 if lo // k_blocks == local else 1)
     # an equal share: the programs' K-blocks differ by at most one
     totals = [sum(i.blocks for i in items) for items in work]

@@ -655,7 +655,8 @@ def test_the_heuristic_serves_where_the_model_has_nothing_to_rank_with(tables_en
         tuning.write_table(_rated_table(), tables_env / "hopper.json")
     if case == "not hopper":
         arch = "sm_80"
-    spec = {"triton-only format": "int3-g128", "small groups": "int4-g32"}.get(case, spec)
+    # (int1 is a format of signs, BINARY, which no Gluon kernel decodes)
+    spec = {"triton-only format": "int1-g128", "small groups": "int4-g32"}.get(case, spec)
     fmt = parse_format(spec)
     for m in (64, 256, 4096):
         plan = tuning._cached_plan(spec, 4608, 3584, m, fmt.group_len(3584), fmt.bits, "hopper", 132, arch)

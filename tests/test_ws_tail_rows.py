@@ -1,6 +1,6 @@
 """Tail rows in the warp-specialized Gluon GEMM (``GemmConfig.tail_rows``), without a GPU: the
 settings it is accepted with, the launch layout (``ws_tail_layout`` / ``ws_tail_tiles``, what
-the kernel's ``_tail_origin`` computes), the tuner's candidates and model, and the sm_90
+the kernel's ``tail_origin`` computes), the tuner's candidates and model, and the sm_90
 compile.  On a GPU: tests/test_gemm_gluon_ws_cuda.py::test_tail_rows."""
 
 from dataclasses import replace

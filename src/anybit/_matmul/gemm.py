@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from ..formats._base import Decode
+from ..packing import pieces
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
@@ -25,8 +26,8 @@ from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests
     CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS, WsOverlap,
     check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_code_rows, ws_config, ws_consumer_groups,
     ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after,
-    ws_staged, ws_staged_bytes, ws_staged_chunks, ws_tail_layout, ws_tail_tiles, ws_vector_store, ws_warps,
-    ws_wg_rows,
+    ws_pieces_readable, ws_staged, ws_staged_bytes, ws_staged_chunks, ws_tail_layout, ws_tail_tiles,
+    ws_vector_store, ws_warps, ws_wg_rows,
 )
 
 
@@ -366,12 +367,13 @@ def check_gluon_config(config: GemmConfig) -> None:
 def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int, dtype: torch.dtype,
                        scale_dtype: torch.dtype, device: torch.device | None = None) -> bool:
     """Whether the warp-specialized Gluon kernel (``gemm_gluon_ws``) computes this product:
-    as ``gluon_supported`` but for 4- or 8-bit codes (GLUON_WS_BITS) and also 4-bit table codes
-    (NF4, lut4: ``WS_TABLE_MODES``), with K-blocks of 64 or 128 and k a multiple of 8 (TMA
-    reads rows whose strides are multiples of 16 bytes)."""
+    as ``gluon_supported`` but for integer codes of 1 to 8 bits (GLUON_WS_BITS) and also 4-bit
+    table codes (NF4, lut4: ``WS_TABLE_MODES``), with K-blocks of 64 or 128 and k a multiple of
+    8 (TMA reads rows whose strides are multiples of 16 bytes); codes of other widths than 4
+    and 8 bits also need ``ws_pieces_readable`` (K-blocks of 128 where a code has a 1-bit piece)."""
     table = mode in WS_TABLE_MODES and bits == 4
     return bits in GLUON_WS_BITS and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device, table) \
-        and block_k in (64, 128) and k % 8 == 0
+        and block_k in (64, 128) and k % 8 == 0 and ws_pieces_readable(bits, block_k, k)
 
 
 #: The table modes the warp-specialized kernel decodes (4-bit codes; ``gemm_gluon.decode_operand``).
@@ -487,8 +489,9 @@ def launch_gemm_gluon_ws(
     if not gluon_ws_supported(bits, mode, group, config.block_k, k, x.dtype, scales.dtype):
         raise ValueError(f"the warp-specialized Gluon GEMM does not compute {bits}-bit {mode.value} codes in groups "
                          f"of {group} with K-blocks of {config.block_k} for x {x.dtype}, scales {scales.dtype}, "
-                         f"k={k}; accepted: 4 or 8 bits, symmetric or zero-point codes (or 4-bit table codes), fp16 "
-                         f"x and scales, block_k 64 or 128 <= group, k a multiple of 8")
+                         f"k={k}; accepted: 1 to 8 bits, symmetric or zero-point codes (or 4-bit table codes), fp16 "
+                         f"x and scales, block_k 64 or 128 <= group (128 for odd widths), k a multiple of 8 "
+                         f"(of 128 for odd widths, of 64 for 2 and 6 bits, counted after rounding up to 32)")
     _check_ws_table(table, mode, n)
     check_gluon_ws_config(config)
     if scale_after and not ws_scale_after(scales.shape[1]):
@@ -549,17 +552,22 @@ def launch_gemm_gluon_ws(
         srow = staged_row_bytes(ws_staged_chunks(config, k_blocks, group), zeros is not None)[0]
         tail += ws_staged_bytes(config, k_blocks, group, zeros is not None)
     code_rows = ws_code_rows(config.block_n, wg_rows if tail_sets else None)
-    x_block, c_block = [config.block_m, config.block_k], [code_rows, config.block_k * bits // 32]
+    x_block = [config.block_m, config.block_k]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
-    c_desc = TensorDescriptor.from_tensor(codes, c_block, gl.NVMMASharedLayout.get_default_for(c_block, gl.int32))
+    # one descriptor of the codes per piece (``ws_pieces``; the kernel adds the piece's place in
+    # the row), the first repeated where there are fewer than three
+    c_blocks = [[code_rows, config.block_k * width // 32] for width in pieces(bits)]
+    c_descs = [TensorDescriptor.from_tensor(codes, b, gl.NVMMASharedLayout.get_default_for(b, gl.int32))
+               for b in c_blocks]
+    c_descs += c_descs[:1] * (3 - len(c_descs))
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
     run = functools.partial(launch_clustered, gemm_gluon_ws_kernel, grid, config.split_k if config.cluster_sum else 1,
                             tail) if ws_push_sum(config) or staged else gemm_gluon_ws_kernel[grid]
     run(
-        x_desc, c_desc, scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
+        x_desc, c_descs[0], scales, scales if zeros is None else zeros, scales if bias is None else bias, out,
         workspace, counters, scales if table is None else table, m, n, scalars["num_groups"], k_blocks,
         scalars["stride_sn"], scalars["stride_sg"], scalars["stride_zn"], scalars["stride_zg"], srow, out.stride(0),
-        full_tiles,
+        full_tiles, scalars["kpad_words"], *c_descs[1:],
         GROUP=group, MODE=MODE_IDS[mode], BLOCK_M=config.block_m, BLOCK_N=config.block_n, BLOCK_K=config.block_k,
         SWIZZLE=config.swizzle, SPLIT_K=config.split_k, BLOCKS_PER_SPLIT=ws_blocks_per_split(config, k_blocks),
         STAGES=config.num_stages, HAS_BIAS=bias is not None,

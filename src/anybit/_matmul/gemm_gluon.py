@@ -82,13 +82,14 @@ def _rows_cols_layout(rows, cols, vec, num_warps):
 
 
 @triton.constexpr_function
-def _byte_layout(operand, bits=4):
+def _byte_layout(operand, bits=4, natural=False):
     """The layout of [R, K * bits / 32, 16 / bits] (row, 32-bit word of codes, code pair)
     that, after a join of two values per pair (``decode_operand``: and for 4 bits the
     permutation back to k order) and a reshape to [R, K], is the MMA's register operand
     ``operand`` (a DistributedLinearLayout of [R, K] whose first register basis is k + 1);
     ``bits``: 4 (pairs are the bytes of a word of 8 codes, stored pair-transposed:
-    ``anybit.packing``) or 8 (the 16-bit halves of a word of 4 codes).
+    ``anybit.packing``) or 8 (the 16-bit halves of a word of 4 codes); with ``natural``, a
+    word of 32 / bits codes in k order (pieces of other widths, ``ws_pieces``: 1, 2 or 4).
 
     The A operand of wgmma gives each thread the codes 2c, 2c + 1 of every 8 along k
     (c: lane % 4): all four bytes of 4-bit word c of each chunk of 32 codes (k's bits 1
@@ -100,7 +101,7 @@ def _byte_layout(operand, bits=4):
         n, k = b
         if k % 2:
             raise ValueError(f"operand layout {operand}: no register basis but the first may cross a code pair")
-        if bits == 4 and k < 32:  # inside a chunk: k = 8 i + 2 s + h is byte i of word s
+        if bits == 4 and k < 32 and not natural:  # inside a chunk: k = 8 i + 2 s + h is byte i of word s
             return [n, k // 2, 0] if k < 8 else [n, 0, k // 8]
         return [n, k // per_word, (k // 2) % (per_word // 2)]
     if operand.reg_bases[0] != [0, 1]:

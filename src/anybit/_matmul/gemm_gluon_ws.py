@@ -1,6 +1,7 @@
-"""Warp-specialized Gluon kernel for y = x @ W^T at larger M on Hopper, 4- or 8-bit integer
-codes (``BITS``), fp16: a loader partition feeds a ring by TMA, each consumer warpgroup
-decodes its 64 or 128 rows of W into the MMA's register operand and multiplies.
+"""Warp-specialized Gluon kernel for y = x @ W^T at larger M on Hopper, integer codes of 1 to 8
+bits (``BITS``; 4 and 8 a word at a time, the others piece by piece: ``ws_pieces``) or 4-bit
+table codes, fp16: a loader partition feeds a ring by TMA, each consumer warpgroup decodes its
+64 or 128 rows of W into the MMA's register operand and multiplies.
 
 Why (docs/NOTES-gemm.md v13, v14): with 64 rows of W per program, x is read from L2
 once per 64 rows of W, which at M = 64 moves about 4x the bytes of the codes; and
@@ -55,10 +56,11 @@ where removing the MMA, the decode or the scale loads each saves 15-35%: none hi
 the others.  The tuned table picks the kernel only where it measured fastest (mostly the
 large layers at M = 64-256).
 
-Limits (``gemm.gluon_ws_supported``): sm_90, 4- or 8-bit symmetric or zero-point codes or 4-bit
-table codes (MODE TABLE: NF4's levels; ROW_TABLE: a table per row of W), fp16 x and scales,
-K-blocks of 64 or 128 inside one group, K a multiple of 8 (TMA row strides are multiples of
-16 bytes), a ring that fits shared memory (``gemm.ws_fits``).
+Limits (``gemm.gluon_ws_supported``): sm_90, symmetric or zero-point codes of 1 to 8 bits or
+4-bit table codes (MODE TABLE: NF4's levels; ROW_TABLE: a table per row of W), fp16 x and
+scales, K-blocks of 64 or 128 inside one group (128 where a code has a 1-bit piece), K a
+multiple of 8 and rows of codes a multiple of 16 bytes (TMA row strides), a ring that fits
+shared memory (``gemm.ws_fits``).
 """
 
 from __future__ import annotations
@@ -75,12 +77,13 @@ from .cluster import (
     init_count_barrier, tail_buffer,
 )
 from .gemm_gluon import (
-    ROW_TABLE, ZERO_POINT, _byte_layout, bias_word, cta_barrier, decode_operand, group_params, nibble_multiplier,
+    NIBBLE_MUL, ROW_TABLE, ZERO_POINT, bias_word, cta_barrier, decode_operand, group_params, nibble_multiplier,
     pair_select, table_mode, table_words,
 )
-from .gemm_triton import tile_position
 from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
 from .staged_params import region_row_bytes, stage_params, staged_base, staged_block_params, staged_wait
+from .ws_pieces import decode_pieces, piece_count, piece_offset, piece_path, piece_width, ws_byte_layout
+from .ws_schedule import share_owner, stream_k_work, tail_origin, tile_origin, work_item, work_items
 
 #: TMA global -> shared copy: ``async_load`` from Triton 3.7 on, which removed the older name
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared
@@ -90,7 +93,7 @@ NO_OVERLAP, PAIRS, CARRY = gl.constexpr(0), gl.constexpr(1), gl.constexpr(2)
 
 
 @gluon.jit
-def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base,
+def _load_blocks(x_desc, code_src, x_bufs, codes, ready, empty, m0, n0, kb0, n_blocks, base,
                  BLOCK_K: gl.constexpr, STAGES: gl.constexpr, BITS: gl.constexpr, sets=0, TAIL_SETS: gl.constexpr = 0,
                  AHEAD: gl.constexpr = 0):
     """K-blocks kb0 .. kb0 + n_blocks of one tile into the ring, as its uses base .. base + n_blocks.
@@ -101,9 +104,11 @@ def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_bl
     only once those of use u - AHEAD have landed, so at most AHEAD K-blocks are in flight.
     (The wait's parity is that of use u - AHEAD's phase: the stage's next use, u - AHEAD +
     STAGES > u, is not issued yet, so its barrier cannot be a phase further on.)"""
-    BOXES: gl.constexpr = c_bufs.shape[0] // STAGES  # copies of codes a stage takes (``_stage_codes``)
+    BOXES: gl.constexpr = codes[0].shape[0] // STAGES  # copies of codes a stage takes (``_stage_codes``)
     X_BYTES: gl.constexpr = x_desc.block_type.nbytes
-    C_BYTES: gl.constexpr = c_desc.block_type.nbytes
+    # a copy of every piece's codes (their boxes' bytes in proportion to their widths)
+    C_BYTES: gl.constexpr = code_src[0].block_type.nbytes * BITS // piece_width(BITS, 0)
+    CODE_ROWS: gl.constexpr = code_src[0].block_type.shape[0]
     gl.static_assert(AHEAD < STAGES, "loads_ahead: below the ring's stages")
     for i in range(n_blocks):
         s = (base + i) % STAGES
@@ -120,8 +125,10 @@ def _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_bl
         k = (kb0 + i) * BLOCK_K
         _tma_load(x_desc, [m0, k], ready.index(s), x_bufs.index(s))
         for b in gl.static_range(BOXES):
-            _tma_load(c_desc, [n0 + b * c_desc.block_type.shape[0], k // (32 // BITS)], ready.index(s),
-                      c_bufs.index(s * BOXES + b), pred=b < sets if TAIL_SETS > 0 else True)
+            for p in gl.static_range(piece_count(BITS)):  # piece p's words start at kpad_words x its offset
+                _tma_load(code_src[p], [n0 + b * CODE_ROWS, code_src[3] * piece_offset(BITS, p)
+                                        + k * piece_width(BITS, p) // 32], ready.index(s),
+                          codes[p].index(s * BOXES + b), pred=b < sets if TAIL_SETS > 0 else True)
         if TAIL_SETS > 0:
             mbarrier.arrive(empty.index(s), count=BOXES - TAIL_SETS, pred=sets < BOXES)
 
@@ -142,117 +149,43 @@ def _stage_codes(c_bufs, s, RW: gl.constexpr, WG_ROWS: gl.constexpr, STAGES: gl.
 
 
 @gluon.jit
-def _tile_origin(tile, M, N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SWIZZLE: gl.constexpr):
-    """(first row of x, first row of W) of output tile ``tile``, in ``tile_position``'s order."""
-    pid_n, pid_m = tile_position(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-    return pid_m * BLOCK_M, pid_n * BLOCK_N
-
-
-@gluon.jit
-def _tail_origin(tile, M, full, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, SET_ROWS: gl.constexpr,
-                 TAIL_SETS: gl.constexpr):
-    """(first row of x, first row of W, row sets of SET_ROWS rows at work) of program ``tile``
-    of a launch with tail rows (``ws_tail_layout``): programs below ``full`` x (x's tiles) take
-    whole tiles of BLOCK_N rows, the rest tiles of TAIL_SETS row sets after them; x's tile
-    fastest in both."""
-    m_tiles = gl.cdiv(M, BLOCK_M)
-    is_tail = (tile >= full * m_tiles).to(gl.int32)
-    q = tile - is_tail * full * m_tiles
-    rows = BLOCK_N - is_tail * (BLOCK_N - TAIL_SETS * SET_ROWS)
-    n0 = is_tail * full * BLOCK_N + (q // m_tiles) * rows
-    return (q % m_tiles) * BLOCK_M, n0, BLOCK_N // SET_ROWS - is_tail * (BLOCK_N // SET_ROWS - TAIL_SETS)
-
-
-@gluon.jit
-def _loader(x_desc, c_desc, ring, work, M, N,
+def _loader(x_desc, code_src, ring, work, M, N,
             BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
             STAGES: gl.constexpr, STREAM_K: gl.constexpr, BITS: gl.constexpr, PDL: gl.constexpr,
             CLUSTER: gl.constexpr, full=0, TAIL_SETS: gl.constexpr = 0, AHEAD: gl.constexpr = 0):
     """The loader warp: the program's K-blocks into the ring, STAGES ahead (with
-    ``STREAM_K``, those of each of its work items in turn, ``_item``).  As a programmatic
+    ``STREAM_K``, those of each of its work items in turn, ``work_item``).  As a programmatic
     dependent (PDL) it first waits for the kernel before it, and lets the next one launch
     right after that wait (PDL_EARLY) or once it has issued its last copy (PDL_LATE).  With
     CLUSTER it arrives at the cluster barrier at its start and waits for it after its last copy
     (each partition passes it once; the consumers wait before their first push).  TAIL_SETS:
-    a launch with tail rows (``_tail_origin``, ``full`` whole tiles of W per tile of x).  AHEAD:
+    a launch with tail rows (``tail_origin``, ``full`` whole tiles of W per tile of x).  AHEAD:
     at most this many K-blocks' copies in flight (``_load_blocks``; 0: as many as the ring holds)."""
     if CLUSTER:
         cluster_arrive()
     pdl_wait(PDL)
     pdl_trigger(PDL, PDL_EARLY)
-    x_bufs, c_bufs, ready, empty = ring
+    x_bufs, codes, ready, empty = ring
     if STREAM_K:
         base = 0
-        for j in range(_items(work)):
-            tile, kb0, n_blocks, _, _ = _item(work, j)
-            m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
-            _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, base, BLOCK_K, STAGES,
+        for j in range(work_items(work)):
+            tile, kb0, n_blocks, _, _ = work_item(work, j)
+            m0, n0 = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            _load_blocks(x_desc, code_src, x_bufs, codes, ready, empty, m0, n0, kb0, n_blocks, base, BLOCK_K, STAGES,
                          BITS, 0, 0, AHEAD)
             base += n_blocks
     else:
         tile, kb0, n_blocks, _ = work
         if TAIL_SETS > 0:
-            m0, n0, sets = _tail_origin(tile, M, full, BLOCK_M, BLOCK_N, c_desc.block_type.shape[0], TAIL_SETS)
+            m0, n0, sets = tail_origin(tile, M, full, BLOCK_M, BLOCK_N, code_src[0].block_type.shape[0], TAIL_SETS)
         else:
-            m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            m0, n0 = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
             sets = 0  # unused
-        _load_blocks(x_desc, c_desc, x_bufs, c_bufs, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS,
+        _load_blocks(x_desc, code_src, x_bufs, codes, ready, empty, m0, n0, kb0, n_blocks, 0, BLOCK_K, STAGES, BITS,
                      sets, TAIL_SETS, AHEAD)
     pdl_trigger(PDL, PDL_LATE)
     if CLUSTER:
         cluster_wait()
-
-
-@gluon.jit
-def _stream_k_work(M, N, k_blocks, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr):
-    """This program's share of a stream-K launch (``stream_k_items`` draws it): the
-    tiles of the full waves (tile ``wave * programs + pid``, each whole), then an equal
-    share of the K-blocks of the last ``tiles % programs`` tiles (the shared tiles), their
-    K-blocks numbered tile by tile and cut among the first ``sharers`` = min(programs,
-    those K-blocks) programs, so that no share is empty.
-    Returns (pid, programs, waves, lo, hi, sk_blocks, sharers, k_blocks): K-blocks lo .. hi
-    of the shared tiles' sk_blocks are this program's."""
-    pid = gl.program_id(0)
-    programs = gl.num_programs(0)
-    tiles = gl.cdiv(M, BLOCK_M) * gl.cdiv(N, BLOCK_N)
-    waves = tiles // programs
-    sk_blocks = (tiles - waves * programs) * k_blocks
-    sharers = gl.maximum(gl.minimum(programs, sk_blocks), 1)
-    lo = gl.where(pid < sharers, (pid * sk_blocks) // sharers, 0)
-    hi = gl.where(pid < sharers, ((pid + 1) * sk_blocks) // sharers, 0)
-    return pid, programs, waves, lo, hi, sk_blocks, sharers, k_blocks
-
-
-@gluon.jit
-def _items(work):
-    """Work items of this stream-K program: its whole tiles, then the tiles its share touches."""
-    _, _, waves, lo, hi, _, _, k_blocks = work
-    shared = gl.where(hi > lo, (hi - 1) // k_blocks - lo // k_blocks + 1, 0)
-    return waves + shared
-
-
-@gluon.jit
-def _item(work, j):
-    """Work item j of this stream-K program: (tile, first K-block, K-blocks, slot, shared),
-    slot 0 or 1 being the item's place among the program's shared ones (its partial's
-    place in the workspace) and ``shared`` whether other programs add to the tile (the
-    item holds fewer than all its K-blocks)."""
-    pid, programs, waves, lo, hi, _, _, k_blocks = work
-    whole = j < waves
-    slot = j - waves
-    local = lo // k_blocks + slot  # among the shared tiles
-    start = gl.maximum(lo, local * k_blocks)
-    end = gl.minimum(hi, (local + 1) * k_blocks)
-    tile = gl.where(whole, j * programs + pid, waves * programs + local)
-    kb0 = gl.where(whole, 0, start - local * k_blocks)
-    n_blocks = gl.where(whole, k_blocks, end - start)
-    return tile, kb0, n_blocks, slot, n_blocks < k_blocks
-
-
-@gluon.jit
-def _owner(block, sk_blocks, sharers):
-    """The stream-K program whose share holds shared K-block ``block``."""
-    return ((block + 1) * sharers - 1) // sk_blocks
 
 
 @gluon.jit
@@ -306,20 +239,28 @@ def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MOD
 
 
 @gluon.jit
-def _decode(c_bufs, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, mul,
+def _decode(codes, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, mul,
             scale, zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr,
             SCALE_AFTER: gl.constexpr, table, MODE: gl.constexpr):
     """The operand of the ring's u-th block for consumer warpgroup WG: wait for its stage,
     read the warpgroup's WG_ROWS rows of code words, decode them with the group's ``scale``
     and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s; SCALE_AFTER: without the scale), or in
-    the rows' ``table`` (``table_words``'; MODE TABLE or ROW_TABLE)."""
+    the rows' ``table`` (``table_words``'; MODE TABLE or ROW_TABLE); codes of other widths than
+    4 and 8 bits from each piece's words (``ws_pieces``; ``codes``: the ring's buffer of each)."""
     s = u % STAGES
-    bias = bias_word(zero, BITS)
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
-    words = _stage_codes(c_bufs, s, WG, WG_ROWS, STAGES).load(word_layout)
-    # the fp16 scale itself: its pair is made in the decode's asm (``decode_operand``)
-    return decode_operand(words, select, bias, scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS, not SCALE_AFTER, table,
-                          table_mode(MODE))
+    if piece_path(BITS):
+        stage = (_stage_codes(codes[0], s, WG, WG_ROWS, STAGES), _stage_codes(codes[1], s, WG, WG_ROWS, STAGES),
+                 _stage_codes(codes[2], s, WG, WG_ROWS, STAGES))
+        # mul - NIBBLE_MUL: 0, unknown to the compiler (``nibble_multiplier``)
+        a = decode_pieces(stage, zero, scale, mul - NIBBLE_MUL, gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]),
+                          a_layout, WG_ROWS, BLOCK_K, BITS, not SCALE_AFTER)
+    else:
+        words = _stage_codes(codes[0], s, WG, WG_ROWS, STAGES).load(word_layout)
+        # the fp16 scale itself: its pair is made in the decode's asm (``decode_operand``)
+        a = decode_operand(words, select, bias_word(zero, BITS), scale, mul, WG_ROWS, BLOCK_K, a_layout, BITS,
+                           not SCALE_AFTER, table, table_mode(MODE))
+    return a
 
 
 @gluon.jit
@@ -335,12 +276,13 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     exact) and the sum is not yet scaled (``_scaled``).  STAGED: each block's scales and zero
     points are read from shared memory (``staged``: ``_stage``'s) as the block is decoded, not
     loaded from global memory ahead (the window)."""
-    x_bufs, c_bufs, ready, empty = ring
+    x_bufs, codes, ready, empty = ring
     mul = nibble_multiplier(params[3])  # num_groups
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    word_layout: gl.constexpr = gl.SliceLayout(2, _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]), BITS))
+    word_layout: gl.constexpr = gl.SliceLayout(2, ws_byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]),
+                                                                 BITS))
     # each K-block's scales (and zero points) are loaded three K-blocks ahead (one block
     # ahead measured the same, docs/NOTES-gemm.md v14b: the rotation of the loaded values
     # waits for each load, v15b)
@@ -366,7 +308,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     first = n_blocks % 2
     if first == 1:
         sc, zc = _block_scales(staged, window, kb0, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
-        a = _decode(c_bufs, ready, base, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
+        a = _decode(codes, ready, base, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
                     a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(base % STAGES), count=1)
@@ -376,7 +318,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     for i in range(first, n_blocks, 2):
         u = base + i * STEP
         sc, zc = _block_scales(staged, window, kb0 + i * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
-        a1 = _decode(c_bufs, ready, u, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
+        a1 = _decode(codes, ready, u, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
                      a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
@@ -388,7 +330,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
         if not STAGED:
             window = _advance(params, window, kb0 + (i + 3) * STEP, BLOCK_K, GROUP, MODE, BITS)
         sc, zc = _block_scales(staged, window, kb0 + (i + 1) * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
-        a0 = _decode(c_bufs, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K,
+        a0 = _decode(codes, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K,
                      STAGES, a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a0, x_bufs.index((u + STEP) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
@@ -510,7 +452,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     the warpgroups' partials are summed through shared memory at ``base`` (``cluster.cluster_sum``).
     STAGED: the scales (and zero points) of each work item are first copied into the row set's
     region at ``sbase`` (``srow`` bytes of scales a row, ``staged_params``).  TAIL_SETS: a launch
-    with tail rows (``_tail_origin``), where a tail program's row sets past TAIL_SETS do nothing
+    with tail rows (``tail_origin``), where a tail program's row sets past TAIL_SETS do nothing
     (the loader releases their stages)."""
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
     if IN_CLUSTER:
@@ -525,9 +467,9 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BLOCK_M, 16])
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
-    byte_layout: gl.constexpr = _byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]), BITS)
+    byte_layout: gl.constexpr = ws_byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]), BITS)
     row_layout: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, byte_layout))
-    pair = gl.arange(0, 16 // BITS, layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
+    pair = gl.arange(0, 16 // piece_width(BITS, 0), layout=gl.SliceLayout(0, gl.SliceLayout(0, byte_layout)))
     select = gl.expand_dims(gl.expand_dims(pair_select(pair, BITS), 0), 0)  # prmt: a word's code pair
     tile_row = gl.arange(0, WG_ROWS, layout=gl.SliceLayout(1, acc_layout))
     tile_col = gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, acc_layout))
@@ -535,9 +477,9 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
 
     if STREAM_K:
         base = 0
-        for j in range(_items(work)):
-            tile, kb0, n_blocks, _, _ = _item(work, j)
-            _, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+        for j in range(work_items(work)):
+            tile, kb0, n_blocks, _, _ = work_item(work, j)
+            _, n0 = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
             row0 = n0 + WG * WG_ROWS
             w_rows = gl.minimum(row0 + gl.arange(0, WG_ROWS, layout=row_layout), N - 1)
             params = (scales_ptr, zeros_ptr, w_rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg)
@@ -550,10 +492,10 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                               BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)
             base += n_blocks
             # the schedule again, not held in registers through the MMAs
-            work = _stream_k_work(M, N, work[7], BLOCK_M, BLOCK_N)
+            work = stream_k_work(M, N, work[7], BLOCK_M, BLOCK_N)
             pid, _, waves, _, _, sk_blocks, sharers, k_blocks = work
-            tile, _, _, slot, shared = _item(work, j)
-            m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            tile, _, _, slot, shared = work_item(work, j)
+            m0, n0 = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
             row0 = n0 + WG * WG_ROWS
             acc = _scaled(acc, scales_ptr, row0 + tile_row, N, stride_sn, SCALE_AFTER)
             done = ~shared  # a whole tile is stored at once
@@ -565,8 +507,8 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
                 gl.store(ws_ptr + ((pid * 2 + slot) * NUM_WG + WG) * PART + vectors, mine)
                 cta_barrier()
                 local = tile - waves * gl.num_programs(0)
-                owner0 = _owner(local * k_blocks, sk_blocks, sharers)
-                owner1 = _owner((local + 1) * k_blocks - 1, sk_blocks, sharers)
+                owner0 = share_owner(local * k_blocks, sk_blocks, sharers)
+                owner1 = share_owner((local + 1) * k_blocks - 1, sk_blocks, sharers)
                 counter = counter_ptr + local * NUM_WG + WG
                 arrived = gl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
                 done = arrived == owner1 - owner0
@@ -584,10 +526,10 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
     else:
         tile, kb0, n_blocks, pid_k = work
         if TAIL_SETS > 0:
-            m0, n0, sets = _tail_origin(tile, M, full, BLOCK_M, BLOCK_N, WG_ROWS, TAIL_SETS)
+            m0, n0, sets = tail_origin(tile, M, full, BLOCK_M, BLOCK_N, WG_ROWS, TAIL_SETS)
             working = RW < sets
         else:
-            m0, n0 = _tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
+            m0, n0 = tile_origin(tile, M, N, BLOCK_M, BLOCK_N, SWIZZLE)
             working = True
         if working:
             row0 = n0 + RW * WG_ROWS
@@ -636,7 +578,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
 def gemm_gluon_ws_kernel(
     x_desc, c_desc, scales_ptr, zeros_ptr, bias_ptr, out_ptr, ws_ptr, counter_ptr, table_ptr,
     M, N, num_groups, k_blocks, stride_sn, stride_sg, stride_zn, stride_zg, srow, stride_ym, full_tiles,
-    GROUP: gl.constexpr, MODE: gl.constexpr,
+    kpad_words, c_desc1, c_desc2, GROUP: gl.constexpr, MODE: gl.constexpr,
     BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, BLOCK_K: gl.constexpr, SWIZZLE: gl.constexpr,
     SPLIT_K: gl.constexpr, BLOCKS_PER_SPLIT: gl.constexpr, STAGES: gl.constexpr, HAS_BIAS: gl.constexpr,
     CONSUMER_REGS: gl.constexpr, OVERLAP: gl.constexpr, WG_ROWS: gl.constexpr, num_warps: gl.constexpr,
@@ -648,13 +590,17 @@ def gemm_gluon_ws_kernel(
 
     x_desc: TMA descriptor of x (M, K) fp16, block [BLOCK_M, BLOCK_K]; c_desc: of the
     codes (N, words_per_row) int32, block [``gemm.ws_code_rows(BLOCK_N)``, BLOCK_K * BITS / 32]
-    (BITS: 4 or 8; TMA boxes are powers of two: 192 rows are three copies of 64).
+    (BITS: 4 or 8; TMA boxes are powers of two: 192 rows are three copies of 64); for other
+    widths, c_desc, c_desc1 and c_desc2 are of the same codes with the blocks of the code's
+    pieces (``ws_pieces``: [rows, BLOCK_K * w / 32]; c_desc repeated for pieces a code lacks),
+    piece p's words of a row starting at ``kpad_words`` x ``piece_offset`` (``kpad_words``:
+    K rounded up to 32, over 32; unused for 4 and 8 bits).
     ``table_ptr``: the table modes' entries (16, or (N, 16) for ROW_TABLE; any float dtype, rounded
     to fp16 once; ``decode_operand``).  Other operands as ``gemm_gluon_kernel``'s, but y's rows
     lie ``stride_ym`` >= N elements apart (a slice of a wider y's columns); ``counter`` holds
     tiles * NUM_WG int32 zeros.
     Grid: (tiles, SPLIT_K), or with STREAM_K (SPLIT_K 1) (programs,), one per SM, each
-    taking its share (``_stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
+    taking its share (``stream_k_work``), ``ws`` holding programs x 2 x BLOCK_N x BLOCK_M
     floats and ``counter`` (tiles % programs) * NUM_WG zeros.  Split s runs K-blocks
     s * BLOCKS_PER_SPLIT on, at most that many (BLOCKS_PER_SPLIT = ceil(k_blocks / SPLIT_K)
     as a constexpr: taken from the runtime k_blocks instead, the large layers ran 2-8%
@@ -681,14 +627,22 @@ def gemm_gluon_ws_kernel(
     ``gemm.ws_staged_bytes`` before the cluster sum's (launched by ``cluster.launch_clustered``);
     ``srow`` is unused (0) without it.  TAIL_SETS (``GemmConfig.tail_rows`` over WG_ROWS; 0: off):
     grid (``ws_tail_layout``'s programs,), the first ``full_tiles`` x (x's tiles) whole tiles,
-    the rest tiles of TAIL_SETS row sets after them (``_tail_origin``); c_desc's block is then
+    the rest tiles of TAIL_SETS row sets after them (``tail_origin``); c_desc's block is then
     WG_ROWS rows, one copy per row set; ``full_tiles`` is unused (0) without it.  LOADS_AHEAD
     (``GemmConfig.loads_ahead``; 0: off): at most this many K-blocks' copies in flight (``_load_blocks``)."""
     NUM_WG: gl.constexpr = BLOCK_N // WG_ROWS * WG_K
     x_bufs = gl.allocate_shared_memory(gl.float16, [STAGES, BLOCK_M, BLOCK_K], x_desc.layout)
     CODE_ROWS: gl.constexpr = c_desc.block_type.shape[0]  # a copy's (``gemm.ws_code_rows``)
-    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES * (BLOCK_N // CODE_ROWS), CODE_ROWS, BLOCK_K * BITS // 32],
-                                       c_desc.layout)
+    c_bufs = gl.allocate_shared_memory(gl.int32, [STAGES * (BLOCK_N // CODE_ROWS), CODE_ROWS,
+                                                  BLOCK_K * piece_width(BITS, 0) // 32], c_desc.layout)
+    c_bufs1 = c_bufs  # the other pieces' (``ws_pieces``), where the codes have them
+    c_bufs2 = c_bufs
+    if piece_count(BITS) > 1:
+        c_bufs1 = gl.allocate_shared_memory(gl.int32, [STAGES * (BLOCK_N // CODE_ROWS), CODE_ROWS,
+                                                       BLOCK_K * piece_width(BITS, 1) // 32], c_desc1.layout)
+    if piece_count(BITS) > 2:
+        c_bufs2 = gl.allocate_shared_memory(gl.int32, [STAGES * (BLOCK_N // CODE_ROWS), CODE_ROWS,
+                                                       BLOCK_K * piece_width(BITS, 2) // 32], c_desc2.layout)
     ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for s in gl.static_range(STAGES):
@@ -722,14 +676,15 @@ def gemm_gluon_ws_kernel(
                      "tail rows: SPLIT_K 1, WG_K 1, no stream-K or cluster, fewer row sets, a copy per row set")
     if STREAM_K:
         gl.static_assert(SPLIT_K == 1, "stream-K shares K-blocks itself: SPLIT_K 1")
-        work = _stream_k_work(M, N, k_blocks, BLOCK_M, BLOCK_N)
+        work = stream_k_work(M, N, k_blocks, BLOCK_M, BLOCK_N)
     else:
         pid_k = gl.program_id(0) % SPLIT_K if CLUSTER else gl.program_id(1)
         kb0 = pid_k * BLOCKS_PER_SPLIT
         tile = gl.program_id(0) // SPLIT_K if CLUSTER else gl.program_id(0)
         work = (tile, kb0, gl.minimum(k_blocks - kb0, BLOCKS_PER_SPLIT), pid_k)
     IN_CLUSTER: gl.constexpr = CLUSTER and SPLIT_K > 1  # launched as clusters (else as CTAs alone)
-    ring = (x_bufs, c_bufs, ready, empty)
+    ring = (x_bufs, (c_bufs, c_bufs1, c_bufs2), ready, empty)
+    code_src = (c_desc, c_desc1, c_desc2, kpad_words)
     ops = (ring, scales_ptr, zeros_ptr, bias_ptr, (out_ptr, stride_ym), ws_ptr, counter_ptr,
            M, N, num_groups, stride_sn, stride_sg, stride_zn, stride_zg, work, table_ptr)
     # the loader is the default partition (the kernel's 4 warps; one issues the copies), so
@@ -738,7 +693,7 @@ def gemm_gluon_ws_kernel(
     # turns its constexprs into runtime values.)
     if NUM_WG == 1:
         gl.warp_specialize([
-            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
+            (_loader, (x_desc, code_src, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER, full_tiles, TAIL_SETS, LOADS_AHEAD)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
@@ -746,7 +701,7 @@ def gemm_gluon_ws_kernel(
             [4], [CONSUMER_REGS])
     elif NUM_WG == 2:
         gl.warp_specialize([
-            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
+            (_loader, (x_desc, code_src, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER, full_tiles, TAIL_SETS, LOADS_AHEAD)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
@@ -757,7 +712,7 @@ def gemm_gluon_ws_kernel(
             [4, 4], [CONSUMER_REGS, CONSUMER_REGS])
     elif NUM_WG == 3:
         gl.warp_specialize([
-            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
+            (_loader, (x_desc, code_src, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER, full_tiles, TAIL_SETS, LOADS_AHEAD)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,
@@ -772,7 +727,7 @@ def gemm_gluon_ws_kernel(
     else:
         gl.static_assert(NUM_WG == 4, "BLOCK_N // WG_ROWS: 1 to 4 consumer warpgroups")
         gl.warp_specialize([
-            (_loader, (x_desc, c_desc, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
+            (_loader, (x_desc, code_src, ring, work, M, N, BLOCK_M, BLOCK_N, BLOCK_K, SWIZZLE, STAGES, STREAM_K, BITS,
                        PDL, IN_CLUSTER, full_tiles, TAIL_SETS, LOADS_AHEAD)),
             (_consumer, (ops, 0, NUM_WG, WG_ROWS, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, SPLIT_K, HAS_BIAS, OVERLAP,
                          BITS, SWIZZLE, STREAM_K, VECTOR_STORE, PDL, base, CLUSTER, SCALE_AFTER, WG_K, sbase, srow,

@@ -14,8 +14,9 @@ of ``bits``-bit codes, the GEMM kernel's time is modelled as::
     (tail rows: the whole waves, then the tail programs' waves at tail_rows / bn of a wave's time)
     per K-block of one program, in SM cycles:
         mma    = bn * bm * bk / (fp16 FMA per SM per cycle)        tensor cores
-        issue  = (bn * bk * instr_per_weight + bm * bk * instr_per_x) / 128
-                 (thread instructions; 4 schedulers x 32 lanes per cycle)
+        issue  = (bn * bk * instr_per_weight * decode_cost(bits) + bm * bk * instr_per_x) / 128
+                 (thread instructions; 4 schedulers x 32 lanes per cycle; decode_cost: codes
+                 of other widths than 4 and 8 bits take more instructions a weight)
     a wave of `resident` programs per SM runs its K-blocks at
         max(resident * max(mma, issue), (latency + mma + issue) / k_warpgroups,
             load_latency / (stages - 1))                          cycles each
@@ -46,6 +47,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from .gemm import GemmConfig, Kernel, Plan, ws_tail_layout
+from .ws_settings import decode_cost
 
 #: Fallback clock for the cycle terms (SM clock under load on H100/H200-class parts).
 DEFAULT_CLOCK_GHZ = 1.75
@@ -166,7 +168,7 @@ def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelPar
         per_wave = hw.sms * resident
         waves = -(-whole // per_wave) + -(-(programs - whole) // per_wave) * config.tail_rows / config.block_n
     mma = config.block_n * config.block_m * config.block_k / hw.fma_per_sm_cycle
-    issue = (config.block_n * config.block_k * params.instr_per_weight
+    issue = (config.block_n * config.block_k * params.instr_per_weight * decode_cost(problem.bits)
              + config.block_m * config.block_k * params.instr_per_x) / 128
     per_block = max(resident * max(mma, issue), (params.latency + mma + issue) / config.k_warpgroups,
                     params.load_latency / max(1, config.num_stages - 1))

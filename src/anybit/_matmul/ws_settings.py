@@ -10,6 +10,8 @@ import functools
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
+from ..packing import padded_len, pieces
+
 if TYPE_CHECKING:
     from .gemm import GemmConfig
 
@@ -175,8 +177,28 @@ def check_gluon_ws_config(config: GemmConfig) -> None:
                          f"{ws_wg_rows(config)}")
 
 
-#: Code widths the warp-specialized Gluon kernel decodes (its BITS).
-GLUON_WS_BITS = (4, 8)
+#: Code widths the warp-specialized Gluon kernel decodes (its BITS): 4 and 8 a word at a time,
+#: the others piece by piece (``ws_pieces``).
+GLUON_WS_BITS = (1, 2, 3, 4, 5, 6, 7, 8)
+
+
+def decode_cost(bits: int) -> float:
+    """Decode instructions per weight of ``bits``-bit integer codes relative to 4-bit ones, as
+    the performance model scales its per-weight term: 1 for 4 and 8 bits (what it was fitted
+    on), else ``ws_pieces``' count per pair of codes over the 4-bit decode's 4 (prmt, lop3, fma
+    and the lane's shift of a word of 32 / w codes, 3 + w / 4, per piece; a fma per piece above
+    the first and the scale's multiply): 3 bits 2.19, 2 bits 1.12, 7 bits 3.44."""
+    if bits in (4, 8):
+        return 1.0
+    widths = pieces(bits)
+    return (sum(3 + w / 4 for w in widths) + len(widths)) / 4
+
+
+def ws_pieces_readable(bits: int, block_k: int, k: int) -> bool:
+    """Whether TMA copies each piece of ``bits``-bit codes (``anybit.packing.pieces``) of a
+    K-block of ``block_k``: every piece's box at least 16 bytes (a 1-bit piece: K-blocks of 128),
+    and rows of codes a multiple of 16 bytes (K rounded up to 32, times bits, a multiple of 128)."""
+    return min(pieces(bits)) * block_k >= 128 and padded_len(k) * bits % 128 == 0
 
 #: Shared memory one program may use on Hopper (227 KB, the opt-in maximum), and what the
 #: warp-specialized kernel needs besides its ring (barriers, alignment; measured 192 bytes).
