@@ -161,6 +161,21 @@ def check_poisoned_with_bias(run, config, spec: str, m: int, n: int, k: int, see
     return x, qw, bias, y
 
 
+def check_replays(run, x, qw, config, bias, y, launches: int = 3):
+    """``run(x, qw, config, bias)`` gives y's bits in ``launches`` more launches and in a CUDA
+    graph's replay into a NaN-poisoned output (GPU)."""
+    for _ in range(launches):
+        assert torch.equal(run(x, qw, config, bias), y)
+    out = torch.full_like(y, float("nan"))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        run(x, qw, config, bias, out=out)
+    out.fill_(float("nan"))
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(out, y)
+
+
 def check_repeated_launches(run, configs, n: int, k: int, m: int, launches: int = 20):
     """``run(x, qw, config)`` gives the same bits in ``launches`` repeated launches (int4-g128, GPU)."""
     gen = torch.Generator(device="cuda").manual_seed(m)

@@ -31,7 +31,6 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon._runtime import GluonASTSource
 
 from anybit._matmul import gemm as gm
-from anybit.packing import pieces
 from anybit._matmul.gemm_gluon_ws import gemm_gluon_ws_kernel
 from anybit._matmul.decode_ptx import ROW_TABLE, TABLE
 from anybit._matmul.gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF
@@ -55,10 +54,8 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
     gm.check_gluon_ws_config(config)
     x_layout = gl.NVMMASharedLayout.get_default_for([block_m, block_k], gl.float16)
     rows = gm.ws_code_rows(block_n, gm.ws_wg_rows(config) if tail_rows else None)
-    c_boxes = [[rows, block_k * width // 32] for width in pieces(bits)]
-    c_boxes += c_boxes[:1] * (3 - len(c_boxes))  # the launcher repeats the first descriptor
     c_descs = [f"tensordesc<i32[{b[0]}, {b[1]}],{gl.NVMMASharedLayout.get_default_for(b, gl.int32)!r}>"
-               for b in c_boxes]
+               for b in gm.ws_code_boxes(bits, rows, block_k)]
     constants = dict(GROUP=128, MODE=MODES[table] if table else 2 if zero_point else 0, STAGED=staged,
                      BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,

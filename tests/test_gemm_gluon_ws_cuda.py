@@ -10,8 +10,8 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches, check_sweep,
-                      hopper_only, launch_on_weight, quantized_cuda, unit_roundoff, weight_rows)
+from conftest import (assert_matmul_close, check_poisoned_with_bias, check_repeated_launches, check_replays,
+                      check_sweep, hopper_only, launch_on_weight, quantized_cuda, unit_roundoff, weight_rows)
 
 import anybit
 from anybit._matmul import gemm as gm
@@ -168,17 +168,7 @@ def test_row_ranges_write_their_columns_of_a_wider_y(config, spec):
 
 def _check_replays(x, qw, config, bias, y):
     """Three more launches and a CUDA graph's replay (into a NaN-poisoned output) give y's bits."""
-    m, n = y.shape
-    for _ in range(3):
-        assert torch.equal(_run(x, qw, config, bias), y)
-    out = torch.full((m, n), float("nan"), device="cuda", dtype=torch.float16)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        _run(x, qw, config, bias, out=out)
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, y)
+    check_replays(_run, x, qw, config, bias, y)
 
 
 CLUSTER = [_ws(64, 128, 64, 2, 6, cluster_sum=True), _ws(64, 128, 64, 4, 6, cluster_sum=True),

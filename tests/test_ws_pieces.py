@@ -79,6 +79,15 @@ def test_piece_constants():
             assert wp.piece_offset(bits, i) == sum(packing.pieces(bits)[:i])
 
 
+def test_piece_offsets_follow_the_packing():
+    """The pieces' places in a row, as the kernel adds them to its copies' coordinates."""
+    for bits in (3, 5, 6, 7):
+        widths = packing.pieces(bits)
+        kpad = packing.padded_len(4200)
+        for i in range(len(widths)):
+            assert kpad // 32 * wp.piece_offset(bits, i) == kpad * sum(widths[:i]) // 32
+
+
 @pytest.mark.parametrize("bits", PIECE_BITS)
 def test_piece_layouts_rebuild_the_mma_operand(bits):
     """Each piece's words [R, K * w / 32, 16 / w] in k order (``piece_layout``): pair p of

@@ -8,11 +8,10 @@ from dataclasses import replace
 
 import pytest
 import torch
-from conftest import (assert_matmul_close, check_poisoned_with_bias, hopper_only, launch_on_weight, quantized_cuda,
-                      unit_roundoff)
+from conftest import (assert_matmul_close, check_poisoned_with_bias, check_replays, hopper_only, launch_on_weight,
+                      quantized_cuda, unit_roundoff)
 
 import anybit
-from anybit import packing
 from anybit._matmul import gemm as gm
 
 pytestmark = hopper_only("the kernel uses TMA and warpgroup MMA, Hopper (sm_90) instructions")
@@ -45,20 +44,6 @@ def _ids(c):
     return f"{c.block_m}x{c.block_n}x{c.block_k}-s{c.split_k}-wg{gm.ws_wg_rows(c)}{extra}"
 
 
-def _replays(x, qw, config, bias, y):
-    """Two more launches and a CUDA graph's replay into a NaN-poisoned output give y's bits."""
-    for _ in range(2):
-        assert torch.equal(_run(x, qw, config, bias), y)
-    out = torch.full_like(y, float("nan"))
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        _run(x, qw, config, bias, out=out)
-    out.fill_(float("nan"))
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(out, y)
-
-
 @pytest.mark.parametrize("config, spec, shape", CASES,
                          ids=[f"{_ids(c)}-{s}-{'x'.join(map(str, shape))}" for c, s, shape in CASES])
 def test_piece_codes(config, spec, shape):
@@ -67,7 +52,7 @@ def test_piece_codes(config, spec, shape):
     n, k, m = shape
     config = replace(config, num_stages=gm.ws_fit_stages(config, anybit.formats.parse_format(spec).bits))
     x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
-    _replays(x, qw, config, bias, y)
+    check_replays(_run, x, qw, config, bias, y, launches=2)
 
 
 @pytest.mark.parametrize("spec", ["int6-g128", "uint2-g64", "int6-g64"])
@@ -80,7 +65,7 @@ def test_k_blocks_of_64_and_a_piece_read_past_its_end(spec, config):
     if config.block_k > int(spec.rsplit("g", 1)[1]):
         pytest.skip("K-blocks across groups: not a plan the kernel takes")
     x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, 100, 1000, 4160)
-    _replays(x, qw, config, bias, y)
+    check_replays(_run, x, qw, config, bias, y, launches=2)
 
 
 def test_the_compiled_kernel_copies_each_piece_and_multiplies_from_registers():
@@ -114,14 +99,3 @@ def test_the_dispatcher_runs_piece_codes(spec):
     for m in (64, 100, 256, 1024):
         x = torch.randn(m, 4096, device="cuda", generator=gen).half()
         assert_matmul_close(anybit.matmul(x, qw), x, qw, None, weight_roundoff=unit_roundoff(x.dtype))
-
-
-def test_piece_offsets_follow_the_packing():
-    """The pieces' places in a row, as the kernel adds them to its copies' coordinates."""
-    from anybit._matmul import ws_pieces as wp
-
-    for bits in (3, 5, 6, 7):
-        widths = packing.pieces(bits)
-        kpad = packing.padded_len(4200)
-        for i in range(len(widths)):
-            assert kpad // 32 * wp.piece_offset(bits, i) == kpad * sum(widths[:i]) // 32

@@ -10,8 +10,8 @@ import torch
 
 from ..formats import parse_format
 from .gemm import (
-    GemmConfig, Kernel, Plan, gluon_supported, gluon_ws_supported, heuristic_block_k, kernel_group, ws_config,
-    ws_fit_stages, ws_tail_layout, ws_wg_rows,
+    WS_BLOCK_KS, GemmConfig, Kernel, Plan, gluon_supported, gluon_ws_supported, heuristic_block_k, kernel_group,
+    ws_config, ws_fit_stages, ws_tail_layout, ws_wg_rows,
 )
 from .gemv import one_wave_split, split_for
 from .perf_model import Problem
@@ -159,7 +159,8 @@ def format_plans(spec: str, m: int, n: int, k: int, sms: int, hopper: bool) -> t
     scale_dtype = fmt.param_specs(n, k, torch.float16)["scales"].dtype
     block_k, kgroup = heuristic_block_k(fmt.bits), kernel_group(group, k)  # the candidates' K-blocks
     gluon = hopper and gluon_supported(fmt.bits, mode, kgroup, block_k, torch.float16, scale_dtype)
-    ws = hopper and any(gluon_ws_supported(fmt.bits, mode, kgroup, bk, k, torch.float16, scale_dtype) for bk in (64, 128))
+    ws = hopper and any(gluon_ws_supported(fmt.bits, mode, kgroup, bk, k, torch.float16, scale_dtype)
+                        for bk in WS_BLOCK_KS)
     plans = [p for p in candidate_plans(m, n, k, fmt.bits, sms, gluon, ws)
              if applies(p, fmt.bits, mode, kgroup, k, scale_dtype)]
     return Problem(m, n, k, fmt.bits, group), plans

@@ -15,7 +15,6 @@ import torch
 from torch import Tensor
 
 from ..formats._base import Decode
-from ..packing import pieces
 from ..quantized import QuantizedWeight
 from .decode_ptx import codes_per_element, constraints, decode_asm
 from .gemv import (
@@ -23,10 +22,10 @@ from .gemv import (
     split_for, split_counters, split_k_buffers, weight_operands,
 )
 from .ws_settings import (  # noqa: F401 (the launchers, the tuner and the tests use them as gemm.*)
-    CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS, WsOverlap,
-    check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_code_rows, ws_config, ws_consumer_groups,
-    ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes, ws_scale_after,
-    ws_pieces_readable, ws_staged, ws_staged_bytes, ws_staged_chunks, ws_tail_layout, ws_tail_tiles,
+    CARRY_TRITON, GLUON_WS_BITS, HOPPER_SMEM_BYTES, WS_BLOCK_KS, WS_SMEM_EXTRA, WS_STORE_SCRATCH, WS_WG_ROWS,
+    WsOverlap, check_gluon_ws_config, ws_blocks_per_split, ws_cluster_bytes, ws_code_boxes, ws_code_rows, ws_config,
+    ws_consumer_groups, ws_consumer_regs, ws_fit_stages, ws_fits, ws_overlap, ws_push_sum, ws_ring_bytes,
+    ws_scale_after, ws_pieces_readable, ws_staged, ws_staged_bytes, ws_staged_chunks, ws_tail_layout, ws_tail_tiles,
     ws_vector_store, ws_warps, ws_wg_rows,
 )
 
@@ -373,7 +372,7 @@ def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int
     and 8 bits also need ``ws_pieces_readable`` (K-blocks of 128 where a code has a 1-bit piece)."""
     table = mode in WS_TABLE_MODES and bits == 4
     return bits in GLUON_WS_BITS and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device, table) \
-        and block_k in (64, 128) and k % 8 == 0 and ws_pieces_readable(bits, block_k, k)
+        and block_k in WS_BLOCK_KS and k % 8 == 0 and ws_pieces_readable(bits, block_k, k)
 
 
 #: The table modes the warp-specialized kernel decodes (4-bit codes; ``gemm_gluon.decode_operand``).
@@ -554,12 +553,9 @@ def launch_gemm_gluon_ws(
     code_rows = ws_code_rows(config.block_n, wg_rows if tail_sets else None)
     x_block = [config.block_m, config.block_k]
     x_desc = TensorDescriptor.from_tensor(x, x_block, gl.NVMMASharedLayout.get_default_for(x_block, gl.float16))
-    # one descriptor of the codes per piece (``ws_pieces``; the kernel adds the piece's place in
-    # the row), the first repeated where there are fewer than three
-    c_blocks = [[code_rows, config.block_k * width // 32] for width in pieces(bits)]
+    # one descriptor of the codes per piece (``ws_pieces``; the kernel adds the piece's place in the row)
     c_descs = [TensorDescriptor.from_tensor(codes, b, gl.NVMMASharedLayout.get_default_for(b, gl.int32))
-               for b in c_blocks]
-    c_descs += c_descs[:1] * (3 - len(c_descs))
+               for b in ws_code_boxes(bits, code_rows, config.block_k)]
     extra = {} if maxnreg is None else {"maxnreg": maxnreg}
     run = functools.partial(launch_clustered, gemm_gluon_ws_kernel, grid, config.split_k if config.cluster_sum else 1,
                             tail) if ws_push_sum(config) or staged else gemm_gluon_ws_kernel[grid]

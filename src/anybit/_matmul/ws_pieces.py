@@ -38,17 +38,16 @@ import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from .. import packing
+
 from .gemm_gluon import _byte_layout
 
 #: Code widths the warp-specialized kernel decodes one word at a time (its original paths).
 WHOLE_WORD_BITS = (4, 8)
 
 
-@triton.constexpr_function
-def pieces(bits):
-    """Piece widths of a ``bits``-bit code, widest first (``anybit.packing.pieces``, which the
-    kernels cannot call: 7 -> (4, 2, 1))."""
-    return tuple(w for w in (8, 4, 2, 1) if bits & w)
+#: ``anybit.packing.pieces`` as the kernels (and this module's compile-time helpers) call it
+pieces = triton.constexpr_function(packing.pieces)
 
 
 @triton.constexpr_function
@@ -255,7 +254,8 @@ def decode_pieces(codes, zero, scale, runtime_zero, operand: gl.constexpr, a_lay
         s2, p2 = _piece_words(codes[2], operand, BITS, 2, s0)
         w1, q1, m1, b1, o1 = _piece_operands(s1, p1, BITS, 1, bias, runtime_zero)
         w2, q2, m2, b2, o2 = _piece_operands(s2, p2, BITS, 2, bias, runtime_zero)
-        lo, hi = gl.inline_asm_elementwise(ASM, CONSTRAINTS, [w0, q0, m0, b0, o0, w1, q1, m1, b1, o1, w2, q2, m2, b2, o2, sc],
+        lo, hi = gl.inline_asm_elementwise(ASM, CONSTRAINTS,
+                                           [w0, q0, m0, b0, o0, w1, q1, m1, b1, o1, w2, q2, m2, b2, o2, sc],
                                            dtype=(gl.float16, gl.float16), is_pure=True, pack=1)
     pairs = gl.join(lo, hi)  # [ROWS, words, pairs, 2]: k = word * (32 / w0) + 2 pair + h
     return gl.convert_layout(gl.reshape(pairs, [ROWS, BLOCK_K]), a_layout)

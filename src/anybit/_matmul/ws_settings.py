@@ -166,7 +166,7 @@ def check_gluon_ws_config(config: GemmConfig) -> None:
     k_wg = config.k_warpgroups
     warps = {ws_warps(config.block_n, rows, k_wg) for rows in WS_WG_ROWS
              if config.block_n % rows == 0 and config.block_n // rows * k_wg in (1, 2, 3, 4)}
-    if (config.block_n not in (64, 128, 192, 256) or config.block_k not in (64, 128) or config.num_stages < 2
+    if (config.block_n not in (64, 128, 192, 256) or config.block_k not in WS_BLOCK_KS or config.num_stages < 2
             or config.num_warps not in warps):
         raise ValueError(f"GemmConfig for the warp-specialized Gluon GEMM: {config}: accepted: block_n 64, 128, "
                          f"192 or 256, block_k 64 or 128, num_warps = 4 + 4 x k_warpgroups per 64 or 128 rows of W "
@@ -176,6 +176,9 @@ def check_gluon_ws_config(config: GemmConfig) -> None:
                          f"{ws_wg_rows(config)} rows of W per consumer warpgroup: accepted: a multiple of "
                          f"{ws_wg_rows(config)}")
 
+
+#: K-blocks the warp-specialized Gluon kernel takes (its BLOCK_K).
+WS_BLOCK_KS = (64, 128)
 
 #: Code widths the warp-specialized Gluon kernel decodes (its BITS): 4 and 8 a word at a time,
 #: the others piece by piece (``ws_pieces``).
@@ -192,6 +195,14 @@ def decode_cost(bits: int) -> float:
         return 1.0
     widths = pieces(bits)
     return (sum(3 + w / 4 for w in widths) + len(widths)) / 4
+
+
+def ws_code_boxes(bits: int, rows: int, block_k: int) -> list[list[int]]:
+    """The TMA boxes [rows, words] of the kernel's three code descriptors (c_desc, c_desc1,
+    c_desc2) for ``bits``-bit codes: one per piece of the code (``anybit.packing.pieces``,
+    [rows, block_k * w / 32]), the first repeated for the pieces a code lacks."""
+    boxes = [[rows, block_k * width // 32] for width in pieces(bits)]
+    return boxes + boxes[:1] * (3 - len(boxes))
 
 
 def ws_pieces_readable(bits: int, block_k: int, k: int) -> bool:
