@@ -21,6 +21,7 @@ from anybit._matmul import gemm as gm
 from anybit._matmul import perf_model as pm
 from anybit._matmul import tuning
 from anybit._matmul.gemv import sm_count
+from anybit._matmul.ws_settings import decode_cost
 from anybit.formats import parse_format
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -28,6 +29,7 @@ DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 HW = pm.Hardware(sms=132, fp16_tflops=760.0, copy_tbps=4.2)
 GEMM_64 = gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(64, 64, 64, 2, 4, 4))
 GEMM_128 = gm.Plan(gm.Kernel.GEMM, gm.GemmConfig(128, 64, 64, 1, 4, 4))
+WS_64 = gm.Plan(gm.Kernel.GLUON_WS, gm.ws_config(64, 128, 128, 1, 6))
 DEQUANT = gm.Plan(gm.Kernel.DEQUANT)
 
 
@@ -91,6 +93,31 @@ def test_model_terms_move_the_right_way():
     assert pm.predict_us(large, DEQUANT, HW, p) < pm.predict_us(large, GEMM_64, HW, p)
     # never below the bytes at the copy rate
     assert pm.predict_us(small, GEMM_64, HW, p) >= small.weight_bytes() / (HW.copy_tbps * 1e6)
+
+
+def test_decode_and_mma_add_up_per_block():
+    """A consumer decodes a block's weights, then multiplies (docs/NOTES-gemm.md v46, v59): the
+    model's time of a block is the MMA's cycles plus the decode's issue cycles, so codes with
+    more decode instructions a weight (3 bits: ``decode_cost`` 2.19) add their extra decode to
+    the MMA's time even where the MMA alone is longer.  Then, for int3 at M=256, a 128-row tile
+    of x (each weight decoded once for 128 rows) ranks ahead of four 64-row ones, which the
+    H100 measured 1.5-2x slower (the v58 tune)."""
+    p = pm.ModelParams(latency=0.0, load_latency=0.0, launch_us=0.0)
+    config = gm.ws_config(64, 128, 128, 1, 6, 64, 2)  # two warpgroups taking turns at the K-blocks
+    for bits in (3, 4):
+        problem = pm.Problem(4096, 16896, 8192, bits, 128)  # compute-bound: 64 x 132 tiles, 64 whole waves
+        mma = config.block_n * config.block_m * config.block_k / HW.fma_per_sm_cycle
+        issue = (config.block_n * config.block_k * p.instr_per_weight * decode_cost(bits)
+                 + config.block_m * config.block_k * p.instr_per_x) / 128
+        waves, k_blocks = 64, 8192 // 128
+        shared_sum = p.fixup * 8 * 4096 * 16896 * 2 / (HW.copy_tbps * 1e6) * pm.CLUSTER_FIXUP_SHARE
+        assert pm.gemm_us(problem, config, HW, p, one_per_sm=True) == pytest.approx(
+            waves * k_blocks * (mma + issue) / (HW.clock_ghz * 1e3) + shared_sum)
+    fitted = pm.ModelParams(instr_per_weight=3.0, instr_per_x=0.5)
+    problem = pm.Problem(256, 6144, 4096, 3, 128)
+    wide, narrow = gm.ws_config(128, 128, 128, 1, 3), gm.ws_config(64, 128, 128, 1, 6, 64, 2)
+    assert pm.gemm_us(problem, wide, HW, fitted, one_per_sm=True) \
+        < pm.gemm_us(problem, narrow, HW, fitted, one_per_sm=True)
 
 
 def test_stream_k_terms():
@@ -235,10 +262,11 @@ def test_tune_measures_the_models_top_the_heuristics_plan_and_the_incumbent():
 
 
 def test_tune_measures_the_models_first_kernel_variants(monkeypatch):
-    """Besides the model's top: its first Gluon plan, first WS_MEASURED warp-specialized
-    plans, first stream-K plan, first CLUSTER_MEASURED cluster-sum plans and first
-    SHARED_K_MEASURED plans of two and of four warpgroups sharing K (where the kernels run:
-    here made to, as on a Hopper GPU)."""
+    """Besides the model's top: its first WS_MEASURED warp-specialized plans, first stream-K
+    plan, first CLUSTER_MEASURED cluster-sum plans and first SHARED_K_MEASURED plans of two and
+    of four warpgroups sharing K (where the kernels run: here made to, as on a Hopper GPU).
+    The model ranks only MODEL_KERNELS' plans there; the heuristic's plan (the Triton GEMM at
+    M=64) is measured besides the ranking, never the model's pick."""
     monkeypatch.setattr(gm, "hopper", lambda device: True)
     point, selected = tune._choose("int4-g128", 4096, 4096, 64, HW.sms, torch.device("cpu"), HW, pm.ModelParams(),
                                    (), 1, False)
@@ -248,7 +276,11 @@ def test_tune_measures_the_models_first_kernel_variants(monkeypatch):
     clusters = [p for p in ws if p.config.cluster_sum]
     assert len(clusters) > tune.CLUSTER_MEASURED and set(clusters[:tune.CLUSTER_MEASURED]) <= set(plans)
     assert set(ws[:tune.WS_MEASURED]) <= set(plans)
-    assert next(p for p in ranked if p.kernel is gm.Kernel.GLUON) in plans
+    default = gm.default_plan(64, 4096, 4096, 128, 4, HW.sms)
+    assert default.kernel is gm.Kernel.GEMM and default in plans
+    assert [c.plan for c in point.candidates if not c.ranked] == [default]
+    assert {c.plan.kernel for c in point.candidates if c.ranked} <= set(tuning.MODEL_KERNELS)
+    assert point.model_pick().ranked
     assert next(p for p in ws if p.config.stream_k) in plans
     assert ranked[0] in plans and len(plans) == len(set(plans))
     shared_k = set()
@@ -530,10 +562,29 @@ def test_a_tune_report_reads_back(tmp_path, name):
     assert (hw.sms, hw.copy_tbps, hw.fp16_tflops) == (HW.sms, HW.copy_tbps, HW.fp16_tflops)
     assert [(p.format, p.n, p.k, p.m, p.fp16_us) for p in read] == [(p.format, p.n, p.k, p.m, p.fp16_us) for p in points]
     for got, want in zip(read, points):
-        assert [(c.plan, c.model_us, c.error) for c in got.candidates] \
-            == [(c.plan, c.model_us, c.error) for c in want.candidates]
+        assert [(c.plan, c.model_us, c.error, c.ranked) for c in got.candidates] \
+            == [(c.plan, c.model_us, c.error, c.ranked) for c in want.candidates]
         assert [c.us for c in got.measured()] == [c.us for c in want.measured()]
     assert math.isnan(read[0].candidates[1].us) and read[0].candidates[3].us is None
+
+
+def test_a_plan_measured_besides_the_ranking_is_never_the_models_pick(tmp_path):
+    """A candidate with ``ranked`` False (the heuristic's plan where its kernel is not ranked)
+    is measured and kept in the report, but ``model_pick`` passes over it however low its
+    modelled time; reports written before the field existed read back as ranked."""
+    point = tune.Point("int4-g128", 4096, 4096, 64, 10.0, [
+        tune.Measured(WS_64, 9.0, 8.0), tune.Measured(GEMM_64, 1.0, 20.0, ranked=False)])
+    assert point.model_pick().plan == WS_64 and point.hit()
+    table = replace(_table(sms=HW.sms), hw={"copy_TBps": HW.copy_tbps, "fp16_TFLOPs": HW.fp16_tflops})
+    path = tmp_path / "report.json"
+    tune.write_report(tune.TuneReport(table, [point], exhaustive=False, seconds=1.0), path)
+    read, _ = tune.read_report(path)
+    assert [c.ranked for c in read[0].candidates] == [True, False]
+    data = json.loads(path.read_text())
+    for candidate in data["points"][0]["candidates"]:
+        del candidate["ranked"]
+    path.write_text(json.dumps(data))
+    assert [c.ranked for c in tune.read_report(path)[0][0].candidates] == [True, True]
 
 
 def test_a_partial_tune_report_says_so(tmp_path):

@@ -131,21 +131,26 @@ def model_shapes(model: str) -> list[tuple[int, int]]:
 @dataclass
 class Measured:
     """One candidate at one point: the model's time, and the measured one (None:
-    not measured; NaN: refused by the check, see ``error``)."""
+    not measured; NaN: refused by the check, see ``error``); ``ranked`` False for a plan
+    measured besides the model's ranking (the heuristic's, where its kernel is not ranked),
+    which is never the model's pick."""
 
     plan: gm.Plan
     model_us: float
     us: float | None = None
     error: str | None = None
+    ranked: bool = True
 
     def to_dict(self) -> dict:
-        return {**self.plan.to_dict(), "model_us": self.model_us, "us": self.us, "error": self.error}
+        return {**self.plan.to_dict(), "model_us": self.model_us, "us": self.us, "error": self.error,
+                "ranked": self.ranked}
 
     @classmethod
     def from_dict(cls, data: dict) -> Measured:
-        """Inverse of ``to_dict``."""
-        plan = gm.Plan.from_dict({key: value for key, value in data.items() if key not in ("model_us", "us", "error")})
-        return cls(plan, data["model_us"], data["us"], data["error"])
+        """Inverse of ``to_dict`` (reports written before ``ranked`` existed: True)."""
+        own = ("model_us", "us", "error", "ranked")
+        plan = gm.Plan.from_dict({key: value for key, value in data.items() if key not in own})
+        return cls(plan, data["model_us"], data["us"], data["error"], data.get("ranked", True))
 
 
 @dataclass
@@ -164,7 +169,7 @@ class Point:
         return min(self.measured(), key=lambda c: c.us, default=None)
 
     def model_pick(self) -> Measured:
-        return min(self.candidates, key=lambda c: c.model_us)
+        return min((c for c in self.candidates if c.ranked), key=lambda c: c.model_us)
 
     def hit(self) -> bool | None:
         """Whether the model's first choice measured within HIT_FACTOR of the best
@@ -422,11 +427,20 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     ``top``, its first Gluon plan, first WS_MEASURED warp-specialized plans, first stream-K
     plan, first CLUSTER_MEASURED cluster-sum plans and first SHARED_K_MEASURED plans of warpgroups
     sharing K for each count of them, first TAIL_MEASURED with tail rows, the heuristic's plan and
-    the plan this GPU's tables hold (every candidate with ``exhaustive``)."""
+    the plan this GPU's tables hold (every candidate with ``exhaustive``).  Where the
+    warp-specialized kernel computes the format, only ``tuning.MODEL_KERNELS``' plans are ranked
+    (as the dispatcher ranks them for untuned points), unless ``exhaustive``: the Triton GEMM and
+    the plain Gluon kernel won no point of either shipped table, and where their plan classes have
+    no correction the model ranked them first (int3-g128 at M = 256-1024 on the H100: 64 x 128
+    tiles of the Triton GEMM, measured 3-4x slower than modelled; docs/NOTES-gemm.md v59)."""
     problem, plans = space.format_plans(spec, m, n, k, sms, gm.hopper(device))
+    if not exhaustive and any(p.kernel is gm.Kernel.GLUON_WS for p in plans):
+        plans = [p for p in plans if p.kernel in tuning.MODEL_KERNELS]
     ranked = pm.rank(problem, plans, hw, params)
     point = Point(spec, n, k, m, float("nan"), [Measured(plan, us) for us, plan in ranked])
     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)
+    if all(c.plan != default for c in point.candidates):  # the heuristic's plan is measured whatever its kernel
+        point.candidates.append(Measured(default, pm.predict_us(problem, default, hw, params), ranked=False))
     # the model's first choice of the Gluon kernel, its first WS_MEASURED of the
     # warp-specialized one and its first stream-K one too (their corrections start at 1)
     also = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON][:1]

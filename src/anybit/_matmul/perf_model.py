@@ -18,10 +18,12 @@ of ``bits``-bit codes, the GEMM kernel's time is modelled as::
                  (thread instructions; 4 schedulers x 32 lanes per cycle; decode_cost: codes
                  of other widths than 4 and 8 bits take more instructions a weight)
     a wave of `resident` programs per SM runs its K-blocks at
-        max(resident * max(mma, issue), (latency + mma + issue) / k_warpgroups,
+        max(resident * (mma + issue), (latency + mma + issue) / k_warpgroups,
             load_latency / (stages - 1))                          cycles each
-        (k_warpgroups: warpgroups of a row set taking turns at its K-blocks, so that
-        many blocks' chains in flight at once)
+        (mma + issue: a consumer decodes a block's weights, then multiplies, and the
+        decode of one warpgroup hides little under another's MMAs (docs/NOTES-gemm.md
+        v46, v59); k_warpgroups: warpgroups of a row set taking turns at its K-blocks,
+        so that many blocks' chains in flight at once)
     time = waves * K-blocks per program * that / clock
            + split-K fix-up (fp32 partials written and read; through a cluster's shared
              memory CLUSTER_FIXUP_SHARE of that; stream-K: two tiles a program where the
@@ -170,7 +172,7 @@ def gemm_us(problem: Problem, config: GemmConfig, hw: Hardware, params: ModelPar
     mma = config.block_n * config.block_m * config.block_k / hw.fma_per_sm_cycle
     issue = (config.block_n * config.block_k * params.instr_per_weight * decode_cost(problem.bits)
              + config.block_m * config.block_k * params.instr_per_x) / 128
-    per_block = max(resident * max(mma, issue), (params.latency + mma + issue) / config.k_warpgroups,
+    per_block = max(resident * (mma + issue), (params.latency + mma + issue) / config.k_warpgroups,
                     params.load_latency / max(1, config.num_stages - 1))
     compute_us = waves * k_blocks * per_block / (hw.clock_ghz * 1e3)
     moved = problem.weight_bytes() + 2 * m * k + 2 * m * n
