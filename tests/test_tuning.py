@@ -335,10 +335,26 @@ def test_lookup_takes_the_next_tuned_m():
     assert tuning.lookup(tables, "int4-g128", 64, 96, 33) == GEMM_64
     assert tuning.lookup(tables, "int4-g128", 64, 96, 64) == GEMM_64
     assert tuning.lookup(tables, "int4-g128", 64, 96, 65) == GEMM_128
-    assert tuning.lookup(tables, "int4-g128", 64, 96, 300) == DEQUANT
-    assert tuning.lookup(tables, "int4-g128", 64, 96, 10**6) == DEQUANT
+    assert tuning.lookup(tables, "int4-g128", 64, 96, 300) == DEQUANT  # inside the tuned range: the next tuned M
+    assert tuning.lookup(tables, "int4-g128", 64, 96, 2048) == DEQUANT
+    assert tuning.lookup(tables, "int4-g128", 64, 96, 2049) is None  # past LOOKUP_REACH x the largest
     assert tuning.lookup(tables, "int4-g128", 64, 128, 64) is None
     assert tuning.lookup(tables, "uint4-g128", 64, 96, 64) is None
+
+
+def test_lookup_leaves_points_far_outside_a_shapes_tuned_m_to_the_next_table():
+    """A shape tuned at some M only (a tune stopped early, or ``--m 256 1024``) serves M up to
+    LOOKUP_REACH x outside that range; farther, the next table's entries serve, else none (the
+    performance model's plan then)."""
+    partial = _table(entries=[_entry(256, GEMM_128), _entry(1024, DEQUANT)])
+    whole = _table(entries=[_entry(m, GEMM_64) for m in (64, 128, 256, 1024, 4096)])
+    assert tuning.lookup((partial,), "int4-g128", 64, 96, 128) == GEMM_128
+    assert tuning.lookup((partial,), "int4-g128", 64, 96, 127) is None
+    assert tuning.lookup((partial,), "int4-g128", 64, 96, 64) is None
+    assert tuning.lookup((partial,), "int4-g128", 64, 96, 4096) is None
+    assert tuning.lookup((partial, whole), "int4-g128", 64, 96, 64) == GEMM_64
+    assert tuning.lookup((partial, whole), "int4-g128", 64, 96, 200) == GEMM_128  # the first table serves it
+    assert tuning.lookup((partial, whole), "int4-g128", 64, 96, 4096) == GEMM_64
 
 
 @pytest.fixture

@@ -17,7 +17,10 @@ A table is a JSON file written by ``anybit tune`` (schema version
 
 Lookup for a product of m rows of x with a weight of format F and shape (n, k):
 the entries of (F, n, k) with the smallest ``m`` >= the product's m, or the
-largest ``m`` when the product is larger than every tuned one.
+largest ``m`` when the product is larger than every tuned one; outside the tuned
+range an entry serves only up to ``LOOKUP_REACH`` times its m away (a table whose
+shape was tuned at M = 64 alone does not serve M = 4096 with a 64-row tile: the
+next table, else the performance model's plan, does; docs/NOTES-gemm.md v59).
 
 Where tables come from, first match wins per (format, n, k):
 
@@ -277,12 +280,26 @@ def _version_distance(version: str, installed: str) -> tuple[int, int]:
     return abs(a - c), abs(b - d)
 
 
+#: How far outside the M a table tuned a shape at its nearest entry still serves: up to this
+#: factor above the largest tuned M and below the smallest (inside the tuned range the next
+#: larger tuned M serves, however far: the default M of ``anybit tune`` are 4x apart at most).
+LOOKUP_REACH = 2
+
+
 def lookup(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int) -> Plan | None:
-    """The tuned plan for m rows of x with a (n, k) weight of format ``spec``, or None."""
+    """The tuned plan for m rows of x with a (n, k) weight of format ``spec``: of the first of
+    ``tables`` whose entries for the shape serve m (the smallest tuned M >= m; the largest
+    where m is above them all; within LOOKUP_REACH of m outside the tuned range), or None."""
     for table in tables:
         tuned = sorted((e for e in table.entries if (e.format, e.n, e.k) == (spec, n, k)), key=lambda e: e.m)
-        if tuned:
-            return next((e.plan for e in tuned if e.m >= m), tuned[-1].plan)
+        if not tuned:
+            continue
+        above = next((e for e in tuned if e.m >= m), None)
+        if above is None:  # larger than every tuned M
+            if m <= LOOKUP_REACH * tuned[-1].m:
+                return tuned[-1].plan
+        elif above is not tuned[0] or above.m <= LOOKUP_REACH * m:
+            return above.plan
     return None
 
 
