@@ -12,8 +12,9 @@ every measured candidate of every report (``tune.refit``; a point measured in tw
 counts twice).  It prints, over the reports' points, how often the model's first choice
 among a point's measured candidates is within 10% of the fastest: with the table's stored
 model, with the refitted one (in sample), and fitted on the other layer shapes only
-(``tune.cross_validated_hits``).  ``--write`` stores the refitted model in the table; its
-plans are left as they are.
+(``tune.cross_validated_hits``), and with ``--hold-out F ...`` fitted without formats F at
+F's points (``tune.held_out_hits``: how the model ranks a format it has not seen).  ``--write``
+stores the refitted model in the table; its plans are left as they are.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ def main() -> None:
     parser.add_argument("--table", required=True, help="the tuned table (JSON) whose model to refit")
     parser.add_argument("--reports", nargs="+", required=True, help="reports of `anybit tune --report` on that GPU")
     parser.add_argument("--write", action="store_true", help="store the refitted model in the table")
+    parser.add_argument("--hold-out", nargs="+", default=(), metavar="FORMAT",
+                        help="also fit without these formats' points and report the picks at them")
     args = parser.parse_args()
     table = tuning.read_table(args.table)
     points: list[tune.Point] = []
@@ -47,6 +50,10 @@ def main() -> None:
         print(f"{label}: first choice within 10% of the fastest measured at {hits}/{counted} points")
     hits, counted = tune.cross_validated_hits(points, hw, pm.ModelParams())
     print(f"fitted on the other layer shapes: {hits}/{counted}")
+    if args.hold_out:
+        hits, counted = tune.held_out_hits(points, hw, pm.ModelParams(), args.hold_out)
+        print(f"fitted without {', '.join(args.hold_out)}: first choice at their points within 10% of the "
+              f"fastest measured at {hits}/{counted}")
     if args.write:
         tuning.write_table(dataclasses.replace(table, model=fitted), args.table, merge=False)
         print(f"model written to {args.table}")

@@ -632,13 +632,33 @@ def test_refit_model_script_writes_only_the_model(tmp_path):
     report_path.write_text(tune.TuneReport(table, _report_points(), exhaustive=False, seconds=1.0).to_json())
     env = {**os.environ, "PYTHONPATH": str(root / "src")}
     done = subprocess.run([sys.executable, str(root / "benchmarks" / "refit_model.py"), "--table", str(table_path),
-                           "--reports", str(report_path), "--write"], capture_output=True, text=True, env=env,
-                          check=True)
+                           "--reports", str(report_path), "--write", "--hold-out", "uint4-g128"],
+                          capture_output=True, text=True, env=env, check=True)
     assert "4 points, 11 measurements" in done.stdout and "fitted on the other layer shapes: " in done.stdout
+    assert "fitted without uint4-g128: first choice at their points within 10% of the fastest measured at 0/0" \
+        in done.stdout
     written = tuning.read_table(table_path)
     assert written.entries == table.entries and written.gpu == table.gpu and written.hw == table.hw
     assert written.model != table.model
     assert "gluon_ws 64x128x64 12w6s cluster m64" in dict(written.model.corrections)
+
+
+def test_held_out_hits_fit_without_the_held_formats():
+    """``held_out_hits`` fits on the other formats' points only and counts the picks at the held
+    ones: a held format whose fastest plan the others' times rank last is missed; none held or
+    none left to fit on counts nothing."""
+    slow, fast = GEMM_64, GEMM_128
+
+    def point(spec, n, slow_us, fast_us):
+        return tune.Point(spec, n, 4096, 64, 10.0, [tune.Measured(slow, 1.0, slow_us), tune.Measured(fast, 2.0, fast_us)])
+
+    seen = [point("int4-g128", n, 10.0, 20.0) for n in (4096, 8192)]  # the others: `slow` is the faster
+    held = [point("int2-g128", 4096, 20.0, 10.0)]  # the held format: the other way round
+    assert tune.held_out_hits(seen + held, HW, pm.ModelParams(), ["int2-g128"]) == (0, 1)
+    assert tune.held_out_hits(seen + [point("int2-g128", 4096, 10.0, 20.0)], HW, pm.ModelParams(),
+                              ["int2-g128"]) == (1, 1)
+    assert tune.held_out_hits(seen, HW, pm.ModelParams(), ["int2-g128"]) == (0, 0)
+    assert tune.held_out_hits(held, HW, pm.ModelParams(), ["int2-g128"]) == (0, 0)
 
 
 @pytest.mark.parametrize("spec, block_ks", [("nf4-g64", {64}), ("int4-g64", {64}), ("nf4-g128", {64, 128})])

@@ -641,3 +641,15 @@ def cross_validated_hits(points: Sequence[Point], hw: pm.Hardware, start: pm.Mod
         hits, counted = hits + shape_hits, counted + shape_counted
     return hits, counted
 
+
+def held_out_hits(points: Sequence[Point], hw: pm.Hardware, start: pm.ModelParams,
+                  formats: Sequence[str]) -> tuple[int, int]:
+    """(hits, points) of ``formats``' points where the model is fitted on the other formats'
+    measurements only and then picks among each point's measured candidates: how well a
+    fitted model ranks a format it has not seen (what the first tune of a new format, or the
+    dispatcher's plan for an untuned one, starts from)."""
+    train = [p for p in points if p.format not in formats]
+    test = [p for p in points if p.format in formats]
+    if not train or not test:
+        return 0, 0
+    return measured_pick_hits(test, hw, pm.fit(_observations(train), hw, start))
