@@ -428,14 +428,12 @@ def _choose(spec: str, n: int, k: int, m: int, sms: int, device: torch.device, h
     plan, first CLUSTER_MEASURED cluster-sum plans and first SHARED_K_MEASURED plans of warpgroups
     sharing K for each count of them, first TAIL_MEASURED with tail rows, the heuristic's plan and
     the plan this GPU's tables hold (every candidate with ``exhaustive``).  Where the
-    warp-specialized kernel computes the format, only ``tuning.MODEL_KERNELS``' plans are ranked
-    (as the dispatcher ranks them for untuned points), unless ``exhaustive``: the Triton GEMM and
-    the plain Gluon kernel won no point of either shipped table, and where their plan classes have
-    no correction the model ranked them first (int3-g128 at M = 256-1024 on the H100: 64 x 128
-    tiles of the Triton GEMM, measured 3-4x slower than modelled; docs/NOTES-gemm.md v59)."""
+    warp-specialized kernel computes the format, only ``candidates.MODEL_KERNELS``' plans are ranked
+    (``candidates.model_plans``, as the dispatcher ranks them for untuned points), unless
+    ``exhaustive``."""
     problem, plans = space.format_plans(spec, m, n, k, sms, gm.hopper(device))
-    if not exhaustive and any(p.kernel is gm.Kernel.GLUON_WS for p in plans):
-        plans = [p for p in plans if p.kernel in tuning.MODEL_KERNELS]
+    if not exhaustive:
+        plans = space.model_plans(plans) or plans
     ranked = pm.rank(problem, plans, hw, params)
     point = Point(spec, n, k, m, float("nan"), [Measured(plan, us) for us, plan in ranked])
     default = gm.default_plan(m, n, k, problem.group, problem.bits, sms)

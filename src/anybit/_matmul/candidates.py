@@ -166,6 +166,23 @@ def format_plans(spec: str, m: int, n: int, k: int, sms: int, hopper: bool) -> t
     return Problem(m, n, k, fmt.bits, group), plans
 
 
+#: The kernels the performance model ranks where the warp-specialized kernel computes a format on
+#: Hopper (the dispatcher for untuned points, ``tuning.model_plan``; the tuner, unless
+#: exhaustive): those that won every point of the shipped tables.  The Triton GEMM's and the plain
+#: Gluon kernel's plan classes have few measurements, and where the model had none for a class it
+#: ranked such plans first where they are slow (a 64-row tile at M=4096; int3-g128 at M = 256-1024
+#: on the H100, 3-4x slower than modelled: docs/NOTES-gemm.md v57, v59).
+MODEL_KERNELS = (Kernel.GLUON_WS, Kernel.DEQUANT)
+
+
+def model_plans(plans: list[Plan]) -> list[Plan]:
+    """The plans of MODEL_KERNELS among ``plans`` (``format_plans``' for a point) where a
+    warp-specialized one is among them, else none."""
+    if not any(p.kernel is Kernel.GLUON_WS for p in plans):
+        return []
+    return [p for p in plans if p.kernel in MODEL_KERNELS]
+
+
 def applies(plan: Plan, bits: int, mode, group: int, k: int, scale_dtype: torch.dtype) -> bool:
     """Whether ``plan``'s kernel computes this product with the plan's K-blocks on a Hopper GPU
     (``group``: the kernel's; fp16 x): the Gluon kernels take K-blocks inside one group only

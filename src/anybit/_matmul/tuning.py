@@ -68,7 +68,8 @@ from pathlib import Path
 import torch
 
 from . import candidates
-from .gemm import Kernel, Plan, default_plan
+from .candidates import MODEL_KERNELS  # noqa: F401 (the kernels model_plan ranks; tests use it as tuning.*)
+from .gemm import Plan, default_plan
 from .gemv import capability, cuda_index, sm_count
 from .perf_model import Hardware, ModelParams, rank
 
@@ -303,12 +304,6 @@ def lookup(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int) ->
     return None
 
 
-#: The kernels ``model_plan`` chooses among: those that won every point of the shipped tables
-#: (the Triton GEMM's plan classes have few measurements, and where the model has none for a
-#: class it ranked such plans first where they are slow: a 64-row tile at M=4096).
-MODEL_KERNELS = (Kernel.GLUON_WS, Kernel.DEQUANT)
-
-
 def model_rows(m: int) -> int:
     """The rows of x ``model_plan`` ranks plans for: m rounded up to a power of two, at least
     64 (so that a process sees few distinct rankings whatever its batch sizes)."""
@@ -332,10 +327,8 @@ def model_plan(tables: tuple[TunedTable, ...], spec: str, n: int, k: int, m: int
     hw = Hardware(sms, float(rated.hw["fp16_TFLOPs"]), float(rated.hw["copy_TBps"]))
     params = next((t.model for t in tables if t.model is not None), ModelParams())
     problem, plans = candidates.format_plans(spec, model_rows(m), n, k, sms, hopper=True)
-    plans = [p for p in plans if p.kernel in MODEL_KERNELS]
-    if not any(p.kernel is Kernel.GLUON_WS for p in plans):
-        return None
-    return rank(problem, plans, hw, params)[0][1]
+    plans = candidates.model_plans(plans)
+    return rank(problem, plans, hw, params)[0][1] if plans else None
 
 
 @functools.lru_cache(maxsize=4096)  # called on every launch; tables are read once (tables_for)
