@@ -3,9 +3,9 @@ needed: Triton emits the PTX, then its ptxas compiles it).
 
 Usage: python tests/ptxas_report.py BLOCK_M BLOCK_N BLOCK_K STAGES OVERLAP NUM_WARPS [BITS [STREAM_K [SPLIT_K]]]
 [--sass] [--ptx] [--pdl early|late] [--cluster] [--scale-after] [--k-warpgroups N] [--staged] [--zero-point]
-[--tail-rows N] [--loads-ahead N] [--table | --row-table]
+[--tail-rows N] [--loads-ahead N] [--table | --row-table] [--group G]
 (with the default consumer registers, symmetric codes of BITS bits (default 4) in groups of
-128, K of 64 K-blocks, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
+G (default 128), K of 64 K-blocks, SPLIT_K splits (default 1), stream-K when STREAM_K is 1; NUM_WARPS as
 ``gemm.ws_warps`` gives it for 64 or 128 rows of W per consumer warpgroup).  With
 ``--sass``, the machine code (cuobjdump -sass) follows the report, with ``--ptx`` the PTX;
 ``--pdl`` compiles the kernel as a programmatic dependent with that trigger, ``--cluster`` with the
@@ -42,12 +42,12 @@ MODES = {"table": TABLE, "row_table": ROW_TABLE}
 def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, num_warps: int, bits: int = 4,
                stream_k: bool = False, split_k: int = 1, pdl: str = "off", cluster: bool = False,
                scale_after: bool = False, k_warpgroups: int = 1, staged: bool = False, zero_point: bool = False,
-               tail_rows: int = 0, loads_ahead: int = 0, table: str = ""):
+               tail_rows: int = 0, loads_ahead: int = 0, table: str = "", group: int = 128):
     """The warp-specialized kernel compiled for sm_90 with these settings (Triton's compiled
     kernel: ``asm["ptx"]``, ``metadata``); ``scale_after``: its SCALE_AFTER (one scale per row);
     ``staged``: its STAGED (scales staged in shared memory); ``zero_point``: zero-point codes;
     ``tail_rows``: ``GemmConfig.tail_rows`` (its TAIL_SETS); ``loads_ahead``: its LOADS_AHEAD;
-    ``table``: "table" or "row_table" for those decode modes."""
+    ``table``: "table" or "row_table" for those decode modes; ``group``: its GROUP."""
     config = gm.GemmConfig(block_m, block_n, block_k, split_k, num_warps, stages, stream_k=bool(stream_k),
                            cluster_sum=cluster, k_warpgroups=k_warpgroups, tail_rows=tail_rows,
                            loads_ahead=loads_ahead)
@@ -56,7 +56,7 @@ def compile_ws(block_m: int, block_n: int, block_k: int, stages: int, overlap: i
     rows = gm.ws_code_rows(block_n, gm.ws_wg_rows(config) if tail_rows else None)
     c_descs = [f"tensordesc<i32[{b[0]}, {b[1]}],{gl.NVMMASharedLayout.get_default_for(b, gl.int32)!r}>"
                for b in gm.ws_code_boxes(bits, rows, block_k)]
-    constants = dict(GROUP=128, MODE=MODES[table] if table else 2 if zero_point else 0, STAGED=staged,
+    constants = dict(GROUP=group, MODE=MODES[table] if table else 2 if zero_point else 0, STAGED=staged,
                      BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SWIZZLE=8, SPLIT_K=split_k,
                      BLOCKS_PER_SPLIT=gm.ws_blocks_per_split(config, 64), STAGES=stages, HAS_BIAS=False,
                      CONSUMER_REGS=gm.ws_consumer_regs(config), OVERLAP=overlap, WG_ROWS=gm.ws_wg_rows(config),
@@ -82,9 +82,9 @@ def report(block_m: int, block_n: int, block_k: int, stages: int, overlap: int, 
            stream_k: bool = False, split_k: int = 1, sass: bool = False, ptx: bool = False,
            pdl: str = "off", cluster: bool = False, scale_after: bool = False, k_warpgroups: int = 1,
            staged: bool = False, zero_point: bool = False, tail_rows: int = 0, loads_ahead: int = 0,
-           table: str = "") -> str:
+           table: str = "", group: int = 128) -> str:
     compiled = compile_ws(block_m, block_n, block_k, stages, overlap, num_warps, bits, stream_k, split_k, pdl,
-                          cluster, scale_after, k_warpgroups, staged, zero_point, tail_rows, loads_ahead, table)
+                          cluster, scale_after, k_warpgroups, staged, zero_point, tail_rows, loads_ahead, table, group)
     text = compiled.asm["ptx"]
     with tempfile.TemporaryDirectory() as tmp:
         with open(f"{tmp}/kernel.ptx", "w") as f:
@@ -106,9 +106,10 @@ if __name__ == "__main__":
     k_warpgroups = int(argv.pop(argv.index("--k-warpgroups") + 1)) if "--k-warpgroups" in argv else 1
     tail_rows = int(argv.pop(argv.index("--tail-rows") + 1)) if "--tail-rows" in argv else 0
     loads_ahead = int(argv.pop(argv.index("--loads-ahead") + 1)) if "--loads-ahead" in argv else 0
+    group = int(argv.pop(argv.index("--group") + 1)) if "--group" in argv else 128
     args = [arg for arg in argv if not arg.startswith("--")]
     print(report(*(int(arg) for arg in args[:9]), sass="--sass" in argv, ptx="--ptx" in argv, pdl=pdl,
                  cluster="--cluster" in argv, scale_after="--scale-after" in argv, k_warpgroups=k_warpgroups,
                  staged="--staged" in argv, zero_point="--zero-point" in argv, tail_rows=tail_rows,
                  loads_ahead=loads_ahead, table="table" if "--table" in argv else "row_table" if "--row-table" in argv
-                 else ""))
+                 else "", group=group))

@@ -206,6 +206,11 @@ def test_supported_products():
     # and 4-bit table codes (NF4, lut4), not 8-bit ones
     assert gm.gluon_ws_supported(**dict(ws, mode=Decode.TABLE))
     assert gm.gluon_ws_supported(**dict(ws, mode=Decode.ROW_TABLE))
+    # and K-blocks holding several whole groups of 32 codes or more (a scale per row and group)
+    for group, block_k in [(32, 64), (32, 128), (64, 128)]:
+        assert gm.gluon_ws_supported(**dict(ws, group=group, block_k=block_k))
+        assert not gm.gluon_supported(**dict(ok, group=group, block_k=block_k))
+    assert not gm.gluon_ws_supported(**dict(ws, group=16)) and not gm.gluon_ws_supported(**dict(ws, group=48))
     # and integer codes of the other widths, piece by piece (tests/test_ws_pieces.py has the rules)
     assert gm.gluon_ws_supported(**dict(ws, bits=2)) and gm.gluon_ws_supported(**dict(ws, bits=3, block_k=128))
     for change in [dict(bits=3), dict(block_k=256, group=256), dict(k=4100), dict(mode=Decode.BINARY),

@@ -369,6 +369,32 @@ def test_table_codes_keep_the_mmas_asynchronous(config, table):
     assert re.search(r"\b0 bytes spill stores", notes)
 
 
+SEVERAL_GROUPS = [(c, bits, group, flags)
+                  for c in (gm.ws_config(64, 256, 128, 1, 3), gm.ws_config(64, 128, 64, 1, 6),
+                            gm.ws_config(64, 64, 128, 1, 6, k_warpgroups=2))
+                  for bits, group in ((4, 32), (3, 64), (8, 32))
+                  for flags in ((), ("--staged",), ("--zero-point", "--staged"), ("--table",))
+                  if (bits == 4 or "--table" not in flags) and gm.ws_pieces_readable(bits, c.block_k, 4096)]
+
+
+@pytest.mark.parametrize("config, bits, group, flags", SEVERAL_GROUPS,
+                         ids=lambda v: gm.Plan(gm.Kernel.GLUON_WS, v).label() if isinstance(v, gm.GemmConfig) else
+                         "-".join(v) if isinstance(v, tuple) else str(v))
+def test_k_blocks_of_several_groups_keep_the_mmas_asynchronous(config, bits, group, flags):
+    """K-blocks holding several groups (a scale and zero point per row and group, broadcast to
+    the words: ``ws_groups``) compile with the tile's overlap in flight and,
+    on these tiles that the M = 64-256 tables pick, at most 8 bytes a thread more spilled than
+    with groups of 128 (3-bit codes spill 8-16 bytes at 96 registers either way; loaded per
+    word, the scales and zero points of 8-bit codes spilled 6 KB a thread on 64 x 256 x 128)
+    and no more shared memory (the broadcast moves no data)."""
+    notes = _ptxas_notes(config, gm.ws_overlap(config), bits, *flags, "--group", group)
+    assert "Used" in notes and SERIALIZED not in notes
+    one = _ptxas_notes(config, gm.ws_overlap(config), bits, *flags, "--group", 128)
+    spilled = [int(re.search(r"(\d+) bytes spill stores", text).group(1)) for text in (notes, one)]
+    assert spilled[0] <= spilled[1] + 8, spilled
+    assert _shared_bytes(notes) == _shared_bytes(one)
+
+
 @pytest.mark.parametrize("config", [gm.ws_config(*t[:3], 1, *t[3:], stream_k=True) for t in cand.GLUON_WS_TILES
                                     if t[5:] in ((), (1,))],
                          ids=lambda c: f"{gm.Plan(gm.Kernel.GLUON_WS, c).label()}")
@@ -506,6 +532,8 @@ def test_the_kernels_overlap_constants_are_the_enums():
     (8, 8, 128, 128, 1),    # one whole chunk
     (13, 13, 64, 128, 2),   # 64-column blocks, two to a group: groups 6-12
     (0, 1, 128, 4096, 1),
+    (0, 4, 128, 32, 2),     # four groups a block: groups 0-15
+    (3, 3, 128, 64, 2),     # two a block: groups 6-11
 ])
 def test_staged_chunks(first, blocks, block_k, group, chunks):
     from anybit._matmul import staged_params as sp
@@ -513,7 +541,8 @@ def test_staged_chunks(first, blocks, block_k, group, chunks):
     assert sp.staged_chunks(first, blocks, block_k, group) == chunks
 
 
-@given(st.integers(0, 200), st.integers(1, 200), st.sampled_from([(64, 64), (64, 128), (128, 128), (64, 256)]))
+@given(st.integers(0, 200), st.integers(1, 200),
+       st.sampled_from([(64, 64), (64, 128), (128, 128), (64, 256), (128, 32), (128, 64), (64, 32)]))
 def test_staged_chunks_cover_every_group_of_the_blocks(first, blocks, tile):
     """The chunks ``staged_chunks`` counts, from the first group's chunk on, hold every group the
     K-blocks touch, and no chunk past the last."""
@@ -524,6 +553,25 @@ def test_staged_chunks_cover_every_group_of_the_blocks(first, blocks, tile):
     groups = {c // group for kb in range(first, first + blocks) for c in (kb * block_k, (kb + 1) * block_k - 1)}
     g0 = min(groups) // sp.CHUNK_GROUPS * sp.CHUNK_GROUPS
     assert max(groups) < g0 + sp.CHUNK_GROUPS * chunks and max(groups) >= g0 + sp.CHUNK_GROUPS * (chunks - 1)
+
+
+@given(st.integers(0, 200), st.sampled_from([1, 2, 4]),
+       st.sampled_from([(64, 64), (64, 128), (128, 128), (128, 32), (128, 64), (64, 32)]))
+def test_the_first_chunks_hold_the_blocks_read_before_the_rest_is_waited_for(first, wg_k, tile):
+    """A consumer waits for ``first_chunks`` chunks before its first K-block and for the rest
+    only after its first pair: warpgroup kj of wg_k sharing the region's K-blocks (from block
+    ``first``) reads blocks first + kj, + wg_k, + 2 wg_k before, all of whose groups lie in
+    those chunks from g0 (the first group rounded down to a chunk); at most 7 (the copy's
+    lanes take chunks 4 at a time)."""
+    from anybit._matmul import staged_params as sp
+
+    block_k, group = tile
+    chunks = sp.first_chunks(block_k, group, wg_k)
+    g0 = first * block_k // group // sp.CHUNK_GROUPS * sp.CHUNK_GROUPS
+    for kj in range(wg_k):
+        for kb in (first + kj, first + kj + wg_k, first + kj + 2 * wg_k):
+            assert ((kb + 1) * block_k - 1) // group < g0 + sp.CHUNK_GROUPS * chunks
+    assert chunks <= 7 and (chunks == 2 if block_k <= group and wg_k <= 2 else True)
 
 
 def test_what_the_kernel_stages():

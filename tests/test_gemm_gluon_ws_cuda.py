@@ -33,7 +33,7 @@ def _ids(c):
 
 
 @pytest.mark.parametrize("spec", ["int4-g128", "uint4-g128", "int4-gc", "uint4-g64", "int8-gc", "uint8-g128",
-                                  "nf4-g128", "nf4-gc", "lut4-g128", "lut4-gc"])
+                                  "nf4-g128", "nf4-gc", "lut4-g128", "lut4-gc", "int4-g32"])
 @pytest.mark.parametrize("n, k", [(1000, 4128), (192, 320), (4096, 4096), (4096, 14336)])
 def test_sweep(spec, n, k):
     check_sweep(_run, lambda m: _ws(64 if m <= 64 else 128, 256, 64, 2, 4), spec, n, k)
@@ -339,6 +339,36 @@ def test_staged_scales_give_the_same_bits(config, spec, n, k, m):
     x, qw, bias, y = check_poisoned_with_bias(functools.partial(_run, staged=True), config, spec, m, n, k,
                                               seed=n + m + k)
     assert gm.ws_staged(config, 4, -(-k // config.block_k), 128, qw.params["scales"], qw.params.get("zeros"), False)
+    assert torch.equal(y, _run(x, qw, config, bias, staged=False))
+    _check_replays(x, qw, config, bias, y)
+
+
+SEVERAL_GROUPS = [_ws(64, 256, 128, 1, 3), _ws(128, 128, 128, 3, 3), _ws(64, 128, 64, 5, 6),
+                  _ws(64, 64, 128, 2, 6, 64, 2, cluster_sum=True), _ws(64, 64, 128, 1, 8, 64, 4),
+                  _ws(128, 256, 128, 1, 3, 128), _ws(128, 128, 128, 1, 3, stream_k=True)]
+SEVERAL_GROUPS_SPECS = ["int4-g32", "uint4-g64", "nf4-g32", "lut4-g64", "uint8-g32", "int3-g32", "uint6-g64"]
+
+
+def _several_groups(config, spec):
+    """Whether ``spec``'s K-blocks of ``config`` hold several groups the kernel computes."""
+    fmt = anybit.formats.parse_format(spec)
+    return fmt.group_len(4096) < config.block_k and gm.gluon_ws_supported(
+        fmt.bits, fmt.kernel_decode().mode, fmt.group_len(4096), config.block_k, 4096, torch.float16, torch.float16)
+
+
+@pytest.mark.parametrize("config, spec", [(c, s) for c in SEVERAL_GROUPS for s in SEVERAL_GROUPS_SPECS
+                                          if _several_groups(c, s)], ids=lambda v: v if isinstance(v, str) else _ids(v))
+@pytest.mark.parametrize("n, k, m", [(1000, 4096, 64), (4096, 5120, 100)])
+def test_k_blocks_of_several_groups(config, spec, n, k, m):
+    """K-blocks holding two or four groups (a scale and zero point per row and group, broadcast
+    to the words decoded: ``ws_groups``), every kind of code (4 bits symmetric
+    and with zero points, NF4's and lut4's tables, 8 bits, 3 and 6 bits as pieces) on every kind
+    of launch (split, cluster sum, warpgroups sharing K, 128 rows a warpgroup, stream-K): on a
+    NaN-poisoned output every element written and the bias added once, within the float64
+    tolerance; the scales staged in shared memory and loaded from global memory give the same
+    bits; the same bits in repeated launches and replayed from a CUDA graph."""
+    config = replace(config, num_stages=gm.ws_fit_stages(config, anybit.formats.parse_format(spec).bits))
+    x, qw, bias, y = check_poisoned_with_bias(_run, config, spec, m, n, k, seed=n + m + k)
     assert torch.equal(y, _run(x, qw, config, bias, staged=False))
     _check_replays(x, qw, config, bias, y)
 

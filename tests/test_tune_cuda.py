@@ -111,7 +111,8 @@ def test_untuned_shapes_run_the_models_plan_right():
     tuning.clear_caches()
     gpu, sms, arch = tuning.device_name(device), sm_count(device), tuning.device_arch(device)
     tables = tuning.tables_for(gpu, sms, arch)
-    cases = [(spec, n, k, m) for spec in ("int4-g128", "int8-gc", "nf4-g64", "lut4-g128", "uint4-g64")
+    cases = [(spec, n, k, m) for spec in ("int4-g128", "int8-gc", "nf4-g64", "lut4-g128", "uint4-g64", "int4-g32",
+                                                  "int3-g64", "uint8-g32")
              for n, k in ((4608, 3584), (3584, 18944)) for m in (40, 100, 256, 1000)]
     planned = {}
     for spec, n, k, m in cases:

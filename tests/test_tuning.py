@@ -661,15 +661,18 @@ def test_held_out_hits_fit_without_the_held_formats():
     assert tune.held_out_hits(held, HW, pm.ModelParams(), ["int2-g128"]) == (0, 0)
 
 
-@pytest.mark.parametrize("spec, block_ks", [("nf4-g64", {64}), ("int4-g64", {64}), ("nf4-g128", {64, 128})])
+@pytest.mark.parametrize("spec, block_ks", [("nf4-g64", {64, 128}), ("int4-g64", {64, 128}), ("nf4-g128", {64, 128}),
+                                            ("int3-g64", {128}), ("int4-g16", set())])
 def test_the_tuner_measures_only_plans_whose_k_blocks_fit_the_group(monkeypatch, spec, block_ks):
-    """The Gluon kernels take K-blocks inside one group: for groups of 64 the tuner ranks and
-    measures only their plans with K-blocks of 64 (those of 128 fail at launch)."""
+    """The warp-specialized kernel takes K-blocks inside one group or holding whole groups of
+    32 codes or more: for groups of 64 the tuner ranks and measures its plans with K-blocks
+    of 64 and 128 (3 bits: 128 only, a 1-bit piece's copy), for groups of 16 none (they would
+    fail at launch)."""
     monkeypatch.setattr(gm, "hopper", lambda device: True)  # choose as on a Hopper GPU
     point, selected = tune._choose(spec, 8192, 8192, 256, 132, torch.device("cpu"), HW, pm.ModelParams(), (), 2,
                                    False)
     ws = [c.plan for c in point.candidates if c.plan.kernel is gm.Kernel.GLUON_WS]
-    assert ws and {p.config.block_k for p in ws} == block_ks
+    assert {p.config.block_k for p in ws} == block_ks
     assert all(c.plan.config.block_k in block_ks for c in selected if c.plan.kernel is not gm.Kernel.DEQUANT
                and c.plan.kernel is not gm.Kernel.GEMM)
 
@@ -732,7 +735,8 @@ def test_untuned_shapes_take_the_warp_specialized_kernel_at_small_m_with_the_shi
 @pytest.mark.parametrize("case", ["no table", "no rates", "not hopper", "triton-only format", "small groups"])
 def test_the_heuristic_serves_where_the_model_has_nothing_to_rank_with(tables_env, monkeypatch, case):
     """No table of the GPU (nor of its capability), a table without measured rates, a GPU that is
-    not sm_90, or a format that only the Triton kernels compute: the heuristic's plan."""
+    not sm_90, or a format that only the Triton kernels compute (signs; groups of 16): the
+    heuristic's plan."""
     spec, arch = "int4-g128", "sm_90"
     if case == "no table":  # (else the shipped sm_90 tables serve)
         monkeypatch.setenv(tuning.TABLE_ENV, "off")
@@ -743,7 +747,7 @@ def test_the_heuristic_serves_where_the_model_has_nothing_to_rank_with(tables_en
     if case == "not hopper":
         arch = "sm_80"
     # (int1 is a format of signs, BINARY, which no Gluon kernel decodes)
-    spec = {"triton-only format": "int1-g128", "small groups": "int4-g32"}.get(case, spec)
+    spec = {"triton-only format": "int1-g128", "small groups": "int4-g16"}.get(case, spec)
     fmt = parse_format(spec)
     for m in (64, 256, 4096):
         plan = tuning._cached_plan(spec, 4608, 3584, m, fmt.group_len(3584), fmt.bits, "hopper", 132, arch)

@@ -139,12 +139,42 @@ def test_launch_refuses_k_blocks_a_piece_cannot_be_copied_in():
 
 
 @pytest.mark.parametrize("spec, block_ks", [("int3-g128", {128}), ("uint5-g128", {128}), ("int2-g128", {64, 128}),
-                                            ("uint6-g64", {64}), ("int7-gc", {128})])
+                                            ("uint6-g64", {64, 128}), ("int7-gc", {128}), ("int3-g32", {128}),
+                                            ("int3-g64", {128}), ("int4-g32", {64, 128}), ("uint8-g32", {64, 128}),
+                                            ("nf4-g64", {64, 128}), ("uint4-g16", set())])
 def test_the_tuner_measures_warp_specialized_plans_for_piece_codes(spec, block_ks):
     """``format_plans`` on a Hopper GPU offers warp-specialized plans for these widths, with
-    only the K-blocks each can copy and that fit its groups."""
+    only the K-blocks each can copy and that fit its groups: inside a group, or holding whole
+    groups of 32 codes or more (none for groups of 16)."""
     _, plans = cand.format_plans(spec, 256, 4096, 4096, 132, hopper=True)
     ws = {p.config.block_k for p in plans if p.kernel is gm.Kernel.GLUON_WS}
     assert ws == block_ks
     _, plans = cand.format_plans(spec, 256, 4096, 4096, 132, hopper=False)
     assert not any(p.kernel is gm.Kernel.GLUON_WS for p in plans)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_each_word_the_kernel_decodes_lies_in_one_group(bits):
+    """Where a K-block holds several groups (of ``gemm.WS_MIN_SUBGROUP`` = 32 codes or more),
+    the kernel loads a scale per row and group and broadcasts it to the words it decodes first
+    ([R, W]: of 4- or 8-bit codes, or of piece 0; ``ws_groups``): every code of
+    word w must lie in group w // (W / G), G groups a K-block of 128 (4 bits: the pairs of a
+    32-code chunk stored transposed, ``packing.pair_position``)."""
+    from triton.experimental.gluon import language as gl
+
+    bases = dict(WGMMA_A_64X64, reg_bases=WGMMA_A_64X64["reg_bases"] + [[0, 64]])
+    operand = gl.DistributedLinearLayout(**bases, block_bases=[], shape=[64, 128])
+    layout = wp.ws_byte_layout(operand, bits)
+    per_word = wp.codes_per_word(bits)
+    words = 128 // per_word
+    assert layout.shape[1] == words
+    joined = gl.DistributedLinearLayout([[0, 0, 0, 1]] + [b + [0] for b in layout.reg_bases],
+                                        [b + [0] for b in layout.lane_bases],
+                                        [b + [0] for b in layout.warp_bases], [], layout.shape + [2])
+    for group in (32, 64, 128):
+        per_group = words // (128 // group)
+        for _, (_, w, p, v) in _coordinates(joined, 4).items():
+            position = per_word * w + 2 * p + v
+            k = int(packing.pair_position(torch.tensor(position))) if bits == 4 else position
+            assert k // group == w // per_group, (group, w, p, v, k)
+    assert gm.WS_MIN_SUBGROUP == 32 and all(wp.codes_per_word(b) <= 32 for b in range(1, 9))

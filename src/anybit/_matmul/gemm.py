@@ -368,11 +368,20 @@ def gluon_ws_supported(bits: int, mode: Decode, group: int, block_k: int, k: int
     """Whether the warp-specialized Gluon kernel (``gemm_gluon_ws``) computes this product:
     as ``gluon_supported`` but for integer codes of 1 to 8 bits (GLUON_WS_BITS) and also 4-bit
     table codes (NF4, lut4: ``WS_TABLE_MODES``), with K-blocks of 64 or 128 and k a multiple of
-    8 (TMA reads rows whose strides are multiples of 16 bytes); codes of other widths than 4
-    and 8 bits also need ``ws_pieces_readable`` (K-blocks of 128 where a code has a 1-bit piece)."""
+    8 (TMA reads rows whose strides are multiples of 16 bytes); a K-block may also hold several
+    whole groups of a multiple of 32 codes (``WS_MIN_SUBGROUP``: every word of codes the kernel
+    decodes then lies in one group); codes of other widths than 4 and 8 bits also need
+    ``ws_pieces_readable`` (K-blocks of 128 where a code has a 1-bit piece)."""
     table = mode in WS_TABLE_MODES and bits == 4
-    return bits in GLUON_WS_BITS and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device, table) \
-        and block_k in WS_BLOCK_KS and k % 8 == 0 and ws_pieces_readable(bits, block_k, k)
+    return bits in GLUON_WS_BITS and block_k in WS_BLOCK_KS and k % 8 == 0 \
+        and _gluon_operands(mode, group, block_k, dtype, scale_dtype, device, table, WS_MIN_SUBGROUP) \
+        and ws_pieces_readable(bits, block_k, k)
+
+
+#: The smallest group the warp-specialized kernel takes several of in a K-block: a word of codes
+#: it decodes (4 bits: pairs of a 32-code chunk; 8 bits: of a 16-code one; pieces of other
+#: widths: up to 32 codes in k order) then lies inside one group (``gemm_gluon_ws``).
+WS_MIN_SUBGROUP = 32
 
 
 #: The table modes the warp-specialized kernel decodes (4-bit codes; ``gemm_gluon.decode_operand``).
@@ -400,15 +409,17 @@ def hopper(device: torch.device) -> bool:
 
 
 def _gluon_operands(mode: Decode, group: int, block_k: int, dtype: torch.dtype, scale_dtype: torch.dtype,
-                    device: torch.device | None, table: bool = False) -> bool:
+                    device: torch.device | None, table: bool = False, min_subgroup: int = 0) -> bool:
     """What both Gluon kernels need besides the code width: integer codes (symmetric or with
     zero points; or, with ``table``, a table mode), fp16 x and scales, K-blocks of a multiple
-    of 64 codes, a whole number of them per group, and (where ``device`` is given) a Hopper
-    GPU (sm_90)."""
+    of 64 codes, a whole number of them per group (or, with ``min_subgroup``, a whole number
+    of groups of a multiple of ``min_subgroup`` codes per K-block), and (where ``device`` is
+    given) a Hopper GPU (sm_90)."""
     if device is not None and not hopper(device):
         return False
+    groups_fit = group % block_k == 0 or (min_subgroup > 0 and block_k % group == 0 and group % min_subgroup == 0)
     return (table or mode in (Decode.SYMMETRIC, Decode.ZERO_POINT)) and dtype == torch.float16 \
-        and scale_dtype == torch.float16 and block_k % 64 == 0 and group % block_k == 0
+        and scale_dtype == torch.float16 and block_k % 64 == 0 and groups_fit
 
 
 def launch_gemm_gluon(
@@ -489,7 +500,8 @@ def launch_gemm_gluon_ws(
         raise ValueError(f"the warp-specialized Gluon GEMM does not compute {bits}-bit {mode.value} codes in groups "
                          f"of {group} with K-blocks of {config.block_k} for x {x.dtype}, scales {scales.dtype}, "
                          f"k={k}; accepted: 1 to 8 bits, symmetric or zero-point codes (or 4-bit table codes), fp16 "
-                         f"x and scales, block_k 64 or 128 <= group (128 for odd widths), k a multiple of 8 "
+                         f"x and scales, block_k 64 or 128 (128 for odd widths) a multiple of the group or a "
+                         f"whole number of groups of a multiple of {WS_MIN_SUBGROUP} codes, k a multiple of 8 "
                          f"(of 128 for odd widths, of 64 for 2 and 6 bits, counted after rounding up to 32)")
     _check_ws_table(table, mode, n)
     check_gluon_ws_config(config)

@@ -285,11 +285,12 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
     (``pair_select``) of each word by ``_NIBBLE_PAIR_ASM`` (4 bits; ``mul``: int32 scalar,
     ``nibble_multiplier``) or ``_BYTE_PAIR_ASM`` (8 bits; ``mul`` unused) with each row's
     ``bias`` and ``scale`` words (``group_words``; ``scale`` may instead be each row's fp16
-    scale itself, ``_half_scale``).  4-bit pairs come in the stored order
-    (byte i of word s of a chunk: k = 8 i + 2 s) and are permuted to k order, which
-    moves no data (``_byte_layout`` put each value where the MMA wants it).  Without SCALED
-    the operand is the exact code - zero (``_BYTE_PAIR_UNSCALED_ASM``, ``_NIBBLE_PAIR_UNSCALED_ASM``;
-    ``scale`` unused): for one scale per row, applied to the product's fp32 sum.  TABLE (4 bits):
+    scale itself, ``_half_scale``; either may be per row and word, [ROWS, words], ``_rows3``).
+    4-bit pairs come in the stored order (byte i of word s of a chunk: k = 8 i + 2 s) and
+    are permuted to k order, which moves no data (``_byte_layout`` put each value where the
+    MMA wants it).  Without SCALED the operand is the exact code - zero
+    (``_BYTE_PAIR_UNSCALED_ASM``, ``_NIBBLE_PAIR_UNSCALED_ASM``; ``scale`` unused): for one
+    scale per row, applied to the product's fp32 sum.  TABLE (4 bits):
     each code looked up in its row's table instead (``table``: ``table_words``' eight int32 [ROWS];
     ``_TABLE_PAIR_ASM``; ``bias`` and ``mul`` unused)."""
     words3 = gl.broadcast(gl.expand_dims(words, 2), select)[0]
@@ -328,8 +329,11 @@ def decode_operand(words, select, bias, scale, mul, ROWS: gl.constexpr, BLOCK_K:
 
 @gluon.jit
 def _rows3(words3, values):
-    """Per-row values [ROWS] broadcast to ``words3``' shape [ROWS, words, pairs]."""
-    return gl.broadcast(words3, gl.expand_dims(gl.expand_dims(values, 1), 2))[1]
+    """Per-row values [ROWS] (or per row and word: [ROWS, words] or [ROWS, 1], in the words'
+    layout) broadcast to ``words3``' shape [ROWS, words, pairs]."""
+    if len(values.shape) == 1:
+        values = gl.expand_dims(values, 1)
+    return gl.broadcast(words3, gl.expand_dims(values, 2))[1]
 
 
 @gluon.jit

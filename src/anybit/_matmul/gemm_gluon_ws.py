@@ -58,9 +58,10 @@ large layers at M = 64-256).
 
 Limits (``gemm.gluon_ws_supported``): sm_90, symmetric or zero-point codes of 1 to 8 bits or
 4-bit table codes (MODE TABLE: NF4's levels; ROW_TABLE: a table per row of W), fp16 x and
-scales, K-blocks of 64 or 128 inside one group (128 where a code has a 1-bit piece), K a
-multiple of 8 and rows of codes a multiple of 16 bytes (TMA row strides), a ring that fits
-shared memory (``gemm.ws_fits``).
+scales, K-blocks of 64 or 128 (128 where a code has a 1-bit piece) inside one group or
+holding whole groups of a multiple of 32 codes (a scale and zero point per row and word of
+codes then, ``ws_groups``), K a multiple of 8 and rows of codes a multiple of 16 bytes
+(TMA row strides), a ring that fits shared memory (``gemm.ws_fits``).
 """
 
 from __future__ import annotations
@@ -82,6 +83,7 @@ from .gemm_gluon import (
 )
 from .gemv_triton import PDL_EARLY, PDL_LATE, PDL_OFF, pdl_trigger, pdl_wait
 from .staged_params import region_row_bytes, stage_params, staged_base, staged_block_params, staged_wait
+from .ws_groups import group_rows, per_word, word_groups
 from .ws_pieces import decode_pieces, piece_count, piece_offset, piece_path, piece_width, ws_byte_layout
 from .ws_schedule import share_owner, stream_k_work, tail_origin, tile_origin, work_item, work_items
 
@@ -189,66 +191,87 @@ def _loader(x_desc, code_src, ring, work, M, N,
 
 
 @gluon.jit
-def _block_params(params, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr, BITS: gl.constexpr):
-    """The loads of K-block kb's scales and zero points ([64] each, ``group_params``)."""
+def _block_params(params, kb, groups, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
+                  BITS: gl.constexpr):
+    """The loads of K-block kb's scales and zero points ([WG_ROWS] each, ``group_params``; where
+    the block holds several groups, [WG_ROWS, G, 1] each: ``groups``, ``ws_groups.word_groups``')."""
     scales_ptr, zeros_ptr, rows, num_groups, stride_sn, stride_sg, stride_zn, stride_zg = params
-    return group_params(scales_ptr, zeros_ptr, rows, (kb * BLOCK_K) // GROUP, num_groups,
-                        stride_sn, stride_sg, stride_zn, stride_zg, MODE, BITS)
+    group = (kb * BLOCK_K) // GROUP
+    if BLOCK_K > GROUP:
+        rows, group = group_rows(rows, groups, group)
+    return group_params(scales_ptr, zeros_ptr, rows, group, num_groups, stride_sn, stride_sg, stride_zn, stride_zg,
+                        MODE, BITS)
 
 
 @gluon.jit
 def _stage(scales_ptr, zeros_ptr, sbase, RS: gl.constexpr, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
-           rows, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, WG_ROWS: gl.constexpr, MODE: gl.constexpr):
+           rows, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, WG_ROWS: gl.constexpr, MODE: gl.constexpr,
+           WG_K: gl.constexpr):
     """Stage the scales (and zero points) of K-blocks kb0 .. kb0 + n_blocks - 1 of rows row0 ..
     in row set RS's region of those at ``sbase`` (``staged_params``); returns what
     ``_staged_params`` reads them by (``rows``: their places in the region)."""
     region = sbase + RS * WG_ROWS * region_row_bytes(srow, MODE == ZERO_POINT)
     g0 = stage_params(scales_ptr, zeros_ptr, region, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn, BLOCK_K,
-                      GROUP, WG_ROWS, MODE == ZERO_POINT)
+                      GROUP, WG_ROWS, MODE == ZERO_POINT, WG_K)
     return region, rows, g0, srow
 
 
 @gluon.jit
-def _staged_params(staged, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr, BITS: gl.constexpr,
-                   WG_ROWS: gl.constexpr):
-    """K-block kb's scales and zero points ([WG_ROWS] each) from the row set's region (``_stage``)."""
+def _staged_params(staged, kb, groups, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
+                   BITS: gl.constexpr, WG_ROWS: gl.constexpr):
+    """K-block kb's scales and zero points ([WG_ROWS] each, or per group: ``_block_params``) from
+    the row set's region (``_stage``)."""
     region, rows, g0, srow = staged
-    return staged_block_params(region, rows, (kb * BLOCK_K) // GROUP - g0, srow, WG_ROWS, MODE == ZERO_POINT, BITS)
+    group = (kb * BLOCK_K) // GROUP - g0
+    if BLOCK_K > GROUP:
+        rows, group = group_rows(rows, groups, group)
+    return staged_block_params(region, rows, group, srow, WG_ROWS, MODE == ZERO_POINT, BITS)
 
 
 @gluon.jit
-def _block_scales(staged, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
+def _block_scales(staged, window, kb, groups, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
                   BITS: gl.constexpr, WG_ROWS: gl.constexpr, STAGED: gl.constexpr):
     """K-block kb's scales and zero points: from the staged region (STAGED, ``_staged_params``),
     else the window's first (``_advance`` keeps it at kb)."""
     if STAGED:
-        sc, zc = _staged_params(staged, kb, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
+        sc, zc = _staged_params(staged, kb, groups, BLOCK_K, GROUP, MODE, BITS, WG_ROWS)
     else:
         sc, zc = window[0], window[1]
     return sc, zc
 
 
 @gluon.jit
-def _advance(params, window, kb, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
-             BITS: gl.constexpr):
+def _advance(params, window, kb, groups, BLOCK_K: gl.constexpr, GROUP: gl.constexpr, MODE: gl.constexpr,
+             BITS: gl.constexpr, STEP: gl.constexpr):
     """The window (scale, zero of three consecutive K-blocks) one block on: the first
-    block's dropped, block kb's loads issued."""
-    _, _, s2, z2, s3, z3 = window
-    s4, z4 = _block_params(params, kb, BLOCK_K, GROUP, MODE, BITS)
-    return s2, z2, s3, z3, s4, z4
+    block's dropped, block kb's loads issued.  Where a K-block holds several groups (2-4
+    values a row), a window of two blocks (the third entry the second's values): block
+    kb - STEP's loads issued instead (with three blocks' held, zero-point codes spilled 0.8-2
+    KB a thread on 256-row tiles, with two 0.1-1.2 KB; staged, nothing: ptxas_report.py)."""
+    if BLOCK_K > GROUP:
+        _, _, s2, z2, _, _ = window
+        s3, z3 = _block_params(params, kb - STEP, groups, BLOCK_K, GROUP, MODE, BITS)
+        return s2, z2, s3, z3, s3, z3
+    else:
+        _, _, s2, z2, s3, z3 = window
+        s4, z4 = _block_params(params, kb, groups, BLOCK_K, GROUP, MODE, BITS)
+        return s2, z2, s3, z3, s4, z4
 
 
 @gluon.jit
 def _decode(codes, ready, u, WG: gl.constexpr, WG_ROWS: gl.constexpr, word_layout: gl.constexpr, select, mul,
-            scale, zero, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr, BITS: gl.constexpr,
-            SCALE_AFTER: gl.constexpr, table, MODE: gl.constexpr):
+            scale, zero, groups, BLOCK_K: gl.constexpr, STAGES: gl.constexpr, a_layout: gl.constexpr,
+            BITS: gl.constexpr, SCALE_AFTER: gl.constexpr, table, MODE: gl.constexpr):
     """The operand of the ring's u-th block for consumer warpgroup WG: wait for its stage,
     read the warpgroup's WG_ROWS rows of code words, decode them with the group's ``scale``
-    and ``zero`` [WG_ROWS] (``mul``: ``decode_operand``'s; SCALE_AFTER: without the scale), or in
-    the rows' ``table`` (``table_words``'; MODE TABLE or ROW_TABLE); codes of other widths than
-    4 and 8 bits from each piece's words (``ws_pieces``; ``codes``: the ring's buffer of each)."""
+    and ``zero`` [WG_ROWS] (or per word, ``_block_params``; ``mul``: ``decode_operand``'s;
+    SCALE_AFTER: without the scale), or in the rows' ``table`` (``table_words``'; MODE TABLE
+    or ROW_TABLE); codes of other widths than 4 and 8 bits from each piece's words
+    (``ws_pieces``; ``codes``: the ring's buffer of each)."""
     s = u % STAGES
     mbarrier.wait(ready.index(s), (u // STAGES) & 1)
+    scale = per_word(scale, groups, word_layout)
+    zero = per_word(zero, groups, word_layout)
     if piece_path(BITS):
         stage = (_stage_codes(codes[0], s, WG, WG_ROWS, STAGES), _stage_codes(codes[1], s, WG, WG_ROWS, STAGES),
                  _stage_codes(codes[2], s, WG, WG_ROWS, STAGES))
@@ -283,15 +306,19 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2)
     word_layout: gl.constexpr = gl.SliceLayout(2, ws_byte_layout(gl.to_linear_layout(a_layout, [WG_ROWS, BLOCK_K]),
                                                                  BITS))
+    groups = word_groups(word_layout, WG_ROWS, BLOCK_K, GROUP, BITS)  # K-blocks of several groups
     # each K-block's scales (and zero points) are loaded three K-blocks ahead (one block
     # ahead measured the same, docs/NOTES-gemm.md v14b: the rotation of the loaded values
     # waits for each load, v15b)
     if STAGED:
         window = (0, 0, 0, 0, 0, 0)  # unused
     else:
-        s1, z1 = _block_params(params, kb0, BLOCK_K, GROUP, MODE, BITS)
-        s2, z2 = _block_params(params, kb0 + STEP, BLOCK_K, GROUP, MODE, BITS)
-        s3, z3 = _block_params(params, kb0 + 2 * STEP, BLOCK_K, GROUP, MODE, BITS)
+        s1, z1 = _block_params(params, kb0, groups, BLOCK_K, GROUP, MODE, BITS)
+        s2, z2 = _block_params(params, kb0 + STEP, groups, BLOCK_K, GROUP, MODE, BITS)
+        if BLOCK_K > GROUP:  # a window of two blocks (``_advance``)
+            s3, z3 = s2, z2
+        else:
+            s3, z3 = _block_params(params, kb0 + 2 * STEP, groups, BLOCK_K, GROUP, MODE, BITS)
         window = (s1, z1, s2, z2, s3, z3)
     # The K-blocks in pairs, a1 holding the first block's register operand and a0 the
     # second's.  OVERLAP (``gemm.WsOverlap``) says which MMA may still run while the next
@@ -307,18 +334,18 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
     acc = gl.zeros([WG_ROWS, BLOCK_M], dtype=gl.float32, layout=acc_layout)
     first = n_blocks % 2
     if first == 1:
-        sc, zc = _block_scales(staged, window, kb0, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
-        a = _decode(codes, ready, base, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
+        sc, zc = _block_scales(staged, window, kb0, groups, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
+        a = _decode(codes, ready, base, WG, WG_ROWS, word_layout, select, mul, sc, zc, groups, BLOCK_K, STAGES,
                     a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a, x_bufs.index(base % STAGES).permute((1, 0)), acc)
         mbarrier.arrive(empty.index(base % STAGES), count=1)
         if not STAGED:
-            window = _advance(params, window, kb0 + 3 * STEP, BLOCK_K, GROUP, MODE, BITS)
+            window = _advance(params, window, kb0 + 3 * STEP, groups, BLOCK_K, GROUP, MODE, BITS, STEP)
     a0 = gl.zeros([WG_ROWS, BLOCK_K], dtype=gl.float16, layout=a_layout)  # no MMA in flight yet
     for i in range(first, n_blocks, 2):
         u = base + i * STEP
-        sc, zc = _block_scales(staged, window, kb0 + i * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
-        a1 = _decode(codes, ready, u, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K, STAGES,
+        sc, zc = _block_scales(staged, window, kb0 + i * STEP, groups, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
+        a1 = _decode(codes, ready, u, WG, WG_ROWS, word_layout, select, mul, sc, zc, groups, BLOCK_K, STAGES,
                      a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a1, x_bufs.index(u % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
@@ -328,9 +355,10 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
             acc, a0 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a0))
             mbarrier.arrive(empty.index((u + STAGES * STEP - STEP) % STAGES), count=1, pred=i > first)
         if not STAGED:
-            window = _advance(params, window, kb0 + (i + 3) * STEP, BLOCK_K, GROUP, MODE, BITS)
-        sc, zc = _block_scales(staged, window, kb0 + (i + 1) * STEP, BLOCK_K, GROUP, MODE, BITS, WG_ROWS, STAGED)
-        a0 = _decode(codes, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, sc, zc, BLOCK_K,
+            window = _advance(params, window, kb0 + (i + 3) * STEP, groups, BLOCK_K, GROUP, MODE, BITS, STEP)
+        sc, zc = _block_scales(staged, window, kb0 + (i + 1) * STEP, groups, BLOCK_K, GROUP, MODE, BITS, WG_ROWS,
+                               STAGED)
+        a0 = _decode(codes, ready, u + STEP, WG, WG_ROWS, word_layout, select, mul, sc, zc, groups, BLOCK_K,
                      STAGES, a_layout, BITS, SCALE_AFTER, table, MODE)
         acc = warpgroup_mma(a0, x_bufs.index((u + STEP) % STAGES).permute((1, 0)), acc, is_async=True)
         if OVERLAP == NO_OVERLAP:
@@ -346,7 +374,7 @@ def _mma_blocks(ring, params, kb0, n_blocks, base, WG: gl.constexpr, WG_ROWS: gl
         if STAGED:
             staged_wait()  # the rest of the staged chunks (they landed long ago but on the first pairs)
         else:
-            window = _advance(params, window, kb0 + (i + 4) * STEP, BLOCK_K, GROUP, MODE, BITS)
+            window = _advance(params, window, kb0 + (i + 4) * STEP, groups, BLOCK_K, GROUP, MODE, BITS, STEP)
     acc, a0 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a0))
     if OVERLAP == CARRY:  # the last block's MMA is only now done
         mbarrier.arrive(empty.index((base + (n_blocks - 1) * STEP) % STAGES), count=1, pred=n_blocks > first)
@@ -487,7 +515,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             staged = None
             if STAGED:
                 staged = _stage(scales_ptr, zeros_ptr, sbase, WG, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
-                                gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
+                                gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE, 1)
             acc = _mma_blocks(ring, params, kb0, n_blocks, base, WG, WG_ROWS, select, table, GROUP, MODE, BLOCK_M,
                               BLOCK_K, STAGES, OVERLAP, BITS, SCALE_AFTER, 1, staged, STAGED)
             base += n_blocks
@@ -539,7 +567,7 @@ def _consumer(ops, WG: gl.constexpr, NUM_WG: gl.constexpr, WG_ROWS: gl.constexpr
             staged = None
             if STAGED:  # the row set's warpgroups sharing K copy the same bytes: all the split's groups
                 staged = _stage(scales_ptr, zeros_ptr, sbase, RW, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
-                                gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE)
+                                gl.arange(0, WG_ROWS, layout=row_layout), BLOCK_K, GROUP, WG_ROWS, MODE, WG_K)
             acc = _mma_blocks(ring, params, kb0 + KJ, (n_blocks - KJ + WG_K - 1) // WG_K, KJ, RW, WG_ROWS, select,
                               table, GROUP, MODE, BLOCK_M, BLOCK_K, STAGES, OVERLAP, BITS,
                               SCALE_AFTER, WG_K, staged, STAGED)

@@ -37,10 +37,18 @@ from .cluster import tail_at
 #: Groups a chunk holds: 16 bytes of fp16 scales (one cp.async.cg), 8 bytes of zero points.
 CHUNK_GROUPS = 8
 _CHUNK = gl.constexpr(CHUNK_GROUPS)  # (for the kernels)
-#: Chunks waited for before the first K-block (``stage_params``): at least the groups of a
-#: consumer's first three K-blocks (its first block alone and its first pair; every other
-#: block where two warpgroups share K), K-blocks being at most a group.
-FIRST_CHUNKS = gl.constexpr(2)
+
+
+@triton.constexpr_function
+def first_chunks(block_k, group, wg_k):
+    """Chunks a consumer waits for before its first K-block (``stage_params``): the groups of
+    the first K-blocks it reads before ``staged_wait`` (its first block alone and its first
+    pair: blocks kj, kj + wg_k and kj + 2 wg_k of the region's, kj < wg_k, where wg_k
+    warpgroups share K), from a first group anywhere in its chunk: 2 for a K-block of at
+    most a group and one or two warpgroups a row set, up to 7 for four groups a K-block and
+    four warpgroups."""
+    per_block = max(1, block_k // group)
+    return -(-(3 * wg_k * per_block + CHUNK_GROUPS - 1) // CHUNK_GROUPS)
 
 
 def staged_row_bytes(chunks: int, zero_points: bool) -> tuple[int, int]:
@@ -103,14 +111,15 @@ def _copy_chunks(dst, src, ok, SIZE: gl.constexpr):
 
 @gluon.jit
 def stage_params(scales_ptr, zeros_ptr, region, row0, N, kb0, n_blocks, srow, stride_sn, stride_zn,
-                 BLOCK_K: gl.constexpr, GROUP: gl.constexpr, WG_ROWS: gl.constexpr, ZERO_POINT: gl.constexpr):
+                 BLOCK_K: gl.constexpr, GROUP: gl.constexpr, WG_ROWS: gl.constexpr, ZERO_POINT: gl.constexpr,
+                 WG_K: gl.constexpr):
     """Copy rows row0 .. row0 + WG_ROWS - 1 of W's scales (and zero points) for the groups of
     K-blocks kb0 .. kb0 + n_blocks - 1 (the chunks ``staged_chunks`` counts) into the region at
     shared address ``region`` (``srow`` bytes of scales a row; rows past N take row N - 1's),
-    then wait for the first FIRST_CHUNKS chunks: every lane of the warpgroup may read its rows'
-    values of those after it, of the others after ``staged_wait``.  The scales' and zero
-    points' rows 16-byte and 8-byte aligned.  Returns g0, the region's first group (a multiple
-    of 8), for ``staged_block_params``."""
+    then wait for the first ``first_chunks`` chunks (WG_K: warpgroups sharing K): every lane of
+    the warpgroup may read its rows' values of those after it, of the others after
+    ``staged_wait``.  The scales' and zero points' rows 16-byte and 8-byte aligned.  Returns
+    g0, the region's first group (a multiple of 8), for ``staged_block_params``."""
     g_first = (kb0 * BLOCK_K) // GROUP
     chunks = (((kb0 + n_blocks) * BLOCK_K - 1) // GROUP) // _CHUNK - g_first // _CHUNK + 1
     g0 = g_first // _CHUNK * _CHUNK
@@ -119,16 +128,16 @@ def stage_params(scales_ptr, zeros_ptr, region, row0, N, kb0, n_blocks, srow, st
     r = gl.arange(0, WG_ROWS, layout=gl.SliceLayout(1, layout))[:, None]
     q = gl.arange(0, 4, layout=gl.SliceLayout(0, layout))[None, :]
     row = gl.minimum(row0 + r, N - 1).to(gl.int64)
-    # the first FIRST_CHUNKS chunks as one commit group, waited for here; the rest as another,
-    # waited for by ``staged_wait`` once the first blocks are under way
-    _copy_row_chunks(scales_ptr, zeros_ptr, region, row, r, g0, q, q < gl.minimum(chunks, FIRST_CHUNKS), srow,
-                     zrow, stride_sn, stride_zn, WG_ROWS, ZERO_POINT)
+    # the first chunks as one commit group, waited for here; the rest as another, waited for
+    # by ``staged_wait`` once the first blocks are under way
+    FIRST: gl.constexpr = first_chunks(BLOCK_K, GROUP, WG_K)
+    for i in gl.static_range(0, FIRST, 4):
+        _copy_row_chunks(scales_ptr, zeros_ptr, region, row, r, g0, i + q, i + q < gl.minimum(chunks, FIRST), srow,
+                         zrow, stride_sn, stride_zn, WG_ROWS, ZERO_POINT)
     _commit()
-    _copy_row_chunks(scales_ptr, zeros_ptr, region, row, r, g0, q, (q >= FIRST_CHUNKS) & (q < chunks), srow, zrow,
-                     stride_sn, stride_zn, WG_ROWS, ZERO_POINT)
-    for i in range(4, chunks, 4):
-        _copy_row_chunks(scales_ptr, zeros_ptr, region, row, r, g0, i + q, i + q < chunks, srow, zrow, stride_sn,
-                         stride_zn, WG_ROWS, ZERO_POINT)
+    for i in range(FIRST // 4 * 4, chunks, 4):
+        _copy_row_chunks(scales_ptr, zeros_ptr, region, row, r, g0, i + q, (i + q >= FIRST) & (i + q < chunks), srow,
+                         zrow, stride_sn, stride_zn, WG_ROWS, ZERO_POINT)
     _commit()
     gl.inline_asm_elementwise("cp.async.wait_group 1;\n\tbar.warp.sync -1;\n\tmov.u32 $0, 0;", "=r", [],
                               dtype=gl.int32, is_pure=False, pack=1)
@@ -167,7 +176,9 @@ def staged_block_params(region, rows, group, srow, WG_ROWS: gl.constexpr, ZERO_P
                         BITS: gl.constexpr):
     """Group ``group`` (relative to the region's g0) of each row: (scale fp16 [R], zero point
     int32 [R], 2^(BITS-1) when symmetric), ``rows`` [R] the rows' places 0 .. WG_ROWS - 1 in the
-    region, in the caller's layout; ``srow`` as ``stage_params``'."""
+    region, in the caller's layout; ``srow`` as ``stage_params``'.  ``rows`` and ``group`` may instead be tensors
+    that broadcast together ([R, 1, 1] and [1, G, 1]: several groups a K-block), the values
+    then of their shape (symmetric zero points of ``rows``')."""
     scale = gl.inline_asm_elementwise("ld.shared.b16 $0, [$1];", "=h,r", [region + rows * srow + group * 2],
                                       dtype=gl.float16, is_pure=False, pack=1)
     if ZERO_POINT:

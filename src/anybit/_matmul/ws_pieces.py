@@ -160,6 +160,14 @@ def piece_constraints(bits):
 
 
 @triton.constexpr_function
+def codes_per_word(bits):
+    """Codes of one word the kernel decodes first (4 or 8 bits: a word of them; other widths:
+    of piece 0): in k order from word w * codes_per_word on, or for 4 bits (pairs stored
+    transposed) inside the 32-code chunk that starts there rounded down to 32."""
+    return 32 // pieces(bits)[0]
+
+
+@triton.constexpr_function
 def piece_layout(operand, bits, i):
     """``_byte_layout`` of piece ``i`` (natural order) for the operand layout ``operand``."""
     return _byte_layout(operand, pieces(bits)[i], True)
@@ -194,8 +202,11 @@ def _piece_words(codes, operand: gl.constexpr, BITS: gl.constexpr, I: gl.constex
 
 @gluon.jit
 def _rows_like(like, values):
-    """Per-row values [ROWS] broadcast to ``like``'s shape [ROWS, words, pairs]."""
-    return gl.broadcast(like, gl.expand_dims(gl.expand_dims(values, 1), 2))[1]
+    """Per-row values [ROWS] (or per row and word of piece 0: [ROWS, words] or [ROWS, 1])
+    broadcast to ``like``'s shape [ROWS, words, pairs]."""
+    if len(values.shape) == 1:
+        values = gl.expand_dims(values, 1)
+    return gl.broadcast(like, gl.expand_dims(values, 2))[1]
 
 
 @gluon.jit
@@ -232,7 +243,8 @@ def decode_pieces(codes, zero, scale, runtime_zero, operand: gl.constexpr, a_lay
     """A K-block's pieces (``codes``: a tuple of the stage's [ROWS, BLOCK_K * w / 32] int32
     shared-memory views, one per piece and unused beyond ``piece_count``) -> wgmma's register
     operand [ROWS, BLOCK_K] fp16 (``a_layout``; ``operand``: its linear layout): (q - zero) *
-    scale per weight with each row's ``zero`` (int32 [ROWS]) and ``scale`` (fp16 [ROWS]), or
+    scale per weight with each row's ``zero`` (int32 [ROWS]) and ``scale`` (fp16 [ROWS]; either
+    may instead be per row and word of piece 0, [ROWS, words] or [ROWS, 1]), or
     without SCALED the exact q - zero (one scale per row, applied to the sum; ``scale`` unused).
     ``runtime_zero``: an int32 0 the compiler cannot fold (``_piece_operands``)."""
     s0, p0 = _piece_words(codes[0], operand, BITS, 0, None)
