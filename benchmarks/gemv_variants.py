@@ -16,13 +16,14 @@ the wait per K-block, wrong results possible; split_k as
 above), or ``dq[,block_n,block_k]``: the dequantize kernel then cuBLAS, or
 ``gl,block_m,block_n,block_k,split_k,stages[,swizzle[,overlap]]``: the Gluon GEMM (gemm_gluon;
 overlap 1: measurement only, unsafe), or
-``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,scale_after[,k_wg[,tail[,ahead]]]]]]]]]``:
+``ws,block_m,block_n,block_k,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,scale_after[,k_wg[,tail[,ahead[,staged]]]]]]]]]]``:
 the warp-specialized Gluon GEMM (gemm_gluon_ws; split_k ``sk``: stream-K, ``c<n>``: n splits summed through a
 cluster's shared memory; regs, maxnreg 0: the defaults; overlap 0-2,
 ``gemm.WsOverlap``, -1 or absent: ``ws_overlap``; wg_rows: rows of W per consumer warpgroup,
 64 or 128; scale_after 0 / 1: each weight scaled / each row's sum (one scale per row only), -1 or
 absent: ``ws_scale_after``; k_wg: consumer warpgroups sharing each row set's K-blocks, 1, 2 or 4,
-``GemmConfig.k_warpgroups``; tail, ahead: ``GemmConfig.tail_rows`` and ``loads_ahead``).  Each
+``GemmConfig.k_warpgroups``; tail, ahead: ``GemmConfig.tail_rows`` and ``loads_ahead``; staged 0 / 1:
+scales loaded from global memory / staged in shared memory, -1 or absent: ``ws_staged``).  Each
 variant is first checked against the float64 reference on fresh random data, then timed with the project's protocol (graph-launched, cold L2, fp16
 cuBLAS in the same run): fp16 and every right variant of a point replayed in turn, so
 that all run under the same clocks (``bench._median_replays_us``).
@@ -57,20 +58,20 @@ def _config(text: str, m: int, n: int, k: int, kernel: str):
         bm, bn, bk, split, stages, *extra = (int(v) for v in text.split(",")[1:])
         return ("gluon", gm.GemmConfig(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), 4 * (bn // 64), stages,
                                        *extra[:1]), bool(extra[1:2] and extra[1]))
-    # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,after[,kwg[,tail[,ahead]]]]]]]]]
+    # ws,bm,bn,bk,split_k,stages[,swizzle[,regs[,maxnreg[,overlap[,wg_rows[,after[,kwg[,tail[,ahead[,staged]]]]]]]]]]
     if text.startswith("ws,"):
         fields = text.split(",")[1:]
         stream_k = fields[3] == "sk"  # stream-K instead of a split count (and split 1)
         cluster = fields[3].startswith("c")  # c<n>: n splits summed through a cluster's shared memory
         split_text = "1" if stream_k else fields[3].lstrip("c")
         bm, bn, bk, split, stages, *extra = (int(v) for v in fields[:3] + [split_text] + fields[4:])
-        regs, maxnreg, overlap, wg_rows, after, k_wg, tail, ahead = (
-            extra[1:] + [0, 0, -1, 64, -1, 1, 0, 0][len(extra[1:]):])[:8]
+        regs, maxnreg, overlap, wg_rows, after, k_wg, tail, ahead, staged = (
+            extra[1:] + [0, 0, -1, 64, -1, 1, 0, 0, -1][len(extra[1:]):])[:9]
         config = gm.ws_config(bm, bn, bk, _split(split, m, n, k, bm, bn, bk), stages, wg_rows, k_wg,
                               swizzle=(extra[:1] or [8])[0], stream_k=stream_k, cluster_sum=cluster, tail_rows=tail,
                               loads_ahead=ahead)
         return ("ws", config, regs or None, maxnreg or None, None if overlap < 0 else gm.WsOverlap(overlap),
-                None if after < 0 else bool(after))
+                None if after < 0 else bool(after), None if staged < 0 else bool(staged))
     if text == "auto":  # the decode kernel's heuristic (M <= 32), whatever --kernel says
         return None
     fields = text.split(",")
@@ -96,12 +97,12 @@ def _call(x, qw, config):
         return lambda: x @ gm.launch_dequant(qw.codes, qw.params["scales"], qw.params.get("zeros"),
                                              g.kernel_table(qw), n, k, qw.format.bits, group, mode, x.dtype,
                                              block_n=bn, block_k=bk).t()
-    if isinstance(config, tuple) and config[0] == "ws":  # ("ws", GemmConfig, regs, maxnreg, overlap, after)
-        _, config, regs, maxnreg, overlap, after = config
+    if isinstance(config, tuple) and config[0] == "ws":  # ("ws", GemmConfig, regs, maxnreg, overlap, after, staged)
+        _, config, regs, maxnreg, overlap, after, staged = config
         config, group = gm.launch_settings(qw, x.shape[0], x.device, config)
         return lambda: gm.launch_gemm_gluon_ws(x, qw.codes, qw.params["scales"], qw.params.get("zeros"), None, n, k,
                                                qw.format.bits, group, mode, config, consumer_regs=regs,
-                                               maxnreg=maxnreg, overlap=overlap, scale_after=after)
+                                               maxnreg=maxnreg, overlap=overlap, scale_after=after, staged=staged)
     if isinstance(config, tuple):  # ("gluon", GemmConfig, overlap)
         overlap = config[2]
         config, group = gm.launch_settings(qw, x.shape[0], x.device, config[1])
