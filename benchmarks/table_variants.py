@@ -24,6 +24,7 @@ import json
 import math
 
 import gemv_variants
+import torch
 
 import anybit
 from anybit import bench
@@ -43,8 +44,6 @@ def _ws_text(config: dict, overlap: int = -1, wg_rows: int = 0, block_k: int = 0
 def _stages(spec: str, n: int, k: int, config: dict) -> bool:
     """Whether the plan stages its scales by default (``ws_staged``) on an (n, k) weight of ``spec``
     with contiguous parameters."""
-    import torch
-
     fmt = anybit.formats.parse_format(spec)
     group = gm.kernel_group(fmt.group_len(k), k)
     scales = torch.empty(1, max(1, k // fmt.group_len(k)), dtype=torch.float16)

@@ -176,9 +176,9 @@ def staged_block_params(region, rows, group, srow, WG_ROWS: gl.constexpr, ZERO_P
                         BITS: gl.constexpr):
     """Group ``group`` (relative to the region's g0) of each row: (scale fp16 [R], zero point
     int32 [R], 2^(BITS-1) when symmetric), ``rows`` [R] the rows' places 0 .. WG_ROWS - 1 in the
-    region, in the caller's layout; ``srow`` as ``stage_params``'.  ``rows`` and ``group`` may instead be tensors
-    that broadcast together ([R, 1, 1] and [1, G, 1]: several groups a K-block), the values
-    then of their shape (symmetric zero points of ``rows``')."""
+    region, in the caller's layout; ``srow`` as ``stage_params``'.  ``rows`` and ``group`` may
+    instead be tensors that broadcast together ([R, 1, 1] and [1, G, 1]: several groups a
+    K-block), the values then of their shape (symmetric zero points of ``rows``')."""
     scale = gl.inline_asm_elementwise("ld.shared.b16 $0, [$1];", "=h,r", [region + rows * srow + group * 2],
                                       dtype=gl.float16, is_pure=False, pack=1)
     if ZERO_POINT:

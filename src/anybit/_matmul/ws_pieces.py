@@ -40,7 +40,7 @@ from triton.experimental.gluon import language as gl
 
 from .. import packing
 
-from .gemm_gluon import _byte_layout
+from .gemm_gluon import _byte_layout, _rows3
 
 #: Code widths the warp-specialized kernel decodes one word at a time (its original paths).
 WHOLE_WORD_BITS = (4, 8)
@@ -201,15 +201,6 @@ def _piece_words(codes, operand: gl.constexpr, BITS: gl.constexpr, I: gl.constex
 
 
 @gluon.jit
-def _rows_like(like, values):
-    """Per-row values [ROWS] (or per row and word of piece 0: [ROWS, words] or [ROWS, 1])
-    broadcast to ``like``'s shape [ROWS, words, pairs]."""
-    if len(values.shape) == 1:
-        values = gl.expand_dims(values, 1)
-    return gl.broadcast(like, gl.expand_dims(values, 2))[1]
-
-
-@gluon.jit
 def _zero_bias(zero, BITS: gl.constexpr):
     """The lowest piece's bias words of each row's zero point (int32 [ROWS]): ``piece_bias``'
     integer multiply-add where every zero point of the width lies in its binade, else (7 bits:
@@ -248,8 +239,8 @@ def decode_pieces(codes, zero, scale, runtime_zero, operand: gl.constexpr, a_lay
     without SCALED the exact q - zero (one scale per row, applied to the sum; ``scale`` unused).
     ``runtime_zero``: an int32 0 the compiler cannot fold (``_piece_operands``)."""
     s0, p0 = _piece_words(codes[0], operand, BITS, 0, None)
-    bias = _rows_like(s0, _zero_bias(zero, BITS))
-    sc = _rows_like(s0, scale)
+    bias = _rows3(s0, _zero_bias(zero, BITS))
+    sc = _rows3(s0, scale)
     ASM: gl.constexpr = piece_asm(BITS, SCALED)
     CONSTRAINTS: gl.constexpr = piece_constraints(BITS)
     w0, q0, m0, b0, o0 = _piece_operands(s0, p0, BITS, 0, bias, runtime_zero)
